@@ -1,0 +1,122 @@
+"""The Agent interface: what the pod daemon asks of the agent in the VM.
+
+Implementations: :class:`~virtcontainers.agent.client.AgentClient` (our guest
+agent, over a virtio-serial port or vsock) and
+:class:`~virtcontainers.agent.mock.MockAgent` (unit tests, no VM).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class AgentKind(enum.Enum):
+    VC = "vc"
+    MOCK = "mock"
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a process ended: ``exit_code`` is 128+N when killed by signal N."""
+
+    exit_code: int
+    signal: int | None = None
+
+
+@dataclass(frozen=True)
+class GuestDetails:
+    kernel: str
+    agent_version: str
+    python: str
+    cpus: int
+    memory_kib: int
+    runtime: str
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StdioStreams:
+    """Stream ids of one process's stdio; None means /dev/null."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+    def to_args(self) -> dict[str, int | None]:
+        return {"stdin": self.stdin, "stdout": self.stdout, "stderr": self.stderr}
+
+
+class Stream(Protocol):
+    """One direction of one process's I/O through the agent."""
+
+    stream_id: int
+
+    async def read(self) -> bytes:
+        """Next chunk from the guest; b"" at end of stream."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send to the guest, waiting for flow-control credit."""
+        ...
+
+    async def close(self) -> None:
+        """Send end-of-stream to the guest."""
+        ...
+
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+class Agent(Protocol):
+    async def connect(self, socket_path: Path, timeout: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def on_event(self, handler: EventHandler) -> None: ...
+
+    def open_stream(self) -> Stream: ...
+
+    async def guest_details(self) -> GuestDetails: ...
+
+    async def create_container(
+        self, container_id: str, bundle: dict[str, Any], rootfs: str, stdio: StdioStreams
+    ) -> int: ...
+
+    async def start_container(self, container_id: str) -> None: ...
+
+    async def exec_process(
+        self,
+        container_id: str,
+        exec_id: str,
+        process: dict[str, Any],
+        stdio: StdioStreams,
+    ) -> int: ...
+
+    async def signal_process(
+        self, container_id: str, exec_id: str | None, signal: int, all_processes: bool = False
+    ) -> None: ...
+
+    async def wait_process(self, container_id: str, exec_id: str | None) -> ExitStatus: ...
+
+    async def resize_terminal(
+        self, container_id: str, exec_id: str | None, rows: int, cols: int
+    ) -> None: ...
+
+    async def list_processes(self, container_id: str) -> list[ProcessInfo]: ...
+
+    async def pause_container(self, container_id: str) -> None: ...
+
+    async def resume_container(self, container_id: str) -> None: ...
+
+    async def remove_container(self, container_id: str) -> None: ...
+
+    async def shutdown(self) -> None: ...

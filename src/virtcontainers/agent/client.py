@@ -1,0 +1,380 @@
+"""Host-side client of our guest agent.
+
+The guest is untrusted: every frame is size-bounded by the decoder, every
+response is checked against what its request expects, and a guest that
+breaks the protocol (bad frame, unknown request id, data beyond its credit)
+makes the connection fail with :class:`AgentProtocolError` for every caller,
+without crashing or hanging the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from virtcontainers.agent import protocol
+from virtcontainers.agent.base import (
+    EventHandler,
+    ExitStatus,
+    GuestDetails,
+    ProcessInfo,
+    StdioStreams,
+)
+from virtcontainers.agent.protocol import Frame, FrameType
+from virtcontainers.errors import AgentError, AgentProtocolError
+
+READ_SIZE = 256 * 1024
+MAX_PROCESSES = 65536
+MAX_ERROR_TEXT = 4096
+
+
+def _field(result: dict[str, Any], name: str, kind: type, op: str) -> Any:
+    value = result.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise AgentProtocolError(f"{op} answer has {name}={value!r}, expected {kind.__name__}")
+    return value
+
+
+def _bounded(text: object) -> str:
+    return str(text)[:MAX_ERROR_TEXT]
+
+
+class AgentStream:
+    """One I/O stream id, both directions, with credit-based flow control."""
+
+    def __init__(self, client: AgentClient, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self._client = client
+        self._chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self._inbound_unacked = 0
+        self._eof = False
+        self._send_credit = protocol.STREAM_WINDOW
+        self._credit_changed = asyncio.Event()
+        self._closed = False
+
+    def _deliver(self, frame: Frame) -> None:
+        if self._eof:
+            raise AgentProtocolError(f"data on stream {self.stream_id} after its end")
+        self._inbound_unacked += len(frame.payload)
+        if self._inbound_unacked > protocol.STREAM_WINDOW:
+            raise AgentProtocolError(f"guest overran the window on stream {self.stream_id}")
+        if frame.payload:
+            self._chunks.put_nowait(frame.payload)
+        if frame.eof:
+            self._eof = True
+            self._chunks.put_nowait(b"")
+
+    def _grant(self, count: int) -> None:
+        self._send_credit += count
+        if self._send_credit > protocol.STREAM_WINDOW:
+            raise AgentProtocolError(f"guest granted too much credit on stream {self.stream_id}")
+        self._credit_changed.set()
+
+    def _fail(self) -> None:
+        self._chunks.put_nowait(b"")
+        self._credit_changed.set()
+
+    async def read(self) -> bytes:
+        chunk = await self._chunks.get()
+        if chunk:
+            self._inbound_unacked -= len(chunk)
+            await self._client.send_raw(protocol.encode_credit(self.stream_id, len(chunk)))
+        elif self._client.failure is not None:
+            raise self._client.failure
+        return chunk
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            while self._send_credit == 0:
+                if self._client.failure is not None:
+                    raise self._client.failure
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            size = min(len(view), self._send_credit, protocol.DATA_CHUNK)
+            self._send_credit -= size
+            await self._client.send_raw(protocol.data(self.stream_id, bytes(view[:size])))
+            view = view[size:]
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.send_raw(protocol.data(self.stream_id, b"", eof=True))
+
+
+class AgentClient:
+    """Talks to the guest agent over a unix socket (QEMU's chardev)."""
+
+    def __init__(self, name: str = "agent") -> None:
+        self.log = logging.getLogger(__name__).getChild(name)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._write_lock = asyncio.Lock()
+        self._request_ids = itertools.count(1)
+        self._stream_ids = itertools.count(1)
+        self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._streams: dict[int, AgentStream] = {}
+        self._handlers: list[EventHandler] = []
+        self._read_task: asyncio.Task[None] | None = None
+        self.failure: AgentProtocolError | None = None
+
+    # --- connection -----------------------------------------------------------
+
+    async def connect(self, socket_path: Path, timeout: float) -> None:
+        """Connect and handshake; stale bytes before our HELLO's answer are dropped."""
+        reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=READ_SIZE)
+        self._reader, self._writer = reader, writer
+        nonce = secrets.token_hex(16)
+        writer.write(protocol.hello(nonce))
+        await writer.drain()
+        try:
+            await asyncio.wait_for(self._await_hello(reader, nonce), timeout)
+        except TimeoutError:
+            await self.close()
+            raise AgentError(
+                "connect", "timeout", f"no HELLO from the agent in {timeout:.0f}s"
+            ) from None
+        self._read_task = asyncio.create_task(self._read_loop(reader), name="agent-reader")
+
+    async def _await_hello(self, reader: asyncio.StreamReader, nonce: str) -> None:
+        decoder = protocol.FrameDecoder(resync=True)
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                raise AgentError(
+                    "connect", "closed", "the agent channel closed during the handshake"
+                )
+            for frame in decoder.feed(data):
+                if frame.type is FrameType.HELLO and self._hello_matches(frame, nonce):
+                    if decoder.pending:
+                        raise AgentProtocolError("agent sent data before its HELLO was answered")
+                    return
+
+    def _hello_matches(self, frame: Frame, nonce: str) -> bool:
+        try:
+            message = frame.json()
+        except protocol.ProtocolError:
+            return False
+        if message.get("nonce") != nonce:
+            return False
+        if message.get("version") != protocol.PROTOCOL_VERSION:
+            raise AgentProtocolError(f"agent speaks protocol {message.get('version')!r}")
+        self.log.debug("handshake done: %s", message)
+        return True
+
+    async def close(self) -> None:
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._read_task
+            self._read_task = None
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+            self._writer = None
+        self._fail_all(AgentProtocolError("the agent connection is closed"))
+
+    def on_event(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+
+    # --- frames -------------------------------------------------------------------
+
+    async def send_raw(self, frame: bytes) -> None:
+        if self.failure is not None:
+            raise self.failure
+        if self._writer is None:
+            raise AgentProtocolError("the agent is not connected")
+        async with self._write_lock:
+            self._writer.write(frame)
+            await self._writer.drain()
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        decoder = protocol.FrameDecoder()
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    raise AgentProtocolError("the agent channel closed")
+                for frame in decoder.feed(data):
+                    self._dispatch(frame)
+        except protocol.ProtocolError as exc:
+            self._fail_all(AgentProtocolError(str(exc)))
+        except AgentProtocolError as exc:
+            self._fail_all(exc)
+        except OSError as exc:
+            self._fail_all(AgentProtocolError(f"agent channel error: {exc}"))
+
+    def _fail_all(self, error: AgentProtocolError) -> None:
+        if self.failure is None:
+            self.failure = error
+            self.log.warning("agent connection failed: %s", error)
+        for _op, future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        for stream in self._streams.values():
+            stream._fail()
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.type is FrameType.RESPONSE:
+            self._on_response(frame)
+        elif frame.type is FrameType.EVENT:
+            self._on_event(frame.json())
+        elif frame.type is FrameType.DATA:
+            self._stream_for(frame)._deliver(frame)
+        elif frame.type is FrameType.CREDIT:
+            self._stream_for(frame)._grant(frame.credit())
+        else:
+            raise AgentProtocolError(f"unexpected {frame.type.name} frame from the agent")
+
+    def _stream_for(self, frame: Frame) -> AgentStream:
+        stream = self._streams.get(frame.stream)
+        if stream is None:
+            raise AgentProtocolError(f"{frame.type.name} frame for unknown stream {frame.stream}")
+        return stream
+
+    def _on_response(self, frame: Frame) -> None:
+        entry = self._pending.pop(frame.stream, None)
+        if entry is None:
+            raise AgentProtocolError(f"response to unknown request {frame.stream}")
+        op, future = entry
+        message = frame.json()
+        if message.get("ok") is True and isinstance(message.get("result"), dict):
+            if not future.done():
+                future.set_result(message["result"])
+            return
+        error = message.get("error")
+        if message.get("ok") is not False or not isinstance(error, dict):
+            raise AgentProtocolError(f"malformed response to {op}")
+        if not future.done():
+            future.set_exception(
+                AgentError(op, _bounded(error.get("kind")), _bounded(error.get("message")))
+            )
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        name = message.pop("event", None)
+        if not isinstance(name, str):
+            raise AgentProtocolError("event without a name")
+        self.log.debug("event %s %s", name, message)
+        for handler in self._handlers:
+            handler(name, message)
+
+    async def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if self.failure is not None:
+            raise self.failure
+        request_id = next(self._request_ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (op, future)
+        self.log.debug("request %d %s %s", request_id, op, args)
+        try:
+            await self.send_raw(protocol.request(request_id, op, args))
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
+        result = await future
+        self.log.debug("response %d %s %s", request_id, op, result)
+        return result
+
+    # --- streams ------------------------------------------------------------------
+
+    def open_stream(self) -> AgentStream:
+        stream = AgentStream(self, next(self._stream_ids))
+        self._streams[stream.stream_id] = stream
+        return stream
+
+    def release_stream(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    # --- operations -----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self.call("ping", {})
+
+    async def guest_details(self) -> GuestDetails:
+        result = await self.call("guest_details", {})
+        return GuestDetails(
+            kernel=_bounded(_field(result, "kernel", str, "guest_details")),
+            agent_version=_bounded(_field(result, "agent_version", str, "guest_details")),
+            python=_bounded(_field(result, "python", str, "guest_details")),
+            cpus=_field(result, "cpus", int, "guest_details"),
+            memory_kib=_field(result, "memory_kib", int, "guest_details"),
+            runtime=_bounded(result.get("runtime", "")),
+        )
+
+    async def create_container(
+        self, container_id: str, bundle: dict[str, Any], rootfs: str, stdio: StdioStreams
+    ) -> int:
+        args = {"container_id": container_id, "bundle": bundle, "rootfs": rootfs, **stdio.to_args()}
+        result = await self.call("create_container", args)
+        return int(_field(result, "pid", int, "create_container"))
+
+    async def start_container(self, container_id: str) -> None:
+        await self.call("start_container", {"container_id": container_id})
+
+    async def exec_process(
+        self, container_id: str, exec_id: str, process: dict[str, Any], stdio: StdioStreams
+    ) -> int:
+        args = {"container_id": container_id, "exec_id": exec_id, "process": process}
+        result = await self.call("exec_process", {**args, **stdio.to_args()})
+        return int(_field(result, "pid", int, "exec_process"))
+
+    async def signal_process(
+        self, container_id: str, exec_id: str | None, signal: int, all_processes: bool = False
+    ) -> None:
+        args = {"container_id": container_id, "exec_id": exec_id, "signal": signal}
+        await self.call("signal_process", {**args, "all": all_processes})
+
+    async def wait_process(self, container_id: str, exec_id: str | None) -> ExitStatus:
+        result = await self.call("wait_process", {"container_id": container_id, "exec_id": exec_id})
+        code = _field(result, "exit_code", int, "wait_process")
+        signal = result.get("signal")
+        if not 0 <= code <= 255 or not (
+            signal is None or (isinstance(signal, int) and 0 < signal < 128)
+        ):
+            raise AgentProtocolError(f"wait_process answer out of range: {result!r}")
+        return ExitStatus(code, signal)
+
+    async def resize_terminal(
+        self, container_id: str, exec_id: str | None, rows: int, cols: int
+    ) -> None:
+        args = {"container_id": container_id, "exec_id": exec_id, "rows": rows, "cols": cols}
+        await self.call("resize_terminal", args)
+
+    async def list_processes(self, container_id: str) -> list[ProcessInfo]:
+        result = await self.call("list_processes", {"container_id": container_id})
+        entries = _field(result, "processes", list, "list_processes")
+        if len(entries) > MAX_PROCESSES:
+            raise AgentProtocolError(f"list_processes returned {len(entries)} processes")
+        processes = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise AgentProtocolError("list_processes entry is not an object")
+            pid = _field(entry, "pid", int, "list_processes")
+            args = _field(entry, "args", list, "list_processes")
+            processes.append(ProcessInfo(pid, tuple(_bounded(a) for a in args)))
+        return processes
+
+    async def pause_container(self, container_id: str) -> None:
+        await self.call("pause_container", {"container_id": container_id})
+
+    async def resume_container(self, container_id: str) -> None:
+        await self.call("resume_container", {"container_id": container_id})
+
+    async def remove_container(self, container_id: str) -> None:
+        await self.call("remove_container", {"container_id": container_id})
+
+    async def exec_guest(self, exec_id: str, process: dict[str, Any], stdio: StdioStreams) -> int:
+        """Run a process in the VM itself, outside every container."""
+        result = await self.call(
+            "exec_guest", {"exec_id": exec_id, "process": process, **stdio.to_args()}
+        )
+        return int(_field(result, "pid", int, "exec_guest"))
+
+    async def shutdown(self) -> None:
+        await self.call("shutdown", {})

@@ -1,0 +1,192 @@
+"""An in-memory agent for unit tests: no VM, a few scripted commands.
+
+Processes understand ``echo ARGS...`` (prints them), ``cat`` (copies stdin
+to stdout), ``sleep`` (runs until signalled), ``fail N`` (exits N), and
+anything else exits 0.  Every call is recorded in ``calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal as signals
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtcontainers.agent.base import (
+    EventHandler,
+    ExitStatus,
+    GuestDetails,
+    ProcessInfo,
+    StdioStreams,
+)
+from virtcontainers.errors import AgentError
+
+
+class MockStream:
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.to_host: asyncio.Queue[bytes] = asyncio.Queue()
+        self.to_guest: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def read(self) -> bytes:
+        return await self.to_host.get()
+
+    async def write(self, data: bytes) -> None:
+        await self.to_guest.put(data)
+
+    async def close(self) -> None:
+        await self.to_guest.put(b"")
+
+
+@dataclass
+class MockProcess:
+    args: list[str]
+    pid: int
+    stdio: StdioStreams
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    killed: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    status: asyncio.Future[ExitStatus] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    task: asyncio.Task[None] | None = None
+
+
+class MockAgent:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.streams: dict[int, MockStream] = {}
+        self.processes: dict[tuple[str, str | None], MockProcess] = {}
+        self.paused: set[str] = set()
+        self._ids = itertools.count(1)
+        self._pids = itertools.count(100)
+        self._handlers: list[EventHandler] = []
+        self.connected = False
+
+    def _record(self, op: str, **args: Any) -> None:
+        self.calls.append((op, args))
+
+    async def connect(self, socket_path: Path, timeout: float) -> None:
+        self._record("connect", socket_path=str(socket_path))
+        self.connected = True
+
+    async def close(self) -> None:
+        self.connected = False
+        for process in self.processes.values():
+            if process.task is not None:
+                process.task.cancel()
+
+    def on_event(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+
+    def open_stream(self) -> MockStream:
+        stream = MockStream(next(self._ids))
+        self.streams[stream.stream_id] = stream
+        return stream
+
+    def release_stream(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+    async def guest_details(self) -> GuestDetails:
+        return GuestDetails("mock", "mock", "3.11", 1, 524288, "mock")
+
+    def _spawn(self, key: tuple[str, str | None], args: list[str], stdio: StdioStreams) -> int:
+        if key in self.processes and not self.processes[key].status.done():
+            raise AgentError("exec", "exists", f"{key} exists")
+        process = MockProcess(args, next(self._pids), stdio)
+        process.task = asyncio.ensure_future(self._run(process))
+        self.processes[key] = process
+        return process.pid
+
+    async def _emit(self, stream_id: int | None, data: bytes) -> None:
+        if stream_id is not None and stream_id in self.streams:
+            await self.streams[stream_id].to_host.put(data)
+
+    async def _run(self, process: MockProcess) -> None:
+        await process.started.wait()
+        args = process.args
+        out = process.stdio.stdout
+        code = 0
+        if args[0] == "echo":
+            await self._emit(out, (" ".join(args[1:]) + "\n").encode())
+        elif args[0] == "cat" and process.stdio.stdin is not None:
+            source = self.streams[process.stdio.stdin].to_guest
+            while chunk := await source.get():
+                await self._emit(out, chunk)
+        elif args[0] == "sleep":
+            code = 128 + await process.killed
+        elif args[0] == "fail":
+            code = int(args[1])
+        for stream_id in (process.stdio.stdout, process.stdio.stderr):
+            await self._emit(stream_id, b"")
+        signum = code - 128 if code > 128 else None
+        process.status.set_result(ExitStatus(code, signum))
+
+    def _process(self, container_id: str, exec_id: str | None) -> MockProcess:
+        try:
+            return self.processes[(container_id, exec_id)]
+        except KeyError:
+            raise AgentError("process", "not_found", f"{container_id}/{exec_id}") from None
+
+    async def create_container(
+        self, container_id: str, bundle: dict[str, Any], rootfs: str, stdio: StdioStreams
+    ) -> int:
+        self._record("create_container", container_id=container_id, bundle=bundle, rootfs=rootfs)
+        return self._spawn((container_id, None), list(bundle["process"]["args"]), stdio)
+
+    async def start_container(self, container_id: str) -> None:
+        self._record("start_container", container_id=container_id)
+        self._process(container_id, None).started.set()
+
+    async def exec_process(
+        self, container_id: str, exec_id: str, process: dict[str, Any], stdio: StdioStreams
+    ) -> int:
+        self._record("exec_process", container_id=container_id, exec_id=exec_id)
+        pid = self._spawn((container_id, exec_id), list(process["args"]), stdio)
+        self.processes[(container_id, exec_id)].started.set()
+        return pid
+
+    async def signal_process(
+        self, container_id: str, exec_id: str | None, signal: int, all_processes: bool = False
+    ) -> None:
+        self._record("signal_process", container_id=container_id, exec_id=exec_id, signal=signal)
+        process = self._process(container_id, exec_id)
+        if process.status.done():
+            raise AgentError("signal_process", "state", "process has exited")
+        if not process.killed.done() and signal in (signals.SIGTERM, signals.SIGKILL):
+            process.killed.set_result(signal)
+            process.started.set()
+
+    async def wait_process(self, container_id: str, exec_id: str | None) -> ExitStatus:
+        return await asyncio.shield(self._process(container_id, exec_id).status)
+
+    async def resize_terminal(
+        self, container_id: str, exec_id: str | None, rows: int, cols: int
+    ) -> None:
+        self._record("resize_terminal", container_id=container_id, rows=rows, cols=cols)
+
+    async def list_processes(self, container_id: str) -> list[ProcessInfo]:
+        return [
+            ProcessInfo(p.pid, tuple(p.args))
+            for (cid, _), p in self.processes.items()
+            if cid == container_id and not p.status.done()
+        ]
+
+    async def pause_container(self, container_id: str) -> None:
+        self._record("pause_container", container_id=container_id)
+        self.paused.add(container_id)
+
+    async def resume_container(self, container_id: str) -> None:
+        self._record("resume_container", container_id=container_id)
+        self.paused.discard(container_id)
+
+    async def remove_container(self, container_id: str) -> None:
+        self._record("remove_container", container_id=container_id)
+        for key in [k for k in self.processes if k[0] == container_id]:
+            del self.processes[key]
+
+    async def shutdown(self) -> None:
+        self._record("shutdown")

@@ -1,0 +1,331 @@
+"""Typed, validated configuration values.
+
+Every config is a frozen dataclass that validates itself on construction, so
+a bad config raises :class:`~virtcontainers.errors.ConfigError` before
+anything is started.  ``to_dict``/``from_dict`` give the JSON form kept in the
+store and sent to the pod daemon; ``from_dict`` rejects unknown fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from virtcontainers.errors import ConfigError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MIN_MEMORY_MIB = 128
+MAX_VCPUS = 64
+
+T = TypeVar("T")
+
+
+def validate_id(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise ConfigError(
+            f"{kind} id",
+            f"{value!r} must be 1-64 characters of letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+def _host_memory_mib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    raise OSError("MemTotal missing from /proc/meminfo")
+
+
+def _check_type(where: str, value: object, expected: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) and expected in (int, float):
+        raise ConfigError(where, f"expected {expected}, got a boolean")
+    if not isinstance(value, expected):
+        raise ConfigError(where, f"expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _check_str_tuple(where: str, values: object) -> tuple[str, ...]:
+    if not isinstance(values, list | tuple):
+        raise ConfigError(where, f"expected a list of strings, got {type(values).__name__}")
+    for item in values:
+        _check_type(where, item, str)
+    return tuple(values)
+
+
+def _reject_unknown(kind: str, cls: type, data: Mapping[str, Any]) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(kind, f"expected an object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(kind, f"unknown field(s) {', '.join(map(repr, unknown))}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """VM size.  vCPUs and memory are the guest's, not a cgroup limit."""
+
+    vcpus: int = 1
+    memory_mib: int = 512
+
+    def __post_init__(self) -> None:
+        _check_type("resources.vcpus", self.vcpus, int)
+        _check_type("resources.memory_mib", self.memory_mib, int)
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise ConfigError("resources.vcpus", f"{self.vcpus} is outside 1..{MAX_VCPUS}")
+        host = _host_memory_mib()
+        if not MIN_MEMORY_MIB <= self.memory_mib <= host:
+            raise ConfigError(
+                "resources.memory_mib",
+                f"{self.memory_mib} MiB is outside {MIN_MEMORY_MIB}..{host} MiB "
+                "(the guest needs at least that much; the host has no more)",
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Resources:
+        _reject_unknown("resources", cls, data)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory or file made visible inside a container."""
+
+    source: str
+    destination: str
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        _check_type("mount.source", self.source, str)
+        _check_type("mount.destination", self.destination, str)
+        _check_type("mount.read_only", self.read_only, bool)
+        if not os.path.isabs(self.destination):
+            raise ConfigError("mount.destination", f"{self.destination!r} is not absolute")
+        if not os.path.isabs(self.source):
+            raise ConfigError("mount.source", f"{self.source!r} is not absolute")
+        if not os.path.exists(self.source):
+            raise ConfigError("mount.source", f"{self.source} does not exist")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Mount:
+        _reject_unknown("mount", cls, data)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """A process to run: in a container, or in the VM outside containers."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...] = (DEFAULT_PATH_ENV,)
+    cwd: str = "/"
+    user: str = "0:0"
+    terminal: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", _check_str_tuple("cmd.args", self.args))
+        object.__setattr__(self, "env", _check_str_tuple("cmd.env", self.env))
+        if not self.args:
+            raise ConfigError("cmd.args", "a command needs at least the program name")
+        for entry in self.env:
+            if "=" not in entry:
+                raise ConfigError("cmd.env", f"{entry!r} is not NAME=VALUE")
+        _check_type("cmd.cwd", self.cwd, str)
+        if not os.path.isabs(self.cwd):
+            raise ConfigError("cmd.cwd", f"{self.cwd!r} is not absolute")
+        _check_type("cmd.terminal", self.terminal, bool)
+        self.uid_gid()
+
+    def uid_gid(self) -> tuple[int, int, tuple[int, ...]]:
+        """Parse ``user`` as ``UID[:GID[:GID,GID...]]`` (numeric, as in the guest)."""
+        _check_type("cmd.user", self.user, str)
+        parts = self.user.split(":")
+        try:
+            uid = int(parts[0])
+            gid = int(parts[1]) if len(parts) > 1 and parts[1] else uid
+            extra = tuple(int(g) for g in parts[2].split(",")) if len(parts) > 2 else ()
+        except ValueError:
+            raise ConfigError("cmd.user", f"{self.user!r} is not UID[:GID[:GIDS]]") from None
+        if len(parts) > 3 or min((uid, gid, *extra)) < 0:
+            raise ConfigError("cmd.user", f"{self.user!r} is not UID[:GID[:GIDS]]")
+        return uid, gid, extra
+
+    def to_oci_process(self) -> dict[str, Any]:
+        uid, gid, extra = self.uid_gid()
+        user: dict[str, Any] = {"uid": uid, "gid": gid}
+        if extra:
+            user["additionalGids"] = list(extra)
+        return {
+            "terminal": self.terminal,
+            "user": user,
+            "args": list(self.args),
+            "env": list(self.env),
+            "cwd": self.cwd,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cmd:
+        _reject_unknown("cmd", cls, data)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """A container: a host rootfs directory and the process to run in it.
+
+    ``oci`` is an optional OCI runtime-spec config used as the base of the
+    container's spec in the guest (what a runtime such as vc-runtime
+    translated); its ``process`` and ``root`` are replaced by ``cmd`` and the
+    rootfs.  Without it the library makes a default spec.
+    """
+
+    id: str
+    rootfs: Path
+    cmd: Cmd
+    mounts: tuple[Mount, ...] = ()
+    hostname: str | None = None
+    read_only_rootfs: bool = False
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    oci: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        validate_id("container", self.id)
+        object.__setattr__(self, "rootfs", Path(self.rootfs))
+        if not self.rootfs.is_absolute():
+            raise ConfigError("container.rootfs", f"{str(self.rootfs)!r} is not absolute")
+        if not self.rootfs.is_dir():
+            raise ConfigError(
+                "container.rootfs", f"{self.rootfs} is not a directory (container {self.id!r})"
+            )
+        _check_type("container.cmd", self.cmd, Cmd)
+        object.__setattr__(self, "mounts", tuple(self.mounts))
+        for mount in self.mounts:
+            _check_type("container.mounts", mount, Mount)
+        if self.hostname is not None and not re.match(
+            r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$", self.hostname
+        ):
+            raise ConfigError("container.hostname", f"{self.hostname!r} is not a valid hostname")
+        _check_type("container.read_only_rootfs", self.read_only_rootfs, bool)
+        for key, value in dict(self.annotations).items():
+            _check_type("container.annotations", key, str)
+            _check_type("container.annotations", value, str)
+        if self.oci is not None:
+            _check_type("container.oci", self.oci, Mapping)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rootfs": str(self.rootfs),
+            "cmd": dataclasses.asdict(self.cmd),
+            "mounts": [dataclasses.asdict(m) for m in self.mounts],
+            "hostname": self.hostname,
+            "read_only_rootfs": self.read_only_rootfs,
+            "annotations": dict(self.annotations),
+            "oci": dict(self.oci) if self.oci is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContainerConfig:
+        _reject_unknown("container", cls, data)
+        values = dict(data)
+        if "cmd" not in values or "id" not in values or "rootfs" not in values:
+            raise ConfigError("container", "'id', 'rootfs' and 'cmd' are required")
+        values["cmd"] = Cmd.from_dict(values["cmd"])
+        values["mounts"] = tuple(Mount.from_dict(m) for m in values.get("mounts") or ())
+        values["rootfs"] = Path(values["rootfs"])
+        values["annotations"] = dict(values.get("annotations") or {})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    """A guest image to boot instead of the default built one."""
+
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+
+    def __post_init__(self) -> None:
+        for name in ("kernel", "initrd", "rootfs"):
+            path = Path(getattr(self, name))
+            object.__setattr__(self, name, path)
+            if not path.is_file():
+                raise ConfigError(f"image.{name}", f"{path} is not a file")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImagePaths:
+        _reject_unknown("image", cls, data)
+        return cls(**{k: Path(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """A pod: one VM and the containers it starts with."""
+
+    id: str
+    resources: Resources = field(default_factory=Resources)
+    containers: tuple[ContainerConfig, ...] = ()
+    hypervisor: str = "qemu"
+    image: ImagePaths | None = None
+    hostname: str | None = None
+    kernel_params: tuple[str, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_id("pod", self.id)
+        _check_type("pod.resources", self.resources, Resources)
+        object.__setattr__(self, "containers", tuple(self.containers))
+        seen: set[str] = set()
+        for container in self.containers:
+            _check_type("pod.containers", container, ContainerConfig)
+            if container.id in seen:
+                raise ConfigError("pod.containers", f"container id {container.id!r} appears twice")
+            seen.add(container.id)
+        if self.hypervisor not in ("qemu", "mock"):
+            raise ConfigError("pod.hypervisor", f"{self.hypervisor!r} is not 'qemu' or 'mock'")
+        object.__setattr__(
+            self, "kernel_params", _check_str_tuple("pod.kernel_params", self.kernel_params)
+        )
+        if self.hostname is not None and not re.match(
+            r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$", self.hostname
+        ):
+            raise ConfigError("pod.hostname", f"{self.hostname!r} is not a valid hostname")
+        for key, value in dict(self.annotations).items():
+            _check_type("pod.annotations", key, str)
+            _check_type("pod.annotations", value, str)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "resources": dataclasses.asdict(self.resources),
+            "containers": [c.to_dict() for c in self.containers],
+            "hypervisor": self.hypervisor,
+            "image": {k: str(v) for k, v in dataclasses.asdict(self.image).items()}
+            if self.image
+            else None,
+            "hostname": self.hostname,
+            "kernel_params": list(self.kernel_params),
+            "annotations": dict(self.annotations),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PodConfig:
+        _reject_unknown("pod", cls, data)
+        values = dict(data)
+        if "id" not in values:
+            raise ConfigError("pod", "'id' is required")
+        values["resources"] = Resources.from_dict(values.get("resources") or {})
+        values["containers"] = tuple(
+            ContainerConfig.from_dict(c) for c in values.get("containers") or ()
+        )
+        values["image"] = ImagePaths.from_dict(values["image"]) if values.get("image") else None
+        values["kernel_params"] = tuple(values.get("kernel_params") or ())
+        values["annotations"] = dict(values.get("annotations") or {})
+        return cls(**values)

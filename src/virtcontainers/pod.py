@@ -1,0 +1,445 @@
+"""A running pod, as its daemon holds it: VM, agent, shared files, containers.
+
+The Pod composes a :class:`Hypervisor`, an :class:`Agent` and the pod's
+:class:`Store` record, and writes the record on every state transition.
+Every failure path unwinds what was set up: the VM is stopped, the agent
+connection closed, relays closed, and bind mounts removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from virtcontainers import mounts, spec
+from virtcontainers.agent.base import Agent, ExitStatus, GuestDetails
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig, validate_id
+from virtcontainers.container import Container
+from virtcontainers.errors import (
+    AgentError,
+    ExistsError,
+    HypervisorError,
+    NotFoundError,
+    StateError,
+    VcError,
+)
+from virtcontainers.hypervisor.base import (
+    BlockDevice,
+    Hypervisor,
+    SerialPortDevice,
+    SharedFsDevice,
+    VMConfig,
+)
+from virtcontainers.process import GuestProcess, ProcessIO, Stdio
+from virtcontainers.states import ContainerState, PodState
+from virtcontainers.store import PodPaths, Store
+
+AGENT_PORT_NAME = "agent"
+SHARED_FS_TAG = "vcshared"
+AGENT_CONNECT_TIMEOUT = 120.0
+SHUTDOWN_TIMEOUT = 5.0
+LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
+
+
+class Pod:
+    """One pod's VM and containers, driven by its daemon (asyncio)."""
+
+    def __init__(
+        self,
+        store: Store,
+        pod_id: str,
+        hypervisor: Hypervisor,
+        agent: Agent,
+        image: tuple[Path, Path, Path],
+    ) -> None:
+        self.store = store
+        self.id = pod_id
+        self.paths: PodPaths = store.paths(pod_id)
+        self.log = logging.getLogger(__name__).getChild(pod_id)
+        self.hypervisor = hypervisor
+        self.agent = agent
+        self.kernel, self.initrd, self.rootfs_image = image
+        record = store.load(pod_id)
+        self.record = record
+        self.config = PodConfig.from_dict(record["config"])
+        self.state = PodState(record["state"])
+        self.containers = {
+            cid: Container.from_record(entry) for cid, entry in record["containers"].items()
+        }
+        self.details: GuestDetails | None = None
+        self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"io-{pod_id}")
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.agent.on_event(self._on_agent_event)
+
+    # --- record -------------------------------------------------------------------
+
+    def persist(self) -> None:
+        self.record["state"] = self.state.value
+        self.record["containers"] = {cid: c.to_record() for cid, c in self.containers.items()}
+        self.record["vm_pid"] = self.hypervisor.pid
+        self.record["guest"] = self.details.__dict__ if self.details else None
+        self.store.save(self.id, self.record)
+
+    def _move_to(self, target: PodState) -> None:
+        self.state.check_transition(self.id, target)
+        self.state = target
+        self.persist()
+
+    def status(self) -> dict[str, Any]:
+        self.persist()
+        return dict(self.record)
+
+    def container(self, container_id: str) -> Container:
+        validate_id("container", container_id)
+        try:
+            return self.containers[container_id]
+        except KeyError:
+            raise NotFoundError("container", container_id, f"in pod {self.id!r}") from None
+
+    # --- pod lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Boot the VM, connect the agent, create and start the pod's containers."""
+        self.state.check_transition(self.id, PodState.RUNNING)
+        self.log.info("starting pod")
+        try:
+            await self._boot()
+            for container in self.containers.values():
+                container.state = ContainerState.CREATED
+                container.exit = None
+                await self._create_in_guest(container, self._log_stdio(container.id))
+                await self._start_in_guest(container)
+        except BaseException:
+            self.log.exception("pod start failed; cleaning up")
+            await self._teardown()
+            self.persist()
+            raise
+        self._move_to(PodState.RUNNING)
+
+    async def _boot(self) -> None:
+        self.paths.vm.mkdir(mode=0o700, exist_ok=True)
+        self.paths.shared.mkdir(mode=0o700, exist_ok=True)
+        agent_socket = self.paths.vm / "agent.sock"
+        hostname = self.config.hostname or self.id
+        vm = VMConfig(
+            vm_id=self.id,
+            kernel=self.kernel,
+            initrd=self.initrd,
+            run_dir=self.paths.vm,
+            vcpus=self.config.resources.vcpus,
+            memory_mib=self.config.resources.memory_mib,
+            kernel_params=(f"vc.hostname={hostname}", *self.config.kernel_params),
+            devices=(
+                BlockDevice("root", self.rootfs_image, read_only=True),
+                SerialPortDevice("agent", agent_socket, AGENT_PORT_NAME),
+                SharedFsDevice("shared", self.paths.shared, SHARED_FS_TAG),
+            ),
+        )
+        await self.hypervisor.create(vm)
+        await self.hypervisor.start()
+        self.record["started_at"] = time.time()
+        self.persist()
+        vm_exit = asyncio.ensure_future(self.hypervisor.wait())
+        connect = asyncio.ensure_future(
+            self.agent.connect(self.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
+        )
+        done, _ = await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
+        if connect not in done:
+            connect.cancel()
+            raise HypervisorError(
+                f"pod {self.id!r}: the VM exited (code {vm_exit.result()}) before its agent "
+                f"answered; console log: {self.hypervisor.console_path()}"
+            )
+        vm_exit.cancel()
+        connect.result()
+        self.details = await self.agent.guest_details()
+        self.log.info("agent up: %s", self.details)
+        self._spawn(self._watch_vm())
+
+    async def _watch_vm(self) -> None:
+        code = await self.hypervisor.wait()
+        if self.stopping:
+            return
+        self.log.error("VM exited unexpectedly with code %s", code)
+        self.record["error"] = f"the VM exited unexpectedly (code {code})"
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Shut the VM down; the pod's containers end with it (exit 137)."""
+        self.state.require(self.id, "stop", PodState.RUNNING, PodState.PAUSED)
+        self.stopping = True
+        if self.state is PodState.PAUSED:
+            with contextlib.suppress(VcError):
+                await self.hypervisor.resume()
+        with contextlib.suppress(VcError, asyncio.TimeoutError, OSError):
+            await asyncio.wait_for(self.agent.shutdown(), SHUTDOWN_TIMEOUT)
+        await self._teardown()
+        self._move_to(PodState.STOPPED)
+        self.stopped.set()
+
+    async def _teardown(self) -> None:
+        self.stopping = True
+        try:
+            await self.hypervisor.stop()
+        except VcError as exc:
+            self.log.warning("stopping the VM: %s", exc)
+        with contextlib.suppress(Exception):
+            await self.agent.close()
+        for container in self.containers.values():
+            await self._end_processes(container)
+            if container.state in LIVE_STATES or container.in_guest:
+                if container.state is not ContainerState.STOPPED:
+                    container.state = ContainerState.STOPPED
+                if container.exit is None:
+                    container.exit = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+            container.in_guest = False
+        for task in list(self._watchers):
+            if task is not asyncio.current_task():
+                task.cancel()
+        mounts.unmount_all_under(self.paths.shared)
+        shutil.rmtree(self.paths.shared, ignore_errors=True)
+        shutil.rmtree(self.paths.vm, ignore_errors=True)
+
+    async def _end_processes(self, container: Container) -> None:
+        processes = [p for p in (container.init, *container.execs.values()) if p is not None]
+        for process in processes:
+            if process.status is None:
+                process.status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+            process.done.set()
+            await process.io.close()
+
+    async def pause(self) -> None:
+        self.state.require(self.id, "pause", PodState.RUNNING)
+        await self.hypervisor.pause()
+        self._move_to(PodState.PAUSED)
+
+    async def resume(self) -> None:
+        self.state.require(self.id, "resume", PodState.PAUSED)
+        await self.hypervisor.resume()
+        self._move_to(PodState.RUNNING)
+
+    def _require_running(self, operation: str) -> None:
+        self.state.require(self.id, operation, PodState.RUNNING)
+
+    # --- containers ---------------------------------------------------------------------
+
+    def _log_stdio(self, container_id: str) -> Stdio:
+        logs = self.paths.root / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(logs / f"{container_id}.log", flags, 0o600)
+        return Stdio(stdin=None, stdout=out, stderr=os.dup(out))
+
+    def _share(self, config: ContainerConfig) -> None:
+        target = self.paths.container_shared(config.id)
+        mounts.bind_mount(config.rootfs, target / "rootfs", read_only=config.read_only_rootfs)
+        for index, mount in enumerate(config.mounts):
+            mounts.bind_mount(
+                Path(mount.source),
+                target / "mounts" / str(index),
+                read_only=mount.read_only,
+            )
+
+    def _unshare(self, container_id: str) -> None:
+        target = self.paths.container_shared(container_id)
+        if target.exists():
+            mounts.unmount_all_under(target)
+            shutil.rmtree(target, ignore_errors=True)
+
+    async def create_container(self, config: ContainerConfig, stdio: Stdio | None) -> Container:
+        self._require_running("create a container in")
+        if config.id in self.containers:
+            raise ExistsError("container", config.id)
+        container = Container(config)
+        self.containers[config.id] = container
+        try:
+            await self._create_in_guest(container, stdio or self._log_stdio(config.id))
+        except BaseException:
+            del self.containers[config.id]
+            raise
+        self.persist()
+        return container
+
+    async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
+        io = ProcessIO(self.agent, stdio, self.executor)
+        try:
+            self._share(container.config)
+            bundle = spec.container_spec(container.config, self.config.hostname or self.id)
+            streams = io.open()
+            container.pid = await self.agent.create_container(
+                container.id, bundle, spec.guest_rootfs(container.id), streams
+            )
+        except BaseException:
+            await io.close()
+            self._unshare(container.id)
+            raise
+        container.in_guest = True
+        io.start()
+        container.init = GuestProcess(container.id, None, io, pid=container.pid)
+        self._spawn(self._watch_process(container, container.init))
+
+    async def start_container(self, container_id: str) -> None:
+        self._require_running("start a container in")
+        container = self.container(container_id)
+        container.state.require(container_id, "start", ContainerState.CREATED)
+        await self._start_in_guest(container)
+        self.persist()
+
+    async def _start_in_guest(self, container: Container) -> None:
+        await self.agent.start_container(container.id)
+        if container.state is ContainerState.CREATED:
+            container.move_to(ContainerState.RUNNING)
+
+    async def _watch_process(self, container: Container, process: GuestProcess) -> None:
+        try:
+            status = await self.agent.wait_process(container.id, process.exec_id)
+        except (AgentError, OSError) as exc:
+            self.log.warning("lost %s/%s: %s", container.id, process.exec_id or "init", exc)
+            status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+        await process.io.drained()
+        await process.io.close()
+        process.status = status
+        process.done.set()
+        if process.exec_id is None and not self.stopping:
+            container.exit = status
+            if container.state is not ContainerState.STOPPED:
+                container.state = ContainerState.STOPPED
+            self.persist()
+        container.forget_finished_execs()
+
+    async def stop_container(self, container_id: str, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL to every process after ``timeout`` seconds."""
+        self._require_running("stop a container in")
+        container = self.container(container_id)
+        container.state.require(container_id, "stop", ContainerState.CREATED, *LIVE_STATES)
+        if container.state is ContainerState.PAUSED:
+            await self.agent.resume_container(container_id)
+            container.state = ContainerState.RUNNING
+        init = container.process(None)
+        if init.status is None:
+            with contextlib.suppress(AgentError):
+                await self.agent.signal_process(container_id, None, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(init.done.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(AgentError):
+                    await self.agent.signal_process(container_id, None, signal.SIGKILL, True)
+                await init.done.wait()
+        container.exit = init.status
+        container.state = ContainerState.STOPPED
+        self.persist()
+
+    async def delete_container(self, container_id: str) -> None:
+        container = self.container(container_id)
+        container.state.require(
+            container_id, "delete", ContainerState.CREATED, ContainerState.STOPPED
+        )
+        if container.in_guest:
+            await self.agent.remove_container(container_id)
+            container.in_guest = False
+        await self._end_processes(container)
+        self._unshare(container_id)
+        del self.containers[container_id]
+        self.persist()
+
+    async def pause_container(self, container_id: str) -> None:
+        container = self.container(container_id)
+        container.state.require(container_id, "pause", ContainerState.RUNNING)
+        await self.agent.pause_container(container_id)
+        container.move_to(ContainerState.PAUSED)
+        self.persist()
+
+    async def resume_container(self, container_id: str) -> None:
+        container = self.container(container_id)
+        container.state.require(container_id, "resume", ContainerState.PAUSED)
+        await self.agent.resume_container(container_id)
+        container.move_to(ContainerState.RUNNING)
+        self.persist()
+
+    # --- processes ----------------------------------------------------------------------
+
+    async def exec_process(
+        self, container_id: str, cmd: Cmd, stdio: Stdio, exec_id: str | None = None
+    ) -> GuestProcess:
+        self._require_running("exec in")
+        container = self.container(container_id)
+        container.state.require(container_id, "exec in", ContainerState.RUNNING)
+        exec_id = validate_id("exec", exec_id) if exec_id else container.new_exec_id()
+        if exec_id in container.execs:
+            raise ExistsError("exec", f"{container_id}/{exec_id}")
+        io = ProcessIO(self.agent, stdio, self.executor)
+        process_spec = spec.process_spec(container.config, cmd.to_oci_process())
+        try:
+            streams = io.open()
+            pid = await self.agent.exec_process(container_id, exec_id, process_spec, streams)
+        except BaseException:
+            await io.close()
+            raise
+        io.start()
+        process = GuestProcess(container_id, exec_id, io, pid=pid)
+        container.execs[exec_id] = process
+        self._spawn(self._watch_process(container, process))
+        return process
+
+    async def signal_process(
+        self, container_id: str, exec_id: str | None, signum: int, all_processes: bool
+    ) -> None:
+        self._require_running("signal a process in")
+        container = self.container(container_id)
+        process = container.process(exec_id)
+        if process.status is not None:
+            raise StateError(
+                f"process {container_id}/{exec_id or 'init'}", "signal", "stopped", ["running"]
+            )
+        await self.agent.signal_process(container_id, exec_id, signum, all_processes)
+
+    async def wait_process(self, container_id: str, exec_id: str | None) -> ExitStatus:
+        container = self.container(container_id)
+        if exec_id is None and container.init is None and container.exit is not None:
+            return container.exit
+        return await container.process(exec_id).wait()
+
+    async def resize_terminal(
+        self, container_id: str, exec_id: str | None, rows: int, cols: int
+    ) -> None:
+        self._require_running("resize a terminal in")
+        self.container(container_id).process(exec_id)
+        await self.agent.resize_terminal(container_id, exec_id, rows, cols)
+
+    async def list_processes(self, container_id: str) -> list[dict[str, Any]]:
+        self._require_running("list processes in")
+        self.container(container_id).state.require(container_id, "list processes of", *LIVE_STATES)
+        return [
+            {"pid": p.pid, "args": list(p.args)}
+            for p in await self.agent.list_processes(container_id)
+        ]
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        task.add_done_callback(self._report_crash)
+
+    def _report_crash(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task failed", exc_info=task.exception())
+
+    def _on_agent_event(self, name: str, fields: dict[str, Any]) -> None:
+        if name == "oom":
+            container = self.containers.get(str(fields.get("container_id")))
+            if container is not None:
+                container.oom_killed = True
+                self.log.warning("container %s: OOM kill", container.id)

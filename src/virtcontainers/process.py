@@ -1,0 +1,177 @@
+"""A process in the guest as the pod daemon sees it: stdio relays and exit status.
+
+The caller's stdio file descriptors arrive in the daemon over the RPC socket.
+They are shared with the caller, so the daemon never makes them non-blocking
+(that would leak into the caller's terminal): reads wait for readiness in the
+event loop (or in a thread, for regular files, which epoll refuses) and
+writes run in worker threads.  Backpressure is end to end: a slow reader of
+stdout stops the daemon from reading the agent stream, which withholds the
+guest's credit, which stops the agent from reading the container's pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from virtcontainers.agent.base import Agent, ExitStatus, StdioStreams, Stream
+
+READ_CHUNK = 64 * 1024
+DRAIN_IDLE_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stdio:
+    """Host fds for a process (owned by the relay once handed over)."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+    def close(self) -> None:
+        """Close each fd once; a second call must not hit a reused fd number."""
+        fds = {self.stdin, self.stdout, self.stderr}
+        self.stdin = self.stdout = self.stderr = None
+        for fd in fds:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _read_fd(fd: int, executor: ThreadPoolExecutor) -> bytes:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    try:
+        loop.add_reader(fd, _resolve, ready)
+    except (PermissionError, ValueError, OSError):
+        # Regular files cannot be polled; a blocking read in a thread is fine for them.
+        return await loop.run_in_executor(executor, os.read, fd, READ_CHUNK)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    return os.read(fd, READ_CHUNK)
+
+
+@dataclass
+class ProcessIO:
+    """Pumps bytes between host fds and the agent's streams for one process."""
+
+    agent: Agent
+    stdio: Stdio
+    executor: ThreadPoolExecutor
+    streams: StdioStreams = field(default_factory=StdioStreams)
+    moved: int = 0
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _outputs: list[asyncio.Task[None]] = field(default_factory=list)
+    _agent_streams: list[Stream] = field(default_factory=list)
+
+    def open(self) -> StdioStreams:
+        """Allocate agent streams for the fds given; None fds stay /dev/null."""
+        ids: dict[str, int | None] = {}
+        for name in ("stdin", "stdout", "stderr"):
+            if getattr(self.stdio, name) is None:
+                ids[name] = None
+                continue
+            stream = self.agent.open_stream()
+            self._agent_streams.append(stream)
+            ids[name] = stream.stream_id
+        self.streams = StdioStreams(**ids)
+        return self.streams
+
+    def start(self) -> None:
+        by_id = {s.stream_id: s for s in self._agent_streams}
+        if self.stdio.stdin is not None and self.streams.stdin is not None:
+            task = asyncio.create_task(self._pump_in(self.stdio.stdin, by_id[self.streams.stdin]))
+            self._tasks.append(task)
+        for fd, sid in (
+            (self.stdio.stdout, self.streams.stdout),
+            (self.stdio.stderr, self.streams.stderr),
+        ):
+            if fd is not None and sid is not None:
+                task = asyncio.create_task(self._pump_out(by_id[sid], fd))
+                self._outputs.append(task)
+                self._tasks.append(task)
+
+    async def _pump_in(self, fd: int, stream: Stream) -> None:
+        try:
+            while chunk := await _read_fd(fd, self.executor):
+                await stream.write(chunk)
+            await stream.close()
+        except OSError as exc:
+            log.debug("stdin relay stopped: %s", exc)
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _pump_out(self, stream: Stream, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        broken = False
+        while chunk := await stream.read():
+            self.moved += len(chunk)
+            if broken:
+                continue  # keep draining so the guest process is never stuck on a full pipe
+            try:
+                await loop.run_in_executor(self.executor, _write_all, fd, chunk)
+            except OSError as exc:
+                log.debug("output relay to fd %d broke: %s", fd, exc)
+                broken = True
+
+    async def drained(self) -> None:
+        """Wait until output streams end, or stop moving for a while after exit.
+
+        A process that exits while a background child still holds its stdout
+        would otherwise keep its waiter forever.
+        """
+        if not self._outputs:
+            return
+        while True:
+            before = self.moved
+            done, _ = await asyncio.wait(self._outputs, timeout=DRAIN_IDLE_SECONDS)
+            if len(done) == len(self._outputs) or self.moved == before:
+                return
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        release = getattr(self.agent, "release_stream", None)
+        for stream in self._agent_streams:
+            if release is not None:
+                release(stream.stream_id)
+        self.stdio.close()
+
+
+@dataclass
+class GuestProcess:
+    """A container's init or exec'd process (exec_id None is the init)."""
+
+    container_id: str | None
+    exec_id: str | None
+    io: ProcessIO
+    pid: int = 0
+    status: ExitStatus | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait(self) -> ExitStatus:
+        await self.done.wait()
+        assert self.status is not None
+        return self.status

@@ -1,0 +1,143 @@
+"""The OCI runtime spec the guest's crun receives for a container."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from virtcontainers.config import ContainerConfig
+
+GUEST_SHARED_DIR = "/run/vc/shared"
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+
+def guest_rootfs(container_id: str) -> str:
+    return f"{GUEST_SHARED_DIR}/{container_id}/rootfs"
+
+
+def guest_mount_source(container_id: str, index: int) -> str:
+    return f"{GUEST_SHARED_DIR}/{container_id}/mounts/{index}"
+
+
+def default_mounts() -> list[dict[str, Any]]:
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
+    ]
+
+
+def default_spec(hostname: str) -> dict[str, Any]:
+    caps = list(DEFAULT_CAPABILITIES)
+    return {
+        "ociVersion": "1.0.2",
+        "hostname": hostname,
+        "mounts": default_mounts(),
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")],
+            "maskedPaths": [
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+            ],
+            "readonlyPaths": [
+                "/proc/asound",
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ],
+        },
+        "process": {
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+    }
+
+
+def container_spec(config: ContainerConfig, pod_hostname: str) -> dict[str, Any]:
+    """The container's spec as the guest sees it: host paths become guest paths."""
+    spec = copy.deepcopy(dict(config.oci)) if config.oci is not None else default_spec(pod_hostname)
+    process = dict(spec.get("process") or {})
+    process.update(config.cmd.to_oci_process())
+    spec["process"] = process
+    spec["root"] = {"path": guest_rootfs(config.id), "readonly": config.read_only_rootfs}
+    if config.hostname is not None:
+        spec["hostname"] = config.hostname
+    mounts = list(spec.get("mounts") or [])
+    for index, mount in enumerate(config.mounts):
+        options = ["rbind", "ro" if mount.read_only else "rw"]
+        mounts.append(
+            {
+                "destination": mount.destination,
+                "type": "bind",
+                "source": guest_mount_source(config.id, index),
+                "options": options,
+            }
+        )
+    spec["mounts"] = mounts
+    if config.annotations:
+        spec["annotations"] = {**(spec.get("annotations") or {}), **config.annotations}
+    return spec
+
+
+def process_spec(config: ContainerConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """An exec's process: the container's process settings overlaid with the exec's."""
+    base = container_spec(config, "")["process"]
+    return {**base, **args}

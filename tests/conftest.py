@@ -1,0 +1,31 @@
+"""Shared fixtures: an isolated run root for every test that touches pods."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from virtcontainers import api, mounts
+
+
+@pytest.fixture
+def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """VC_RUN_DIR in a temp dir; afterwards every pod is stopped and deleted."""
+    root = tmp_path / "run"
+    monkeypatch.setenv("VC_RUN_DIR", str(root))
+    yield root
+    for pod in api.list_pods():
+        try:
+            if pod.state.value in ("running", "paused"):
+                api.stop_pod(pod.id)
+            api.delete_pod(pod.id)
+        except Exception as exc:  # keep cleaning the others
+            print(f"cleanup of pod {pod.id} failed: {exc}")
+    if root.exists():
+        mounts.unmount_all_under(root)
+    leftovers = [p for p in root.rglob("*")] if root.exists() else []
+    assert not [p for p in leftovers if p.name != "pods"], f"left behind: {leftovers}"
+    assert not os.path.exists(root / "pods") or not list((root / "pods").iterdir())
