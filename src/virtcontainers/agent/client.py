@@ -133,15 +133,23 @@ class AgentClient:
         writer.write(protocol.hello(nonce))
         await writer.drain()
         try:
-            await asyncio.wait_for(self._await_hello(reader, nonce), timeout)
+            early, pending = await asyncio.wait_for(self._await_hello(reader, nonce), timeout)
         except TimeoutError:
             await self.close()
             raise AgentError(
                 "connect", "timeout", f"no HELLO from the agent in {timeout:.0f}s"
             ) from None
-        self._read_task = asyncio.create_task(self._read_loop(reader), name="agent-reader")
+        except BaseException:
+            await self.close()
+            raise
+        self._read_task = asyncio.create_task(
+            self._read_loop(reader, early, pending), name="agent-reader"
+        )
 
-    async def _await_hello(self, reader: asyncio.StreamReader, nonce: str) -> None:
+    async def _await_hello(
+        self, reader: asyncio.StreamReader, nonce: str
+    ) -> tuple[list[Frame], bytes]:
+        """Skip stale bytes up to our HELLO's answer; return what came after it."""
         decoder = protocol.FrameDecoder(resync=True)
         while True:
             data = await reader.read(READ_SIZE)
@@ -149,11 +157,10 @@ class AgentClient:
                 raise AgentError(
                     "connect", "closed", "the agent channel closed during the handshake"
                 )
-            for frame in decoder.feed(data):
+            frames = decoder.feed(data)
+            for index, frame in enumerate(frames):
                 if frame.type is FrameType.HELLO and self._hello_matches(frame, nonce):
-                    if decoder.pending:
-                        raise AgentProtocolError("agent sent data before its HELLO was answered")
-                    return
+                    return frames[index + 1 :], decoder.take_pending()
 
     def _hello_matches(self, frame: Frame, nonce: str) -> bool:
         try:
@@ -194,9 +201,13 @@ class AgentClient:
             self._writer.write(frame)
             await self._writer.drain()
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(
+        self, reader: asyncio.StreamReader, early: list[Frame], pending: bytes
+    ) -> None:
         decoder = protocol.FrameDecoder()
         try:
+            for frame in early + decoder.feed(pending):
+                self._dispatch(frame)
             while True:
                 data = await reader.read(READ_SIZE)
                 if not data:
@@ -240,18 +251,20 @@ class AgentClient:
         return stream
 
     def _on_response(self, frame: Frame) -> None:
+        message = frame.json()  # before the pop: a bad answer must fail its caller too
         entry = self._pending.pop(frame.stream, None)
         if entry is None:
             raise AgentProtocolError(f"response to unknown request {frame.stream}")
         op, future = entry
-        message = frame.json()
         if message.get("ok") is True and isinstance(message.get("result"), dict):
             if not future.done():
                 future.set_result(message["result"])
             return
         error = message.get("error")
         if message.get("ok") is not False or not isinstance(error, dict):
-            raise AgentProtocolError(f"malformed response to {op}")
+            failure = AgentProtocolError(f"malformed response to {op}")
+            future.set_exception(failure)
+            raise failure
         if not future.done():
             future.set_exception(
                 AgentError(op, _bounded(error.get("kind")), _bounded(error.get("message")))
@@ -286,6 +299,8 @@ class AgentClient:
     def open_stream(self) -> AgentStream:
         stream = AgentStream(self, next(self._stream_ids))
         self._streams[stream.stream_id] = stream
+        if self.failure is not None:
+            stream._fail()
         return stream
 
     def release_stream(self, stream_id: int) -> None:

@@ -139,6 +139,12 @@ class FrameDecoder:
     def pending(self) -> int:
         return len(self._buffer)
 
+    def take_pending(self) -> bytes:
+        """Hand over the undecoded bytes (to switch decoders mid-stream)."""
+        pending = bytes(self._buffer)
+        self._buffer.clear()
+        return pending
+
     def feed(self, data: bytes) -> list[Frame]:
         self._buffer += data
         frames: list[Frame] = []

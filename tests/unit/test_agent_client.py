@@ -1,0 +1,211 @@
+"""The agent client against a scripted (and hostile) guest on a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from virtcontainers.agent import protocol
+from virtcontainers.agent.base import StdioStreams
+from virtcontainers.agent.client import AgentClient
+from virtcontainers.agent.protocol import FrameDecoder, FrameType
+from virtcontainers.errors import AgentError, AgentProtocolError
+
+Guest = Callable[[asyncio.StreamReader, asyncio.StreamWriter, FrameDecoder], Awaitable[None]]
+
+
+_queued: dict[int, list[protocol.Frame]] = {}
+
+
+async def next_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> protocol.Frame:
+    """The next frame from the host; frames that arrived together are queued."""
+    queue = _queued.setdefault(id(decoder), [])
+    while not queue:
+        data = await reader.read(65536)
+        assert data, "host closed"
+        queue.extend(decoder.feed(data))
+    return queue.pop(0)
+
+
+async def with_guest(
+    tmp_path: Path, guest: Guest, body: Callable[[AgentClient], Awaitable[None]]
+) -> None:
+    path = tmp_path / "agent.sock"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(resync=True)
+        hello = await next_frame(reader, decoder)
+        writer.write(b"stale bytes from an earlier connection")
+        writer.write(protocol.hello(hello.json()["nonce"]))
+        await writer.drain()
+        try:
+            await guest(reader, writer, decoder)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(handle, str(path))
+    client = AgentClient("test")
+    try:
+        await client.connect(path, timeout=5)
+        await asyncio.wait_for(body(client), 10)
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_request_response_and_error(tmp_path: Path) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        first = await next_frame(reader, dec)
+        writer.write(protocol.response_ok(first.stream, {}))
+        second = await next_frame(reader, dec)
+        writer.write(protocol.response_error(second.stream, "not_found", "no container x"))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        await client.ping()
+        with pytest.raises(AgentError, match="not_found"):
+            await client.start_container("x")
+
+    run(with_guest(tmp_path, guest, body))
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"XXXX" + b"\0" * 20,
+        protocol.response_ok(999, {}),
+        protocol.data(42, b"to a stream nobody opened"),
+        protocol.encode_frame(FrameType.RESPONSE, 1, b"[]"),
+        protocol.encode_frame(FrameType.HELLO, 0, b"{}"),
+        protocol.HEADER.pack(protocol.MAGIC, FrameType.DATA, 0, 1, protocol.MAX_PAYLOAD + 1),
+    ],
+)
+def test_hostile_frames_fail_the_connection_not_the_host(tmp_path: Path, hostile: bytes) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        await next_frame(reader, dec)
+        writer.write(hostile)
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(AgentProtocolError):
+            await client.ping()
+        with pytest.raises(AgentProtocolError):
+            await client.ping()
+
+    run(with_guest(tmp_path, guest, body))
+
+
+def test_wrong_shaped_answer_is_a_protocol_error(tmp_path: Path) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        writer.write(protocol.response_ok(request.stream, {"exit_code": "zero"}))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(AgentProtocolError, match="exit_code"):
+            await client.wait_process("c", None)
+
+    run(with_guest(tmp_path, guest, body))
+
+
+def test_guest_overrunning_its_window_is_cut_off(tmp_path: Path) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        await next_frame(reader, dec)  # the host's ping: its stream is open by now
+        chunk = b"x" * protocol.DATA_CHUNK
+        for _ in range(protocol.STREAM_WINDOW // protocol.DATA_CHUNK + 1):
+            writer.write(protocol.data(1, chunk))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        stream = client.open_stream()
+        with pytest.raises(AgentProtocolError):
+            await client.ping()
+        with pytest.raises(AgentProtocolError, match="window"):
+            while await stream.read():
+                pass
+
+    run(with_guest(tmp_path, guest, body))
+
+
+def test_stream_flow_control_moves_data_intact(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB, far beyond one window
+
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        ping = await next_frame(reader, dec)
+        writer.write(protocol.response_ok(ping.stream, {}))
+        credit = protocol.STREAM_WINDOW
+        view = memoryview(payload)
+        while view:
+            while credit == 0:
+                frame = await next_frame(reader, dec)
+                assert frame.type is FrameType.CREDIT
+                credit += frame.credit()
+            size = min(credit, protocol.DATA_CHUNK, len(view))
+            writer.write(protocol.data(1, bytes(view[:size])))
+            credit -= size
+            view = view[size:]
+        writer.write(protocol.data(1, b"", eof=True))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        stream = client.open_stream()
+        await client.ping()
+        digest = hashlib.sha256()
+        while chunk := await stream.read():
+            digest.update(chunk)
+            await asyncio.sleep(0)
+        assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+
+    run(with_guest(tmp_path, guest, body))
+
+
+def test_create_container_sends_stream_ids(tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        seen.update(request.json())
+        writer.write(protocol.response_ok(request.stream, {"pid": 42}))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        pid = await client.create_container("c", {"process": {}}, "/r", StdioStreams(None, 3, 4))
+        assert pid == 42
+
+    run(with_guest(tmp_path, guest, body))
+    assert seen["op"] == "create_container"
+    assert seen["args"] == {
+        "container_id": "c",
+        "bundle": {"process": {}},
+        "rootfs": "/r",
+        "stdin": None,
+        "stdout": 3,
+        "stderr": 4,
+    }
