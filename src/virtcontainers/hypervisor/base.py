@@ -1,0 +1,253 @@
+"""The hypervisor interface: what a pod daemon needs from a VM.
+
+One :class:`Hypervisor` instance drives one VM.  Its lifecycle::
+
+    NEW --create--> CREATED --start--> RUNNING <--pause/resume--> PAUSED
+                                          │                          │
+                                          └──stop / VM exit──> STOPPED <┘
+
+``create`` may be called again on a STOPPED instance to boot a fresh VM.
+``stop`` on a STOPPED instance does nothing, so a caller that saw the VM exit
+(``wait``) may still call ``stop`` unconditionally.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from virtcontainers.errors import ConfigError, StateError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+# sizeof(sockaddr_un.sun_path) minus the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+class HypervisorKind(enum.Enum):
+    QEMU = "qemu"
+    MOCK = "mock"
+
+
+class Accelerator(enum.Enum):
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class VMState(enum.Enum):
+    NEW = "new"
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+def check_id(field: str, value: str) -> None:
+    """Raise :class:`ConfigError` unless *value* is a safe QEMU/qdev id."""
+    if not _ID_RE.match(value):
+        raise ConfigError(field, f"{value!r} must match {_ID_RE.pattern}")
+
+
+def check_socket_path(field: str, path: Path) -> None:
+    """Raise :class:`ConfigError` if *path* cannot be bound as a unix socket."""
+    if len(str(path).encode()) > MAX_SOCKET_PATH:
+        raise ConfigError(field, f"{path} is longer than {MAX_SOCKET_PATH} bytes (AF_UNIX limit)")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device attached to the VM; ``id`` is unique within the VM."""
+
+    id: str
+
+    def __post_init__(self) -> None:
+        check_id("device id", self.id)
+
+
+@dataclass(frozen=True)
+class BlockDevice(Device):
+    """A raw disk image.  The first block device is the guest's /dev/vda."""
+
+    path: Path
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class SharedFsDevice(Device):
+    """A host directory shared with the guest (virtio-9p), mounted by *mount_tag*."""
+
+    host_path: Path
+    mount_tag: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.mount_tag or len(self.mount_tag) > 31 or "," in self.mount_tag:
+            raise ConfigError("mount_tag", f"{self.mount_tag!r}: 1 to 31 characters, no comma")
+
+
+@dataclass(frozen=True)
+class SerialPortDevice(Device):
+    """A virtserialport named *name*; QEMU listens on the unix socket *socket_path*."""
+
+    socket_path: Path
+    name: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_id("serial port name", self.name)
+        check_socket_path("serial port socket_path", self.socket_path)
+
+
+@dataclass(frozen=True)
+class NetDevice(Device):
+    """A virtio-net NIC backed by an existing tap interface."""
+
+    tap_name: str
+    mac: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.tap_name or len(self.tap_name) > 15 or "," in self.tap_name:
+            raise ConfigError("tap_name", f"{self.tap_name!r}: 1 to 15 characters, no comma")
+        if not _MAC_RE.match(self.mac):
+            raise ConfigError("mac", f"{self.mac!r} is not a MAC address like 52:54:00:12:34:56")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VMConfig:
+    """Everything needed to boot one VM.
+
+    *run_dir* holds the VM's sockets and logs (``qmp.sock``, ``console.log``,
+    ``agent.sock``, ``qemu.log``); it is created with mode 0700 if missing.
+    *machine* ``None`` means the driver's default, *accelerator* ``None`` means
+    detect.  *kernel_params* are appended to the driver's command line.
+    """
+
+    vm_id: str
+    kernel: Path
+    initrd: Path
+    run_dir: Path
+    vcpus: int = 1
+    memory_mib: int = 512
+    kernel_params: tuple[str, ...] = ()
+    machine: str | None = None
+    accelerator: Accelerator | None = None
+    devices: tuple[Device, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_id("vm_id", self.vm_id)
+        if not 1 <= self.vcpus <= 255:
+            raise ConfigError("vcpus", f"{self.vcpus}: must be between 1 and 255")
+        if self.memory_mib < 64:
+            raise ConfigError("memory_mib", f"{self.memory_mib}: must be at least 64")
+        for param in self.kernel_params:
+            if not param or any(c.isspace() for c in param):
+                raise ConfigError("kernel_params", f"{param!r}: one word per parameter")
+        ids = [d.id for d in self.devices]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ConfigError("devices", f"duplicate device ids {duplicates}")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the VM can do, honestly, for the machine type it runs on."""
+
+    machine: str
+    accelerator: Accelerator | None
+    hotplug_block: bool
+    hotplug_cpu: bool
+    hotplug_memory: bool
+    hotplug_net: bool
+    hotplug_serial_port: bool
+    shared_fs: str
+    pause: bool
+
+
+class Lifecycle:
+    """The VM state and its transition table; shared by every driver."""
+
+    TRANSITIONS: dict[VMState, frozenset[VMState]] = {  # noqa: RUF012
+        VMState.NEW: frozenset({VMState.CREATED}),
+        VMState.CREATED: frozenset({VMState.CREATED, VMState.RUNNING}),
+        VMState.RUNNING: frozenset({VMState.PAUSED, VMState.STOPPED}),
+        VMState.PAUSED: frozenset({VMState.RUNNING, VMState.STOPPED}),
+        VMState.STOPPED: frozenset({VMState.CREATED, VMState.STOPPED}),
+    }
+
+    def __init__(self, what: str = "VM") -> None:
+        self.what = what
+        self.state = VMState.NEW
+
+    def require(self, operation: str, *states: VMState) -> None:
+        """Raise :class:`StateError` unless the current state is one of *states*."""
+        if self.state not in states:
+            raise StateError(self.what, operation, self.state.value, [s.value for s in states])
+
+    def move(self, new: VMState) -> None:
+        """Enter *new*; raises :class:`StateError` if the table forbids it."""
+        if new not in self.TRANSITIONS[self.state]:
+            allowed = [s.value for s, nxt in self.TRANSITIONS.items() if new in nxt]
+            raise StateError(self.what, f"move to {new.value}", self.state.value, allowed)
+        self.state = new
+
+
+@runtime_checkable
+class Hypervisor(Protocol):
+    """One VM.  All coroutines must be awaited on the same event loop."""
+
+    async def create(self, config: VMConfig) -> None:
+        """Validate *config* and prepare the run directory; no process yet.
+
+        Raises ConfigError (missing kernel, bad device, path too long) and
+        StateError (not NEW or STOPPED).
+        """
+
+    def add_device(self, device: Device) -> None:
+        """Cold-plug *device* before start; raises StateError after start."""
+
+    async def start(self, timeout: float = 60) -> None:
+        """Launch the VM as a child process and connect to its monitor.
+
+        Raises VMLaunchError (with the VM output tail) if it exits or does not
+        answer within *timeout*; nothing is left running in that case.
+        """
+
+    async def stop(self, timeout: float = 10) -> None:
+        """Stop the VM (graceful, then SIGTERM, then SIGKILL) and clean up."""
+
+    async def pause(self) -> None:
+        """Freeze the vCPUs."""
+
+    async def resume(self) -> None:
+        """Continue a paused VM."""
+
+    async def hotplug_device(self, device: Device) -> None:
+        """Attach *device* to the running VM; HypervisorError where unsupported."""
+
+    async def wait(self) -> int:
+        """Wait until the VM process exits and return its exit code."""
+
+    def console_path(self) -> Path:
+        """The guest console log (bounded in size)."""
+
+    def agent_socket_path(self) -> Path:
+        """The host unix socket of the virtserialport named ``agent``."""
+
+    def capabilities(self) -> Capabilities:
+        """What this VM supports."""
+
+    @property
+    def pid(self) -> int | None:
+        """The VM process id while it runs, else None."""
+
+    @property
+    def running(self) -> bool:
+        """True while the VM process is alive (running or paused)."""
+
+    @property
+    def state(self) -> VMState:
+        """The lifecycle state."""

@@ -1,0 +1,144 @@
+"""A hypervisor without a VM, for unit tests of the layers above.
+
+It keeps the same lifecycle rules as the QEMU driver, records every call in
+:attr:`MockHypervisor.calls`, and lets a test make the VM fail to start
+(:attr:`fail_start`) or exit (:meth:`exit`).  ``pid`` is always None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from virtcontainers.errors import ConfigError, HypervisorError, VMLaunchError
+from virtcontainers.hypervisor.base import (
+    Capabilities,
+    Device,
+    Lifecycle,
+    SerialPortDevice,
+    VMConfig,
+    VMState,
+)
+
+
+class MockHypervisor:
+    """A :class:`~virtcontainers.hypervisor.base.Hypervisor` that records calls."""
+
+    def __init__(self, *, hotplug: bool = True) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.devices: list[Device] = []
+        self.hotplugged: list[Device] = []
+        self.fail_start: str | None = None
+        self._hotplug = hotplug
+        self._life = Lifecycle()
+        self._config: VMConfig | None = None
+        self._exit_code: int | None = None
+        self._exited: asyncio.Event | None = None
+
+    @property
+    def state(self) -> VMState:
+        return self._life.state
+
+    @property
+    def config(self) -> VMConfig:
+        assert self._config is not None, "create() first"
+        return self._config
+
+    async def create(self, config: VMConfig) -> None:
+        self._life.what = f"VM {config.vm_id}"
+        self._life.require("create", VMState.NEW, VMState.CREATED, VMState.STOPPED)
+        self.calls.append(("create", config))
+        for name, path in (("kernel", config.kernel), ("initrd", config.initrd)):
+            if not path.is_file():
+                raise ConfigError(name, f"{path} does not exist or is not a file")
+        self._config = config
+        self.devices = list(config.devices)
+        self._exit_code = None
+        self._life.move(VMState.CREATED)
+
+    def add_device(self, device: Device) -> None:
+        self._life.require("add a device to", VMState.CREATED)
+        self.calls.append(("add_device", device))
+        if any(d.id == device.id for d in self.devices):
+            raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")
+        self.devices.append(device)
+
+    async def start(self, timeout: float = 60) -> None:
+        self._life.require("start", VMState.CREATED)
+        self.calls.append(("start", timeout))
+        if self.fail_start is not None:
+            raise VMLaunchError(f"{self._life.what} failed to start", ["mock"], self.fail_start)
+        self._exited = asyncio.Event()
+        self._life.move(VMState.RUNNING)
+
+    def exit(self, code: int = 0) -> None:
+        """Simulate the VM process exiting with *code*."""
+        self._life.require("exit", VMState.RUNNING, VMState.PAUSED)
+        self.calls.append(("exit", code))
+        self._exit_code = code
+        self._life.move(VMState.STOPPED)
+        assert self._exited is not None
+        self._exited.set()
+
+    async def stop(self, timeout: float = 10) -> None:
+        if self._life.state is VMState.STOPPED:
+            return
+        self._life.require("stop", VMState.RUNNING, VMState.PAUSED)
+        self.calls.append(("stop", timeout))
+        self.exit(0)
+
+    async def pause(self) -> None:
+        self._life.require("pause", VMState.RUNNING)
+        self.calls.append(("pause", None))
+        self._life.move(VMState.PAUSED)
+
+    async def resume(self) -> None:
+        self._life.require("resume", VMState.PAUSED)
+        self.calls.append(("resume", None))
+        self._life.move(VMState.RUNNING)
+
+    async def hotplug_device(self, device: Device) -> None:
+        self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
+        self.calls.append(("hotplug_device", device))
+        if not self._hotplug:
+            raise HypervisorError(f"hot-plug is not supported on mock ({self._life.what})")
+        self.hotplugged.append(device)
+
+    async def wait(self) -> int:
+        if self._life.state is VMState.STOPPED and self._exit_code is not None:
+            return self._exit_code
+        self._life.require("wait for", VMState.RUNNING, VMState.PAUSED)
+        assert self._exited is not None
+        await self._exited.wait()
+        assert self._exit_code is not None
+        return self._exit_code
+
+    def console_path(self) -> Path:
+        return self.config.run_dir / "console.log"
+
+    def agent_socket_path(self) -> Path:
+        for d in self.devices:
+            if isinstance(d, SerialPortDevice) and d.name == "agent":
+                return d.socket_path
+        return self.config.run_dir / "agent.sock"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            machine="mock",
+            accelerator=None,
+            hotplug_block=self._hotplug,
+            hotplug_cpu=False,
+            hotplug_memory=False,
+            hotplug_net=self._hotplug,
+            hotplug_serial_port=self._hotplug,
+            shared_fs="none",
+            pause=True,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def running(self) -> bool:
+        return self._life.state in (VMState.RUNNING, VMState.PAUSED)

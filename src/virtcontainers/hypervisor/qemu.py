@@ -1,0 +1,681 @@
+"""The QEMU driver: QEMU as a direct child process, driven over QMP.
+
+:class:`QemuCommand` owns the argv (rendered from a :class:`VMConfig`);
+:class:`QemuHypervisor` runs it.  The guest console (ttyS0) is QEMU's stdout,
+a pipe that this process copies into ``console.log`` in the run directory,
+keeping the file under ``console_limit`` bytes: when it would grow past the
+limit the older half is dropped and a ``[console trimmed]`` line is written, so
+a reader that follows the file must reopen it when it shrinks.  QEMU's own
+messages go to ``qemu.log``.
+
+QEMU gets ``PR_SET_PDEATHSIG=SIGKILL``: it dies with the thread that launched
+it (the event loop's thread), so a crashed pod daemon never leaks a VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from qemu.qmp import QMPClient, QMPError
+
+from virtcontainers.errors import ConfigError, HypervisorError, StateError, VMLaunchError
+from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
+from virtcontainers.hypervisor.base import (
+    Accelerator,
+    BlockDevice,
+    Capabilities,
+    Device,
+    Lifecycle,
+    NetDevice,
+    SerialPortDevice,
+    SharedFsDevice,
+    VMConfig,
+    VMState,
+    check_socket_path,
+)
+
+DEFAULT_BINARY = "qemu-system-x86_64"
+MICROVM = "microvm"
+Q35 = "q35"
+MACHINES = (MICROVM, Q35)
+DEFAULT_MACHINE = MICROVM
+# Empty pcie-root-ports rendered on q35 so that devices can be hot-plugged.
+Q35_HOTPLUG_PORTS = 4
+AGENT_PORT_NAME = "agent"
+AGENT_DEVICE_ID = "vc-agent"
+VIRTIO_SERIAL_ID = "vc-vser"
+BASE_KERNEL_PARAMS = (
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    "tsc=reliable",
+    "no_timer_check",
+    "rcupdate.rcu_expedited=1",
+    "i8042.noaux=1",
+    "8250.nr_uarts=1",
+    "cryptomgr.notests",
+)
+CONSOLE_LIMIT = 1 << 20
+OUTPUT_TAIL = 4096
+PR_SET_PDEATHSIG = 1
+
+
+def _opt(value: object) -> str:
+    """Escape a value for QEMU's option syntax (a comma is written twice)."""
+    return str(value).replace(",", ",,")
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+@dataclass(frozen=True)
+class QemuCommand:
+    """The QEMU command line for one VM, rendered by :meth:`argv`.
+
+    *devices* are all devices to cold-plug, in order (the config's, those added
+    with ``add_device``, and the agent port).
+    """
+
+    config: VMConfig
+    accelerator: Accelerator
+    machine: str
+    devices: tuple[Device, ...]
+    tsc_khz: int | None = None
+    binary: str = DEFAULT_BINARY
+    tcg_thread: str | None = None
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.config.run_dir / "qmp.sock"
+
+    def kernel_cmdline(self) -> str:
+        params = list(BASE_KERNEL_PARAMS)
+        if self.tsc_khz:
+            params.insert(3, f"tsc_early_khz={self.tsc_khz}")
+        params.extend(self.config.kernel_params)
+        return " ".join(params)
+
+    def machine_args(self) -> list[str]:
+        if self.machine == MICROVM:
+            return ["-M", "microvm,pcie=on,rtc=on"]
+        args = ["-M", "q35"]
+        for n in range(Q35_HOTPLUG_PORTS):
+            args += ["-device", f"pcie-root-port,id=vc-hp{n},bus=pcie.0,chassis={n + 1}"]
+        return args
+
+    def accel_args(self) -> list[str]:
+        if self.accelerator is Accelerator.KVM:
+            return ["-accel", "kvm", "-cpu", "host"]
+        # Measured: with 2 vCPUs on 2 host cores, single-threaded TCG boots faster.
+        thread = self.tcg_thread or ("single" if self.config.vcpus > 1 else None)
+        accel = "tcg" if thread is None else f"tcg,thread={thread}"
+        return ["-accel", accel, "-cpu", "max"]
+
+    def device_args(self) -> list[str]:
+        args: list[str] = []
+        if any(isinstance(d, SerialPortDevice) for d in self.devices):
+            args += ["-device", f"virtio-serial-pci,id={VIRTIO_SERIAL_ID}"]
+        for device in self.devices:
+            args += render_device(device)
+        return args
+
+    def argv(self) -> list[str]:
+        cfg = self.config
+        return [
+            self.binary,
+            "-name", f"vc-{cfg.vm_id}",
+            *self.machine_args(),
+            *self.accel_args(),
+            "-m", f"{cfg.memory_mib}M",
+            "-smp", str(cfg.vcpus),
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-chardev", "stdio,id=vc-con,signal=off",
+            "-serial", "chardev:vc-con",
+            "-qmp", f"unix:{_opt(self.qmp_socket)},server=on,wait=off",
+            "-kernel", str(cfg.kernel),
+            "-initrd", str(cfg.initrd),
+            "-append", self.kernel_cmdline(),
+            *self.device_args(),
+        ]  # fmt: skip
+
+
+def render_device(device: Device) -> list[str]:
+    """The QEMU options that cold-plug *device*.
+
+    Raises ConfigError for a device type this driver does not know.
+    """
+    match device:
+        case BlockDevice(id=ident, path=path, read_only=ro):
+            return [
+                "-drive", f"id={ident},file={_opt(path)},format=raw,if=none,read-only={_onoff(ro)}",
+                "-device", f"virtio-blk-pci,drive={ident},id={ident}",
+            ]  # fmt: skip
+        case SharedFsDevice(id=ident, host_path=path, mount_tag=tag):
+            return [
+                "-fsdev", f"local,id={ident},path={_opt(path)},security_model=none",
+                "-device", f"virtio-9p-pci,fsdev={ident},mount_tag={tag},id={ident}",
+            ]  # fmt: skip
+        case SerialPortDevice(id=ident, socket_path=path, name=name):
+            return [
+                "-chardev", f"socket,id={ident},path={_opt(path)},server=on,wait=off",
+                "-device",
+                f"virtserialport,bus={VIRTIO_SERIAL_ID}.0,chardev={ident},name={name},id={ident}",
+            ]  # fmt: skip
+        case NetDevice(id=ident, tap_name=tap, mac=mac):
+            return [
+                "-netdev", f"tap,id={ident},ifname={tap},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev={ident},mac={mac},id={ident}",
+            ]  # fmt: skip
+    raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec function: SIGKILL the child when its parent thread dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return preexec
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class _Running:
+    """What exists only while a QEMU process does."""
+
+    proc: asyncio.subprocess.Process
+    exited: asyncio.Future[int]
+    console: asyncio.Task[None]
+    reaper: asyncio.Task[None] | None = None
+    qmp: QMPClient | None = None
+    hotplugged: dict[str, Device] = field(default_factory=dict)
+
+
+class QemuHypervisor:
+    """A :class:`~virtcontainers.hypervisor.base.Hypervisor` backed by QEMU."""
+
+    def __init__(
+        self,
+        binary: str = DEFAULT_BINARY,
+        *,
+        console_limit: int = CONSOLE_LIMIT,
+        tcg_thread: str | None = None,
+    ) -> None:
+        self._binary = binary
+        self._console_limit = max(console_limit, 4096)
+        self._tcg_thread = tcg_thread
+        self._life = Lifecycle()
+        self._log = logging.getLogger(__name__)
+        self._config: VMConfig | None = None
+        self._command: QemuCommand | None = None
+        self._devices: list[Device] = []
+        self._run: _Running | None = None
+        self._exit_code: int | None = None
+
+    # -- configuration ------------------------------------------------------
+
+    @property
+    def state(self) -> VMState:
+        return self._life.state
+
+    @property
+    def config(self) -> VMConfig:
+        if self._config is None:
+            raise StateError(self._life.what, "read config", self._life.state.value, ["created"])
+        return self._config
+
+    async def create(self, config: VMConfig) -> None:
+        """Validate *config*, resolve machine and accelerator, prepare run_dir.
+
+        Raises ConfigError (no QEMU binary, missing kernel/initrd/device path,
+        unknown machine, socket path too long) and StateError.
+        """
+        self._life.what = f"VM {config.vm_id}"
+        self._life.require("create", VMState.NEW, VMState.CREATED, VMState.STOPPED)
+        self._log = logging.getLogger(__name__).getChild(config.vm_id)
+        if shutil.which(self._binary) is None:
+            raise ConfigError("qemu binary", f"{self._binary} not found; install QEMU")
+        for name, path in (("kernel", config.kernel), ("initrd", config.initrd)):
+            if not path.is_file():
+                raise ConfigError(name, f"{path} does not exist or is not a file")
+        machine = config.machine or DEFAULT_MACHINE
+        if machine not in MACHINES:
+            raise ConfigError("machine", f"{machine!r}: must be one of {', '.join(MACHINES)}")
+        if config.accelerator is None:
+            accel, reason = detect_accelerator()
+            self._log.info("accelerator %s: %s", accel.value, reason)
+        else:
+            accel = config.accelerator
+        for device in config.devices:
+            self._check_device(device)
+        check_socket_path("run_dir", config.run_dir / "qmp.sock")
+        check_socket_path("run_dir", config.run_dir / "agent.sock")
+        config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config.run_dir.chmod(0o700)
+        self._config = config
+        self._devices = list(config.devices)
+        self._command = QemuCommand(
+            config=config,
+            accelerator=accel,
+            machine=machine,
+            devices=(),
+            tsc_khz=cached_host_tsc_khz(),
+            binary=self._binary,
+            tcg_thread=self._tcg_thread,
+        )
+        self._exit_code = None
+        self._life.move(VMState.CREATED)
+
+    def _check_device(self, device: Device) -> None:
+        match device:
+            case BlockDevice(path=path) if not path.exists():
+                raise ConfigError(f"device {device.id}", f"{path} does not exist")
+            case SharedFsDevice(host_path=path) if not path.is_dir():
+                raise ConfigError(f"device {device.id}", f"{path} is not a directory")
+            case BlockDevice() | SharedFsDevice() | SerialPortDevice() | NetDevice():
+                pass
+            case _:
+                raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")
+
+    def add_device(self, device: Device) -> None:
+        """Cold-plug *device*; raises StateError after start, ConfigError if invalid."""
+        self._life.require("add a device to", VMState.CREATED)
+        self._check_device(device)
+        if any(d.id == device.id for d in self._devices):
+            raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")
+        self._devices.append(device)
+
+    def _all_devices(self) -> tuple[Device, ...]:
+        devices = tuple(self._devices)
+        if not any(isinstance(d, SerialPortDevice) and d.name == AGENT_PORT_NAME for d in devices):
+            agent = SerialPortDevice(
+                AGENT_DEVICE_ID, self.config.run_dir / "agent.sock", AGENT_PORT_NAME
+            )
+            devices += (agent,)
+        return devices
+
+    def command(self) -> QemuCommand:
+        """The command that :meth:`start` runs (StateError before create)."""
+        if self._command is None:
+            raise StateError(self._life.what, "render the command of", "new", ["created"])
+        return QemuCommand(
+            config=self._command.config,
+            accelerator=self._command.accelerator,
+            machine=self._command.machine,
+            devices=self._all_devices(),
+            tsc_khz=self._command.tsc_khz,
+            binary=self._command.binary,
+            tcg_thread=self._command.tcg_thread,
+        )
+
+    def console_path(self) -> Path:
+        return self.config.run_dir / "console.log"
+
+    def qemu_log_path(self) -> Path:
+        """QEMU's own stderr."""
+        return self.config.run_dir / "qemu.log"
+
+    def agent_socket_path(self) -> Path:
+        for d in self._all_devices():
+            if isinstance(d, SerialPortDevice) and d.name == AGENT_PORT_NAME:
+                return d.socket_path
+        raise AssertionError("the agent port is always rendered")
+
+    def capabilities(self) -> Capabilities:
+        command = self._command
+        machine = command.machine if command else DEFAULT_MACHINE
+        return Capabilities(
+            machine=machine,
+            accelerator=command.accelerator if command else None,
+            hotplug_block=machine == Q35,
+            hotplug_cpu=False,
+            hotplug_memory=False,
+            hotplug_net=False,
+            hotplug_serial_port=True,
+            shared_fs="virtio-9p",
+            pause=True,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        if self._run is None or self._run.exited.done():
+            return None
+        return self._run.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _sockets(self) -> list[Path]:
+        socks = [self.command().qmp_socket]
+        socks += [d.socket_path for d in self._all_devices() if isinstance(d, SerialPortDevice)]
+        if self._run is not None:
+            socks += [
+                d.socket_path
+                for d in self._run.hotplugged.values()
+                if isinstance(d, SerialPortDevice)
+            ]
+        return socks
+
+    def _remove_sockets(self) -> None:
+        for sock in self._sockets():
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+
+    def _output_tail(self) -> str:
+        qemu = _tail(self.qemu_log_path(), OUTPUT_TAIL // 2).strip()
+        console = _tail(self.console_path(), OUTPUT_TAIL - len(qemu)).strip()
+        parts = [f"[qemu] {qemu}" if qemu else "", f"[console] {console}" if console else ""]
+        return "\n".join(p for p in parts if p)
+
+    async def start(self, timeout: float = 60) -> None:
+        """Launch QEMU and connect QMP within *timeout* seconds.
+
+        Raises VMLaunchError (QEMU missing, exited, or silent; the message
+        carries the argv and the tail of qemu.log and console.log) and
+        StateError.  On any failure QEMU is killed and reaped and its sockets
+        removed.
+        """
+        self._life.require("start", VMState.CREATED)
+        command = self.command()
+        argv = command.argv()
+        self._log.debug("launching: %s", shlex.join(argv))
+        self._remove_sockets()
+        deadline = time.monotonic() + timeout
+        with self.qemu_log_path().open("wb") as stderr:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=stderr,
+                    preexec_fn=_die_with_parent(),
+                )
+            except OSError as exc:
+                raise VMLaunchError(
+                    f"cannot execute {argv[0]} for {self._life.what}: {exc}", argv
+                ) from exc
+        assert proc.stdout is not None
+        run = _Running(
+            proc=proc,
+            exited=asyncio.ensure_future(proc.wait()),
+            console=asyncio.create_task(self._pump_console(proc.stdout)),
+        )
+        self._run = run
+        self._log.info("QEMU started, pid %d", proc.pid)
+        try:
+            run.qmp = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
+        except BaseException:
+            await self._kill(run)
+            await self._cleanup(run)
+            raise
+        run.reaper = asyncio.create_task(self._reap(run))
+        self._life.move(VMState.RUNNING)
+
+    async def _connect_qmp(
+        self, run: _Running, sock: Path, deadline: float, argv: list[str]
+    ) -> QMPClient:
+        while True:
+            if run.exited.done():
+                await asyncio.wait({run.console}, timeout=1)
+                raise VMLaunchError(
+                    f"QEMU for {self._life.what} exited with code {run.exited.result()} "
+                    "before its monitor answered; see the output below",
+                    argv,
+                    self._output_tail(),
+                )
+            if sock.exists():
+                qmp = QMPClient(f"vc-{self.config.vm_id}")
+                try:
+                    remaining = max(0.1, deadline - time.monotonic())
+                    await asyncio.wait_for(qmp.connect(str(sock)), remaining)
+                except (QMPError, OSError, TimeoutError) as exc:
+                    self._log.debug("QMP connect failed: %s", exc)
+                    await self._close_qmp(qmp)
+                else:
+                    self._log.debug("QMP connected on %s", sock)
+                    return qmp
+            if time.monotonic() >= deadline:
+                raise VMLaunchError(
+                    f"QEMU for {self._life.what} did not answer on {sock} in time; "
+                    "the host may be overloaded",
+                    argv,
+                    self._output_tail(),
+                )
+            await asyncio.wait({run.exited}, timeout=0.02)
+
+    async def _close_qmp(self, qmp: QMPClient) -> None:
+        # disconnect() re-raises what ended the session (EOFError when QEMU exits).
+        try:
+            await qmp.disconnect()
+        except Exception as exc:
+            self._log.debug("QMP session ended: %r", exc)
+
+    async def _pump_console(self, stream: asyncio.StreamReader) -> None:
+        with self.console_path().open("w+b") as out:
+            size = 0
+            while chunk := await stream.read(65536):
+                if size + len(chunk) > self._console_limit:
+                    size = self._trim_console(out, chunk)
+                else:
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+
+    def _trim_console(self, out: IO[bytes], chunk: bytes) -> int:
+        """Rewrite the log as a marker plus the newest half of (log + chunk)."""
+        keep = self._console_limit // 2
+        out.seek(0, os.SEEK_END)
+        out.seek(max(0, out.tell() - keep))
+        text = b"[console trimmed]\n" + (out.read() + chunk)[-keep:]
+        out.seek(0)
+        out.truncate()
+        out.write(text)
+        return len(text)
+
+    async def _kill(self, run: _Running) -> None:
+        """SIGKILL QEMU (if alive) and reap it."""
+        if not run.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                run.proc.kill()
+        await asyncio.shield(run.exited)
+
+    async def _cleanup(self, run: _Running) -> None:
+        """After QEMU exited: finish the console, close QMP, remove sockets."""
+        try:
+            await asyncio.wait({run.console}, timeout=5)
+            if not run.console.done():
+                run.console.cancel()
+            if run.qmp is not None:
+                await self._close_qmp(run.qmp)
+        finally:
+            self._remove_sockets()
+            self._exit_code = run.exited.result()
+            self._run = None
+
+    async def _reap(self, run: _Running) -> None:
+        await asyncio.shield(run.exited)
+        self._log.info("QEMU exited with code %d", run.exited.result())
+        await self._cleanup(run)
+        self._life.move(VMState.STOPPED)
+
+    async def stop(self, timeout: float = 10) -> None:
+        """Quit QEMU over QMP; after *timeout* s SIGTERM, 2 s later SIGKILL.
+
+        Always reaps QEMU and removes its sockets.  A no-op when STOPPED.
+        """
+        if self._life.state is VMState.STOPPED:
+            return
+        self._life.require("stop", VMState.RUNNING, VMState.PAUSED)
+        run = self._run
+        assert run is not None and run.reaper is not None
+        try:
+            if run.qmp is not None and not run.exited.done():
+                try:
+                    await asyncio.wait_for(run.qmp.execute("quit"), timeout)
+                except (QMPError, OSError, TimeoutError) as exc:
+                    self._log.debug("QMP quit: %s", exc)
+            await asyncio.wait({run.exited}, timeout=timeout)
+            if not run.exited.done():
+                self._log.warning("QEMU ignored quit for %.0f s; sending SIGTERM", timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    run.proc.terminate()
+                await asyncio.wait({run.exited}, timeout=2)
+        finally:
+            await self._kill(run)
+            await asyncio.shield(run.reaper)
+
+    async def wait(self) -> int:
+        """Wait for QEMU to exit; returns its exit code (StateError before start)."""
+        if self._life.state is VMState.STOPPED and self._exit_code is not None:
+            return self._exit_code
+        self._life.require("wait for", VMState.RUNNING, VMState.PAUSED)
+        run = self._run
+        assert run is not None and run.reaper is not None
+        await asyncio.shield(run.reaper)
+        assert self._exit_code is not None
+        return self._exit_code
+
+    async def _execute(self, cmd: str, args: dict[str, Any] | None = None) -> object:
+        run = self._run
+        if run is None or run.qmp is None:
+            raise HypervisorError(f"{self._life.what} has no monitor connection")
+        self._log.debug("QMP %s %s", cmd, args or "")
+        try:
+            return await run.qmp.execute(cmd, args)
+        except (QMPError, OSError) as exc:
+            raise HypervisorError(f"QMP {cmd} failed on {self._life.what}: {exc}") from exc
+
+    async def query_status(self) -> str:
+        """The QMP run status (``running``, ``paused``, ...)."""
+        reply = await self._execute("query-status")
+        assert isinstance(reply, dict)
+        return str(reply["status"])
+
+    async def pause(self) -> None:
+        self._life.require("pause", VMState.RUNNING)
+        await self._execute("stop")
+        self._life.move(VMState.PAUSED)
+
+    async def resume(self) -> None:
+        self._life.require("resume", VMState.PAUSED)
+        await self._execute("cont")
+        self._life.move(VMState.RUNNING)
+
+    # -- hot-plug -----------------------------------------------------------
+
+    async def hotplug_device(self, device: Device) -> None:
+        """Attach *device* to the running VM.
+
+        Supported: SerialPortDevice (any machine) and BlockDevice (q35, into a
+        free pcie-root-port).  Raises HypervisorError for anything else or when
+        QEMU refuses, ConfigError for an invalid device, StateError unless
+        running or paused.
+        """
+        self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
+        run = self._run
+        assert run is not None
+        self._check_device(device)
+        used = {d.id for d in self._all_devices()} | set(run.hotplugged)
+        if device.id in used:
+            raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")
+        machine = self.command().machine
+        match device:
+            case SerialPortDevice():
+                check_socket_path("socket_path", device.socket_path)
+                await self._hotplug_serial(device)
+            case BlockDevice() if machine == Q35:
+                await self._hotplug_block(device, run)
+            case _:
+                raise HypervisorError(
+                    f"hot-plug of {type(device).__name__} {device.id!r} is not supported on "
+                    f"{machine} ({self._life.what}); cold-plug it with add_device before start"
+                )
+        run.hotplugged[device.id] = device
+
+    async def _hotplug_serial(self, device: SerialPortDevice) -> None:
+        if not any(isinstance(d, SerialPortDevice) for d in self._all_devices()):
+            raise HypervisorError(f"{self._life.what} has no virtio-serial bus")
+        backend = {
+            "type": "socket",
+            "data": {
+                "addr": {"type": "unix", "data": {"path": str(device.socket_path)}},
+                "server": True,
+                "wait": False,
+            },
+        }
+        await self._execute("chardev-add", {"id": device.id, "backend": backend})
+        try:
+            await self._execute(
+                "device_add",
+                {
+                    "driver": "virtserialport",
+                    "bus": f"{VIRTIO_SERIAL_ID}.0",
+                    "chardev": device.id,
+                    "name": device.name,
+                    "id": device.id,
+                },
+            )
+        except HypervisorError:
+            with contextlib.suppress(HypervisorError):
+                await self._execute("chardev-remove", {"id": device.id})
+            raise
+
+    async def _hotplug_block(self, device: BlockDevice, run: _Running) -> None:
+        busy = sum(isinstance(d, BlockDevice) for d in run.hotplugged.values())
+        if busy >= Q35_HOTPLUG_PORTS:
+            raise HypervisorError(
+                f"{self._life.what} has no free pcie-root-port ({Q35_HOTPLUG_PORTS} in use)"
+            )
+        ro = device.read_only
+        await self._execute(
+            "blockdev-add",
+            {
+                "driver": "raw",
+                "node-name": device.id,
+                "read-only": ro,
+                "file": {"driver": "file", "filename": str(device.path), "read-only": ro},
+            },
+        )
+        try:
+            await self._execute(
+                "device_add",
+                {
+                    "driver": "virtio-blk-pci",
+                    "drive": device.id,
+                    "id": device.id,
+                    "bus": f"vc-hp{busy}",
+                },
+            )
+        except HypervisorError:
+            with contextlib.suppress(HypervisorError):
+                await self._execute("blockdev-del", {"node-name": device.id})
+            raise

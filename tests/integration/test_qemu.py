@@ -1,0 +1,287 @@
+"""The QEMU driver against real QEMU, with Debian's kernel and a busybox initrd.
+
+The kernel is extracted once from the ``linux-image-amd64`` package into
+/var/cache/virtcontainers/test-kernel and reused across runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from virtcontainers.errors import ConfigError, HypervisorError, VMLaunchError
+from virtcontainers.hypervisor import (
+    BlockDevice,
+    HypervisorKind,
+    QemuHypervisor,
+    SerialPortDevice,
+    VMConfig,
+    VMState,
+    new_hypervisor,
+)
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed"),
+]
+
+CACHE = Path("/var/cache/virtcontainers/test-kernel")
+BUSYBOX = Path("/bin/busybox")
+MARKER = "VC-TEST-MARKER"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+def _extract_vmlinux(vmlinuz: Path, out: Path) -> None:
+    """Decompress the ELF kernel that a bzImage carries as an xz payload."""
+    data = vmlinuz.read_bytes()
+    offset = data.find(XZ_MAGIC)
+    if offset < 0:
+        pytest.skip(f"{vmlinuz}: no xz payload")
+    elf = lzma.LZMADecompressor().decompress(data[offset:])
+    if not elf.startswith(b"\x7fELF"):
+        pytest.skip(f"{vmlinuz}: payload is not an ELF kernel")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(elf)
+    tmp.rename(out)
+
+
+@pytest.fixture(scope="session")
+def kernel() -> Path:
+    """The ELF vmlinux of Debian's current kernel package (cached)."""
+    vmlinux = CACHE / "vmlinux"
+    if vmlinux.is_file():
+        return vmlinux
+    CACHE.mkdir(parents=True, exist_ok=True)
+    depends = subprocess.run(
+        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=False
+    ).stdout
+    packages = [
+        line.split()[-1]
+        for line in depends.splitlines()
+        if line.strip().startswith("Depends: linux-image-6")
+    ]
+    if not packages:
+        pytest.skip("no linux-image-6.* package known to apt")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        got = subprocess.run(
+            ["apt-get", "download", packages[0]], cwd=work, capture_output=True, check=False
+        )
+        debs = list(work.glob("*.deb"))
+        if got.returncode != 0 or not debs:
+            pytest.skip(f"cannot download {packages[0]}: {got.stderr.decode()[-500:]}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "x")], check=True)
+        _extract_vmlinux(next((work / "x" / "boot").glob("vmlinuz-*")), vmlinux)
+    return vmlinux
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc cpio archive of (name, mode, data) entries."""
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def build_initrd(script: str) -> Path:
+    """An initrd whose /init is *script* run by busybox (cached by content)."""
+    init = "#!/bin/busybox sh\nexport PATH=/bin\n/bin/busybox --install -s /bin\n" + script
+    digest = hashlib.sha256(init.encode() + str(BUSYBOX.stat().st_mtime).encode()).hexdigest()
+    path = CACHE / f"initrd-{digest[:16]}.cpio"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        archive = _cpio_newc(
+            [
+                ("bin", 0o040755, b""),
+                ("proc", 0o040755, b""),
+                ("dev", 0o040755, b""),
+                ("bin/busybox", 0o100755, BUSYBOX.read_bytes()),
+                ("init", 0o100755, init.encode()),
+            ]
+        )
+        path.with_suffix(".tmp").write_bytes(archive)
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def marker_initrd() -> Path:
+    return build_initrd(
+        f"mount -t proc proc /proc\necho {MARKER} $(cut -d' ' -f1 /proc/uptime)\npoweroff -f\n"
+    )
+
+
+@pytest.fixture(scope="session")
+def idle_initrd() -> Path:
+    return build_initrd("sleep 1000\n")
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    # Short path: unix socket paths are limited to 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="vc-hv-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _config(kernel: Path, initrd: Path, run_dir: Path, **kw: object) -> VMConfig:
+    return VMConfig(vm_id="t1", kernel=kernel, initrd=initrd, run_dir=run_dir, **kw)  # type: ignore[arg-type]
+
+
+def _qemu_alive(pid: int) -> bool:
+    try:
+        return "qemu" in Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return False
+
+
+def _sockets(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.iterdir() if p.is_socket()]
+
+
+@pytest.mark.parametrize("machine", ["microvm", "q35"])
+def test_boot_shows_marker_and_wait_returns(
+    kernel: Path, marker_initrd: Path, run_dir: Path, machine: str
+) -> None:
+    async def scenario() -> int:
+        vm = new_hypervisor(HypervisorKind.QEMU)
+        await vm.create(_config(kernel, marker_initrd, run_dir, machine=machine))
+        await vm.start(timeout=30)
+        assert vm.running and vm.pid is not None
+        assert vm.agent_socket_path().is_socket()
+        code = await asyncio.wait_for(vm.wait(), 120)
+        assert vm.state is VMState.STOPPED and vm.pid is None
+        return code
+
+    assert asyncio.run(scenario()) == 0
+    assert MARKER in (run_dir / "console.log").read_text()
+    assert _sockets(run_dir) == []
+
+
+def test_start_stop_idle_vm_leaves_nothing(kernel: Path, idle_initrd: Path, run_dir: Path) -> None:
+    async def scenario() -> int:
+        vm = QemuHypervisor()
+        await vm.create(_config(kernel, idle_initrd, run_dir))
+        await vm.start(timeout=30)
+        pid = vm.pid
+        assert pid is not None and _qemu_alive(pid)
+        await vm.stop(timeout=10)
+        await vm.stop()  # a second stop is a no-op
+        assert vm.state is VMState.STOPPED and not vm.running
+        return pid
+
+    pid = asyncio.run(scenario())
+    assert not _qemu_alive(pid)
+    assert _sockets(run_dir) == []
+
+
+def test_pause_resume_and_hotplug_serial(kernel: Path, idle_initrd: Path, run_dir: Path) -> None:
+    async def scenario() -> None:
+        vm = QemuHypervisor()
+        await vm.create(_config(kernel, idle_initrd, run_dir))
+        await vm.start(timeout=30)
+        try:
+            assert await vm.query_status() == "running"
+            await vm.pause()
+            assert await vm.query_status() == "paused"
+            assert vm.state is VMState.PAUSED
+            await vm.resume()
+            assert await vm.query_status() == "running"
+            port = SerialPortDevice("extra", run_dir / "extra.sock", "extra")
+            await vm.hotplug_device(port)
+            assert port.socket_path.is_socket()
+            disk = BlockDevice("disk1", kernel)
+            with pytest.raises(HypervisorError, match="microvm"):
+                await vm.hotplug_device(disk)
+        finally:
+            await vm.stop()
+
+    asyncio.run(scenario())
+    assert _sockets(run_dir) == []
+
+
+def test_hotplug_block_on_q35(kernel: Path, idle_initrd: Path, run_dir: Path) -> None:
+    async def scenario() -> None:
+        vm = QemuHypervisor()
+        await vm.create(_config(kernel, idle_initrd, run_dir, machine="q35"))
+        assert vm.capabilities().hotplug_block
+        await vm.start(timeout=30)
+        try:
+            await vm.hotplug_device(BlockDevice("disk1", kernel))
+        finally:
+            await vm.stop()
+
+    asyncio.run(scenario())
+
+
+def test_missing_kernel_is_config_error(idle_initrd: Path, run_dir: Path) -> None:
+    async def scenario() -> None:
+        vm = QemuHypervisor()
+        with pytest.raises(ConfigError, match="kernel"):
+            await vm.create(_config(run_dir / "no-such-kernel", idle_initrd, run_dir))
+        assert vm.state is VMState.NEW
+
+    asyncio.run(scenario())
+
+
+def test_garbage_kernel_is_launch_error(idle_initrd: Path, run_dir: Path) -> None:
+    garbage = run_dir / "garbage-kernel"
+    garbage.write_bytes(os.urandom(64 * 1024))
+
+    async def scenario() -> None:
+        vm = QemuHypervisor()
+        await vm.create(_config(garbage, idle_initrd, run_dir))
+        with pytest.raises(VMLaunchError) as info:
+            await vm.start(timeout=30)
+        assert info.value.output, "the error carries QEMU's output"
+        assert info.value.argv[0] == "qemu-system-x86_64"
+        assert len(info.value.output) <= 4200
+        assert vm.pid is None and vm.state is VMState.CREATED
+
+    asyncio.run(scenario())
+    assert _sockets(run_dir) == []
+    leaked = subprocess.run(
+        ["pgrep", "-f", f"path={run_dir}"], capture_output=True, check=False
+    ).stdout
+    assert leaked == b""
+
+
+def test_qemu_dies_with_its_parent(kernel: Path, idle_initrd: Path, run_dir: Path) -> None:
+    """PR_SET_PDEATHSIG: a parent that dies without stop() leaks no QEMU."""
+    program = f"""
+import asyncio, os, sys
+from pathlib import Path
+from virtcontainers.hypervisor import QemuHypervisor, VMConfig
+async def main():
+    vm = QemuHypervisor()
+    await vm.create(VMConfig(vm_id="orphan", kernel=Path({str(kernel)!r}),
+                             initrd=Path({str(idle_initrd)!r}), run_dir=Path({str(run_dir)!r})))
+    await vm.start(timeout=30)
+    print(vm.pid, flush=True)
+    os._exit(0)
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    pid = int(out.stdout.split()[0])
+    for _ in range(100):
+        if not _qemu_alive(pid):
+            break
+        time.sleep(0.05)
+    assert not _qemu_alive(pid)
