@@ -9,6 +9,7 @@ any pod.  Errors are :class:`~virtcontainers.errors.VcError` subclasses.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import shutil
@@ -46,6 +47,7 @@ __all__ = [
     "delete_container",
     "delete_pod",
     "enter_container",
+    "enter_pod",
     "kill_container",
     "list_pods",
     "list_processes",
@@ -147,7 +149,7 @@ class PodStatus:
 @dataclass(frozen=True)
 class ProcessHandle:
     pod_id: str
-    container_id: str
+    container_id: str | None  # None: a process in the VM, outside containers
     exec_id: str
     pid: int
 
@@ -508,15 +510,27 @@ def enter_container(
     exec_id: str | None = None,
 ) -> ProcessHandle:
     """Start ``cmd`` in a running container (exec); returns at once."""
-    params = {"container_id": container_id, "cmd": cmd.__dict__, "exec_id": exec_id}
-    params["cmd"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cmd.__dict__.items()}
+    params = {"container_id": container_id, "cmd": _cmd_dict(cmd), "exec_id": exec_id}
     result = _live_call(pod_id, "exec", params, stdio)
     return ProcessHandle(pod_id, container_id, result["exec_id"], result["pid"])
 
 
+def _cmd_dict(cmd: Cmd) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cmd).items()}
+
+
+def enter_pod(pod_id: str, cmd: Cmd, stdio: Stdio | None = None) -> ProcessHandle:
+    """Start ``cmd`` in the pod's VM, outside every container; returns at once.
+
+    Wait for it with ``wait_process(pod_id, None, handle.exec_id)``.
+    """
+    result = _live_call(pod_id, "enter_pod", {"cmd": _cmd_dict(cmd)}, stdio)
+    return ProcessHandle(pod_id, None, result["exec_id"], result["pid"])
+
+
 def signal_process(
     pod_id: str,
-    container_id: str,
+    container_id: str | None,
     exec_id: str | None,
     signum: int = signal.SIGTERM,
     all_processes: bool = False,
@@ -532,11 +546,11 @@ def kill_container(
 
 
 def wait_process(
-    pod_id: str, container_id: str, exec_id: str | None, timeout: float | None = None
+    pod_id: str, container_id: str | None, exec_id: str | None, timeout: float | None = None
 ) -> ExitStatus:
     """Block until the process exits; exit_code is 128+N after signal N."""
     record = _reconcile(_store(), pod_id)
-    if record["state"] not in LIVE and exec_id is None:
+    if record["state"] not in LIVE and exec_id is None and container_id is not None:
         entry = record["containers"].get(container_id)
         if entry is None:
             raise NotFoundError("container", container_id, f"in pod {pod_id!r}")
@@ -552,7 +566,7 @@ def wait_container(pod_id: str, container_id: str, timeout: float | None = None)
 
 
 def resize_terminal(
-    pod_id: str, container_id: str, exec_id: str | None, rows: int, cols: int
+    pod_id: str, container_id: str | None, exec_id: str | None, rows: int, cols: int
 ) -> None:
     params = {"container_id": container_id, "exec_id": exec_id, "rows": rows, "cols": cols}
     _live_call(pod_id, "resize", params)

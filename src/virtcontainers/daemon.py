@@ -96,6 +96,7 @@ class Daemon:
             "pause_container": self._pause_container,
             "resume_container": self._resume_container,
             "exec": self._exec,
+            "enter_pod": self._enter_pod,
             "kill": self._kill,
             "wait": self._wait,
             "resize": self._resize,
@@ -202,12 +203,21 @@ class Daemon:
         process = await self.pod.exec_process(container_id, cmd, stdio, exec_id)
         return {"exec_id": process.exec_id, "pid": process.pid}
 
+    async def _enter_pod(self, params: dict[str, Any], stdio: Stdio) -> Any:
+        try:
+            cmd = Cmd.from_dict(params.get("cmd") or {})
+        except BaseException:
+            stdio.close()
+            raise
+        process = await self.pod.exec_guest(cmd, stdio)
+        return {"exec_id": process.exec_id, "pid": process.pid}
+
     async def _kill(self, params: dict[str, Any], stdio: Stdio) -> Any:
         signum = _int(params, "signal", signal.SIGTERM)
         if not 0 < signum < 65:
             raise ConfigError("signal", f"{signum} is not a signal number")
         await self.pod.signal_process(
-            _str(params, "container_id"),
+            _str(params, "container_id", optional=True),
             _str(params, "exec_id", optional=True),
             signum,
             bool(params.get("all")),
@@ -215,13 +225,13 @@ class Daemon:
 
     async def _wait(self, params: dict[str, Any], stdio: Stdio) -> Any:
         status = await self.pod.wait_process(
-            _str(params, "container_id"), _str(params, "exec_id", optional=True)
+            _str(params, "container_id", optional=True), _str(params, "exec_id", optional=True)
         )
         return {"exit_code": status.exit_code, "signal": status.signal}
 
     async def _resize(self, params: dict[str, Any], stdio: Stdio) -> Any:
         await self.pod.resize_terminal(
-            _str(params, "container_id"),
+            _str(params, "container_id", optional=True),
             _str(params, "exec_id", optional=True),
             _int(params, "rows"),
             _int(params, "cols"),

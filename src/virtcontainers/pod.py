@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -80,6 +81,8 @@ class Pod:
         self.stopping = False
         self.stopped = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
+        self.guest_execs: dict[str, GuestProcess] = {}
+        self._guest_exec_numbers = itertools.count(1)
         self.agent.on_event(self._on_agent_event)
 
     # --- record -------------------------------------------------------------------
@@ -196,6 +199,11 @@ class Pod:
             self.log.warning("stopping the VM: %s", exc)
         with contextlib.suppress(Exception):
             await self.agent.close()
+        for process in self.guest_execs.values():
+            if process.status is None:
+                process.status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+            process.done.set()
+            await process.io.close()
         for container in self.containers.values():
             await self._end_processes(container)
             if container.state in LIVE_STATES or container.in_guest:
@@ -392,29 +400,63 @@ class Pod:
         self._spawn(self._watch_process(container, process))
         return process
 
+    async def exec_guest(self, cmd: Cmd, stdio: Stdio) -> GuestProcess:
+        """Run ``cmd`` in the VM itself, outside every container."""
+        self._require_running("enter")
+        exec_id = f"guest-{next(self._guest_exec_numbers)}"
+        io = ProcessIO(self.agent, stdio, self.executor)
+        try:
+            streams = io.open()
+            pid = await self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams)
+        except BaseException:
+            await io.close()
+            raise
+        io.start()
+        process = GuestProcess(None, exec_id, io, pid=pid)
+        self.guest_execs[exec_id] = process
+        self._spawn(self._watch_guest_process(process))
+        return process
+
+    async def _watch_guest_process(self, process: GuestProcess) -> None:
+        try:
+            status = await self.agent.wait_process(None, process.exec_id)
+        except (AgentError, OSError):
+            status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+        await process.io.drained()
+        await process.io.close()
+        process.status = status
+        process.done.set()
+
+    def process(self, container_id: str | None, exec_id: str | None) -> GuestProcess:
+        if container_id is not None:
+            return self.container(container_id).process(exec_id)
+        if exec_id is None or exec_id not in self.guest_execs:
+            raise NotFoundError("process", f"{self.id}/{exec_id}", "in the pod's VM")
+        return self.guest_execs[exec_id]
+
     async def signal_process(
-        self, container_id: str, exec_id: str | None, signum: int, all_processes: bool
+        self, container_id: str | None, exec_id: str | None, signum: int, all_processes: bool
     ) -> None:
         self._require_running("signal a process in")
-        container = self.container(container_id)
-        process = container.process(exec_id)
+        process = self.process(container_id, exec_id)
         if process.status is not None:
             raise StateError(
                 f"process {container_id}/{exec_id or 'init'}", "signal", "stopped", ["running"]
             )
         await self.agent.signal_process(container_id, exec_id, signum, all_processes)
 
-    async def wait_process(self, container_id: str, exec_id: str | None) -> ExitStatus:
-        container = self.container(container_id)
-        if exec_id is None and container.init is None and container.exit is not None:
-            return container.exit
-        return await container.process(exec_id).wait()
+    async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:
+        if container_id is not None:
+            container = self.container(container_id)
+            if exec_id is None and container.init is None and container.exit is not None:
+                return container.exit
+        return await self.process(container_id, exec_id).wait()
 
     async def resize_terminal(
-        self, container_id: str, exec_id: str | None, rows: int, cols: int
+        self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None:
         self._require_running("resize a terminal in")
-        self.container(container_id).process(exec_id)
+        self.process(container_id, exec_id)
         await self.agent.resize_terminal(container_id, exec_id, rows, cols)
 
     async def list_processes(self, container_id: str) -> list[dict[str, Any]]:

@@ -139,3 +139,13 @@ def test_containers_added_before_start(run_root: Path, image: ImagePaths, rootfs
     assert api.container_status("p5", "late").state is ContainerState.RUNNING
     processes = api.list_processes("p5", "late")
     assert processes and processes[0]["args"] == ["sleep"]
+
+
+def test_enter_pod_runs_outside_containers(run_root: Path, image: ImagePaths) -> None:
+    api.run_pod(mock_pod("p6", image))
+    out_r, out_w = os.pipe()
+    handle = api.enter_pod("p6", Cmd(("echo", "in", "the", "vm")), api.Stdio(stdout=out_w))
+    os.close(out_w)
+    assert handle.container_id is None
+    assert read_all(out_r) == b"in the vm\n"
+    assert api.wait_process("p6", None, handle.exec_id).exit_code == 0

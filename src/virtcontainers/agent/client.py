@@ -340,12 +340,16 @@ class AgentClient:
         return int(_field(result, "pid", int, "exec_process"))
 
     async def signal_process(
-        self, container_id: str, exec_id: str | None, signal: int, all_processes: bool = False
+        self,
+        container_id: str | None,
+        exec_id: str | None,
+        signal: int,
+        all_processes: bool = False,
     ) -> None:
         args = {"container_id": container_id, "exec_id": exec_id, "signal": signal}
         await self.call("signal_process", {**args, "all": all_processes})
 
-    async def wait_process(self, container_id: str, exec_id: str | None) -> ExitStatus:
+    async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:
         result = await self.call("wait_process", {"container_id": container_id, "exec_id": exec_id})
         code = _field(result, "exit_code", int, "wait_process")
         signal = result.get("signal")
@@ -356,7 +360,7 @@ class AgentClient:
         return ExitStatus(code, signal)
 
     async def resize_terminal(
-        self, container_id: str, exec_id: str | None, rows: int, cols: int
+        self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None:
         args = {"container_id": container_id, "exec_id": exec_id, "rows": rows, "cols": cols}
         await self.call("resize_terminal", args)

@@ -125,9 +125,9 @@ class MockAgent:
         signum = code - 128 if code > 128 else None
         process.status.set_result(ExitStatus(code, signum))
 
-    def _process(self, container_id: str, exec_id: str | None) -> MockProcess:
+    def _process(self, container_id: str | None, exec_id: str | None) -> MockProcess:
         try:
-            return self.processes[(container_id, exec_id)]
+            return self.processes[(container_id or "", exec_id)]
         except KeyError:
             raise AgentError("process", "not_found", f"{container_id}/{exec_id}") from None
 
@@ -150,7 +150,11 @@ class MockAgent:
         return pid
 
     async def signal_process(
-        self, container_id: str, exec_id: str | None, signal: int, all_processes: bool = False
+        self,
+        container_id: str | None,
+        exec_id: str | None,
+        signal: int,
+        all_processes: bool = False,
     ) -> None:
         self._record("signal_process", container_id=container_id, exec_id=exec_id, signal=signal)
         process = self._process(container_id, exec_id)
@@ -160,11 +164,11 @@ class MockAgent:
             process.killed.set_result(signal)
             process.started.set()
 
-    async def wait_process(self, container_id: str, exec_id: str | None) -> ExitStatus:
+    async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:
         return await asyncio.shield(self._process(container_id, exec_id).status)
 
     async def resize_terminal(
-        self, container_id: str, exec_id: str | None, rows: int, cols: int
+        self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None:
         self._record("resize_terminal", container_id=container_id, rows=rows, cols=cols)
 
@@ -187,6 +191,12 @@ class MockAgent:
         self._record("remove_container", container_id=container_id)
         for key in [k for k in self.processes if k[0] == container_id]:
             del self.processes[key]
+
+    async def exec_guest(self, exec_id: str, process: dict[str, Any], stdio: StdioStreams) -> int:
+        self._record("exec_guest", exec_id=exec_id)
+        pid = self._spawn(("", exec_id), list(process["args"]), stdio)
+        self.processes[("", exec_id)].started.set()
+        return pid
 
     async def shutdown(self) -> None:
         self._record("shutdown")

@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each installs what is missing (apt packages, the virtualenv, the guest image).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := qemu-system-x86 busybox-static squashfs-tools crun runc kmod cpio \
+	python3.11-minimal python3-venv podman containerd util-linux
+APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
+VENV_STAMP := $(VENV)/.installed
+IMAGE_STAMP := $(VENV)/.image
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint unit bench deps image clean
+
+deps: $(APT_STAMP) $(VENV_STAMP)
+
+$(APT_STAMP):
+	@scripts/install-apt.sh $(APT_PACKAGES)
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV_STAMP): pyproject.toml | $(APT_STAMP)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The image is cached by a hash of its inputs: this is a no-op when nothing changed.
+image: deps
+	$(BIN)/virtc image build
+
+demo: image
+	$(BIN)/python examples/demo.py
+
+lint: deps
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy
+
+unit: deps
+	$(BIN)/pytest -q -m 'not vm and not engine' -n $(PYTEST_WORKERS)
+
+test: image lint
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
+bench: image
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

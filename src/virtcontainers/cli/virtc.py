@@ -1,0 +1,477 @@
+"""virtc: a demo command-line interface over the virtcontainers API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import termios
+import tty
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from virtcontainers import api
+from virtcontainers.config import (
+    DEFAULT_PATH_ENV,
+    Cmd,
+    ContainerConfig,
+    Mount,
+    PodConfig,
+    Resources,
+)
+from virtcontainers.errors import VcError
+
+stderr = Console(stderr=True)
+stdout = Console()
+RUN_CONTAINER_ID = "main"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    stderr.print(f"[bold red]virtc: error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def progress(message: str) -> None:
+    stderr.print(f"[dim]» {message}[/]", highlight=False)
+
+
+class VcGroup(click.Group):
+    """Turns library errors into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VcError as exc:
+            fail(str(exc))
+
+
+@click.group(cls=VcGroup)
+@click.option("--debug", is_flag=True, envvar="VC_DEBUG", help="Verbose pod daemon logs.")
+def cli(debug: bool) -> None:
+    """Run containers in lightweight VMs."""
+    if debug:
+        os.environ["VC_DEBUG"] = "1"
+
+
+# --- image -------------------------------------------------------------------------------
+
+
+@cli.group(cls=VcGroup)
+def image() -> None:
+    """The guest image (kernel, initrd, root filesystem)."""
+
+
+@image.command("build")
+@click.option("--kernel", type=click.Path(exists=True, path_type=Path), help="Use this kernel.")
+@click.option("--initrd", type=click.Path(exists=True, path_type=Path), help="Use this initrd.")
+@click.option("--force", is_flag=True, help="Rebuild even if cached.")
+def image_build(kernel: Path | None, initrd: Path | None, force: bool) -> None:
+    """Build (or find in the cache) the guest image and the busybox rootfs."""
+    from virtcontainers.image import build_busybox_rootfs, build_image
+
+    built = build_image(kernel=kernel, initrd=initrd, progress=progress, force=force)
+    rootfs = build_busybox_rootfs(progress=progress)
+    stdout.print(f"kernel  {built.kernel}\ninitrd  {built.initrd}\nrootfs  {built.rootfs}")
+    stdout.print(f"busybox container rootfs  {rootfs}")
+
+
+def ensure_image() -> None:
+    from virtcontainers.image import ImageNotBuiltError, build_image, find_image
+
+    try:
+        find_image()
+    except ImageNotBuiltError:
+        progress("no guest image yet: building it (once)")
+        build_image(progress=progress)
+
+
+def default_rootfs() -> Path:
+    from virtcontainers.image import build_busybox_rootfs
+
+    return build_busybox_rootfs(progress=progress)
+
+
+# --- pods ----------------------------------------------------------------------------------
+
+
+@cli.group(cls=VcGroup)
+def pod() -> None:
+    """Pods: one VM each."""
+
+
+@pod.command("create")
+@click.argument("pod_id")
+@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
+@click.option("--hostname")
+@click.option("--kernel-param", "kernel_params", multiple=True, help="Extra kernel parameter.")
+def pod_create(
+    pod_id: str, vcpus: int, memory_mib: int, hostname: str | None, kernel_params: tuple[str, ...]
+) -> None:
+    """Create a pod (its VM starts with `pod start`)."""
+    config = PodConfig(
+        id=pod_id,
+        resources=Resources(vcpus=vcpus, memory_mib=memory_mib),
+        hostname=hostname,
+        kernel_params=kernel_params,
+    )
+    api.create_pod(config)
+    stdout.print(pod_id)
+
+
+@pod.command("start")
+@click.argument("pod_id")
+def pod_start(pod_id: str) -> None:
+    """Boot the pod's VM and start its containers."""
+    ensure_image()
+    with stderr.status(f"starting pod {pod_id}"):
+        api.start_pod(pod_id)
+
+
+@pod.command("stop")
+@click.argument("pod_id")
+def pod_stop(pod_id: str) -> None:
+    """Stop the pod's VM."""
+    api.stop_pod(pod_id)
+
+
+@pod.command("delete")
+@click.argument("pod_id")
+def pod_delete(pod_id: str) -> None:
+    """Delete a pod that is not running."""
+    api.delete_pod(pod_id)
+
+
+@pod.command("pause")
+@click.argument("pod_id")
+def pod_pause(pod_id: str) -> None:
+    api.pause_pod(pod_id)
+
+
+@pod.command("resume")
+@click.argument("pod_id")
+def pod_resume(pod_id: str) -> None:
+    api.resume_pod(pod_id)
+
+
+@pod.command("enter")
+@click.argument("pod_id")
+@click.argument("command", nargs=-1, required=True)
+@click.option("--interactive", "-i", is_flag=True, help="Connect stdin.")
+@click.option("--tty", "-t", "use_tty", is_flag=True, help="Allocate a terminal.")
+def pod_enter(pod_id: str, command: tuple[str, ...], interactive: bool, use_tty: bool) -> None:
+    """Run a command in the pod's VM, outside containers; exit with its status."""
+    with attached_stdio(interactive, use_tty) as stdio:
+        handle = api.enter_pod(pod_id, Cmd(command, terminal=use_tty), stdio)
+        exec_id = handle.exec_id
+        with (
+            forwarded_signals(lambda s: api.signal_process(pod_id, None, exec_id, s)),
+            resize_on_winch(use_tty, lambda r, c: api.resize_terminal(pod_id, None, exec_id, r, c)),
+        ):
+            status = api.wait_process(pod_id, None, exec_id)
+    sys.exit(status.exit_code)
+
+
+@pod.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def pod_list(as_json: bool) -> None:
+    """Every pod on this host."""
+    pods = api.list_pods()
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in pods], indent=1))
+        return
+    table = Table("POD", "STATE", "CONTAINERS", "VM PID", box=None)
+    for status in pods:
+        table.add_row(
+            status.id, status.state.value, str(len(status.containers)), str(status.vm_pid or "-")
+        )
+    stdout.print(table)
+
+
+@pod.command("status")
+@click.argument("pod_id")
+@click.option("--json", "as_json", is_flag=True)
+def pod_status(pod_id: str, as_json: bool) -> None:
+    status = api.pod_status(pod_id)
+    if as_json:
+        click.echo(json.dumps(status.to_dict(), indent=1))
+        return
+    stdout.print(f"pod {status.id}: {status.state.value}", highlight=False)
+    if status.error:
+        stdout.print(f"error: {status.error}", highlight=False)
+    for container in status.containers:
+        exit_text = f" exit {container.exit_code}" if container.exit_code is not None else ""
+        stdout.print(f"  {container.id}: {container.state.value}{exit_text}", highlight=False)
+
+
+# --- containers --------------------------------------------------------------------------------
+
+
+def parse_mount(text: str) -> Mount:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise click.BadParameter(f"{text!r} is not HOST:CONTAINER[:ro|rw]", param_hint="--volume")
+    return Mount(parts[0], parts[1], read_only=len(parts) == 3 and parts[2] == "ro")
+
+
+@cli.group(cls=VcGroup)
+def container() -> None:
+    """Containers inside pods."""
+
+
+@container.command("create")
+@click.argument("pod_id")
+@click.argument("container_id")
+@click.argument("command", nargs=-1, required=True)
+@click.option("--rootfs", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE")
+@click.option("--workdir", "-w", default="/")
+@click.option("--volume", "-v", "volumes", multiple=True, help="HOST:CONTAINER[:ro]")
+def container_create(
+    pod_id: str,
+    container_id: str,
+    command: tuple[str, ...],
+    rootfs: Path | None,
+    env: tuple[str, ...],
+    workdir: str,
+    volumes: tuple[str, ...],
+) -> None:
+    """Create a container; its output goes to the pod's log."""
+    cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), cwd=workdir)
+    mounts = tuple(parse_mount(v) for v in volumes)
+    config = ContainerConfig(container_id, (rootfs or default_rootfs()).resolve(), cmd, mounts)
+    api.create_container(pod_id, config)
+    stdout.print(container_id)
+
+
+@container.command("start")
+@click.argument("pod_id")
+@click.argument("container_id")
+def container_start(pod_id: str, container_id: str) -> None:
+    api.start_container(pod_id, container_id)
+
+
+@container.command("stop")
+@click.argument("pod_id")
+@click.argument("container_id")
+@click.option("--timeout", "-t", type=int, default=10, show_default=True)
+def container_stop(pod_id: str, container_id: str, timeout: int) -> None:
+    """SIGTERM, then SIGKILL after the timeout."""
+    api.stop_container(pod_id, container_id, timeout)
+
+
+@container.command("delete")
+@click.argument("pod_id")
+@click.argument("container_id")
+def container_delete(pod_id: str, container_id: str) -> None:
+    api.delete_container(pod_id, container_id)
+
+
+@container.command("status")
+@click.argument("pod_id")
+@click.argument("container_id")
+@click.option("--json", "as_json", is_flag=True)
+def container_status(pod_id: str, container_id: str, as_json: bool) -> None:
+    status = api.container_status(pod_id, container_id)
+    if as_json:
+        click.echo(json.dumps(status.to_dict(), indent=1))
+    else:
+        stdout.print(f"{status.id}: {status.state.value}", highlight=False)
+
+
+def parse_signal(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise click.BadParameter(f"unknown signal {text!r}", param_hint="--signal") from None
+
+
+@container.command("kill")
+@click.argument("pod_id")
+@click.argument("container_id")
+@click.option("--signal", "-s", "signame", default="TERM", show_default=True)
+@click.option("--all", "all_processes", is_flag=True, help="Every process of the container.")
+def container_kill(pod_id: str, container_id: str, signame: str, all_processes: bool) -> None:
+    api.kill_container(pod_id, container_id, parse_signal(signame), all_processes)
+
+
+@container.command("wait")
+@click.argument("pod_id")
+@click.argument("container_id")
+def container_wait(pod_id: str, container_id: str) -> None:
+    """Wait for the container to exit; print and exit with its status."""
+    status = api.wait_container(pod_id, container_id)
+    click.echo(status.exit_code)
+    sys.exit(status.exit_code)
+
+
+@container.command("ps")
+@click.argument("pod_id")
+@click.argument("container_id")
+def container_ps(pod_id: str, container_id: str) -> None:
+    for process in api.list_processes(pod_id, container_id):
+        click.echo(f"{process['pid']}\t{' '.join(process['args'])}")
+
+
+@container.command("exec")
+@click.argument("pod_id")
+@click.argument("container_id")
+@click.argument("command", nargs=-1, required=True)
+@click.option("--interactive", "-i", is_flag=True, help="Connect stdin.")
+@click.option("--tty", "-t", "use_tty", is_flag=True, help="Allocate a terminal.")
+def container_exec(
+    pod_id: str, container_id: str, command: tuple[str, ...], interactive: bool, use_tty: bool
+) -> None:
+    """Run a command in a running container; exit with its status."""
+    with attached_stdio(interactive, use_tty) as stdio:
+        handle = api.enter_container(pod_id, container_id, Cmd(command, terminal=use_tty), stdio)
+        exec_id = handle.exec_id
+        with (
+            forwarded_signals(lambda s: api.signal_process(pod_id, container_id, exec_id, s)),
+            resize_on_winch(
+                use_tty, lambda r, c: api.resize_terminal(pod_id, container_id, exec_id, r, c)
+            ),
+        ):
+            status = api.wait_process(pod_id, container_id, exec_id)
+    sys.exit(status.exit_code)
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def attached_stdio(interactive: bool, use_tty: bool) -> Iterator[api.Stdio]:
+    """Our own fds for the process; with a terminal, raw mode while it runs."""
+    if use_tty and not os.isatty(0):
+        fail("--tty needs a terminal on stdin")
+    if not use_tty:
+        yield api.Stdio(stdin=0 if interactive else None, stdout=1, stderr=2)
+        return
+    saved = termios.tcgetattr(0)
+    tty.setraw(0)
+    try:
+        yield api.Stdio(stdin=0, stdout=1)
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def forwarded_signals(forward: Callable[[int], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP to us go to the process in the VM instead."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(VcError):
+            forward(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def resize_on_winch(use_tty: bool, resize: Callable[[int, int], None]) -> Iterator[None]:
+    if not use_tty:
+        yield
+        return
+
+    def apply(*_args: object) -> None:
+        size = os.get_terminal_size(0)
+        with contextlib.suppress(VcError):
+            resize(size.lines, size.columns)
+
+    previous = signal.signal(signal.SIGWINCH, apply)
+    apply()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+
+
+@cli.command("run")
+@click.argument("command", nargs=-1, required=True)
+@click.option("--rm", "remove", is_flag=True, help="Delete the pod afterwards.")
+@click.option("--interactive", "-i", is_flag=True, help="Connect stdin.")
+@click.option("--tty", "-t", "use_tty", is_flag=True, help="Allocate a terminal.")
+@click.option("--rootfs", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", "pod_id", help="Pod id (default: a random one).")
+@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
+@click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE")
+@click.option("--volume", "-v", "volumes", multiple=True, help="HOST:CONTAINER[:ro]")
+def run(
+    command: tuple[str, ...],
+    remove: bool,
+    interactive: bool,
+    use_tty: bool,
+    rootfs: Path | None,
+    pod_id: str | None,
+    vcpus: int,
+    memory_mib: int,
+    env: tuple[str, ...],
+    volumes: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a container in a new pod; exit with its status."""
+    pod_id = pod_id or f"run-{secrets.token_hex(4)}"
+    try:
+        cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), terminal=use_tty)
+        container_config = ContainerConfig(
+            RUN_CONTAINER_ID,
+            (rootfs or default_rootfs()).resolve(),
+            cmd,
+            tuple(parse_mount(v) for v in volumes),
+        )
+        config = PodConfig(id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib))
+        ensure_image()
+        api.run_pod(config)
+    except VcError as exc:
+        fail(str(exc), 125)
+    try:
+        code = _run_container(pod_id, container_config, interactive, use_tty)
+    finally:
+        with contextlib.suppress(VcError):
+            api.stop_pod(pod_id)
+        if remove:
+            api.delete_pod(pod_id)
+    sys.exit(code)
+
+
+def _run_container(pod_id: str, config: ContainerConfig, interactive: bool, use_tty: bool) -> int:
+    try:
+        with attached_stdio(interactive, use_tty) as stdio:
+            api.create_container(pod_id, config, stdio)
+            api.start_container(pod_id, config.id)
+            with (
+                forwarded_signals(lambda s: api.kill_container(pod_id, config.id, s)),
+                resize_on_winch(
+                    use_tty, lambda r, c: api.resize_terminal(pod_id, config.id, None, r, c)
+                ),
+            ):
+                return api.wait_container(pod_id, config.id).exit_code
+    except VcError as exc:
+        stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
+        return 125
+
+
+def main() -> None:
+    cli(prog_name="virtc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Fixtures for tests that boot real pod VMs from the built guest image."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from virtcontainers import api
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> object:
+    """The guest image `make test` built; the suite fails clearly without it."""
+    from virtcontainers.image import ImageNotBuiltError, find_image
+
+    try:
+        return find_image()
+    except ImageNotBuiltError as exc:
+        pytest.fail(f"{exc} (run `make image` or `virtc image build`)")
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs() -> Path:
+    from virtcontainers.image import build_busybox_rootfs
+
+    return build_busybox_rootfs()
+
+
+def qemu_pids() -> set[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", "qemu-system"], capture_output=True, text=True, check=False
+    )
+    return {int(pid) for pid in found.stdout.split()}
+
+
+@pytest.fixture
+def no_leaks(run_root: Path) -> Iterator[Path]:
+    """Checks after the test (and its pod cleanup) that no VM was left running."""
+    before = qemu_pids()
+    yield run_root
+    leaked = qemu_pids() - before
+    assert not leaked, f"QEMU processes left behind: {leaked}"
+
+
+def shell(script: str) -> Cmd:
+    return Cmd(("sh", "-c", script))
+
+
+def pod_with(pod_id: str, rootfs: Path, **containers: str) -> PodConfig:
+    configs = tuple(
+        ContainerConfig(cid, rootfs, shell(script)) for cid, script in containers.items()
+    )
+    return PodConfig(id=pod_id, containers=configs)
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+__all__ = ["api", "pod_with", "read_all", "shell"]

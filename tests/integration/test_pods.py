@@ -1,0 +1,172 @@
+"""Pods in real QEMU VMs (TCG here): containers run by crun in the guest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import pod_with, qemu_pids, read_all, shell
+from virtcontainers import api, mounts
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig
+from virtcontainers.errors import StateError
+from virtcontainers.states import ContainerState, PodState
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+
+
+def run_exec(
+    pod: str, container: str, cmd: Cmd, stdin: bytes | None = None
+) -> tuple[bytes, bytes, int]:
+    """Exec with pipes for stdin/stdout/stderr; returns (out, err, exit code)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe() if stdin is not None else (None, None)
+    handle = api.enter_container(pod, container, cmd, api.Stdio(in_r, out_w, err_w))
+    for fd in (in_r, out_w, err_w):
+        if fd is not None:
+            os.close(fd)
+    if in_w is not None:
+        assert stdin is not None
+        os.write(in_w, stdin)
+        os.close(in_w)
+    results: dict[str, bytes] = {}
+    reader = threading.Thread(target=lambda: results.update(err=read_all(err_r)))
+    reader.start()
+    out = read_all(out_r)
+    reader.join()
+    status = api.wait_process(pod, container, handle.exec_id)
+    return out, results["err"], status.exit_code
+
+
+def test_container_output_and_exec(no_leaks: Path, busybox_rootfs: Path) -> None:
+    api.run_pod(PodConfig(id="io"))
+    out_r, out_w = os.pipe()
+    config = ContainerConfig("c", busybox_rootfs, shell("echo ready; uname -r; exec sleep 1000"))
+    api.create_container("io", config, api.Stdio(stdout=out_w))
+    os.close(out_w)
+    api.start_container("io", "c")
+    with os.fdopen(out_r, "rb") as output:
+        assert output.readline() == b"ready\n"
+        assert output.readline().startswith(b"6.")  # the guest's Debian 6.x kernel
+
+        out, err, code = run_exec("io", "c", shell("echo out; echo err >&2; exit 3"))
+        assert (out, err, code) == (b"out\n", b"err\n", 3)
+
+        out, _, code = run_exec("io", "c", Cmd(("cat",)), stdin=b"through stdin\n")
+        assert (out, code) == (b"through stdin\n", 0)
+
+        handle = api.enter_container("io", "c", Cmd(("sleep", "1000")))
+        api.signal_process("io", "c", handle.exec_id, signal.SIGKILL)
+        status = api.wait_process("io", "c", handle.exec_id)
+        assert (status.exit_code, status.signal) == (137, 9)
+
+        with pytest.raises(StateError, match="it is running, must be created or stopped"):
+            api.delete_pod("io")
+
+        api.kill_container("io", "c", signal.SIGKILL)
+        assert api.wait_container("io", "c").exit_code == 137
+    assert api.container_status("io", "c").state is ContainerState.STOPPED
+
+
+def test_fifty_megabytes_of_stdout_arrive_intact(no_leaks: Path, busybox_rootfs: Path) -> None:
+    api.run_pod(
+        PodConfig(
+            id="stream", containers=(ContainerConfig("c", busybox_rootfs, Cmd(("sleep", "1000"))),)
+        )
+    )
+    # The bytes are made in the guest (tmpfs) and hashed there by a separate exec.
+    _, err, code = run_exec(
+        "stream", "c", shell("dd if=/dev/urandom of=/dev/shm/data bs=1M count=50")
+    )
+    assert code == 0, err
+    digest, _, code = run_exec("stream", "c", shell("sha256sum /dev/shm/data"))
+    assert code == 0
+    out, err, code = run_exec("stream", "c", Cmd(("cat", "/dev/shm/data")))
+    assert code == 0
+    assert len(out) == 50 * 1024 * 1024
+    assert hashlib.sha256(out).hexdigest() == digest.split()[0].decode()
+
+
+def test_three_containers_in_one_pod(no_leaks: Path, busybox_rootfs: Path) -> None:
+    config = pod_with(
+        "three", busybox_rootfs, a="exec sleep 1000", b="exec sleep 1000", c="exec sleep 1000"
+    )
+    status = api.run_pod(config)
+    assert [c.state for c in status.containers] == [ContainerState.RUNNING] * 3
+    for cid in ("a", "b", "c"):
+        out, _, code = run_exec("three", cid, shell("hostname; cat /proc/1/cmdline | tr '\\0' ' '"))
+        assert code == 0
+        assert b"sleep 1000" in out
+    processes = api.list_processes("three", "b")
+    assert any(p["args"][:2] == ["sleep", "1000"] for p in processes)
+    api.stop_container("three", "a", timeout=1)
+    assert api.container_status("three", "a").state is ContainerState.STOPPED
+    assert api.container_status("three", "b").state is ContainerState.RUNNING
+
+
+def test_two_pods_at_once_and_list_from_another_process(
+    no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    errors: list[BaseException] = []
+
+    def start(pod_id: str) -> None:
+        try:
+            api.run_pod(pod_with(pod_id, busybox_rootfs, c="exec sleep 1000"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(p,)) for p in ("left", "right")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    code = (
+        "from virtcontainers import api; "
+        "print(sorted((p.id, p.state.value) for p in api.list_pods()))"
+    )
+    listed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert listed.stdout.strip() == "[('left', 'running'), ('right', 'running')]"
+    out_left, _, _ = run_exec("left", "c", shell("hostname"))
+    out_right, _, _ = run_exec("right", "c", shell("hostname"))
+    assert (out_left, out_right) == (b"left\n", b"right\n")
+
+
+def test_stop_then_delete_leaves_nothing(run_root: Path, busybox_rootfs: Path) -> None:
+    before = qemu_pids()
+    status = api.run_pod(pod_with("tidy", busybox_rootfs, c="exec sleep 1000"))
+    assert status.vm_pid in qemu_pids()
+    pod_dir = run_root / "pods" / "tidy"
+    assert mounts.mounts_under(pod_dir)
+    stopped = api.stop_pod("tidy")
+    assert stopped.state is PodState.STOPPED
+    assert stopped.containers[0].exit_code == 137
+    assert qemu_pids() == before
+    assert not mounts.mounts_under(pod_dir)
+    api.delete_pod("tidy")
+    assert not pod_dir.exists()
+
+
+def test_virtc_run_exit_status_and_streams(run_root: Path) -> None:
+    virtc = Path(sys.executable).with_name("virtc")
+    result = subprocess.run(
+        [str(virtc), "run", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "VC_RUN_DIR": str(run_root)},
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "out\n"
+    assert result.stderr.splitlines()[-1] == "err"
+    assert not any((run_root / "pods").iterdir())
