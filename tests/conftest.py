@@ -11,12 +11,8 @@ import pytest
 from virtcontainers import api, mounts
 
 
-@pytest.fixture
-def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """VC_RUN_DIR in a temp dir; afterwards every pod is stopped and deleted."""
-    root = tmp_path / "run"
-    monkeypatch.setenv("VC_RUN_DIR", str(root))
-    yield root
+def remove_all_pods() -> None:
+    """Stop and delete every pod of the current run root; report, don't stop, on errors."""
     for pod in api.list_pods():
         try:
             if pod.state.value in ("running", "paused"):
@@ -24,6 +20,15 @@ def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             api.delete_pod(pod.id)
         except Exception as exc:  # keep cleaning the others
             print(f"cleanup of pod {pod.id} failed: {exc}")
+
+
+@pytest.fixture
+def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """VC_RUN_DIR in a temp dir; afterwards every pod is stopped and deleted."""
+    root = tmp_path / "run"
+    monkeypatch.setenv("VC_RUN_DIR", str(root))
+    yield root
+    remove_all_pods()
     if root.exists():
         mounts.unmount_all_under(root)
     leftovers = [p for p in root.rglob("*")] if root.exists() else []

@@ -25,7 +25,7 @@ from typing import Any
 from virtcontainers import rpc
 from virtcontainers.agent.base import Agent
 from virtcontainers.config import Cmd, ContainerConfig
-from virtcontainers.errors import ConfigError, VcError
+from virtcontainers.errors import ConfigError, DaemonError, VcError
 from virtcontainers.hypervisor import HypervisorKind, new_hypervisor
 from virtcontainers.pod import Pod
 from virtcontainers.process import Stdio
@@ -80,6 +80,53 @@ def _image_paths(pod_config: dict[str, Any]) -> tuple[Path, Path, Path]:
     return found.kernel, found.initrd, found.rootfs
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _wait_readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(sock.fileno(), _resolve, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def read_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """Read one RPC request and the fds that came with it (the caller owns them)."""
+    buffer = bytearray()
+    fds: list[int] = []
+    try:
+        while True:
+            if len(buffer) >= rpc.LENGTH.size:
+                (length,) = rpc.LENGTH.unpack_from(buffer)
+                if length > rpc.MAX_MESSAGE:
+                    raise DaemonError(f"RPC request of {length} bytes is too large")
+                if len(buffer) >= rpc.LENGTH.size + length:
+                    return rpc.decode(
+                        bytes(buffer[rpc.LENGTH.size : rpc.LENGTH.size + length])
+                    ), fds
+            await _wait_readable(sock)
+            try:
+                data, new_fds, _flags, _addr = socket.recv_fds(sock, 65536, rpc.MAX_FDS)
+            except BlockingIOError:
+                continue
+            fds.extend(new_fds)
+            if not data:
+                raise DaemonError("client closed the connection mid-request")
+            buffer += data
+    except BaseException:
+        rpc.close_fds(fds)
+        raise
+
+
+async def send_reply(sock: socket.socket, reply: dict[str, Any]) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, rpc.encode(reply))
+
+
 class Daemon:
     def __init__(self, store: Store, pod: Pod) -> None:
         self.store = store
@@ -130,7 +177,7 @@ class Daemon:
         conn.setblocking(False)
         with conn:
             try:
-                request, fds = await rpc.read_request(conn)
+                request, fds = await read_request(conn)
             except (VcError, OSError, ValueError) as exc:
                 log.warning("bad RPC request: %s", exc)
                 return
@@ -149,7 +196,7 @@ class Daemon:
                 log.exception("RPC %s failed", method)
                 reply = {"ok": False, "error": {"type": "DaemonError", "message": repr(exc)}}
             with contextlib.suppress(OSError):
-                await rpc.send_reply(conn, reply)
+                await send_reply(conn, reply)
 
     # --- handlers -----------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ The daemon answers with one frame of the same shape: ``{"ok": true, "result":
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -50,7 +49,7 @@ def error_from_dict(error: object) -> VcError:
     return exc
 
 
-def _decode(payload: bytes) -> dict[str, Any]:
+def decode(payload: bytes) -> dict[str, Any]:
     message = json.loads(payload)
     if not isinstance(message, dict):
         raise DaemonError("RPC message is not a JSON object")
@@ -101,58 +100,10 @@ def _read_frame_sync(sock: socket.socket) -> dict[str, Any]:
     (length,) = LENGTH.unpack(_recv_exact(sock, LENGTH.size))
     if length > MAX_MESSAGE:
         raise DaemonError(f"RPC answer of {length} bytes is too large")
-    return _decode(_recv_exact(sock, length))
-
-
-# --- daemon side ------------------------------------------------------------------
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _wait_readable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(sock.fileno(), _resolve, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
-
-
-async def read_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """Read one request and the fds that came with it (the caller owns them)."""
-    buffer = bytearray()
-    fds: list[int] = []
-    try:
-        while True:
-            if len(buffer) >= LENGTH.size:
-                (length,) = LENGTH.unpack_from(buffer)
-                if length > MAX_MESSAGE:
-                    raise DaemonError(f"RPC request of {length} bytes is too large")
-                if len(buffer) >= LENGTH.size + length:
-                    return _decode(bytes(buffer[LENGTH.size : LENGTH.size + length])), fds
-            await _wait_readable(sock)
-            try:
-                data, new_fds, _flags, _addr = socket.recv_fds(sock, 65536, MAX_FDS)
-            except BlockingIOError:
-                continue
-            fds.extend(new_fds)
-            if not data:
-                raise DaemonError("client closed the connection mid-request")
-            buffer += data
-    except BaseException:
-        close_fds(fds)
-        raise
+    return decode(_recv_exact(sock, length))
 
 
 def close_fds(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-async def send_reply(sock: socket.socket, reply: dict[str, Any]) -> None:
-    await asyncio.get_running_loop().sock_sendall(sock, encode(reply))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import remove_all_pods
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 
@@ -31,19 +32,20 @@ def busybox_rootfs() -> Path:
     return build_busybox_rootfs()
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(run_root: Path) -> set[int]:
+    """QEMU processes of pods under ``run_root`` (their argv names their run dir)."""
     found = subprocess.run(
-        ["pgrep", "-f", "qemu-system"], capture_output=True, text=True, check=False
+        ["pgrep", "-f", f"qemu-system.*{run_root}/"], capture_output=True, text=True, check=False
     )
     return {int(pid) for pid in found.stdout.split()}
 
 
 @pytest.fixture
 def no_leaks(run_root: Path) -> Iterator[Path]:
-    """Checks after the test (and its pod cleanup) that no VM was left running."""
-    before = qemu_pids()
+    """After the test, its pods are removed and no VM of theirs may be left running."""
     yield run_root
-    leaked = qemu_pids() - before
+    remove_all_pods()
+    leaked = qemu_pids(run_root)
     assert not leaked, f"QEMU processes left behind: {leaked}"
 
 

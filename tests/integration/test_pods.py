@@ -142,15 +142,14 @@ def test_two_pods_at_once_and_list_from_another_process(
 
 
 def test_stop_then_delete_leaves_nothing(run_root: Path, busybox_rootfs: Path) -> None:
-    before = qemu_pids()
     status = api.run_pod(pod_with("tidy", busybox_rootfs, c="exec sleep 1000"))
-    assert status.vm_pid in qemu_pids()
+    assert status.vm_pid in qemu_pids(run_root)
     pod_dir = run_root / "pods" / "tidy"
     assert mounts.mounts_under(pod_dir)
     stopped = api.stop_pod("tidy")
     assert stopped.state is PodState.STOPPED
     assert stopped.containers[0].exit_code == 137
-    assert qemu_pids() == before
+    assert not qemu_pids(run_root)
     assert not mounts.mounts_under(pod_dir)
     api.delete_pod("tidy")
     assert not pod_dir.exists()

@@ -1,0 +1,178 @@
+"""Benchmarks: medians, and ratios against a floor measured in the same run.
+
+- floor: the guest image's own kernel booted bare (same QEMU driver, same
+  machine type and command line) to a trivial init that prints a marker and
+  powers off; timed from launch to QEMU's exit.
+- pod start to first output: ``run_pod`` + ``create_container`` +
+  ``start_container`` until the container's first byte arrives on our pipe.
+- exec round trip: ``enter_container(true)`` + ``wait_process``.
+
+Writes bench/results.json.  This machine is noisy: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from virtcontainers import api
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig
+from virtcontainers.hypervisor import HypervisorKind, VMConfig, detect_accelerator, new_hypervisor
+from virtcontainers.image import build_busybox_rootfs, find_image
+from virtcontainers.image.cpio import CpioWriter, write_gzip_cpio
+
+RESULTS = Path(__file__).with_name("results.json")
+MARKER = "VC-BENCH-INIT"
+
+
+def bare_initrd(path: Path) -> None:
+    script = f"#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox poweroff -f\n"
+
+    def fill(writer: CpioWriter) -> None:
+        writer.directory("bin")
+        writer.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
+        writer.file("init", script.encode(), 0o755)
+
+    write_gzip_cpio(path, fill)
+
+
+async def bare_boot_once(kernel: Path, initrd: Path, run_dir: Path) -> float:
+    hypervisor = new_hypervisor(HypervisorKind.QEMU)
+    await hypervisor.create(
+        VMConfig(vm_id="bench-bare", kernel=kernel, initrd=initrd, run_dir=run_dir)
+    )
+    started = time.monotonic()
+    try:
+        await hypervisor.start()
+        code = await asyncio.wait_for(hypervisor.wait(), 120)
+        elapsed = time.monotonic() - started
+    finally:
+        await hypervisor.stop()
+    console = (
+        hypervisor.console_path().read_text(errors="replace")
+        if hypervisor.console_path().exists()
+        else ""
+    )
+    if MARKER not in console and code != 0:
+        raise RuntimeError(f"bare boot did not reach init (exit {code})")
+    return elapsed
+
+
+def bare_boot(kernel: Path, runs: int) -> list[float]:
+    times = []
+    with tempfile.TemporaryDirectory(prefix="vc-bench-") as tmp:
+        initrd = Path(tmp) / "initrd.img"
+        bare_initrd(initrd)
+        for index in range(runs):
+            run_dir = Path(tmp) / f"vm{index}"
+            times.append(asyncio.run(bare_boot_once(kernel, initrd, run_dir)))
+            progress(f"bare boot {index + 1}/{runs}: {times[-1]:.2f}s")
+    return times
+
+
+def pod_start_once(rootfs: Path, pod_id: str) -> float:
+    read_end, write_end = os.pipe()
+    started = time.monotonic()
+    try:
+        api.run_pod(PodConfig(id=pod_id))
+        container = ContainerConfig("c", rootfs, Cmd(("sh", "-c", "echo first; exec sleep 1000")))
+        api.create_container(pod_id, container, api.Stdio(stdout=write_end))
+        api.start_container(pod_id, "c")
+        os.close(write_end)
+        write_end = -1
+        first = os.read(read_end, 1)
+        elapsed = time.monotonic() - started
+        assert first == b"f", first
+        return elapsed
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+
+
+def exec_round_trips(pod_id: str, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        handle = api.enter_container(pod_id, "c", Cmd(("true",)))
+        status = api.wait_process(pod_id, "c", handle.exec_id)
+        times.append(time.monotonic() - started)
+        assert status.exit_code == 0
+    return times
+
+
+def progress(message: str) -> None:
+    print(f"» {message}", file=sys.stderr, flush=True)
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {
+        "median_s": round(statistics.median(samples), 4),
+        "min_s": round(min(samples), 4),
+        "max_s": round(max(samples), 4),
+        "runs": len(samples),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5, help="boots of each kind")
+    parser.add_argument("--execs", type=int, default=20, help="exec round trips")
+    args = parser.parse_args()
+    image = find_image()
+    rootfs = build_busybox_rootfs()
+    accelerator, reason = detect_accelerator()
+    progress(f"accelerator {accelerator.value}: {reason}")
+
+    boots = bare_boot(image.kernel, args.runs)
+    starts: list[float] = []
+    execs: list[float] = []
+    for index in range(args.runs):
+        pod_id = f"bench-{os.getpid()}-{index}"
+        try:
+            starts.append(pod_start_once(rootfs, pod_id))
+            progress(f"pod start {index + 1}/{args.runs}: {starts[-1]:.2f}s")
+            if index == 0:
+                execs = exec_round_trips(pod_id, args.execs)
+                progress(f"exec round trip median: {statistics.median(execs) * 1000:.0f} ms")
+        finally:
+            try:
+                api.stop_pod(pod_id)
+            finally:
+                api.delete_pod(pod_id)
+
+    boot, start, rtt = summary(boots), summary(starts), summary(execs)
+    start_ratio = round(start["median_s"] / boot["median_s"], 2)
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "accelerator": accelerator.value,
+        },
+        "bare_boot_to_init": boot,
+        "pod_start_to_first_output": start,
+        "exec_round_trip": rtt,
+        "ratios": {
+            "pod_start_over_bare_boot": start_ratio,
+            "exec_round_trip_over_bare_boot": round(rtt["median_s"] / boot["median_s"], 3),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"bare boot to init (floor)   median {boot['median_s']:.2f} s")
+    print(f"pod start to first output   median {start['median_s']:.2f} s ({start_ratio}x floor)")
+    print(f"exec round trip             median {rtt['median_s'] * 1000:.0f} ms")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

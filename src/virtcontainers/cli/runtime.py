@@ -1,0 +1,712 @@
+"""vc-runtime: a runc-compatible OCI runtime; each container runs in a VM.
+
+It translates the OCI runtime CLI into virtcontainers API calls.  A container
+gets a pod of its own unless CRI annotations put it in a sandbox's pod.  Its
+own bookkeeping (which pod, bundle, shim pid) lives in ``--root``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from virtcontainers import api
+from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
+from virtcontainers.errors import ConfigError, NotFoundError, StateError, VcError
+from virtcontainers.states import ContainerState, PodState
+from virtcontainers.store import Store, write_json_atomic
+
+DEFAULT_ROOT = Path("/run/vc-runtime")
+OCI_VERSION = "1.0.2"
+SHIM_READY_TIMEOUT = 180.0
+
+
+class RuntimeCommandError(Exception):
+    """An error reported the way runc does (message, exit status 1)."""
+
+
+@dataclass
+class Options:
+    root: Path = DEFAULT_ROOT
+    log: Path | None = None
+    log_format: str = "text"
+    debug: bool = False
+
+
+@dataclass
+class Record:
+    """What vc-runtime remembers about one container id."""
+
+    id: str
+    pod_id: str
+    bundle: str
+    rootfs: str
+    created: str
+    owns_pod: bool
+    shim_pid: int = 0
+    annotations: dict[str, str] = field(default_factory=dict)
+    exec_shims: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def path(root: Path, container_id: str) -> Path:
+        return root / validate_id("container", container_id) / "state.json"
+
+    def save(self, root: Path) -> None:
+        path = self.path(root, self.id)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, root: Path, container_id: str) -> Record:
+        try:
+            with open(cls.path(root, container_id)) as source:
+                return cls(**json.load(source))
+        except (FileNotFoundError, ConfigError):
+            raise RuntimeCommandError(f"container {container_id} does not exist") from None
+
+    def remove(self, root: Path) -> None:
+        path = self.path(root, self.id)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+# --- logging, the runc way -----------------------------------------------------------------
+
+
+def _log(options: Options, level: str, message: str) -> None:
+    if options.log is None:
+        return
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    if options.log_format == "json":
+        line = json.dumps({"level": level, "msg": message, "time": now})
+    else:
+        line = f'time="{now}" level={level} msg="{message}"'
+    with contextlib.suppress(OSError), open(options.log, "a") as log:
+        log.write(line + "\n")
+
+
+def _fail(options: Options, message: str) -> NoReturn:
+    _log(options, "error", message)
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+class RuntimeGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (RuntimeCommandError, VcError) as exc:
+            options = ctx.obj if isinstance(ctx.obj, Options) else Options()
+            _fail(options, str(exc))
+
+
+@click.group(cls=RuntimeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True)
+@click.option("--log", type=click.Path(path_type=Path), help="Log file (errors go there too).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option("--debug", is_flag=True)
+@click.option("--systemd-cgroup", is_flag=True, help="Accepted; the guest uses cgroupfs.")
+@click.option("--rootless", default="auto", help="Accepted; vc-runtime runs as root.")
+@click.option("--criu", default="criu", help="Accepted; checkpointing is not supported.")
+@click.version_option(
+    "0.1.0", prog_name="vc-runtime", message="%(prog)s version %(version)s\nspec: 1.0.2"
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    root: Path,
+    log: Path | None,
+    log_format: str,
+    debug: bool,
+    systemd_cgroup: bool,
+    rootless: str,
+    criu: str,
+) -> None:
+    """A runc-compatible OCI runtime that runs each container in a VM."""
+    ctx.obj = Options(root=root, log=log, log_format=log_format, debug=debug)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _options(ctx: click.Context) -> Options:
+    options = ctx.obj
+    assert isinstance(options, Options)
+    return options
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _status(record: Record) -> str:
+    """The OCI status of a container: creating, created, running, paused or stopped."""
+    try:
+        status = api.container_status(record.pod_id, record.id)
+    except NotFoundError:
+        return "stopped"
+    return status.state.value
+
+
+def _state_json(record: Record) -> dict[str, Any]:
+    status = _status(record)
+    return {
+        "ociVersion": OCI_VERSION,
+        "id": record.id,
+        "pid": record.shim_pid if status != "stopped" else 0,
+        "status": status,
+        "bundle": record.bundle,
+        "rootfs": record.rootfs,
+        "created": record.created,
+        "owner": "",
+        "annotations": record.annotations,
+    }
+
+
+def _hook_state(record: Record, status: str) -> dict[str, Any]:
+    return {
+        "ociVersion": OCI_VERSION,
+        "id": record.id,
+        "status": status,
+        "pid": record.shim_pid,
+        "bundle": record.bundle,
+        "annotations": record.annotations,
+    }
+
+
+def _write_pid_file(path: Path, pid: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(str(pid))
+    os.replace(tmp, path)
+
+
+def _send_console(console_socket: Path, master: int) -> None:
+    """Give the terminal's master end to the engine, as runc does (SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(console_socket))
+        socket.send_fds(sock, [b"/dev/ptmx"], [master])
+
+
+@contextlib.contextmanager
+def _terminal(console_socket: Path | None) -> Iterator[tuple[int, int, int, int | None]]:
+    """The stdio for the shim: ours, or a new terminal whose master goes to the engine."""
+    if console_socket is None:
+        yield 0, 1, 2, None
+        return
+    master, slave = os.openpty()
+    try:
+        _send_console(console_socket, master)
+    finally:
+        os.close(master)
+    try:
+        yield slave, slave, slave, slave
+    finally:
+        os.close(slave)
+
+
+def _shim_env() -> dict[str, str]:
+    env = dict(os.environ)
+    package_root = str(Path(api.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _start_shim(
+    pod_id: str, request: dict[str, Any], console_socket: Path | None
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start the pid-file process; returns it once the process exists in the VM."""
+    socket_path = Store().paths(pod_id).socket
+    request_r, request_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    with _terminal(console_socket) as (stdin, stdout, stderr, tty):
+        pass_fds = [request_r, ready_w] + ([tty] if tty is not None else [])
+        argv = [sys.executable, "-S", "-m", "virtcontainers.cli.shim", str(socket_path)]
+        argv += [str(request_r), str(ready_w)] + ([str(tty)] if tty is not None else [])
+        shim = subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds, env=_shim_env()
+        )
+    os.close(request_r)
+    os.close(ready_w)
+    with os.fdopen(request_w, "w") as out:
+        json.dump(request, out)
+    with os.fdopen(ready_r, "rb") as ready:
+        answer = ready.read()
+    try:
+        message = json.loads(answer)
+    except ValueError:
+        shim.kill()
+        shim.wait()
+        raise RuntimeCommandError("the container process exited before it was created") from None
+    if message.get("ok") is not True:
+        shim.wait()
+        from virtcontainers.rpc import error_from_dict
+
+        raise error_from_dict(message.get("error"))
+    return shim, message["result"]
+
+
+# --- create / start / run ----------------------------------------------------------------------
+
+
+def _create(
+    options: Options,
+    container_id: str,
+    bundle_dir: Path,
+    pid_file: Path | None,
+    console_socket: Path | None,
+    preserve_fds: int,
+) -> tuple[Record, subprocess.Popen[bytes]]:
+    from virtcontainers import oci
+
+    validate_id("container", container_id)
+    if Record.path(options.root, container_id).exists():
+        raise RuntimeCommandError(f"container with id exists: {container_id}")
+    bundle = oci.load_bundle(bundle_dir.resolve())
+    for warning in bundle.warnings:
+        _log(options, "warning", f"{container_id}: {warning}")
+    if preserve_fds:
+        _log(options, "warning", f"{container_id}: --preserve-fds cannot reach a VM; ignored")
+    config = bundle.container_config(container_id)
+    if config.cmd.terminal and console_socket is None:
+        raise RuntimeCommandError(
+            "cannot allocate tty if runc will detach without setting console socket"
+        )
+    if not config.cmd.terminal and console_socket is not None:
+        raise RuntimeCommandError(
+            "cannot use console socket if runc will not detach or allocate tty"
+        )
+    owns_pod = bundle.role is not oci.PodRole.CONTAINER
+    pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
+    if owns_pod:
+        api.run_pod(bundle.pod_config(pod_id))
+    elif api.pod_status(pod_id).state is not PodState.RUNNING:
+        raise RuntimeCommandError(f"sandbox {pod_id} of container {container_id} is not running")
+    record = Record(
+        id=container_id,
+        pod_id=pod_id,
+        bundle=str(bundle.path),
+        rootfs=str(bundle.rootfs),
+        created=datetime.datetime.now(datetime.UTC).isoformat(),
+        owns_pod=owns_pod,
+        annotations=dict(bundle.spec.get("annotations") or {}),
+    )
+    try:
+        request = {
+            "method": "create_container",
+            "params": {"config": config.to_dict()},
+            "wait": {"container_id": container_id, "exec_id": None},
+        }
+        shim, _ = _start_shim(pod_id, request, console_socket)
+        record.shim_pid = shim.pid
+        record.save(options.root)
+        for stage in ("prestart", "createRuntime", "createContainer"):
+            oci.run_hooks(bundle.spec, stage, _hook_state(record, "created"))
+        if pid_file is not None:
+            _write_pid_file(pid_file, shim.pid)
+    except BaseException:
+        _destroy(record, force=True)
+        record.remove(options.root)
+        raise
+    return record, shim
+
+
+def _destroy(record: Record, force: bool) -> None:
+    """Remove the container from its pod, and the pod if it is the container's own."""
+    if record.owns_pod:
+        with contextlib.suppress(NotFoundError):
+            if api.pod_status(record.pod_id).state in (PodState.RUNNING, PodState.PAUSED):
+                api.stop_pod(record.pod_id)
+            api.delete_pod(record.pod_id)
+        return
+    with contextlib.suppress(NotFoundError, StateError):
+        status = api.container_status(record.pod_id, record.id)
+        if status.state in (ContainerState.RUNNING, ContainerState.PAUSED) and force:
+            api.kill_container(record.pod_id, record.id, signal.SIGKILL, all_processes=True)
+            api.wait_container(record.pod_id, record.id, timeout=30)
+        api.delete_container(record.pod_id, record.id)
+
+
+@cli.command()
+@click.option("--bundle", "-b", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--pid-file", type=click.Path(path_type=Path))
+@click.option("--console-socket", type=click.Path(path_type=Path))
+@click.option("--no-pivot", is_flag=True, help="Accepted; crun in the VM always pivots.")
+@click.option("--no-new-keyring", is_flag=True, help="Accepted.")
+@click.option("--preserve-fds", type=int, default=0)
+@click.argument("container_id")
+@click.pass_context
+def create(
+    ctx: click.Context,
+    bundle: Path,
+    pid_file: Path | None,
+    console_socket: Path | None,
+    no_pivot: bool,
+    no_new_keyring: bool,
+    preserve_fds: int,
+    container_id: str,
+) -> None:
+    """Create a container (its process waits for `start`)."""
+    _create(_options(ctx), container_id, bundle, pid_file, console_socket, preserve_fds)
+
+
+def _start(options: Options, record: Record) -> None:
+    from virtcontainers import oci
+
+    status = _status(record)
+    if status != "created":
+        if status == "stopped":
+            raise RuntimeCommandError("cannot start a container that has stopped")
+        raise RuntimeCommandError(f"cannot start an already {status} container")
+    api.start_container(record.pod_id, record.id)
+    spec = oci.load_bundle(Path(record.bundle)).spec
+    try:
+        oci.run_hooks(spec, "poststart", _hook_state(record, "running"))
+    except VcError as exc:
+        _log(options, "warning", f"{record.id}: poststart hook: {exc}")
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+def start(ctx: click.Context, container_id: str) -> None:
+    """Start a created container."""
+    options = _options(ctx)
+    _start(options, Record.load(options.root, container_id))
+
+
+@cli.command()
+@click.option("--bundle", "-b", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--pid-file", type=click.Path(path_type=Path))
+@click.option("--console-socket", type=click.Path(path_type=Path))
+@click.option("--detach", "-d", is_flag=True)
+@click.option("--no-pivot", is_flag=True)
+@click.option("--no-new-keyring", is_flag=True)
+@click.option("--preserve-fds", type=int, default=0)
+@click.argument("container_id")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    bundle: Path,
+    pid_file: Path | None,
+    console_socket: Path | None,
+    detach: bool,
+    no_pivot: bool,
+    no_new_keyring: bool,
+    preserve_fds: int,
+    container_id: str,
+) -> None:
+    """Create and start a container; without --detach, wait and exit with its status."""
+    options = _options(ctx)
+    record, shim = _create(options, container_id, bundle, pid_file, console_socket, preserve_fds)
+    try:
+        _start(options, record)
+    except BaseException:
+        _destroy(record, force=True)
+        record.remove(options.root)
+        raise
+    if detach:
+        return
+    code = shim.wait()
+    _delete(options, record, force=True)
+    sys.exit(code)
+
+
+# --- state / list / ps / events -----------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+def state(ctx: click.Context, container_id: str) -> None:
+    """Print the container's state as OCI JSON."""
+    record = Record.load(_options(ctx).root, container_id)
+    click.echo(json.dumps(_state_json(record), indent=2))
+
+
+def _records(root: Path) -> list[Record]:
+    records = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        with contextlib.suppress(RuntimeCommandError, ValueError, TypeError):
+            records.append(Record.load(root, entry.name))
+    return records
+
+
+@cli.command("list")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--quiet", "-q", is_flag=True)
+@click.pass_context
+def list_containers(ctx: click.Context, fmt: str, quiet: bool) -> None:
+    """List containers started by vc-runtime with this --root."""
+    states = [_state_json(r) for r in _records(_options(ctx).root)]
+    if quiet:
+        for item in states:
+            click.echo(item["id"])
+    elif fmt == "json":
+        click.echo(json.dumps(states))
+    else:
+        click.echo(f"{'ID':<24}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<34}OWNER")
+        for item in states:
+            click.echo(
+                f"{item['id']:<24}{item['pid']:<10}{item['status']:<10}"
+                f"{item['bundle']:<40}{item['created']:<34}root"
+            )
+
+
+@cli.command()
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.argument("container_id")
+@click.argument("ps_args", nargs=-1)
+@click.pass_context
+def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]) -> None:
+    """Processes of the container (pids are the guest's)."""
+    record = Record.load(_options(ctx).root, container_id)
+    if _status(record) not in ("running", "paused"):
+        raise RuntimeCommandError(f"container {container_id} is not running")
+    processes = api.list_processes(record.pod_id, record.id)
+    if fmt == "json":
+        click.echo(json.dumps([p["pid"] for p in processes]))
+        return
+    click.echo("PID\tCMD")
+    for process in processes:
+        click.echo(f"{process['pid']}\t{' '.join(process['args'])}")
+
+
+@cli.command()
+@click.option("--stats", is_flag=True, help="Print one stats event and exit.")
+@click.option("--interval", type=float, default=5.0, show_default=True)
+@click.argument("container_id")
+@click.pass_context
+def events(ctx: click.Context, stats: bool, interval: float, container_id: str) -> None:
+    """Stats events for the container (process count for now), until it stops."""
+    record = Record.load(_options(ctx).root, container_id)
+    while True:
+        status = _status(record)
+        if status not in ("running", "paused", "created"):
+            if stats:
+                raise RuntimeCommandError(f"container {container_id} is not running")
+            return
+        pids = len(api.list_processes(record.pod_id, record.id)) if status != "created" else 0
+        event = {"type": "stats", "id": container_id, "data": {"pids": {"current": pids}}}
+        click.echo(json.dumps(event), nl=True)
+        if stats:
+            return
+        time.sleep(interval)
+
+
+# --- kill / pause / resume / delete ---------------------------------------------------------------
+
+
+def parse_signal(text: str) -> int:
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < 65:
+            return number
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        with contextlib.suppress(KeyError):
+            return int(signal.Signals[name])
+    raise RuntimeCommandError(f"unknown signal {text!r}")
+
+
+@cli.command()
+@click.option("--all", "-a", "all_processes", is_flag=True)
+@click.argument("container_id")
+@click.argument("signame", default="SIGTERM")
+@click.pass_context
+def kill(ctx: click.Context, all_processes: bool, container_id: str, signame: str) -> None:
+    """Send a signal (name or number) to the container's process."""
+    record = Record.load(_options(ctx).root, container_id)
+    signum = parse_signal(signame)
+    if _status(record) not in ("created", "running", "paused"):
+        raise RuntimeCommandError("container not running")
+    api.kill_container(record.pod_id, record.id, signum, all_processes)
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+def pause(ctx: click.Context, container_id: str) -> None:
+    record = Record.load(_options(ctx).root, container_id)
+    if _status(record) != "running":
+        raise RuntimeCommandError(f"container {container_id} is not running")
+    api.pause_container(record.pod_id, record.id)
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+def resume(ctx: click.Context, container_id: str) -> None:
+    record = Record.load(_options(ctx).root, container_id)
+    if _status(record) != "paused":
+        raise RuntimeCommandError(f"container {container_id} is not paused")
+    api.resume_container(record.pod_id, record.id)
+
+
+def _delete(options: Options, record: Record, force: bool) -> None:
+    from virtcontainers import oci
+
+    status = _status(record)
+    if status in ("running", "paused") and not force:
+        raise RuntimeCommandError(
+            f"cannot delete container {record.id} that is not stopped: {status}"
+        )
+    _destroy(record, force=True)
+    record.remove(options.root)
+    with contextlib.suppress(VcError):
+        spec = oci.load_bundle(Path(record.bundle)).spec
+        try:
+            oci.run_hooks(spec, "poststop", _hook_state(record, "stopped"))
+        except VcError as exc:
+            _log(options, "warning", f"{record.id}: poststop hook: {exc}")
+
+
+@cli.command()
+@click.option("--force", "-f", is_flag=True, help="Kill the container first if it runs.")
+@click.argument("container_id")
+@click.pass_context
+def delete(ctx: click.Context, force: bool, container_id: str) -> None:
+    """Delete a stopped container (any container with --force)."""
+    options = _options(ctx)
+    try:
+        record = Record.load(options.root, container_id)
+    except RuntimeCommandError:
+        if force:
+            return
+        raise
+    _delete(options, record, force)
+
+
+# --- exec ----------------------------------------------------------------------------------------
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--process", "-p", "process_file", type=click.Path(path_type=Path))
+@click.option("--tty", "-t", is_flag=True)
+@click.option("--detach", "-d", is_flag=True)
+@click.option("--pid-file", type=click.Path(path_type=Path))
+@click.option("--console-socket", type=click.Path(path_type=Path))
+@click.option("--cwd")
+@click.option("--env", "-e", multiple=True)
+@click.option("--user", "-u")
+@click.option("--preserve-fds", type=int, default=0)
+@click.argument("container_id")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(
+    ctx: click.Context,
+    process_file: Path | None,
+    tty: bool,
+    detach: bool,
+    pid_file: Path | None,
+    console_socket: Path | None,
+    cwd: str | None,
+    env: tuple[str, ...],
+    user: str | None,
+    preserve_fds: int,
+    container_id: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run a process in a running container."""
+    options = _options(ctx)
+    record = Record.load(options.root, container_id)
+    if _status(record) != "running":
+        raise RuntimeCommandError(f"cannot exec in a container that is not running: {container_id}")
+    cmd = _exec_cmd(process_file, command, tty, cwd, env, user)
+    if cmd.terminal and console_socket is None and detach:
+        raise RuntimeCommandError(
+            "cannot allocate tty if runc will detach without setting console socket"
+        )
+    if detach or console_socket is not None:
+        request = {
+            "method": "exec",
+            "params": {"container_id": record.id, "cmd": _cmd_params(cmd), "exec_id": None},
+            "wait": {"container_id": record.id},
+        }
+        shim, _ = _start_shim(record.pod_id, request, console_socket if cmd.terminal else None)
+        if pid_file is not None:
+            _write_pid_file(pid_file, shim.pid)
+        if detach:
+            return
+        sys.exit(shim.wait())
+    stdio = api.Stdio(stdin=0, stdout=1, stderr=None if cmd.terminal else 2)
+    handle = api.enter_container(record.pod_id, record.id, cmd, stdio)
+    if pid_file is not None:
+        _write_pid_file(pid_file, os.getpid())
+    sys.exit(api.wait_process(record.pod_id, record.id, handle.exec_id).exit_code)
+
+
+def _cmd_params(cmd: Cmd) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cmd).items()}
+
+
+def _exec_cmd(
+    process_file: Path | None,
+    command: tuple[str, ...],
+    tty: bool,
+    cwd: str | None,
+    env: tuple[str, ...],
+    user: str | None,
+) -> Cmd:
+    from virtcontainers import oci
+
+    if process_file is not None:
+        try:
+            process = json.loads(process_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeCommandError(f"{process_file}: {exc}") from exc
+        cmd, _ = oci.process_from_json(process, str(process_file))
+        return cmd
+    if not command:
+        raise RuntimeCommandError("exec needs a command, or --process")
+    return Cmd(
+        tuple(command),
+        env=(DEFAULT_PATH_ENV, *env),
+        cwd=cwd or "/",
+        user=user or "0:0",
+        terminal=tty,
+    )
+
+
+# --- spec / features ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--bundle", "-b", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--rootless", is_flag=True)
+def spec(bundle: Path, rootless: bool) -> None:
+    """Write a starter config.json into the bundle directory."""
+    from virtcontainers import oci
+
+    target = bundle / "config.json"
+    if target.exists():
+        raise RuntimeCommandError("File config.json exists. Remove it first")
+    target.write_text(json.dumps(oci.default_spec(rootless), indent="\t"))
+
+
+@cli.command()
+def features() -> None:
+    """Print what this runtime supports (OCI features document)."""
+    from virtcontainers import oci
+
+    click.echo(json.dumps(oci.features(), indent=4))
+
+
+def main() -> None:
+    cli(prog_name="vc-runtime")
+
+
+if __name__ == "__main__":
+    main()

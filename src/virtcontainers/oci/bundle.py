@@ -1,0 +1,154 @@
+"""OCI bundles: load, validate and turn into virtcontainers configs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources, validate_id
+from virtcontainers.errors import ConfigError, RuntimeSpecError
+from virtcontainers.oci._json import Loc, obj
+from virtcontainers.oci.annotations import PodRole, pod_role, vm_size
+from virtcontainers.oci.translate import translate_process, translate_spec
+
+CONFIG_FILE = "config.json"
+log = logging.getLogger("virtcontainers.oci")
+
+
+def cgroups_path(container_id: str) -> str:
+    """The container's cgroup in the guest (relative to the guest's cgroup root)."""
+    return f"/vc/{container_id}"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, validated and translated OCI bundle.
+
+    ``spec`` is config.json as read (hooks included: the runtime passes it to
+    :func:`~virtcontainers.oci.run_hooks`).  ``guest_spec`` is what the guest's
+    crun will get, less root, process user overlay and cgroupsPath, which
+    :meth:`container_config` and the library fill in.
+    """
+
+    path: Path
+    spec: Mapping[str, Any]
+    rootfs: Path
+    role: PodRole
+    sandbox_id: str | None
+    warnings: tuple[str, ...]
+    read_only_rootfs: bool = False
+    hostname: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[Mount, ...] = ()
+    guest_spec: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    cmd: Cmd | None = None
+    vcpus: int = 1
+    memory_mib: int = 512
+
+    def process_cmd(self) -> Cmd:
+        """The bundle's process as a Cmd; RuntimeSpecError when there is none."""
+        if self.cmd is None:
+            raise RuntimeSpecError(f"{CONFIG_FILE}: process: is required to run a container")
+        return self.cmd
+
+    def container_config(self, container_id: str) -> ContainerConfig:
+        cmd = self.process_cmd()
+        oci = copy.deepcopy(dict(self.guest_spec))
+        linux = dict(oci.get("linux") or {})
+        linux["cgroupsPath"] = cgroups_path(container_id)
+        oci["linux"] = linux
+        try:
+            validate_id("container", container_id)
+            return ContainerConfig(
+                id=container_id,
+                rootfs=self.rootfs,
+                cmd=cmd,
+                mounts=self.mounts,
+                hostname=self.hostname,
+                read_only_rootfs=self.read_only_rootfs,
+                annotations=dict(self.annotations),
+                oci=oci,
+            )
+        except ConfigError as error:
+            raise RuntimeSpecError(f"{self.path / CONFIG_FILE}: {error}") from None
+
+    def pod_config(self, pod_id: str) -> PodConfig:
+        """A pod with no containers, sized from the bundle (see annotations.py)."""
+        hostname = self.hostname if self.role is not PodRole.CONTAINER else None
+        try:
+            return PodConfig(
+                id=pod_id,
+                resources=Resources(vcpus=self.vcpus, memory_mib=self.memory_mib),
+                hostname=hostname,
+                annotations=dict(self.annotations),
+            )
+        except ConfigError as error:
+            raise RuntimeSpecError(f"{self.path / CONFIG_FILE}: {error}") from None
+
+
+def _read_spec(config: Path) -> Mapping[str, Any]:
+    try:
+        text = config.read_text()
+    except FileNotFoundError:
+        raise RuntimeSpecError(f"{CONFIG_FILE}: {config} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RuntimeSpecError(f"{CONFIG_FILE}: cannot read {config}: {error}") from None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RuntimeSpecError(
+            f"{CONFIG_FILE}: malformed JSON at line {error.lineno} column {error.colno}: "
+            f"{error.msg}"
+        ) from None
+    return obj(spec, Loc(CONFIG_FILE))
+
+
+def load_bundle(bundle_dir: Path) -> Bundle:
+    """Read, validate and translate ``bundle_dir/config.json``.
+
+    Raises RuntimeSpecError naming the file and JSON path of what is wrong.
+    """
+    bundle = Path(bundle_dir).absolute()
+    if not bundle.is_dir():
+        raise RuntimeSpecError(f"bundle {bundle} is not a directory")
+    spec = _read_spec(bundle / CONFIG_FILE)
+    loc = Loc(CONFIG_FILE)
+    translation = translate_spec(spec, loc, bundle)
+    role, sandbox_id = pod_role(translation.annotations, loc)
+    warnings = translation.warnings
+    vcpus, memory = vm_size(spec, translation.annotations, role, loc, warnings)
+    return Bundle(
+        path=bundle,
+        spec=spec,
+        rootfs=translation.rootfs,
+        role=role,
+        sandbox_id=sandbox_id,
+        warnings=tuple(warnings),
+        read_only_rootfs=translation.read_only_rootfs,
+        hostname=translation.hostname,
+        annotations=translation.annotations,
+        mounts=tuple(translation.mounts),
+        guest_spec=translation.guest,
+        cmd=translation.cmd,
+        vcpus=vcpus,
+        memory_mib=memory,
+    )
+
+
+def process_from_json(process: Mapping[str, Any], where: str) -> tuple[Cmd, dict[str, Any]]:
+    """A process object (``exec --process FILE``) as a Cmd and the translated OCI process.
+
+    ``where`` labels errors, e.g. the file name: ``"process.json: args: ..."``.
+    Dropped fields are logged as warnings (logger ``virtcontainers.oci``).
+    """
+    loc = Loc(where)
+    warnings: list[str] = []
+    result = translate_process(obj(process, loc), loc, warnings)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return result

@@ -1,0 +1,236 @@
+"""``vc-runtime spec`` and ``vc-runtime features`` documents."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from typing import Any
+
+from virtcontainers.oci.hooks import STAGES
+from virtcontainers.oci.translate import NAMESPACE_TYPES
+
+OCI_VERSION = "1.1.0"
+OCI_VERSION_MIN = "1.0.0"
+
+_DEFAULT_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+
+#: Every capability of the guest's kernel (Linux 6.1), in number order.
+ALL_CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+]
+
+MOUNT_OPTIONS = sorted(
+    {
+        "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
+        "iversion", "lazytime", "loud", "mand", "noatime", "nodev", "nodiratime",
+        "noexec", "noiversion", "nolazytime", "nomand", "norelatime", "nostrictatime",
+        "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro",
+        "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "silent",
+        "slave", "strictatime", "suid", "symfollow", "sync", "tmpcopyup", "unbindable",
+    }
+)  # fmt: skip
+
+
+def _mounts(rootless: bool) -> list[dict[str, Any]]:
+    devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
+    if not rootless:
+        devpts.append("gid=5")
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": devpts},
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
+    ]
+
+
+def default_spec(rootless: bool = False) -> dict[str, Any]:
+    """A starting config.json, as ``runc spec`` writes one, for virtcontainers.
+
+    Unlike runc's there is no network namespace: the VM is the network boundary
+    (and a network namespace would be dropped with a warning on load).
+    ``rootless`` adds a user namespace mapping the caller's uid/gid to root.
+    """
+    linux: dict[str, Any] = {
+        "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")],
+        "maskedPaths": [
+            "/proc/acpi",
+            "/proc/asound",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+        ],
+        "readonlyPaths": [
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+        ],
+    }
+    if rootless:
+        linux["namespaces"].append({"type": "user"})
+        linux["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
+    else:
+        linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}]}
+    caps = list(_DEFAULT_CAPS)
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": True,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TERM=xterm",
+            ],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "vc",
+        "mounts": _mounts(rootless),
+        "linux": linux,
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("virtcontainers")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def features() -> dict[str, Any]:
+    """The OCI features document (runtime-spec features.md) of virtcontainers.
+
+    It describes what the guest's crun implements, less what the VM boundary
+    takes away: no AppArmor, SELinux or Intel RDT in the guest, cgroup v2 only,
+    no seccomp notify (a listener on the host cannot reach the guest), no
+    id-mapped host mounts.
+    """
+    return {
+        "ociVersionMin": OCI_VERSION_MIN,
+        "ociVersionMax": OCI_VERSION,
+        "hooks": list(STAGES),
+        "mountOptions": MOUNT_OPTIONS,
+        "linux": {
+            "namespaces": sorted(NAMESPACE_TYPES),
+            "capabilities": list(ALL_CAPABILITIES),
+            "cgroup": {"v1": False, "v2": True, "systemd": False, "systemdUser": False},
+            "seccomp": {
+                "enabled": True,
+                "actions": [
+                    "SCMP_ACT_ALLOW",
+                    "SCMP_ACT_ERRNO",
+                    "SCMP_ACT_KILL",
+                    "SCMP_ACT_KILL_PROCESS",
+                    "SCMP_ACT_KILL_THREAD",
+                    "SCMP_ACT_LOG",
+                    "SCMP_ACT_TRACE",
+                    "SCMP_ACT_TRAP",
+                ],
+                "operators": [
+                    "SCMP_CMP_EQ",
+                    "SCMP_CMP_GE",
+                    "SCMP_CMP_GT",
+                    "SCMP_CMP_LE",
+                    "SCMP_CMP_LT",
+                    "SCMP_CMP_MASKED_EQ",
+                    "SCMP_CMP_NE",
+                ],
+                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"],
+            },
+            "apparmor": {"enabled": False},
+            "selinux": {"enabled": False},
+            "intelRdt": {"enabled": False},
+            "mountExtensions": {"idmap": {"enabled": False}},
+        },
+        "annotations": {
+            "org.virtcontainers.version": _version(),
+            "org.virtcontainers.isolation": "vm",
+            "org.virtcontainers.hypervisor": "qemu",
+            "org.virtcontainers.guest.runtime": "crun",
+            "org.virtcontainers.vm.vcpus.annotation": (
+                "io.katacontainers.config.hypervisor.default_vcpus"
+            ),
+            "org.virtcontainers.vm.memory.annotation": (
+                "io.katacontainers.config.hypervisor.default_memory"
+            ),
+        },
+    }
