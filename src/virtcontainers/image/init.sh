@@ -1,0 +1,80 @@
+#!/bin/sh
+# /init of the virtcontainers initrd (busybox sh, PID 1).
+#
+# Loads the modules shipped in /lib/modules (already in dependency order),
+# mounts the read-only squashfs root from /dev/vda, prepares the writable and
+# virtual filesystems, and switch_roots into the agent (Python as PID 1).
+# Any failure is reported on the console and powers the VM off, so the host
+# never waits on a VM that cannot boot.  Silent otherwise: boot time matters.
+
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+NEWROOT=/newroot
+AGENT="/usr/bin/python3.11 -S /opt/vc/agent/agent.py"
+
+fail() {
+    echo "vc-init: $*" >/dev/console
+    echo "vc-init: powering off" >/dev/console
+    poweroff -f
+    # poweroff needs ACPI; sysrq works without it, and a PID 1 exit panics (panic=-1).
+    echo o >/proc/sysrq-trigger
+    exit 1
+}
+
+mount -t proc -o nosuid,nodev,noexec proc /proc || fail "cannot mount /proc"
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || fail "cannot mount /sys"
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev || fail "cannot mount /dev"
+
+for ko in /lib/modules/*.ko; do
+    [ -e "$ko" ] || break
+    insmod "$ko" || fail "cannot load kernel module $ko"
+done
+
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vc.hostname=*) hostname "${arg#vc.hostname=}" || fail "cannot set the hostname" ;;
+    esac
+done
+
+# virtio-blk probes asynchronously on some kernels: wait up to 5 s for the disk.
+tries=0
+while [ ! -b /dev/vda ]; do
+    tries=$((tries + 1))
+    [ "$tries" -le 500 ] || fail "no root disk /dev/vda (is the squashfs attached as the first virtio-blk disk?)"
+    usleep 10000
+done
+mount -t squashfs -o ro /dev/vda "$NEWROOT" || fail "cannot mount the squashfs root from /dev/vda"
+
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$NEWROOT/run" || fail "cannot mount /run"
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$NEWROOT/tmp" || fail "cannot mount /tmp"
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$NEWROOT/var" || fail "cannot mount /var"
+mkdir -p -m 1777 "$NEWROOT/var/tmp"
+mkdir -p "$NEWROOT/run/vc/shared" || fail "cannot create /run/vc/shared"
+
+# The host shares a directory under the 9p mount tag "vcshared" (when it has one).
+for tag in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
+    [ -e "$tag" ] || break
+    if [ "$(tr -d '\000\n' <"$tag")" = vcshared ]; then
+        mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none \
+            vcshared "$NEWROOT/run/vc/shared" || fail "cannot mount the vcshared 9p share"
+    fi
+done
+
+mount --move /proc "$NEWROOT/proc" || fail "cannot move /proc"
+mount --move /sys "$NEWROOT/sys" || fail "cannot move /sys"
+mount --move /dev "$NEWROOT/dev" || fail "cannot move /dev"
+
+mkdir -p "$NEWROOT/dev/pts" "$NEWROOT/dev/shm"
+mount -t devpts -o nosuid,noexec,mode=0620,gid=5,ptmxmode=0666 devpts "$NEWROOT/dev/pts" \
+    || fail "cannot mount /dev/pts"
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$NEWROOT/dev/shm" || fail "cannot mount /dev/shm"
+
+# Pure cgroup v2 for crun, with every available controller delegated to children.
+CG="$NEWROOT/sys/fs/cgroup"
+mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate cgroup2 "$CG" || fail "cannot mount cgroup2"
+for controller in $(cat "$CG/cgroup.controllers"); do
+    echo "+$controller" >"$CG/cgroup.subtree_control" 2>/dev/null
+done
+
+# shellcheck disable=SC2086 # AGENT is split into argv on purpose
+exec switch_root "$NEWROOT" $AGENT
+fail "cannot switch_root into the agent ($AGENT)"

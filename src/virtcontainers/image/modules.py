@@ -1,0 +1,107 @@
+"""Pick the kernel modules the guest needs and order them for insmod.
+
+busybox insmod does not resolve dependencies, so the initrd carries the
+modules already sorted: every module after all the modules it depends on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from virtcontainers.errors import ImageError
+
+# What the guest needs, in the order it needs it: the root disk first (boot
+# critical path), then the agent port, the shared directory, and the rest.
+GUEST_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_blk",
+    "squashfs",
+    "virtio_console",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "virtio_net",
+    "vsock",
+    "vmw_vsock_virtio_transport",
+)
+
+_KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
+
+
+def module_name(path: str) -> str:
+    """Canonical module name of a modules.dep path ("kernel/fs/9p/9p.ko.xz" -> "9p")."""
+    base = path.rsplit("/", 1)[-1]
+    return _KO_SUFFIX.sub("", base).replace("-", "_")
+
+
+def parse_modules_dep(text: str) -> dict[str, list[str]]:
+    """Parse modules.dep: module path -> paths of the modules it depends on."""
+    deps: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        module, _, rest = line.partition(":")
+        deps[module.strip()] = rest.split()
+    return deps
+
+
+def parse_modules_builtin(text: str) -> set[str]:
+    """Parse modules.builtin into the set of module names compiled into the kernel."""
+    return {module_name(line.strip()) for line in text.splitlines() if line.strip()}
+
+
+def order_modules(
+    wanted: tuple[str, ...] | list[str], deps: dict[str, list[str]], builtin: set[str]
+) -> list[str]:
+    """Return the modules.dep paths to load for `wanted`, dependencies first.
+
+    Built-in modules are skipped. Raises:
+        ImageError: a wanted module is neither built in nor in modules.dep.
+    """
+    by_name = {module_name(path): path for path in deps}
+    ordered: list[str] = []
+    seen: set[str] = set()
+
+    def visit(path: str, chain: tuple[str, ...]) -> None:
+        if path in seen:
+            return
+        if path in chain:
+            raise ImageError(f"kernel module dependency cycle: {' -> '.join((*chain, path))}")
+        for dep in deps.get(path, []):
+            visit(dep, (*chain, path))
+        seen.add(path)
+        ordered.append(path)
+
+    for name in wanted:
+        canonical = name.replace("-", "_")
+        if canonical in builtin:
+            continue
+        if canonical not in by_name:
+            raise ImageError(f"kernel module {name} is neither built in nor in modules.dep")
+        visit(by_name[canonical], ())
+    return ordered
+
+
+def read_module(path: Path) -> bytes:
+    """Return the uncompressed bytes of a .ko, .ko.xz, .ko.gz or .ko.zst file.
+
+    busybox insmod only takes plain ELF objects, so compressed modules are
+    unpacked at build time. Raises ImageError when zstd is needed but missing.
+    """
+    data = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".ko.zst"):
+        exe = shutil.which("zstd")
+        if exe is None:
+            raise ImageError("zstd not found (needed for .ko.zst modules): apt-get install zstd")
+        done = subprocess.run([exe, "-dc"], input=data, capture_output=True, check=True)
+        return done.stdout
+    return data
