@@ -42,7 +42,7 @@ unit: deps
 	$(BIN)/pytest -q -m 'not vm and not engine' -n $(PYTEST_WORKERS)
 
 test: image lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: image
 	$(BIN)/python bench/run.py
