@@ -14,7 +14,9 @@ from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.image import build_busybox_rootfs
 
 POD = f"demo-{os.getpid()}"
-GREETING = "echo 'Hello from a container in a virtcontainers pod!'; echo \"guest kernel: $(uname -r)\""
+GREETING = (
+    "echo 'Hello from a container in a virtcontainers pod!'; echo \"guest kernel: $(uname -r)\""
+)
 
 
 def main() -> int:
@@ -31,7 +33,9 @@ def main() -> int:
         with os.fdopen(read_end) as output:
             for _ in range(2):
                 print(output.readline(), end="", flush=True)
-        exec_cmd = Cmd(("sh", "-c", 'echo "exec in $(hostname): $(cat /proc/version | cut -c1-40)..."'))
+        exec_cmd = Cmd(
+            ("sh", "-c", 'echo "exec in $(hostname): $(cat /proc/version | cut -c1-40)..."')
+        )
         handle = api.enter_container(POD, "greeter", exec_cmd, api.Stdio(stdout=1, stderr=2))
         status = api.wait_process(POD, "greeter", handle.exec_id)
         print(f"» exec exited with {status.exit_code}", file=sys.stderr)
