@@ -34,3 +34,21 @@ def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     leftovers = [p for p in root.rglob("*")] if root.exists() else []
     assert not [p for p in leftovers if p.name != "pods"], f"left behind: {leftovers}"
     assert not os.path.exists(root / "pods") or not list((root / "pods").iterdir())
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> object:
+    """The guest image `make test` built; the suite fails clearly without it."""
+    from virtcontainers.image import ImageNotBuiltError, find_image
+
+    try:
+        return find_image()
+    except ImageNotBuiltError as exc:
+        pytest.fail(f"{exc} (run `make image` or `virtc image build`)")
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs() -> Path:
+    from virtcontainers.image import build_busybox_rootfs
+
+    return build_busybox_rootfs()

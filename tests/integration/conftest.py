@@ -14,24 +14,6 @@ from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> object:
-    """The guest image `make test` built; the suite fails clearly without it."""
-    from virtcontainers.image import ImageNotBuiltError, find_image
-
-    try:
-        return find_image()
-    except ImageNotBuiltError as exc:
-        pytest.fail(f"{exc} (run `make image` or `virtc image build`)")
-
-
-@pytest.fixture(scope="session")
-def busybox_rootfs() -> Path:
-    from virtcontainers.image import build_busybox_rootfs
-
-    return build_busybox_rootfs()
-
-
 def qemu_pids(run_root: Path) -> set[int]:
     """QEMU processes of pods under ``run_root`` (their argv names their run dir)."""
     found = subprocess.run(

@@ -1,0 +1,161 @@
+"""Real container engines (podman, containerd) driving vc-runtime.
+
+Each engine keeps its state in the test's temp dir; containerd is started by
+the fixture and stopped afterwards, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.engines.images import oci_layout_tar, rootfs_tar
+
+VC_RUNTIME = str(Path(sys.executable).with_name("vc-runtime"))
+IMAGE = "localhost/vc-busybox:latest"
+CTR_IMAGE = "docker.io/library/vc-busybox:latest"
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+def need(binary: str) -> None:
+    if shutil.which(binary) is None:
+        pytest.fail(f"{binary} is not installed (make test installs it)")
+
+
+@dataclass
+class Podman:
+    base: list[str]
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, timeout: float = 300, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.base, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Podman]:
+    need("podman")
+    conf = tmp_path / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    env = {**os.environ, "CONTAINERS_CONF": str(conf), "VC_RUN_DIR": str(run_root)}
+    runroot = Path(tempfile.mkdtemp(prefix="vcpm-", dir="/tmp"))  # podman wants <= 50 chars
+    base = [
+        "podman",
+        "--root",
+        str(tmp_path / "storage"),
+        "--runroot",
+        str(runroot),
+        "--runtime",
+        VC_RUNTIME,
+        "--tmpdir",
+        str(tmp_path / "tmp"),
+    ]
+    engine = Podman(base, env)
+    imported = engine.run("import", str(rootfs_tar(busybox_rootfs, tmp_path / "rootfs.tar")), IMAGE)
+    assert imported.returncode == 0, imported.stderr
+    yield engine
+    try:
+        engine.run("rm", "--all", "--force", "--time", "0", timeout=120)
+        engine.run("system", "reset", "--force", timeout=120)
+    finally:
+        _unmount_under(tmp_path)
+        _unmount_under(runroot)
+        shutil.rmtree(runroot, ignore_errors=True)
+
+
+@dataclass
+class Containerd:
+    address: str
+    env: dict[str, str]
+
+    def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", "--address", self.address, "--namespace", "vctest", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+@pytest.fixture
+def containerd(run_root: Path, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Containerd]:
+    need("containerd")
+    need("ctr")
+    base = tmp_path / "containerd"
+    base.mkdir()
+    address = str(base / "containerd.sock")
+    (base / "config.toml").write_text(
+        f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
+        f'[grpc]\n  address = "{address}"\n[ttrpc]\n  address = "{address}.ttrpc"\n'
+        '[plugins]\n  [plugins."io.containerd.grpc.v1.cri"]\n    disable_cgroup = true\n'
+    )
+    env = {**os.environ, "VC_RUN_DIR": str(run_root)}
+    log = (base / "containerd.log").open("w")
+    daemon = subprocess.Popen(
+        ["containerd", "--config", str(base / "config.toml")],
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+    )
+    engine = Containerd(address, env)
+    try:
+        deadline = time.monotonic() + 30
+        while engine.ctr("version").returncode != 0:
+            assert daemon.poll() is None, (base / "containerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.2)
+        image = oci_layout_tar(busybox_rootfs, tmp_path / "image.tar", CTR_IMAGE)
+        imported = engine.ctr("images", "import", "--digests=false", str(image))
+        assert imported.returncode == 0, imported.stderr
+        yield engine
+    finally:
+        for task in engine.ctr("tasks", "ls", "-q").stdout.split():
+            engine.ctr("tasks", "kill", "-s", "SIGKILL", task)
+            engine.ctr("tasks", "delete", "--force", task)
+        for container in engine.ctr("containers", "ls", "-q").stdout.split():
+            engine.ctr("containers", "delete", container)
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        log.close()
+        _unmount_under(base)
+
+
+def _unmount_under(path: Path) -> None:
+    """containerd leaves its snapshot and rootfs mounts behind when killed."""
+    from virtcontainers import mounts
+
+    mounts.unmount_all_under(path)
