@@ -1,8 +1,10 @@
-"""Shared fixtures: an isolated run root for every test that touches pods."""
+"""Shared fixtures: an isolated run root for every test that touches pods, images, ptys."""
 
 from __future__ import annotations
 
 import os
+import select
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,3 +54,16 @@ def busybox_rootfs() -> Path:
     from virtcontainers.image import build_busybox_rootfs
 
     return build_busybox_rootfs()
+
+
+def pty_read_until(fd: int, token: bytes, buffer: bytearray, timeout: float = 120) -> bool:
+    """Read a pty master into ``buffer`` until ``token`` shows up (or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while token not in buffer and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                buffer += os.read(fd, 4096)
+            except OSError:
+                break
+    return token in buffer

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import pty
-import select
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import pty_read_until
 from tests.engines.conftest import IMAGE, Podman
 from virtcontainers import api
 
@@ -43,27 +42,15 @@ def test_exec_stop_and_kill(podman: Podman) -> None:
     assert api.list_pods() == []
 
 
-def read_until(fd: int, token: bytes, buffer: bytearray, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while token not in buffer and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            try:
-                buffer += os.read(fd, 4096)
-            except OSError:
-                break
-    return token in buffer
-
-
 def test_run_interactive_terminal(podman: Podman, tmp_path: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:
         os.execvpe(podman.base[0], [*podman.base, "run", "-it", "--rm", IMAGE, "sh"], podman.env)
     output = bytearray()
     try:
-        assert read_until(fd, b"# ", output), output.decode(errors="replace")
+        assert pty_read_until(fd, b"# ", output), output.decode(errors="replace")
         os.write(fd, b"tty; echo marker-$((6*7))\r")
-        assert read_until(fd, b"marker-42", output), output.decode(errors="replace")
+        assert pty_read_until(fd, b"marker-42", output), output.decode(errors="replace")
         assert b"/dev/pts/" in output
         os.write(fd, b"exit 6\r")
         _, status = os.waitpid(pid, 0)
