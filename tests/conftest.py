@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import select
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +70,24 @@ def pty_read_until(fd: int, token: bytes, buffer: bytearray, timeout: float = 12
             except OSError:
                 break
     return token in buffer
+
+
+def shell_session_in_pty(argv: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """Run ``argv`` (which starts an interactive ``sh``) on a new terminal, type
+    a command and ``exit 6``; returns the exit status and what the terminal showed."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(argv[0], argv, env)
+    output = bytearray()
+    try:
+        assert pty_read_until(fd, b"# ", output), output.decode(errors="replace")
+        os.write(fd, b"tty; echo mark-$((6*7))\r")
+        assert pty_read_until(fd, b"mark-42", output), output.decode(errors="replace")
+        os.write(fd, b"exit 6\r")
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), bytes(output)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

@@ -43,9 +43,7 @@ class Podman:
     base: list[str]
     env: dict[str, str]
 
-    def run(
-        self, *args: str, timeout: float = 300, **kwargs: object
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.base, *args],
             env=self.env,
@@ -54,7 +52,6 @@ class Podman:
             timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,
-            **kwargs,  # type: ignore[arg-type]
         )
 
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import pty
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import pty_read_until
+from tests.conftest import shell_session_in_pty
 from tests.engines.conftest import IMAGE, Podman
 from virtcontainers import api
 
@@ -42,23 +38,8 @@ def test_exec_stop_and_kill(podman: Podman) -> None:
     assert api.list_pods() == []
 
 
-def test_run_interactive_terminal(podman: Podman, tmp_path: Path) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execvpe(podman.base[0], [*podman.base, "run", "-it", "--rm", IMAGE, "sh"], podman.env)
-    output = bytearray()
-    try:
-        assert pty_read_until(fd, b"# ", output), output.decode(errors="replace")
-        os.write(fd, b"tty; echo marker-$((6*7))\r")
-        assert pty_read_until(fd, b"marker-42", output), output.decode(errors="replace")
-        assert b"/dev/pts/" in output
-        os.write(fd, b"exit 6\r")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 6
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+def test_run_interactive_terminal(podman: Podman) -> None:
+    argv = [*podman.base, "run", "-it", "--rm", IMAGE, "sh"]
+    code, output = shell_session_in_pty(argv, podman.env)
+    assert code == 6
+    assert b"/dev/pts/" in output

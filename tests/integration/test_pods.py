@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pty_read_until
+from tests.conftest import shell_session_in_pty
 from tests.integration.conftest import pod_with, qemu_pids, read_all, shell
 from virtcontainers import api, mounts
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
@@ -177,20 +175,6 @@ def test_virtc_run_exit_status_and_streams(run_root: Path) -> None:
 def test_virtc_run_with_a_terminal(run_root: Path) -> None:
     virtc = Path(sys.executable).with_name("virtc")
     env = {**os.environ, "VC_RUN_DIR": str(run_root)}
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(str(virtc), [str(virtc), "run", "--rm", "-it", "--", "sh"], env)
-    output = bytearray()
-    try:
-        assert pty_read_until(fd, b"# ", output), output.decode(errors="replace")
-        os.write(fd, b"tty; echo mark-$((6*7))\r")
-        assert pty_read_until(fd, b"mark-42", output), output.decode(errors="replace")
-        assert b"/dev/pts/" in output
-        os.write(fd, b"exit 6\r")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 6
-    finally:
-        os.close(fd)
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    code, output = shell_session_in_pty([str(virtc), "run", "--rm", "-it", "--", "sh"], env)
+    assert code == 6
+    assert b"/dev/pts/" in output

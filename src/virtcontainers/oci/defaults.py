@@ -6,6 +6,7 @@ import os
 from importlib import metadata
 from typing import Any
 
+from virtcontainers import spec
 from virtcontainers.oci.hooks import STAGES
 from virtcontainers.oci.translate import NAMESPACE_TYPES
 
@@ -72,43 +73,12 @@ MOUNT_OPTIONS = sorted(
 
 
 def _mounts(rootless: bool) -> list[dict[str, Any]]:
-    devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
+    mounts = spec.default_mounts()
     if not rootless:
-        devpts.append("gid=5")
-    return [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": devpts},
-        {
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-        {
-            "destination": "/sys/fs/cgroup",
-            "type": "cgroup",
-            "source": "cgroup",
-            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
-        },
-    ]
+        for mount in mounts:
+            if mount["type"] == "devpts":
+                mount["options"].append("gid=5")
+    return mounts
 
 
 def default_spec(rootless: bool = False) -> dict[str, Any]:
