@@ -1,14 +1,12 @@
 """The QEMU driver against real QEMU, with Debian's kernel and a busybox initrd.
 
-The kernel is extracted once from the ``linux-image-amd64`` package into
-/var/cache/virtcontainers/test-kernel and reused across runs.
+The kernel is the built guest image's; the initrds are made per session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import lzma
 import os
 import shutil
 import subprocess
@@ -30,105 +28,55 @@ from virtcontainers.hypervisor import (
     VMState,
     new_hypervisor,
 )
+from virtcontainers.image import GuestImage
+from virtcontainers.image.cpio import CpioWriter, write_gzip_cpio
 
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed"),
 ]
 
-CACHE = Path("/var/cache/virtcontainers/test-kernel")
 BUSYBOX = Path("/bin/busybox")
 MARKER = "VC-TEST-MARKER"
-XZ_MAGIC = b"\xfd7zXZ\x00"
-
-
-def _extract_vmlinux(vmlinuz: Path, out: Path) -> None:
-    """Decompress the ELF kernel that a bzImage carries as an xz payload."""
-    data = vmlinuz.read_bytes()
-    offset = data.find(XZ_MAGIC)
-    if offset < 0:
-        pytest.skip(f"{vmlinuz}: no xz payload")
-    elf = lzma.LZMADecompressor().decompress(data[offset:])
-    if not elf.startswith(b"\x7fELF"):
-        pytest.skip(f"{vmlinuz}: payload is not an ELF kernel")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(elf)
-    tmp.rename(out)
 
 
 @pytest.fixture(scope="session")
-def kernel() -> Path:
-    """The ELF vmlinux of Debian's current kernel package (cached)."""
-    vmlinux = CACHE / "vmlinux"
-    if vmlinux.is_file():
-        return vmlinux
-    CACHE.mkdir(parents=True, exist_ok=True)
-    depends = subprocess.run(
-        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=False
-    ).stdout
-    packages = [
-        line.split()[-1]
-        for line in depends.splitlines()
-        if line.strip().startswith("Depends: linux-image-6")
-    ]
-    if not packages:
-        pytest.skip("no linux-image-6.* package known to apt")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        got = subprocess.run(
-            ["apt-get", "download", packages[0]], cwd=work, capture_output=True, check=False
-        )
-        debs = list(work.glob("*.deb"))
-        if got.returncode != 0 or not debs:
-            pytest.skip(f"cannot download {packages[0]}: {got.stderr.decode()[-500:]}")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "x")], check=True)
-        _extract_vmlinux(next((work / "x" / "boot").glob("vmlinuz-*")), vmlinux)
-    return vmlinux
+def kernel(guest_image: GuestImage) -> Path:
+    """The guest image's ELF vmlinux: the kernel pods boot."""
+    return guest_image.kernel
 
 
-def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
-    """A newc cpio archive of (name, mode, data) entries."""
-    out = bytearray()
-    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
-        encoded = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
-        out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
-        out += b"\0" * (-len(out) % 4) + data
-        out += b"\0" * (-len(out) % 4)
-    return bytes(out)
-
-
-def build_initrd(script: str) -> Path:
-    """An initrd whose /init is *script* run by busybox (cached by content)."""
+def build_initrd(script: str, directory: Path) -> Path:
+    """An initrd whose /init is *script* run by busybox."""
     init = "#!/bin/busybox sh\nexport PATH=/bin\n/bin/busybox --install -s /bin\n" + script
-    digest = hashlib.sha256(init.encode() + str(BUSYBOX.stat().st_mtime).encode()).hexdigest()
-    path = CACHE / f"initrd-{digest[:16]}.cpio"
-    if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        archive = _cpio_newc(
-            [
-                ("bin", 0o040755, b""),
-                ("proc", 0o040755, b""),
-                ("dev", 0o040755, b""),
-                ("bin/busybox", 0o100755, BUSYBOX.read_bytes()),
-                ("init", 0o100755, init.encode()),
-            ]
-        )
-        path.with_suffix(".tmp").write_bytes(archive)
-        path.with_suffix(".tmp").rename(path)
+    path = directory / f"initrd-{hashlib.sha256(init.encode()).hexdigest()[:16]}.img"
+
+    def fill(writer: CpioWriter) -> None:
+        for name in ("bin", "proc", "dev"):
+            writer.directory(name)
+        writer.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+        writer.file("init", init.encode(), 0o755)
+
+    write_gzip_cpio(path, fill)
     return path
 
 
 @pytest.fixture(scope="session")
-def marker_initrd() -> Path:
+def initrd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("initrds")
+
+
+@pytest.fixture(scope="session")
+def marker_initrd(initrd_dir: Path) -> Path:
     return build_initrd(
-        f"mount -t proc proc /proc\necho {MARKER} $(cut -d' ' -f1 /proc/uptime)\npoweroff -f\n"
+        f"mount -t proc proc /proc\necho {MARKER} $(cut -d' ' -f1 /proc/uptime)\npoweroff -f\n",
+        initrd_dir,
     )
 
 
 @pytest.fixture(scope="session")
-def idle_initrd() -> Path:
-    return build_initrd("sleep 1000\n")
+def idle_initrd(initrd_dir: Path) -> Path:
+    return build_initrd("sleep 1000\n", initrd_dir)
 
 
 @pytest.fixture
