@@ -1,0 +1,67 @@
+"""The CLIs' argument handling and error reporting (no VM needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from virtcontainers.cli.runtime import cli as runtime_cli
+from virtcontainers.cli.runtime import parse_signal as runtime_signal
+from virtcontainers.cli.virtc import cli as virtc_cli
+
+
+def test_virtc_rejects_a_bad_pod_id(run_root: Path) -> None:
+    result = CliRunner().invoke(virtc_cli, ["pod", "create", "bad id!"])
+    assert result.exit_code == 1
+    assert "invalid pod id" in result.output
+
+
+def test_virtc_reports_an_unknown_pod(run_root: Path) -> None:
+    result = CliRunner().invoke(virtc_cli, ["pod", "status", "ghost"])
+    assert result.exit_code == 1
+    assert "pod 'ghost' not found" in result.output
+
+
+def test_virtc_refuses_an_impossible_memory_size(run_root: Path) -> None:
+    result = CliRunner().invoke(virtc_cli, ["pod", "create", "p", "--memory", "1"])
+    assert result.exit_code == 1
+    assert "resources.memory_mib" in result.output
+    assert not (run_root / "pods" / "p").exists()
+
+
+def test_virtc_pod_lifecycle_without_a_vm(run_root: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(virtc_cli, ["pod", "create", "p1"]).exit_code == 0
+    listed = runner.invoke(virtc_cli, ["pod", "list", "--json"])
+    assert '"id": "p1"' in listed.output and '"state": "created"' in listed.output
+    assert runner.invoke(virtc_cli, ["pod", "delete", "p1"]).exit_code == 0
+    assert runner.invoke(virtc_cli, ["pod", "list", "--json"]).output.strip() == "[]"
+
+
+def test_virtc_volume_syntax_is_checked(run_root: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        virtc_cli,
+        ["container", "create", "p", "c", "--rootfs", str(tmp_path), "-v", "nocolon", "sh"],
+    )
+    assert result.exit_code == 2
+    assert "HOST:CONTAINER" in result.output
+
+
+def test_runtime_signal_names_and_numbers() -> None:
+    assert runtime_signal("KILL") == runtime_signal("SIGKILL") == runtime_signal("9") == 9
+    assert runtime_signal("term") == 15
+
+
+def test_runtime_unknown_signal_is_an_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(runtime_cli, ["--root", str(tmp_path), "kill", "nope", "SIGBOGUS"])
+    assert result.exit_code == 1
+
+
+def test_runtime_logs_errors_as_json(tmp_path: Path) -> None:
+    log = tmp_path / "log.json"
+    args = ["--root", str(tmp_path), "--log", str(log), "--log-format", "json", "state", "nope"]
+    result = CliRunner().invoke(runtime_cli, args)
+    assert result.exit_code == 1
+    assert '"level": "error"' in log.read_text()
+    assert "container nope does not exist" in log.read_text()
