@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,19 @@ def test_virtc_run_with_a_terminal(run_root: Path) -> None:
     code, output = shell_session_in_pty([str(virtc), "run", "--rm", "-it", "--", "sh"], env)
     assert code == 6
     assert b"/dev/pts/" in output
+
+
+def test_a_vm_that_dies_stops_its_pod_cleanly(run_root: Path, busybox_rootfs: Path) -> None:
+    status = api.run_pod(pod_with("crash", busybox_rootfs, c="exec sleep 1000"))
+    assert status.vm_pid is not None
+    os.kill(status.vm_pid, signal.SIGKILL)
+    for _ in range(600):
+        status = api.pod_status("crash")
+        if status.state is PodState.STOPPED:
+            break
+        time.sleep(0.1)
+    assert status.state is PodState.STOPPED
+    assert status.error is not None and "VM exited unexpectedly" in status.error
+    assert status.containers[0].state is ContainerState.STOPPED
+    assert not mounts.mounts_under(run_root / "pods" / "crash")
+    api.delete_pod("crash")

@@ -1,0 +1,70 @@
+"""Configs refuse bad input with errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from virtcontainers import api
+from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources
+from virtcontainers.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda root: PodConfig(id="bad id"), "pod id"),
+        (lambda root: PodConfig(id="-leading-dash"), "pod id"),
+        (lambda root: PodConfig(id="x" * 65), "pod id"),
+        (lambda root: Resources(memory_mib=16), "resources.memory_mib"),
+        (lambda root: Resources(memory_mib=10**9), "resources.memory_mib"),
+        (lambda root: Resources(vcpus=0), "resources.vcpus"),
+        (lambda root: Resources(vcpus=True), "resources.vcpus"),
+        (lambda root: Cmd(()), "cmd.args"),
+        (lambda root: Cmd(("sh",), env=("NOEQUALS",)), "cmd.env"),
+        (lambda root: Cmd(("sh",), cwd="relative"), "cmd.cwd"),
+        (lambda root: Cmd(("sh",), user="root"), "cmd.user"),
+        (lambda root: ContainerConfig("c", root / "missing", Cmd(("sh",))), "container.rootfs"),
+        (lambda root: ContainerConfig("c", Path("relative"), Cmd(("sh",))), "container.rootfs"),
+        (lambda root: Mount(str(root / "missing"), "/data"), "mount.source"),
+        (lambda root: Mount(str(root), "data"), "mount.destination"),
+        (lambda root: PodConfig(id="p", hypervisor="xen"), "pod.hypervisor"),
+    ],
+)
+def test_bad_values_name_their_field(make: object, field: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make(tmp_path)  # type: ignore[operator]
+    assert caught.value.field == field
+
+
+def test_duplicate_container_ids(tmp_path: Path) -> None:
+    container = ContainerConfig("c", tmp_path, Cmd(("sh",)))
+    with pytest.raises(ConfigError, match="appears twice"):
+        PodConfig(id="p", containers=(container, container))
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"unknown field.*'memroy'"):
+        PodConfig.from_dict({"id": "p", "resources": {"memroy": 512}})
+    with pytest.raises(ConfigError, match=r"unknown field.*'colour'"):
+        PodConfig.from_dict({"id": "p", "colour": "blue"})
+
+
+def test_round_trip_through_dicts(tmp_path: Path) -> None:
+    container = ContainerConfig(
+        "c",
+        tmp_path,
+        Cmd(("sh", "-c", "true"), env=("A=1",), user="1:2:3,4", terminal=True),
+        mounts=(Mount(str(tmp_path), "/data", read_only=True),),
+        annotations={"k": "v"},
+    )
+    pod = PodConfig(id="p", resources=Resources(2, 1024), containers=(container,), hostname="h")
+    assert PodConfig.from_dict(pod.to_dict()) == pod
+    assert container.cmd.uid_gid() == (1, 2, (3, 4))
+
+
+def test_a_bad_config_leaves_nothing_behind(run_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        api.create_pod(PodConfig(id="p", resources=Resources(memory_mib=1)))
+    assert api.list_pods() == []
