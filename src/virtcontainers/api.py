@@ -251,6 +251,8 @@ def create_pod(config: PodConfig) -> PodStatus:
         c.id: {"config": c.to_dict(), "state": ContainerState.CREATED.value}
         for c in config.containers
     }
+    # From here on record["containers"] is the authority on the pod's containers;
+    # record["config"] keeps the pod's config as it was created.
     record = {
         "config": config.to_dict(),
         "state": PodState.CREATED.value,
@@ -441,7 +443,6 @@ def create_container(
                 )
             entry = {"config": config.to_dict(), "state": ContainerState.CREATED.value}
             record["containers"][config.id] = entry
-            record["config"]["containers"].append(config.to_dict())
             store.save(pod_id, record)
             return ContainerStatus.from_record(entry)
     result = _live_call(pod_id, "create_container", {"config": config.to_dict()}, stdio, None)
@@ -463,9 +464,6 @@ def delete_container(pod_id: str, container_id: str) -> None:
                 container_id, "delete", ContainerState.CREATED, ContainerState.STOPPED
             )
             del record["containers"][container_id]
-            record["config"]["containers"] = [
-                c for c in record["config"]["containers"] if c["id"] != container_id
-            ]
             store.save(pod_id, record)
             return
     _live_call(pod_id, "delete_container", {"container_id": container_id})
