@@ -445,7 +445,8 @@ def create_container(
             record["containers"][config.id] = entry
             store.save(pod_id, record)
             return ContainerStatus.from_record(entry)
-    result = _live_call(pod_id, "create_container", {"config": config.to_dict()}, stdio, None)
+    params = {"config": config.to_dict()}
+    result = _live_call(pod_id, "create_container", params, stdio, timeout=START_TIMEOUT)
     return ContainerStatus.from_record(result)
 
 

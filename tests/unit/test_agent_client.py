@@ -209,3 +209,17 @@ def test_create_container_sends_stream_ids(tmp_path: Path) -> None:
         "stdout": 3,
         "stderr": 4,
     }
+
+
+def test_a_silent_guest_times_out_the_request(tmp_path: Path) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(AgentError, match="timeout"):
+            await client.call("ping", {}, timeout=0.2)
+        assert not client._pending
+
+    run(with_guest(tmp_path, guest, body))

@@ -29,6 +29,9 @@ from virtcontainers.agent.protocol import Frame, FrameType
 from virtcontainers.errors import AgentError, AgentProtocolError
 
 READ_SIZE = 256 * 1024
+REQUEST_TIMEOUT = 120.0
+"""A guest that does not answer within this long has failed the request (crun
+under TCG takes well under a second; waits for process exit are unbounded)."""
 MAX_PROCESSES = 65536
 MAX_ERROR_TEXT = 4096
 
@@ -278,7 +281,10 @@ class AgentClient:
         for handler in self._handlers:
             handler(name, message)
 
-    async def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def call(
+        self, op: str, args: dict[str, Any], timeout: float | None = REQUEST_TIMEOUT
+    ) -> dict[str, Any]:
+        """Send one request; raises AgentError if the guest refuses it or stays silent."""
         if self.failure is not None:
             raise self.failure
         request_id = next(self._request_ids)
@@ -290,7 +296,11 @@ class AgentClient:
         except BaseException:
             self._pending.pop(request_id, None)
             raise
-        result = await future
+        try:
+            result = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._pending.pop(request_id, None)
+            raise AgentError(op, "timeout", f"no answer from the agent in {timeout:.0f}s") from None
         self.log.debug("response %d %s %s", request_id, op, result)
         return result
 
@@ -350,7 +360,8 @@ class AgentClient:
         await self.call("signal_process", {**args, "all": all_processes})
 
     async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:
-        result = await self.call("wait_process", {"container_id": container_id, "exec_id": exec_id})
+        args = {"container_id": container_id, "exec_id": exec_id}
+        result = await self.call("wait_process", args, timeout=None)
         code = _field(result, "exit_code", int, "wait_process")
         signal = result.get("signal")
         if not 0 <= code <= 255 or not (
