@@ -27,8 +27,9 @@ $(VENV_STAMP): pyproject.toml | $(APT_STAMP)
 	touch $@
 
 # The image is cached by a hash of its inputs: this is a no-op when nothing changed.
+# Stale apt lists can name a kernel the mirror no longer has: refresh them once and retry.
 image: deps
-	$(BIN)/virtc image build
+	$(BIN)/virtc image build || { apt-get update -qq && $(BIN)/virtc image build; }
 
 demo: image
 	$(BIN)/python examples/demo.py

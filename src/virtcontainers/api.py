@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import select
 import shutil
@@ -317,8 +318,6 @@ def _spawn_daemon(store: Store, paths: PodPaths, pod_id: str, timeout: float) ->
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
-    import json
-
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:
