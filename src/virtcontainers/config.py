@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from virtcontainers.errors import ConfigError
 
+JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user"})
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_MEMORY_MIB = 128
@@ -194,9 +195,18 @@ class ContainerConfig:
     read_only_rootfs: bool = False
     annotations: Mapping[str, str] = field(default_factory=dict)
     oci: Mapping[str, Any] | None = None
+    join_namespaces: Mapping[str, str] = field(default_factory=dict)
+    """Namespace type -> id of a container in the same pod whose namespace this
+    one joins (a CRI pod's containers share the sandbox's ipc and uts)."""
 
     def __post_init__(self) -> None:
         validate_id("container", self.id)
+        for kind, other in dict(self.join_namespaces).items():
+            if kind not in JOINABLE_NAMESPACES:
+                raise ConfigError("container.join_namespaces", f"{kind!r} cannot be joined")
+            validate_id("container", other)
+            if other == self.id:
+                raise ConfigError("container.join_namespaces", "a container cannot join itself")
         object.__setattr__(self, "rootfs", Path(self.rootfs))
         if not self.rootfs.is_absolute():
             raise ConfigError("container.rootfs", f"{str(self.rootfs)!r} is not absolute")
@@ -229,6 +239,7 @@ class ContainerConfig:
             "read_only_rootfs": self.read_only_rootfs,
             "annotations": dict(self.annotations),
             "oci": dict(self.oci) if self.oci is not None else None,
+            "join_namespaces": dict(self.join_namespaces),
         }
 
     @classmethod
@@ -241,6 +252,7 @@ class ContainerConfig:
         values["mounts"] = tuple(Mount.from_dict(m) for m in values.get("mounts") or ())
         values["rootfs"] = Path(values["rootfs"])
         values["annotations"] = dict(values.get("annotations") or {})
+        values["join_namespaces"] = dict(values.get("join_namespaces") or {})
         return cls(**values)
 
 

@@ -41,6 +41,7 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
 )
 from virtcontainers.process import GuestProcess, ProcessIO, Stdio
+from virtcontainers.sharedfs import choose_shared_fs
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import PodPaths, Store
 
@@ -146,7 +147,7 @@ class Pod:
             devices=(
                 BlockDevice("root", self.rootfs_image, read_only=True),
                 SerialPortDevice("agent", agent_socket, AGENT_PORT_NAME),
-                SharedFsDevice("shared", self.paths.shared, SHARED_FS_TAG),
+                SharedFsDevice("shared", self.paths.shared, SHARED_FS_TAG, choose_shared_fs()),
             ),
         )
         await self.hypervisor.create(vm)
@@ -283,7 +284,9 @@ class Pod:
         io = ProcessIO(self.agent, stdio, self.executor)
         try:
             self._share(container.config)
-            bundle = spec.container_spec(container.config, self.config.hostname or self.id)
+            bundle = spec.container_spec(
+                container.config, self.config.hostname or self.id, self._guest_pid
+            )
             streams = io.open()
             container.pid = await self.agent.create_container(
                 container.id, bundle, spec.guest_rootfs(container.id), streams
@@ -296,6 +299,15 @@ class Pod:
         io.start()
         container.init = GuestProcess(container.id, None, io, pid=container.pid)
         self._spawn(self._watch_process(container, container.init))
+
+    def _guest_pid(self, container_id: str) -> int:
+        """The guest pid of a container whose namespaces another one joins."""
+        other = self.container(container_id)
+        if not other.in_guest or other.pid is None or other.state is ContainerState.STOPPED:
+            raise StateError(
+                f"container {container_id!r}", "share namespaces of", other.state.value, ["running"]
+            )
+        return other.pid
 
     async def start_container(self, container_id: str) -> None:
         self._require_running("start a container in")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from virtcontainers.config import ContainerConfig
@@ -111,8 +112,16 @@ def default_spec(hostname: str) -> dict[str, Any]:
     }
 
 
-def container_spec(config: ContainerConfig, pod_hostname: str) -> dict[str, Any]:
-    """The container's spec as the guest sees it: host paths become guest paths."""
+def container_spec(
+    config: ContainerConfig,
+    pod_hostname: str,
+    guest_pid: Callable[[str], int] | None = None,
+) -> dict[str, Any]:
+    """The container's spec as the guest sees it: host paths become guest paths.
+
+    ``guest_pid`` maps a container id of the pod to its init's pid in the guest,
+    for the namespaces this container joins.
+    """
     spec = copy.deepcopy(dict(config.oci)) if config.oci is not None else default_spec(pod_hostname)
     process = dict(spec.get("process") or {})
     process.update(config.cmd.to_oci_process())
@@ -134,7 +143,28 @@ def container_spec(config: ContainerConfig, pod_hostname: str) -> dict[str, Any]
     spec["mounts"] = mounts
     if config.annotations:
         spec["annotations"] = {**(spec.get("annotations") or {}), **config.annotations}
+    if config.join_namespaces and guest_pid is not None:
+        _join_namespaces(spec, config, guest_pid)
     return spec
+
+
+def _join_namespaces(
+    spec: dict[str, Any], config: ContainerConfig, guest_pid: Callable[[str], int]
+) -> None:
+    linux = dict(spec.get("linux") or {})
+    namespaces = [dict(ns) for ns in linux.get("namespaces") or []]
+    for kind, other in config.join_namespaces.items():
+        path = f"/proc/{guest_pid(other)}/ns/{kind}"
+        entry = next((ns for ns in namespaces if ns.get("type") == kind), None)
+        if entry is None:
+            namespaces.append({"type": kind, "path": path})
+        else:
+            entry["path"] = path
+    linux["namespaces"] = namespaces
+    spec["linux"] = linux
+    if "uts" in config.join_namespaces:
+        # The hostname belongs to the joined namespace; setting it again is refused.
+        spec.pop("hostname", None)
 
 
 def process_spec(config: ContainerConfig, args: dict[str, Any]) -> dict[str, Any]:

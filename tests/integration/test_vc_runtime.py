@@ -27,6 +27,11 @@ def bundle(tmp: Path, name: str, rootfs: Path, args: list[str], **annotations: s
     spec["process"]["args"] = args
     spec["root"] = {"path": str(rootfs), "readonly": False}
     spec["annotations"] = annotations
+    if annotations.get(CRI_TYPE) == "container":
+        # As containerd's CRI plugin writes it: ipc and uts are the sandbox's (host paths).
+        for namespace in spec["linux"]["namespaces"]:
+            if namespace["type"] in ("ipc", "uts"):
+                namespace["path"] = f"/proc/4242/ns/{namespace['type']}"
     (directory / "config.json").write_text(json.dumps(spec))
     return directory
 
@@ -139,6 +144,13 @@ def test_cri_sandbox_and_two_containers_share_one_vm(
         runtime("start", name)
     pods = api.list_pods()
     assert [p.id for p in pods] == ["sb1"]
+    shared = "for ns in ipc uts pid; do readlink /proc/self/ns/$ns; done"
+    seen = {
+        name: runtime("exec", name, "sh", "-c", shared).stdout.split()
+        for name in ("sb1", "app1", "app2")
+    }
+    assert seen["app1"][:2] == seen["app2"][:2] == seen["sb1"][:2]  # ipc and uts shared
+    assert len({seen[name][2] for name in seen}) == 3  # each has its own pid namespace
     assert sorted(c.id for c in pods[0].containers) == ["app1", "app2", "sb1"]
     assert all(c.state.value == "running" for c in pods[0].containers)
 

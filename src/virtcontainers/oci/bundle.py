@@ -25,6 +25,9 @@ def cgroups_path(container_id: str) -> str:
     return f"/vc/{container_id}"
 
 
+SANDBOX_SHARED_NAMESPACES = frozenset({"ipc", "uts", "pid"})
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded, validated and translated OCI bundle.
@@ -73,9 +76,26 @@ class Bundle:
                 read_only_rootfs=self.read_only_rootfs,
                 annotations=dict(self.annotations),
                 oci=oci,
+                join_namespaces=self.sandbox_namespaces(),
             )
         except ConfigError as error:
             raise RuntimeSpecError(f"{self.path / CONFIG_FILE}: {error}") from None
+
+    def sandbox_namespaces(self) -> dict[str, str]:
+        """For a CRI container, the namespaces it shares with its sandbox container.
+
+        CRI engines point a container's ipc/uts (and pid, with a shared process
+        namespace) at the sandbox's on the host; in the VM they become the
+        sandbox container's namespaces in the guest.
+        """
+        if self.role is not PodRole.CONTAINER or self.sandbox_id is None:
+            return {}
+        linux = self.spec.get("linux") or {}
+        return {
+            ns["type"]: self.sandbox_id
+            for ns in linux.get("namespaces") or []
+            if ns.get("type") in SANDBOX_SHARED_NAMESPACES and ns.get("path")
+        }
 
     def pod_config(self, pod_id: str) -> PodConfig:
         """A pod with no containers, sized from the bundle (see annotations.py)."""

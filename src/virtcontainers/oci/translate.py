@@ -259,7 +259,8 @@ def _namespaces(value: object, loc: Loc, warnings: list[str]) -> list[dict[str, 
             warnings.append(
                 where.note(
                     f"path {entry['path']} of the {kind} namespace dropped: host namespaces "
-                    "are not in the VM; the container gets a new one"
+                    "are not in the VM; the container gets a new one, or its CRI "
+                    "sandbox's (ipc, uts, pid)"
                 )
             )
         entry.pop("path", None)
