@@ -42,6 +42,8 @@ __all__ = [
     "PodStatus",
     "ProcessHandle",
     "Stdio",
+    "attach_container",
+    "attach_process",
     "container_status",
     "create_container",
     "create_pod",
@@ -561,6 +563,23 @@ def wait_process(
 
 def wait_container(pod_id: str, container_id: str, timeout: float | None = None) -> ExitStatus:
     return wait_process(pod_id, container_id, None, timeout)
+
+
+def attach_process(
+    pod_id: str, container_id: str | None, exec_id: str | None, stdio: Stdio
+) -> None:
+    """Copy a running process's output to ``stdio.stdout``/``stdio.stderr`` from now on.
+
+    Returns at once; the fds see end-of-file when the process's output ends.
+    Earlier output is not replayed (a container without stdio keeps it in its
+    log), and stdin cannot be attached: it is given at create or exec time.
+    """
+    params = {"container_id": container_id, "exec_id": exec_id}
+    _live_call(pod_id, "attach", params, Stdio(stdout=stdio.stdout, stderr=stdio.stderr))
+
+
+def attach_container(pod_id: str, container_id: str, stdio: Stdio) -> None:
+    attach_process(pod_id, container_id, None, stdio)
 
 
 def resize_terminal(

@@ -147,6 +147,7 @@ class Daemon:
             "kill": self._kill,
             "wait": self._wait,
             "resize": self._resize,
+            "attach": self._attach,
             "ps": self._ps,
         }
 
@@ -283,6 +284,15 @@ class Daemon:
             _int(params, "rows"),
             _int(params, "cols"),
         )
+
+    async def _attach(self, params: dict[str, Any], stdio: Stdio) -> Any:
+        try:
+            container_id = _str(params, "container_id", optional=True)
+            exec_id = _str(params, "exec_id", optional=True)
+        except BaseException:
+            stdio.close()
+            raise
+        self.pod.attach(container_id, exec_id, stdio)
 
     async def _ps(self, params: dict[str, Any], stdio: Stdio) -> Any:
         return await self.pod.list_processes(_str(params, "container_id"))

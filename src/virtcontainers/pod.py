@@ -464,6 +464,24 @@ class Pod:
                 return container.exit
         return await self.process(container_id, exec_id).wait()
 
+    def attach(self, container_id: str | None, exec_id: str | None, stdio: Stdio) -> None:
+        """Copy a running process's output to more fds, from now on."""
+        try:
+            process = self.process(container_id, exec_id)
+            if process.status is not None:
+                raise StateError(
+                    f"process {container_id}/{exec_id or 'init'}",
+                    "attach to",
+                    "stopped",
+                    ["running"],
+                )
+        except BaseException:
+            stdio.close()
+            raise
+        if stdio.stdin is not None:
+            os.close(stdio.stdin)
+        process.io.attach(stdio.stdout, stdio.stderr)
+
     async def resize_terminal(
         self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None:

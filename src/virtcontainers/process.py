@@ -82,6 +82,7 @@ class ProcessIO:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _outputs: list[asyncio.Task[None]] = field(default_factory=list)
     _agent_streams: list[Stream] = field(default_factory=list)
+    _attached: dict[str, list[int]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
 
     def open(self) -> StdioStreams:
         """Allocate agent streams for the fds given; None fds stay /dev/null."""
@@ -101,14 +102,27 @@ class ProcessIO:
         if self.stdio.stdin is not None and self.streams.stdin is not None:
             task = asyncio.create_task(self._pump_in(self.stdio.stdin, by_id[self.streams.stdin]))
             self._tasks.append(task)
-        for fd, sid in (
-            (self.stdio.stdout, self.streams.stdout),
-            (self.stdio.stderr, self.streams.stderr),
+        for name, fd, sid in (
+            ("stdout", self.stdio.stdout, self.streams.stdout),
+            ("stderr", self.stdio.stderr, self.streams.stderr),
         ):
             if fd is not None and sid is not None:
-                task = asyncio.create_task(self._pump_out(by_id[sid], fd))
+                task = asyncio.create_task(self._pump_out(by_id[sid], fd, self._attached[name]))
                 self._outputs.append(task)
                 self._tasks.append(task)
+
+    def attach(self, stdout: int | None, stderr: int | None) -> None:
+        """Also copy the process's output, from now on, to these fds (owned from here).
+
+        Output the process writes to the terminal goes to ``stdout``.
+        """
+        for name, fd in (("stdout", stdout), ("stderr", stderr)):
+            if fd is None:
+                continue
+            if getattr(self.streams, name) is None or all(t.done() for t in self._outputs):
+                os.close(fd)
+                continue
+            self._attached[name].append(fd)
 
     async def _pump_in(self, fd: int, stream: Stream) -> None:
         try:
@@ -120,11 +134,17 @@ class ProcessIO:
             with contextlib.suppress(Exception):
                 await stream.close()
 
-    async def _pump_out(self, stream: Stream, fd: int) -> None:
+    async def _pump_out(self, stream: Stream, fd: int, attached: list[int]) -> None:
         loop = asyncio.get_running_loop()
         broken = False
         while chunk := await stream.read():
             self.moved += len(chunk)
+            for sink in list(attached):
+                try:
+                    await loop.run_in_executor(self.executor, _write_all, sink, chunk)
+                except OSError:
+                    attached.remove(sink)  # that attached caller went away
+                    os.close(sink)
             if broken:
                 continue  # keep draining so the guest process is never stuck on a full pipe
             try:
@@ -153,6 +173,10 @@ class ProcessIO:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for sinks in self._attached.values():
+            while sinks:
+                with contextlib.suppress(OSError):
+                    os.close(sinks.pop())
         release = getattr(self.agent, "release_stream", None)
         for stream in self._agent_streams:
             if release is not None:

@@ -149,3 +149,24 @@ def test_enter_pod_runs_outside_containers(run_root: Path, image: ImagePaths) ->
     assert handle.container_id is None
     assert read_all(out_r) == b"in the vm\n"
     assert api.wait_process("p6", None, handle.exec_id).exit_code == 0
+
+
+def test_attach_copies_output_from_then_on(run_root: Path, image: ImagePaths, rootfs: Path) -> None:
+    api.run_pod(mock_pod("p7", image, ContainerConfig("c", rootfs, Cmd(("sleep",)))))
+    in_r, in_w = os.pipe()
+    first_r, first_w = os.pipe()
+    handle = api.enter_container("p7", "c", Cmd(("cat",)), api.Stdio(stdin=in_r, stdout=first_w))
+    os.close(in_r)
+    os.close(first_w)
+    os.write(in_w, b"before\n")
+    assert os.read(first_r, 100) == b"before\n"
+    second_r, second_w = os.pipe()
+    api.attach_process("p7", "c", handle.exec_id, api.Stdio(stdout=second_w))
+    os.close(second_w)
+    os.write(in_w, b"after\n")
+    os.close(in_w)
+    assert read_all(second_r) == b"after\n"
+    assert read_all(first_r) == b"after\n"
+    assert api.wait_process("p7", "c", handle.exec_id).exit_code == 0
+    with pytest.raises(StateError):
+        api.attach_process("p7", "c", handle.exec_id, api.Stdio(stdout=1))

@@ -318,6 +318,17 @@ def container_wait(pod_id: str, container_id: str) -> None:
     sys.exit(status.exit_code)
 
 
+@container.command("attach")
+@click.argument("pod_id")
+@click.argument("container_id")
+def container_attach(pod_id: str, container_id: str) -> None:
+    """Follow a running container's output; exit with its status when it ends."""
+    api.attach_container(pod_id, container_id, api.Stdio(stdout=1, stderr=2))
+    with forwarded_signals(lambda s: api.kill_container(pod_id, container_id, s)):
+        status = api.wait_container(pod_id, container_id)
+    sys.exit(status.exit_code)
+
+
 @container.command("ps")
 @click.argument("pod_id")
 @click.argument("container_id")
