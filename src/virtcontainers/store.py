@@ -9,7 +9,7 @@ Every pod has a directory under the run root (``$VC_RUN_DIR``, default
         daemon.sock              the pod daemon's RPC socket (0600)
         daemon.log               the daemon's log
         vm/                      the hypervisor's sockets and console log
-        shared/                  exported to the guest (virtio-9p):
+        shared/                  exported to the guest (virtio-9p or virtio-fs):
             <container_id>/rootfs      bind mount of the container's rootfs
             <container_id>/mounts/<n>  bind mounts of its extra mounts
 

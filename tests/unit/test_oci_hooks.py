@@ -85,13 +85,26 @@ def test_failing_hook_raises_and_stops(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs once a SIGKILL sent to it has had time to land."""
+    for _ in range(500):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.01)  # SIGKILL is delivered asynchronously
+    return True
+
+
 def test_hook_timeout_kills_it(tmp_path: Path) -> None:
-    slow = script(tmp_path, "slow.sh", "sleep 30 &\nsleep 30\n")
+    child = tmp_path / "child.pid"
+    slow = script(tmp_path, "slow.sh", f"sleep 30 &\necho $! > {child}\nsleep 30\n")
     spec = {"hooks": {"prestart": [{"path": slow, "timeout": 1}]}}
-    started = time.monotonic()
     with pytest.raises(RuntimeSpecError) as info:
         run_hooks(spec, "prestart", STATE)
-    assert time.monotonic() - started < 10
+    assert not _running(int(child.read_text())), "the hook's background child outlived it"
     assert str(info.value) == (
         f"config.json: hooks.prestart[0]: hook {slow} timed out after 1 s and was killed"
     )

@@ -14,6 +14,7 @@ from virtcontainers.hypervisor.base import (
     NetDevice,
     SerialPortDevice,
     SharedFsDevice,
+    SharedFsKind,
     VMConfig,
     VMState,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "QemuHypervisor",
     "SerialPortDevice",
     "SharedFsDevice",
+    "SharedFsKind",
     "VMConfig",
     "VMState",
     "detect_accelerator",

@@ -37,6 +37,13 @@ class Accelerator(enum.Enum):
     TCG = "tcg"
 
 
+class SharedFsKind(enum.Enum):
+    """How a :class:`SharedFsDevice` reaches the guest."""
+
+    VIRTIO_9P = "virtio-9p"  # in QEMU itself (-fsdev local)
+    VIRTIO_FS = "virtio-fs"  # vhost-user: a virtiofsd process serves the directory
+
+
 class VMState(enum.Enum):
     NEW = "new"
     CREATED = "created"
@@ -77,10 +84,15 @@ class BlockDevice(Device):
 
 @dataclass(frozen=True)
 class SharedFsDevice(Device):
-    """A host directory shared with the guest (virtio-9p), mounted by *mount_tag*."""
+    """A host directory shared with the guest, mounted there by *mount_tag*.
+
+    *kind* picks the transport: virtio-9p (QEMU serves the directory) or
+    virtio-fs (a virtiofsd child serves it; the VM's RAM is then shared memory).
+    """
 
     host_path: Path
     mount_tag: str
+    kind: SharedFsKind = SharedFsKind.VIRTIO_9P
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,6 +10,10 @@ messages go to ``qemu.log``.
 
 QEMU gets ``PR_SET_PDEATHSIG=SIGKILL``: it dies with the thread that launched
 it (the event loop's thread), so a crashed pod daemon never leaks a VM.
+
+A virtio-fs :class:`SharedFsDevice` is served by a virtiofsd process, started
+as this process's child before QEMU (same death signal), on a vhost-user
+socket in the run directory; it is stopped and reaped whenever QEMU is.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,12 +47,17 @@ from virtcontainers.hypervisor.base import (
     NetDevice,
     SerialPortDevice,
     SharedFsDevice,
+    SharedFsKind,
     VMConfig,
     VMState,
     check_socket_path,
 )
 
 DEFAULT_BINARY = "qemu-system-x86_64"
+# The Rust virtiofsd (--shared-dir) first, then the C one QEMU <= 7.2 ships (-o source=).
+VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
+MEMORY_BACKEND_ID = "vc-mem"
+VIRTIOFSD_START_TIMEOUT = 10.0
 MICROVM = "microvm"
 Q35 = "q35"
 MACHINES = (MICROVM, Q35)
@@ -70,6 +81,61 @@ BASE_KERNEL_PARAMS = (
 CONSOLE_LIMIT = 1 << 20
 OUTPUT_TAIL = 4096
 PR_SET_PDEATHSIG = 1
+
+
+@cache
+def find_virtiofsd() -> str | None:
+    """The virtiofsd executable: ``$VC_VIRTIOFSD``, else the first of VIRTIOFSD_PATHS."""
+    override = os.environ.get("VC_VIRTIOFSD")
+    candidates = (override,) if override else VIRTIOFSD_PATHS
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+@cache
+def _virtiofsd_is_rust(binary: str) -> bool:
+    """The Rust virtiofsd takes ``--shared-dir``; the C one only ``-o source=``."""
+    try:
+        done = subprocess.run(
+            [binary, "--help"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--shared-dir" in done.stdout + done.stderr
+
+
+def virtiofs_socket(run_dir: Path, device: SharedFsDevice) -> Path:
+    """The vhost-user socket between QEMU and the virtiofsd of *device*.
+
+    As short as ``agent.sock``: a run directory must fit both in AF_UNIX's limit.
+    """
+    return run_dir / f"vfs-{device.id}"
+
+
+def virtiofsd_argv(binary: str, device: SharedFsDevice, socket: Path, *, rust: bool) -> list[str]:
+    """The virtiofsd command line serving *device* on *socket*.
+
+    ``sandbox=chroot``: virtiofsd stays in the host's mount namespace, so bind
+    mounts made under the shared directory after it started (container root
+    filesystems, volumes; they are private mounts) are visible to the guest.
+    ``announce_submounts`` gives each of them its own st_dev in the guest.
+    """
+    if rust:
+        return [
+            binary,
+            f"--socket-path={socket}",
+            f"--shared-dir={device.host_path}",
+            "--cache=auto",
+            "--sandbox=chroot",
+            "--announce-submounts",
+        ]
+    return [
+        binary,
+        f"--socket-path={socket}",
+        "-o", f"source={_opt(device.host_path)},cache=auto,sandbox=chroot,announce_submounts",
+    ]  # fmt: skip
 
 
 def _opt(value: object) -> str:
@@ -108,10 +174,25 @@ class QemuCommand:
         params.extend(self.config.kernel_params)
         return " ".join(params)
 
+    @property
+    def shared_memory(self) -> bool:
+        """vhost-user devices (virtio-fs) need guest RAM the backend can map."""
+        return any(
+            isinstance(d, SharedFsDevice) and d.kind is SharedFsKind.VIRTIO_FS for d in self.devices
+        )
+
+    def memory_args(self) -> list[str]:
+        size = f"{self.config.memory_mib}M"
+        if not self.shared_memory:
+            return ["-m", size]
+        backend = f"memory-backend-memfd,id={MEMORY_BACKEND_ID},size={size},share=on"
+        return ["-m", size, "-object", backend]
+
     def machine_args(self) -> list[str]:
+        memory = f",memory-backend={MEMORY_BACKEND_ID}" if self.shared_memory else ""
         if self.machine == MICROVM:
-            return ["-M", "microvm,pcie=on,rtc=on"]
-        args = ["-M", "q35"]
+            return ["-M", f"microvm,pcie=on,rtc=on{memory}"]
+        args = ["-M", f"q35{memory}"]
         for n in range(Q35_HOTPLUG_PORTS):
             args += ["-device", f"pcie-root-port,id=vc-hp{n},bus=pcie.0,chassis={n + 1}"]
         return args
@@ -129,7 +210,7 @@ class QemuCommand:
         if any(isinstance(d, SerialPortDevice) for d in self.devices):
             args += ["-device", f"virtio-serial-pci,id={VIRTIO_SERIAL_ID}"]
         for device in self.devices:
-            args += render_device(device)
+            args += render_device(device, self.config.run_dir)
         return args
 
     def argv(self) -> list[str]:
@@ -139,7 +220,7 @@ class QemuCommand:
             "-name", f"vc-{cfg.vm_id}",
             *self.machine_args(),
             *self.accel_args(),
-            "-m", f"{cfg.memory_mib}M",
+            *self.memory_args(),
             "-smp", str(cfg.vcpus),
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-chardev", "stdio,id=vc-con,signal=off",
@@ -152,8 +233,10 @@ class QemuCommand:
         ]  # fmt: skip
 
 
-def render_device(device: Device) -> list[str]:
+def render_device(device: Device, run_dir: Path | None = None) -> list[str]:
     """The QEMU options that cold-plug *device*.
+
+    A virtio-fs device needs *run_dir* (where its virtiofsd socket is).
 
     Raises ConfigError for a device type this driver does not know.
     """
@@ -162,6 +245,15 @@ def render_device(device: Device) -> list[str]:
             return [
                 "-drive", f"id={ident},file={_opt(path)},format=raw,if=none,read-only={_onoff(ro)}",
                 "-device", f"virtio-blk-pci,drive={ident},id={ident}",
+            ]  # fmt: skip
+        case SharedFsDevice(id=ident, mount_tag=tag, kind=SharedFsKind.VIRTIO_FS):
+            if run_dir is None:
+                raise ConfigError(f"device {ident}", "a virtio-fs device needs the run directory")
+            sock = virtiofs_socket(run_dir, device)
+            return [
+                "-chardev", f"socket,id={ident},path={_opt(sock)}",
+                "-device",
+                f"vhost-user-fs-pci,chardev={ident},tag={tag},queue-size=1024,id={ident}",
             ]  # fmt: skip
         case SharedFsDevice(id=ident, host_path=path, mount_tag=tag):
             return [
@@ -206,6 +298,16 @@ def _tail(path: Path, limit: int) -> str:
 
 
 @dataclass
+class _Helper:
+    """A process QEMU depends on (virtiofsd), started before it and reaped with it."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    exited: asyncio.Future[int]
+    log: Path
+
+
+@dataclass
 class _Running:
     """What exists only while a QEMU process does."""
 
@@ -215,6 +317,8 @@ class _Running:
     reaper: asyncio.Task[None] | None = None
     qmp: QMPClient | None = None
     hotplugged: dict[str, Device] = field(default_factory=dict)
+    helpers: list[_Helper] = field(default_factory=list)
+    watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class QemuHypervisor:
@@ -226,8 +330,10 @@ class QemuHypervisor:
         *,
         console_limit: int = CONSOLE_LIMIT,
         tcg_thread: str | None = None,
+        virtiofsd: str | None = None,
     ) -> None:
         self._binary = binary
+        self._virtiofsd = virtiofsd
         self._console_limit = max(console_limit, 4096)
         self._tcg_thread = tcg_thread
         self._life = Lifecycle()
@@ -273,7 +379,7 @@ class QemuHypervisor:
         else:
             accel = config.accelerator
         for device in config.devices:
-            self._check_device(device)
+            self._check_device(device, config.run_dir)
         check_socket_path("run_dir", config.run_dir / "qmp.sock")
         check_socket_path("run_dir", config.run_dir / "agent.sock")
         config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -292,7 +398,20 @@ class QemuHypervisor:
         self._exit_code = None
         self._life.move(VMState.CREATED)
 
-    def _check_device(self, device: Device) -> None:
+    def virtiofsd_binary(self) -> str | None:
+        """The virtiofsd this driver runs for virtio-fs devices (None: not installed)."""
+        return self._virtiofsd or find_virtiofsd()
+
+    def _check_device(self, device: Device, run_dir: Path) -> None:
+        if isinstance(device, SharedFsDevice) and device.kind is SharedFsKind.VIRTIO_FS:
+            binary = self.virtiofsd_binary()
+            if binary is None or not os.access(binary, os.X_OK):
+                raise ConfigError(
+                    f"device {device.id}",
+                    f"virtio-fs needs virtiofsd ({binary or 'not found'}): "
+                    "apt-get install virtiofsd, or set VC_VIRTIOFSD",
+                )
+            check_socket_path(f"device {device.id}", virtiofs_socket(run_dir, device))
         match device:
             case BlockDevice(path=path) if not path.exists():
                 raise ConfigError(f"device {device.id}", f"{path} does not exist")
@@ -306,7 +425,7 @@ class QemuHypervisor:
     def add_device(self, device: Device) -> None:
         """Cold-plug *device*; raises StateError after start, ConfigError if invalid."""
         self._life.require("add a device to", VMState.CREATED)
-        self._check_device(device)
+        self._check_device(device, self.config.run_dir)
         if any(d.id == device.id for d in self._devices):
             raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")
         self._devices.append(device)
@@ -358,7 +477,9 @@ class QemuHypervisor:
             hotplug_memory=False,
             hotplug_net=False,
             hotplug_serial_port=True,
-            shared_fs="virtio-9p",
+            shared_fs=SharedFsKind.VIRTIO_FS.value
+            if command is not None and self.command().shared_memory
+            else SharedFsKind.VIRTIO_9P.value,
             pause=True,
         )
 
@@ -372,10 +493,25 @@ class QemuHypervisor:
     def running(self) -> bool:
         return self.pid is not None
 
+    @property
+    def helper_pids(self) -> list[int]:
+        """The virtiofsd processes of the running VM."""
+        if self._run is None:
+            return []
+        return [h.proc.pid for h in self._run.helpers if not h.exited.done()]
+
     # -- lifecycle ----------------------------------------------------------
+
+    def _virtiofs_devices(self) -> list[SharedFsDevice]:
+        return [
+            d
+            for d in self._all_devices()
+            if isinstance(d, SharedFsDevice) and d.kind is SharedFsKind.VIRTIO_FS
+        ]
 
     def _sockets(self) -> list[Path]:
         socks = [self.command().qmp_socket]
+        socks += [virtiofs_socket(self.config.run_dir, d) for d in self._virtiofs_devices()]
         socks += [d.socket_path for d in self._all_devices() if isinstance(d, SerialPortDevice)]
         if self._run is not None:
             socks += [
@@ -391,10 +527,105 @@ class QemuHypervisor:
                 sock.unlink()
 
     def _output_tail(self) -> str:
-        qemu = _tail(self.qemu_log_path(), OUTPUT_TAIL // 2).strip()
-        console = _tail(self.console_path(), OUTPUT_TAIL - len(qemu)).strip()
-        parts = [f"[qemu] {qemu}" if qemu else "", f"[console] {console}" if console else ""]
+        helpers = "\n".join(
+            f"[virtiofsd {d.id}] {text}"
+            for d in self._virtiofs_devices()
+            if (text := _tail(self._virtiofsd_log(d), OUTPUT_TAIL // 4).strip())
+        )
+        qemu = _tail(self.qemu_log_path(), OUTPUT_TAIL // 2 - len(helpers) // 2).strip()
+        console = _tail(self.console_path(), OUTPUT_TAIL - len(qemu) - len(helpers)).strip()
+        parts = [
+            helpers,
+            f"[qemu] {qemu}" if qemu else "",
+            f"[console] {console}" if console else "",
+        ]
         return "\n".join(p for p in parts if p)
+
+    def _virtiofsd_log(self, device: SharedFsDevice) -> Path:
+        return self.config.run_dir / f"virtiofsd-{device.id}.log"
+
+    async def _start_helpers(self, deadline: float) -> list[_Helper]:
+        """Start one virtiofsd per virtio-fs device; return when all listen.
+
+        Raises VMLaunchError (virtiofsd missing, exited, or no socket in time);
+        nothing is left running then.
+        """
+        helpers: list[_Helper] = []
+        try:
+            for device in self._virtiofs_devices():
+                helpers.append(await self._start_virtiofsd(device, deadline))
+        except BaseException:
+            await self._stop_helpers(helpers)
+            raise
+        return helpers
+
+    async def _start_virtiofsd(self, device: SharedFsDevice, deadline: float) -> _Helper:
+        binary = self.virtiofsd_binary()
+        if binary is None:
+            raise VMLaunchError(f"virtiofsd not found for {self._life.what}", [])
+        sock = virtiofs_socket(self.config.run_dir, device)
+        argv = virtiofsd_argv(binary, device, sock, rust=_virtiofsd_is_rust(binary))
+        self._log.debug("launching: %s", shlex.join(argv))
+        log = self._virtiofsd_log(device)
+        with log.open("wb") as stderr:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=stderr,
+                    stderr=stderr,
+                    preexec_fn=_die_with_parent(),
+                )
+            except OSError as exc:
+                raise VMLaunchError(f"cannot execute {binary}: {exc}", argv) from exc
+        helper = _Helper(f"virtiofsd {device.id}", proc, asyncio.ensure_future(proc.wait()), log)
+        self._log.info("virtiofsd for %s started, pid %d", device.id, proc.pid)
+        limit = min(deadline, time.monotonic() + VIRTIOFSD_START_TIMEOUT)
+        try:
+            while not sock.exists():
+                if helper.exited.done():
+                    what = f"exited with code {helper.exited.result()}"
+                elif time.monotonic() >= limit:
+                    what = f"did not listen on {sock} in time"
+                else:
+                    await asyncio.wait({helper.exited}, timeout=0.01)
+                    continue
+                raise VMLaunchError(
+                    f"virtiofsd for {self._life.what} {what}", argv, _tail(log, OUTPUT_TAIL)
+                )
+        except BaseException:
+            await self._stop_helpers([helper])
+            raise
+        return helper
+
+    async def _stop_helpers(self, helpers: list[_Helper]) -> None:
+        """SIGTERM, after 1 s SIGKILL, and reap (they exit alone once QEMU is gone)."""
+        for helper in helpers:
+            if not helper.exited.done():
+                with contextlib.suppress(ProcessLookupError):
+                    helper.proc.terminate()
+        pending = {h.exited for h in helpers if not h.exited.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=1)
+        for helper in helpers:
+            if not helper.exited.done():
+                with contextlib.suppress(ProcessLookupError):
+                    helper.proc.kill()
+            await asyncio.shield(helper.exited)
+
+    async def _watch_helper(self, run: _Running, helper: _Helper) -> None:
+        """A helper that dies under a running VM leaves its guest hanging: stop QEMU."""
+        await asyncio.shield(helper.exited)
+        # When QEMU quits, virtiofsd exits too; give QEMU time to be reaped first.
+        await asyncio.wait({run.exited}, timeout=2)
+        if not run.exited.done():
+            self._log.error(
+                "%s exited with code %s while the VM ran; killing QEMU",
+                helper.name,
+                helper.exited.result(),
+            )
+            with contextlib.suppress(ProcessLookupError):
+                run.proc.kill()
 
     async def start(self, timeout: float = 60) -> None:
         """Launch QEMU and connect QMP within *timeout* seconds.
@@ -410,8 +641,9 @@ class QemuHypervisor:
         self._log.debug("launching: %s", shlex.join(argv))
         self._remove_sockets()
         deadline = time.monotonic() + timeout
-        with self.qemu_log_path().open("wb") as stderr:
-            try:
+        helpers = await self._start_helpers(deadline)
+        try:
+            with self.qemu_log_path().open("wb") as stderr:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
@@ -419,16 +651,22 @@ class QemuHypervisor:
                     stderr=stderr,
                     preexec_fn=_die_with_parent(),
                 )
-            except OSError as exc:
+        except BaseException as exc:
+            await self._stop_helpers(helpers)
+            self._remove_sockets()
+            if isinstance(exc, OSError):
                 raise VMLaunchError(
                     f"cannot execute {argv[0]} for {self._life.what}: {exc}", argv
                 ) from exc
+            raise
         assert proc.stdout is not None
         run = _Running(
             proc=proc,
             exited=asyncio.ensure_future(proc.wait()),
             console=asyncio.create_task(self._pump_console(proc.stdout)),
+            helpers=helpers,
         )
+        run.watchers = [asyncio.create_task(self._watch_helper(run, h)) for h in helpers]
         self._run = run
         self._log.info("QEMU started, pid %d", proc.pid)
         try:
@@ -509,8 +747,11 @@ class QemuHypervisor:
         await asyncio.shield(run.exited)
 
     async def _cleanup(self, run: _Running) -> None:
-        """After QEMU exited: finish the console, close QMP, remove sockets."""
+        """After QEMU exited: stop virtiofsd, finish the console, close QMP, remove sockets."""
         try:
+            for watcher in run.watchers:
+                watcher.cancel()
+            await self._stop_helpers(run.helpers)
             await asyncio.wait({run.console}, timeout=5)
             if not run.console.done():
                 run.console.cancel()
@@ -603,7 +844,7 @@ class QemuHypervisor:
         self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
         run = self._run
         assert run is not None
-        self._check_device(device)
+        self._check_device(device, self.config.run_dir)
         used = {d.id for d in self._all_devices()} | set(run.hotplugged)
         if device.id in used:
             raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")

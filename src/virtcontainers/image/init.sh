@@ -24,8 +24,21 @@ mount -t proc -o nosuid,nodev,noexec proc /proc || fail "cannot mount /proc"
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || fail "cannot mount /sys"
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev || fail "cannot mount /dev"
 
+# Is there a virtio device with this id (0x0009 9p, 0x001a virtio-fs)?  The
+# virtio devices exist once virtio_pci is loaded, before the fs modules are.
+has_virtio() {
+    grep -qx "$1" /sys/bus/virtio/devices/*/device 2>/dev/null
+}
+
+# The shared-filesystem modules are loaded only for the transport the VM has.
 for ko in /lib/modules/*.ko; do
     [ -e "$ko" ] || break
+    case "${ko##*/}" in
+        [0-9]*-9pnet.ko | [0-9]*-9pnet_virtio.ko | [0-9]*-netfs.ko | [0-9]*-fscache.ko | [0-9]*-9p.ko)
+            has_virtio 0x0009 || continue ;;
+        [0-9]*-fuse.ko | [0-9]*-virtiofs.ko)
+            has_virtio 0x001a || continue ;;
+    esac
     insmod "$ko" || fail "cannot load kernel module $ko"
 done
 
@@ -50,14 +63,20 @@ mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$NEWROOT/var" || fail "cannot mo
 mkdir -p -m 1777 "$NEWROOT/var/tmp"
 mkdir -p "$NEWROOT/run/vc/shared" || fail "cannot create /run/vc/shared"
 
-# The host shares a directory under the 9p mount tag "vcshared" (when it has one).
-for tag in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
-    [ -e "$tag" ] || break
-    if [ "$(tr -d '\000\n' <"$tag")" = vcshared ]; then
-        mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none \
-            vcshared "$NEWROOT/run/vc/shared" || fail "cannot mount the vcshared 9p share"
-    fi
-done
+# The host shares a directory under the tag "vcshared" (when it has one): over
+# virtio-fs when the VM has a virtio-fs device (its tag is not in sysfs on 6.1,
+# so try the mount), else over virtio-9p.
+if has_virtio 0x001a && mount -t virtiofs vcshared "$NEWROOT/run/vc/shared" 2>/dev/null; then
+    : # mounted over virtio-fs
+else
+    for tag in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
+        [ -e "$tag" ] || break
+        if [ "$(tr -d '\000\n' <"$tag")" = vcshared ]; then
+            mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none \
+                vcshared "$NEWROOT/run/vc/shared" || fail "cannot mount the vcshared 9p share"
+        fi
+    done
+fi
 
 mount --move /proc "$NEWROOT/proc" || fail "cannot move /proc"
 mount --move /sys "$NEWROOT/sys" || fail "cannot move /sys"

@@ -24,6 +24,8 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_console",
     "9pnet_virtio",
     "9p",
+    "fuse",
+    "virtiofs",
     "overlay",
     "virtio_net",
     "vsock",
