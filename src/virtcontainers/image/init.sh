@@ -9,7 +9,7 @@
 
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 NEWROOT=/newroot
-AGENT="/usr/bin/python3.11 -S /opt/vc/agent/agent.py"
+AGENT="/usr/bin/python3.11 -S /opt/vc/agent/start.py"
 
 fail() {
     echo "vc-init: $*" >/dev/console
