@@ -264,3 +264,17 @@ def test_console_log_is_bounded(tmp_path: Path) -> None:
     assert len(text) <= 4096
     assert text.startswith("[console trimmed]")
     assert text.endswith(f"line 0199 {'x' * 90}\n")
+
+
+def test_mitigations_are_off_only_under_tcg(tmp_path: Path) -> None:
+    for accelerator, expected in ((Accelerator.TCG, True), (Accelerator.KVM, False)):
+        config = VMConfig(
+            vm_id="m",
+            kernel=tmp_path / "k",
+            initrd=tmp_path / "i",
+            run_dir=tmp_path,
+            accelerator=accelerator,
+        )
+        command = QemuCommand(config=config, accelerator=accelerator, machine="microvm", devices=())
+        cmdline = command.kernel_cmdline()
+        assert ("mitigations=off" in cmdline.split()) is expected
