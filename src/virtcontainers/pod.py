@@ -167,9 +167,21 @@ class Pod:
             )
         vm_exit.cancel()
         connect.result()
-        self.details = await self.agent.guest_details()
-        self.log.info("agent up: %s", self.details)
+        self.log.info("agent up")
         self._spawn(self._watch_vm())
+        # Nothing waits for the details (the agent runs `crun --version` for them,
+        # ≈0.2 s under TCG): they are recorded when they arrive.
+        self._spawn(self._fetch_details())
+
+    async def _fetch_details(self) -> None:
+        try:
+            self.details = await self.agent.guest_details()
+        except AgentError as exc:
+            self.log.warning("guest details: %s", exc)
+            return
+        self.log.info("guest: %s", self.details)
+        if not self.stopping:
+            self.persist()
 
     async def _watch_vm(self) -> None:
         code = await self.hypervisor.wait()

@@ -106,6 +106,8 @@ def test_three_containers_in_one_pod(no_leaks: Path, busybox_rootfs: Path) -> No
         out, _, code = run_exec("three", cid, shell("hostname; cat /proc/1/cmdline | tr '\\0' ' '"))
         assert code == 0
         assert b"sleep 1000" in out
+    guest = api.pod_status("three").guest  # fetched in the background after boot
+    assert guest is not None and guest["kernel"].startswith("6.") and guest["runtime"]
     processes = api.list_processes("three", "b")
     assert any(p["args"][:2] == ["sleep", "1000"] for p in processes)
     api.stop_container("three", "a", timeout=1)
