@@ -26,11 +26,12 @@ GUEST_MODULES: tuple[str, ...] = (
     "9p",
     "fuse",
     "virtiofs",
-    "overlay",
-    "virtio_net",
-    "vsock",
-    "vmw_vsock_virtio_transport",
 )
+"""What the guest uses today: PCI transport, root disk, agent port, shared fs.
+
+Each module costs boot time under TCG (the seven of networking, vsock and
+overlay took ≈0.15 s of guest time), so a feature adds its modules when it
+lands: virtio_net with pod networking, vsock with the vsock agent channel."""
 
 _KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 
