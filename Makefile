@@ -40,10 +40,12 @@ lint: deps
 	$(BIN)/mypy
 
 unit: deps
-	$(BIN)/pytest -q -m 'not vm and not engine' -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q -m 'not vm and not engine' -n $(PYTEST_WORKERS) --basetemp=/tmp/vc-pytest
 
+# A short fixed --basetemp (pytest clears it each run): tests make unix sockets
+# under their temp dirs, and a socket path must fit in 107 bytes.
 test: image lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --basetemp=/tmp/vc-pytest
 
 bench: image
 	$(BIN)/python bench/run.py

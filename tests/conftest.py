@@ -6,7 +6,9 @@ import contextlib
 import os
 import pty
 import select
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,18 +29,27 @@ def remove_all_pods() -> None:
             print(f"cleanup of pod {pod.id} failed: {exc}")
 
 
+def short_temp_dir(prefix: str) -> Path:
+    """A temp dir with a short path: unix socket paths must fit in 107 bytes, and
+    pytest's own temp dirs grow with the test name and its session counter."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
 @pytest.fixture
-def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def run_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """VC_RUN_DIR in a temp dir; afterwards every pod is stopped and deleted."""
-    root = tmp_path / "run"
+    base = short_temp_dir("vc-")
+    root = base / "run"
     monkeypatch.setenv("VC_RUN_DIR", str(root))
-    yield root
-    remove_all_pods()
-    if root.exists():
-        mounts.unmount_all_under(root)
-    leftovers = [p for p in root.rglob("*")] if root.exists() else []
-    assert not [p for p in leftovers if p.name != "pods"], f"left behind: {leftovers}"
-    assert not os.path.exists(root / "pods") or not list((root / "pods").iterdir())
+    try:
+        yield root
+        remove_all_pods()
+        mounts.unmount_all_under(base)
+        leftovers = list(root.rglob("*")) if root.exists() else []
+        assert not [p for p in leftovers if p.name != "pods"], f"left behind: {leftovers}"
+    finally:
+        mounts.unmount_all_under(base)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

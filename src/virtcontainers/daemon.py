@@ -321,49 +321,58 @@ def _report(ready_fd: int | None, message: dict[str, Any]) -> None:
 
 
 async def run(store: Store, pod_id: str, ready_fd: int | None) -> int:
+    """Boot the pod and serve it; a failure is reported only after cleaning up,
+    so the caller may delete the pod's directory as soon as it hears of it."""
     record = store.load(pod_id)
     kind = HypervisorKind(record["config"]["hypervisor"])
     record["daemon_pid"] = os.getpid()
     record["error"] = None
     store.save(pod_id, record)
     paths = store.paths(pod_id)
+    listener: socket.socket | None = None
+    pod: Pod | None = None
+    failure: dict[str, Any] | None = None
     try:
         image = _image_paths(record["config"])
         pod = Pod(store, pod_id, new_hypervisor(kind), _make_agent(kind, pod_id), image)
         listener = _listen(paths.socket)
-    except VcError as exc:
-        _report(ready_fd, {"ok": False, "error": rpc.error_to_dict(exc)})
-        return 1
+        await pod.start()
+    except BaseException as exc:
+        failure = rpc.error_to_dict(exc)
+    try:
+        if failure is None and pod is not None and listener is not None:
+            _report(ready_fd, {"ok": True})
+            await _serve_until_stopped(store, pod, listener)
+    finally:
+        if listener is not None:
+            listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            paths.socket.unlink()
+        if pod is not None:
+            pod.executor.shutdown(wait=False, cancel_futures=True)
+        record = store.load(pod_id)
+        record["daemon_pid"] = None
+        store.save(pod_id, record)
+        if failure is not None:
+            _report(ready_fd, {"ok": False, "error": failure})
+    return 0 if failure is None else 1
+
+
+async def _serve_until_stopped(store: Store, pod: Pod, listener: socket.socket) -> None:
+    """Serve RPC until the pod stops (by request, VM death, or SIGTERM/SIGINT)."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
-    try:
-        try:
-            await pod.start()
-        except BaseException as exc:
-            _report(ready_fd, {"ok": False, "error": rpc.error_to_dict(exc)})
-            return 1
-        _report(ready_fd, {"ok": True})
-        daemon = Daemon(store, pod)
-        serving = asyncio.ensure_future(daemon.serve(listener))
-        stop_wait = asyncio.ensure_future(stop_requested.wait())
-        await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if not serving.done():
-            log.info("signal received: stopping the pod")
-            with contextlib.suppress(VcError):
-                await pod.stop()
-            await serving
-        stop_wait.cancel()
-        return 0
-    finally:
-        listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            paths.socket.unlink()
-        pod.executor.shutdown(wait=False, cancel_futures=True)
-        record = store.load(pod_id)
-        record["daemon_pid"] = None
-        store.save(pod_id, record)
+    serving = asyncio.ensure_future(Daemon(store, pod).serve(listener))
+    stop_wait = asyncio.ensure_future(stop_requested.wait())
+    await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not serving.done():
+        log.info("signal received: stopping the pod")
+        with contextlib.suppress(VcError):
+            await pod.stop()
+        await serving
+    stop_wait.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

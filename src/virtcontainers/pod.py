@@ -49,6 +49,7 @@ AGENT_PORT_NAME = "agent"
 SHARED_FS_TAG = "vcshared"
 AGENT_CONNECT_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 5.0
+VM_EXIT_GRACE = 3.0
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
 
 
@@ -158,20 +159,37 @@ class Pod:
         connect = asyncio.ensure_future(
             self.agent.connect(self.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
         )
-        done, _ = await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
-        if connect not in done:
+        await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
+        if not connect.done() or connect.exception() is not None:
+            # A dying VM usually resets the agent channel first: give QEMU a moment
+            # to exit, so the error says why (its console) rather than "reset".
+            await asyncio.wait({vm_exit}, timeout=VM_EXIT_GRACE)
+        if vm_exit.done():
             connect.cancel()
+            # The run directory goes with the teardown: quote the console here.
             raise HypervisorError(
                 f"pod {self.id!r}: the VM exited (code {vm_exit.result()}) before its agent "
-                f"answered; console log: {self.hypervisor.console_path()}"
+                f"answered; its console ended with:\n{self._console_tail()}"
             )
         vm_exit.cancel()
-        connect.result()
+        try:
+            connect.result()
+        except OSError as exc:
+            raise AgentError("connect", "channel", f"pod {self.id!r}: {exc}") from exc
         self.log.info("agent up")
         self._spawn(self._watch_vm())
         # Nothing waits for the details (the agent runs `crun --version` for them,
         # ≈0.2 s under TCG): they are recorded when they arrive.
         self._spawn(self._fetch_details())
+
+    def _console_tail(self, limit: int = 2048) -> str:
+        try:
+            with open(self.hypervisor.console_path(), "rb") as console:
+                console.seek(0, os.SEEK_END)
+                console.seek(max(0, console.tell() - limit))
+                return console.read().decode(errors="replace")
+        except OSError as exc:
+            return f"(no console log: {exc})"
 
     async def _fetch_details(self) -> None:
         try:

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import short_temp_dir
 from tests.engines.images import oci_layout_tar, rootfs_tar
 
 VC_RUNTIME = str(Path(sys.executable).with_name("vc-runtime"))
@@ -61,7 +61,7 @@ def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Pod
     conf = tmp_path / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
     env = {**os.environ, "CONTAINERS_CONF": str(conf), "VC_RUN_DIR": str(run_root)}
-    runroot = Path(tempfile.mkdtemp(prefix="vcpm-", dir="/tmp"))  # podman wants <= 50 chars
+    runroot = short_temp_dir("vcpm-")  # podman wants <= 50 chars
     base = [
         "podman",
         "--root",
@@ -107,8 +107,7 @@ class Containerd:
 def containerd(run_root: Path, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Containerd]:
     need("containerd")
     need("ctr")
-    base = tmp_path / "containerd"
-    base.mkdir()
+    base = short_temp_dir("vcctd-")  # its ttrpc socket path must fit in 104 bytes
     address = str(base / "containerd.sock")
     (base / "config.toml").write_text(
         f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
@@ -149,6 +148,7 @@ def containerd(run_root: Path, tmp_path: Path, busybox_rootfs: Path) -> Iterator
             daemon.wait()
         log.close()
         _unmount_under(base)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _unmount_under(path: Path) -> None:

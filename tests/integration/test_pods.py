@@ -16,8 +16,9 @@ import pytest
 from tests.conftest import shell_session_in_pty
 from tests.integration.conftest import pod_with, qemu_pids, read_all, shell
 from virtcontainers import api, mounts
-from virtcontainers.config import Cmd, ContainerConfig, PodConfig
-from virtcontainers.errors import StateError
+from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
+from virtcontainers.errors import HypervisorError, StateError
+from virtcontainers.image import GuestImage
 from virtcontainers.states import ContainerState, PodState
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -197,3 +198,15 @@ def test_a_vm_that_dies_stops_its_pod_cleanly(run_root: Path, busybox_rootfs: Pa
     assert status.containers[0].state is ContainerState.STOPPED
     assert not mounts.mounts_under(run_root / "pods" / "crash")
     api.delete_pod("crash")
+
+
+def test_a_guest_that_cannot_boot_fails_clearly_and_leaves_nothing(
+    run_root: Path, guest_image: GuestImage, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.squashfs"
+    garbage.write_bytes(b"not a filesystem" * 4096)
+    image = ImagePaths(guest_image.kernel, guest_image.initrd, garbage)
+    with pytest.raises(HypervisorError, match="vc-init"):
+        api.run_pod(PodConfig(id="broken", image=image))
+    assert api.list_pods() == []
+    assert not qemu_pids(run_root)
