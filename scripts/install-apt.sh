@@ -15,4 +15,5 @@ fi
 echo "install-apt: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# With recommends, as tested: podman needs its network stack (netavark, plugins).
+apt-get install -y -qq "${missing[@]}" >/dev/null
