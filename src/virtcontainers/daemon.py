@@ -38,7 +38,8 @@ STDIO_NAMES = ("stdin", "stdout", "stderr")
 
 def _stdio(params: dict[str, Any], fds: list[int]) -> Stdio:
     names = params.get("stdio") or []
-    if not isinstance(names, list) or len(names) != len(fds) or not set(names) <= set(STDIO_NAMES):
+    valid = isinstance(names, list) and len(names) == len(fds) == len(set(names))
+    if not valid or not set(names) <= set(STDIO_NAMES):
         rpc.close_fds(fds)
         raise ConfigError("stdio", f"{names!r} does not name the {len(fds)} fds passed")
     return Stdio(**dict(zip(names, fds, strict=True)))
