@@ -133,7 +133,7 @@ def pod_create(
 def pod_start(pod_id: str) -> None:
     """Boot the pod's VM and start its containers."""
     ensure_image()
-    with stderr.status(f"starting pod {pod_id}"):
+    with booting(pod_id):
         api.start_pod(pod_id)
 
 
@@ -415,6 +415,13 @@ def resize_on_winch(use_tty: bool, resize: Callable[[int, int], None]) -> Iterat
         signal.signal(signal.SIGWINCH, previous)
 
 
+def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner while the VM boots, on a terminal only: stderr stays clean in scripts."""
+    if not stderr.is_terminal:
+        return contextlib.nullcontext()
+    return stderr.status(f"starting pod {pod_id} (a VM)")
+
+
 @cli.command("run")
 @click.argument("command", nargs=-1, required=True)
 @click.option("--rm", "remove", is_flag=True, help="Delete the pod afterwards.")
@@ -450,7 +457,8 @@ def run(
         )
         config = PodConfig(id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib))
         ensure_image()
-        api.run_pod(config)
+        with booting(pod_id):
+            api.run_pod(config)
     except VcError as exc:
         fail(str(exc), 125)
     try:
