@@ -9,7 +9,6 @@ any pod.  Errors are :class:`~virtcontainers.errors.VcError` subclasses.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import select
@@ -54,6 +53,7 @@ __all__ = [
     "kill_container",
     "list_pods",
     "list_processes",
+    "package_env",
     "pause_container",
     "pause_pod",
     "pod_status",
@@ -224,7 +224,19 @@ def _live_call(
 ) -> Any:
     """Call the daemon of a running pod."""
     store = _store()
-    record = _reconcile(store, pod_id)
+    return _call_daemon(store, _reconcile(store, pod_id), method, params, stdio, timeout)
+
+
+def _call_daemon(
+    store: Store,
+    record: dict[str, Any],
+    method: str,
+    params: dict[str, Any],
+    stdio: Stdio | None = None,
+    timeout: float | None = 60.0,
+) -> Any:
+    """Call the daemon of the pod whose (reconciled) record this is."""
+    pod_id = record["config"]["id"]
     if record["state"] not in LIVE:
         raise StateError(f"pod {pod_id!r}", method, record["state"], list(LIVE))
     names: list[str] = []
@@ -283,7 +295,9 @@ def start_pod(pod_id: str, timeout: float = START_TIMEOUT) -> PodStatus:
     return pod_status(pod_id)
 
 
-def _daemon_env() -> dict[str, str]:
+def package_env() -> dict[str, str]:
+    """Our environment, with this package importable by a child Python (the pod
+    daemon, vc-runtime's shim) even when that child runs without site-packages."""
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -304,7 +318,7 @@ def _spawn_daemon(store: Store, paths: PodPaths, pod_id: str, timeout: float) ->
             stdout=log,
             stderr=log,
             cwd="/",
-            env=_daemon_env(),
+            env=package_env(),
         )
     os.close(write_end)
     try:
@@ -415,13 +429,6 @@ def resume_pod(pod_id: str) -> None:
 # --- containers ------------------------------------------------------------------------------
 
 
-def _offline_edit(pod_id: str) -> tuple[Store, dict[str, Any]] | None:
-    """The pod's record if it has no VM; None if its daemon owns it."""
-    store = _store()
-    record = _reconcile(store, pod_id)
-    return None if record["state"] in LIVE else (store, record)
-
-
 def create_container(
     pod_id: str, config: ContainerConfig, stdio: Stdio | None = None
 ) -> ContainerStatus:
@@ -433,9 +440,8 @@ def create_container(
     """
     store = _store()
     with store.locked(pod_id):
-        offline = _offline_edit(pod_id)
-        if offline is not None:
-            store, record = offline
+        record = _reconcile(store, pod_id)
+        if record["state"] not in LIVE:  # no VM: the record is ours to edit
             if config.id in record["containers"]:
                 raise ExistsError("container", config.id)
             if stdio is not None:
@@ -447,7 +453,7 @@ def create_container(
             store.save(pod_id, record)
             return ContainerStatus.from_record(entry)
     params = {"config": config.to_dict()}
-    result = _live_call(pod_id, "create_container", params, stdio, timeout=START_TIMEOUT)
+    result = _call_daemon(store, record, "create_container", params, stdio, START_TIMEOUT)
     return ContainerStatus.from_record(result)
 
 
@@ -456,9 +462,8 @@ def delete_container(pod_id: str, container_id: str) -> None:
     validate_id("container", container_id)
     store = _store()
     with store.locked(pod_id):
-        offline = _offline_edit(pod_id)
-        if offline is not None:
-            store, record = offline
+        record = _reconcile(store, pod_id)
+        if record["state"] not in LIVE:  # no VM: the record is ours to edit
             entry = record["containers"].get(container_id)
             if entry is None:
                 raise NotFoundError("container", container_id, f"in pod {pod_id!r}")
@@ -468,7 +473,7 @@ def delete_container(pod_id: str, container_id: str) -> None:
             del record["containers"][container_id]
             store.save(pod_id, record)
             return
-    _live_call(pod_id, "delete_container", {"container_id": container_id})
+    _call_daemon(store, record, "delete_container", {"container_id": container_id})
 
 
 def start_container(pod_id: str, container_id: str) -> None:
@@ -510,13 +515,9 @@ def enter_container(
     exec_id: str | None = None,
 ) -> ProcessHandle:
     """Start ``cmd`` in a running container (exec); returns at once."""
-    params = {"container_id": container_id, "cmd": _cmd_dict(cmd), "exec_id": exec_id}
+    params = {"container_id": container_id, "cmd": cmd.to_dict(), "exec_id": exec_id}
     result = _live_call(pod_id, "exec", params, stdio)
     return ProcessHandle(pod_id, container_id, result["exec_id"], result["pid"])
-
-
-def _cmd_dict(cmd: Cmd) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cmd).items()}
 
 
 def enter_pod(pod_id: str, cmd: Cmd, stdio: Stdio | None = None) -> ProcessHandle:
@@ -524,7 +525,7 @@ def enter_pod(pod_id: str, cmd: Cmd, stdio: Stdio | None = None) -> ProcessHandl
 
     Wait for it with ``wait_process(pod_id, None, handle.exec_id)``.
     """
-    result = _live_call(pod_id, "enter_pod", {"cmd": _cmd_dict(cmd)}, stdio)
+    result = _live_call(pod_id, "enter_pod", {"cmd": cmd.to_dict()}, stdio)
     return ProcessHandle(pod_id, None, result["exec_id"], result["pid"])
 
 
@@ -549,7 +550,8 @@ def wait_process(
     pod_id: str, container_id: str | None, exec_id: str | None, timeout: float | None = None
 ) -> ExitStatus:
     """Block until the process exits; exit_code is 128+N after signal N."""
-    record = _reconcile(_store(), pod_id)
+    store = _store()
+    record = _reconcile(store, pod_id)
     if record["state"] not in LIVE and exec_id is None and container_id is not None:
         entry = record["containers"].get(container_id)
         if entry is None:
@@ -557,7 +559,7 @@ def wait_process(
         if entry.get("exit_code") is not None:
             return ExitStatus(entry["exit_code"], entry.get("signal"))
     params = {"container_id": container_id, "exec_id": exec_id}
-    result = _live_call(pod_id, "wait", params, timeout=timeout)
+    result = _call_daemon(store, record, "wait", params, timeout=timeout)
     return ExitStatus(result["exit_code"], result["signal"])
 
 

@@ -171,6 +171,12 @@ class Cmd:
             "cwd": self.cwd,
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (lists for tuples), as ``from_dict`` takes it back."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Cmd:
         _reject_unknown("cmd", cls, data)
@@ -233,7 +239,7 @@ class ContainerConfig:
         return {
             "id": self.id,
             "rootfs": str(self.rootfs),
-            "cmd": dataclasses.asdict(self.cmd),
+            "cmd": self.cmd.to_dict(),
             "mounts": [dataclasses.asdict(m) for m in self.mounts],
             "hostname": self.hostname,
             "read_only_rootfs": self.read_only_rootfs,

@@ -28,12 +28,13 @@ from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import ConfigError, DaemonError, VcError
 from virtcontainers.hypervisor import HypervisorKind, new_hypervisor
 from virtcontainers.pod import Pod
-from virtcontainers.process import Stdio
+from virtcontainers.process import Stdio, wait_readable
 from virtcontainers.store import Store
 
 log = logging.getLogger("virtcontainers.daemon")
 Handler = Callable[[dict[str, Any], Stdio], Awaitable[Any]]
 STDIO_NAMES = ("stdin", "stdout", "stderr")
+TAKES_STDIO = frozenset({"create_container", "exec", "enter_pod", "attach"})
 
 
 def _stdio(params: dict[str, Any], fds: list[int]) -> Stdio:
@@ -81,21 +82,6 @@ def _image_paths(pod_config: dict[str, Any]) -> tuple[Path, Path, Path]:
     return found.kernel, found.initrd, found.rootfs
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _wait_readable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(sock.fileno(), _resolve, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
-
-
 async def read_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """Read one RPC request and the fds that came with it (the caller owns them)."""
     buffer = bytearray()
@@ -110,7 +96,7 @@ async def read_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
                     return rpc.decode(
                         bytes(buffer[rpc.LENGTH.size : rpc.LENGTH.size + length])
                     ), fds
-            await _wait_readable(sock)
+            await wait_readable(sock.fileno())
             try:
                 data, new_fds, _flags, _addr = socket.recv_fds(sock, 65536, rpc.MAX_FDS)
             except BlockingIOError:
@@ -190,7 +176,7 @@ class Daemon:
                 if handler is None or not isinstance(params, dict):
                     rpc.close_fds(fds)
                     raise VcError(f"unknown RPC method {method!r}")
-                result = await handler(params, _stdio(params, fds))
+                result = await self._dispatch(handler, method, params, _stdio(params, fds))
                 reply: dict[str, Any] = {"ok": True, "result": result}
             except VcError as exc:
                 reply = {"ok": False, "error": rpc.error_to_dict(exc)}
@@ -199,6 +185,20 @@ class Daemon:
                 reply = {"ok": False, "error": {"type": "DaemonError", "message": repr(exc)}}
             with contextlib.suppress(OSError):
                 await send_reply(conn, reply)
+
+    async def _dispatch(
+        self, handler: Handler, method: object, params: dict[str, Any], stdio: Stdio
+    ) -> Any:
+        """Run a handler; the fds that came with the request are closed unless a
+        handler that takes stdio succeeded (its process owns them from then on)."""
+        succeeded = False
+        try:
+            result = await handler(params, stdio)
+            succeeded = True
+            return result
+        finally:
+            if not (succeeded and method in TAKES_STDIO):
+                stdio.close()
 
     # --- handlers -----------------------------------------------------------------------
 
@@ -216,11 +216,7 @@ class Daemon:
         await self.pod.resume()
 
     async def _create_container(self, params: dict[str, Any], stdio: Stdio) -> Any:
-        try:
-            config = ContainerConfig.from_dict(params.get("config") or {})
-        except BaseException:
-            stdio.close()
-            raise
+        config = ContainerConfig.from_dict(params.get("config") or {})
         given = stdio.stdin is not None or stdio.stdout is not None or stdio.stderr is not None
         container = await self.pod.create_container(config, stdio if given else None)
         return container.to_record()
@@ -242,22 +238,14 @@ class Daemon:
         await self.pod.resume_container(_str(params, "container_id"))
 
     async def _exec(self, params: dict[str, Any], stdio: Stdio) -> Any:
-        try:
-            cmd = Cmd.from_dict(params.get("cmd") or {})
-            container_id = _str(params, "container_id")
-            exec_id = _str(params, "exec_id", optional=True)
-        except BaseException:
-            stdio.close()
-            raise
+        cmd = Cmd.from_dict(params.get("cmd") or {})
+        container_id = _str(params, "container_id")
+        exec_id = _str(params, "exec_id", optional=True)
         process = await self.pod.exec_process(container_id, cmd, stdio, exec_id)
         return {"exec_id": process.exec_id, "pid": process.pid}
 
     async def _enter_pod(self, params: dict[str, Any], stdio: Stdio) -> Any:
-        try:
-            cmd = Cmd.from_dict(params.get("cmd") or {})
-        except BaseException:
-            stdio.close()
-            raise
+        cmd = Cmd.from_dict(params.get("cmd") or {})
         process = await self.pod.exec_guest(cmd, stdio)
         return {"exec_id": process.exec_id, "pid": process.pid}
 
@@ -287,12 +275,8 @@ class Daemon:
         )
 
     async def _attach(self, params: dict[str, Any], stdio: Stdio) -> Any:
-        try:
-            container_id = _str(params, "container_id", optional=True)
-            exec_id = _str(params, "exec_id", optional=True)
-        except BaseException:
-            stdio.close()
-            raise
+        container_id = _str(params, "container_id", optional=True)
+        exec_id = _str(params, "exec_id", optional=True)
         self.pod.attach(container_id, exec_id, stdio)
 
     async def _ps(self, params: dict[str, Any], stdio: Stdio) -> Any:

@@ -16,13 +16,13 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from virtcontainers import mounts, spec
-from virtcontainers.agent.base import Agent, ExitStatus, GuestDetails
+from virtcontainers.agent.base import Agent, ExitStatus, GuestDetails, StdioStreams
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig, validate_id
 from virtcontainers.container import Container
 from virtcontainers.errors import (
@@ -33,6 +33,7 @@ from virtcontainers.errors import (
     StateError,
     VcError,
 )
+from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import (
     BlockDevice,
     Hypervisor,
@@ -50,6 +51,8 @@ SHARED_FS_TAG = "vcshared"
 AGENT_CONNECT_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 5.0
 VM_EXIT_GRACE = 3.0
+KILLED = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+"""What a process that went down with its VM (or lost its agent) reports."""
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
 
 
@@ -89,12 +92,15 @@ class Pod:
 
     # --- record -------------------------------------------------------------------
 
-    def persist(self) -> None:
+    def _refresh_record(self) -> dict[str, Any]:
         self.record["state"] = self.state.value
         self.record["containers"] = {cid: c.to_record() for cid, c in self.containers.items()}
         self.record["vm_pid"] = self.hypervisor.pid
         self.record["guest"] = self.details.__dict__ if self.details else None
-        self.store.save(self.id, self.record)
+        return self.record
+
+    def persist(self) -> None:
+        self.store.save(self.id, self._refresh_record())
 
     def _move_to(self, target: PodState) -> None:
         self.state.check_transition(self.id, target)
@@ -102,8 +108,7 @@ class Pod:
         self.persist()
 
     def status(self) -> dict[str, Any]:
-        self.persist()
-        return dict(self.record)
+        return dict(self._refresh_record())
 
     def container(self, container_id: str) -> Container:
         validate_id("container", container_id)
@@ -137,6 +142,9 @@ class Pod:
         self.paths.shared.mkdir(mode=0o700, exist_ok=True)
         agent_socket = self.paths.vm / "agent.sock"
         hostname = self.config.hostname or self.id
+        # Detected once here: the shared filesystem's choice depends on it too.
+        accelerator, reason = detect_accelerator()
+        self.log.info("accelerator %s: %s", accelerator.value, reason)
         vm = VMConfig(
             vm_id=self.id,
             kernel=self.kernel,
@@ -145,10 +153,13 @@ class Pod:
             vcpus=self.config.resources.vcpus,
             memory_mib=self.config.resources.memory_mib,
             kernel_params=(f"vc.hostname={hostname}", *self.config.kernel_params),
+            accelerator=accelerator,
             devices=(
                 BlockDevice("root", self.rootfs_image, read_only=True),
                 SerialPortDevice("agent", agent_socket, AGENT_PORT_NAME),
-                SharedFsDevice("shared", self.paths.shared, SHARED_FS_TAG, choose_shared_fs()),
+                SharedFsDevice(
+                    "shared", self.paths.shared, SHARED_FS_TAG, choose_shared_fs(None, accelerator)
+                ),
             ),
         )
         await self.hypervisor.create(vm)
@@ -231,17 +242,14 @@ class Pod:
         with contextlib.suppress(Exception):
             await self.agent.close()
         for process in self.guest_execs.values():
-            if process.status is None:
-                process.status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
-            process.done.set()
-            await process.io.close()
+            await self._abandon(process)
         for container in self.containers.values():
             await self._end_processes(container)
             if container.state in LIVE_STATES or container.in_guest:
                 if container.state is not ContainerState.STOPPED:
                     container.state = ContainerState.STOPPED
                 if container.exit is None:
-                    container.exit = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+                    container.exit = KILLED
             container.in_guest = False
         for task in list(self._watchers):
             if task is not asyncio.current_task():
@@ -251,12 +259,16 @@ class Pod:
         shutil.rmtree(self.paths.vm, ignore_errors=True)
 
     async def _end_processes(self, container: Container) -> None:
-        processes = [p for p in (container.init, *container.execs.values()) if p is not None]
-        for process in processes:
-            if process.status is None:
-                process.status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
-            process.done.set()
-            await process.io.close()
+        for process in (container.init, *container.execs.values()):
+            if process is not None:
+                await self._abandon(process)
+
+    async def _abandon(self, process: GuestProcess) -> None:
+        """Release a process's waiters and relays without its agent (VM gone or going)."""
+        if process.status is None:
+            process.status = KILLED
+        process.done.set()
+        await process.io.close()
 
     async def pause(self) -> None:
         self.state.require(self.id, "pause", PodState.RUNNING)
@@ -351,18 +363,23 @@ class Pod:
         if container.state is ContainerState.CREATED:
             container.move_to(ContainerState.RUNNING)
 
-    async def _watch_process(self, container: Container, process: GuestProcess) -> None:
+    async def _reap(self, process: GuestProcess) -> None:
+        """Wait for the process's exit and the end of its output; record its status."""
         try:
-            status = await self.agent.wait_process(container.id, process.exec_id)
+            status = await self.agent.wait_process(process.container_id, process.exec_id)
         except (AgentError, OSError) as exc:
-            self.log.warning("lost %s/%s: %s", container.id, process.exec_id or "init", exc)
-            status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+            name = f"{process.container_id or 'vm'}/{process.exec_id or 'init'}"
+            self.log.warning("lost %s: %s", name, exc)
+            status = KILLED
         await process.io.drained()
         await process.io.close()
         process.status = status
         process.done.set()
+
+    async def _watch_process(self, container: Container, process: GuestProcess) -> None:
+        await self._reap(process)
         if process.exec_id is None and not self.stopping:
-            container.exit = status
+            container.exit = process.status
             if container.state is not ContainerState.STOPPED:
                 container.state = ContainerState.STOPPED
             self.persist()
@@ -428,15 +445,11 @@ class Pod:
         exec_id = validate_id("exec", exec_id) if exec_id else container.new_exec_id()
         if exec_id in container.execs:
             raise ExistsError("exec", f"{container_id}/{exec_id}")
-        io = ProcessIO(self.agent, stdio, self.executor)
         process_spec = spec.process_spec(container.config, cmd.to_oci_process())
-        try:
-            streams = io.open()
-            pid = await self.agent.exec_process(container_id, exec_id, process_spec, streams)
-        except BaseException:
-            await io.close()
-            raise
-        io.start()
+        io, pid = await self._launch(
+            stdio,
+            lambda streams: self.agent.exec_process(container_id, exec_id, process_spec, streams),
+        )
         process = GuestProcess(container_id, exec_id, io, pid=pid)
         container.execs[exec_id] = process
         self._spawn(self._watch_process(container, process))
@@ -446,28 +459,26 @@ class Pod:
         """Run ``cmd`` in the VM itself, outside every container."""
         self._require_running("enter")
         exec_id = f"guest-{next(self._guest_exec_numbers)}"
+        io, pid = await self._launch(
+            stdio, lambda streams: self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams)
+        )
+        process = GuestProcess(None, exec_id, io, pid=pid)
+        self.guest_execs[exec_id] = process
+        self._spawn(self._reap(process))
+        return process
+
+    async def _launch(
+        self, stdio: Stdio, start: Callable[[StdioStreams], Awaitable[int]]
+    ) -> tuple[ProcessIO, int]:
+        """Start a process in the guest with its stdio relayed; returns the relay and pid."""
         io = ProcessIO(self.agent, stdio, self.executor)
         try:
-            streams = io.open()
-            pid = await self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams)
+            pid = await start(io.open())
         except BaseException:
             await io.close()
             raise
         io.start()
-        process = GuestProcess(None, exec_id, io, pid=pid)
-        self.guest_execs[exec_id] = process
-        self._spawn(self._watch_guest_process(process))
-        return process
-
-    async def _watch_guest_process(self, process: GuestProcess) -> None:
-        try:
-            status = await self.agent.wait_process(None, process.exec_id)
-        except (AgentError, OSError):
-            status = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
-        await process.io.drained()
-        await process.io.close()
-        process.status = status
-        process.done.set()
+        return io, pid
 
     def process(self, container_id: str | None, exec_id: str | None) -> GuestProcess:
         if container_id is not None:
@@ -495,19 +506,14 @@ class Pod:
         return await self.process(container_id, exec_id).wait()
 
     def attach(self, container_id: str | None, exec_id: str | None, stdio: Stdio) -> None:
-        """Copy a running process's output to more fds, from now on."""
-        try:
-            process = self.process(container_id, exec_id)
-            if process.status is not None:
-                raise StateError(
-                    f"process {container_id}/{exec_id or 'init'}",
-                    "attach to",
-                    "stopped",
-                    ["running"],
-                )
-        except BaseException:
-            stdio.close()
-            raise
+        """Copy a running process's output to more fds, from now on.
+
+        On success the output fds are the process's; on failure they stay the caller's.
+        """
+        process = self.process(container_id, exec_id)
+        if process.status is not None:
+            name = f"process {container_id}/{exec_id or 'init'}"
+            raise StateError(name, "attach to", "stopped", ["running"])
         if stdio.stdin is not None:
             os.close(stdio.stdin)
         process.io.attach(stdio.stdout, stdio.stderr)

@@ -55,18 +55,26 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _read_fd(fd: int, executor: ThreadPoolExecutor) -> bytes:
+async def wait_readable(fd: int) -> None:
+    """Wait until ``fd`` is readable, without making it non-blocking.
+
+    Raises OSError (or ValueError) for fds the event loop cannot poll.
+    """
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    try:
-        loop.add_reader(fd, _resolve, ready)
-    except (PermissionError, ValueError, OSError):
-        # Regular files cannot be polled; a blocking read in a thread is fine for them.
-        return await loop.run_in_executor(executor, os.read, fd, READ_CHUNK)
+    loop.add_reader(fd, _resolve, ready)
     try:
         await ready
     finally:
         loop.remove_reader(fd)
+
+
+async def _read_fd(fd: int, executor: ThreadPoolExecutor) -> bytes:
+    try:
+        await wait_readable(fd)
+    except (ValueError, OSError):
+        # Regular files cannot be polled; a blocking read in a thread is fine for them.
+        return await asyncio.get_running_loop().run_in_executor(executor, os.read, fd, READ_CHUNK)
     return os.read(fd, READ_CHUNK)
 
 

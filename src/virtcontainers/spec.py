@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from virtcontainers.config import ContainerConfig
@@ -123,9 +123,7 @@ def container_spec(
     for the namespaces this container joins.
     """
     spec = copy.deepcopy(dict(config.oci)) if config.oci is not None else default_spec(pod_hostname)
-    process = dict(spec.get("process") or {})
-    process.update(config.cmd.to_oci_process())
-    spec["process"] = process
+    spec["process"] = _process(spec, config.cmd.to_oci_process())
     spec["root"] = {"path": guest_rootfs(config.id), "readonly": config.read_only_rootfs}
     if config.hostname is not None:
         spec["hostname"] = config.hostname
@@ -167,7 +165,12 @@ def _join_namespaces(
         spec.pop("hostname", None)
 
 
+def _process(spec: Mapping[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """The spec's process settings (capabilities, rlimits, ...) overlaid with ``overlay``."""
+    return {**copy.deepcopy(dict(spec.get("process") or {})), **overlay}
+
+
 def process_spec(config: ContainerConfig, args: dict[str, Any]) -> dict[str, Any]:
     """An exec's process: the container's process settings overlaid with the exec's."""
-    base = container_spec(config, "")["process"]
-    return {**base, **args}
+    base = config.oci if config.oci is not None else default_spec("")
+    return _process(base, args)

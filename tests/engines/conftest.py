@@ -33,6 +33,21 @@ events_logger = "file"
 """
 
 
+def run_engine(
+    argv: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """An engine command with its output captured and no stdin; never raises on failure."""
+    return subprocess.run(
+        argv,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def need(binary: str) -> None:
     if shutil.which(binary) is None:
         pytest.fail(f"{binary} is not installed (make test installs it)")
@@ -44,15 +59,7 @@ class Podman:
     env: dict[str, str]
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.base, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        return run_engine([*self.base, *args], self.env, timeout)
 
 
 @pytest.fixture
@@ -92,15 +99,8 @@ class Containerd:
     env: dict[str, str]
 
     def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ctr", "--address", self.address, "--namespace", "vctest", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        argv = ["ctr", "--address", self.address, "--namespace", "vctest", *args]
+        return run_engine(argv, self.env, timeout)
 
 
 @pytest.fixture

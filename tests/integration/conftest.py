@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from tests.conftest import remove_all_pods
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
+from virtcontainers.states import PodState
 
 
 def qemu_pids(run_root: Path) -> set[int]:
@@ -51,3 +53,13 @@ def read_all(fd: int) -> bytes:
 
 
 __all__ = ["api", "pod_with", "read_all", "shell"]
+
+
+def wait_stopped(pod: str) -> api.PodStatus:
+    """The pod's status once it is stopped (its VM died, say); fails after a minute."""
+    for _ in range(600):
+        status = api.pod_status(pod)
+        if status.state is PodState.STOPPED:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"pod {pod} did not stop")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from virtcontainers.agent import protocol
-from virtcontainers.image import GuestImage, build_image, host_tsc_khz
+from virtcontainers.hypervisor import host_tsc_khz
+from virtcontainers.image import GuestImage, build_image
 
 pytestmark = [
     pytest.mark.vm,

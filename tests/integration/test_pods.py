@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import shell_session_in_pty
-from tests.integration.conftest import pod_with, qemu_pids, read_all, shell
+from tests.integration.conftest import pod_with, qemu_pids, read_all, shell, wait_stopped
 from virtcontainers import api, mounts
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.errors import HypervisorError, StateError
@@ -188,11 +187,7 @@ def test_a_vm_that_dies_stops_its_pod_cleanly(run_root: Path, busybox_rootfs: Pa
     status = api.run_pod(pod_with("crash", busybox_rootfs, c="exec sleep 1000"))
     assert status.vm_pid is not None
     os.kill(status.vm_pid, signal.SIGKILL)
-    for _ in range(600):
-        status = api.pod_status("crash")
-        if status.state is PodState.STOPPED:
-            break
-        time.sleep(0.1)
+    status = wait_stopped("crash")
     assert status.state is PodState.STOPPED
     assert status.error is not None and "VM exited unexpectedly" in status.error
     assert status.containers[0].state is ContainerState.STOPPED

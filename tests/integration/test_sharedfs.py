@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import pod_with, qemu_pids, read_all, shell
+from tests.integration.conftest import pod_with, qemu_pids, read_all, shell, wait_stopped
 from virtcontainers import api, mounts
 from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig
 from virtcontainers.hypervisor.qemu import find_virtiofsd
-from virtcontainers.states import PodState
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -47,15 +45,6 @@ def guest_output(pod: str, cmd: Cmd) -> bytes:
     out = read_all(out_r)
     assert api.wait_process(pod, None, handle.exec_id).exit_code == 0
     return out
-
-
-def wait_stopped(pod: str) -> api.PodStatus:
-    for _ in range(600):
-        status = api.pod_status(pod)
-        if status.state is PodState.STOPPED:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"pod {pod} did not stop")
 
 
 @pytest.mark.parametrize(("choice", "fstype"), KINDS)

@@ -19,7 +19,6 @@ from virtcontainers.image.builder import build_image_from, image_inputs
 from virtcontainers.image.cache import cache_lock, inputs_digest, remove_stale_staging
 from virtcontainers.image.rootfs import guest_path, parse_ldd
 from virtcontainers.image.tools import require_tool
-from virtcontainers.image.tsc import khz_from_cpuinfo, khz_from_kernel_log
 
 
 def _sources(tmp_path: Path) -> ImageSources:
@@ -127,17 +126,6 @@ def test_guest_path_is_merged_usr() -> None:
         "/usr/lib64/ld-linux-x86-64.so.2"
     )
     assert guest_path(Path("/usr/lib/libc.so.6")) == Path("/usr/lib/libc.so.6")
-
-
-def test_tsc_from_kernel_log() -> None:
-    log = (
-        "[0.000021] tsc: Detected 2596.120 MHz processor\n"
-        "[1.2] tsc: Refined TSC clocksource calibration: 2595.998 MHz\n"
-    )
-    assert khz_from_kernel_log(log) == 2595998
-    assert khz_from_kernel_log("[0.0] tsc: Detected 2100.000 MHz processor") == 2100000
-    assert khz_from_kernel_log("nothing here") is None
-    assert khz_from_cpuinfo("model name\t: x\ncpu MHz\t\t: 2100.000\n") == 2100000
 
 
 def test_stale_staging_dirs_are_removed(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from virtcontainers import api
+from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
 from virtcontainers.errors import ConfigError, NotFoundError, StateError, VcError
 from virtcontainers.states import ContainerState, PodState
@@ -58,7 +59,14 @@ class Record:
     owns_pod: bool
     shim_pid: int = 0
     annotations: dict[str, str] = field(default_factory=dict)
-    exec_shims: list[int] = field(default_factory=list)
+    hooks: dict[str, Any] = field(default_factory=dict)
+    """The bundle's hooks, kept so later stages need not read the bundle again."""
+
+    def run_hooks(self, stage: str, status: str) -> None:
+        """Run the hooks of ``stage`` on the host (poststart/poststop only warn)."""
+        from virtcontainers import oci
+
+        oci.run_hooks({"hooks": self.hooks}, stage, _hook_state(self, status))
 
     @staticmethod
     def path(root: Path, container_id: str) -> Path:
@@ -216,13 +224,6 @@ def _terminal(console_socket: Path | None) -> Iterator[tuple[int, int, int, int 
         os.close(slave)
 
 
-def _shim_env() -> dict[str, str]:
-    env = dict(os.environ)
-    package_root = str(Path(api.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _start_shim(
     pod_id: str, request: dict[str, Any], console_socket: Path | None
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
@@ -235,7 +236,12 @@ def _start_shim(
         argv = [sys.executable, "-S", "-m", "virtcontainers.cli.shim", str(socket_path)]
         argv += [str(request_r), str(ready_w)] + ([str(tty)] if tty is not None else [])
         shim = subprocess.Popen(
-            argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds, env=_shim_env()
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            env=api.package_env(),
         )
     os.close(request_r)
     os.close(ready_w)
@@ -301,6 +307,7 @@ def _create(
         created=datetime.datetime.now(datetime.UTC).isoformat(),
         owns_pod=owns_pod,
         annotations=dict(bundle.spec.get("annotations") or {}),
+        hooks=dict(bundle.spec.get("hooks") or {}),
     )
     try:
         request = {
@@ -312,7 +319,7 @@ def _create(
         record.shim_pid = shim.pid
         record.save(options.root)
         for stage in ("prestart", "createRuntime", "createContainer"):
-            oci.run_hooks(bundle.spec, stage, _hook_state(record, "created"))
+            record.run_hooks(stage, "created")
         if pid_file is not None:
             _write_pid_file(pid_file, shim.pid)
     except BaseException:
@@ -361,20 +368,14 @@ def create(
     _create(_options(ctx), container_id, bundle, pid_file, console_socket, preserve_fds)
 
 
-def _start(options: Options, record: Record) -> None:
-    from virtcontainers import oci
-
+def _start(record: Record) -> None:
     status = _status(record)
     if status != "created":
         if status == "stopped":
             raise RuntimeCommandError("cannot start a container that has stopped")
         raise RuntimeCommandError(f"cannot start an already {status} container")
     api.start_container(record.pod_id, record.id)
-    spec = oci.load_bundle(Path(record.bundle)).spec
-    try:
-        oci.run_hooks(spec, "poststart", _hook_state(record, "running"))
-    except VcError as exc:
-        _log(options, "warning", f"{record.id}: poststart hook: {exc}")
+    record.run_hooks("poststart", "running")
 
 
 @cli.command()
@@ -383,7 +384,7 @@ def _start(options: Options, record: Record) -> None:
 def start(ctx: click.Context, container_id: str) -> None:
     """Start a created container."""
     options = _options(ctx)
-    _start(options, Record.load(options.root, container_id))
+    _start(Record.load(options.root, container_id))
 
 
 @cli.command()
@@ -411,7 +412,7 @@ def run(
     options = _options(ctx)
     record, shim = _create(options, container_id, bundle, pid_file, console_socket, preserve_fds)
     try:
-        _start(options, record)
+        _start(record)
     except BaseException:
         _destroy(record, force=True)
         record.remove(options.root)
@@ -509,16 +510,10 @@ def events(ctx: click.Context, stats: bool, interval: float, container_id: str) 
 
 
 def parse_signal(text: str) -> int:
-    if text.isdigit():
-        number = int(text)
-        if 0 < number < 65:
-            return number
-    else:
-        name = text.upper()
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        with contextlib.suppress(KeyError):
-            return int(signal.Signals[name])
-    raise RuntimeCommandError(f"unknown signal {text!r}")
+    number = signal_number(text)
+    if number is None:
+        raise RuntimeCommandError(f"unknown signal {text!r}")
+    return number
 
 
 @cli.command()
@@ -556,8 +551,6 @@ def resume(ctx: click.Context, container_id: str) -> None:
 
 
 def _delete(options: Options, record: Record, force: bool) -> None:
-    from virtcontainers import oci
-
     status = _status(record)
     if status in ("running", "paused") and not force:
         raise RuntimeCommandError(
@@ -565,12 +558,7 @@ def _delete(options: Options, record: Record, force: bool) -> None:
         )
     _destroy(record, force=True)
     record.remove(options.root)
-    with contextlib.suppress(VcError):
-        spec = oci.load_bundle(Path(record.bundle)).spec
-        try:
-            oci.run_hooks(spec, "poststop", _hook_state(record, "stopped"))
-        except VcError as exc:
-            _log(options, "warning", f"{record.id}: poststop hook: {exc}")
+    record.run_hooks("poststop", "stopped")
 
 
 @cli.command()
@@ -632,7 +620,7 @@ def exec_(
     if detach or console_socket is not None:
         request = {
             "method": "exec",
-            "params": {"container_id": record.id, "cmd": _cmd_params(cmd), "exec_id": None},
+            "params": {"container_id": record.id, "cmd": cmd.to_dict(), "exec_id": None},
             "wait": {"container_id": record.id},
         }
         shim, _ = _start_shim(record.pod_id, request, console_socket if cmd.terminal else None)
@@ -646,10 +634,6 @@ def exec_(
     if pid_file is not None:
         _write_pid_file(pid_file, os.getpid())
     sys.exit(api.wait_process(record.pod_id, record.id, handle.exec_id).exit_code)
-
-
-def _cmd_params(cmd: Cmd) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cmd).items()}
 
 
 def _exec_cmd(

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from virtcontainers import api
+from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import (
     DEFAULT_PATH_ENV,
     Cmd,
@@ -289,14 +290,10 @@ def container_status(pod_id: str, container_id: str, as_json: bool) -> None:
 
 
 def parse_signal(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    name = text.upper()
-    name = name if name.startswith("SIG") else f"SIG{name}"
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise click.BadParameter(f"unknown signal {text!r}", param_hint="--signal") from None
+    number = signal_number(text)
+    if number is None:
+        raise click.BadParameter(f"unknown signal {text!r}", param_hint="--signal")
+    return number
 
 
 @container.command("kill")

@@ -15,7 +15,6 @@ from virtcontainers.image.builder import (
 from virtcontainers.image.busybox import build_busybox_rootfs
 from virtcontainers.image.cache import default_cache_dir
 from virtcontainers.image.rootfs import AgentSources
-from virtcontainers.image.tsc import host_tsc_khz
 
 __all__ = [
     "AgentSources",
@@ -28,5 +27,4 @@ __all__ = [
     "default_cache_dir",
     "find_image",
     "find_image_from",
-    "host_tsc_khz",
 ]
