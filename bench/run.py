@@ -83,7 +83,9 @@ def pod_start_once(rootfs: Path, pod_id: str) -> float:
     started = time.monotonic()
     try:
         api.run_pod(PodConfig(id=pod_id))
-        container = ContainerConfig("c", rootfs, Cmd(("sh", "-c", "echo first; exec sleep 1000")))
+        container = ContainerConfig(
+            "c", rootfs, Cmd(("sh", "-c", "echo first; exec sleep 1000")), writable_layer=True
+        )
         api.create_container(pod_id, container, api.Stdio(stdout=write_end))
         api.start_container(pod_id, "c")
         os.close(write_end)

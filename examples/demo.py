@@ -26,7 +26,9 @@ def main() -> int:
     try:
         # The pod daemon writes the container's stdout straight into our pipe.
         read_end, write_end = os.pipe()
-        greeter = ContainerConfig("greeter", rootfs, Cmd(("sh", "-c", GREETING + "; sleep 600")))
+        greeter = ContainerConfig(
+            "greeter", rootfs, Cmd(("sh", "-c", GREETING + "; sleep 600")), writable_layer=True
+        )
         api.create_container(POD, greeter, api.Stdio(stdout=write_end, stderr=2))
         os.close(write_end)
         api.start_container(POD, "greeter")

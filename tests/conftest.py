@@ -44,11 +44,11 @@ def run_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     try:
         yield root
         remove_all_pods()
-        mounts.unmount_all_under(base)
+        mounts.detach_all_under(base)
         leftovers = list(root.rglob("*")) if root.exists() else []
         assert not [p for p in leftovers if p.name != "pods"], f"left behind: {leftovers}"
     finally:
-        mounts.unmount_all_under(base)
+        mounts.detach_all_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virtcontainers import mounts, rpc
+from virtcontainers import hostproc, mounts, rpc
 from virtcontainers.agent.base import ExitStatus
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig, validate_id
 from virtcontainers.errors import (
@@ -32,6 +32,7 @@ from virtcontainers.errors import (
     VcError,
 )
 from virtcontainers.process import Stdio
+from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import PodPaths, Store
 
@@ -128,8 +129,8 @@ class PodStatus:
             state=PodState(record["state"]),
             containers=tuple(ContainerStatus.from_record(c) for c in record["containers"].values()),
             hypervisor=record["config"]["hypervisor"],
-            vm_pid=record.get("vm_pid"),
-            daemon_pid=record.get("daemon_pid"),
+            vm_pid=_pid_of(record.get("vm")),
+            daemon_pid=_pid_of(record.get("daemon")),
             error=record.get("error"),
             guest=record.get("guest"),
             created_at=float(record.get("created_at", 0.0)),
@@ -157,6 +158,11 @@ class ProcessHandle:
     pid: int
 
 
+def _pid_of(process: object) -> int | None:
+    ref = hostproc.ProcessRef.from_record(process)
+    return ref.pid if ref is not None else None
+
+
 # --- helpers -----------------------------------------------------------------------------
 
 
@@ -164,42 +170,17 @@ def _store() -> Store:
     return Store()
 
 
-def _daemon_alive(pid: object, pod_id: str) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            argv = cmdline.read().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return b"virtcontainers.daemon" in argv and pod_id.encode() in argv
-
-
-def _kill_leftover_vm(pid: object) -> None:
-    if isinstance(pid, int) and pid > 0:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"qemu" not in cmdline.read():
-                    return
-            os.kill(pid, signal.SIGKILL)
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-
-
 def _reconcile(store: Store, pod_id: str) -> dict[str, Any]:
     """Load a pod's record; if its daemon died, clean up and mark it stopped."""
     record = store.load(pod_id)
-    if record["state"] in LIVE and not _daemon_alive(record.get("daemon_pid"), pod_id):
+    if record["state"] in LIVE and not hostproc.alive(record.get("daemon")):
         paths = store.paths(pod_id)
-        _kill_leftover_vm(record.get("vm_pid"))
+        hostproc.kill(record.get("vm"))
         _clean_run_files(paths)
         record["state"] = PodState.STOPPED.value
         record["error"] = record.get("error") or "the pod daemon exited unexpectedly"
-        record["daemon_pid"] = None
-        record["vm_pid"] = None
+        record["daemon"] = None
+        record["vm"] = None
         for container in record["containers"].values():
             if container["state"] != ContainerState.CREATED.value:
                 container["state"] = ContainerState.STOPPED.value
@@ -208,9 +189,9 @@ def _reconcile(store: Store, pod_id: str) -> dict[str, Any]:
 
 
 def _clean_run_files(paths: PodPaths) -> None:
-    mounts.unmount_all_under(paths.root)
-    for path in (paths.shared, paths.vm):
-        shutil.rmtree(path, ignore_errors=True)
+    """What a pod's daemon leaves when it dies: mounts, VM sockets, its socket."""
+    SharedDir(paths).detach()
+    shutil.rmtree(paths.vm, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         paths.socket.unlink()
 
@@ -273,8 +254,8 @@ def create_pod(config: PodConfig) -> PodStatus:
         "state": PodState.CREATED.value,
         "containers": containers,
         "created_at": time.time(),
-        "daemon_pid": None,
-        "vm_pid": None,
+        "daemon": None,
+        "vm": None,
         "error": None,
     }
     try:
@@ -369,17 +350,19 @@ def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT) -> PodStatus:
             store.save(pod_id, record)
         else:
             state.require(pod_id, "stop", PodState.RUNNING, PodState.PAUSED)
-            daemon_pid = record.get("daemon_pid")
+            daemon = record.get("daemon")
             rpc.call(store.paths(pod_id).socket, "stop", {}, timeout=timeout)
-            _wait_gone(daemon_pid, pod_id, timeout)
+            _wait_gone(daemon, pod_id, timeout)
     return pod_status(pod_id)
 
 
-def _wait_gone(pid: object, pod_id: str, timeout: float) -> None:
+def _wait_gone(daemon: object, pod_id: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while _daemon_alive(pid, pod_id):
+    while hostproc.alive(daemon):
         if time.monotonic() > deadline:
-            raise DaemonError(f"pod {pod_id!r}: daemon {pid} did not exit after stopping")
+            raise DaemonError(
+                f"pod {pod_id!r}: daemon {_pid_of(daemon)} did not exit after stopping"
+            )
         time.sleep(0.02)
 
 
@@ -390,6 +373,13 @@ def delete_pod(pod_id: str) -> None:
         record = _reconcile(store, pod_id)
         PodState(record["state"]).require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
         _clean_run_files(paths)
+        SharedDir(paths).remove()
+        left = mounts.mounts_under(paths.root)
+        if left:
+            raise VcError(
+                f"pod {pod_id!r}: not deleted, {', '.join(map(str, left))} still mounted "
+                "under its directory; unmount them and delete again"
+            )
         shutil.rmtree(paths.root)
 
 
@@ -472,6 +462,7 @@ def delete_container(pod_id: str, container_id: str) -> None:
             )
             del record["containers"][container_id]
             store.save(pod_id, record)
+            SharedDir(store.paths(pod_id)).remove_layer(container_id)
             return
     _call_daemon(store, record, "delete_container", {"container_id": container_id})
 

@@ -191,6 +191,12 @@ class ContainerConfig:
     container's spec in the guest (what a runtime such as vc-runtime
     translated); its ``process`` and ``root`` are replaced by ``cmd`` and the
     rootfs.  Without it the library makes a default spec.
+
+    ``writable_layer``: the rootfs is a base that other containers share, so
+    it is kept read-only and this container writes to a layer of its own
+    (overlayfs on the host), which lives until the container is deleted.
+    Without it the container writes to the rootfs directory itself, as runc's
+    bundle rootfs is written.
     """
 
     id: str
@@ -204,6 +210,7 @@ class ContainerConfig:
     join_namespaces: Mapping[str, str] = field(default_factory=dict)
     """Namespace type -> id of a container in the same pod whose namespace this
     one joins (a CRI pod's containers share the sandbox's ipc and uts)."""
+    writable_layer: bool = False
 
     def __post_init__(self) -> None:
         validate_id("container", self.id)
@@ -229,6 +236,13 @@ class ContainerConfig:
         ):
             raise ConfigError("container.hostname", f"{self.hostname!r} is not a valid hostname")
         _check_type("container.read_only_rootfs", self.read_only_rootfs, bool)
+        _check_type("container.writable_layer", self.writable_layer, bool)
+        if self.writable_layer and any(c in str(self.rootfs) for c in ",:\\"):
+            raise ConfigError(
+                "container.rootfs",
+                f"{self.rootfs}: a rootfs with a writable layer cannot hold ',', ':' or '\\' "
+                "(overlayfs separators)",
+            )
         for key, value in dict(self.annotations).items():
             _check_type("container.annotations", key, str)
             _check_type("container.annotations", value, str)
@@ -246,6 +260,7 @@ class ContainerConfig:
             "annotations": dict(self.annotations),
             "oci": dict(self.oci) if self.oci is not None else None,
             "join_namespaces": dict(self.join_namespaces),
+            "writable_layer": self.writable_layer,
         }
 
     @classmethod

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from virtcontainers import rpc
+from virtcontainers import hostproc, rpc
 from virtcontainers.agent.base import Agent
 from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import ConfigError, DaemonError, VcError
@@ -310,7 +310,7 @@ async def run(store: Store, pod_id: str, ready_fd: int | None) -> int:
     so the caller may delete the pod's directory as soon as it hears of it."""
     record = store.load(pod_id)
     kind = HypervisorKind(record["config"]["hypervisor"])
-    record["daemon_pid"] = os.getpid()
+    record["daemon"] = hostproc.record_of(os.getpid())
     record["error"] = None
     store.save(pod_id, record)
     paths = store.paths(pod_id)
@@ -336,7 +336,7 @@ async def run(store: Store, pod_id: str, ready_fd: int | None) -> int:
         if pod is not None:
             pod.executor.shutdown(wait=False, cancel_futures=True)
         record = store.load(pod_id)
-        record["daemon_pid"] = None
+        record["daemon"] = None
         store.save(pod_id, record)
         if failure is not None:
             _report(ready_fd, {"ok": False, "error": failure})

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from virtcontainers import mounts, spec
+from virtcontainers import hostproc, spec
 from virtcontainers.agent.base import Agent, ExitStatus, GuestDetails, StdioStreams
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig, validate_id
 from virtcontainers.container import Container
@@ -42,6 +42,7 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
 )
 from virtcontainers.process import GuestProcess, ProcessIO, Stdio
+from virtcontainers.shareddir import SharedDir
 from virtcontainers.sharedfs import choose_shared_fs
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import PodPaths, Store
@@ -74,6 +75,8 @@ class Pod:
         self.hypervisor = hypervisor
         self.agent = agent
         self.kernel, self.initrd, self.rootfs_image = image
+        self.shared = SharedDir(self.paths)
+        self._vm_ref: dict[str, Any] | None = None
         record = store.load(pod_id)
         self.record = record
         self.config = PodConfig.from_dict(record["config"])
@@ -95,9 +98,17 @@ class Pod:
     def _refresh_record(self) -> dict[str, Any]:
         self.record["state"] = self.state.value
         self.record["containers"] = {cid: c.to_record() for cid, c in self.containers.items()}
-        self.record["vm_pid"] = self.hypervisor.pid
+        self.record["vm"] = self._vm_process()
         self.record["guest"] = self.details.__dict__ if self.details else None
         return self.record
+
+    def _vm_process(self) -> dict[str, Any] | None:
+        pid = self.hypervisor.pid
+        if pid is None:
+            self._vm_ref = None
+        elif self._vm_ref is None or self._vm_ref["pid"] != pid:
+            self._vm_ref = hostproc.record_of(pid)
+        return self._vm_ref
 
     def persist(self) -> None:
         self.store.save(self.id, self._refresh_record())
@@ -139,7 +150,7 @@ class Pod:
 
     async def _boot(self) -> None:
         self.paths.vm.mkdir(mode=0o700, exist_ok=True)
-        self.paths.shared.mkdir(mode=0o700, exist_ok=True)
+        self.shared.prepare()
         agent_socket = self.paths.vm / "agent.sock"
         hostname = self.config.hostname or self.id
         # Detected once here: the shared filesystem's choice depends on it too.
@@ -158,7 +169,7 @@ class Pod:
                 BlockDevice("root", self.rootfs_image, read_only=True),
                 SerialPortDevice("agent", agent_socket, AGENT_PORT_NAME),
                 SharedFsDevice(
-                    "shared", self.paths.shared, SHARED_FS_TAG, choose_shared_fs(None, accelerator)
+                    "shared", self.shared.export, SHARED_FS_TAG, choose_shared_fs(None, accelerator)
                 ),
             ),
         )
@@ -254,8 +265,7 @@ class Pod:
         for task in list(self._watchers):
             if task is not asyncio.current_task():
                 task.cancel()
-        mounts.unmount_all_under(self.paths.shared)
-        shutil.rmtree(self.paths.shared, ignore_errors=True)
+        self.shared.detach()
         shutil.rmtree(self.paths.vm, ignore_errors=True)
 
     async def _end_processes(self, container: Container) -> None:
@@ -292,22 +302,6 @@ class Pod:
         out = os.open(logs / f"{container_id}.log", flags, 0o600)
         return Stdio(stdin=None, stdout=out, stderr=os.dup(out))
 
-    def _share(self, config: ContainerConfig) -> None:
-        target = self.paths.container_shared(config.id)
-        mounts.bind_mount(config.rootfs, target / "rootfs", read_only=config.read_only_rootfs)
-        for index, mount in enumerate(config.mounts):
-            mounts.bind_mount(
-                Path(mount.source),
-                target / "mounts" / str(index),
-                read_only=mount.read_only,
-            )
-
-    def _unshare(self, container_id: str) -> None:
-        target = self.paths.container_shared(container_id)
-        if target.exists():
-            mounts.unmount_all_under(target)
-            shutil.rmtree(target, ignore_errors=True)
-
     async def create_container(self, config: ContainerConfig, stdio: Stdio | None) -> Container:
         self._require_running("create a container in")
         if config.id in self.containers:
@@ -325,7 +319,7 @@ class Pod:
     async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
         io = ProcessIO(self.agent, stdio, self.executor)
         try:
-            self._share(container.config)
+            self.shared.share(container.config)
             bundle = spec.container_spec(
                 container.config, self.config.hostname or self.id, self._guest_pid
             )
@@ -335,7 +329,7 @@ class Pod:
             )
         except BaseException:
             await io.close()
-            self._unshare(container.id)
+            self.shared.unshare(container.id)
             raise
         container.in_guest = True
         io.start()
@@ -416,7 +410,8 @@ class Pod:
             await self.agent.remove_container(container_id)
             container.in_guest = False
         await self._end_processes(container)
-        self._unshare(container_id)
+        self.shared.unshare(container_id)
+        self.shared.remove_layer(container_id)
         del self.containers[container_id]
         self.persist()
 

@@ -9,9 +9,14 @@ Every pod has a directory under the run root (``$VC_RUN_DIR``, default
         daemon.sock              the pod daemon's RPC socket (0600)
         daemon.log               the daemon's log
         vm/                      the hypervisor's sockets and console log
-        shared/                  exported to the guest (virtio-9p or virtio-fs):
-            <container_id>/rootfs      bind mount of the container's rootfs
-            <container_id>/mounts/<n>  bind mounts of its extra mounts
+        skel/                    tmpfs: the shared directory's skeleton (host only)
+        shared/                  its read-only view, exported to the guest
+                                 (virtio-9p or virtio-fs), with mounted on it:
+            <container_id>/rootfs      the container's rootfs
+            <container_id>/mounts/<n>  its volumes
+        layers/<container_id>/   a container's own writable layer, if it has one
+
+The shared directory is laid out by :mod:`virtcontainers.shareddir`.
 
 Any process on the host can list and read pods; only the pod's daemon
 writes the record while the pod's VM runs, and API calls write it otherwise.
@@ -90,8 +95,16 @@ class PodPaths:
     def shared(self) -> Path:
         return self.root / "shared"
 
-    def container_shared(self, container_id: str) -> Path:
-        return self.shared / container_id
+    @property
+    def skel(self) -> Path:
+        return self.root / "skel"
+
+    @property
+    def layers(self) -> Path:
+        return self.root / "layers"
+
+    def layer(self, container_id: str) -> Path:
+        return self.layers / container_id
 
 
 class Store:

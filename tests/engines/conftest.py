@@ -155,4 +155,4 @@ def _unmount_under(path: Path) -> None:
     """containerd leaves its snapshot and rootfs mounts behind when killed."""
     from virtcontainers import mounts
 
-    mounts.unmount_all_under(path)
+    mounts.detach_all_under(path)

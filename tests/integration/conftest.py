@@ -39,7 +39,8 @@ def shell(script: str) -> Cmd:
 
 def pod_with(pod_id: str, rootfs: Path, **containers: str) -> PodConfig:
     configs = tuple(
-        ContainerConfig(cid, rootfs, shell(script)) for cid, script in containers.items()
+        ContainerConfig(cid, rootfs, shell(script), writable_layer=True)
+        for cid, script in containers.items()
     )
     return PodConfig(id=pod_id, containers=configs)
 

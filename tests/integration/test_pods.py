@@ -50,7 +50,9 @@ def run_exec(
 def test_container_output_and_exec(no_leaks: Path, busybox_rootfs: Path) -> None:
     api.run_pod(PodConfig(id="io"))
     out_r, out_w = os.pipe()
-    config = ContainerConfig("c", busybox_rootfs, shell("echo ready; uname -r; exec sleep 1000"))
+    config = ContainerConfig(
+        "c", busybox_rootfs, shell("echo ready; uname -r; exec sleep 1000"), writable_layer=True
+    )
     api.create_container("io", config, api.Stdio(stdout=out_w))
     os.close(out_w)
     api.start_container("io", "c")
@@ -80,7 +82,10 @@ def test_container_output_and_exec(no_leaks: Path, busybox_rootfs: Path) -> None
 def test_fifty_megabytes_of_stdout_arrive_intact(no_leaks: Path, busybox_rootfs: Path) -> None:
     api.run_pod(
         PodConfig(
-            id="stream", containers=(ContainerConfig("c", busybox_rootfs, Cmd(("sleep", "1000"))),)
+            id="stream",
+            containers=(
+                ContainerConfig("c", busybox_rootfs, Cmd(("sleep", "1000")), writable_layer=True),
+            ),
         )
     )
     # The bytes are made in the guest (tmpfs) and hashed there by a separate exec.

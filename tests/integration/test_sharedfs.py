@@ -71,7 +71,11 @@ def test_bind_mounted_host_files_are_visible_and_writable(
         # Containers created after boot: their bind mounts appear under the live share.
         script = "cat /data/hello; echo from the guest > /data/written; ls /bin/busybox"
         config = ContainerConfig(
-            "c", busybox_rootfs, shell(script), mounts=(Mount(str(volume), "/data"),)
+            "c",
+            busybox_rootfs,
+            shell(script),
+            mounts=(Mount(str(volume), "/data"),),
+            writable_layer=True,
         )
         out_r, out_w = os.pipe()
         api.create_container("fs", config, api.Stdio(stdout=out_w, stderr=out_w))
@@ -85,7 +89,11 @@ def test_bind_mounted_host_files_are_visible_and_writable(
         # A change on the host is seen by a later container.
         (volume / "hello").write_text("changed\n")
         later = ContainerConfig(
-            "d", busybox_rootfs, shell("cat /data/hello"), mounts=(Mount(str(volume), "/data"),)
+            "d",
+            busybox_rootfs,
+            shell("cat /data/hello"),
+            mounts=(Mount(str(volume), "/data"),),
+            writable_layer=True,
         )
         out_r, out_w = os.pipe()
         api.create_container("fs", later, api.Stdio(stdout=out_w))

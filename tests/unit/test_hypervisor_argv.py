@@ -102,6 +102,9 @@ def test_microvm_tcg_argv(tmp_path: Path) -> None:
         assert flag in argv
     run = tmp_path / "run"
     assert _pairs(argv, "-qmp") == [f"unix:{run}/qmp.sock,server=on,wait=off"]
+    assert _pairs(argv, "-sandbox") == [
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    ]
     append = _pairs(argv, "-append")[0].split()
     assert append[0] == "console=ttyS0"
     assert "tsc_early_khz=2100000" in append

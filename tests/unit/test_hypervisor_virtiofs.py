@@ -91,7 +91,8 @@ def test_virtiofsd_argv_c_and_rust() -> None:
     assert virtiofsd_argv("/usr/lib/qemu/virtiofsd", dev, sock, rust=False) == [
         "/usr/lib/qemu/virtiofsd",
         "--socket-path=/run/vm/vfs-fs0",
-        "-o", "source=/p/a,,b,cache=auto,sandbox=chroot,announce_submounts",
+        "-o", "source=/p/a,,b,cache=auto,sandbox=chroot,announce_submounts,"
+        "modcaps=-mknod:-setfcap",
     ]  # fmt: skip
     assert virtiofsd_argv("/usr/libexec/virtiofsd", dev, sock, rust=True) == [
         "/usr/libexec/virtiofsd",
@@ -100,6 +101,7 @@ def test_virtiofsd_argv_c_and_rust() -> None:
         "--cache=auto",
         "--sandbox=chroot",
         "--announce-submounts",
+        "--modcaps=-mknod:-setfcap",
     ]
 
 

@@ -95,10 +95,20 @@ def ensure_image() -> None:
         build_image(progress=progress)
 
 
-def default_rootfs() -> Path:
+def container_config(
+    container_id: str, rootfs: Path | None, cmd: Cmd, mounts: tuple[Mount, ...]
+) -> ContainerConfig:
+    """A container on ``rootfs``, or on the built busybox rootfs with a layer of its own.
+
+    The busybox rootfs is one directory for every pod: it stays read-only, and
+    each container's writes go to its own layer, deleted with the container.
+    """
+    if rootfs is not None:
+        return ContainerConfig(container_id, rootfs.resolve(), cmd, mounts)
     from virtcontainers.image import build_busybox_rootfs
 
-    return build_busybox_rootfs(progress=progress)
+    base = build_busybox_rootfs(progress=progress)
+    return ContainerConfig(container_id, base, cmd, mounts, writable_layer=True)
 
 
 # --- pods ----------------------------------------------------------------------------------
@@ -249,8 +259,7 @@ def container_create(
     """Create a container; its output goes to the pod's log."""
     cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), cwd=workdir)
     mounts = tuple(parse_mount(v) for v in volumes)
-    config = ContainerConfig(container_id, (rootfs or default_rootfs()).resolve(), cmd, mounts)
-    api.create_container(pod_id, config)
+    api.create_container(pod_id, container_config(container_id, rootfs, cmd, mounts))
     stdout.print(container_id)
 
 
@@ -446,12 +455,8 @@ def run(
     pod_id = pod_id or f"run-{secrets.token_hex(4)}"
     try:
         cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), terminal=use_tty)
-        container_config = ContainerConfig(
-            RUN_CONTAINER_ID,
-            (rootfs or default_rootfs()).resolve(),
-            cmd,
-            tuple(parse_mount(v) for v in volumes),
-        )
+        mounts = tuple(parse_mount(v) for v in volumes)
+        run_container_config = container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts)
         config = PodConfig(id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib))
         ensure_image()
         with booting(pod_id):
@@ -459,7 +464,7 @@ def run(
     except VcError as exc:
         fail(str(exc), 125)
     try:
-        code = _run_container(pod_id, container_config, interactive, use_tty)
+        code = _run_container(pod_id, run_container_config, interactive, use_tty)
     finally:
         with contextlib.suppress(VcError):
             api.stop_pod(pod_id)

@@ -9,7 +9,9 @@ a reader that follows the file must reopen it when it shrinks.  QEMU's own
 messages go to ``qemu.log``.
 
 QEMU gets ``PR_SET_PDEATHSIG=SIGKILL``: it dies with the thread that launched
-it (the event loop's thread), so a crashed pod daemon never leaks a VM.
+it (the event loop's thread), so a crashed pod daemon never leaks a VM.  It
+runs confined (:mod:`virtcontainers.hypervisor.confine`): few capabilities,
+a seccomp filter against set-id files, and its own ``-sandbox``.
 
 A virtio-fs :class:`SharedFsDevice` is served by a virtiofsd process, started
 as this process's child before QEMU (same death signal), on a vhost-user
@@ -20,15 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -51,6 +50,12 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
     VMState,
     check_socket_path,
+)
+from virtcontainers.hypervisor.confine import (
+    QEMU_SANDBOX,
+    VIRTIOFSD_DROPPED_CAPABILITIES,
+    qemu_child_setup,
+    virtiofsd_child_setup,
 )
 
 DEFAULT_BINARY = "qemu-system-x86_64"
@@ -80,7 +85,6 @@ BASE_KERNEL_PARAMS = (
 )
 CONSOLE_LIMIT = 1 << 20
 OUTPUT_TAIL = 4096
-PR_SET_PDEATHSIG = 1
 
 
 @cache
@@ -121,7 +125,9 @@ def virtiofsd_argv(binary: str, device: SharedFsDevice, socket: Path, *, rust: b
     mounts made under the shared directory after it started (container root
     filesystems, volumes; they are private mounts) are visible to the guest.
     ``announce_submounts`` gives each of them its own st_dev in the guest.
+    ``modcaps`` drops the capabilities to make device nodes and file capabilities.
     """
+    dropped = ":".join(f"-{name}" for name in VIRTIOFSD_DROPPED_CAPABILITIES)
     if rust:
         return [
             binary,
@@ -130,11 +136,14 @@ def virtiofsd_argv(binary: str, device: SharedFsDevice, socket: Path, *, rust: b
             "--cache=auto",
             "--sandbox=chroot",
             "--announce-submounts",
+            f"--modcaps={dropped}",
         ]
     return [
         binary,
         f"--socket-path={socket}",
-        "-o", f"source={_opt(device.host_path)},cache=auto,sandbox=chroot,announce_submounts",
+        "-o",
+        f"source={_opt(device.host_path)},cache=auto,sandbox=chroot,announce_submounts,"
+        f"modcaps={dropped}",
     ]  # fmt: skip
 
 
@@ -231,6 +240,7 @@ class QemuCommand:
             "-chardev", "stdio,id=vc-con,signal=off",
             "-serial", "chardev:vc-con",
             "-qmp", f"unix:{_opt(self.qmp_socket)},server=on,wait=off",
+            "-sandbox", QEMU_SANDBOX,
             "-kernel", str(cfg.kernel),
             "-initrd", str(cfg.initrd),
             "-append", self.kernel_cmdline(),
@@ -277,19 +287,6 @@ def render_device(device: Device, run_dir: Path | None = None) -> list[str]:
                 "-device", f"virtio-net-pci,netdev={ident},mac={mac},id={ident}",
             ]  # fmt: skip
     raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec function: SIGKILL the child when its parent thread dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
-
-    return preexec
 
 
 def _tail(path: Path, limit: int) -> str:
@@ -579,7 +576,7 @@ class QemuHypervisor:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=stderr,
                     stderr=stderr,
-                    preexec_fn=_die_with_parent(),
+                    preexec_fn=virtiofsd_child_setup(),
                 )
             except OSError as exc:
                 raise VMLaunchError(f"cannot execute {binary}: {exc}", argv) from exc
@@ -654,7 +651,7 @@ class QemuHypervisor:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=stderr,
-                    preexec_fn=_die_with_parent(),
+                    preexec_fn=qemu_child_setup(),
                 )
         except BaseException as exc:
             await self._stop_helpers(helpers)

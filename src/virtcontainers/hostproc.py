@@ -1,0 +1,112 @@
+"""Host processes known by pid and start time, signalled through a pidfd.
+
+A pid alone names whichever process holds it now: once the process we meant
+has exited, the kernel may hand its pid to another.  A :class:`ProcessRef`
+keeps the process's start time too (field 22 of ``/proc/<pid>/stat``, clock
+ticks after boot), so a stale record never matches a new process.  Signals
+go through a pidfd that is opened first and checked after, so they reach the
+process that was checked or nothing: never another one, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may hold anything, spaces and ')' too.
+    return data[data.rindex(b")") + 2 :].decode().split()
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """One process, for as long as it lives: its pid and start time."""
+
+    pid: int
+    start_time: int
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef | None:
+        """The process that holds ``pid`` now (None if there is none)."""
+        fields = _stat_fields(pid)
+        return None if fields is None else cls(pid, int(fields[19]))
+
+    @classmethod
+    def from_record(cls, data: object) -> ProcessRef | None:
+        """Parse ``{"pid": int, "start_time": int}``; anything else is None."""
+        if not isinstance(data, dict):
+            return None
+        pid, start = data.get("pid"), data.get("start_time")
+        if type(pid) is not int or type(start) is not int or pid <= 0:
+            return None
+        return cls(pid, start)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"pid": self.pid, "start_time": self.start_time}
+
+    def _is_running(self) -> bool:
+        fields = _stat_fields(self.pid)
+        return fields is not None and fields[0] not in "ZX" and int(fields[19]) == self.start_time
+
+    def open(self) -> int | None:
+        """A pidfd for this process, or None if it has exited (or is a zombie)."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return None
+        # Checked after opening: a pidfd of a reused pid fails this check, and
+        # the pidfd of our process cannot come to name another one later.
+        if self._is_running():
+            return pidfd
+        os.close(pidfd)
+        return None
+
+    def alive(self) -> bool:
+        pidfd = self.open()
+        if pidfd is None:
+            return False
+        os.close(pidfd)
+        return True
+
+    def kill(self, signum: int = signal.SIGKILL) -> bool:
+        """Signal this process; False if it had already exited."""
+        pidfd = self.open()
+        if pidfd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
+        return True
+
+
+def record_of(pid: int | None) -> dict[str, Any] | None:
+    """The record form of the process holding ``pid`` now (None for no process)."""
+    ref = ProcessRef.of(pid) if pid else None
+    return ref.to_record() if ref is not None else None
+
+
+def alive(data: object) -> bool:
+    """Whether the process of a record (``to_record`` form) still runs."""
+    ref = ProcessRef.from_record(data)
+    return ref is not None and ref.alive()
+
+
+def kill(data: object, signum: int = signal.SIGKILL) -> None:
+    """Signal the process of a record, if it is still that process."""
+    ref = ProcessRef.from_record(data)
+    if ref is not None:
+        with contextlib.suppress(OSError):
+            ref.kill(signum)

@@ -1,0 +1,167 @@
+"""The shared directory as the host lays it out: no VM, real mounts (root)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import short_temp_dir
+from virtcontainers import mounts
+from virtcontainers.config import Cmd, ContainerConfig, Mount
+from virtcontainers.errors import VcError
+from virtcontainers.shareddir import SharedDir
+from virtcontainers.store import PodPaths
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    path = short_temp_dir("vc-sd-")
+    try:
+        yield path
+    finally:
+        mounts.detach_all_under(path)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+@pytest.fixture
+def shared(base: Path) -> Iterator[SharedDir]:
+    root = base / "pod"
+    root.mkdir(mode=0o700)
+    shared_dir = SharedDir(PodPaths(root))
+    shared_dir.prepare()
+    yield shared_dir
+    shared_dir.remove()
+    assert not mounts.mounts_under(root)
+
+
+def rootfs(base: Path, name: str = "rootfs") -> Path:
+    path = base / name
+    (path / "etc").mkdir(parents=True)
+    (path / "etc" / "hostname").write_text("base\n")
+    return path
+
+
+def container(cid: str, root: Path, **options: object) -> ContainerConfig:
+    return ContainerConfig(cid, root, Cmd(("true",)), **options)  # type: ignore[arg-type]
+
+
+def assert_read_only(path: Path) -> None:
+    with pytest.raises(OSError) as caught:
+        path.mkdir()
+    assert caught.value.errno == errno.EROFS, caught.value
+
+
+def test_the_guest_sees_a_read_only_skeleton(shared: SharedDir, base: Path) -> None:
+    shared.share(container("c", rootfs(base)))
+    export = shared.export
+    # What defect 1 needed: a directory of its own to plant a symlink in.
+    assert_read_only(export / "evil")
+    with pytest.raises(OSError) as caught:
+        (export / "evil").symlink_to("/etc")
+    assert caught.value.errno == errno.EROFS
+    with pytest.raises(OSError) as caught:
+        (export / "c").rename(export / "moved")
+    assert caught.value.errno in (errno.EROFS, errno.EBUSY)
+    with pytest.raises(OSError) as caught:
+        (export / "c" / "rootfs").rename(export / "c" / "other")
+    assert caught.value.errno in (errno.EROFS, errno.EBUSY)
+    # The container's own files stay writable.
+    (export / "c" / "rootfs" / "written").write_text("x")
+    assert (base / "rootfs" / "written").read_text() == "x"
+
+
+def test_a_writable_layer_keeps_the_base_untouched(shared: SharedDir, base: Path) -> None:
+    root = rootfs(base)
+    shared.share(container("a", root, writable_layer=True))
+    shared.share(container("b", root, writable_layer=True))
+    (shared.export / "a" / "rootfs" / "etc" / "marker").write_text("a\n")
+    (shared.export / "a" / "rootfs" / "etc" / "hostname").write_text("changed\n")
+    assert not (root / "etc" / "marker").exists()
+    assert (root / "etc" / "hostname").read_text() == "base\n"
+    assert not (shared.export / "b" / "rootfs" / "etc" / "marker").exists()
+    layer = shared.paths.layer("a")
+    assert (layer / "upper" / "etc" / "marker").is_file()
+    shared.unshare("a")
+    assert layer.is_dir()  # kept until the container is deleted
+    shared.remove_layer("a")
+    assert not layer.exists()
+
+
+def test_read_only_volumes_are_read_only_all_the_way_down(shared: SharedDir, base: Path) -> None:
+    volume = base / "volume"
+    (volume / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(volume / "sub")], check=True)
+    try:
+        config = container("c", rootfs(base), mounts=(Mount(str(volume), "/v", read_only=True),))
+        shared.share(config)
+        seen = shared.export / "c" / "mounts" / "0"
+        assert_read_only(seen / "top")
+        assert_read_only(seen / "sub" / "deeper")
+        assert not (volume / "sub" / "deeper").exists()
+    finally:
+        shared.unshare("c")
+        mounts.detach(volume / "sub")
+
+
+def test_read_only_rootfs_with_a_layer_is_just_read_only(shared: SharedDir, base: Path) -> None:
+    shared.share(container("c", rootfs(base), writable_layer=True, read_only_rootfs=True))
+    assert_read_only(shared.export / "c" / "rootfs" / "new")
+    assert not shared.paths.layer("c").exists()
+
+
+def test_unshare_and_detach_leave_no_mount(shared: SharedDir, base: Path) -> None:
+    volume = base / "file-volume"
+    volume.write_text("data")
+    config = container("c", rootfs(base), mounts=(Mount(str(volume), "/etc/data"),))
+    shared.share(config)
+    assert (shared.export / "c" / "mounts" / "0").read_text() == "data"
+    shared.unshare("c")
+    assert not [m for m in mounts.mounts_under(shared.paths.root) if "/c/" in str(m)]
+    shared.detach()
+    assert not mounts.mounts_under(shared.paths.root)
+    assert volume.read_text() == "data"
+
+
+def test_removal_refuses_to_delete_through_a_mount(shared: SharedDir, base: Path) -> None:
+    shared.share(container("c", rootfs(base), writable_layer=True))
+    victim = base / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    upper = shared.paths.layer("c") / "upper"
+    (upper / "mnt").mkdir()
+    mounts.bind(victim, upper / "mnt", read_only=False)
+    try:
+        shared.unshare("c")
+        with pytest.raises(VcError, match="still has mounts"):
+            shared.remove_layer("c")
+    finally:
+        mounts.detach(upper / "mnt")
+    assert (victim / "precious").read_text() == "keep me"
+
+
+def test_a_failed_share_undoes_what_it_did(shared: SharedDir, base: Path) -> None:
+    volume = base / "volume"
+    volume.mkdir()
+    config = container("c", rootfs(base), mounts=(Mount(str(volume), "/v"),))
+    volume.rmdir()  # gone between the config's check and the share
+    with pytest.raises(VcError, match="clone"):
+        shared.share(config)
+    assert not (shared.paths.skel / "c").exists()
+    assert not [m for m in mounts.mounts_under(shared.paths.root) if "/c/" in str(m)]
+
+
+def test_mount_api_errors_name_the_path(base: Path) -> None:
+    with pytest.raises(VcError, match=str(base / "missing")):
+        mounts.bind(base / "missing", base, read_only=True)
+    link = base / "link"
+    link.symlink_to(base)
+    (base / "src").mkdir()
+    with pytest.raises(VcError, match="mount point"):
+        mounts.bind(base / "src", link, read_only=False)
+    assert not mounts.mounts_under(base)
+    assert os.path.islink(link)
