@@ -9,38 +9,36 @@ any pod.  Errors are :class:`~virtcontainers.errors.VcError` subclasses.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import select
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from virtcontainers import hostproc, mounts, rpc
-from virtcontainers.agent.base import ExitStatus
-from virtcontainers.config import Cmd, ContainerConfig, PodConfig, validate_id
+from virtcontainers import calls, launcher, mounts, rpc
+from virtcontainers.agent.base import ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.cleanup import release_run_files
+from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig, validate_id
 from virtcontainers.errors import (
+    CorruptRecordError,
     DaemonError,
     ExistsError,
     NotFoundError,
     StateError,
     VcError,
 )
-from virtcontainers.process import Stdio
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.store import PodPaths, Store
+from virtcontainers.stdio import Stdio
+from virtcontainers.store import ContainerRecord, PodRecord, Store
 
 __all__ = [
     "ContainerStatus",
     "ExitStatus",
     "PodStatus",
     "ProcessHandle",
+    "ProcessInfo",
     "Stdio",
     "attach_container",
     "attach_process",
@@ -52,9 +50,9 @@ __all__ = [
     "enter_container",
     "enter_pod",
     "kill_container",
+    "list_pod_errors",
     "list_pods",
     "list_processes",
-    "package_env",
     "pause_container",
     "pause_pod",
     "pod_status",
@@ -73,7 +71,8 @@ __all__ = [
 
 START_TIMEOUT = 300.0
 STOP_TIMEOUT = 120.0
-LIVE = (PodState.RUNNING.value, PodState.PAUSED.value)
+LIVE = (PodState.RUNNING, PodState.PAUSED)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -87,15 +86,15 @@ class ContainerStatus:
     rootfs: Path
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> ContainerStatus:
+    def from_record(cls, record: ContainerRecord) -> ContainerStatus:
         return cls(
-            id=record["config"]["id"],
-            state=ContainerState(record["state"]),
-            pid=record.get("pid"),
-            exit_code=record.get("exit_code"),
-            signal=record.get("signal"),
-            oom_killed=bool(record.get("oom_killed")),
-            rootfs=Path(record["config"]["rootfs"]),
+            id=record.id,
+            state=record.state,
+            pid=record.pid,
+            exit_code=record.exit.exit_code if record.exit else None,
+            signal=record.exit.signal if record.exit else None,
+            oom_killed=record.oom_killed,
+            rootfs=record.config.rootfs,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,21 +118,21 @@ class PodStatus:
     vm_pid: int | None
     daemon_pid: int | None
     error: str | None
-    guest: dict[str, Any] | None
+    guest: GuestDetails | None
     created_at: float
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> PodStatus:
+    def from_record(cls, record: PodRecord) -> PodStatus:
         return cls(
-            id=record["config"]["id"],
-            state=PodState(record["state"]),
-            containers=tuple(ContainerStatus.from_record(c) for c in record["containers"].values()),
-            hypervisor=record["config"]["hypervisor"],
-            vm_pid=_pid_of(record.get("vm")),
-            daemon_pid=_pid_of(record.get("daemon")),
-            error=record.get("error"),
-            guest=record.get("guest"),
-            created_at=float(record.get("created_at", 0.0)),
+            id=record.id,
+            state=record.state,
+            containers=tuple(ContainerStatus.from_record(c) for c in record.containers.values()),
+            hypervisor=record.config.hypervisor,
+            vm_pid=record.vm.pid if record.vm else None,
+            daemon_pid=record.daemon.pid if record.daemon else None,
+            error=record.error,
+            guest=record.guest,
+            created_at=record.created_at,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +144,7 @@ class PodStatus:
             "vm_pid": self.vm_pid,
             "daemon_pid": self.daemon_pid,
             "error": self.error,
-            "guest": self.guest,
+            "guest": self.guest.__dict__ if self.guest else None,
             "created_at": self.created_at,
         }
 
@@ -158,11 +157,6 @@ class ProcessHandle:
     pid: int
 
 
-def _pid_of(process: object) -> int | None:
-    ref = hostproc.ProcessRef.from_record(process)
-    return ref.pid if ref is not None else None
-
-
 # --- helpers -----------------------------------------------------------------------------
 
 
@@ -170,100 +164,88 @@ def _store() -> Store:
     return Store()
 
 
-def _reconcile(store: Store, pod_id: str) -> dict[str, Any]:
+def _reconcile(store: Store, pod_id: str) -> PodRecord:
     """Load a pod's record; if its daemon died, clean up and mark it stopped."""
     record = store.load(pod_id)
-    if record["state"] in LIVE and not hostproc.alive(record.get("daemon")):
-        paths = store.paths(pod_id)
-        hostproc.kill(record.get("vm"))
-        _clean_run_files(paths)
-        record["state"] = PodState.STOPPED.value
-        record["error"] = record.get("error") or "the pod daemon exited unexpectedly"
-        record["daemon"] = None
-        record["vm"] = None
-        for container in record["containers"].values():
-            if container["state"] != ContainerState.CREATED.value:
-                container["state"] = ContainerState.STOPPED.value
-        store.save(pod_id, record)
+    if record.state in LIVE and not (record.daemon and record.daemon.alive()):
+        if record.vm is not None:
+            record.vm.kill()
+        release_run_files(store.paths(pod_id))
+        record.mark_stopped("the pod daemon exited unexpectedly")
+        store.save(record)
     return record
-
-
-def _clean_run_files(paths: PodPaths) -> None:
-    """What a pod's daemon leaves when it dies: mounts, VM sockets, its socket."""
-    SharedDir(paths).detach()
-    shutil.rmtree(paths.vm, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        paths.socket.unlink()
 
 
 def _live_call(
     pod_id: str,
-    method: str,
-    params: dict[str, Any],
+    request: calls.Request[R],
     stdio: Stdio | None = None,
     timeout: float | None = 60.0,
-) -> Any:
+) -> R:
     """Call the daemon of a running pod."""
     store = _store()
-    return _call_daemon(store, _reconcile(store, pod_id), method, params, stdio, timeout)
+    return _call_daemon(store, _reconcile(store, pod_id), request, stdio, timeout)
 
 
 def _call_daemon(
     store: Store,
-    record: dict[str, Any],
-    method: str,
-    params: dict[str, Any],
+    record: PodRecord,
+    request: calls.Request[R],
     stdio: Stdio | None = None,
     timeout: float | None = 60.0,
-) -> Any:
-    """Call the daemon of the pod whose (reconciled) record this is."""
-    pod_id = record["config"]["id"]
-    if record["state"] not in LIVE:
-        raise StateError(f"pod {pod_id!r}", method, record["state"], list(LIVE))
-    names: list[str] = []
-    fds: list[int] = []
-    if stdio is not None:
-        for name in ("stdin", "stdout", "stderr"):
-            fd = getattr(stdio, name)
-            if fd is not None:
-                names.append(name)
-                fds.append(fd)
-    return rpc.call(
-        store.paths(pod_id).socket, method, {**params, "stdio": names}, fds, timeout=timeout
-    )
+) -> R:
+    """Call the daemon of the pod whose (reconciled) record this is: the only way in."""
+    if record.state not in LIVE:
+        raise StateError(
+            f"pod {record.id!r}", request.METHOD, record.state.value, [s.value for s in LIVE]
+        )
+    given = stdio.named() if stdio is not None else []
+    params = {**request.to_params(), "stdio": [name for name, _fd in given]}
+    socket = store.paths(record.id).socket
+    data = rpc.call(socket, request.METHOD, params, [fd for _name, fd in given], timeout=timeout)
+    return request.decode_result(data)
 
 
 # --- pods ----------------------------------------------------------------------------------
 
 
 def create_pod(config: PodConfig) -> PodStatus:
-    """Record a pod (its VM is not started).  Raises ExistsError if the id is taken."""
+    """Record a pod (its VM is not started).
+
+    Checks what the pod needs of the host (memory, rootfs and mount sources, the
+    guest image) once, here.  Raises ExistsError if the id is taken, ConfigError.
+    """
+    config.check_host()
+    image = config.image or _default_image(config)
     store = _store()
     try:
         store.create_dir(config.id)
     except FileExistsError:
         raise ExistsError("pod", config.id) from None
-    containers = {
-        c.id: {"config": c.to_dict(), "state": ContainerState.CREATED.value}
-        for c in config.containers
-    }
-    # From here on record["containers"] is the authority on the pod's containers;
-    # record["config"] keeps the pod's config as it was created.
-    record = {
-        "config": config.to_dict(),
-        "state": PodState.CREATED.value,
-        "containers": containers,
-        "created_at": time.time(),
-        "daemon": None,
-        "vm": None,
-        "error": None,
-    }
+    # From here on record.containers is the authority on the pod's containers;
+    # record.config keeps the pod's config as it was created.
+    record = PodRecord(
+        config=config,
+        containers={c.id: ContainerRecord(c) for c in config.containers},
+        image=image,
+        created_at=time.time(),
+    )
     try:
-        store.save(config.id, record)
+        store.save(record)
     except BaseException:
         shutil.rmtree(store.paths(config.id).root, ignore_errors=True)
         raise
-    return PodStatus.from_record(store.load(config.id))
+    return PodStatus.from_record(record)
+
+
+def _default_image(config: PodConfig) -> ImagePaths | None:
+    """The built guest image, for a pod that boots one (resolved once, at create)."""
+    if config.hypervisor == "mock":
+        return None
+    from virtcontainers.image import find_image
+
+    found = find_image()
+    return ImagePaths(found.kernel, found.initrd, found.rootfs)
 
 
 def start_pod(pod_id: str, timeout: float = START_TIMEOUT) -> PodStatus:
@@ -271,71 +253,9 @@ def start_pod(pod_id: str, timeout: float = START_TIMEOUT) -> PodStatus:
     store = _store()
     with store.locked(pod_id) as paths:
         record = _reconcile(store, pod_id)
-        PodState(record["state"]).check_transition(pod_id, PodState.RUNNING)
-        _spawn_daemon(store, paths, pod_id, timeout)
+        record.state.moved_to(pod_id, PodState.RUNNING)
+        launcher.spawn(store, paths, pod_id, timeout)
     return pod_status(pod_id)
-
-
-def package_env() -> dict[str, str]:
-    """Our environment, with this package importable by a child Python (the pod
-    daemon, vc-runtime's shim) even when that child runs without site-packages."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _spawn_daemon(store: Store, paths: PodPaths, pod_id: str, timeout: float) -> None:
-    read_end, write_end = os.pipe()
-    argv = [sys.executable, "-m", "virtcontainers.daemon", "--detach", "--root", str(store.root)]
-    argv += ["--pod", pod_id, "--ready-fd", str(write_end)]
-    if os.environ.get("VC_DEBUG"):
-        argv.append("--debug")
-    with open(paths.log, "ab") as log:
-        launcher = subprocess.Popen(
-            argv,
-            pass_fds=[write_end],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd="/",
-            env=package_env(),
-        )
-    os.close(write_end)
-    try:
-        launcher.wait()
-        answer = _read_ready(read_end, timeout)
-    finally:
-        os.close(read_end)
-    if answer is None:
-        tail = _tail(paths.log)
-        raise DaemonError(f"pod {pod_id!r}: the daemon died while starting\n{tail}")
-    if answer.get("ok") is not True:
-        raise rpc.error_from_dict(answer.get("error"))
-
-
-def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DaemonError(f"the pod daemon did not report ready within {timeout:.0f}s")
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if readable:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            data += chunk
-    message = json.loads(data.split(b"\n", 1)[0])
-    return message if isinstance(message, dict) else None
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT) -> PodStatus:
@@ -343,36 +263,40 @@ def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT) -> PodStatus:
     store = _store()
     with store.locked(pod_id):
         record = _reconcile(store, pod_id)
-        state = PodState(record["state"])
-        if state is PodState.CREATED:
-            state.check_transition(pod_id, PodState.STOPPED)
-            record["state"] = PodState.STOPPED.value
-            store.save(pod_id, record)
+        if record.state is PodState.CREATED:
+            record.state = record.state.moved_to(pod_id, PodState.STOPPED)
+            store.save(record)
         else:
-            state.require(pod_id, "stop", PodState.RUNNING, PodState.PAUSED)
-            daemon = record.get("daemon")
-            rpc.call(store.paths(pod_id).socket, "stop", {}, timeout=timeout)
-            _wait_gone(daemon, pod_id, timeout)
+            record.state.require(pod_id, "stop", *LIVE)
+            _call_daemon(store, record, calls.StopPod(), timeout=timeout)
+            _wait_gone(record, timeout)
     return pod_status(pod_id)
 
 
-def _wait_gone(daemon: object, pod_id: str, timeout: float) -> None:
+def _wait_gone(record: PodRecord, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while hostproc.alive(daemon):
+    while record.daemon is not None and record.daemon.alive():
         if time.monotonic() > deadline:
             raise DaemonError(
-                f"pod {pod_id!r}: daemon {_pid_of(daemon)} did not exit after stopping"
+                f"pod {record.id!r}: daemon {record.daemon.pid} did not exit after stopping"
             )
         time.sleep(0.02)
 
 
 def delete_pod(pod_id: str) -> None:
-    """Remove a pod that is not running, and everything it left on the host."""
+    """Remove a pod that is not running, and everything it left on the host.
+
+    A pod whose record is corrupt is removed too: its files are all there is.
+    """
     store = _store()
     with store.locked(pod_id) as paths:
-        record = _reconcile(store, pod_id)
-        PodState(record["state"]).require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
-        _clean_run_files(paths)
+        try:
+            record = _reconcile(store, pod_id)
+        except CorruptRecordError:
+            release_run_files(paths)
+        else:
+            record.state.require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
+            release_run_files(paths)
         SharedDir(paths).remove()
         left = mounts.mounts_under(paths.root)
         if left:
@@ -395,13 +319,27 @@ def run_pod(config: PodConfig, timeout: float = START_TIMEOUT) -> PodStatus:
 
 
 def list_pods() -> list[PodStatus]:
-    """Every pod on this host, made by any process."""
+    """Every pod on this host, made by any process.  A pod whose record is
+    corrupt is left out: :func:`list_pod_errors` names them."""
+    return [status for status in _all_pods() if isinstance(status, PodStatus)]
+
+
+def list_pod_errors() -> list[CorruptRecordError]:
+    """The pods whose records cannot be read (delete_pod removes them)."""
+    return [error for error in _all_pods() if isinstance(error, CorruptRecordError)]
+
+
+def _all_pods() -> list[PodStatus | CorruptRecordError]:
     store = _store()
-    pods = []
+    found: list[PodStatus | CorruptRecordError] = []
     for pod_id in store.pod_ids():
-        with contextlib.suppress(NotFoundError):
-            pods.append(PodStatus.from_record(_reconcile(store, pod_id)))
-    return pods
+        try:
+            found.append(PodStatus.from_record(_reconcile(store, pod_id)))
+        except CorruptRecordError as exc:
+            found.append(exc)
+        except NotFoundError:
+            continue  # deleted while we listed
+    return found
 
 
 def pod_status(pod_id: str) -> PodStatus:
@@ -409,11 +347,11 @@ def pod_status(pod_id: str) -> PodStatus:
 
 
 def pause_pod(pod_id: str) -> None:
-    _live_call(pod_id, "pause", {})
+    _live_call(pod_id, calls.PausePod())
 
 
 def resume_pod(pod_id: str) -> None:
-    _live_call(pod_id, "resume", {})
+    _live_call(pod_id, calls.ResumePod())
 
 
 # --- containers ------------------------------------------------------------------------------
@@ -428,74 +366,72 @@ def create_container(
     daemon keeps duplicates; the caller may close its own).  Without them,
     output goes to the pod's ``logs/<container>.log``.
     """
+    config.check_host()
     store = _store()
     with store.locked(pod_id):
         record = _reconcile(store, pod_id)
-        if record["state"] not in LIVE:  # no VM: the record is ours to edit
-            if config.id in record["containers"]:
+        if record.state not in LIVE:  # no VM: the record is ours to edit
+            if config.id in record.containers:
                 raise ExistsError("container", config.id)
             if stdio is not None:
                 raise StateError(
-                    f"pod {pod_id!r}", "attach stdio to a container in", record["state"], list(LIVE)
+                    f"pod {pod_id!r}",
+                    "attach stdio to a container in",
+                    record.state.value,
+                    [s.value for s in LIVE],
                 )
-            entry = {"config": config.to_dict(), "state": ContainerState.CREATED.value}
-            record["containers"][config.id] = entry
-            store.save(pod_id, record)
+            entry = ContainerRecord(config)
+            record.containers[config.id] = entry
+            store.save(record)
             return ContainerStatus.from_record(entry)
-    params = {"config": config.to_dict()}
-    result = _call_daemon(store, record, "create_container", params, stdio, START_TIMEOUT)
-    return ContainerStatus.from_record(result)
+    request = calls.CreateContainer(config)
+    return ContainerStatus.from_record(_call_daemon(store, record, request, stdio, START_TIMEOUT))
 
 
 def delete_container(pod_id: str, container_id: str) -> None:
     """Remove a container that is not running."""
     validate_id("container", container_id)
     store = _store()
-    with store.locked(pod_id):
+    with store.locked(pod_id) as paths:
         record = _reconcile(store, pod_id)
-        if record["state"] not in LIVE:  # no VM: the record is ours to edit
-            entry = record["containers"].get(container_id)
+        if record.state not in LIVE:  # no VM: the record is ours to edit
+            entry = record.containers.get(container_id)
             if entry is None:
                 raise NotFoundError("container", container_id, f"in pod {pod_id!r}")
-            ContainerState(entry["state"]).require(
+            entry.state.require(
                 container_id, "delete", ContainerState.CREATED, ContainerState.STOPPED
             )
-            del record["containers"][container_id]
-            store.save(pod_id, record)
-            SharedDir(store.paths(pod_id)).remove_layer(container_id)
+            del record.containers[container_id]
+            store.save(record)
+            SharedDir(paths).remove_layer(container_id)
             return
-    _call_daemon(store, record, "delete_container", {"container_id": container_id})
+    _call_daemon(store, record, calls.DeleteContainer(container_id))
 
 
 def start_container(pod_id: str, container_id: str) -> None:
-    _live_call(pod_id, "start_container", {"container_id": container_id})
+    _live_call(pod_id, calls.StartContainer(container_id))
 
 
 def stop_container(pod_id: str, container_id: str, timeout: int = 10) -> None:
     """SIGTERM the container, SIGKILL after ``timeout`` seconds."""
-    _live_call(
-        pod_id,
-        "stop_container",
-        {"container_id": container_id, "timeout": timeout},
-        timeout=timeout + 60.0,
-    )
+    _live_call(pod_id, calls.StopContainer(container_id, timeout), timeout=timeout + 60.0)
 
 
 def container_status(pod_id: str, container_id: str) -> ContainerStatus:
     validate_id("container", container_id)
     record = _reconcile(_store(), pod_id)
-    entry = record["containers"].get(container_id)
+    entry = record.containers.get(container_id)
     if entry is None:
         raise NotFoundError("container", container_id, f"in pod {pod_id!r}")
     return ContainerStatus.from_record(entry)
 
 
 def pause_container(pod_id: str, container_id: str) -> None:
-    _live_call(pod_id, "pause_container", {"container_id": container_id})
+    _live_call(pod_id, calls.PauseContainer(container_id))
 
 
 def resume_container(pod_id: str, container_id: str) -> None:
-    _live_call(pod_id, "resume_container", {"container_id": container_id})
+    _live_call(pod_id, calls.ResumeContainer(container_id))
 
 
 def enter_container(
@@ -506,9 +442,8 @@ def enter_container(
     exec_id: str | None = None,
 ) -> ProcessHandle:
     """Start ``cmd`` in a running container (exec); returns at once."""
-    params = {"container_id": container_id, "cmd": cmd.to_dict(), "exec_id": exec_id}
-    result = _live_call(pod_id, "exec", params, stdio)
-    return ProcessHandle(pod_id, container_id, result["exec_id"], result["pid"])
+    started = _live_call(pod_id, calls.ExecProcess(container_id, cmd, exec_id), stdio)
+    return ProcessHandle(pod_id, container_id, started.exec_id, started.pid)
 
 
 def enter_pod(pod_id: str, cmd: Cmd, stdio: Stdio | None = None) -> ProcessHandle:
@@ -516,8 +451,8 @@ def enter_pod(pod_id: str, cmd: Cmd, stdio: Stdio | None = None) -> ProcessHandl
 
     Wait for it with ``wait_process(pod_id, None, handle.exec_id)``.
     """
-    result = _live_call(pod_id, "enter_pod", {"cmd": cmd.to_dict()}, stdio)
-    return ProcessHandle(pod_id, None, result["exec_id"], result["pid"])
+    started = _live_call(pod_id, calls.EnterPod(cmd), stdio)
+    return ProcessHandle(pod_id, None, started.exec_id, started.pid)
 
 
 def signal_process(
@@ -527,8 +462,8 @@ def signal_process(
     signum: int = signal.SIGTERM,
     all_processes: bool = False,
 ) -> None:
-    params = {"container_id": container_id, "exec_id": exec_id, "signal": int(signum)}
-    _live_call(pod_id, "kill", {**params, "all": all_processes})
+    request = calls.SignalProcess(container_id, exec_id, int(signum), all_processes)
+    _live_call(pod_id, request)
 
 
 def kill_container(
@@ -543,15 +478,13 @@ def wait_process(
     """Block until the process exits; exit_code is 128+N after signal N."""
     store = _store()
     record = _reconcile(store, pod_id)
-    if record["state"] not in LIVE and exec_id is None and container_id is not None:
-        entry = record["containers"].get(container_id)
+    if record.state not in LIVE and exec_id is None and container_id is not None:
+        entry = record.containers.get(container_id)
         if entry is None:
             raise NotFoundError("container", container_id, f"in pod {pod_id!r}")
-        if entry.get("exit_code") is not None:
-            return ExitStatus(entry["exit_code"], entry.get("signal"))
-    params = {"container_id": container_id, "exec_id": exec_id}
-    result = _call_daemon(store, record, "wait", params, timeout=timeout)
-    return ExitStatus(result["exit_code"], result["signal"])
+        if entry.exit is not None:
+            return entry.exit
+    return _call_daemon(store, record, calls.WaitProcess(container_id, exec_id), timeout=timeout)
 
 
 def wait_container(pod_id: str, container_id: str, timeout: float | None = None) -> ExitStatus:
@@ -567,8 +500,8 @@ def attach_process(
     Earlier output is not replayed (a container without stdio keeps it in its
     log), and stdin cannot be attached: it is given at create or exec time.
     """
-    params = {"container_id": container_id, "exec_id": exec_id}
-    _live_call(pod_id, "attach", params, Stdio(stdout=stdio.stdout, stderr=stdio.stderr))
+    outputs = Stdio(stdout=stdio.stdout, stderr=stdio.stderr)
+    _live_call(pod_id, calls.AttachProcess(container_id, exec_id), outputs)
 
 
 def attach_container(pod_id: str, container_id: str, stdio: Stdio) -> None:
@@ -578,10 +511,8 @@ def attach_container(pod_id: str, container_id: str, stdio: Stdio) -> None:
 def resize_terminal(
     pod_id: str, container_id: str | None, exec_id: str | None, rows: int, cols: int
 ) -> None:
-    params = {"container_id": container_id, "exec_id": exec_id, "rows": rows, "cols": cols}
-    _live_call(pod_id, "resize", params)
+    _live_call(pod_id, calls.ResizeTerminal(container_id, exec_id, rows, cols))
 
 
-def list_processes(pod_id: str, container_id: str) -> list[dict[str, Any]]:
-    result = _live_call(pod_id, "ps", {"container_id": container_id})
-    return list(result)
+def list_processes(pod_id: str, container_id: str) -> list[ProcessInfo]:
+    return _live_call(pod_id, calls.ListProcesses(container_id))

@@ -4,6 +4,10 @@ Every config is a frozen dataclass that validates itself on construction, so
 a bad config raises :class:`~virtcontainers.errors.ConfigError` before
 anything is started.  ``to_dict``/``from_dict`` give the JSON form kept in the
 store and sent to the pod daemon; ``from_dict`` rejects unknown fields.
+
+What depends on the host (a rootfs or mount source that exists, memory the
+host has) is checked by ``check_host()``, once, when a pod or container is
+created: a stored config stays loadable when the host changes later.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ MAX_VCPUS = 64
 T = TypeVar("T")
 
 
+HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+
+
 def validate_id(kind: str, value: object) -> str:
     if not isinstance(value, str) or not ID_PATTERN.match(value):
         raise ConfigError(
@@ -37,7 +44,12 @@ def validate_id(kind: str, value: object) -> str:
     return value
 
 
-def _host_memory_mib() -> int:
+def validate_hostname(field: str, value: str | None) -> None:
+    if value is not None and not (isinstance(value, str) and HOSTNAME_PATTERN.match(value)):
+        raise ConfigError(field, f"{value!r} is not a valid hostname")
+
+
+def host_memory_mib() -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemTotal:"):
@@ -81,12 +93,17 @@ class Resources:
         _check_type("resources.memory_mib", self.memory_mib, int)
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError("resources.vcpus", f"{self.vcpus} is outside 1..{MAX_VCPUS}")
-        host = _host_memory_mib()
-        if not MIN_MEMORY_MIB <= self.memory_mib <= host:
+        if self.memory_mib < MIN_MEMORY_MIB:
             raise ConfigError(
                 "resources.memory_mib",
-                f"{self.memory_mib} MiB is outside {MIN_MEMORY_MIB}..{host} MiB "
-                "(the guest needs at least that much; the host has no more)",
+                f"{self.memory_mib} MiB is below {MIN_MEMORY_MIB} MiB (the guest needs that much)",
+            )
+
+    def check_host(self) -> None:
+        host = host_memory_mib()
+        if self.memory_mib > host:
+            raise ConfigError(
+                "resources.memory_mib", f"{self.memory_mib} MiB is more than the host's {host} MiB"
             )
 
     @classmethod
@@ -111,6 +128,8 @@ class Mount:
             raise ConfigError("mount.destination", f"{self.destination!r} is not absolute")
         if not os.path.isabs(self.source):
             raise ConfigError("mount.source", f"{self.source!r} is not absolute")
+
+    def check_host(self) -> None:
         if not os.path.exists(self.source):
             raise ConfigError("mount.source", f"{self.source} does not exist")
 
@@ -223,18 +242,11 @@ class ContainerConfig:
         object.__setattr__(self, "rootfs", Path(self.rootfs))
         if not self.rootfs.is_absolute():
             raise ConfigError("container.rootfs", f"{str(self.rootfs)!r} is not absolute")
-        if not self.rootfs.is_dir():
-            raise ConfigError(
-                "container.rootfs", f"{self.rootfs} is not a directory (container {self.id!r})"
-            )
         _check_type("container.cmd", self.cmd, Cmd)
         object.__setattr__(self, "mounts", tuple(self.mounts))
         for mount in self.mounts:
             _check_type("container.mounts", mount, Mount)
-        if self.hostname is not None and not re.match(
-            r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$", self.hostname
-        ):
-            raise ConfigError("container.hostname", f"{self.hostname!r} is not a valid hostname")
+        validate_hostname("container.hostname", self.hostname)
         _check_type("container.read_only_rootfs", self.read_only_rootfs, bool)
         _check_type("container.writable_layer", self.writable_layer, bool)
         if self.writable_layer and any(c in str(self.rootfs) for c in ",:\\"):
@@ -248,6 +260,14 @@ class ContainerConfig:
             _check_type("container.annotations", value, str)
         if self.oci is not None:
             _check_type("container.oci", self.oci, Mapping)
+
+    def check_host(self) -> None:
+        if not self.rootfs.is_dir():
+            raise ConfigError(
+                "container.rootfs", f"{self.rootfs} is not a directory (container {self.id!r})"
+            )
+        for mount in self.mounts:
+            mount.check_host()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -287,10 +307,16 @@ class ImagePaths:
 
     def __post_init__(self) -> None:
         for name in ("kernel", "initrd", "rootfs"):
-            path = Path(getattr(self, name))
-            object.__setattr__(self, name, path)
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+    def check_host(self) -> None:
+        for name in ("kernel", "initrd", "rootfs"):
+            path = getattr(self, name)
             if not path.is_file():
                 raise ConfigError(f"image.{name}", f"{path} is not a file")
+
+    def to_dict(self) -> dict[str, str]:
+        return {name: str(getattr(self, name)) for name in ("kernel", "initrd", "rootfs")}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImagePaths:
@@ -298,9 +324,19 @@ class ImagePaths:
         return cls(**{k: Path(v) for k, v in data.items()})
 
 
+HYPERVISORS = ("qemu", "mock")
+AGENTS = ("vc", "mock")
+
+
 @dataclass(frozen=True)
 class PodConfig:
-    """A pod: one VM and the containers it starts with."""
+    """A pod: one VM and the containers it starts with.
+
+    ``hypervisor`` and ``agent`` pick the backends (``qemu`` and our guest
+    agent ``vc``; ``mock`` for both in unit tests).  ``agent`` defaults to
+    the one that goes with the hypervisor.  ``image`` defaults to the built
+    guest image, found when the pod is created.
+    """
 
     id: str
     resources: Resources = field(default_factory=Resources)
@@ -310,6 +346,7 @@ class PodConfig:
     hostname: str | None = None
     kernel_params: tuple[str, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
+    agent: str | None = None
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -321,15 +358,16 @@ class PodConfig:
             if container.id in seen:
                 raise ConfigError("pod.containers", f"container id {container.id!r} appears twice")
             seen.add(container.id)
-        if self.hypervisor not in ("qemu", "mock"):
+        if self.hypervisor not in HYPERVISORS:
             raise ConfigError("pod.hypervisor", f"{self.hypervisor!r} is not 'qemu' or 'mock'")
+        if self.agent is None:
+            object.__setattr__(self, "agent", "mock" if self.hypervisor == "mock" else "vc")
+        if self.agent not in AGENTS:
+            raise ConfigError("pod.agent", f"{self.agent!r} is not 'vc' or 'mock'")
         object.__setattr__(
             self, "kernel_params", _check_str_tuple("pod.kernel_params", self.kernel_params)
         )
-        if self.hostname is not None and not re.match(
-            r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$", self.hostname
-        ):
-            raise ConfigError("pod.hostname", f"{self.hostname!r} is not a valid hostname")
+        validate_hostname("pod.hostname", self.hostname)
         for key, value in dict(self.annotations).items():
             _check_type("pod.annotations", key, str)
             _check_type("pod.annotations", value, str)
@@ -340,13 +378,20 @@ class PodConfig:
             "resources": dataclasses.asdict(self.resources),
             "containers": [c.to_dict() for c in self.containers],
             "hypervisor": self.hypervisor,
-            "image": {k: str(v) for k, v in dataclasses.asdict(self.image).items()}
-            if self.image
-            else None,
+            "image": self.image.to_dict() if self.image else None,
             "hostname": self.hostname,
             "kernel_params": list(self.kernel_params),
             "annotations": dict(self.annotations),
+            "agent": self.agent,
         }
+
+    def check_host(self) -> None:
+        """Raise ConfigError for what this host cannot give the pod."""
+        self.resources.check_host()
+        if self.image is not None:
+            self.image.check_host()
+        for container in self.containers:
+            container.check_host()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PodConfig:

@@ -16,19 +16,42 @@ which pod or container, and what to do about it.  The hierarchy::
     │   └── AgentProtocolError   the guest broke the wire protocol; the pod's
     │                            agent connection is unusable
     ├── DaemonError              the pod daemon cannot be reached or failed
+    ├── CorruptRecordError       a pod's state file cannot be read (pod_id, path)
     └── RuntimeSpecError         an OCI bundle or config.json cannot be used
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Self
 
 
 class VcError(Exception):
-    """Root of every virtcontainers error."""
+    """Root of every virtcontainers error.
+
+    ``FIELDS`` names a subclass's structured attributes: they cross from the
+    pod daemon to its caller with the message (see :mod:`virtcontainers.rpc`).
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def fields(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    @classmethod
+    def rebuild(cls, message: str, fields: Mapping[str, object]) -> Self:
+        """The error as it was raised elsewhere: same message, same fields."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        for name in cls.FIELDS:
+            value = fields.get(name)
+            setattr(error, name, tuple(value) if isinstance(value, list) else value)
+        return error
 
 
 class ConfigError(VcError):
+    FIELDS = ("field", "reason")
+
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"invalid {field}: {reason}")
         self.field = field
@@ -36,6 +59,8 @@ class ConfigError(VcError):
 
 
 class NotFoundError(VcError):
+    FIELDS = ("kind", "ident")
+
     def __init__(self, kind: str, ident: str, hint: str = "") -> None:
         message = f"{kind} {ident!r} not found"
         super().__init__(f"{message}; {hint}" if hint else message)
@@ -44,6 +69,8 @@ class NotFoundError(VcError):
 
 
 class ExistsError(VcError):
+    FIELDS = ("kind", "ident")
+
     def __init__(self, kind: str, ident: str) -> None:
         super().__init__(f"{kind} {ident!r} already exists")
         self.kind = kind
@@ -51,6 +78,8 @@ class ExistsError(VcError):
 
 
 class StateError(VcError):
+    FIELDS = ("what", "operation", "current", "required")
+
     def __init__(self, what: str, operation: str, current: str, required: Sequence[str]) -> None:
         allowed = " or ".join(required)
         super().__init__(f"cannot {operation} {what}: it is {current}, must be {allowed}")
@@ -69,6 +98,8 @@ class HypervisorError(VcError):
 
 
 class VMLaunchError(HypervisorError):
+    FIELDS = ("argv", "output")
+
     def __init__(self, message: str, argv: Sequence[str] = (), output: str = "") -> None:
         detail = f"{message}\n--- VM output (last lines) ---\n{output}" if output else message
         super().__init__(detail)
@@ -77,6 +108,8 @@ class VMLaunchError(HypervisorError):
 
 
 class AgentError(VcError):
+    FIELDS = ("op", "kind", "message")
+
     def __init__(self, op: str, kind: str, message: str) -> None:
         super().__init__(f"agent {op} failed ({kind}): {message}")
         self.op = op
@@ -91,6 +124,19 @@ class AgentProtocolError(AgentError):
 
 class DaemonError(VcError):
     """The pod daemon cannot be reached or failed."""
+
+
+class CorruptRecordError(VcError):
+    FIELDS = ("pod_id", "path", "reason")
+
+    def __init__(self, pod_id: str, path: object, reason: str) -> None:
+        super().__init__(
+            f"pod {pod_id!r}: state file {path} is corrupt ({reason}); "
+            f"`virtc pod delete {pod_id}` removes the pod"
+        )
+        self.pod_id = pod_id
+        self.path = str(path)
+        self.reason = reason
 
 
 class RuntimeSpecError(VcError):

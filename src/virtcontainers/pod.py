@@ -13,26 +13,27 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from virtcontainers import hostproc, spec
-from virtcontainers.agent.base import Agent, ExitStatus, GuestDetails, StdioStreams
-from virtcontainers.config import Cmd, ContainerConfig, PodConfig, validate_id
+from virtcontainers import spec
+from virtcontainers.agent.base import Agent, ExitStatus, ProcessInfo, StdioStreams
+from virtcontainers.cleanup import release_run_files
+from virtcontainers.config import Cmd, ContainerConfig, validate_id
 from virtcontainers.container import Container
 from virtcontainers.errors import (
     AgentError,
+    ConfigError,
     ExistsError,
     HypervisorError,
     NotFoundError,
     StateError,
     VcError,
 )
+from virtcontainers.hostproc import ProcessRef
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import (
     BlockDevice,
@@ -41,19 +42,19 @@ from virtcontainers.hypervisor.base import (
     SharedFsDevice,
     VMConfig,
 )
-from virtcontainers.process import GuestProcess, ProcessIO, Stdio
+from virtcontainers.logtail import tail
+from virtcontainers.process import GuestProcess, ProcessIO
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.sharedfs import choose_shared_fs
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.store import PodPaths, Store
+from virtcontainers.stdio import Stdio
+from virtcontainers.store import KILLED, PodPaths, PodRecord, Store, end_with_vm
 
 AGENT_PORT_NAME = "agent"
 SHARED_FS_TAG = "vcshared"
 AGENT_CONNECT_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 5.0
 VM_EXIT_GRACE = 3.0
-KILLED = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
-"""What a process that went down with its VM (or lost its agent) reports."""
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
 
 
@@ -61,31 +62,21 @@ class Pod:
     """One pod's VM and containers, driven by its daemon (asyncio)."""
 
     def __init__(
-        self,
-        store: Store,
-        pod_id: str,
-        hypervisor: Hypervisor,
-        agent: Agent,
-        image: tuple[Path, Path, Path],
+        self, store: Store, record: PodRecord, hypervisor: Hypervisor, agent: Agent
     ) -> None:
         self.store = store
-        self.id = pod_id
-        self.paths: PodPaths = store.paths(pod_id)
-        self.log = logging.getLogger(__name__).getChild(pod_id)
+        self.record = record
+        self.id = record.id
+        self.config = record.config
+        self.paths: PodPaths = store.paths(self.id)
+        self.log = logging.getLogger(__name__).getChild(self.id)
         self.hypervisor = hypervisor
         self.agent = agent
-        self.kernel, self.initrd, self.rootfs_image = image
         self.shared = SharedDir(self.paths)
-        self._vm_ref: dict[str, Any] | None = None
-        record = store.load(pod_id)
-        self.record = record
-        self.config = PodConfig.from_dict(record["config"])
-        self.state = PodState(record["state"])
         self.containers = {
-            cid: Container.from_record(entry) for cid, entry in record["containers"].items()
+            cid: Container.from_record(entry) for cid, entry in record.containers.items()
         }
-        self.details: GuestDetails | None = None
-        self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"io-{pod_id}")
+        self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"io-{self.id}")
         self.stopping = False
         self.stopped = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
@@ -95,31 +86,23 @@ class Pod:
 
     # --- record -------------------------------------------------------------------
 
-    def _refresh_record(self) -> dict[str, Any]:
-        self.record["state"] = self.state.value
-        self.record["containers"] = {cid: c.to_record() for cid, c in self.containers.items()}
-        self.record["vm"] = self._vm_process()
-        self.record["guest"] = self.details.__dict__ if self.details else None
-        return self.record
-
-    def _vm_process(self) -> dict[str, Any] | None:
-        pid = self.hypervisor.pid
-        if pid is None:
-            self._vm_ref = None
-        elif self._vm_ref is None or self._vm_ref["pid"] != pid:
-            self._vm_ref = hostproc.record_of(pid)
-        return self._vm_ref
+    @property
+    def state(self) -> PodState:
+        return self.record.state
 
     def persist(self) -> None:
-        self.store.save(self.id, self._refresh_record())
+        """Write the record, with the containers' and the VM's current state."""
+        self.record.containers = {cid: c.to_record() for cid, c in self.containers.items()}
+        pid = self.hypervisor.pid
+        if pid is None:
+            self.record.vm = None
+        elif self.record.vm is None or self.record.vm.pid != pid:
+            self.record.vm = ProcessRef.of(pid)
+        self.store.save(self.record)
 
     def _move_to(self, target: PodState) -> None:
-        self.state.check_transition(self.id, target)
-        self.state = target
+        self.record.state = self.state.moved_to(self.id, target)
         self.persist()
-
-    def status(self) -> dict[str, Any]:
-        return dict(self._refresh_record())
 
     def container(self, container_id: str) -> Container:
         validate_id("container", container_id)
@@ -132,12 +115,13 @@ class Pod:
 
     async def start(self) -> None:
         """Boot the VM, connect the agent, create and start the pod's containers."""
-        self.state.check_transition(self.id, PodState.RUNNING)
+        self.state.moved_to(self.id, PodState.RUNNING)
         self.log.info("starting pod")
         try:
             await self._boot()
             for container in self.containers.values():
-                container.state = ContainerState.CREATED
+                if container.state is not ContainerState.CREATED:
+                    container.move_to(ContainerState.CREATED)
                 container.exit = None
                 await self._create_in_guest(container, self._log_stdio(container.id))
                 await self._start_in_guest(container)
@@ -156,17 +140,20 @@ class Pod:
         # Detected once here: the shared filesystem's choice depends on it too.
         accelerator, reason = detect_accelerator()
         self.log.info("accelerator %s: %s", accelerator.value, reason)
+        image = self.record.image
+        if image is None:
+            raise ConfigError("pod.image", f"pod {self.id!r} has no guest image recorded")
         vm = VMConfig(
             vm_id=self.id,
-            kernel=self.kernel,
-            initrd=self.initrd,
+            kernel=image.kernel,
+            initrd=image.initrd,
             run_dir=self.paths.vm,
             vcpus=self.config.resources.vcpus,
             memory_mib=self.config.resources.memory_mib,
             kernel_params=(f"vc.hostname={hostname}", *self.config.kernel_params),
             accelerator=accelerator,
             devices=(
-                BlockDevice("root", self.rootfs_image, read_only=True),
+                BlockDevice("root", image.rootfs, read_only=True),
                 SerialPortDevice("agent", agent_socket, AGENT_PORT_NAME),
                 SharedFsDevice(
                     "shared", self.shared.export, SHARED_FS_TAG, choose_shared_fs(None, accelerator)
@@ -175,7 +162,7 @@ class Pod:
         )
         await self.hypervisor.create(vm)
         await self.hypervisor.start()
-        self.record["started_at"] = time.time()
+        self.record.started_at = time.time()
         self.persist()
         vm_exit = asyncio.ensure_future(self.hypervisor.wait())
         connect = asyncio.ensure_future(
@@ -205,21 +192,15 @@ class Pod:
         self._spawn(self._fetch_details())
 
     def _console_tail(self, limit: int = 2048) -> str:
-        try:
-            with open(self.hypervisor.console_path(), "rb") as console:
-                console.seek(0, os.SEEK_END)
-                console.seek(max(0, console.tell() - limit))
-                return console.read().decode(errors="replace")
-        except OSError as exc:
-            return f"(no console log: {exc})"
+        return tail(self.hypervisor.console_path(), limit) or "(no console output)"
 
     async def _fetch_details(self) -> None:
         try:
-            self.details = await self.agent.guest_details()
+            self.record.guest = await self.agent.guest_details()
         except AgentError as exc:
             self.log.warning("guest details: %s", exc)
             return
-        self.log.info("guest: %s", self.details)
+        self.log.info("guest: %s", self.record.guest)
         if not self.stopping:
             self.persist()
 
@@ -228,7 +209,7 @@ class Pod:
         if self.stopping:
             return
         self.log.error("VM exited unexpectedly with code %s", code)
-        self.record["error"] = f"the VM exited unexpectedly (code {code})"
+        self.record.error = f"the VM exited unexpectedly (code {code})"
         await self.stop()
 
     async def stop(self) -> None:
@@ -250,23 +231,20 @@ class Pod:
             await self.hypervisor.stop()
         except VcError as exc:
             self.log.warning("stopping the VM: %s", exc)
-        with contextlib.suppress(Exception):
+        try:
             await self.agent.close()
+        except (VcError, OSError) as exc:
+            self.log.warning("closing the agent connection: %s", exc)
         for process in self.guest_execs.values():
             await self._abandon(process)
         for container in self.containers.values():
             await self._end_processes(container)
-            if container.state in LIVE_STATES or container.in_guest:
-                if container.state is not ContainerState.STOPPED:
-                    container.state = ContainerState.STOPPED
-                if container.exit is None:
-                    container.exit = KILLED
             container.in_guest = False
+        end_with_vm(self.containers.values())
         for task in list(self._watchers):
             if task is not asyncio.current_task():
                 task.cancel()
-        self.shared.detach()
-        shutil.rmtree(self.paths.vm, ignore_errors=True)
+        release_run_files(self.paths)
 
     async def _end_processes(self, container: Container) -> None:
         for process in (container.init, *container.execs.values()):
@@ -375,7 +353,7 @@ class Pod:
         if process.exec_id is None and not self.stopping:
             container.exit = process.status
             if container.state is not ContainerState.STOPPED:
-                container.state = ContainerState.STOPPED
+                container.move_to(ContainerState.STOPPED)
             self.persist()
         container.forget_finished_execs()
 
@@ -386,7 +364,7 @@ class Pod:
         container.state.require(container_id, "stop", ContainerState.CREATED, *LIVE_STATES)
         if container.state is ContainerState.PAUSED:
             await self.agent.resume_container(container_id)
-            container.state = ContainerState.RUNNING
+            container.move_to(ContainerState.RUNNING)
         init = container.process(None)
         if init.status is None:
             with contextlib.suppress(AgentError):
@@ -398,7 +376,8 @@ class Pod:
                     await self.agent.signal_process(container_id, None, signal.SIGKILL, True)
                 await init.done.wait()
         container.exit = init.status
-        container.state = ContainerState.STOPPED
+        if container.state is not ContainerState.STOPPED:
+            container.move_to(ContainerState.STOPPED)
         self.persist()
 
     async def delete_container(self, container_id: str) -> None:
@@ -520,13 +499,10 @@ class Pod:
         self.process(container_id, exec_id)
         await self.agent.resize_terminal(container_id, exec_id, rows, cols)
 
-    async def list_processes(self, container_id: str) -> list[dict[str, Any]]:
+    async def list_processes(self, container_id: str) -> list[ProcessInfo]:
         self._require_running("list processes in")
         self.container(container_id).state.require(container_id, "list processes of", *LIVE_STATES)
-        return [
-            {"pid": p.pid, "args": list(p.args)}
-            for p in await self.agent.list_processes(container_id)
-        ]
+        return await self.agent.list_processes(container_id)
 
     # --- plumbing -----------------------------------------------------------------------
 

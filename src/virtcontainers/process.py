@@ -19,29 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from virtcontainers.agent.base import Agent, ExitStatus, StdioStreams, Stream
+from virtcontainers.errors import VcError
+from virtcontainers.stdio import Stdio
 
 READ_CHUNK = 64 * 1024
 DRAIN_IDLE_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Stdio:
-    """Host fds for a process (owned by the relay once handed over)."""
-
-    stdin: int | None = None
-    stdout: int | None = None
-    stderr: int | None = None
-
-    def close(self) -> None:
-        """Close each fd once; a second call must not hit a reused fd number."""
-        fds = {self.stdin, self.stdout, self.stderr}
-        self.stdin = self.stdout = self.stderr = None
-        for fd in fds:
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -139,8 +123,10 @@ class ProcessIO:
             await stream.close()
         except OSError as exc:
             log.debug("stdin relay stopped: %s", exc)
-            with contextlib.suppress(Exception):
+            try:
                 await stream.close()
+            except (VcError, OSError) as close_error:
+                log.warning("closing stdin stream %d: %s", stream.stream_id, close_error)
 
     async def _pump_out(self, stream: Stream, fd: int, attached: list[int]) -> None:
         loop = asyncio.get_running_loop()
@@ -179,8 +165,12 @@ class ProcessIO:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("a stdio relay failed")
         for sinks in self._attached.values():
             while sinks:
                 with contextlib.suppress(OSError):

@@ -1,10 +1,13 @@
-"""Local RPC between API callers and a pod daemon.
+"""Local RPC between API callers and a pod daemon: framing, errors, the client end.
 
 One request per connection over the pod's unix socket: a 4-byte big-endian
 length, then a UTF-8 JSON object ``{"method": str, "params": {...}}``.  File
 descriptors (a process's stdio) ride along with the request as SCM_RIGHTS.
 The daemon answers with one frame of the same shape: ``{"ok": true, "result":
-...}`` or ``{"ok": false, "error": {"type": <VcError subclass>, "message": ...}}``.
+...}`` or ``{"ok": false, "error": {"type": <VcError subclass>, "message":
+..., "fields": {...}}}``, so an error arrives as the class it was raised as,
+with its structured fields.  What each method takes and answers is declared
+once, in :mod:`virtcontainers.calls`.
 """
 
 from __future__ import annotations
@@ -33,9 +36,41 @@ def encode(message: dict[str, Any]) -> bytes:
     return LENGTH.pack(len(payload)) + payload
 
 
+def decode(payload: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise DaemonError(f"RPC message is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise DaemonError("RPC message is not a JSON object")
+    return message
+
+
+class FrameReader:
+    """Collects bytes until one whole frame is in (the same for both ends)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> dict[str, Any] | None:
+        """Add ``data``; the frame's message once it is complete, else None."""
+        self.buffer += data
+        if len(self.buffer) < LENGTH.size:
+            return None
+        (length,) = LENGTH.unpack_from(self.buffer)
+        if length > MAX_MESSAGE:
+            raise DaemonError(f"RPC {self.what} of {length} bytes is too large")
+        end = LENGTH.size + length
+        if len(self.buffer) < end:
+            return None
+        return decode(bytes(self.buffer[LENGTH.size : end]))
+
+
 def error_to_dict(exc: BaseException) -> dict[str, Any]:
-    kind = type(exc).__name__ if isinstance(exc, VcError) else "VcError"
-    return {"type": kind, "message": str(exc)}
+    if not isinstance(exc, VcError):
+        return {"type": "VcError", "message": str(exc), "fields": {}}
+    return {"type": type(exc).__name__, "message": str(exc), "fields": exc.fields()}
 
 
 def error_from_dict(error: object) -> VcError:
@@ -44,16 +79,8 @@ def error_from_dict(error: object) -> VcError:
     cls = getattr(errors, str(error.get("type")), VcError)
     if not (isinstance(cls, type) and issubclass(cls, VcError)):
         cls = VcError
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, str(error.get("message")))
-    return exc
-
-
-def decode(payload: bytes) -> dict[str, Any]:
-    message = json.loads(payload)
-    if not isinstance(message, dict):
-        raise DaemonError("RPC message is not a JSON object")
-    return message
+    fields = error.get("fields")
+    return cls.rebuild(str(error.get("message")), fields if isinstance(fields, dict) else {})
 
 
 def call(
@@ -63,20 +90,24 @@ def call(
     fds: Sequence[int] = (),
     timeout: float | None = 60.0,
 ) -> Any:
-    """Call ``method`` on the daemon listening at ``socket_path`` (synchronous)."""
+    """Call ``method`` on the daemon listening at ``socket_path`` (synchronous).
+
+    Raises the daemon's error as its own class, or DaemonError when the daemon
+    cannot be reached or does not answer within ``timeout`` seconds.
+    """
+    data = encode({"method": method, "params": params})
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(str(socket_path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonError(f"pod daemon at {socket_path} is not running: {exc}") from exc
-        data = encode({"method": method, "params": params})
         try:
-            if fds:
-                socket.send_fds(sock, [data], list(fds))
-            else:
-                sock.sendall(data)
-            reply = _read_frame_sync(sock)
+            # send_fds may send part of a large request: the rest follows plainly.
+            sent = socket.send_fds(sock, [data], list(fds)) if fds else 0
+            if sent < len(data):
+                sock.sendall(data[sent:])
+            reply = _read_reply(sock)
         except TimeoutError:
             raise DaemonError(f"pod daemon did not answer {method} within {timeout}s") from None
         except OSError as exc:
@@ -86,21 +117,15 @@ def call(
     raise error_from_dict(reply.get("error"))
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
+def _read_reply(sock: socket.socket) -> dict[str, Any]:
+    reader = FrameReader("answer")
+    while True:
+        chunk = sock.recv(65536)
         if not chunk:
             raise DaemonError("pod daemon closed the connection without answering")
-        chunks += chunk
-    return bytes(chunks)
-
-
-def _read_frame_sync(sock: socket.socket) -> dict[str, Any]:
-    (length,) = LENGTH.unpack(_recv_exact(sock, LENGTH.size))
-    if length > MAX_MESSAGE:
-        raise DaemonError(f"RPC answer of {length} bytes is too large")
-    return decode(_recv_exact(sock, length))
+        message = reader.feed(chunk)
+        if message is not None:
+            return message
 
 
 def close_fds(fds: Sequence[int]) -> None:

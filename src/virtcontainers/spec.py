@@ -9,6 +9,8 @@ from typing import Any
 from virtcontainers.config import ContainerConfig
 
 GUEST_SHARED_DIR = "/run/vc/shared"
+OCI_VERSION = "1.1.0"
+"""The runtime-spec version of the specs we write (crun 1.8 in the guest takes it)."""
 DEFAULT_CAPABILITIES = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -78,25 +80,28 @@ def default_mounts() -> list[dict[str, Any]]:
 
 
 def default_spec(hostname: str) -> dict[str, Any]:
+    """The one default container spec: what a container engine gives a container
+    that asks for nothing (Docker's capability set, masked and read-only paths)."""
     caps = list(DEFAULT_CAPABILITIES)
     return {
-        "ociVersion": "1.0.2",
+        "ociVersion": OCI_VERSION,
         "hostname": hostname,
         "mounts": default_mounts(),
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")],
             "maskedPaths": [
                 "/proc/acpi",
+                "/proc/asound",
                 "/proc/kcore",
                 "/proc/keys",
                 "/proc/latency_stats",
                 "/proc/timer_list",
+                "/proc/timer_stats",
                 "/proc/sched_debug",
                 "/proc/scsi",
                 "/sys/firmware",
             ],
             "readonlyPaths": [
-                "/proc/asound",
                 "/proc/bus",
                 "/proc/fs",
                 "/proc/irq",

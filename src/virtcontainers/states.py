@@ -1,59 +1,88 @@
 """Lifecycle states of pods and containers, with their allowed transitions.
 
-An operation in the wrong state raises :class:`StateError` naming both the
-current state and the states it needs.
+One state machine, :class:`Lifecycle`, serves every lifecycle (pods,
+containers, and the hypervisor's VMs): an enum whose class names its table
+of transitions.  An operation in the wrong state raises :class:`StateError`
+naming both the current state and the states it needs; every state change
+goes through :meth:`Lifecycle.moved_to`, which checks it against the table.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import TypeVar
 
 from virtcontainers.errors import StateError
 
 
-class PodState(enum.Enum):
+class Lifecycle(enum.Enum):
+    """A state; subclasses name what they describe and their transitions."""
+
+    @classmethod
+    def noun(cls) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def transitions(cls) -> Mapping[Lifecycle, frozenset[Lifecycle]]:
+        raise NotImplementedError
+
+    def require(self, ident: str, operation: str, *allowed: Lifecycle) -> None:
+        """Raise StateError unless this state is one of ``allowed``."""
+        if self not in allowed:
+            what = f"{self.noun()} {ident!r}"
+            raise StateError(what, operation, self.value, [s.value for s in allowed])
+
+    def moved_to(self, ident: str, target: L) -> L:
+        """``target``, if the table allows moving there from here (else StateError)."""
+        table = self.transitions()
+        if target not in table.get(self, frozenset()):
+            sources = [state for state, targets in table.items() if target in targets]
+            self.require(ident, f"move to {target.value}", *sources)
+        return target
+
+
+L = TypeVar("L", bound=Lifecycle)
+
+
+class PodState(Lifecycle):
     CREATED = "created"  # configured, no VM
     RUNNING = "running"  # VM up, daemon serving
     PAUSED = "paused"  # VM's vCPUs stopped
     STOPPED = "stopped"  # VM gone; may be started again or deleted
 
-    def require(self, pod_id: str, operation: str, *allowed: PodState) -> None:
-        if self not in allowed:
-            raise StateError(f"pod {pod_id!r}", operation, self.value, [s.value for s in allowed])
+    @classmethod
+    def noun(cls) -> str:
+        return "pod"
 
-    def check_transition(self, pod_id: str, target: PodState) -> None:
-        if target not in _POD_TRANSITIONS[self]:
-            allowed = [s for s, targets in _POD_TRANSITIONS.items() if target in targets]
-            self.require(pod_id, f"move to {target.value}", *allowed)
+    @classmethod
+    def transitions(cls) -> Mapping[Lifecycle, frozenset[Lifecycle]]:
+        return _POD_TRANSITIONS
 
 
-_POD_TRANSITIONS: dict[PodState, frozenset[PodState]] = {
+class ContainerState(Lifecycle):
+    CREATED = "created"  # configured (and created in the VM when the pod runs)
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+    @classmethod
+    def noun(cls) -> str:
+        return "container"
+
+    @classmethod
+    def transitions(cls) -> Mapping[Lifecycle, frozenset[Lifecycle]]:
+        return _CONTAINER_TRANSITIONS
+
+
+_POD_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {
     PodState.CREATED: frozenset({PodState.RUNNING, PodState.STOPPED}),
     PodState.RUNNING: frozenset({PodState.PAUSED, PodState.STOPPED}),
     PodState.PAUSED: frozenset({PodState.RUNNING, PodState.STOPPED}),
     PodState.STOPPED: frozenset({PodState.RUNNING}),
 }
 
-
-class ContainerState(enum.Enum):
-    CREATED = "created"  # configured (and created in the VM when the pod runs)
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPED = "stopped"
-
-    def require(self, container_id: str, operation: str, *allowed: ContainerState) -> None:
-        if self not in allowed:
-            raise StateError(
-                f"container {container_id!r}", operation, self.value, [s.value for s in allowed]
-            )
-
-    def check_transition(self, container_id: str, target: ContainerState) -> None:
-        if target not in _CONTAINER_TRANSITIONS[self]:
-            allowed = [s for s, targets in _CONTAINER_TRANSITIONS.items() if target in targets]
-            self.require(container_id, f"move to {target.value}", *allowed)
-
-
-_CONTAINER_TRANSITIONS: dict[ContainerState, frozenset[ContainerState]] = {
+_CONTAINER_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {
     ContainerState.CREATED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),
     ContainerState.RUNNING: frozenset({ContainerState.PAUSED, ContainerState.STOPPED}),
     ContainerState.PAUSED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),

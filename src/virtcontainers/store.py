@@ -20,6 +20,9 @@ The shared directory is laid out by :mod:`virtcontainers.shareddir`.
 
 Any process on the host can list and read pods; only the pod's daemon
 writes the record while the pod's VM runs, and API calls write it otherwise.
+The record is a :class:`PodRecord` with a :class:`ContainerRecord` per
+container, written and read here only.  Loading parses the JSON and checks its
+shape, never the host: a record stays loadable when the host changes.
 """
 
 from __future__ import annotations
@@ -28,17 +31,23 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtcontainers.config import validate_id
-from virtcontainers.errors import NotFoundError, VcError
+from virtcontainers.agent.base import ExitStatus, GuestDetails
+from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig, validate_id
+from virtcontainers.errors import ConfigError, CorruptRecordError, NotFoundError
+from virtcontainers.hostproc import ProcessRef
+from virtcontainers.states import ContainerState, PodState
 
 DEFAULT_RUN_ROOT = Path("/run/virtcontainers")
-STATE_VERSION = 1
+STATE_VERSION = 2
+KILLED = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
+"""What a process that went down with its VM (or lost its agent) reports."""
 
 
 def run_root() -> Path:
@@ -63,6 +72,156 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path) as source:
         return json.load(source)
+
+
+def _integer(data: Mapping[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(name, f"expected an integer, got {value!r}")
+    return value
+
+
+def _number(data: Mapping[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+        raise ConfigError(name, f"expected a number, got {value!r}")
+    return None if value is None else float(value)
+
+
+def _text(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(name, f"expected a string, got {value!r}")
+    return value
+
+
+@dataclass
+class ContainerRecord:
+    """What the store keeps of a container: its config, state and last exit."""
+
+    config: ContainerConfig
+    state: ContainerState = ContainerState.CREATED
+    pid: int | None = None
+    exit: ExitStatus | None = None
+    oom_killed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "state": self.state.value,
+            "pid": self.pid,
+            "exit_code": self.exit.exit_code if self.exit else None,
+            "signal": self.exit.signal if self.exit else None,
+            "oom_killed": self.oom_killed,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> ContainerRecord:
+        """Parse a record (ConfigError naming the field when it is malformed)."""
+        if not isinstance(data, dict):
+            raise ConfigError("container record", f"expected an object, got {data!r}")
+        try:
+            state = ContainerState(data.get("state"))
+        except ValueError:
+            raise ConfigError("container.state", f"unknown state {data.get('state')!r}") from None
+        exit_code = _integer(data, "exit_code")
+        return cls(
+            config=ContainerConfig.from_dict(data.get("config") or {}),
+            state=state,
+            pid=_integer(data, "pid"),
+            exit=ExitStatus(exit_code, _integer(data, "signal")) if exit_code is not None else None,
+            oom_killed=bool(data.get("oom_killed")),
+        )
+
+
+def end_with_vm(containers: Iterable[ContainerRecord]) -> None:
+    """Containers whose VM went away: the running ones stopped, killed."""
+    for container in containers:
+        if container.state in (ContainerState.RUNNING, ContainerState.PAUSED):
+            container.state = container.state.moved_to(container.id, ContainerState.STOPPED)
+            container.exit = container.exit or KILLED
+
+
+@dataclass
+class PodRecord:
+    """What the store keeps of a pod (``state.json``)."""
+
+    config: PodConfig
+    state: PodState = PodState.CREATED
+    containers: dict[str, ContainerRecord] = field(default_factory=dict)
+    image: ImagePaths | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    daemon: ProcessRef | None = None
+    vm: ProcessRef | None = None
+    error: str | None = None
+    guest: GuestDetails | None = None
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def mark_stopped(self, error: str | None) -> None:
+        """The pod's VM is gone, and with it every process of its containers."""
+        if self.state is not PodState.STOPPED:
+            self.state = self.state.moved_to(self.id, PodState.STOPPED)
+        end_with_vm(self.containers.values())
+        self.daemon = self.vm = None
+        self.error = self.error or error
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "config": self.config.to_dict(),
+            "state": self.state.value,
+            "containers": {cid: c.to_json() for cid, c in self.containers.items()},
+            "image": self.image.to_dict() if self.image else None,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "daemon": self.daemon.to_record() if self.daemon else None,
+            "vm": self.vm.to_record() if self.vm else None,
+            "error": self.error,
+            "guest": self.guest.__dict__ if self.guest else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> PodRecord:
+        """Parse a record (ConfigError naming the field when it is malformed)."""
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ConfigError("version", f"expected a version {STATE_VERSION} record")
+        try:
+            state = PodState(data.get("state"))
+        except ValueError:
+            raise ConfigError("state", f"unknown state {data.get('state')!r}") from None
+        containers = data.get("containers")
+        if not isinstance(containers, dict):
+            raise ConfigError("containers", f"expected an object, got {containers!r}")
+        image = data.get("image")
+        return cls(
+            config=PodConfig.from_dict(data.get("config") or {}),
+            state=state,
+            containers={cid: ContainerRecord.from_json(c) for cid, c in containers.items()},
+            image=ImagePaths.from_dict(image) if isinstance(image, dict) else None,
+            created_at=_number(data, "created_at") or 0.0,
+            started_at=_number(data, "started_at"),
+            daemon=ProcessRef.from_record(data.get("daemon")),
+            vm=ProcessRef.from_record(data.get("vm")),
+            error=_text(data, "error"),
+            guest=_guest_details(data.get("guest")),
+        )
+
+
+def _guest_details(data: object) -> GuestDetails | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return GuestDetails(**data)
+    except TypeError:
+        raise ConfigError("guest", f"malformed guest details {data!r}") from None
 
 
 @dataclass(frozen=True)
@@ -137,21 +296,22 @@ class Store:
         paths.root.mkdir(mode=0o700)
         return paths
 
-    def load(self, pod_id: str) -> dict[str, Any]:
+    def load(self, pod_id: str) -> PodRecord:
+        """The pod's record; NotFoundError, or CorruptRecordError naming the file."""
         paths = self.paths(pod_id)
         try:
-            record = read_json(paths.state)
+            data = read_json(paths.state)
         except FileNotFoundError:
             raise NotFoundError("pod", pod_id, "`virtc pod list` shows the pods") from None
-        except (OSError, ValueError) as exc:
-            raise VcError(f"pod {pod_id!r}: state file {paths.state} is unreadable: {exc}") from exc
-        if not isinstance(record, dict) or record.get("version") != STATE_VERSION:
-            raise VcError(f"pod {pod_id!r}: state file {paths.state} has an unknown format")
-        return record
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CorruptRecordError(pod_id, paths.state, str(exc)) from exc
+        try:
+            return PodRecord.from_json(data)
+        except ConfigError as exc:
+            raise CorruptRecordError(pod_id, paths.state, str(exc)) from exc
 
-    def save(self, pod_id: str, record: dict[str, Any]) -> None:
-        record["version"] = STATE_VERSION
-        write_json_atomic(self.paths(pod_id).state, record)
+    def save(self, record: PodRecord) -> None:
+        write_json_atomic(self.paths(record.id).state, record.to_json())
 
     @contextlib.contextmanager
     def locked(self, pod_id: str) -> Iterator[PodPaths]:

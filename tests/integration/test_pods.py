@@ -112,9 +112,9 @@ def test_three_containers_in_one_pod(no_leaks: Path, busybox_rootfs: Path) -> No
         assert code == 0
         assert b"sleep 1000" in out
     guest = api.pod_status("three").guest  # fetched in the background after boot
-    assert guest is not None and guest["kernel"].startswith("6.") and guest["runtime"]
+    assert guest is not None and guest.kernel.startswith("6.") and guest.runtime
     processes = api.list_processes("three", "b")
-    assert any(p["args"][:2] == ["sleep", "1000"] for p in processes)
+    assert any(p.args[:2] == ("sleep", "1000") for p in processes)
     api.stop_container("three", "a", timeout=1)
     assert api.container_status("three", "a").state is ContainerState.STOPPED
     assert api.container_status("three", "b").state is ContainerState.RUNNING

@@ -10,28 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.conftest import mock_pod
 from virtcontainers import api
-from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
+from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
 from virtcontainers.errors import ExistsError, NotFoundError, StateError
 from virtcontainers.states import ContainerState, PodState
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> ImagePaths:
-    for name in ("kernel", "initrd", "rootfs"):
-        (tmp_path / name).write_bytes(b"not a real image: the mock never boots it")
-    return ImagePaths(tmp_path / "kernel", tmp_path / "initrd", tmp_path / "rootfs")
-
-
-@pytest.fixture
-def rootfs(tmp_path: Path) -> Path:
-    root = tmp_path / "rootfs-dir"
-    (root / "bin").mkdir(parents=True)
-    return root
-
-
-def mock_pod(pod_id: str, image: ImagePaths, *containers: ContainerConfig) -> PodConfig:
-    return PodConfig(id=pod_id, hypervisor="mock", image=image, containers=containers)
 
 
 def read_all(fd: int) -> bytes:
@@ -138,7 +121,7 @@ def test_containers_added_before_start(run_root: Path, image: ImagePaths, rootfs
     api.start_pod("p5")
     assert api.container_status("p5", "late").state is ContainerState.RUNNING
     processes = api.list_processes("p5", "late")
-    assert processes and processes[0]["args"] == ["sleep"]
+    assert processes and processes[0].args == ("sleep",)
 
 
 def test_enter_pod_runs_outside_containers(run_root: Path, image: ImagePaths) -> None:

@@ -54,8 +54,11 @@ def test_runtime_signal_names_and_numbers() -> None:
 
 
 def test_runtime_unknown_signal_is_an_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(runtime_cli, ["--root", str(tmp_path), "kill", "nope", "SIGBOGUS"])
+    log = tmp_path / "log.json"
+    args = ["--root", str(tmp_path), "--log", str(log), "kill", "nope", "SIGBOGUS"]
+    result = CliRunner().invoke(runtime_cli, args)
     assert result.exit_code == 1
+    assert "SIGBOGUS" in log.read_text() and "does not exist" not in log.read_text()
 
 
 def test_runtime_logs_errors_as_json(tmp_path: Path) -> None:

@@ -18,16 +18,19 @@ from virtcontainers.errors import ConfigError
         (lambda root: PodConfig(id="-leading-dash"), "pod id"),
         (lambda root: PodConfig(id="x" * 65), "pod id"),
         (lambda root: Resources(memory_mib=16), "resources.memory_mib"),
-        (lambda root: Resources(memory_mib=10**9), "resources.memory_mib"),
+        (lambda root: Resources(memory_mib=10**9).check_host(), "resources.memory_mib"),
         (lambda root: Resources(vcpus=0), "resources.vcpus"),
         (lambda root: Resources(vcpus=True), "resources.vcpus"),
         (lambda root: Cmd(()), "cmd.args"),
         (lambda root: Cmd(("sh",), env=("NOEQUALS",)), "cmd.env"),
         (lambda root: Cmd(("sh",), cwd="relative"), "cmd.cwd"),
         (lambda root: Cmd(("sh",), user="root"), "cmd.user"),
-        (lambda root: ContainerConfig("c", root / "missing", Cmd(("sh",))), "container.rootfs"),
+        (
+            lambda root: ContainerConfig("c", root / "missing", Cmd(("sh",))).check_host(),
+            "container.rootfs",
+        ),
         (lambda root: ContainerConfig("c", Path("relative"), Cmd(("sh",))), "container.rootfs"),
-        (lambda root: Mount(str(root / "missing"), "/data"), "mount.source"),
+        (lambda root: Mount(str(root / "missing"), "/data").check_host(), "mount.source"),
         (lambda root: Mount(str(root), "data"), "mount.destination"),
         (lambda root: PodConfig(id="p", hypervisor="xen"), "pod.hypervisor"),
     ],
@@ -67,4 +70,23 @@ def test_round_trip_through_dicts(tmp_path: Path) -> None:
 def test_a_bad_config_leaves_nothing_behind(run_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         api.create_pod(PodConfig(id="p", resources=Resources(memory_mib=1)))
+    with pytest.raises(ConfigError, match="more than the host"):
+        api.create_pod(PodConfig(id="p", resources=Resources(memory_mib=10**9)))
+    missing = ContainerConfig("c", tmp_path / "missing", Cmd(("sh",)))
+    with pytest.raises(ConfigError, match="is not a directory"):
+        api.create_pod(PodConfig(id="p", hypervisor="mock", containers=(missing,)))
     assert api.list_pods() == []
+
+
+def test_a_stored_config_loads_when_the_host_changed(run_root: Path, tmp_path: Path) -> None:
+    """Host checks happen once, at create: a record stays loadable afterwards."""
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    container = ContainerConfig("c", rootfs, Cmd(("sh",)), mounts=(Mount(str(volume), "/v"),))
+    api.create_pod(PodConfig(id="p", hypervisor="mock", containers=(container,)))
+    rootfs.rmdir()
+    volume.rmdir()
+    assert api.pod_status("p").containers[0].rootfs == rootfs
+    api.delete_pod("p")

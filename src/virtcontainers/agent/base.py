@@ -15,8 +15,10 @@ from typing import Any, Protocol
 
 
 class AgentKind(enum.Enum):
-    VC = "vc"
-    MOCK = "mock"
+    """Which agent a pod talks to (``PodConfig.agent``)."""
+
+    VC = "vc"  # our guest agent, over the VM's agent port
+    MOCK = "mock"  # in-process, for unit tests with the mock hypervisor
 
 
 @dataclass(frozen=True)

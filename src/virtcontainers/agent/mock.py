@@ -3,17 +3,23 @@
 Processes understand ``echo ARGS...`` (prints them), ``cat`` (copies stdin
 to stdout), ``sleep`` (runs until signalled), ``fail N`` (exits N), and
 anything else exits 0.  Every call is recorded in ``calls``.
+
+An exec of ``raise ERROR`` fails with ERROR (an error in the JSON form of
+:func:`virtcontainers.rpc.error_to_dict`), and ``crash`` with a KeyError, so
+tests can send any error through a real pod daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import signal as signals
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtcontainers import rpc
 from virtcontainers.agent.base import (
     EventHandler,
     ExitStatus,
@@ -22,6 +28,13 @@ from virtcontainers.agent.base import (
     StdioStreams,
 )
 from virtcontainers.errors import AgentError
+
+
+def _raise_on_request(args: list[str]) -> None:
+    if args[:1] == ["raise"] and len(args) == 2:
+        raise rpc.error_from_dict(json.loads(args[1]))
+    if args == ["crash"]:
+        raise KeyError("crash")
 
 
 class MockStream:
@@ -145,6 +158,7 @@ class MockAgent:
         self, container_id: str, exec_id: str, process: dict[str, Any], stdio: StdioStreams
     ) -> int:
         self._record("exec_process", container_id=container_id, exec_id=exec_id)
+        _raise_on_request(list(process["args"]))
         pid = self._spawn((container_id, exec_id), list(process["args"]), stdio)
         self.processes[(container_id, exec_id)].started.set()
         return pid

@@ -59,10 +59,6 @@ class FrameType(enum.IntEnum):
     DATA = 5
     CREDIT = 6
 
-    @property
-    def carries_json(self) -> bool:
-        return self in (FrameType.HELLO, FrameType.REQUEST, FrameType.RESPONSE, FrameType.EVENT)
-
 
 class ProtocolError(Exception):
     """The byte stream does not follow the wire format."""

@@ -27,11 +27,12 @@ from virtcontainers import api
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
 from virtcontainers.errors import ConfigError, NotFoundError, StateError, VcError
+from virtcontainers.launcher import package_env
+from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.store import Store, write_json_atomic
+from virtcontainers.store import write_json_atomic
 
 DEFAULT_ROOT = Path("/run/vc-runtime")
-OCI_VERSION = "1.0.2"
 SHIM_READY_TIMEOUT = 180.0
 
 
@@ -132,7 +133,7 @@ class RuntimeGroup(click.Group):
 @click.option("--rootless", default="auto", help="Accepted; vc-runtime runs as root.")
 @click.option("--criu", default="criu", help="Accepted; checkpointing is not supported.")
 @click.version_option(
-    "0.1.0", prog_name="vc-runtime", message="%(prog)s version %(version)s\nspec: 1.0.2"
+    "0.1.0", prog_name="vc-runtime", message=f"%(prog)s version %(version)s\nspec: {OCI_VERSION}"
 )
 @click.pass_context
 def cli(
@@ -224,16 +225,13 @@ def _terminal(console_socket: Path | None) -> Iterator[tuple[int, int, int, int 
         os.close(slave)
 
 
-def _start_shim(
-    pod_id: str, request: dict[str, Any], console_socket: Path | None
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def _start_shim(request: dict[str, Any], console_socket: Path | None) -> subprocess.Popen[bytes]:
     """Start the pid-file process; returns it once the process exists in the VM."""
-    socket_path = Store().paths(pod_id).socket
     request_r, request_w = os.pipe()
     ready_r, ready_w = os.pipe()
     with _terminal(console_socket) as (stdin, stdout, stderr, tty):
         pass_fds = [request_r, ready_w] + ([tty] if tty is not None else [])
-        argv = [sys.executable, "-S", "-m", "virtcontainers.cli.shim", str(socket_path)]
+        argv = [sys.executable, "-S", "-m", "virtcontainers.cli.shim"]
         argv += [str(request_r), str(ready_w)] + ([str(tty)] if tty is not None else [])
         shim = subprocess.Popen(
             argv,
@@ -241,7 +239,7 @@ def _start_shim(
             stdout=stdout,
             stderr=stderr,
             pass_fds=pass_fds,
-            env=api.package_env(),
+            env=package_env(),
         )
     os.close(request_r)
     os.close(ready_w)
@@ -260,7 +258,7 @@ def _start_shim(
         from virtcontainers.rpc import error_from_dict
 
         raise error_from_dict(message.get("error"))
-    return shim, message["result"]
+    return shim
 
 
 # --- create / start / run ----------------------------------------------------------------------
@@ -310,12 +308,8 @@ def _create(
         hooks=dict(bundle.spec.get("hooks") or {}),
     )
     try:
-        request = {
-            "method": "create_container",
-            "params": {"config": config.to_dict()},
-            "wait": {"container_id": container_id, "exec_id": None},
-        }
-        shim, _ = _start_shim(pod_id, request, console_socket)
+        request = {"pod_id": pod_id, "container": config.to_dict()}
+        shim = _start_shim(request, console_socket)
         record.shim_pid = shim.pid
         record.save(options.root)
         for stage in ("prestart", "createRuntime", "createContainer"):
@@ -436,11 +430,17 @@ def state(ctx: click.Context, container_id: str) -> None:
     click.echo(json.dumps(_state_json(record), indent=2))
 
 
-def _records(root: Path) -> list[Record]:
+def _records(options: Options) -> list[Record]:
+    """Every container of this --root; an unreadable one is reported, not hidden."""
     records = []
+    root = options.root
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
-        with contextlib.suppress(RuntimeCommandError, ValueError, TypeError):
+        try:
             records.append(Record.load(root, entry.name))
+        except (RuntimeCommandError, ValueError, TypeError) as exc:
+            message = f"container {entry.name}: unreadable state in {entry}: {exc}"
+            _log(options, "warning", message)
+            click.echo(f"vc-runtime: {message} (`delete --force` removes it)", err=True)
     return records
 
 
@@ -450,7 +450,7 @@ def _records(root: Path) -> list[Record]:
 @click.pass_context
 def list_containers(ctx: click.Context, fmt: str, quiet: bool) -> None:
     """List containers started by vc-runtime with this --root."""
-    states = [_state_json(r) for r in _records(_options(ctx).root)]
+    states = [_state_json(r) for r in _records(_options(ctx))]
     if quiet:
         for item in states:
             click.echo(item["id"])
@@ -477,11 +477,11 @@ def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]
         raise RuntimeCommandError(f"container {container_id} is not running")
     processes = api.list_processes(record.pod_id, record.id)
     if fmt == "json":
-        click.echo(json.dumps([p["pid"] for p in processes]))
+        click.echo(json.dumps([p.pid for p in processes]))
         return
     click.echo("PID\tCMD")
     for process in processes:
-        click.echo(f"{process['pid']}\t{' '.join(process['args'])}")
+        click.echo(f"{process.pid}\t{' '.join(process.args)}")
 
 
 @cli.command()
@@ -523,8 +523,8 @@ def parse_signal(text: str) -> int:
 @click.pass_context
 def kill(ctx: click.Context, all_processes: bool, container_id: str, signame: str) -> None:
     """Send a signal (name or number) to the container's process."""
-    record = Record.load(_options(ctx).root, container_id)
     signum = parse_signal(signame)
+    record = Record.load(_options(ctx).root, container_id)
     if _status(record) not in ("created", "running", "paused"):
         raise RuntimeCommandError("container not running")
     api.kill_container(record.pod_id, record.id, signum, all_processes)
@@ -619,11 +619,10 @@ def exec_(
         )
     if detach or console_socket is not None:
         request = {
-            "method": "exec",
-            "params": {"container_id": record.id, "cmd": cmd.to_dict(), "exec_id": None},
-            "wait": {"container_id": record.id},
+            "pod_id": record.pod_id,
+            "exec": {"container_id": record.id, "cmd": cmd.to_dict()},
         }
-        shim, _ = _start_shim(record.pod_id, request, console_socket if cmd.terminal else None)
+        shim = _start_shim(request, console_socket if cmd.terminal else None)
         if pid_file is not None:
             _write_pid_file(pid_file, shim.pid)
         if detach:

@@ -11,10 +11,12 @@ container.
 
 Usage (by vc-runtime only)::
 
-    python -m virtcontainers.cli.shim SOCKET REQUEST_FD READY_FD [TTY_FD]
+    python -m virtcontainers.cli.shim REQUEST_FD READY_FD [TTY_FD]
 
-REQUEST_FD carries one JSON object: the RPC ``method`` and ``params`` that
-create the process (``create_container`` or ``exec``) and the ``wait`` params.
+REQUEST_FD carries one JSON object: ``{"pod_id": ..., "container": <a
+ContainerConfig>}`` to create a container, or ``{"pod_id": ..., "exec":
+{"container_id": ..., "cmd": <a Cmd>}}`` to exec in one.  It goes through the
+API like any other caller.
 """
 
 from __future__ import annotations
@@ -27,12 +29,23 @@ import signal
 import struct
 import sys
 import termios
-from pathlib import Path
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from virtcontainers import rpc
+from virtcontainers import api, rpc
+from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import VcError
+
+
+@dataclass(frozen=True)
+class Target:
+    """The process this shim stands for."""
+
+    pod_id: str
+    container_id: str
+    exec_id: str | None
+
 
 FORWARDED = (
     signal.SIGTERM,
@@ -72,29 +85,31 @@ def _window_size(fd: int) -> tuple[int, int]:
     return rows, cols
 
 
-def run(socket_path: Path, request_fd: int, ready_fd: int, tty_fd: int | None) -> int:
-    request = _read_request(request_fd)
-    target = dict(request["wait"])
-    try:
-        params = dict(request["params"], stdio=["stdin", "stdout", "stderr"])
-        result = rpc.call(socket_path, request["method"], params, [0, 1, 2], timeout=120)
-    except VcError as exc:
-        _report(ready_fd, {"ok": False, "error": rpc.error_to_dict(exc)})
-        return 1
-    if request["method"] == "exec":
-        target["exec_id"] = result["exec_id"]
-    _report(ready_fd, {"ok": True, "result": result})
-    _detach_stdio()
+def _start(request: dict[str, Any]) -> Target:
+    """Create the container, or start the exec, with our stdio as its own."""
+    pod_id = str(request.get("pod_id"))
+    stdio = api.Stdio(stdin=0, stdout=1, stderr=2)
+    if "container" in request:
+        config = ContainerConfig.from_dict(request["container"])
+        api.create_container(pod_id, config, stdio)
+        return Target(pod_id, config.id, None)
+    exec_request = request.get("exec") or {}
+    container_id = str(exec_request.get("container_id"))
+    cmd = Cmd.from_dict(exec_request.get("cmd") or {})
+    handle = api.enter_container(pod_id, container_id, cmd, stdio)
+    return Target(pod_id, container_id, handle.exec_id)
 
+
+def _relay_signals(target: Target, tty_fd: int | None) -> None:
     def forward(signum: int, _frame: FrameType | None) -> None:
         with contextlib.suppress(VcError, OSError):
-            rpc.call(socket_path, "kill", {**target, "signal": signum, "all": False})
+            api.signal_process(target.pod_id, target.container_id, target.exec_id, signum)
 
     def resize(_signum: int, _frame: FrameType | None) -> None:
         if tty_fd is not None:
             with contextlib.suppress(VcError, OSError):
                 rows, cols = _window_size(tty_fd)
-                rpc.call(socket_path, "resize", {**target, "rows": rows, "cols": cols})
+                api.resize_terminal(target.pod_id, target.container_id, target.exec_id, rows, cols)
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -105,17 +120,28 @@ def run(socket_path: Path, request_fd: int, ready_fd: int, tty_fd: int | None) -
             fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
         signal.signal(signal.SIGWINCH, resize)
         resize(signal.SIGWINCH, None)
+
+
+def run(request_fd: int, ready_fd: int, tty_fd: int | None) -> int:
     try:
-        status = rpc.call(socket_path, "wait", target, timeout=None)
+        target = _start(_read_request(request_fd))
+    except VcError as exc:
+        _report(ready_fd, {"ok": False, "error": rpc.error_to_dict(exc)})
+        return 1
+    _report(ready_fd, {"ok": True})
+    _detach_stdio()
+    _relay_signals(target, tty_fd)
+    try:
+        status = api.wait_process(target.pod_id, target.container_id, target.exec_id)
     except VcError:
         return 255
-    return int(status["exit_code"])
+    return status.exit_code
 
 
 def main() -> None:
     args = sys.argv[1:]
-    tty_fd = int(args[3]) if len(args) > 3 else None
-    sys.exit(run(Path(args[0]), int(args[1]), int(args[2]), tty_fd))
+    tty_fd = int(args[2]) if len(args) > 2 else None
+    sys.exit(run(int(args[0]), int(args[1]), tty_fd))
 
 
 if __name__ == "__main__":

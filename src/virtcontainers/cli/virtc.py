@@ -135,6 +135,7 @@ def pod_create(
         hostname=hostname,
         kernel_params=kernel_params,
     )
+    ensure_image()  # the pod records the image it will boot
     api.create_pod(config)
     stdout.print(pod_id)
 
@@ -143,7 +144,6 @@ def pod_create(
 @click.argument("pod_id")
 def pod_start(pod_id: str) -> None:
     """Boot the pod's VM and start its containers."""
-    ensure_image()
     with booting(pod_id):
         api.start_pod(pod_id)
 
@@ -206,6 +206,8 @@ def pod_list(as_json: bool) -> None:
             status.id, status.state.value, str(len(status.containers)), str(status.vm_pid or "-")
         )
     stdout.print(table)
+    for error in api.list_pod_errors():
+        stderr.print(f"virtc: {error}")
 
 
 @pod.command("status")
@@ -340,7 +342,7 @@ def container_attach(pod_id: str, container_id: str) -> None:
 @click.argument("container_id")
 def container_ps(pod_id: str, container_id: str) -> None:
     for process in api.list_processes(pod_id, container_id):
-        click.echo(f"{process['pid']}\t{' '.join(process['args'])}")
+        click.echo(f"{process.pid}\t{' '.join(process.args)}")
 
 
 @container.command("exec")

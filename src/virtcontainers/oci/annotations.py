@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from virtcontainers.config import ID_PATTERN, MAX_VCPUS
+from virtcontainers.config import ID_PATTERN, MAX_VCPUS, host_memory_mib
 from virtcontainers.oci._json import Loc, obj, type_name
 
 CONTAINERD_TYPE = "io.kubernetes.cri.container-type"
@@ -93,14 +93,6 @@ def host_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except OSError:  # pragma: no cover - always available on Linux
         return os.cpu_count() or 1
-
-
-def host_memory_mib() -> int:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    raise OSError("MemTotal missing from /proc/meminfo")  # pragma: no cover
 
 
 def _number(annotations: Mapping[str, str], key: str, loc: Loc) -> float | None:

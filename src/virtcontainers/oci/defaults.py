@@ -7,13 +7,12 @@ from importlib import metadata
 from typing import Any
 
 from virtcontainers import spec
+from virtcontainers.config import DEFAULT_PATH_ENV
 from virtcontainers.oci.hooks import STAGES
 from virtcontainers.oci.translate import NAMESPACE_TYPES
 
-OCI_VERSION = "1.1.0"
+OCI_VERSION = spec.OCI_VERSION
 OCI_VERSION_MIN = "1.0.0"
-
-_DEFAULT_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 
 #: Every capability of the guest's kernel (Linux 6.1), in number order.
 ALL_CAPABILITIES = [
@@ -72,71 +71,35 @@ MOUNT_OPTIONS = sorted(
 )  # fmt: skip
 
 
-def _mounts(rootless: bool) -> list[dict[str, Any]]:
-    mounts = spec.default_mounts()
-    if not rootless:
-        for mount in mounts:
-            if mount["type"] == "devpts":
-                mount["options"].append("gid=5")
-    return mounts
-
-
 def default_spec(rootless: bool = False) -> dict[str, Any]:
-    """A starting config.json, as ``runc spec`` writes one, for virtcontainers.
+    """A starting config.json, as ``runc spec`` writes one: the library's default
+    container spec (:func:`virtcontainers.spec.default_spec`) with a shell as its
+    process and ``rootfs`` as its root.
 
     Unlike runc's there is no network namespace: the VM is the network boundary
     (and a network namespace would be dropped with a warning on load).
     ``rootless`` adds a user namespace mapping the caller's uid/gid to root.
     """
-    linux: dict[str, Any] = {
-        "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")],
-        "maskedPaths": [
-            "/proc/acpi",
-            "/proc/asound",
-            "/proc/kcore",
-            "/proc/keys",
-            "/proc/latency_stats",
-            "/proc/timer_list",
-            "/proc/timer_stats",
-            "/proc/sched_debug",
-            "/proc/scsi",
-            "/sys/firmware",
-        ],
-        "readonlyPaths": [
-            "/proc/bus",
-            "/proc/fs",
-            "/proc/irq",
-            "/proc/sys",
-            "/proc/sysrq-trigger",
-        ],
-    }
+    document = spec.default_spec("vc")
+    document["process"].update(
+        terminal=True,
+        user={"uid": 0, "gid": 0},
+        args=["sh"],
+        env=[DEFAULT_PATH_ENV, "TERM=xterm"],
+        cwd="/",
+    )
+    document["root"] = {"path": "rootfs", "readonly": True}
+    linux = document["linux"]
     if rootless:
         linux["namespaces"].append({"type": "user"})
         linux["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
         linux["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
     else:
         linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}]}
-    caps = list(_DEFAULT_CAPS)
-    return {
-        "ociVersion": OCI_VERSION,
-        "process": {
-            "terminal": True,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["sh"],
-            "env": [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "TERM=xterm",
-            ],
-            "cwd": "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
-        },
-        "root": {"path": "rootfs", "readonly": True},
-        "hostname": "vc",
-        "mounts": _mounts(rootless),
-        "linux": linux,
-    }
+        for mount in document["mounts"]:
+            if mount["type"] == "devpts":
+                mount["options"].append("gid=5")
+    return document
 
 
 def _version() -> str:

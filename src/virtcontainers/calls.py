@@ -1,0 +1,302 @@
+"""The pod daemon's methods, each declared once: its request and its answer.
+
+The API (:mod:`virtcontainers.api`, the only client) and the daemon's
+handlers use these same types, so a method's name, parameters and result
+exist in one place.  A request is a frozen dataclass; its JSON form is made
+and checked field by field from its annotations: an ``*_id`` field holds a
+valid id, a config is parsed by its own ``from_dict``, numbers are numbers.
+The fds of a process's stdio ride beside a request whose ``TAKES_STDIO`` is
+set (see :mod:`virtcontainers.rpc`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal as signals
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar, Generic, Self, TypeVar, get_type_hints
+
+from virtcontainers.agent.base import ExitStatus, ProcessInfo
+from virtcontainers.config import Cmd, ContainerConfig, validate_id
+from virtcontainers.errors import ConfigError, DaemonError
+from virtcontainers.store import ContainerRecord
+
+R = TypeVar("R")
+MAX_TERMINAL_SIZE = 65535
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _decode_field(method: str, name: str, kind: Any, value: object) -> object:
+    where = f"{method}.{name}"
+    if kind == (str | None) and value is None:
+        return None
+    if kind in (str, str | None):
+        if name.endswith("_id"):
+            return validate_id(name.removesuffix("_id"), value)
+        if not isinstance(value, str):
+            raise ConfigError(where, f"expected a string, got {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(where, f"expected an integer, got {value!r}")
+        return value
+    if kind in (Cmd, ContainerConfig):
+        if not isinstance(value, Mapping):
+            raise ConfigError(where, f"expected an object, got {value!r}")
+        return kind.from_dict(value)
+    raise TypeError(f"{where}: no codec for {kind!r}")
+
+
+def _encode_field(value: object) -> object:
+    if isinstance(value, Cmd | ContainerConfig):
+        return value.to_dict()
+    return value
+
+
+class Request(Generic[R]):
+    """A call to the pod daemon whose answer is an ``R``."""
+
+    METHOD: ClassVar[str]
+    TAKES_STDIO: ClassVar[bool] = False
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            field.name: _encode_field(getattr(self, field.name))
+            for field in dataclasses.fields(self)  # type: ignore[arg-type]
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Self:
+        """Parse and check the JSON form; raises ConfigError naming the bad field."""
+        types = _field_types(cls)  # type: ignore[arg-type]
+        names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(cls.METHOD, f"unknown parameter(s) {', '.join(unknown)}")
+        values = {}
+        for name in names:
+            if name not in params:
+                raise ConfigError(f"{cls.METHOD}.{name}", "missing")
+            values[name] = _decode_field(cls.METHOD, name, types[name], params[name])
+        return cls(**values)
+
+    def encode_result(self, result: R) -> Any:
+        return None
+
+    def decode_result(self, data: object) -> R:
+        raise NotImplementedError
+
+
+class Answerless(Request[None]):
+    def decode_result(self, data: object) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessStarted:
+    exec_id: str
+    pid: int
+
+
+class StartsProcess(Request[ProcessStarted]):
+    TAKES_STDIO = True
+
+    def encode_result(self, result: ProcessStarted) -> Any:
+        return {"exec_id": result.exec_id, "pid": result.pid}
+
+    def decode_result(self, data: object) -> ProcessStarted:
+        if not isinstance(data, dict):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        exec_id, pid = data.get("exec_id"), data.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise DaemonError(f"{self.METHOD}: malformed pid {pid!r}")
+        return ProcessStarted(validate_id("exec", exec_id), pid)
+
+
+# --- the methods -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StopPod(Answerless):
+    METHOD = "stop"
+
+
+@dataclass(frozen=True)
+class PausePod(Answerless):
+    METHOD = "pause"
+
+
+@dataclass(frozen=True)
+class ResumePod(Answerless):
+    METHOD = "resume"
+
+
+@dataclass(frozen=True)
+class CreateContainer(Request[ContainerRecord]):
+    METHOD = "create_container"
+    TAKES_STDIO = True
+    config: ContainerConfig
+
+    def encode_result(self, result: ContainerRecord) -> Any:
+        return result.to_json()
+
+    def decode_result(self, data: object) -> ContainerRecord:
+        try:
+            return ContainerRecord.from_json(data)
+        except ConfigError as exc:
+            raise DaemonError(f"{self.METHOD}: malformed answer: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class StartContainer(Answerless):
+    METHOD = "start_container"
+    container_id: str
+
+
+@dataclass(frozen=True)
+class StopContainer(Answerless):
+    METHOD = "stop_container"
+    container_id: str
+    timeout: int
+
+    def __post_init__(self) -> None:
+        if self.timeout < 0:
+            raise ConfigError(f"{self.METHOD}.timeout", f"{self.timeout} is negative")
+
+
+@dataclass(frozen=True)
+class DeleteContainer(Answerless):
+    METHOD = "delete_container"
+    container_id: str
+
+
+@dataclass(frozen=True)
+class PauseContainer(Answerless):
+    METHOD = "pause_container"
+    container_id: str
+
+
+@dataclass(frozen=True)
+class ResumeContainer(Answerless):
+    METHOD = "resume_container"
+    container_id: str
+
+
+@dataclass(frozen=True)
+class ExecProcess(StartsProcess):
+    METHOD = "exec"
+    container_id: str
+    cmd: Cmd
+    exec_id: str | None
+
+
+@dataclass(frozen=True)
+class EnterPod(StartsProcess):
+    METHOD = "enter_pod"
+    cmd: Cmd
+
+
+@dataclass(frozen=True)
+class SignalProcess(Answerless):
+    METHOD = "kill"
+    container_id: str | None
+    exec_id: str | None
+    signal: int
+    all: bool
+
+    def __post_init__(self) -> None:
+        if not 0 < self.signal <= signals.SIGRTMAX:
+            raise ConfigError(f"{self.METHOD}.signal", f"{self.signal} is not a signal number")
+
+
+@dataclass(frozen=True)
+class WaitProcess(Request[ExitStatus]):
+    METHOD = "wait"
+    container_id: str | None
+    exec_id: str | None
+
+    def encode_result(self, result: ExitStatus) -> Any:
+        return {"exit_code": result.exit_code, "signal": result.signal}
+
+    def decode_result(self, data: object) -> ExitStatus:
+        if not isinstance(data, dict):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        code, signal = data.get("exit_code"), data.get("signal")
+        if not isinstance(code, int) or not (signal is None or isinstance(signal, int)):
+            raise DaemonError(f"{self.METHOD}: malformed exit status {data!r}")
+        return ExitStatus(code, signal)
+
+
+@dataclass(frozen=True)
+class ResizeTerminal(Answerless):
+    METHOD = "resize"
+    container_id: str | None
+    exec_id: str | None
+    rows: int
+    cols: int
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "cols"):
+            if not 0 <= getattr(self, name) <= MAX_TERMINAL_SIZE:
+                raise ConfigError(f"{self.METHOD}.{name}", f"must be 0..{MAX_TERMINAL_SIZE}")
+
+
+@dataclass(frozen=True)
+class AttachProcess(Answerless):
+    METHOD = "attach"
+    TAKES_STDIO = True
+    container_id: str | None
+    exec_id: str | None
+
+
+@dataclass(frozen=True)
+class ListProcesses(Request[list[ProcessInfo]]):
+    METHOD = "ps"
+    container_id: str
+
+    def encode_result(self, result: list[ProcessInfo]) -> Any:
+        return [{"pid": p.pid, "args": list(p.args)} for p in result]
+
+    def decode_result(self, data: object) -> list[ProcessInfo]:
+        if not isinstance(data, list):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        processes = []
+        for item in data:
+            if not isinstance(item, dict) or not isinstance(item.get("pid"), int):
+                raise DaemonError(f"{self.METHOD}: malformed process {item!r}")
+            processes.append(ProcessInfo(item["pid"], tuple(map(str, item.get("args") or ()))))
+        return processes
+
+
+REQUESTS: dict[str, type[Request[Any]]] = {
+    cls.METHOD: cls
+    for cls in (
+        StopPod,
+        PausePod,
+        ResumePod,
+        CreateContainer,
+        StartContainer,
+        StopContainer,
+        DeleteContainer,
+        PauseContainer,
+        ResumeContainer,
+        ExecProcess,
+        EnterPod,
+        SignalProcess,
+        WaitProcess,
+        ResizeTerminal,
+        AttachProcess,
+        ListProcesses,
+    )
+}
+"""Every method the daemon serves, by its wire name."""
