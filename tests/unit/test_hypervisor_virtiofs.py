@@ -91,7 +91,7 @@ def test_virtiofsd_argv_c_and_rust() -> None:
     assert virtiofsd_argv("/usr/lib/qemu/virtiofsd", dev, sock, rust=False) == [
         "/usr/lib/qemu/virtiofsd",
         "--socket-path=/run/vm/vfs-fs0",
-        "-o", "source=/p/a,,b,cache=auto,sandbox=chroot,announce_submounts,"
+        "-o", "source=/p/a\\,b,cache=auto,sandbox=chroot,announce_submounts,"
         "modcaps=-mknod:-setfcap",
     ]  # fmt: skip
     assert virtiofsd_argv("/usr/libexec/virtiofsd", dev, sock, rust=True) == [
@@ -170,6 +170,22 @@ def test_virtiofsd_is_reaped_when_qemu_fails(tmp_path: Path) -> None:
     assert vm.state is VMState.CREATED
     assert not _alive(int(pidfile.read_text()))
     assert not (tmp_path / "run" / "vfs-fs0").exists()
+
+
+C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+
+
+@pytest.mark.skipif(not os.access(C_VIRTIOFSD, os.X_OK), reason="the C virtiofsd is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="virtiofsd's chroot sandbox needs root")
+def test_the_c_virtiofsd_serves_a_directory_with_a_comma_and_a_backslash(tmp_path: Path) -> None:
+    shared = tmp_path / "a,b\\101"
+    shared.mkdir()
+    vm = QemuHypervisor("false", virtiofsd=C_VIRTIOFSD)
+    dev = SharedFsDevice("fs0", shared, "vcshared", VIRTIO_FS)
+    asyncio.run(vm.create(_config(tmp_path, accelerator=Accelerator.TCG, devices=(dev,))))
+    # virtiofsd listened (else the start fails naming it), then the fake QEMU exited.
+    with pytest.raises(VMLaunchError, match="QEMU for VM vm1 exited with code 1"):
+        asyncio.run(vm.start(timeout=10))
 
 
 def test_choose_shared_fs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -142,9 +142,18 @@ def virtiofsd_argv(binary: str, device: SharedFsDevice, socket: Path, *, rust: b
         binary,
         f"--socket-path={socket}",
         "-o",
-        f"source={_opt(device.host_path)},cache=auto,sandbox=chroot,announce_submounts,"
+        f"source={_fuse_opt(device.host_path)},cache=auto,sandbox=chroot,announce_submounts,"
         f"modcaps={dropped}",
     ]  # fmt: skip
+
+
+def _fuse_opt(value: object) -> str:
+    """Escape a value for the C virtiofsd's ``-o`` list (libfuse's syntax, unlike QEMU's).
+
+    libfuse reads a backslash as "take the next character literally", so a
+    comma doubled as for QEMU would end the value instead.
+    """
+    return str(value).replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _opt(value: object) -> str:
