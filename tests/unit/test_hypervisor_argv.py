@@ -19,7 +19,7 @@ from virtcontainers.hypervisor import (
     VMConfig,
     VMState,
 )
-from virtcontainers.hypervisor.qemu import render_device
+from virtcontainers.hypervisor.qemu_command import render_device
 
 
 def _config(tmp_path: Path, **kw: object) -> VMConfig:

@@ -20,7 +20,8 @@ from virtcontainers.hypervisor import (
     VMConfig,
     VMState,
 )
-from virtcontainers.hypervisor.qemu import render_device, virtiofs_socket, virtiofsd_argv
+from virtcontainers.hypervisor.qemu_command import render_device
+from virtcontainers.hypervisor.virtiofsd import virtiofs_socket, virtiofsd_argv
 
 VIRTIO_FS = SharedFsKind.VIRTIO_FS
 
