@@ -196,6 +196,10 @@ def test_choose_shared_fs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sharedfs.choose_shared_fs({}, Accelerator.KVM) is VIRTIO_FS
     assert sharedfs.choose_shared_fs({}, Accelerator.TCG) is SharedFsKind.VIRTIO_9P
     assert sharedfs.choose_shared_fs({"VC_ACCEL": "tcg"}) is SharedFsKind.VIRTIO_9P
+    # Given the pod's accelerator, it does not probe again (a probe fails on "bogus").
+    assert sharedfs.choose_shared_fs({"VC_ACCEL": "bogus"}, Accelerator.KVM) is VIRTIO_FS
+    with pytest.raises(ConfigError, match="VC_ACCEL"):
+        sharedfs.choose_shared_fs({"VC_ACCEL": "bogus"})
     with pytest.raises(ConfigError, match="VC_SHARED_FS"):
         sharedfs.choose_shared_fs({"VC_SHARED_FS": "nfs"})
 
