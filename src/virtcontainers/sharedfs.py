@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from virtcontainers.errors import ConfigError
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator, SharedFsKind
-from virtcontainers.hypervisor.qemu import find_virtiofsd
+from virtcontainers.hypervisor.virtiofsd import find_virtiofsd
 
 ENV = "VC_SHARED_FS"
 NAMES = {"9p": SharedFsKind.VIRTIO_9P, "virtiofs": SharedFsKind.VIRTIO_FS}

@@ -12,7 +12,7 @@ import pytest
 from tests.integration.conftest import pod_with, qemu_pids, read_all, shell, wait_stopped
 from virtcontainers import api, mounts
 from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig
-from virtcontainers.hypervisor.qemu import find_virtiofsd
+from virtcontainers.hypervisor.virtiofsd import find_virtiofsd
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

@@ -19,7 +19,7 @@ from virtcontainers.hypervisor import (
     VMConfig,
     VMState,
 )
-from virtcontainers.hypervisor.qemu import render_device
+from virtcontainers.hypervisor.qemu_command import render_device
 
 
 def _config(tmp_path: Path, **kw: object) -> VMConfig:
@@ -223,6 +223,18 @@ def test_create_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="qemu binary"):
         asyncio.run(QemuHypervisor("no-such-qemu-binary").create(cfg))
     assert vm.state is VMState.NEW
+
+
+def test_create_probes_the_accelerator_only_when_not_given_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A probe fails on this value, so a create that succeeds did not probe.
+    monkeypatch.setenv("VC_ACCEL", "bogus")
+    vm = QemuHypervisor("true")
+    asyncio.run(vm.create(_config(tmp_path, accelerator=Accelerator.KVM)))
+    assert vm.command().accelerator is Accelerator.KVM
+    with pytest.raises(ConfigError, match="VC_ACCEL"):
+        asyncio.run(QemuHypervisor("true").create(_config(tmp_path)))
 
 
 def test_qemu_state_rules_without_process(tmp_path: Path) -> None:

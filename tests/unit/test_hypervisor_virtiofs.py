@@ -20,7 +20,8 @@ from virtcontainers.hypervisor import (
     VMConfig,
     VMState,
 )
-from virtcontainers.hypervisor.qemu import render_device, virtiofs_socket, virtiofsd_argv
+from virtcontainers.hypervisor.qemu_command import render_device
+from virtcontainers.hypervisor.virtiofsd import virtiofs_socket, virtiofsd_argv
 
 VIRTIO_FS = SharedFsKind.VIRTIO_FS
 
@@ -91,7 +92,7 @@ def test_virtiofsd_argv_c_and_rust() -> None:
     assert virtiofsd_argv("/usr/lib/qemu/virtiofsd", dev, sock, rust=False) == [
         "/usr/lib/qemu/virtiofsd",
         "--socket-path=/run/vm/vfs-fs0",
-        "-o", "source=/p/a,,b,cache=auto,sandbox=chroot,announce_submounts,"
+        "-o", "source=/p/a\\,b,cache=auto,sandbox=chroot,announce_submounts,"
         "modcaps=-mknod:-setfcap",
     ]  # fmt: skip
     assert virtiofsd_argv("/usr/libexec/virtiofsd", dev, sock, rust=True) == [
@@ -172,6 +173,22 @@ def test_virtiofsd_is_reaped_when_qemu_fails(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "vfs-fs0").exists()
 
 
+C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+
+
+@pytest.mark.skipif(not os.access(C_VIRTIOFSD, os.X_OK), reason="the C virtiofsd is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="virtiofsd's chroot sandbox needs root")
+def test_the_c_virtiofsd_serves_a_directory_with_a_comma_and_a_backslash(tmp_path: Path) -> None:
+    shared = tmp_path / "a,b\\101"
+    shared.mkdir()
+    vm = QemuHypervisor("false", virtiofsd=C_VIRTIOFSD)
+    dev = SharedFsDevice("fs0", shared, "vcshared", VIRTIO_FS)
+    asyncio.run(vm.create(_config(tmp_path, accelerator=Accelerator.TCG, devices=(dev,))))
+    # virtiofsd listened (else the start fails naming it), then the fake QEMU exited.
+    with pytest.raises(VMLaunchError, match="QEMU for VM vm1 exited with code 1"):
+        asyncio.run(vm.start(timeout=10))
+
+
 def test_choose_shared_fs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sharedfs, "find_virtiofsd", lambda: "/usr/lib/qemu/virtiofsd")
     assert sharedfs.choose_shared_fs({"VC_SHARED_FS": "9p"}) is SharedFsKind.VIRTIO_9P
@@ -179,6 +196,10 @@ def test_choose_shared_fs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sharedfs.choose_shared_fs({}, Accelerator.KVM) is VIRTIO_FS
     assert sharedfs.choose_shared_fs({}, Accelerator.TCG) is SharedFsKind.VIRTIO_9P
     assert sharedfs.choose_shared_fs({"VC_ACCEL": "tcg"}) is SharedFsKind.VIRTIO_9P
+    # Given the pod's accelerator, it does not probe again (a probe fails on "bogus").
+    assert sharedfs.choose_shared_fs({"VC_ACCEL": "bogus"}, Accelerator.KVM) is VIRTIO_FS
+    with pytest.raises(ConfigError, match="VC_ACCEL"):
+        sharedfs.choose_shared_fs({"VC_ACCEL": "bogus"})
     with pytest.raises(ConfigError, match="VC_SHARED_FS"):
         sharedfs.choose_shared_fs({"VC_SHARED_FS": "nfs"})
 

@@ -19,7 +19,8 @@ from virtcontainers.hypervisor.base import (
     VMState,
 )
 from virtcontainers.hypervisor.mock import MockHypervisor
-from virtcontainers.hypervisor.qemu import DEFAULT_BINARY, QemuCommand, QemuHypervisor
+from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.hypervisor.qemu_command import DEFAULT_BINARY, QemuCommand
 
 __all__ = [
     "Accelerator",

@@ -14,6 +14,7 @@ One :class:`Hypervisor` instance drives one VM.  Its lifecycle::
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 # sizeof(sockaddr_un.sun_path) minus the terminating NUL.
 MAX_SOCKET_PATH = 107
+# How much of a VM's logs a launch error quotes, in bytes.
+OUTPUT_TAIL = 4096
 
 
 class HypervisorKind(enum.Enum):
@@ -62,6 +65,17 @@ def check_socket_path(field: str, path: Path) -> None:
     """Raise :class:`ConfigError` if *path* cannot be bound as a unix socket."""
     if len(str(path).encode()) > MAX_SOCKET_PATH:
         raise ConfigError(field, f"{path} is longer than {MAX_SOCKET_PATH} bytes (AF_UNIX limit)")
+
+
+def read_tail(path: Path, limit: int) -> str:
+    """The last *limit* bytes of the log at *path* as text ('' if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 @dataclass(frozen=True)

@@ -1,35 +1,33 @@
 """The QEMU driver: QEMU as a direct child process, driven over QMP.
 
-:class:`QemuCommand` owns the argv (rendered from a :class:`VMConfig`);
-:class:`QemuHypervisor` runs it.  The guest console (ttyS0) is QEMU's stdout,
-a pipe that this process copies into ``console.log`` in the run directory,
-keeping the file under ``console_limit`` bytes: when it would grow past the
-limit the older half is dropped and a ``[console trimmed]`` line is written, so
-a reader that follows the file must reopen it when it shrinks.  QEMU's own
-messages go to ``qemu.log``.
+:class:`~virtcontainers.hypervisor.qemu_command.QemuCommand` owns the argv
+(rendered from a :class:`VMConfig`); :class:`QemuHypervisor` runs it.  The
+guest console (ttyS0) is QEMU's stdout, a pipe that this process copies into
+``console.log`` in the run directory, keeping the file under ``console_limit``
+bytes: when it would grow past the limit the older half is dropped and a
+``[console trimmed]`` line is written, so a reader that follows the file must
+reopen it when it shrinks.  QEMU's own messages go to ``qemu.log``.
 
 QEMU gets ``PR_SET_PDEATHSIG=SIGKILL``: it dies with the thread that launched
 it (the event loop's thread), so a crashed pod daemon never leaks a VM.  It
 runs confined (:mod:`virtcontainers.hypervisor.confine`): few capabilities,
 a seccomp filter against set-id files, and its own ``-sandbox``.
 
-A virtio-fs :class:`SharedFsDevice` is served by a virtiofsd process, started
-as this process's child before QEMU (same death signal), on a vhost-user
-socket in the run directory; it is stopped and reaped whenever QEMU is.
+A virtio-fs :class:`SharedFsDevice` is served by a virtiofsd process
+(:mod:`virtcontainers.hypervisor.virtiofsd`), started before QEMU and
+stopped and reaped whenever QEMU is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
 import shutil
-import subprocess
 import time
-from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,7 +36,7 @@ from qemu.qmp import QMPClient, QMPError
 from virtcontainers.errors import ConfigError, HypervisorError, StateError, VMLaunchError
 from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
 from virtcontainers.hypervisor.base import (
-    Accelerator,
+    OUTPUT_TAIL,
     BlockDevice,
     Capabilities,
     Device,
@@ -50,266 +48,36 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
     VMState,
     check_socket_path,
+    read_tail,
 )
-from virtcontainers.hypervisor.confine import (
-    QEMU_SANDBOX,
-    VIRTIOFSD_DROPPED_CAPABILITIES,
-    qemu_child_setup,
-    virtiofsd_child_setup,
+from virtcontainers.hypervisor.confine import qemu_child_setup
+from virtcontainers.hypervisor.qemu_command import (
+    DEFAULT_BINARY,
+    DEFAULT_MACHINE,
+    MACHINES,
+    Q35,
+    Q35_HOTPLUG_PORTS,
+    VIRTIO_SERIAL_ID,
+    QemuCommand,
+)
+from virtcontainers.hypervisor.virtiofsd import (
+    Virtiofsd,
+    check_virtiofs_device,
+    find_virtiofsd,
+    start_virtiofsds,
+    stop_virtiofsds,
+    virtiofs_devices,
+    virtiofs_socket,
+    virtiofsd_output_tail,
+    watch_virtiofsd,
 )
 
-DEFAULT_BINARY = "qemu-system-x86_64"
-# The Rust virtiofsd (--shared-dir) first, then the C one QEMU <= 7.2 ships (-o source=).
-VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
-MEMORY_BACKEND_ID = "vc-mem"
-VIRTIOFSD_START_TIMEOUT = 10.0
-MICROVM = "microvm"
-Q35 = "q35"
-MACHINES = (MICROVM, Q35)
-DEFAULT_MACHINE = MICROVM
-# Empty pcie-root-ports rendered on q35 so that devices can be hot-plugged.
-Q35_HOTPLUG_PORTS = 4
+CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
 AGENT_DEVICE_ID = "vc-agent"
-VIRTIO_SERIAL_ID = "vc-vser"
-BASE_KERNEL_PARAMS = (
-    "console=ttyS0",
-    "quiet",
-    "panic=-1",
-    "tsc=reliable",
-    "no_timer_check",
-    "rcupdate.rcu_expedited=1",
-    "i8042.noaux=1",
-    "8250.nr_uarts=1",
-    "cryptomgr.notests",
-)
-CONSOLE_LIMIT = 1 << 20
-OUTPUT_TAIL = 4096
 
 
-@cache
-def find_virtiofsd() -> str | None:
-    """The virtiofsd executable: ``$VC_VIRTIOFSD``, else the first of VIRTIOFSD_PATHS."""
-    override = os.environ.get("VC_VIRTIOFSD")
-    candidates = (override,) if override else VIRTIOFSD_PATHS
-    for path in candidates:
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
-
-
-@cache
-def _virtiofsd_is_rust(binary: str) -> bool:
-    """The Rust virtiofsd takes ``--shared-dir``; the C one only ``-o source=``."""
-    try:
-        done = subprocess.run(
-            [binary, "--help"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "--shared-dir" in done.stdout + done.stderr
-
-
-def virtiofs_socket(run_dir: Path, device: SharedFsDevice) -> Path:
-    """The vhost-user socket between QEMU and the virtiofsd of *device*.
-
-    As short as ``agent.sock``: a run directory must fit both in AF_UNIX's limit.
-    """
-    return run_dir / f"vfs-{device.id}"
-
-
-def virtiofsd_argv(binary: str, device: SharedFsDevice, socket: Path, *, rust: bool) -> list[str]:
-    """The virtiofsd command line serving *device* on *socket*.
-
-    ``sandbox=chroot``: virtiofsd stays in the host's mount namespace, so bind
-    mounts made under the shared directory after it started (container root
-    filesystems, volumes; they are private mounts) are visible to the guest.
-    ``announce_submounts`` gives each of them its own st_dev in the guest.
-    ``modcaps`` drops the capabilities to make device nodes and file capabilities.
-    """
-    dropped = ":".join(f"-{name}" for name in VIRTIOFSD_DROPPED_CAPABILITIES)
-    if rust:
-        return [
-            binary,
-            f"--socket-path={socket}",
-            f"--shared-dir={device.host_path}",
-            "--cache=auto",
-            "--sandbox=chroot",
-            "--announce-submounts",
-            f"--modcaps={dropped}",
-        ]
-    return [
-        binary,
-        f"--socket-path={socket}",
-        "-o",
-        f"source={_opt(device.host_path)},cache=auto,sandbox=chroot,announce_submounts,"
-        f"modcaps={dropped}",
-    ]  # fmt: skip
-
-
-def _opt(value: object) -> str:
-    """Escape a value for QEMU's option syntax (a comma is written twice)."""
-    return str(value).replace(",", ",,")
-
-
-def _onoff(flag: bool) -> str:
-    return "on" if flag else "off"
-
-
-@dataclass(frozen=True)
-class QemuCommand:
-    """The QEMU command line for one VM, rendered by :meth:`argv`.
-
-    *devices* are all devices to cold-plug, in order (the config's, those added
-    with ``add_device``, and the agent port).
-    """
-
-    config: VMConfig
-    accelerator: Accelerator
-    machine: str
-    devices: tuple[Device, ...]
-    tsc_khz: int | None = None
-    binary: str = DEFAULT_BINARY
-    tcg_thread: str | None = None
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.config.run_dir / "qmp.sock"
-
-    def kernel_cmdline(self) -> str:
-        params = list(BASE_KERNEL_PARAMS)
-        if self.tsc_khz:
-            params.insert(3, f"tsc_early_khz={self.tsc_khz}")
-        if self.accelerator is Accelerator.TCG:
-            # TCG does not execute speculatively, so Spectre-class mitigations
-            # cost boot and run time without protecting anything (measured:
-            # bare boot 3.21 s -> 2.96 s, median of 5). Under KVM they stay on.
-            params.append("mitigations=off")
-        params.extend(self.config.kernel_params)
-        return " ".join(params)
-
-    @property
-    def shared_memory(self) -> bool:
-        """vhost-user devices (virtio-fs) need guest RAM the backend can map."""
-        return any(
-            isinstance(d, SharedFsDevice) and d.kind is SharedFsKind.VIRTIO_FS for d in self.devices
-        )
-
-    def memory_args(self) -> list[str]:
-        size = f"{self.config.memory_mib}M"
-        if not self.shared_memory:
-            return ["-m", size]
-        backend = f"memory-backend-memfd,id={MEMORY_BACKEND_ID},size={size},share=on"
-        return ["-m", size, "-object", backend]
-
-    def machine_args(self) -> list[str]:
-        memory = f",memory-backend={MEMORY_BACKEND_ID}" if self.shared_memory else ""
-        if self.machine == MICROVM:
-            return ["-M", f"microvm,pcie=on,rtc=on{memory}"]
-        args = ["-M", f"q35{memory}"]
-        for n in range(Q35_HOTPLUG_PORTS):
-            args += ["-device", f"pcie-root-port,id=vc-hp{n},bus=pcie.0,chassis={n + 1}"]
-        return args
-
-    def accel_args(self) -> list[str]:
-        if self.accelerator is Accelerator.KVM:
-            return ["-accel", "kvm", "-cpu", "host"]
-        # Measured: with 2 vCPUs on 2 host cores, single-threaded TCG boots faster.
-        thread = self.tcg_thread or ("single" if self.config.vcpus > 1 else None)
-        accel = "tcg" if thread is None else f"tcg,thread={thread}"
-        return ["-accel", accel, "-cpu", "max"]
-
-    def device_args(self) -> list[str]:
-        args: list[str] = []
-        if any(isinstance(d, SerialPortDevice) for d in self.devices):
-            args += ["-device", f"virtio-serial-pci,id={VIRTIO_SERIAL_ID}"]
-        for device in self.devices:
-            args += render_device(device, self.config.run_dir)
-        return args
-
-    def argv(self) -> list[str]:
-        cfg = self.config
-        return [
-            self.binary,
-            "-name", f"vc-{cfg.vm_id}",
-            *self.machine_args(),
-            *self.accel_args(),
-            *self.memory_args(),
-            "-smp", str(cfg.vcpus),
-            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-chardev", "stdio,id=vc-con,signal=off",
-            "-serial", "chardev:vc-con",
-            "-qmp", f"unix:{_opt(self.qmp_socket)},server=on,wait=off",
-            "-sandbox", QEMU_SANDBOX,
-            "-kernel", str(cfg.kernel),
-            "-initrd", str(cfg.initrd),
-            "-append", self.kernel_cmdline(),
-            *self.device_args(),
-        ]  # fmt: skip
-
-
-def render_device(device: Device, run_dir: Path | None = None) -> list[str]:
-    """The QEMU options that cold-plug *device*.
-
-    A virtio-fs device needs *run_dir* (where its virtiofsd socket is).
-
-    Raises ConfigError for a device type this driver does not know.
-    """
-    match device:
-        case BlockDevice(id=ident, path=path, read_only=ro):
-            return [
-                "-drive", f"id={ident},file={_opt(path)},format=raw,if=none,read-only={_onoff(ro)}",
-                "-device", f"virtio-blk-pci,drive={ident},id={ident}",
-            ]  # fmt: skip
-        case SharedFsDevice(id=ident, mount_tag=tag, kind=SharedFsKind.VIRTIO_FS):
-            if run_dir is None:
-                raise ConfigError(f"device {ident}", "a virtio-fs device needs the run directory")
-            sock = virtiofs_socket(run_dir, device)
-            return [
-                "-chardev", f"socket,id={ident},path={_opt(sock)}",
-                "-device",
-                f"vhost-user-fs-pci,chardev={ident},tag={tag},queue-size=1024,id={ident}",
-            ]  # fmt: skip
-        case SharedFsDevice(id=ident, host_path=path, mount_tag=tag):
-            return [
-                "-fsdev", f"local,id={ident},path={_opt(path)},security_model=none",
-                "-device", f"virtio-9p-pci,fsdev={ident},mount_tag={tag},id={ident}",
-            ]  # fmt: skip
-        case SerialPortDevice(id=ident, socket_path=path, name=name):
-            return [
-                "-chardev", f"socket,id={ident},path={_opt(path)},server=on,wait=off",
-                "-device",
-                f"virtserialport,bus={VIRTIO_SERIAL_ID}.0,chardev={ident},name={name},id={ident}",
-            ]  # fmt: skip
-        case NetDevice(id=ident, tap_name=tap, mac=mac):
-            return [
-                "-netdev", f"tap,id={ident},ifname={tap},script=no,downscript=no",
-                "-device", f"virtio-net-pci,netdev={ident},mac={mac},id={ident}",
-            ]  # fmt: skip
-    raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")
-
-
-def _tail(path: Path, limit: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-@dataclass
-class _Helper:
-    """A process QEMU depends on (virtiofsd), started before it and reaped with it."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    exited: asyncio.Future[int]
-    log: Path
-
-
-@dataclass
+@dataclasses.dataclass
 class _Running:
     """What exists only while a QEMU process does."""
 
@@ -318,9 +86,9 @@ class _Running:
     console: asyncio.Task[None]
     reaper: asyncio.Task[None] | None = None
     qmp: QMPClient | None = None
-    hotplugged: dict[str, Device] = field(default_factory=dict)
-    helpers: list[_Helper] = field(default_factory=list)
-    watchers: list[asyncio.Task[None]] = field(default_factory=list)
+    hotplugged: dict[str, Device] = dataclasses.field(default_factory=dict)
+    virtiofsds: list[Virtiofsd] = dataclasses.field(default_factory=list)
+    watchers: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
 
 class QemuHypervisor:
@@ -406,14 +174,7 @@ class QemuHypervisor:
 
     def _check_device(self, device: Device, run_dir: Path) -> None:
         if isinstance(device, SharedFsDevice) and device.kind is SharedFsKind.VIRTIO_FS:
-            binary = self.virtiofsd_binary()
-            if binary is None or not os.access(binary, os.X_OK):
-                raise ConfigError(
-                    f"device {device.id}",
-                    f"virtio-fs needs virtiofsd ({binary or 'not found'}): "
-                    "apt-get install virtiofsd, or set VC_VIRTIOFSD",
-                )
-            check_socket_path(f"device {device.id}", virtiofs_socket(run_dir, device))
+            check_virtiofs_device(self.virtiofsd_binary(), device, run_dir)
         match device:
             case BlockDevice(path=path) if not path.exists():
                 raise ConfigError(f"device {device.id}", f"{path} does not exist")
@@ -445,15 +206,7 @@ class QemuHypervisor:
         """The command that :meth:`start` runs (StateError before create)."""
         if self._command is None:
             raise StateError(self._life.what, "render the command of", "new", ["created"])
-        return QemuCommand(
-            config=self._command.config,
-            accelerator=self._command.accelerator,
-            machine=self._command.machine,
-            devices=self._all_devices(),
-            tsc_khz=self._command.tsc_khz,
-            binary=self._command.binary,
-            tcg_thread=self._command.tcg_thread,
-        )
+        return dataclasses.replace(self._command, devices=self._all_devices())
 
     def console_path(self) -> Path:
         return self.config.run_dir / "console.log"
@@ -495,21 +248,10 @@ class QemuHypervisor:
     def running(self) -> bool:
         return self.pid is not None
 
-    @property
-    def helper_pids(self) -> list[int]:
-        """The virtiofsd processes of the running VM."""
-        if self._run is None:
-            return []
-        return [h.proc.pid for h in self._run.helpers if not h.exited.done()]
-
     # -- lifecycle ----------------------------------------------------------
 
     def _virtiofs_devices(self) -> list[SharedFsDevice]:
-        return [
-            d
-            for d in self._all_devices()
-            if isinstance(d, SharedFsDevice) and d.kind is SharedFsKind.VIRTIO_FS
-        ]
+        return virtiofs_devices(self._all_devices())
 
     def _sockets(self) -> list[Path]:
         socks = [self.command().qmp_socket]
@@ -529,105 +271,16 @@ class QemuHypervisor:
                 sock.unlink()
 
     def _output_tail(self) -> str:
-        helpers = "\n".join(
-            f"[virtiofsd {d.id}] {text}"
-            for d in self._virtiofs_devices()
-            if (text := _tail(self._virtiofsd_log(d), OUTPUT_TAIL // 4).strip())
-        )
-        qemu = _tail(self.qemu_log_path(), OUTPUT_TAIL // 2 - len(helpers) // 2).strip()
-        console = _tail(self.console_path(), OUTPUT_TAIL - len(qemu) - len(helpers)).strip()
+        devices = self._virtiofs_devices()
+        virtiofsd = virtiofsd_output_tail(self.config.run_dir, devices, OUTPUT_TAIL // 4)
+        qemu = read_tail(self.qemu_log_path(), OUTPUT_TAIL // 2 - len(virtiofsd) // 2).strip()
+        console = read_tail(self.console_path(), OUTPUT_TAIL - len(qemu) - len(virtiofsd)).strip()
         parts = [
-            helpers,
+            virtiofsd,
             f"[qemu] {qemu}" if qemu else "",
             f"[console] {console}" if console else "",
         ]
         return "\n".join(p for p in parts if p)
-
-    def _virtiofsd_log(self, device: SharedFsDevice) -> Path:
-        return self.config.run_dir / f"virtiofsd-{device.id}.log"
-
-    async def _start_helpers(self, deadline: float) -> list[_Helper]:
-        """Start one virtiofsd per virtio-fs device; return when all listen.
-
-        Raises VMLaunchError (virtiofsd missing, exited, or no socket in time);
-        nothing is left running then.
-        """
-        helpers: list[_Helper] = []
-        try:
-            for device in self._virtiofs_devices():
-                helpers.append(await self._start_virtiofsd(device, deadline))
-        except BaseException:
-            await self._stop_helpers(helpers)
-            raise
-        return helpers
-
-    async def _start_virtiofsd(self, device: SharedFsDevice, deadline: float) -> _Helper:
-        binary = self.virtiofsd_binary()
-        if binary is None:
-            raise VMLaunchError(f"virtiofsd not found for {self._life.what}", [])
-        sock = virtiofs_socket(self.config.run_dir, device)
-        argv = virtiofsd_argv(binary, device, sock, rust=_virtiofsd_is_rust(binary))
-        self._log.debug("launching: %s", shlex.join(argv))
-        log = self._virtiofsd_log(device)
-        with log.open("wb") as stderr:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=stderr,
-                    stderr=stderr,
-                    preexec_fn=virtiofsd_child_setup(),
-                )
-            except OSError as exc:
-                raise VMLaunchError(f"cannot execute {binary}: {exc}", argv) from exc
-        helper = _Helper(f"virtiofsd {device.id}", proc, asyncio.ensure_future(proc.wait()), log)
-        self._log.info("virtiofsd for %s started, pid %d", device.id, proc.pid)
-        limit = min(deadline, time.monotonic() + VIRTIOFSD_START_TIMEOUT)
-        try:
-            while not sock.exists():
-                if helper.exited.done():
-                    what = f"exited with code {helper.exited.result()}"
-                elif time.monotonic() >= limit:
-                    what = f"did not listen on {sock} in time"
-                else:
-                    await asyncio.wait({helper.exited}, timeout=0.01)
-                    continue
-                raise VMLaunchError(
-                    f"virtiofsd for {self._life.what} {what}", argv, _tail(log, OUTPUT_TAIL)
-                )
-        except BaseException:
-            await self._stop_helpers([helper])
-            raise
-        return helper
-
-    async def _stop_helpers(self, helpers: list[_Helper]) -> None:
-        """SIGTERM, after 1 s SIGKILL, and reap (they exit alone once QEMU is gone)."""
-        for helper in helpers:
-            if not helper.exited.done():
-                with contextlib.suppress(ProcessLookupError):
-                    helper.proc.terminate()
-        pending = {h.exited for h in helpers if not h.exited.done()}
-        if pending:
-            await asyncio.wait(pending, timeout=1)
-        for helper in helpers:
-            if not helper.exited.done():
-                with contextlib.suppress(ProcessLookupError):
-                    helper.proc.kill()
-            await asyncio.shield(helper.exited)
-
-    async def _watch_helper(self, run: _Running, helper: _Helper) -> None:
-        """A helper that dies under a running VM leaves its guest hanging: stop QEMU."""
-        await asyncio.shield(helper.exited)
-        # When QEMU quits, virtiofsd exits too; give QEMU time to be reaped first.
-        await asyncio.wait({run.exited}, timeout=2)
-        if not run.exited.done():
-            self._log.error(
-                "%s exited with code %s while the VM ran; killing QEMU",
-                helper.name,
-                helper.exited.result(),
-            )
-            with contextlib.suppress(ProcessLookupError):
-                run.proc.kill()
 
     async def start(self, timeout: float = 60) -> None:
         """Launch QEMU and connect QMP within *timeout* seconds.
@@ -643,7 +296,32 @@ class QemuHypervisor:
         self._log.debug("launching: %s", shlex.join(argv))
         self._remove_sockets()
         deadline = time.monotonic() + timeout
-        helpers = await self._start_helpers(deadline)
+        virtiofsds = await start_virtiofsds(
+            self.virtiofsd_binary(),
+            self._virtiofs_devices(),
+            self.config.run_dir,
+            deadline,
+            owner=self._life.what,
+            log=self._log,
+        )
+        run = await self._launch(argv, virtiofsds)
+        self._run = run
+        self._log.info("QEMU started, pid %d", run.proc.pid)
+        try:
+            run.qmp = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
+        except BaseException:
+            await self._kill(run)
+            await self._cleanup(run)
+            raise
+        run.reaper = asyncio.create_task(self._reap(run))
+        self._life.move(VMState.RUNNING)
+
+    async def _launch(self, argv: list[str], virtiofsds: list[Virtiofsd]) -> _Running:
+        """Spawn QEMU, copy its console, and kill it if a virtiofsd dies under it.
+
+        Raises VMLaunchError when QEMU cannot be executed; *virtiofsds* are
+        stopped and the sockets removed on any failure.
+        """
         try:
             with self.qemu_log_path().open("wb") as stderr:
                 proc = await asyncio.create_subprocess_exec(
@@ -654,7 +332,7 @@ class QemuHypervisor:
                     preexec_fn=qemu_child_setup(),
                 )
         except BaseException as exc:
-            await self._stop_helpers(helpers)
+            await stop_virtiofsds(virtiofsds)
             self._remove_sockets()
             if isinstance(exc, OSError):
                 raise VMLaunchError(
@@ -666,19 +344,12 @@ class QemuHypervisor:
             proc=proc,
             exited=asyncio.ensure_future(proc.wait()),
             console=asyncio.create_task(self._pump_console(proc.stdout)),
-            helpers=helpers,
+            virtiofsds=virtiofsds,
         )
-        run.watchers = [asyncio.create_task(self._watch_helper(run, h)) for h in helpers]
-        self._run = run
-        self._log.info("QEMU started, pid %d", proc.pid)
-        try:
-            run.qmp = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
-        except BaseException:
-            await self._kill(run)
-            await self._cleanup(run)
-            raise
-        run.reaper = asyncio.create_task(self._reap(run))
-        self._life.move(VMState.RUNNING)
+        run.watchers = [
+            asyncio.create_task(watch_virtiofsd(d, proc, run.exited, self._log)) for d in virtiofsds
+        ]
+        return run
 
     async def _connect_qmp(
         self, run: _Running, sock: Path, deadline: float, argv: list[str]
@@ -753,7 +424,7 @@ class QemuHypervisor:
         try:
             for watcher in run.watchers:
                 watcher.cancel()
-            await self._stop_helpers(run.helpers)
+            await stop_virtiofsds(run.virtiofsds)
             await asyncio.wait({run.console}, timeout=5)
             if not run.console.done():
                 run.console.cancel()
