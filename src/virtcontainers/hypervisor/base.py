@@ -14,13 +14,14 @@ One :class:`Hypervisor` instance drives one VM.  Its lifecycle::
 from __future__ import annotations
 
 import enum
-import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from virtcontainers.errors import ConfigError, StateError
+from virtcontainers import states
+from virtcontainers.errors import ConfigError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
@@ -47,12 +48,29 @@ class SharedFsKind(enum.Enum):
     VIRTIO_FS = "virtio-fs"  # vhost-user: a virtiofsd process serves the directory
 
 
-class VMState(enum.Enum):
+class VMState(states.Lifecycle):
     NEW = "new"
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
     STOPPED = "stopped"
+
+    @classmethod
+    def noun(cls) -> str:
+        return "VM"
+
+    @classmethod
+    def transitions(cls) -> Mapping[states.Lifecycle, frozenset[states.Lifecycle]]:
+        return _VM_TRANSITIONS
+
+
+_VM_TRANSITIONS: dict[states.Lifecycle, frozenset[states.Lifecycle]] = {
+    VMState.NEW: frozenset({VMState.CREATED}),
+    VMState.CREATED: frozenset({VMState.CREATED, VMState.RUNNING}),
+    VMState.RUNNING: frozenset({VMState.PAUSED, VMState.STOPPED}),
+    VMState.PAUSED: frozenset({VMState.RUNNING, VMState.STOPPED}),
+    VMState.STOPPED: frozenset({VMState.CREATED, VMState.STOPPED}),
+}
 
 
 def check_id(field: str, value: str) -> None:
@@ -65,17 +83,6 @@ def check_socket_path(field: str, path: Path) -> None:
     """Raise :class:`ConfigError` if *path* cannot be bound as a unix socket."""
     if len(str(path).encode()) > MAX_SOCKET_PATH:
         raise ConfigError(field, f"{path} is longer than {MAX_SOCKET_PATH} bytes (AF_UNIX limit)")
-
-
-def read_tail(path: Path, limit: int) -> str:
-    """The last *limit* bytes of the log at *path* as text ('' if it cannot be read)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @dataclass(frozen=True)
@@ -194,31 +201,23 @@ class Capabilities:
 
 
 class Lifecycle:
-    """The VM state and its transition table; shared by every driver."""
+    """One VM's current state (a :class:`VMState`); shared by every driver."""
 
-    TRANSITIONS: dict[VMState, frozenset[VMState]] = {  # noqa: RUF012
-        VMState.NEW: frozenset({VMState.CREATED}),
-        VMState.CREATED: frozenset({VMState.CREATED, VMState.RUNNING}),
-        VMState.RUNNING: frozenset({VMState.PAUSED, VMState.STOPPED}),
-        VMState.PAUSED: frozenset({VMState.RUNNING, VMState.STOPPED}),
-        VMState.STOPPED: frozenset({VMState.CREATED, VMState.STOPPED}),
-    }
-
-    def __init__(self, what: str = "VM") -> None:
-        self.what = what
+    def __init__(self) -> None:
+        self.vm_id = ""
         self.state = VMState.NEW
 
-    def require(self, operation: str, *states: VMState) -> None:
-        """Raise :class:`StateError` unless the current state is one of *states*."""
-        if self.state not in states:
-            raise StateError(self.what, operation, self.state.value, [s.value for s in states])
+    @property
+    def what(self) -> str:
+        return f"VM {self.vm_id}" if self.vm_id else "VM"
+
+    def require(self, operation: str, *allowed: VMState) -> None:
+        """Raise :class:`StateError` unless the current state is one of *allowed*."""
+        self.state.require(self.vm_id, operation, *allowed)
 
     def move(self, new: VMState) -> None:
         """Enter *new*; raises :class:`StateError` if the table forbids it."""
-        if new not in self.TRANSITIONS[self.state]:
-            allowed = [s.value for s, nxt in self.TRANSITIONS.items() if new in nxt]
-            raise StateError(self.what, f"move to {new.value}", self.state.value, allowed)
-        self.state = new
+        self.state = self.state.moved_to(self.vm_id, new)
 
 
 @runtime_checkable

@@ -45,7 +45,7 @@ class MockHypervisor:
         return self._config
 
     async def create(self, config: VMConfig) -> None:
-        self._life.what = f"VM {config.vm_id}"
+        self._life.vm_id = config.vm_id
         self._life.require("create", VMState.NEW, VMState.CREATED, VMState.STOPPED)
         self.calls.append(("create", config))
         for name, path in (("kernel", config.kernel), ("initrd", config.initrd)):

@@ -48,7 +48,6 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
     VMState,
     check_socket_path,
-    read_tail,
 )
 from virtcontainers.hypervisor.confine import qemu_child_setup
 from virtcontainers.hypervisor.qemu_command import (
@@ -71,6 +70,7 @@ from virtcontainers.hypervisor.virtiofsd import (
     virtiofsd_output_tail,
     watch_virtiofsd,
 )
+from virtcontainers.logtail import tail
 
 CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
@@ -132,7 +132,7 @@ class QemuHypervisor:
         Raises ConfigError (no QEMU binary, missing kernel/initrd/device path,
         unknown machine, socket path too long) and StateError.
         """
-        self._life.what = f"VM {config.vm_id}"
+        self._life.vm_id = config.vm_id
         self._life.require("create", VMState.NEW, VMState.CREATED, VMState.STOPPED)
         self._log = logging.getLogger(__name__).getChild(config.vm_id)
         if shutil.which(self._binary) is None:
@@ -273,8 +273,8 @@ class QemuHypervisor:
     def _output_tail(self) -> str:
         devices = self._virtiofs_devices()
         virtiofsd = virtiofsd_output_tail(self.config.run_dir, devices, OUTPUT_TAIL // 4)
-        qemu = read_tail(self.qemu_log_path(), OUTPUT_TAIL // 2 - len(virtiofsd) // 2).strip()
-        console = read_tail(self.console_path(), OUTPUT_TAIL - len(qemu) - len(virtiofsd)).strip()
+        qemu = tail(self.qemu_log_path(), OUTPUT_TAIL // 2 - len(virtiofsd) // 2).strip()
+        console = tail(self.console_path(), OUTPUT_TAIL - len(qemu) - len(virtiofsd)).strip()
         parts = [
             virtiofsd,
             f"[qemu] {qemu}" if qemu else "",

@@ -29,12 +29,12 @@ from virtcontainers.hypervisor.base import (
     SharedFsDevice,
     SharedFsKind,
     check_socket_path,
-    read_tail,
 )
 from virtcontainers.hypervisor.confine import (
     VIRTIOFSD_DROPPED_CAPABILITIES,
     virtiofsd_child_setup,
 )
+from virtcontainers.logtail import tail
 
 # The Rust virtiofsd (--shared-dir) first, then the C one QEMU <= 7.2 ships (-o source=).
 VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
@@ -138,7 +138,7 @@ def virtiofsd_output_tail(run_dir: Path, devices: Sequence[SharedFsDevice], limi
     return "\n".join(
         f"[virtiofsd {device.id}] {text}"
         for device in devices
-        if (text := read_tail(virtiofsd_log(run_dir, device), limit).strip())
+        if (text := tail(virtiofsd_log(run_dir, device), limit).strip())
     )
 
 
@@ -207,8 +207,7 @@ async def _start(
         limit = min(deadline, time.monotonic() + VIRTIOFSD_START_TIMEOUT)
         failure = await _wait_listening(daemon, sock, limit)
         if failure is not None:
-            tail = read_tail(output, OUTPUT_TAIL)
-            raise VMLaunchError(f"virtiofsd for {owner} {failure}", argv, tail)
+            raise VMLaunchError(f"virtiofsd for {owner} {failure}", argv, tail(output, OUTPUT_TAIL))
     except BaseException:
         await stop_virtiofsds([daemon])
         raise
