@@ -12,7 +12,7 @@ import contextlib
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,15 +98,7 @@ class ContainerStatus:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state.value,
-            "pid": self.pid,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "oom_killed": self.oom_killed,
-            "rootfs": str(self.rootfs),
-        }
+        return {**asdict(self), "state": self.state.value, "rootfs": str(self.rootfs)}
 
 
 @dataclass(frozen=True)
@@ -137,15 +129,9 @@ class PodStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id,
+            **asdict(self),
             "state": self.state.value,
-            "hypervisor": self.hypervisor,
             "containers": [c.to_dict() for c in self.containers],
-            "vm_pid": self.vm_pid,
-            "daemon_pid": self.daemon_pid,
-            "error": self.error,
-            "guest": self.guest.__dict__ if self.guest else None,
-            "created_at": self.created_at,
         }
 
 

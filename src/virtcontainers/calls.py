@@ -96,10 +96,33 @@ class Request(Generic[R]):
     def decode_result(self, data: object) -> R:
         raise NotImplementedError
 
+    def answer_object(self, data: object) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        return data
+
 
 class Answerless(Request[None]):
     def decode_result(self, data: object) -> None:
         return None
+
+    @classmethod
+    def named(cls, method: str) -> type[Self]:
+        """This request shape under the wire name ``method``, as a class of its own."""
+        title = "".join(part.title() for part in method.split("_"))
+        return type(title, (cls,), {"METHOD": method, "__module__": __name__})
+
+
+@dataclass(frozen=True)
+class OnPod(Answerless):
+    """A request about the pod itself, answered with nothing."""
+
+
+@dataclass(frozen=True)
+class OnContainer(Answerless):
+    """A request about one container, answered with nothing."""
+
+    container_id: str
 
 
 @dataclass(frozen=True)
@@ -115,8 +138,7 @@ class StartsProcess(Request[ProcessStarted]):
         return {"exec_id": result.exec_id, "pid": result.pid}
 
     def decode_result(self, data: object) -> ProcessStarted:
-        if not isinstance(data, dict):
-            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        data = self.answer_object(data)
         exec_id, pid = data.get("exec_id"), data.get("pid")
         if not isinstance(pid, int) or isinstance(pid, bool):
             raise DaemonError(f"{self.METHOD}: malformed pid {pid!r}")
@@ -125,20 +147,13 @@ class StartsProcess(Request[ProcessStarted]):
 
 # --- the methods -----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class StopPod(Answerless):
-    METHOD = "stop"
-
-
-@dataclass(frozen=True)
-class PausePod(Answerless):
-    METHOD = "pause"
-
-
-@dataclass(frozen=True)
-class ResumePod(Answerless):
-    METHOD = "resume"
+StopPod = OnPod.named("stop")
+PausePod = OnPod.named("pause")
+ResumePod = OnPod.named("resume")
+StartContainer = OnContainer.named("start_container")
+DeleteContainer = OnContainer.named("delete_container")
+PauseContainer = OnContainer.named("pause_container")
+ResumeContainer = OnContainer.named("resume_container")
 
 
 @dataclass(frozen=True)
@@ -158,12 +173,6 @@ class CreateContainer(Request[ContainerRecord]):
 
 
 @dataclass(frozen=True)
-class StartContainer(Answerless):
-    METHOD = "start_container"
-    container_id: str
-
-
-@dataclass(frozen=True)
 class StopContainer(Answerless):
     METHOD = "stop_container"
     container_id: str
@@ -172,24 +181,6 @@ class StopContainer(Answerless):
     def __post_init__(self) -> None:
         if self.timeout < 0:
             raise ConfigError(f"{self.METHOD}.timeout", f"{self.timeout} is negative")
-
-
-@dataclass(frozen=True)
-class DeleteContainer(Answerless):
-    METHOD = "delete_container"
-    container_id: str
-
-
-@dataclass(frozen=True)
-class PauseContainer(Answerless):
-    METHOD = "pause_container"
-    container_id: str
-
-
-@dataclass(frozen=True)
-class ResumeContainer(Answerless):
-    METHOD = "resume_container"
-    container_id: str
 
 
 @dataclass(frozen=True)
@@ -207,10 +198,17 @@ class EnterPod(StartsProcess):
 
 
 @dataclass(frozen=True)
-class SignalProcess(Answerless):
-    METHOD = "kill"
+class ProcessTarget:
+    """The process a request is about: a container's (exec_id None: its init), or
+    one in the VM outside containers (container_id None)."""
+
     container_id: str | None
     exec_id: str | None
+
+
+@dataclass(frozen=True)
+class SignalProcess(ProcessTarget, Answerless):
+    METHOD = "kill"
     signal: int
     all: bool
 
@@ -220,17 +218,14 @@ class SignalProcess(Answerless):
 
 
 @dataclass(frozen=True)
-class WaitProcess(Request[ExitStatus]):
+class WaitProcess(ProcessTarget, Request[ExitStatus]):
     METHOD = "wait"
-    container_id: str | None
-    exec_id: str | None
 
     def encode_result(self, result: ExitStatus) -> Any:
         return {"exit_code": result.exit_code, "signal": result.signal}
 
     def decode_result(self, data: object) -> ExitStatus:
-        if not isinstance(data, dict):
-            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        data = self.answer_object(data)
         code, signal = data.get("exit_code"), data.get("signal")
         if not isinstance(code, int) or not (signal is None or isinstance(signal, int)):
             raise DaemonError(f"{self.METHOD}: malformed exit status {data!r}")
@@ -238,10 +233,8 @@ class WaitProcess(Request[ExitStatus]):
 
 
 @dataclass(frozen=True)
-class ResizeTerminal(Answerless):
+class ResizeTerminal(ProcessTarget, Answerless):
     METHOD = "resize"
-    container_id: str | None
-    exec_id: str | None
     rows: int
     cols: int
 
@@ -252,11 +245,9 @@ class ResizeTerminal(Answerless):
 
 
 @dataclass(frozen=True)
-class AttachProcess(Answerless):
+class AttachProcess(ProcessTarget, Answerless):
     METHOD = "attach"
     TAKES_STDIO = True
-    container_id: str | None
-    exec_id: str | None
 
 
 @dataclass(frozen=True)

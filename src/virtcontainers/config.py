@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self
 
 from virtcontainers.errors import ConfigError
 
@@ -27,8 +27,6 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_MEMORY_MIB = 128
 MAX_VCPUS = 64
-
-T = TypeVar("T")
 
 
 HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
@@ -81,9 +79,22 @@ def _reject_unknown(kind: str, cls: type, data: Mapping[str, Any]) -> None:
         raise ConfigError(kind, f"unknown field(s) {', '.join(map(repr, unknown))}")
 
 
+class _Plain:
+    """A config whose JSON form is its fields, as they are."""
+
+    KIND: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        _reject_unknown(cls.KIND, cls, data)
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class Resources:
+class Resources(_Plain):
     """VM size.  vCPUs and memory are the guest's, not a cgroup limit."""
+
+    KIND = "resources"
 
     vcpus: int = 1
     memory_mib: int = 512
@@ -106,15 +117,12 @@ class Resources:
                 "resources.memory_mib", f"{self.memory_mib} MiB is more than the host's {host} MiB"
             )
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Resources:
-        _reject_unknown("resources", cls, data)
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class Mount:
+class Mount(_Plain):
     """A host directory or file made visible inside a container."""
+
+    KIND = "mount"
 
     source: str
     destination: str
@@ -133,15 +141,12 @@ class Mount:
         if not os.path.exists(self.source):
             raise ConfigError("mount.source", f"{self.source} does not exist")
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Mount:
-        _reject_unknown("mount", cls, data)
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class Cmd:
+class Cmd(_Plain):
     """A process to run: in a container, or in the VM outside containers."""
+
+    KIND = "cmd"
 
     args: tuple[str, ...]
     env: tuple[str, ...] = (DEFAULT_PATH_ENV,)
@@ -195,11 +200,6 @@ class Cmd:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Cmd:
-        _reject_unknown("cmd", cls, data)
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -298,8 +298,10 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
-class ImagePaths:
+class ImagePaths(_Plain):
     """A guest image to boot instead of the default built one."""
+
+    KIND = "image"
 
     kernel: Path
     initrd: Path
@@ -317,11 +319,6 @@ class ImagePaths:
 
     def to_dict(self) -> dict[str, str]:
         return {name: str(getattr(self, name)) for name in ("kernel", "initrd", "rootfs")}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ImagePaths:
-        _reject_unknown("image", cls, data)
-        return cls(**{k: Path(v) for k, v in data.items()})
 
 
 HYPERVISORS = ("qemu", "mock")

@@ -169,7 +169,7 @@ class Daemon:
 
     # --- handlers that need more than one call ------------------------------------------
 
-    async def _stop(self, request: calls.StopPod, stdio: Stdio) -> None:
+    async def _stop(self, request: calls.OnPod, stdio: Stdio) -> None:
         await self.pod.stop()
 
     async def _create_container(self, request: calls.CreateContainer, stdio: Stdio) -> Any:

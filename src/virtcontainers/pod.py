@@ -395,17 +395,21 @@ class Pod:
         self.persist()
 
     async def pause_container(self, container_id: str) -> None:
-        container = self.container(container_id)
-        container.state.require(container_id, "pause", ContainerState.RUNNING)
-        await self.agent.pause_container(container_id)
-        container.move_to(ContainerState.PAUSED)
-        self.persist()
+        await self._set_paused(container_id, True)
 
     async def resume_container(self, container_id: str) -> None:
+        await self._set_paused(container_id, False)
+
+    async def _set_paused(self, container_id: str, paused: bool) -> None:
         container = self.container(container_id)
-        container.state.require(container_id, "resume", ContainerState.PAUSED)
-        await self.agent.resume_container(container_id)
-        container.move_to(ContainerState.RUNNING)
+        if paused:
+            container.state.require(container_id, "pause", ContainerState.RUNNING)
+            await self.agent.pause_container(container_id)
+            container.move_to(ContainerState.PAUSED)
+        else:
+            container.state.require(container_id, "resume", ContainerState.PAUSED)
+            await self.agent.resume_container(container_id)
+            container.move_to(ContainerState.RUNNING)
         self.persist()
 
     # --- processes ----------------------------------------------------------------------

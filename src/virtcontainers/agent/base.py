@@ -104,11 +104,7 @@ class Agent(Protocol):
     ) -> int: ...
 
     async def signal_process(
-        self,
-        container_id: str | None,
-        exec_id: str | None,
-        signal: int,
-        all_processes: bool = False,
+        self, container_id: str | None, exec_id: str | None, sig: int, all_processes: bool = False
     ) -> None: ...
 
     async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus: ...

@@ -350,13 +350,9 @@ class AgentClient:
         return int(_field(result, "pid", int, "exec_process"))
 
     async def signal_process(
-        self,
-        container_id: str | None,
-        exec_id: str | None,
-        signal: int,
-        all_processes: bool = False,
+        self, container_id: str | None, exec_id: str | None, sig: int, all_processes: bool = False
     ) -> None:
-        args = {"container_id": container_id, "exec_id": exec_id, "signal": signal}
+        args = {"container_id": container_id, "exec_id": exec_id, "signal": sig}
         await self.call("signal_process", {**args, "all": all_processes})
 
     async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:

@@ -164,18 +164,14 @@ class MockAgent:
         return pid
 
     async def signal_process(
-        self,
-        container_id: str | None,
-        exec_id: str | None,
-        signal: int,
-        all_processes: bool = False,
+        self, container_id: str | None, exec_id: str | None, sig: int, all_processes: bool = False
     ) -> None:
-        self._record("signal_process", container_id=container_id, exec_id=exec_id, signal=signal)
+        self._record("signal_process", container_id=container_id, exec_id=exec_id, signal=sig)
         process = self._process(container_id, exec_id)
         if process.status.done():
             raise AgentError("signal_process", "state", "process has exited")
-        if not process.killed.done() and signal in (signals.SIGTERM, signals.SIGKILL):
-            process.killed.set_result(signal)
+        if not process.killed.done() and sig in (signals.SIGTERM, signals.SIGKILL):
+            process.killed.set_result(sig)
             process.started.set()
 
     async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:

@@ -530,24 +530,29 @@ def kill(ctx: click.Context, all_processes: bool, container_id: str, signame: st
     api.kill_container(record.pod_id, record.id, signum, all_processes)
 
 
+def _toggle_pause(ctx: click.Context, container_id: str, pause: bool) -> None:
+    record = Record.load(_options(ctx).root, container_id)
+    needed = "running" if pause else "paused"
+    if _status(record) != needed:
+        raise RuntimeCommandError(f"container {container_id} is not {needed}")
+    action = api.pause_container if pause else api.resume_container
+    action(record.pod_id, record.id)
+
+
 @cli.command()
 @click.argument("container_id")
 @click.pass_context
 def pause(ctx: click.Context, container_id: str) -> None:
-    record = Record.load(_options(ctx).root, container_id)
-    if _status(record) != "running":
-        raise RuntimeCommandError(f"container {container_id} is not running")
-    api.pause_container(record.pod_id, record.id)
+    """Freeze the container's processes."""
+    _toggle_pause(ctx, container_id, pause=True)
 
 
 @cli.command()
 @click.argument("container_id")
 @click.pass_context
 def resume(ctx: click.Context, container_id: str) -> None:
-    record = Record.load(_options(ctx).root, container_id)
-    if _status(record) != "paused":
-        raise RuntimeCommandError(f"container {container_id} is not paused")
-    api.resume_container(record.pod_id, record.id)
+    """Thaw the container's processes."""
+    _toggle_pause(ctx, container_id, pause=False)
 
 
 def _delete(options: Options, record: Record, force: bool) -> None:

@@ -148,30 +148,17 @@ def pod_start(pod_id: str) -> None:
         api.start_pod(pod_id)
 
 
-@pod.command("stop")
-@click.argument("pod_id")
-def pod_stop(pod_id: str) -> None:
-    """Stop the pod's VM."""
-    api.stop_pod(pod_id)
+def _id_command(
+    group: click.Group, name: str, action: Callable[..., object], summary: str, *ids: str
+) -> None:
+    """``virtc GROUP NAME ID...``: one API call on the pod or container the ids name."""
 
+    def command(**given: str) -> None:
+        action(*(given[name] for name in ids))
 
-@pod.command("delete")
-@click.argument("pod_id")
-def pod_delete(pod_id: str) -> None:
-    """Delete a pod that is not running."""
-    api.delete_pod(pod_id)
-
-
-@pod.command("pause")
-@click.argument("pod_id")
-def pod_pause(pod_id: str) -> None:
-    api.pause_pod(pod_id)
-
-
-@pod.command("resume")
-@click.argument("pod_id")
-def pod_resume(pod_id: str) -> None:
-    api.resume_pod(pod_id)
+    for id_name in reversed(ids):
+        command = click.argument(id_name)(command)
+    group.command(name, help=summary)(command)
 
 
 @pod.command("enter")
@@ -265,13 +252,6 @@ def container_create(
     stdout.print(container_id)
 
 
-@container.command("start")
-@click.argument("pod_id")
-@click.argument("container_id")
-def container_start(pod_id: str, container_id: str) -> None:
-    api.start_container(pod_id, container_id)
-
-
 @container.command("stop")
 @click.argument("pod_id")
 @click.argument("container_id")
@@ -281,11 +261,21 @@ def container_stop(pod_id: str, container_id: str, timeout: int) -> None:
     api.stop_container(pod_id, container_id, timeout)
 
 
-@container.command("delete")
-@click.argument("pod_id")
-@click.argument("container_id")
-def container_delete(pod_id: str, container_id: str) -> None:
-    api.delete_container(pod_id, container_id)
+POD, CONTAINER = ("pod_id",), ("pod_id", "container_id")
+SIMPLE_COMMANDS: tuple[
+    tuple[click.Group, tuple[str, ...], str, Callable[..., object], str], ...
+] = (
+    (pod, POD, "stop", api.stop_pod, "Stop the pod's VM."),
+    (pod, POD, "delete", api.delete_pod, "Delete a pod that is not running."),
+    (pod, POD, "pause", api.pause_pod, "Pause the pod's VM."),
+    (pod, POD, "resume", api.resume_pod, "Resume a paused pod's VM."),
+    (container, CONTAINER, "start", api.start_container, "Start a created container."),
+    (container, CONTAINER, "delete", api.delete_container, "Delete a stopped container."),
+    (container, CONTAINER, "pause", api.pause_container, "Freeze a running container."),
+    (container, CONTAINER, "resume", api.resume_container, "Thaw a paused container."),
+)
+for _group, _ids, _name, _action, _summary in SIMPLE_COMMANDS:
+    _id_command(_group, _name, _action, _summary, *_ids)
 
 
 @container.command("status")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtcontainers.config import Cmd, Mount
+from virtcontainers.config import HOSTNAME_PATTERN, Cmd, Mount
 from virtcontainers.errors import ConfigError
 from virtcontainers.oci._json import (
     Loc,
@@ -47,7 +47,6 @@ NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "c
 _PLAIN_BIND_OPTIONS = frozenset({"bind", "rbind", "ro", "rw", "private", "rprivate"})
 #: Host kernel views: a bind of these is served from the guest's own.
 _GUEST_KERNEL_TREES = ("/proc", "/sys")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 _MAX_ID = 2**32 - 2
 _OCI_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+].*)?$")
 
@@ -71,6 +70,17 @@ def _config_error(loc: Loc, error: ConfigError) -> Exception:
 
 
 # --- process -----------------------------------------------------------------
+
+
+def _drop_meaningless(
+    section: dict[str, Any], loc: Loc, warnings: list[str], show_value: bool = False, **why: str
+) -> None:
+    """Remove settings that mean nothing in a VM, with a warning for each one set."""
+    for key, reason in why.items():
+        value = section.pop(key, None)
+        if value:
+            shown = f"{value!r} " if show_value else ""
+            warnings.append(loc.key(key).note(f"{shown}dropped: {reason}"))
 
 
 def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> tuple[str, dict[str, Any]]:
@@ -125,15 +135,15 @@ def translate_process(
         raise loc.key("cwd").error(f"must be an absolute path, got {cwd!r}")
     terminal = boolean(process.get("terminal", False), loc.key("terminal"))
     user_text, user = _user(opt_obj(process, "user", loc), loc.key("user"), warnings)
-    for key, why in (
-        ("apparmorProfile", "the guest kernel has no AppArmor"),
-        ("selinuxLabel", "the guest kernel has no SELinux"),
-        ("commandLine", "it is for Windows"),
-    ):
-        if key in out:
-            value = out.pop(key)
-            if value:
-                warnings.append(loc.key(key).note(f"{value!r} dropped: {why}"))
+    _drop_meaningless(
+        out,
+        loc,
+        warnings,
+        show_value=True,
+        apparmorProfile="the guest kernel has no AppArmor",
+        selinuxLabel="the guest kernel has no SELinux",
+        commandLine="it is for Windows",
+    )
     out.update({"args": args, "env": env, "cwd": cwd, "terminal": terminal, "user": user})
     try:
         cmd = Cmd(args=tuple(args), env=tuple(env), cwd=cwd, user=user_text, terminal=terminal)
@@ -294,15 +304,14 @@ def translate_linux(linux: Mapping[str, Any], loc: Loc, warnings: list[str]) -> 
                 f"{cgroups_path!r} replaced by /vc/<container id> in the guest's cgroup tree"
             )
         )
-    for key, why in (
-        ("mountLabel", "the guest kernel has no SELinux"),
-        ("intelRdt", "the VM has no Intel RDT"),
-        ("netDevices", "host network devices cannot be moved into the VM"),
-    ):
-        if key in out:
-            value = out.pop(key)
-            if value:
-                warnings.append(loc.key(key).note(f"dropped: {why}"))
+    _drop_meaningless(
+        out,
+        loc,
+        warnings,
+        mountLabel="the guest kernel has no SELinux",
+        intelRdt="the VM has no Intel RDT",
+        netDevices="host network devices cannot be moved into the VM",
+    )
     for key in ("resources", "sysctl", "seccomp"):
         if out.get(key) is not None:
             obj(out[key], loc.key(key))
@@ -368,7 +377,7 @@ def _hostname(spec: Mapping[str, Any], loc: Loc) -> str | None:
     hostname = string(spec["hostname"], loc.key("hostname"))
     if not hostname:
         return None
-    if not _HOSTNAME.match(hostname):
+    if not HOSTNAME_PATTERN.match(hostname):
         raise loc.key("hostname").error(
             f"{hostname!r} is not a valid hostname (1-63 letters, digits, '.' or '-')"
         )
