@@ -27,7 +27,7 @@ import pytest
 from virtcontainers.agent import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
-AGENT = ROOT / "src" / "virtcontainers" / "guest" / "agent.py"
+AGENT = [sys.executable, "-S", "-m", "virtcontainers.guest.agent"]  # with PYTHONPATH=src
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 RUNC = shutil.which("runc")
 APPLETS = ["sh", "echo", "cat", "sleep", "head", "true", "false", "kill", "ps", "dd", "yes", "tr"]
@@ -202,9 +202,7 @@ def agent_harness() -> Iterator[AgentHarness]:
     env.pop("VC_AGENT_RUNTIME", None)
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-S",
-            str(AGENT),
+            *AGENT,
             "--fd",
             str(theirs.fileno()),
             "--runtime",
@@ -716,7 +714,10 @@ def test_agent_module_imports_are_lean() -> None:
         check=True,
     )
     modules = set(json.loads(out.stdout))
-    for heavy in ("asyncio", "subprocess", "argparse", "ctypes", "shutil", "traceback"):
+    # Importing the package loads all of it, as the guest's start stub does.
+    assert "virtcontainers.guest.agent.startup" in modules
+    heavy_modules = ("asyncio", "subprocess", "argparse", "ctypes", "shutil", "traceback")
+    for heavy in (*heavy_modules, "typing", "dataclasses"):
         assert heavy not in modules, heavy
 
 
@@ -782,7 +783,7 @@ def test_connect_option(agent_rootfs: str) -> None:
     server.bind(path)
     server.listen(1)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), VC_AGENT_RUNTIME="runc")
-    argv = [sys.executable, "-S", str(AGENT), "--connect", path, "--state-dir", state]
+    argv = [*AGENT, "--connect", path, "--state-dir", state]
     proc = subprocess.Popen(argv, env=env)
     try:
         server.settimeout(10)
@@ -802,11 +803,11 @@ def test_connect_option(agent_rootfs: str) -> None:
 
 
 def test_oom_counter_parsing(tmp_path: Path) -> None:
-    from virtcontainers.guest import agent as agent_module
+    from virtcontainers.guest.agent.model import Container
 
     events = tmp_path / "memory.events"
     events.write_text("low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n")
-    container = agent_module.Container("c", str(tmp_path))
+    container = Container("c", str(tmp_path))
     assert container.read_oom_kills() == 0  # no cgroup known
     container.memory_events = str(events)
     assert container.read_oom_kills() == 2
@@ -820,10 +821,11 @@ def test_port_hangup_polls_again_without_spinning(tmp_path: Path) -> None:
     # must keep the fd and look again every 50 ms, neither exit nor spin.
     code = """
 import socket, sys, time
-from virtcontainers.guest import agent as A
-a = A.Agent("runc", sys.argv[1], pid1=False)
+from virtcontainers.guest.agent.channel import Channel
+from virtcontainers.guest.agent.core import Agent
+a = Agent("runc", sys.argv[1], pid1=False)
 ours, theirs = socket.socketpair()
-channel = A.Channel(a, ours.fileno(), is_port=True)
+channel = Channel(a, ours.fileno(), is_port=True)
 a.attach(channel)
 hangups = []
 original = channel.hangup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -17,15 +18,24 @@ from virtcontainers.image import (
 )
 from virtcontainers.image.builder import build_image_from, image_inputs
 from virtcontainers.image.cache import cache_lock, inputs_digest, remove_stale_staging
-from virtcontainers.image.rootfs import guest_path, parse_ldd
+from virtcontainers.image.rootfs import (
+    AGENT_DIR,
+    GUEST_PYTHON,
+    copy_agent,
+    copy_stdlib,
+    guest_path,
+    parse_ldd,
+)
 from virtcontainers.image.tools import require_tool
 
 
 def _sources(tmp_path: Path) -> ImageSources:
-    agent = tmp_path / "agent.py"
+    agent = tmp_path / "agent"
     protocol = tmp_path / "protocol.py"
     kernel = tmp_path / "vmlinux"
-    agent.write_text("print('agent')\n")
+    agent.mkdir()
+    (agent / "__init__.py").write_text("from .core import main\n")
+    (agent / "core.py").write_text("def main() -> int:\n    return 0\n")
     protocol.write_text("MAGIC = b'VC'\n")
     kernel.write_bytes(b"\x7fELF fake kernel")
     # A user kernel keeps apt-cache (slow, networked metadata) out of the test.
@@ -41,13 +51,52 @@ def test_digest_is_stable(tmp_path: Path) -> None:
     assert _digest(sources, tmp_path) == _digest(sources, tmp_path)
 
 
-@pytest.mark.parametrize("changed", ["agent.py", "protocol.py", "vmlinux"])
+@pytest.mark.parametrize(
+    "changed", ["agent/__init__.py", "agent/core.py", "protocol.py", "vmlinux"]
+)
 def test_digest_changes_with_each_input(tmp_path: Path, changed: str) -> None:
     sources = _sources(tmp_path)
     before = _digest(sources, tmp_path)
     with (tmp_path / changed).open("a") as handle:
         handle.write("# changed\n")
     assert _digest(sources, tmp_path) != before
+
+
+def test_digest_changes_with_a_new_agent_module(tmp_path: Path) -> None:
+    sources = _sources(tmp_path)
+    before = _digest(sources, tmp_path)
+    (tmp_path / "agent" / "extra.py").write_text("")
+    assert _digest(sources, tmp_path) != before
+
+
+def test_digest_ignores_bytecode_caches(tmp_path: Path) -> None:
+    # Host tests import the agent from the source tree and leave __pycache__ there.
+    sources = _sources(tmp_path)
+    before = _digest(sources, tmp_path)
+    cache = tmp_path / "agent" / "__pycache__"
+    cache.mkdir()
+    (cache / "core.cpython-311.pyc").write_bytes(b"bytecode")
+    assert _digest(sources, tmp_path) == before
+
+
+@pytest.mark.skipif(not os.access(GUEST_PYTHON, os.X_OK), reason="python3.11-minimal missing")
+def test_the_agent_package_and_its_stdlib_closure_are_staged(tmp_path: Path) -> None:
+    agent = ImageSources.default().agent
+    agent_dir = tmp_path / AGENT_DIR
+    agent_dir.mkdir(parents=True)
+    copy_agent(tmp_path, agent)
+    copy_stdlib(tmp_path, GUEST_PYTHON, agent_dir)
+    staged = sorted(p.relative_to(agent_dir / "agent") for p in agent_dir.rglob("agent/*.py"))
+    assert staged == [p.relative_to(agent.package) for p in agent.package_files()]
+    assert (agent_dir / "vc_protocol.py").read_bytes() == agent.protocol.read_bytes()
+    assert "import agent" in (agent_dir / "start.py").read_text()
+    # Reached only through the package's relative imports (an empty package
+    # brings none of them): the protocol module through wire, json, and the
+    # lazy imports of terminal handling and of the subreaper set-up.
+    stdlib = tmp_path / "usr/lib/python3.11"
+    assert (stdlib / "json/decoder.py").is_file()
+    assert any((stdlib / "lib-dynload").glob("termios.*.so"))
+    assert (stdlib / "ctypes/__init__.py").is_file()
 
 
 def test_digest_changes_with_a_user_initrd(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from virtcontainers.image.busybox import busybox_binary
 from virtcontainers.image.cache import (
     cache_lock,
     file_digest,
+    files_digest,
     inputs_digest,
     remove_stale_staging,
     resolve_cache_dir,
@@ -92,7 +93,7 @@ class ImageSources:
     @classmethod
     def default(cls, kernel: Path | None = None, initrd: Path | None = None) -> ImageSources:
         package = Path(str(resources.files("virtcontainers")))
-        agent = AgentSources(package / "guest" / "agent.py", package / "agent" / "protocol.py")
+        agent = AgentSources(package / "guest" / "agent", package / "agent" / "protocol.py")
         return cls(agent, kernel, initrd)
 
 
@@ -141,7 +142,7 @@ def image_inputs(
         "kernel": _kernel_input(sources, package),
         "initrd": f"file:{file_digest(sources.initrd)}" if sources.initrd else "ours",
         "packages": _package_versions(GUEST_PACKAGES),
-        "agent": file_digest(sources.agent.agent),
+        "agent": files_digest(sources.agent.package, sources.agent.package_files()),
         "protocol": file_digest(sources.agent.protocol),
         "init.sh": hashlib.sha256(init_script()).hexdigest(),
     }

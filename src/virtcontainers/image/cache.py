@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,6 +64,17 @@ def file_digest(path: Path) -> str:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError:
         return "missing"
+
+
+def files_digest(base: Path, files: Iterable[Path]) -> str:
+    """sha256 over the names (relative to `base`) and contents of `files`.
+
+    Names count too: adding, removing or renaming a module changes the digest.
+    """
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(base)}\0{file_digest(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def inputs_digest(inputs: Mapping[str, object]) -> str:

@@ -1,9 +1,9 @@
 """The guest's read-only root: Python, the agent, crun and busybox, in a squashfs.
 
 Only what the agent uses goes in: the stdlib modules `modulefinder` finds from
-the agent script (run under the guest's own interpreter, /usr/bin/python3.11,
-not whatever python is on PATH), precompiled, and the shared-library closure
-of the binaries found with ldd.
+the agent's start stub, through the whole agent package (run under the guest's
+own interpreter, /usr/bin/python3.11, not whatever python is on PATH),
+precompiled, and the shared-library closure of the binaries found with ldd.
 """
 
 from __future__ import annotations
@@ -73,12 +73,19 @@ _NEVER_AT_RUNTIME = (
     "xmlrpc",
 )
 
-# Runs under /usr/bin/python3.11: prints the files of every module the agent imports.
+# Runs under /usr/bin/python3.11: prints the files of every module the agent
+# imports, following the start stub into the package and its relative imports.
 _FINDER = """
 import ast, json, modulefinder, os, sys
 script, extra_dir, excludes, *startup = sys.argv[1:]
+sources = [
+    os.path.join(folder, name)
+    for folder, _, names in os.walk(extra_dir)
+    for name in names
+    if name.endswith(".py")
+]
 direct = set()
-for source in (script, os.path.join(extra_dir, "vc_protocol.py")):
+for source in sources:
     for node in ast.walk(ast.parse(open(source, encoding="utf-8").read())):
         if isinstance(node, ast.Import):
             direct.update(alias.name.split(".")[0] for alias in node.names)
@@ -95,8 +102,12 @@ print(json.dumps(sorted(m.__file__ for m in finder.modules.values() if m.__file_
 
 @dataclass(frozen=True)
 class AgentSources:
-    agent: Path  # becomes /opt/vc/agent/agent.py
+    package: Path  # the agent package directory; becomes /opt/vc/agent/agent/
     protocol: Path  # becomes /opt/vc/agent/vc_protocol.py
+
+    def package_files(self) -> list[Path]:
+        """The package's Python sources, in a stable order (never its bytecode caches)."""
+        return sorted(self.package.rglob("*.py"))
 
 
 def require_guest_python() -> Path:
@@ -117,9 +128,9 @@ def stage_root(root: Path, busybox: Path, agent: AgentSources, progress: Progres
     crun = require_crun()
     _make_skeleton(root)
     progress("copying the agent")
-    _copy_agent(root, agent)
+    copy_agent(root, agent)
     progress("collecting the stdlib modules the agent imports")
-    dynload = _copy_stdlib(root, python, root / AGENT_DIR)
+    dynload = copy_stdlib(root, python, root / AGENT_DIR)
     for binary in (python, crun):
         _copy_file(binary, root / binary.relative_to("/"))
     install_busybox(busybox, root / "usr/bin")
@@ -146,7 +157,7 @@ def _make_skeleton(root: Path) -> None:
 
 # Python never caches the bytecode of the script it runs, and compiling the
 # agent's source at every boot costs ~0.5 s under TCG: the script is this stub,
-# and the agent itself is an imported module, precompiled with the rest.
+# and the agent itself is an imported package, precompiled with the rest.
 AGENT_STUB = """import sys
 sys.path.insert(0, "/opt/vc/agent")
 import agent
@@ -154,16 +165,29 @@ sys.exit(agent.main())
 """
 
 
-def _copy_agent(root: Path, agent: AgentSources) -> None:
-    for source, name in ((agent.agent, "agent.py"), (agent.protocol, "vc_protocol.py")):
+def copy_agent(root: Path, agent: AgentSources) -> None:
+    """Copy the agent package, the protocol module and the start stub to /opt/vc/agent.
+
+    Raises:
+        ImageError: a source is missing (an incomplete installation).
+    """
+    for source in (agent.package / "__init__.py", agent.protocol):
         if not source.is_file():
             raise ImageError(f"agent source {source} not found: the package is incomplete")
-        shutil.copyfile(source, root / AGENT_DIR / name)
+    for source in agent.package_files():
+        dest = root / AGENT_DIR / "agent" / source.relative_to(agent.package)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
+    shutil.copyfile(agent.protocol, root / AGENT_DIR / "vc_protocol.py")
     (root / AGENT_DIR / "start.py").write_text(AGENT_STUB)
 
 
-def _copy_stdlib(root: Path, python: Path, agent_dir: Path) -> list[Path]:
-    """Copy the stdlib files the agent needs; return the extension modules among them."""
+def copy_stdlib(root: Path, python: Path, agent_dir: Path) -> list[Path]:
+    """Copy the stdlib files the agent in `agent_dir` needs; return its extension modules.
+
+    Raises:
+        ImageError: modulefinder failed under the guest's interpreter.
+    """
     out = run(
         [
             str(python),
@@ -171,7 +195,7 @@ def _copy_stdlib(root: Path, python: Path, agent_dir: Path) -> list[Path]:
             "-I",
             "-c",
             _FINDER,
-            str(agent_dir / "agent.py"),
+            str(agent_dir / "start.py"),
             str(agent_dir),
             ",".join(_NEVER_AT_RUNTIME),
             *_STARTUP_MODULES,
