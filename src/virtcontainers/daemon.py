@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from virtcontainers import calls, launcher, rpc
-from virtcontainers.agent import new_agent
-from virtcontainers.agent.base import AgentKind
+from virtcontainers.agent.base import AgentKind, new_agent
 from virtcontainers.errors import ConfigError, DaemonError, VcError
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.hypervisor import HypervisorKind, new_hypervisor

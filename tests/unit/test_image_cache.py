@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from virtcontainers.image.rootfs import (
     copy_agent,
     copy_stdlib,
     guest_path,
+    pack_agent,
     parse_ldd,
 )
 from virtcontainers.image.tools import require_tool
@@ -97,6 +100,30 @@ def test_the_agent_package_and_its_stdlib_closure_are_staged(tmp_path: Path) -> 
     assert (stdlib / "json/decoder.py").is_file()
     assert any((stdlib / "lib-dynload").glob("termios.*.so"))
     assert (stdlib / "ctypes/__init__.py").is_file()
+
+
+@pytest.mark.skipif(not os.access(GUEST_PYTHON, os.X_OK), reason="python3.11-minimal missing")
+def test_the_agent_boots_from_one_zip_of_bytecode(tmp_path: Path) -> None:
+    agent = ImageSources.default().agent
+    agent_dir = tmp_path / AGENT_DIR
+    agent_dir.mkdir(parents=True)
+    copy_agent(tmp_path, agent)
+    subprocess.run([str(GUEST_PYTHON), "-S", "-m", "compileall", "-q", str(agent_dir)], check=True)
+    pack_agent(agent_dir)
+    assert sorted(p.name for p in agent_dir.iterdir()) == ["agent.zip", "start.py"]
+    with zipfile.ZipFile(agent_dir / "agent.zip") as archive:
+        names = set(archive.namelist())
+        assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_STORED}
+    modules = {
+        f"agent/{p.relative_to(agent.package).with_suffix('.pyc')}" for p in agent.package_files()
+    }
+    assert names == modules | {"vc_protocol.pyc"}
+    zipped = str(agent_dir / "agent.zip")
+    probe = f"import sys; sys.path.insert(0, {zipped!r}); import agent; print(agent.main.__name__)"
+    done = subprocess.run(
+        [str(GUEST_PYTHON), "-S", "-I", "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "main"
 
 
 def test_digest_changes_with_a_user_initrd(tmp_path: Path) -> None:

@@ -1,17 +1,5 @@
-"""Agents: the protocol, our guest agent's client, a mock, and the factory."""
+"""Agents: the protocol and its factory (base.py), our guest agent's client, a mock.
 
-from __future__ import annotations
-
-from virtcontainers.agent.base import Agent, AgentKind
-
-
-def new_agent(kind: AgentKind, pod_id: str) -> Agent:
-    """A fresh agent connection of *kind* for one pod (imported on demand:
-    the client pulls in asyncio, which API callers do not need)."""
-    if kind is AgentKind.VC:
-        from virtcontainers.agent.client import AgentClient
-
-        return AgentClient(pod_id)
-    from virtcontainers.agent.mock import MockAgent
-
-    return MockAgent()
+Nothing is imported here: the wire format (protocol.py) is shared with the
+guest agent, which must import no more than it uses.
+"""
