@@ -12,105 +12,36 @@ import datetime
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from virtcontainers import api
+from virtcontainers.cli.runtime_process import start_shim, write_pid_file
+from virtcontainers.cli.runtime_state import (
+    DEFAULT_ROOT,
+    Options,
+    Record,
+    RuntimeCommandError,
+    log_event,
+    oci_status,
+    state_document,
+)
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
-from virtcontainers.errors import ConfigError, NotFoundError, StateError, VcError
-from virtcontainers.launcher import package_env
+from virtcontainers.errors import NotFoundError, StateError, VcError
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.store import write_json_atomic
 
-DEFAULT_ROOT = Path("/run/vc-runtime")
-SHIM_READY_TIMEOUT = 180.0
-
-
-class RuntimeCommandError(Exception):
-    """An error reported the way runc does (message, exit status 1)."""
-
-
-@dataclass
-class Options:
-    root: Path = DEFAULT_ROOT
-    log: Path | None = None
-    log_format: str = "text"
-    debug: bool = False
-
-
-@dataclass
-class Record:
-    """What vc-runtime remembers about one container id."""
-
-    id: str
-    pod_id: str
-    bundle: str
-    rootfs: str
-    created: str
-    owns_pod: bool
-    shim_pid: int = 0
-    annotations: dict[str, str] = field(default_factory=dict)
-    hooks: dict[str, Any] = field(default_factory=dict)
-    """The bundle's hooks, kept so later stages need not read the bundle again."""
-
-    def run_hooks(self, stage: str, status: str) -> None:
-        """Run the hooks of ``stage`` on the host (poststart/poststop only warn)."""
-        from virtcontainers import oci
-
-        oci.run_hooks({"hooks": self.hooks}, stage, _hook_state(self, status))
-
-    @staticmethod
-    def path(root: Path, container_id: str) -> Path:
-        return root / validate_id("container", container_id) / "state.json"
-
-    def save(self, root: Path) -> None:
-        path = self.path(root, self.id)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_json_atomic(path, asdict(self))
-
-    @classmethod
-    def load(cls, root: Path, container_id: str) -> Record:
-        try:
-            with open(cls.path(root, container_id)) as source:
-                return cls(**json.load(source))
-        except (FileNotFoundError, ConfigError):
-            raise RuntimeCommandError(f"container {container_id} does not exist") from None
-
-    def remove(self, root: Path) -> None:
-        path = self.path(root, self.id)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
-
-
-# --- logging, the runc way -----------------------------------------------------------------
-
-
-def _log(options: Options, level: str, message: str) -> None:
-    if options.log is None:
-        return
-    now = datetime.datetime.now(datetime.UTC).isoformat()
-    if options.log_format == "json":
-        line = json.dumps({"level": level, "msg": message, "time": now})
-    else:
-        line = f'time="{now}" level={level} msg="{message}"'
-    with contextlib.suppress(OSError), open(options.log, "a") as log:
-        log.write(line + "\n")
+# --- errors, the runc way -----------------------------------------------------------------
 
 
 def _fail(options: Options, message: str) -> NoReturn:
-    _log(options, "error", message)
+    log_event(options, "error", message)
     click.echo(message, err=True)
     sys.exit(1)
 
@@ -160,107 +91,6 @@ def _options(ctx: click.Context) -> Options:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _status(record: Record) -> str:
-    """The OCI status of a container: creating, created, running, paused or stopped."""
-    try:
-        status = api.container_status(record.pod_id, record.id)
-    except NotFoundError:
-        return "stopped"
-    return status.state.value
-
-
-def _state_json(record: Record) -> dict[str, Any]:
-    status = _status(record)
-    return {
-        "ociVersion": OCI_VERSION,
-        "id": record.id,
-        "pid": record.shim_pid if status != "stopped" else 0,
-        "status": status,
-        "bundle": record.bundle,
-        "rootfs": record.rootfs,
-        "created": record.created,
-        "owner": "",
-        "annotations": record.annotations,
-    }
-
-
-def _hook_state(record: Record, status: str) -> dict[str, Any]:
-    return {
-        "ociVersion": OCI_VERSION,
-        "id": record.id,
-        "status": status,
-        "pid": record.shim_pid,
-        "bundle": record.bundle,
-        "annotations": record.annotations,
-    }
-
-
-def _write_pid_file(path: Path, pid: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(str(pid))
-    os.replace(tmp, path)
-
-
-def _send_console(console_socket: Path, master: int) -> None:
-    """Give the terminal's master end to the engine, as runc does (SCM_RIGHTS)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(console_socket))
-        socket.send_fds(sock, [b"/dev/ptmx"], [master])
-
-
-@contextlib.contextmanager
-def _terminal(console_socket: Path | None) -> Iterator[tuple[int, int, int, int | None]]:
-    """The stdio for the shim: ours, or a new terminal whose master goes to the engine."""
-    if console_socket is None:
-        yield 0, 1, 2, None
-        return
-    master, slave = os.openpty()
-    try:
-        _send_console(console_socket, master)
-    finally:
-        os.close(master)
-    try:
-        yield slave, slave, slave, slave
-    finally:
-        os.close(slave)
-
-
-def _start_shim(request: dict[str, Any], console_socket: Path | None) -> subprocess.Popen[bytes]:
-    """Start the pid-file process; returns it once the process exists in the VM."""
-    request_r, request_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    with _terminal(console_socket) as (stdin, stdout, stderr, tty):
-        pass_fds = [request_r, ready_w] + ([tty] if tty is not None else [])
-        argv = [sys.executable, "-S", "-m", "virtcontainers.cli.shim"]
-        argv += [str(request_r), str(ready_w)] + ([str(tty)] if tty is not None else [])
-        shim = subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            env=package_env(),
-        )
-    os.close(request_r)
-    os.close(ready_w)
-    with os.fdopen(request_w, "w") as out:
-        json.dump(request, out)
-    with os.fdopen(ready_r, "rb") as ready:
-        answer = ready.read()
-    try:
-        message = json.loads(answer)
-    except ValueError:
-        shim.kill()
-        shim.wait()
-        raise RuntimeCommandError("the container process exited before it was created") from None
-    if message.get("ok") is not True:
-        shim.wait()
-        from virtcontainers.rpc import error_from_dict
-
-        raise error_from_dict(message.get("error"))
-    return shim
-
-
 # --- create / start / run ----------------------------------------------------------------------
 
 
@@ -279,9 +109,9 @@ def _create(
         raise RuntimeCommandError(f"container with id exists: {container_id}")
     bundle = oci.load_bundle(bundle_dir.resolve())
     for warning in bundle.warnings:
-        _log(options, "warning", f"{container_id}: {warning}")
+        log_event(options, "warning", f"{container_id}: {warning}")
     if preserve_fds:
-        _log(options, "warning", f"{container_id}: --preserve-fds cannot reach a VM; ignored")
+        log_event(options, "warning", f"{container_id}: --preserve-fds cannot reach a VM; ignored")
     config = bundle.container_config(container_id)
     if config.cmd.terminal and console_socket is None:
         raise RuntimeCommandError(
@@ -309,13 +139,13 @@ def _create(
     )
     try:
         request = {"pod_id": pod_id, "container": config.to_dict()}
-        shim = _start_shim(request, console_socket)
+        shim = start_shim(request, console_socket)
         record.shim_pid = shim.pid
         record.save(options.root)
         for stage in ("prestart", "createRuntime", "createContainer"):
             record.run_hooks(stage, "created")
         if pid_file is not None:
-            _write_pid_file(pid_file, shim.pid)
+            write_pid_file(pid_file, shim.pid)
     except BaseException:
         _destroy(record, force=True)
         record.remove(options.root)
@@ -363,7 +193,7 @@ def create(
 
 
 def _start(record: Record) -> None:
-    status = _status(record)
+    status = oci_status(record)
     if status != "created":
         if status == "stopped":
             raise RuntimeCommandError("cannot start a container that has stopped")
@@ -427,7 +257,7 @@ def run(
 def state(ctx: click.Context, container_id: str) -> None:
     """Print the container's state as OCI JSON."""
     record = Record.load(_options(ctx).root, container_id)
-    click.echo(json.dumps(_state_json(record), indent=2))
+    click.echo(json.dumps(state_document(record), indent=2))
 
 
 def _records(options: Options) -> list[Record]:
@@ -439,7 +269,7 @@ def _records(options: Options) -> list[Record]:
             records.append(Record.load(root, entry.name))
         except (RuntimeCommandError, ValueError, TypeError) as exc:
             message = f"container {entry.name}: unreadable state in {entry}: {exc}"
-            _log(options, "warning", message)
+            log_event(options, "warning", message)
             click.echo(f"vc-runtime: {message} (`delete --force` removes it)", err=True)
     return records
 
@@ -450,7 +280,7 @@ def _records(options: Options) -> list[Record]:
 @click.pass_context
 def list_containers(ctx: click.Context, fmt: str, quiet: bool) -> None:
     """List containers started by vc-runtime with this --root."""
-    states = [_state_json(r) for r in _records(_options(ctx))]
+    states = [state_document(r) for r in _records(_options(ctx))]
     if quiet:
         for item in states:
             click.echo(item["id"])
@@ -473,7 +303,7 @@ def list_containers(ctx: click.Context, fmt: str, quiet: bool) -> None:
 def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]) -> None:
     """Processes of the container (pids are the guest's)."""
     record = Record.load(_options(ctx).root, container_id)
-    if _status(record) not in ("running", "paused"):
+    if oci_status(record) not in ("running", "paused"):
         raise RuntimeCommandError(f"container {container_id} is not running")
     processes = api.list_processes(record.pod_id, record.id)
     if fmt == "json":
@@ -493,7 +323,7 @@ def events(ctx: click.Context, stats: bool, interval: float, container_id: str) 
     """Stats events for the container (process count for now), until it stops."""
     record = Record.load(_options(ctx).root, container_id)
     while True:
-        status = _status(record)
+        status = oci_status(record)
         if status not in ("running", "paused", "created"):
             if stats:
                 raise RuntimeCommandError(f"container {container_id} is not running")
@@ -525,7 +355,7 @@ def kill(ctx: click.Context, all_processes: bool, container_id: str, signame: st
     """Send a signal (name or number) to the container's process."""
     signum = parse_signal(signame)
     record = Record.load(_options(ctx).root, container_id)
-    if _status(record) not in ("created", "running", "paused"):
+    if oci_status(record) not in ("created", "running", "paused"):
         raise RuntimeCommandError("container not running")
     api.kill_container(record.pod_id, record.id, signum, all_processes)
 
@@ -533,7 +363,7 @@ def kill(ctx: click.Context, all_processes: bool, container_id: str, signame: st
 def _toggle_pause(ctx: click.Context, container_id: str, pause: bool) -> None:
     record = Record.load(_options(ctx).root, container_id)
     needed = "running" if pause else "paused"
-    if _status(record) != needed:
+    if oci_status(record) != needed:
         raise RuntimeCommandError(f"container {container_id} is not {needed}")
     action = api.pause_container if pause else api.resume_container
     action(record.pod_id, record.id)
@@ -556,7 +386,7 @@ def resume(ctx: click.Context, container_id: str) -> None:
 
 
 def _delete(options: Options, record: Record, force: bool) -> None:
-    status = _status(record)
+    status = oci_status(record)
     if status in ("running", "paused") and not force:
         raise RuntimeCommandError(
             f"cannot delete container {record.id} that is not stopped: {status}"
@@ -615,7 +445,7 @@ def exec_(
     """Run a process in a running container."""
     options = _options(ctx)
     record = Record.load(options.root, container_id)
-    if _status(record) != "running":
+    if oci_status(record) != "running":
         raise RuntimeCommandError(f"cannot exec in a container that is not running: {container_id}")
     cmd = _exec_cmd(process_file, command, tty, cwd, env, user)
     if cmd.terminal and console_socket is None and detach:
@@ -627,16 +457,16 @@ def exec_(
             "pod_id": record.pod_id,
             "exec": {"container_id": record.id, "cmd": cmd.to_dict()},
         }
-        shim = _start_shim(request, console_socket if cmd.terminal else None)
+        shim = start_shim(request, console_socket if cmd.terminal else None)
         if pid_file is not None:
-            _write_pid_file(pid_file, shim.pid)
+            write_pid_file(pid_file, shim.pid)
         if detach:
             return
         sys.exit(shim.wait())
     stdio = api.Stdio(stdin=0, stdout=1, stderr=None if cmd.terminal else 2)
     handle = api.enter_container(record.pod_id, record.id, cmd, stdio)
     if pid_file is not None:
-        _write_pid_file(pid_file, os.getpid())
+        write_pid_file(pid_file, os.getpid())
     sys.exit(api.wait_process(record.pod_id, record.id, handle.exec_id).exit_code)
 
 

@@ -1,0 +1,129 @@
+"""What vc-runtime remembers about each container, and how it reports it.
+
+A container's record lives in ``--root/<id>/state.json`` (which pod, bundle,
+shim pid, hooks); its OCI state and hook state documents are made from the
+record and the pod's status.  Errors and warnings go to ``--log`` the way
+runc writes them (text or JSON lines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtcontainers import api
+from virtcontainers.config import validate_id
+from virtcontainers.errors import ConfigError, NotFoundError
+from virtcontainers.spec import OCI_VERSION
+from virtcontainers.store import write_json_atomic
+
+DEFAULT_ROOT = Path("/run/vc-runtime")
+
+
+class RuntimeCommandError(Exception):
+    """An error reported the way runc does (message, exit status 1)."""
+
+
+@dataclass
+class Options:
+    root: Path = DEFAULT_ROOT
+    log: Path | None = None
+    log_format: str = "text"
+    debug: bool = False
+
+
+@dataclass
+class Record:
+    """What vc-runtime remembers about one container id."""
+
+    id: str
+    pod_id: str
+    bundle: str
+    rootfs: str
+    created: str
+    owns_pod: bool
+    shim_pid: int = 0
+    annotations: dict[str, str] = field(default_factory=dict)
+    hooks: dict[str, Any] = field(default_factory=dict)
+    """The bundle's hooks, kept so later stages need not read the bundle again."""
+
+    def run_hooks(self, stage: str, status: str) -> None:
+        """Run the hooks of ``stage`` on the host (poststart/poststop only warn)."""
+        from virtcontainers import oci
+
+        oci.run_hooks({"hooks": self.hooks}, stage, hook_state(self, status))
+
+    @staticmethod
+    def path(root: Path, container_id: str) -> Path:
+        return root / validate_id("container", container_id) / "state.json"
+
+    def save(self, root: Path) -> None:
+        path = self.path(root, self.id)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, root: Path, container_id: str) -> Record:
+        try:
+            with open(cls.path(root, container_id)) as source:
+                return cls(**json.load(source))
+        except (FileNotFoundError, ConfigError):
+            raise RuntimeCommandError(f"container {container_id} does not exist") from None
+
+    def remove(self, root: Path) -> None:
+        path = self.path(root, self.id)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+def log_event(options: Options, level: str, message: str) -> None:
+    if options.log is None:
+        return
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    if options.log_format == "json":
+        line = json.dumps({"level": level, "msg": message, "time": now})
+    else:
+        line = f'time="{now}" level={level} msg="{message}"'
+    with contextlib.suppress(OSError), open(options.log, "a") as log:
+        log.write(line + "\n")
+
+
+def oci_status(record: Record) -> str:
+    """The OCI status of a container: creating, created, running, paused or stopped."""
+    try:
+        status = api.container_status(record.pod_id, record.id)
+    except NotFoundError:
+        return "stopped"
+    return status.state.value
+
+
+def state_document(record: Record) -> dict[str, Any]:
+    status = oci_status(record)
+    return {
+        "ociVersion": OCI_VERSION,
+        "id": record.id,
+        "pid": record.shim_pid if status != "stopped" else 0,
+        "status": status,
+        "bundle": record.bundle,
+        "rootfs": record.rootfs,
+        "created": record.created,
+        "owner": "",
+        "annotations": record.annotations,
+    }
+
+
+def hook_state(record: Record, status: str) -> dict[str, Any]:
+    return {
+        "ociVersion": OCI_VERSION,
+        "id": record.id,
+        "status": status,
+        "pid": record.shim_pid,
+        "bundle": record.bundle,
+        "annotations": record.annotations,
+    }
