@@ -146,6 +146,9 @@ def test_invalid_hook_in_spec() -> None:
 
 
 def test_hook_that_ignores_stdin(tmp_path: Path) -> None:
-    quick = script(tmp_path, "quick.sh", "exit 0\n")
+    """A hook that exits without reading a large state must not fail the stage."""
+    ran = tmp_path / "ran"
+    quick = script(tmp_path, "quick.sh", f"touch {ran}\nexit 0\n")
     big = {**STATE, "annotations": {f"k{i}": "v" * 100 for i in range(2000)}}
     run_hooks({"hooks": {"prestart": [{"path": quick}]}}, "prestart", big)
+    assert ran.exists()
