@@ -9,6 +9,7 @@ any pod.  Errors are :class:`~virtcontainers.errors.VcError` subclasses.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import time
@@ -16,11 +17,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from virtcontainers import calls, launcher, mounts, rpc
+from virtcontainers import calls, launcher, rpc
 from virtcontainers.agent.base import ExitStatus, GuestDetails, ProcessInfo
-from virtcontainers.cleanup import release_run_files
-from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig, validate_id
+from virtcontainers.cleanup import release_run_files, remove_pod_files
+from virtcontainers.config import (
+    MAX_SOCKET_PATH,
+    Cmd,
+    ContainerConfig,
+    ImagePaths,
+    PodConfig,
+    validate_id,
+)
 from virtcontainers.errors import (
+    BusyError,
+    ConfigError,
     CorruptRecordError,
     DaemonError,
     ExistsError,
@@ -28,10 +38,11 @@ from virtcontainers.errors import (
     StateError,
     VcError,
 )
+from virtcontainers.hostproc import ProcessRef
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.stdio import Stdio
-from virtcontainers.store import ContainerRecord, PodRecord, Store
+from virtcontainers.store import ContainerRecord, PodPaths, PodRecord, Store
 
 __all__ = [
     "ContainerStatus",
@@ -71,6 +82,8 @@ __all__ = [
 
 START_TIMEOUT = 300.0
 STOP_TIMEOUT = 120.0
+FORCE_GRACE = 10.0
+DAEMON_EXIT_WAIT = 30.0
 LIVE = (PodState.RUNNING, PodState.PAUSED)
 R = TypeVar("R")
 
@@ -150,15 +163,37 @@ def _store() -> Store:
     return Store()
 
 
-def _reconcile(store: Store, pod_id: str) -> PodRecord:
-    """Load a pod's record; if its daemon died, clean up and mark it stopped."""
+def _reconcile(store: Store, pod_id: str, held: bool = False) -> PodRecord:
+    """Load a pod's record; if its daemon died, clean up and mark it stopped.
+
+    ``held``: the caller holds the pod's lock.  Otherwise the clean-up takes
+    the lock if it is free, and leaves the pod to the call under way if not.
+    """
     record = store.load(pod_id)
-    if record.state in LIVE and not (record.daemon and record.daemon.alive()):
-        if record.vm is not None:
-            record.vm.kill()
-        release_run_files(store.paths(pod_id))
-        record.mark_stopped("the pod daemon exited unexpectedly")
-        store.save(record)
+    if not _orphaned(record):
+        return record
+    if held:
+        return _release_orphan(store, record)
+    try:
+        with store.locked(pod_id, "check", timeout=0):
+            record = store.load(pod_id)
+            return _release_orphan(store, record) if _orphaned(record) else record
+    except BusyError:
+        return record
+
+
+def _orphaned(record: PodRecord) -> bool:
+    """A pod that should have a daemon, whose daemon is gone."""
+    active = record.state in (*LIVE, PodState.STARTING)
+    return active and not (record.daemon is not None and record.daemon.alive())
+
+
+def _release_orphan(store: Store, record: PodRecord) -> PodRecord:
+    if record.vm is not None:
+        record.vm.kill()
+    release_run_files(store.paths(record.id))
+    record.mark_stopped("the pod daemon exited unexpectedly")
+    store.save(record)
     return record
 
 
@@ -183,7 +218,7 @@ def _call_daemon(
     """Call the daemon of the pod whose (reconciled) record this is: the only way in."""
     if record.state not in LIVE:
         raise StateError(
-            f"pod {record.id!r}", request.METHOD, record.state.value, [s.value for s in LIVE]
+            f"pod {record.id!r}", request.ACTION, record.state.value, [s.value for s in LIVE]
         )
     given = stdio.named() if stdio is not None else []
     params = {**request.to_params(), "stdio": [name for name, _fd in given]}
@@ -204,6 +239,7 @@ def create_pod(config: PodConfig) -> PodStatus:
     config.check_host()
     image = config.image or _default_image(config)
     store = _store()
+    _check_socket_paths(store.paths(config.id))
     try:
         store.create_dir(config.id)
     except FileExistsError:
@@ -224,6 +260,17 @@ def create_pod(config: PodConfig) -> PodStatus:
     return PodStatus.from_record(record)
 
 
+def _check_socket_paths(paths: PodPaths) -> None:
+    """The pod's unix sockets must fit AF_UNIX's limit: say so before anything starts."""
+    for socket in (paths.socket, paths.vm / "agent.sock", paths.vm / "qmp.sock"):
+        if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+            raise ConfigError(
+                "VC_RUN_DIR",
+                f"the pod's socket {socket} is longer than AF_UNIX's {MAX_SOCKET_PATH} bytes; "
+                "use a shorter run directory or pod id",
+            )
+
+
 def _default_image(config: PodConfig) -> ImagePaths | None:
     """The built guest image, for a pod that boots one (resolved once, at create)."""
     if config.hypervisor == "mock":
@@ -234,21 +281,38 @@ def _default_image(config: PodConfig) -> ImagePaths | None:
     return ImagePaths(found.kernel, found.initrd, found.rootfs)
 
 
-def start_pod(pod_id: str, timeout: float = START_TIMEOUT) -> PodStatus:
-    """Boot the pod's VM and start its containers; returns when they run."""
+def start_pod(
+    pod_id: str, timeout: float = START_TIMEOUT, owner: ProcessRef | None = None
+) -> PodStatus:
+    """Boot the pod's VM and start its containers; returns when they run.
+
+    The pod is held while it boots: a second start, a stop or a delete waits
+    for the boot to end, even if this caller dies meanwhile (then the pod is
+    stopped, since nobody heard it start).  With ``owner``, the pod is
+    stopped and deleted when that process exits (``virtc run --rm``).
+    """
     store = _store()
-    with store.locked(pod_id) as paths:
-        record = _reconcile(store, pod_id)
-        record.state.moved_to(pod_id, PodState.RUNNING)
-        launcher.spawn(store, paths, pod_id, timeout)
+    with store.locked(pod_id, "start") as lock:
+        record = _reconcile(store, pod_id, held=True)
+        record.state = record.state.moved_to(pod_id, PodState.STARTING)
+        store.save(record)
+        launcher.spawn(store, lock, timeout, owner)
     return pod_status(pod_id)
 
 
-def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT) -> PodStatus:
-    """Stop the VM (its containers end with it); the pod can be started again."""
+def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT, force: bool = False) -> PodStatus:
+    """Stop the VM (its containers end with it); the pod can be started again.
+
+    ``force``: if the pod's daemon does not stop it within FORCE_GRACE
+    seconds (hung, stopped by a signal, still booting), kill the daemon and
+    the VM, and clean up after them.
+    """
     store = _store()
-    with store.locked(pod_id):
-        record = _reconcile(store, pod_id)
+    if force:
+        _force_stop(store, pod_id)
+        return pod_status(pod_id)
+    with store.locked(pod_id, "stop"):
+        record = _reconcile(store, pod_id, held=True)
         if record.state is PodState.CREATED:
             record.state = record.state.moved_to(pod_id, PodState.STOPPED)
             store.save(record)
@@ -259,45 +323,70 @@ def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT) -> PodStatus:
     return pod_status(pod_id)
 
 
+def _force_stop(store: Store, pod_id: str) -> None:
+    record = _reconcile(store, pod_id)
+    if record.state in LIVE:
+        try:
+            _call_daemon(store, record, calls.StopPod(), timeout=FORCE_GRACE)
+        except VcError:
+            pass  # hung or gone: killed below
+        else:
+            with contextlib.suppress(DaemonError):
+                _wait_gone(record, FORCE_GRACE)
+    if record.daemon is not None:
+        record.daemon.kill()  # SIGKILL reaches a stopped process too; QEMU dies with it
+    if record.vm is not None:
+        record.vm.kill()
+    with contextlib.suppress(DaemonError):
+        _wait_gone(record, FORCE_GRACE)
+    with store.locked(pod_id, "stop", FORCE_GRACE):
+        record = _reconcile(store, pod_id, held=True)
+        if record.state is PodState.CREATED:
+            record.state = record.state.moved_to(pod_id, PodState.STOPPED)
+            store.save(record)
+
+
 def _wait_gone(record: PodRecord, timeout: float) -> None:
+    """Wait until the pod's daemon has exited (DaemonError after ``timeout`` s)."""
     deadline = time.monotonic() + timeout
     while record.daemon is not None and record.daemon.alive():
         if time.monotonic() > deadline:
             raise DaemonError(
-                f"pod {record.id!r}: daemon {record.daemon.pid} did not exit after stopping"
+                f"pod {record.id!r}: daemon {record.daemon.pid} did not exit in {timeout:.0f}s"
             )
         time.sleep(0.02)
 
 
-def delete_pod(pod_id: str) -> None:
+def delete_pod(pod_id: str, force: bool = False) -> None:
     """Remove a pod that is not running, and everything it left on the host.
 
-    A pod whose record is corrupt is removed too: its files are all there is.
+    ``force`` stops a running pod first (as ``stop_pod(force=True)``).  A pod
+    whose record is corrupt is removed too: its files are all there is.
     """
     store = _store()
-    with store.locked(pod_id) as paths:
+    if force:
+        with contextlib.suppress(CorruptRecordError):
+            if pod_status(pod_id).state not in (PodState.CREATED, PodState.STOPPED):
+                stop_pod(pod_id, force=True)
+    with store.locked(pod_id, "delete") as lock:
         try:
-            record = _reconcile(store, pod_id)
+            record = _reconcile(store, pod_id, held=True)
         except CorruptRecordError:
-            release_run_files(paths)
+            pass
         else:
             record.state.require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
-            release_run_files(paths)
-        SharedDir(paths).remove()
-        left = mounts.mounts_under(paths.root)
-        if left:
-            raise VcError(
-                f"pod {pod_id!r}: not deleted, {', '.join(map(str, left))} still mounted "
-                "under its directory; unmount them and delete again"
-            )
-        shutil.rmtree(paths.root)
+            # A daemon whose VM died may still be writing its last record.
+            _wait_gone(record, DAEMON_EXIT_WAIT)
+        remove_pod_files(lock.paths)
 
 
-def run_pod(config: PodConfig, timeout: float = START_TIMEOUT) -> PodStatus:
+def run_pod(
+    config: PodConfig, timeout: float = START_TIMEOUT, owner: ProcessRef | None = None
+) -> PodStatus:
     """Create and start a pod; if starting fails the pod is deleted again."""
     create_pod(config)
     try:
-        return start_pod(config.id, timeout)
+        return start_pod(config.id, timeout, owner)
     except BaseException:
         with contextlib.suppress(VcError):
             delete_pod(config.id)
@@ -354,8 +443,8 @@ def create_container(
     """
     config.check_host()
     store = _store()
-    with store.locked(pod_id):
-        record = _reconcile(store, pod_id)
+    with store.locked(pod_id, "create a container in"):
+        record = _reconcile(store, pod_id, held=True)
         if record.state not in LIVE:  # no VM: the record is ours to edit
             if config.id in record.containers:
                 raise ExistsError("container", config.id)
@@ -378,8 +467,8 @@ def delete_container(pod_id: str, container_id: str) -> None:
     """Remove a container that is not running."""
     validate_id("container", container_id)
     store = _store()
-    with store.locked(pod_id) as paths:
-        record = _reconcile(store, pod_id)
+    with store.locked(pod_id, "delete a container in") as lock:
+        record = _reconcile(store, pod_id, held=True)
         if record.state not in LIVE:  # no VM: the record is ours to edit
             entry = record.containers.get(container_id)
             if entry is None:
@@ -389,7 +478,7 @@ def delete_container(pod_id: str, container_id: str) -> None:
             )
             del record.containers[container_id]
             store.save(record)
-            SharedDir(paths).remove_layer(container_id)
+            SharedDir(lock.paths).remove_layer(container_id)
             return
     _call_daemon(store, record, calls.DeleteContainer(container_id))
 

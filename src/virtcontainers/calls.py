@@ -67,6 +67,8 @@ class Request(Generic[R]):
     """A call to the pod daemon whose answer is an ``R``."""
 
     METHOD: ClassVar[str]
+    ACTION: ClassVar[str]
+    """What the request does to a pod, for messages: "cannot ACTION pod 'p'"."""
     TAKES_STDIO: ClassVar[bool] = False
 
     def to_params(self) -> dict[str, Any]:
@@ -107,10 +109,10 @@ class Answerless(Request[None]):
         return None
 
     @classmethod
-    def named(cls, method: str) -> type[Self]:
+    def named(cls, method: str, action: str) -> type[Self]:
         """This request shape under the wire name ``method``, as a class of its own."""
         title = "".join(part.title() for part in method.split("_"))
-        return type(title, (cls,), {"METHOD": method, "__module__": __name__})
+        return type(title, (cls,), {"METHOD": method, "ACTION": action, "__module__": __name__})
 
 
 @dataclass(frozen=True)
@@ -147,18 +149,19 @@ class StartsProcess(Request[ProcessStarted]):
 
 # --- the methods -----------------------------------------------------------------------------
 
-StopPod = OnPod.named("stop")
-PausePod = OnPod.named("pause")
-ResumePod = OnPod.named("resume")
-StartContainer = OnContainer.named("start_container")
-DeleteContainer = OnContainer.named("delete_container")
-PauseContainer = OnContainer.named("pause_container")
-ResumeContainer = OnContainer.named("resume_container")
+StopPod = OnPod.named("stop", "stop")
+PausePod = OnPod.named("pause", "pause")
+ResumePod = OnPod.named("resume", "resume")
+StartContainer = OnContainer.named("start_container", "start a container in")
+DeleteContainer = OnContainer.named("delete_container", "delete a container in")
+PauseContainer = OnContainer.named("pause_container", "pause a container in")
+ResumeContainer = OnContainer.named("resume_container", "resume a container in")
 
 
 @dataclass(frozen=True)
 class CreateContainer(Request[ContainerRecord]):
     METHOD = "create_container"
+    ACTION = "create a container in"
     TAKES_STDIO = True
     config: ContainerConfig
 
@@ -175,6 +178,7 @@ class CreateContainer(Request[ContainerRecord]):
 @dataclass(frozen=True)
 class StopContainer(Answerless):
     METHOD = "stop_container"
+    ACTION = "stop a container in"
     container_id: str
     timeout: int
 
@@ -186,6 +190,7 @@ class StopContainer(Answerless):
 @dataclass(frozen=True)
 class ExecProcess(StartsProcess):
     METHOD = "exec"
+    ACTION = "exec in"
     container_id: str
     cmd: Cmd
     exec_id: str | None
@@ -194,6 +199,7 @@ class ExecProcess(StartsProcess):
 @dataclass(frozen=True)
 class EnterPod(StartsProcess):
     METHOD = "enter_pod"
+    ACTION = "enter"
     cmd: Cmd
 
 
@@ -209,6 +215,7 @@ class ProcessTarget:
 @dataclass(frozen=True)
 class SignalProcess(ProcessTarget, Answerless):
     METHOD = "kill"
+    ACTION = "signal a process in"
     signal: int
     all: bool
 
@@ -220,21 +227,27 @@ class SignalProcess(ProcessTarget, Answerless):
 @dataclass(frozen=True)
 class WaitProcess(ProcessTarget, Request[ExitStatus]):
     METHOD = "wait"
+    ACTION = "wait for a process in"
 
     def encode_result(self, result: ExitStatus) -> Any:
-        return {"exit_code": result.exit_code, "signal": result.signal}
+        return {"exit_code": result.exit_code, "signal": result.signal, "error": result.error}
 
     def decode_result(self, data: object) -> ExitStatus:
         data = self.answer_object(data)
-        code, signal = data.get("exit_code"), data.get("signal")
-        if not isinstance(code, int) or not (signal is None or isinstance(signal, int)):
+        code, signal, error = data.get("exit_code"), data.get("signal"), data.get("error")
+        if (
+            not isinstance(code, int)
+            or not (signal is None or isinstance(signal, int))
+            or not (error is None or isinstance(error, str))
+        ):
             raise DaemonError(f"{self.METHOD}: malformed exit status {data!r}")
-        return ExitStatus(code, signal)
+        return ExitStatus(code, signal, error)
 
 
 @dataclass(frozen=True)
 class ResizeTerminal(ProcessTarget, Answerless):
     METHOD = "resize"
+    ACTION = "resize a terminal in"
     rows: int
     cols: int
 
@@ -247,12 +260,14 @@ class ResizeTerminal(ProcessTarget, Answerless):
 @dataclass(frozen=True)
 class AttachProcess(ProcessTarget, Answerless):
     METHOD = "attach"
+    ACTION = "attach to a process in"
     TAKES_STDIO = True
 
 
 @dataclass(frozen=True)
 class ListProcesses(Request[list[ProcessInfo]]):
     METHOD = "ps"
+    ACTION = "list the processes of a container in"
     container_id: str
 
     def encode_result(self, result: list[ProcessInfo]) -> Any:

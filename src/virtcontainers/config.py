@@ -26,6 +26,8 @@ JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user"}
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_MEMORY_MIB = 128
+MAX_SOCKET_PATH = 107
+"""The longest unix socket path AF_UNIX takes (108 bytes with its NUL)."""
 MAX_VCPUS = 64
 
 

@@ -21,17 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from virtcontainers import calls, launcher, rpc
-from virtcontainers.agent.base import AgentKind, new_agent
-from virtcontainers.errors import ConfigError, DaemonError, VcError
+from virtcontainers.agent.base import Agent, AgentKind, new_agent
+from virtcontainers.cleanup import remove_pod_files
+from virtcontainers.errors import ConfigError, DaemonError, NotFoundError, VcError
 from virtcontainers.hostproc import ProcessRef
-from virtcontainers.hypervisor import HypervisorKind, new_hypervisor
+from virtcontainers.hypervisor import Hypervisor, HypervisorKind, new_hypervisor
 from virtcontainers.pod import Pod
 from virtcontainers.process import wait_readable
+from virtcontainers.states import PodState
 from virtcontainers.stdio import NAMES as STDIO_NAMES
 from virtcontainers.stdio import Stdio
-from virtcontainers.store import Store
+from virtcontainers.store import PodRecord, Store
 
 log = logging.getLogger("virtcontainers.daemon")
+OWNER_REMOVE_TIMEOUT = 30.0
 Handler = Callable[[Any, Stdio], Awaitable[Any]]
 
 
@@ -203,58 +206,132 @@ def _listen(path: Path) -> socket.socket:
     return listener
 
 
-async def run(store: Store, pod_id: str, ready_fd: int | None) -> int:
+async def run(store: Store, args: launcher.DaemonArgs) -> int:
     """Boot the pod and serve it; a failure is reported only after cleaning up,
     so the caller may delete the pod's directory as soon as it hears of it."""
-    record = store.load(pod_id)
-    record.daemon = ProcessRef.of(os.getpid())
-    record.error = None
-    store.save(record)
-    paths = store.paths(pod_id)
+    paths = store.paths(args.pod_id)
     listener: socket.socket | None = None
     pod: Pod | None = None
     failure: dict[str, Any] | None = None
     try:
-        hypervisor = new_hypervisor(HypervisorKind(record.config.hypervisor))
-        agent = new_agent(AgentKind(record.config.agent), pod_id)
-        pod = Pod(store, record, hypervisor, agent)
+        record = _claim(store, args.pod_id)
+        pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
         listener = _listen(paths.socket)
         await pod.start()
     except BaseException as exc:
         failure = rpc.error_to_dict(exc)
+        _record_failed_start(store, args.pod_id, str(exc))
+    finally:
+        # The boot is over and its outcome recorded: calls may hold the pod again.
+        if args.lock_fd is not None:
+            os.close(args.lock_fd)
     try:
         if failure is None and pod is not None and listener is not None:
-            launcher.report_ready(ready_fd, {"ok": True})
-            await _serve_until_stopped(store, pod, listener)
+            heard = launcher.report_ready(args.ready_fd, {"ok": True})
+            await _serve_until_stopped(store, pod, listener, heard, args.owner)
     finally:
         if listener is not None:
             listener.close()
         paths.socket.unlink(missing_ok=True)
         if pod is not None:
             pod.executor.shutdown(wait=False, cancel_futures=True)
-        record = store.load(pod_id)
-        record.daemon = None
-        store.save(record)
+        _record_exit(store, args.pod_id)
         if failure is not None:
-            launcher.report_ready(ready_fd, {"ok": False, "error": failure})
+            launcher.report_ready(args.ready_fd, {"ok": False, "error": failure})
     return 0 if failure is None else 1
 
 
-async def _serve_until_stopped(store: Store, pod: Pod, listener: socket.socket) -> None:
-    """Serve RPC until the pod stops (by request, VM death, or SIGTERM/SIGINT)."""
+def _claim(store: Store, pod_id: str) -> PodRecord:
+    """The record of the pod this daemon boots, now naming this process."""
+    record = store.load(pod_id)
+    record.state.require(pod_id, "boot", PodState.STARTING)
+    record.daemon = ProcessRef.of(os.getpid())
+    record.error = None
+    store.save(record)
+    return record
+
+
+def _hypervisor_of(record: PodRecord) -> Hypervisor:
+    return new_hypervisor(HypervisorKind(record.config.hypervisor))
+
+
+def _agent_of(record: PodRecord) -> Agent:
+    return new_agent(AgentKind(record.config.agent), record.id)
+
+
+def _record_failed_start(store: Store, pod_id: str, error: str) -> None:
+    with contextlib.suppress(VcError):
+        record = store.load(pod_id)
+        if record.state is PodState.STARTING:
+            record.mark_stopped(f"the pod failed to start: {error}")
+            store.save(record)
+
+
+def _record_exit(store: Store, pod_id: str) -> None:
+    """The daemon's last word; nothing to say if the pod was deleted already."""
+    try:
+        record = store.load(pod_id)
+    except NotFoundError:
+        return
+    record.daemon = None
+    store.save(record)
+
+
+async def _serve_until_stopped(
+    store: Store, pod: Pod, listener: socket.socket, heard: bool, owner: ProcessRef | None
+) -> None:
+    """Serve RPC until the pod stops: by request, VM death, SIGTERM/SIGINT, the
+    starter gone before it heard the pod run, or the owner's exit."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    owner_gone = _watch_owner(owner)
+    if not heard and owner is None:
+        pod.record.error = "the caller that started the pod went away before it was running"
+        stop_requested.set()
     serving = asyncio.ensure_future(Daemon(store, pod).serve(listener))
-    stop_wait = asyncio.ensure_future(stop_requested.wait())
-    await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    waits = {asyncio.ensure_future(stop_requested.wait()), asyncio.ensure_future(owner_gone.wait())}
+    await asyncio.wait({serving, *waits}, return_when=asyncio.FIRST_COMPLETED)
     if not serving.done():
-        log.info("signal received: stopping the pod")
+        log.info("stopping the pod: %s", "its owner exited" if owner_gone.is_set() else "asked to")
         with contextlib.suppress(VcError):
             await pod.stop()
         await serving
-    stop_wait.cancel()
+    for wait in waits:
+        wait.cancel()
+    if owner_gone.is_set():
+        _remove_for_owner(store, pod.id)
+
+
+def _watch_owner(owner: ProcessRef | None) -> asyncio.Event:
+    """An event set when ``owner`` exits (never set without an owner)."""
+    gone = asyncio.Event()
+    if owner is None:
+        return gone
+    pidfd = owner.open()
+    if pidfd is None:
+        gone.set()
+        return gone
+    loop = asyncio.get_running_loop()
+
+    def exited() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        gone.set()
+
+    loop.add_reader(pidfd, exited)
+    return gone
+
+
+def _remove_for_owner(store: Store, pod_id: str) -> None:
+    """The owner of the pod exited: the pod goes with it (``virtc run --rm``)."""
+    try:
+        with store.locked(pod_id, "remove", OWNER_REMOVE_TIMEOUT) as lock:
+            remove_pod_files(lock.paths)
+        log.info("pod removed: its owner exited")
+    except VcError as exc:
+        log.error("pod left stopped, not removed after its owner exited: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    return asyncio.run(run(Store(args.root), args.pod_id, args.ready_fd))
+    if args.lock_fd is not None:
+        os.set_inheritable(args.lock_fd, False)  # QEMU and virtiofsd must not hold the pod
+    return asyncio.run(run(Store(args.root), args))
 
 
 if __name__ == "__main__":

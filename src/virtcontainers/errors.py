@@ -16,6 +16,7 @@ which pod or container, and what to do about it.  The hierarchy::
     │   └── AgentProtocolError   the guest broke the wire protocol; the pod's
     │                            agent connection is unusable
     ├── DaemonError              the pod daemon cannot be reached or failed
+    ├── BusyError                another call holds the pod (pod_id, operation)
     ├── CorruptRecordError       a pod's state file cannot be read (pod_id, path)
     └── RuntimeSpecError         an OCI bundle or config.json cannot be used
 """
@@ -124,6 +125,18 @@ class AgentProtocolError(AgentError):
 
 class DaemonError(VcError):
     """The pod daemon cannot be reached or failed."""
+
+
+class BusyError(VcError):
+    FIELDS = ("pod_id", "operation")
+
+    def __init__(self, pod_id: str, operation: str, waited: float) -> None:
+        super().__init__(
+            f"cannot {operation} pod {pod_id!r}: another call has held it for {waited:.0f}s "
+            "(a start or a stop under way); try again, or force it"
+        )
+        self.pod_id = pod_id
+        self.operation = operation
 
 
 class CorruptRecordError(VcError):

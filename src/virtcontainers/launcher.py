@@ -11,7 +11,6 @@ Importing this module is cheap: callers of the API load no asyncio for it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import select
@@ -24,8 +23,9 @@ from typing import Any
 
 from virtcontainers import rpc
 from virtcontainers.errors import DaemonError
+from virtcontainers.hostproc import ProcessRef
 from virtcontainers.logtail import tail
-from virtcontainers.store import PodPaths, Store
+from virtcontainers.store import PodLock, Store
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class DaemonArgs:
     ready_fd: int | None
     debug: bool
     detach: bool
+    lock_fd: int | None = None
+    """The starter's hold on the pod's lock, kept by the daemon until the boot ends."""
+    owner: ProcessRef | None = None
+    """A process whose exit stops and deletes the pod (``virtc run --rm``)."""
 
 
 def daemon_argv(args: DaemonArgs) -> list[str]:
@@ -42,6 +46,10 @@ def daemon_argv(args: DaemonArgs) -> list[str]:
     argv += ["--pod", args.pod_id]
     if args.ready_fd is not None:
         argv += ["--ready-fd", str(args.ready_fd)]
+    if args.lock_fd is not None:
+        argv += ["--lock-fd", str(args.lock_fd)]
+    if args.owner is not None:
+        argv += ["--owner", f"{args.owner.pid}:{args.owner.start_time}"]
     if args.debug:
         argv.append("--debug")
     if args.detach:
@@ -56,8 +64,26 @@ def parse_daemon_argv(argv: list[str] | None) -> DaemonArgs:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--detach", action="store_true", help="fork into a new session first")
+    parser.add_argument("--lock-fd", type=int)
+    parser.add_argument("--owner", type=_process_ref)
     parsed = parser.parse_args(argv)
-    return DaemonArgs(parsed.root, parsed.pod, parsed.ready_fd, parsed.debug, parsed.detach)
+    return DaemonArgs(
+        parsed.root,
+        parsed.pod,
+        parsed.ready_fd,
+        parsed.debug,
+        parsed.detach,
+        parsed.lock_fd,
+        parsed.owner,
+    )
+
+
+def _process_ref(text: str) -> ProcessRef:
+    pid, _, start = text.partition(":")
+    try:
+        return ProcessRef(int(pid), int(start))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not PID:START_TIME") from None
 
 
 def package_env() -> dict[str, str]:
@@ -69,17 +95,24 @@ def package_env() -> dict[str, str]:
     return env
 
 
-def spawn(store: Store, paths: PodPaths, pod_id: str, timeout: float) -> None:
+def spawn(store: Store, lock: PodLock, timeout: float, owner: ProcessRef | None) -> None:
     """Start the pod's daemon; return once it reports the pod running.
+
+    The daemon inherits ``lock`` (held by the caller) and keeps holding it
+    until the boot ends, even if the caller dies meanwhile: no other call
+    starts, stops or deletes a pod that is booting.
 
     Raises the daemon's error, or DaemonError if it dies or stays silent.
     """
+    paths = lock.paths
+    pod_id = paths.root.name
     read_end, write_end = os.pipe()
-    args = DaemonArgs(store.root, pod_id, write_end, bool(os.environ.get("VC_DEBUG")), True)
+    debug = bool(os.environ.get("VC_DEBUG"))
+    args = DaemonArgs(store.root, pod_id, write_end, debug, True, lock.fd, owner)
     with open(paths.log, "ab") as log:
         launcher = subprocess.Popen(
             daemon_argv(args),
-            pass_fds=[write_end],
+            pass_fds=[write_end, lock.fd],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -98,13 +131,20 @@ def spawn(store: Store, paths: PodPaths, pod_id: str, timeout: float) -> None:
         raise rpc.error_from_dict(answer.get("error"))
 
 
-def report_ready(ready_fd: int | None, message: dict[str, Any]) -> None:
-    """The daemon's one line to its starter; closes the fd."""
+def report_ready(ready_fd: int | None, message: dict[str, Any]) -> bool:
+    """The daemon's one line to its starter; closes the fd.
+
+    False if the starter is gone (nobody reads the answer any more).
+    """
     if ready_fd is None:
-        return
-    with contextlib.suppress(OSError):
+        return True
+    try:
         os.write(ready_fd, (json.dumps(message) + "\n").encode())
+    except OSError:
+        return False
+    finally:
         os.close(ready_fd)
+    return True
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:

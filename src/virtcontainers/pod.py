@@ -209,7 +209,9 @@ class Pod:
         if self.stopping:
             return
         self.log.error("VM exited unexpectedly with code %s", code)
-        self.record.error = f"the VM exited unexpectedly (code {code})"
+        self.record.error = (
+            f"the VM exited unexpectedly (code {code}); its console is in {self.paths.console}"
+        )
         await self.stop()
 
     async def stop(self) -> None:
@@ -254,7 +256,9 @@ class Pod:
     async def _abandon(self, process: GuestProcess) -> None:
         """Release a process's waiters and relays without its agent (VM gone or going)."""
         if process.status is None:
-            process.status = KILLED
+            process.status = ExitStatus(
+                KILLED.exit_code, KILLED.signal, self.record.error or "the pod was stopped"
+            )
         process.done.set()
         await process.io.close()
 
@@ -295,7 +299,7 @@ class Pod:
         return container
 
     async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
-        io = ProcessIO(self.agent, stdio, self.executor)
+        io = self._relay(stdio, container.id, None)
         try:
             self.shared.share(container.config)
             bundle = spec.container_spec(
@@ -342,7 +346,12 @@ class Pod:
         except (AgentError, OSError) as exc:
             name = f"{process.container_id or 'vm'}/{process.exec_id or 'init'}"
             self.log.warning("lost %s: %s", name, exc)
-            status = KILLED
+            # A dying VM drops the agent first: let the teardown say why it ended.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.done.wait(), VM_EXIT_GRACE)
+            if process.done.is_set():
+                return
+            status = ExitStatus(KILLED.exit_code, KILLED.signal, f"the agent was lost: {exc}")
         await process.io.drained()
         await process.io.close()
         process.status = status
@@ -425,7 +434,7 @@ class Pod:
             raise ExistsError("exec", f"{container_id}/{exec_id}")
         process_spec = spec.process_spec(container.config, cmd.to_oci_process())
         io, pid = await self._launch(
-            stdio,
+            self._relay(stdio, container_id, exec_id),
             lambda streams: self.agent.exec_process(container_id, exec_id, process_spec, streams),
         )
         process = GuestProcess(container_id, exec_id, io, pid=pid)
@@ -438,18 +447,28 @@ class Pod:
         self._require_running("enter")
         exec_id = f"guest-{next(self._guest_exec_numbers)}"
         io, pid = await self._launch(
-            stdio, lambda streams: self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams)
+            self._relay(stdio, None, exec_id),
+            lambda streams: self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams),
         )
         process = GuestProcess(None, exec_id, io, pid=pid)
         self.guest_execs[exec_id] = process
         self._spawn(self._reap(process))
         return process
 
+    def _relay(self, stdio: Stdio, container_id: str | None, exec_id: str | None) -> ProcessIO:
+        """The stdio relay of one process; a reader that goes away ends the process
+        with SIGPIPE, as it would end a local one."""
+
+        async def reader_gone() -> None:
+            with contextlib.suppress(VcError):
+                await self.agent.signal_process(container_id, exec_id, signal.SIGPIPE)
+
+        return ProcessIO(self.agent, stdio, self.executor, on_broken_pipe=reader_gone)
+
     async def _launch(
-        self, stdio: Stdio, start: Callable[[StdioStreams], Awaitable[int]]
+        self, io: ProcessIO, start: Callable[[StdioStreams], Awaitable[int]]
     ) -> tuple[ProcessIO, int]:
         """Start a process in the guest with its stdio relayed; returns the relay and pid."""
-        io = ProcessIO(self.agent, stdio, self.executor)
         try:
             pid = await start(io.open())
         except BaseException:

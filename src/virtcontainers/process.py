@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -69,6 +71,8 @@ class ProcessIO:
     agent: Agent
     stdio: Stdio
     executor: ThreadPoolExecutor
+    on_broken_pipe: Callable[[], Awaitable[None]] | None = None
+    """Called once when the process's stdout or stderr reader goes away."""
     streams: StdioStreams = field(default_factory=StdioStreams)
     moved: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -146,6 +150,8 @@ class ProcessIO:
             except OSError as exc:
                 log.debug("output relay to fd %d broke: %s", fd, exc)
                 broken = True
+                if exc.errno == errno.EPIPE and self.on_broken_pipe is not None:
+                    await self.on_broken_pipe()
 
     async def drained(self) -> None:
         """Wait until output streams end, or stop moving for a while after exit.

@@ -102,6 +102,8 @@ def call(
             sock.connect(str(socket_path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonError(f"pod daemon at {socket_path} is not running: {exc}") from exc
+        except OSError as exc:
+            raise DaemonError(f"cannot reach the pod daemon at {socket_path}: {exc}") from exc
         try:
             # send_fds may send part of a large request: the rest follows plainly.
             sent = socket.send_fds(sock, [data], list(fds)) if fds else 0

@@ -47,6 +47,7 @@ L = TypeVar("L", bound=Lifecycle)
 
 class PodState(Lifecycle):
     CREATED = "created"  # configured, no VM
+    STARTING = "starting"  # its daemon is booting the VM
     RUNNING = "running"  # VM up, daemon serving
     PAUSED = "paused"  # VM's vCPUs stopped
     STOPPED = "stopped"  # VM gone; may be started again or deleted
@@ -76,10 +77,11 @@ class ContainerState(Lifecycle):
 
 
 _POD_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {
-    PodState.CREATED: frozenset({PodState.RUNNING, PodState.STOPPED}),
+    PodState.CREATED: frozenset({PodState.STARTING, PodState.STOPPED}),
+    PodState.STARTING: frozenset({PodState.RUNNING, PodState.STOPPED}),
     PodState.RUNNING: frozenset({PodState.PAUSED, PodState.STOPPED}),
     PodState.PAUSED: frozenset({PodState.RUNNING, PodState.STOPPED}),
-    PodState.STOPPED: frozenset({PodState.RUNNING}),
+    PodState.STOPPED: frozenset({PodState.STARTING}),
 }
 
 _CONTAINER_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {

@@ -9,6 +9,7 @@ Every pod has a directory under the run root (``$VC_RUN_DIR``, default
         daemon.sock              the pod daemon's RPC socket (0600)
         daemon.log               the daemon's log
         vm/                      the hypervisor's sockets and console log
+        console.log              the console of the VM that ran last, kept after it stops
         skel/                    tmpfs: the shared directory's skeleton (host only)
         shared/                  its read-only view, exported to the guest
                                  (virtio-9p or virtio-fs), with mounted on it:
@@ -33,6 +34,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +42,14 @@ from typing import Any
 
 from virtcontainers.agent.base import ExitStatus, GuestDetails
 from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig, validate_id
-from virtcontainers.errors import ConfigError, CorruptRecordError, NotFoundError
+from virtcontainers.errors import BusyError, ConfigError, CorruptRecordError, NotFoundError
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.states import ContainerState, PodState
 
 DEFAULT_RUN_ROOT = Path("/run/virtcontainers")
+LOCK_TIMEOUT = 300.0
+"""How long a call waits for another call's hold on a pod (a cold start takes ≈10 s)."""
+LOCK_POLL = 0.05
 STATE_VERSION = 2
 KILLED = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
 """What a process that went down with its VM (or lost its agent) reports."""
@@ -225,6 +230,25 @@ def _guest_details(data: object) -> GuestDetails | None:
 
 
 @dataclass(frozen=True)
+class PodLock:
+    """The pod's lock file, open: held once ``try_acquire`` succeeds.
+
+    The lock belongs to the open file, not the process: a daemon that
+    inherits ``fd`` holds the lock with its starter, until both close it.
+    """
+
+    paths: PodPaths
+    fd: int
+
+    def try_acquire(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
 class PodPaths:
     """Where one pod's files live."""
 
@@ -253,6 +277,11 @@ class PodPaths:
     @property
     def shared(self) -> Path:
         return self.root / "shared"
+
+    @property
+    def console(self) -> Path:
+        """The last console output of the pod's VM, kept after it stops."""
+        return self.root / "console.log"
 
     @property
     def skel(self) -> Path:
@@ -314,15 +343,28 @@ class Store:
         write_json_atomic(self.paths(record.id).state, record.to_json())
 
     @contextlib.contextmanager
-    def locked(self, pod_id: str) -> Iterator[PodPaths]:
-        """Hold the pod's lock: one API call at a time changes a pod."""
+    def locked(
+        self, pod_id: str, operation: str, timeout: float = LOCK_TIMEOUT
+    ) -> Iterator[PodLock]:
+        """Hold the pod's lock: one API call at a time changes a pod.
+
+        Raises BusyError after ``timeout`` seconds of waiting (0: do not wait).
+        """
+        lock = self._open_lock(pod_id)
+        deadline = time.monotonic() + timeout
+        try:
+            while not lock.try_acquire():
+                if time.monotonic() >= deadline:
+                    raise BusyError(pod_id, operation, timeout)
+                time.sleep(LOCK_POLL)
+            yield lock
+        finally:
+            os.close(lock.fd)
+
+    def _open_lock(self, pod_id: str) -> PodLock:
         paths = self.paths(pod_id)
         try:
             fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             raise NotFoundError("pod", pod_id) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield paths
-        finally:
-            os.close(fd)
+        return PodLock(paths, fd)

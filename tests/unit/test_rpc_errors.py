@@ -24,6 +24,7 @@ SAMPLES: list[VcError] = [
     errors.AgentError("exec", "runtime", "crun exited with 1"),
     errors.AgentProtocolError("frame too large"),
     errors.DaemonError("daemon gone"),
+    errors.BusyError("p", "stop", 300.0),
     errors.CorruptRecordError("p", "/run/p/state.json", "not JSON"),
     errors.RuntimeSpecError("config.json: bad"),
 ]

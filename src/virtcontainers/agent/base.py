@@ -23,10 +23,15 @@ class AgentKind(enum.Enum):
 
 @dataclass(frozen=True)
 class ExitStatus:
-    """How a process ended: ``exit_code`` is 128+N when killed by signal N."""
+    """How a process ended: ``exit_code`` is 128+N when killed by signal N.
+
+    ``error`` says why, when the process did not end on its own terms but
+    with its VM or its agent (the pod stopped, the VM died).
+    """
 
     exit_code: int
     signal: int | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

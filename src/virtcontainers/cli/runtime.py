@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import click
 
-from virtcontainers import api
+from virtcontainers import api, hostproc
 from virtcontainers.cli.runtime_process import start_shim, write_pid_file
 from virtcontainers.cli.runtime_state import (
     DEFAULT_ROOT,
@@ -79,7 +80,12 @@ def cli(
 ) -> None:
     """A runc-compatible OCI runtime that runs each container in a VM."""
     ctx.obj = Options(root=root, log=log, log_format=log_format, debug=debug)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeCommandError(
+            f"--root {root}: cannot use it as the state directory: {exc.strerror}"
+        ) from None
 
 
 def _options(ctx: click.Context) -> Options:
@@ -105,8 +111,7 @@ def _create(
     from virtcontainers import oci
 
     validate_id("container", container_id)
-    if Record.path(options.root, container_id).exists():
-        raise RuntimeCommandError(f"container with id exists: {container_id}")
+    _reclaim_or_refuse(options, container_id)
     bundle = oci.load_bundle(bundle_dir.resolve())
     for warning in bundle.warnings:
         log_event(options, "warning", f"{container_id}: {warning}")
@@ -123,9 +128,7 @@ def _create(
         )
     owns_pod = bundle.role is not oci.PodRole.CONTAINER
     pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
-    if owns_pod:
-        api.run_pod(bundle.pod_config(pod_id))
-    elif api.pod_status(pod_id).state is not PodState.RUNNING:
+    if not owns_pod and api.pod_status(pod_id).state is not PodState.RUNNING:
         raise RuntimeCommandError(f"sandbox {pod_id} of container {container_id} is not running")
     record = Record(
         id=container_id,
@@ -136,11 +139,18 @@ def _create(
         owns_pod=owns_pod,
         annotations=dict(bundle.spec.get("annotations") or {}),
         hooks=dict(bundle.spec.get("hooks") or {}),
+        creator=hostproc.record_of(os.getpid()),
     )
+    # Saved first: a create killed from here on leaves a record that state,
+    # delete --force and a retried create can see.
+    record.save(options.root)
     try:
+        if owns_pod:
+            api.run_pod(bundle.pod_config(pod_id))
         request = {"pod_id": pod_id, "container": config.to_dict()}
         shim = start_shim(request, console_socket)
         record.shim_pid = shim.pid
+        record.creator = None
         record.save(options.root)
         for stage in ("prestart", "createRuntime", "createContainer"):
             record.run_hooks(stage, "created")
@@ -153,13 +163,24 @@ def _create(
     return record, shim
 
 
+def _reclaim_or_refuse(options: Options, container_id: str) -> None:
+    """Clean up after a create of this id that was killed; refuse an id in use."""
+    try:
+        record = Record.load(options.root, container_id)
+    except RuntimeCommandError:
+        return
+    if not record.abandoned():
+        raise RuntimeCommandError(f"container with id exists: {container_id}")
+    log_event(options, "warning", f"{container_id}: cleaning up after a create that was killed")
+    _destroy(record, force=True)
+    record.remove(options.root)
+
+
 def _destroy(record: Record, force: bool) -> None:
     """Remove the container from its pod, and the pod if it is the container's own."""
     if record.owns_pod:
         with contextlib.suppress(NotFoundError):
-            if api.pod_status(record.pod_id).state in (PodState.RUNNING, PodState.PAUSED):
-                api.stop_pod(record.pod_id)
-            api.delete_pod(record.pod_id)
+            api.delete_pod(record.pod_id, force=True)
         return
     with contextlib.suppress(NotFoundError, StateError):
         status = api.container_status(record.pod_id, record.id)
@@ -189,7 +210,17 @@ def create(
     container_id: str,
 ) -> None:
     """Create a container (its process waits for `start`)."""
+    _clean_up_on_sigterm()
     _create(_options(ctx), container_id, bundle, pid_file, console_socket, preserve_fds)
+
+
+def _clean_up_on_sigterm() -> None:
+    """Engines send SIGTERM when a create takes too long: undo it, as on any failure."""
+
+    def terminate(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def _start(record: Record) -> None:
@@ -234,6 +265,7 @@ def run(
 ) -> None:
     """Create and start a container; without --detach, wait and exit with its status."""
     options = _options(ctx)
+    _clean_up_on_sigterm()
     record, shim = _create(options, container_id, bundle, pid_file, console_socket, preserve_fds)
     try:
         _start(record)
@@ -483,7 +515,7 @@ def _exec_cmd(
     if process_file is not None:
         try:
             process = json.loads(process_file.read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise RuntimeCommandError(f"{process_file}: {exc}") from exc
         cmd, _ = oci.process_from_json(process, str(process_file))
         return cmd

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtcontainers import api
+from virtcontainers import api, hostproc
 from virtcontainers.config import validate_id
 from virtcontainers.errors import ConfigError, NotFoundError
 from virtcontainers.spec import OCI_VERSION
@@ -50,6 +50,14 @@ class Record:
     annotations: dict[str, str] = field(default_factory=dict)
     hooks: dict[str, Any] = field(default_factory=dict)
     """The bundle's hooks, kept so later stages need not read the bundle again."""
+    creator: dict[str, int] | None = None
+    """The ``vc-runtime create`` still creating the container (pid and start
+    time), None once it is created: a record whose creator died is a create
+    that was killed, which ``delete --force`` or a new create cleans up."""
+
+    def abandoned(self) -> bool:
+        """Whether the create that made this record was killed before it finished."""
+        return self.creator is not None and not hostproc.alive(self.creator)
 
     def run_hooks(self, stage: str, status: str) -> None:
         """Run the hooks of ``stage`` on the host (poststart/poststop only warn)."""
@@ -71,8 +79,12 @@ class Record:
         try:
             with open(cls.path(root, container_id)) as source:
                 return cls(**json.load(source))
-        except (FileNotFoundError, ConfigError):
+        except (FileNotFoundError, NotADirectoryError, ConfigError):
             raise RuntimeCommandError(f"container {container_id} does not exist") from None
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
+            raise RuntimeCommandError(
+                f"container {container_id}: its state in {root} is unreadable: {exc}"
+            ) from None
 
     def remove(self, root: Path) -> None:
         path = self.path(root, self.id)
@@ -96,6 +108,8 @@ def log_event(options: Options, level: str, message: str) -> None:
 
 def oci_status(record: Record) -> str:
     """The OCI status of a container: creating, created, running, paused or stopped."""
+    if record.creator is not None:
+        return "stopped" if record.abandoned() else "creating"
     try:
         status = api.container_status(record.pod_id, record.id)
     except NotFoundError:

@@ -30,6 +30,7 @@ from virtcontainers.config import (
     Resources,
 )
 from virtcontainers.errors import VcError
+from virtcontainers.hostproc import ProcessRef
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -161,6 +162,22 @@ def _id_command(
     group.command(name, help=summary)(command)
 
 
+@pod.command("stop")
+@click.argument("pod_id")
+@click.option("--force", is_flag=True, help="Kill the pod's daemon and VM if they do not stop.")
+def pod_stop(pod_id: str, force: bool) -> None:
+    """Stop the pod's VM."""
+    api.stop_pod(pod_id, force=force)
+
+
+@pod.command("delete")
+@click.argument("pod_id")
+@click.option("--force", is_flag=True, help="Stop the pod first, forcibly if it must.")
+def pod_delete(pod_id: str, force: bool) -> None:
+    """Delete a pod (that is not running, without --force)."""
+    api.delete_pod(pod_id, force=force)
+
+
 @pod.command("enter")
 @click.argument("pod_id")
 @click.argument("command", nargs=-1, required=True)
@@ -265,8 +282,6 @@ POD, CONTAINER = ("pod_id",), ("pod_id", "container_id")
 SIMPLE_COMMANDS: tuple[
     tuple[click.Group, tuple[str, ...], str, Callable[..., object], str], ...
 ] = (
-    (pod, POD, "stop", api.stop_pod, "Stop the pod's VM."),
-    (pod, POD, "delete", api.delete_pod, "Delete a pod that is not running."),
     (pod, POD, "pause", api.pause_pod, "Pause the pod's VM."),
     (pod, POD, "resume", api.resume_pod, "Resume a paused pod's VM."),
     (container, CONTAINER, "start", api.start_container, "Start a created container."),
@@ -443,16 +458,22 @@ def run(
     env: tuple[str, ...],
     volumes: tuple[str, ...],
 ) -> None:
-    """Run COMMAND in a container in a new pod; exit with its status."""
-    pod_id = pod_id or f"run-{secrets.token_hex(4)}"
+    """Run COMMAND in a container in a new pod; exit with its status.
+
+    With --rm the pod is deleted afterwards, also when virtc itself is killed:
+    the pod's daemon stops and deletes a pod whose owner process is gone.
+    """
+    if pod_id is None:
+        pod_id = f"run-{secrets.token_hex(4)}"
     try:
         cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), terminal=use_tty)
         mounts = tuple(parse_mount(v) for v in volumes)
         run_container_config = container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts)
         config = PodConfig(id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib))
         ensure_image()
+        owner = ProcessRef.of(os.getpid()) if remove else None
         with booting(pod_id):
-            api.run_pod(config)
+            api.run_pod(config, owner=owner)
     except VcError as exc:
         fail(str(exc), 125)
     try:
@@ -461,7 +482,10 @@ def run(
         with contextlib.suppress(VcError):
             api.stop_pod(pod_id)
         if remove:
-            api.delete_pod(pod_id)
+            try:
+                api.delete_pod(pod_id)
+            except VcError as exc:
+                stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
     sys.exit(code)
 
 
@@ -476,7 +500,10 @@ def _run_container(pod_id: str, config: ContainerConfig, interactive: bool, use_
                     use_tty, lambda r, c: api.resize_terminal(pod_id, config.id, None, r, c)
                 ),
             ):
-                return api.wait_container(pod_id, config.id).exit_code
+                status = api.wait_container(pod_id, config.id)
+        if status.error:  # ended with its VM, not on its own: say why
+            stderr.print(f"[bold red]virtc:[/] pod {pod_id}: {status.error}", highlight=False)
+        return status.exit_code
     except VcError as exc:
         stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
         return 125

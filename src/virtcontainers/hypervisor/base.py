@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from virtcontainers import states
+from virtcontainers.config import ID_PATTERN, MAX_SOCKET_PATH
 from virtcontainers.errors import ConfigError
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
-# sizeof(sockaddr_un.sun_path) minus the terminating NUL.
-MAX_SOCKET_PATH = 107
 # How much of a VM's logs a launch error quotes, in bytes.
 OUTPUT_TAIL = 4096
 
@@ -75,8 +73,8 @@ _VM_TRANSITIONS: dict[states.Lifecycle, frozenset[states.Lifecycle]] = {
 
 def check_id(field: str, value: str) -> None:
     """Raise :class:`ConfigError` unless *value* is a safe QEMU/qdev id."""
-    if not _ID_RE.match(value):
-        raise ConfigError(field, f"{value!r} must match {_ID_RE.pattern}")
+    if not ID_PATTERN.match(value):
+        raise ConfigError(field, f"{value!r} must match {ID_PATTERN.pattern}")
 
 
 def check_socket_path(field: str, path: Path) -> None:

@@ -3,10 +3,9 @@
 :class:`~virtcontainers.hypervisor.qemu_command.QemuCommand` owns the argv
 (rendered from a :class:`VMConfig`); :class:`QemuHypervisor` runs it.  The
 guest console (ttyS0) is QEMU's stdout, a pipe that this process copies into
-``console.log`` in the run directory, keeping the file under ``console_limit``
-bytes: when it would grow past the limit the older half is dropped and a
-``[console trimmed]`` line is written, so a reader that follows the file must
-reopen it when it shrinks.  QEMU's own messages go to ``qemu.log``.
+``console.log`` in the run directory, bounded in size and rate
+(:mod:`virtcontainers.hypervisor.console`).  QEMU's own messages go to
+``qemu.log``.
 
 QEMU gets ``PR_SET_PDEATHSIG=SIGKILL``: it dies with the thread that launched
 it (the event loop's thread), so a crashed pod daemon never leaks a VM.  It
@@ -24,16 +23,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
 from virtcontainers.errors import ConfigError, HypervisorError, StateError, VMLaunchError
+from virtcontainers.hypervisor import console
 from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
 from virtcontainers.hypervisor.base import (
     OUTPUT_TAIL,
@@ -343,7 +342,14 @@ class QemuHypervisor:
         run = _Running(
             proc=proc,
             exited=asyncio.ensure_future(proc.wait()),
-            console=asyncio.create_task(self._pump_console(proc.stdout)),
+            console=asyncio.create_task(
+                console.pump(
+                    proc.stdout,
+                    self.console_path(),
+                    self._console_limit,
+                    console.RateLimit(console.CONSOLE_RATE, console.CONSOLE_BURST),
+                )
+            ),
             virtiofsds=virtiofsds,
         )
         run.watchers = [
@@ -389,28 +395,6 @@ class QemuHypervisor:
             await qmp.disconnect()
         except Exception as exc:
             self._log.debug("QMP session ended: %r", exc)
-
-    async def _pump_console(self, stream: asyncio.StreamReader) -> None:
-        with self.console_path().open("w+b") as out:
-            size = 0
-            while chunk := await stream.read(65536):
-                if size + len(chunk) > self._console_limit:
-                    size = self._trim_console(out, chunk)
-                else:
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-
-    def _trim_console(self, out: IO[bytes], chunk: bytes) -> int:
-        """Rewrite the log as a marker plus the newest half of (log + chunk)."""
-        keep = self._console_limit // 2
-        out.seek(0, os.SEEK_END)
-        out.seek(max(0, out.tell() - keep))
-        text = b"[console trimmed]\n" + (out.read() + chunk)[-keep:]
-        out.seek(0)
-        out.truncate()
-        out.write(text)
-        return len(text)
 
     async def _kill(self, run: _Running) -> None:
         """SIGKILL QEMU (if alive) and reap it."""

@@ -125,6 +125,8 @@ def _read_spec(config: Path) -> Mapping[str, Any]:
             f"{CONFIG_FILE}: malformed JSON at line {error.lineno} column {error.colno}: "
             f"{error.msg}"
         ) from None
+    except RecursionError:
+        raise RuntimeSpecError(f"{CONFIG_FILE}: {config} is nested too deeply to read") from None
     return obj(spec, Loc(CONFIG_FILE))
 
 
