@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user"})
@@ -182,9 +183,9 @@ class Cmd(_Plain):
             raise ConfigError("cmd.user", f"{self.user!r} is not UID[:GID[:GIDS]]")
         return uid, gid, extra
 
-    def to_oci_process(self) -> dict[str, Any]:
+    def to_oci_process(self) -> OciProcess:
         uid, gid, extra = self.uid_gid()
-        user: dict[str, Any] = {"uid": uid, "gid": gid}
+        user: OciUser = {"uid": uid, "gid": gid}
         if extra:
             user["additionalGids"] = list(extra)
         return {

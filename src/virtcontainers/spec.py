@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from virtcontainers.agent.messages import OciProcess
 from virtcontainers.config import ContainerConfig
 
 GUEST_SHARED_DIR = "/run/vc/shared"
@@ -155,12 +156,12 @@ def _join_namespaces(
         spec.pop("hostname", None)
 
 
-def _process(spec: Mapping[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+def _process(spec: Mapping[str, Any], overlay: OciProcess) -> dict[str, object]:
     """The spec's process settings (capabilities, rlimits, ...) overlaid with ``overlay``."""
     return {**copy.deepcopy(dict(spec.get("process") or {})), **overlay}
 
 
-def process_spec(config: ContainerConfig, args: dict[str, Any]) -> dict[str, Any]:
+def process_spec(config: ContainerConfig, args: OciProcess) -> dict[str, object]:
     """An exec's process: the container's process settings overlaid with the exec's."""
     base = config.oci if config.oci is not None else default_spec("")
     return _process(base, args)
