@@ -319,6 +319,11 @@ class AgentClient:
         self.log.debug("response %d %s %s", request_id, op, result)
         return result
 
+    async def _start(self, op: str, args: Args) -> int:
+        """Send a request that starts a process; the process's pid in the guest."""
+        result = await self.call(op, args)
+        return _field(result, "pid", int, op)
+
     # --- streams ------------------------------------------------------------------
 
     def open_stream(self) -> AgentStream:
@@ -350,14 +355,10 @@ class AgentClient:
     async def create_container(
         self, container_id: str, bundle: Mapping[str, object], rootfs: str, stdio: StdioStreams
     ) -> int:
-        args: CreateContainerArgs = {
-            "container_id": container_id,
-            "bundle": bundle,
-            "rootfs": rootfs,
-            **stdio.to_args(),
-        }
-        result = await self.call("create_container", args)
-        return _field(result, "pid", int, "create_container")
+        args = CreateContainerArgs(
+            container_id=container_id, bundle=bundle, rootfs=rootfs, **stdio.to_args()
+        )
+        return await self._start("create_container", args)
 
     async def start_container(self, container_id: str) -> None:
         await self.call("start_container", ContainerArgs(container_id=container_id))
@@ -365,24 +366,17 @@ class AgentClient:
     async def exec_process(
         self, container_id: str, exec_id: str, process: Mapping[str, object], stdio: StdioStreams
     ) -> int:
-        args: ExecProcessArgs = {
-            "container_id": container_id,
-            "exec_id": exec_id,
-            "process": process,
-            **stdio.to_args(),
-        }
-        result = await self.call("exec_process", args)
-        return _field(result, "pid", int, "exec_process")
+        args = ExecProcessArgs(
+            container_id=container_id, exec_id=exec_id, process=process, **stdio.to_args()
+        )
+        return await self._start("exec_process", args)
 
     async def signal_process(
         self, container_id: str | None, exec_id: str | None, sig: int, all_processes: bool = False
     ) -> None:
-        args: SignalProcessArgs = {
-            "container_id": container_id,
-            "exec_id": exec_id,
-            "signal": sig,
-            "all": all_processes,
-        }
+        args = SignalProcessArgs(
+            container_id=container_id, exec_id=exec_id, signal=sig, all=all_processes
+        )
         await self.call("signal_process", args)
 
     async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:
@@ -399,12 +393,7 @@ class AgentClient:
     async def resize_terminal(
         self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None:
-        args: ResizeTerminalArgs = {
-            "container_id": container_id,
-            "exec_id": exec_id,
-            "rows": rows,
-            "cols": cols,
-        }
+        args = ResizeTerminalArgs(container_id=container_id, exec_id=exec_id, rows=rows, cols=cols)
         await self.call("resize_terminal", args)
 
     async def list_processes(self, container_id: str) -> list[ProcessInfo]:
@@ -432,9 +421,8 @@ class AgentClient:
 
     async def exec_guest(self, exec_id: str, process: OciProcess, stdio: StdioStreams) -> int:
         """Run a process in the VM itself, outside every container."""
-        args: ExecGuestArgs = {"exec_id": exec_id, "process": process, **stdio.to_args()}
-        result = await self.call("exec_guest", args)
-        return _field(result, "pid", int, "exec_guest")
+        args = ExecGuestArgs(exec_id=exec_id, process=process, **stdio.to_args())
+        return await self._start("exec_guest", args)
 
     async def shutdown(self) -> None:
         await self.call("shutdown", {})
