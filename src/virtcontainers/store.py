@@ -224,43 +224,29 @@ def _guest_details(data: object) -> GuestDetails | None:
         raise ConfigError("guest", f"malformed guest details {data!r}") from None
 
 
+class _InPodDir:
+    """A path in a pod's directory, by its name there: a :class:`PodPaths` attribute."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, paths: PodPaths, owner: type[PodPaths]) -> Path:
+        return paths.root / self.name
+
+
 @dataclass(frozen=True)
 class PodPaths:
-    """Where one pod's files live."""
+    """Where one pod's files live (the layout in this module's docstring)."""
 
     root: Path
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "lock"
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "daemon.sock"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "daemon.log"
-
-    @property
-    def vm(self) -> Path:
-        return self.root / "vm"
-
-    @property
-    def shared(self) -> Path:
-        return self.root / "shared"
-
-    @property
-    def skel(self) -> Path:
-        return self.root / "skel"
-
-    @property
-    def layers(self) -> Path:
-        return self.root / "layers"
+    state = _InPodDir("state.json")
+    lock = _InPodDir("lock")
+    socket = _InPodDir("daemon.sock")
+    log = _InPodDir("daemon.log")
+    vm = _InPodDir("vm")
+    shared = _InPodDir("shared")
+    skel = _InPodDir("skel")
+    layers = _InPodDir("layers")
 
     def layer(self, container_id: str) -> Path:
         return self.layers / container_id
