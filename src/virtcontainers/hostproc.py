@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -26,6 +26,13 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # The command name is in parentheses and may hold anything, spaces and ')' too.
     return data[data.rindex(b")") + 2 :].decode().split()
+
+
+class ProcessRecord(TypedDict):
+    """A :class:`ProcessRef` as the store keeps it."""
+
+    pid: int
+    start_time: int
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ class ProcessRef:
             return None
         return cls(pid, start)
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> ProcessRecord:
         return {"pid": self.pid, "start_time": self.start_time}
 
     def _is_running(self) -> bool:
@@ -90,12 +97,6 @@ class ProcessRef:
         finally:
             os.close(pidfd)
         return True
-
-
-def record_of(pid: int | None) -> dict[str, Any] | None:
-    """The record form of the process holding ``pid`` now (None for no process)."""
-    ref = ProcessRef.of(pid) if pid else None
-    return ref.to_record() if ref is not None else None
 
 
 def alive(data: object) -> bool:

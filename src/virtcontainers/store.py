@@ -36,12 +36,20 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from virtcontainers.agent.base import ExitStatus, GuestDetails
-from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig, validate_id
+from virtcontainers.config import (
+    ContainerConfig,
+    ContainerConfigDict,
+    ImagePaths,
+    ImagePathsDict,
+    PodConfig,
+    PodConfigDict,
+    validate_id,
+)
 from virtcontainers.errors import ConfigError, CorruptRecordError, NotFoundError
-from virtcontainers.hostproc import ProcessRef
+from virtcontainers.hostproc import ProcessRecord, ProcessRef
 from virtcontainers.states import ContainerState, PodState
 
 DEFAULT_RUN_ROOT = Path("/run/virtcontainers")
@@ -95,6 +103,15 @@ def _text(data: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+class ContainerRecordJson(TypedDict):
+    config: ContainerConfigDict
+    state: str
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    oom_killed: bool
+
+
 @dataclass
 class ContainerRecord:
     """What the store keeps of a container: its config, state and last exit."""
@@ -109,7 +126,7 @@ class ContainerRecord:
     def id(self) -> str:
         return self.config.id
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ContainerRecordJson:
         return {
             "config": self.config.to_dict(),
             "state": self.state.value,
@@ -146,6 +163,22 @@ def end_with_vm(containers: Iterable[ContainerRecord]) -> None:
             container.exit = container.exit or KILLED
 
 
+class PodRecordJson(TypedDict):
+    """``state.json``."""
+
+    version: int
+    config: PodConfigDict
+    state: str
+    containers: dict[str, ContainerRecordJson]
+    image: ImagePathsDict | None
+    created_at: float
+    started_at: float | None
+    daemon: ProcessRecord | None
+    vm: ProcessRecord | None
+    error: str | None
+    guest: dict[str, object] | None  # the fields of GuestDetails
+
+
 @dataclass
 class PodRecord:
     """What the store keeps of a pod (``state.json``)."""
@@ -173,7 +206,7 @@ class PodRecord:
         self.daemon = self.vm = None
         self.error = self.error or error
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PodRecordJson:
         return {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
