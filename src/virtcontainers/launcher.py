@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from virtcontainers import rpc
 from virtcontainers.errors import DaemonError
@@ -98,7 +97,7 @@ def spawn(store: Store, paths: PodPaths, pod_id: str, timeout: float) -> None:
         raise rpc.error_from_dict(answer.get("error"))
 
 
-def report_ready(ready_fd: int | None, message: dict[str, Any]) -> None:
+def report_ready(ready_fd: int | None, message: rpc.Succeeded | rpc.Failed) -> None:
     """The daemon's one line to its starter; closes the fd."""
     if ready_fd is None:
         return
@@ -107,7 +106,7 @@ def report_ready(ready_fd: int | None, message: dict[str, Any]) -> None:
         os.close(ready_fd)
 
 
-def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
+def _read_ready(fd: int, timeout: float) -> dict[str, object] | None:
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:
