@@ -31,6 +31,7 @@ from virtcontainers.cli.runtime_state import (
     oci_status,
     state_document,
 )
+from virtcontainers.cli.shim import ShimRequest
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
 from virtcontainers.errors import NotFoundError, StateError, VcError
@@ -138,7 +139,7 @@ def _create(
         hooks=dict(bundle.spec.get("hooks") or {}),
     )
     try:
-        request = {"pod_id": pod_id, "container": config.to_dict()}
+        request: ShimRequest = {"pod_id": pod_id, "container": config.to_dict()}
         shim = start_shim(request, console_socket)
         record.shim_pid = shim.pid
         record.save(options.root)
@@ -453,7 +454,7 @@ def exec_(
             "cannot allocate tty if runc will detach without setting console socket"
         )
     if detach or console_socket is not None:
-        request = {
+        request: ShimRequest = {
             "pod_id": record.pod_id,
             "exec": {"container_id": record.id, "cmd": cmd.to_dict()},
         }
