@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from virtcontainers.agent.messages import OciProcess
 from virtcontainers.config import ContainerConfig
@@ -55,10 +55,19 @@ _DEFAULT_MOUNTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 
-def default_mounts() -> list[dict[str, Any]]:
-    mounts: list[dict[str, Any]] = []
+class OciMount(TypedDict):
+    """A runtime-spec mount, with the keys the specs made here use."""
+
+    destination: str
+    type: str
+    source: str
+    options: NotRequired[list[str]]
+
+
+def default_mounts() -> list[OciMount]:
+    mounts: list[OciMount] = []
     for destination, kind, source, options in _DEFAULT_MOUNTS:
-        mount: dict[str, Any] = {"destination": destination, "type": kind, "source": source}
+        mount: OciMount = {"destination": destination, "type": kind, "source": source}
         if options:
             mount["options"] = list(options)
         mounts.append(mount)
