@@ -71,14 +71,14 @@ class Request(Generic[R]):
     """What the request does to a pod, for messages: "cannot ACTION pod 'p'"."""
     TAKES_STDIO: ClassVar[bool] = False
 
-    def to_params(self) -> dict[str, Any]:
+    def to_params(self) -> dict[str, object]:
         return {
             field.name: _encode_field(getattr(self, field.name))
             for field in dataclasses.fields(self)  # type: ignore[arg-type]
         }
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Self:
+    def from_params(cls, params: Mapping[str, object]) -> Self:
         """Parse and check the JSON form; raises ConfigError naming the bad field."""
         types = _field_types(cls)  # type: ignore[arg-type]
         names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -98,7 +98,7 @@ class Request(Generic[R]):
     def decode_result(self, data: object) -> R:
         raise NotImplementedError
 
-    def answer_object(self, data: object) -> dict[str, Any]:
+    def answer_object(self, data: object) -> dict[str, object]:
         if not isinstance(data, dict):
             raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
         return data

@@ -18,8 +18,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict
 
+from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user"})
@@ -81,6 +82,61 @@ def _reject_unknown(kind: str, cls: type, data: Mapping[str, Any]) -> None:
         raise ConfigError(kind, f"unknown field(s) {', '.join(map(repr, unknown))}")
 
 
+# --- JSON forms --------------------------------------------------------------------
+# What each config's to_dict gives (and from_dict takes back): the one document,
+# nested, that the store keeps and the pod daemon's requests carry.
+
+
+class ResourcesDict(TypedDict):
+    vcpus: int
+    memory_mib: int
+
+
+class MountDict(TypedDict):
+    source: str
+    destination: str
+    read_only: bool
+
+
+class CmdDict(TypedDict):
+    args: list[str]
+    env: list[str]
+    cwd: str
+    user: str
+    terminal: bool
+
+
+class ContainerConfigDict(TypedDict):
+    id: str
+    rootfs: str
+    cmd: CmdDict
+    mounts: list[MountDict]
+    hostname: str | None
+    read_only_rootfs: bool
+    annotations: dict[str, str]
+    oci: dict[str, object] | None  # an OCI runtime-spec config, as given
+    join_namespaces: dict[str, str]
+    writable_layer: bool
+
+
+class ImagePathsDict(TypedDict):
+    kernel: str
+    initrd: str
+    rootfs: str
+
+
+class PodConfigDict(TypedDict):
+    id: str
+    resources: ResourcesDict
+    containers: list[ContainerConfigDict]
+    hypervisor: str
+    image: ImagePathsDict | None
+    hostname: str | None
+    kernel_params: list[str]
+    annotations: dict[str, str]
+    agent: str | None
+
+
 class _Plain:
     """A config whose JSON form is its fields, as they are."""
 
@@ -112,6 +168,9 @@ class Resources(_Plain):
                 f"{self.memory_mib} MiB is below {MIN_MEMORY_MIB} MiB (the guest needs that much)",
             )
 
+    def to_dict(self) -> ResourcesDict:
+        return {"vcpus": self.vcpus, "memory_mib": self.memory_mib}
+
     def check_host(self) -> None:
         host = host_memory_mib()
         if self.memory_mib > host:
@@ -138,6 +197,9 @@ class Mount(_Plain):
             raise ConfigError("mount.destination", f"{self.destination!r} is not absolute")
         if not os.path.isabs(self.source):
             raise ConfigError("mount.source", f"{self.source!r} is not absolute")
+
+    def to_dict(self) -> MountDict:
+        return {"source": self.source, "destination": self.destination, "read_only": self.read_only}
 
     def check_host(self) -> None:
         if not os.path.exists(self.source):
@@ -184,9 +246,9 @@ class Cmd(_Plain):
             raise ConfigError("cmd.user", f"{self.user!r} is not UID[:GID[:GIDS]]")
         return uid, gid, extra
 
-    def to_oci_process(self) -> dict[str, Any]:
+    def to_oci_process(self) -> OciProcess:
         uid, gid, extra = self.uid_gid()
-        user: dict[str, Any] = {"uid": uid, "gid": gid}
+        user: OciUser = {"uid": uid, "gid": gid}
         if extra:
             user["additionalGids"] = list(extra)
         return {
@@ -197,10 +259,14 @@ class Cmd(_Plain):
             "cwd": self.cwd,
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> CmdDict:
         """The JSON form (lists for tuples), as ``from_dict`` takes it back."""
         return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+            "args": list(self.args),
+            "env": list(self.env),
+            "cwd": self.cwd,
+            "user": self.user,
+            "terminal": self.terminal,
         }
 
 
@@ -271,12 +337,12 @@ class ContainerConfig:
         for mount in self.mounts:
             mount.check_host()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ContainerConfigDict:
         return {
             "id": self.id,
             "rootfs": str(self.rootfs),
             "cmd": self.cmd.to_dict(),
-            "mounts": [dataclasses.asdict(m) for m in self.mounts],
+            "mounts": [m.to_dict() for m in self.mounts],
             "hostname": self.hostname,
             "read_only_rootfs": self.read_only_rootfs,
             "annotations": dict(self.annotations),
@@ -319,8 +385,8 @@ class ImagePaths(_Plain):
             if not path.is_file():
                 raise ConfigError(f"image.{name}", f"{path} is not a file")
 
-    def to_dict(self) -> dict[str, str]:
-        return {name: str(getattr(self, name)) for name in ("kernel", "initrd", "rootfs")}
+    def to_dict(self) -> ImagePathsDict:
+        return {"kernel": str(self.kernel), "initrd": str(self.initrd), "rootfs": str(self.rootfs)}
 
 
 HYPERVISORS = ("qemu", "mock")
@@ -371,10 +437,10 @@ class PodConfig:
             _check_type("pod.annotations", key, str)
             _check_type("pod.annotations", value, str)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PodConfigDict:
         return {
             "id": self.id,
-            "resources": dataclasses.asdict(self.resources),
+            "resources": self.resources.to_dict(),
             "containers": [c.to_dict() for c in self.containers],
             "hypervisor": self.hypervisor,
             "image": self.image.to_dict() if self.image else None,

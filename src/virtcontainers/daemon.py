@@ -38,16 +38,19 @@ OWNER_REMOVE_TIMEOUT = 30.0
 Handler = Callable[[Any, Stdio], Awaitable[Any]]
 
 
-def _stdio(params: dict[str, Any], fds: list[int]) -> Stdio:
+def _stdio(params: dict[str, object], fds: list[int]) -> Stdio:
     names = params.pop("stdio", None) or []
-    valid = isinstance(names, list) and len(names) == len(fds) == len(set(names))
-    if not valid or not set(names) <= set(STDIO_NAMES):
+    if not (
+        isinstance(names, list)
+        and len(names) == len(fds) == len(set(names))
+        and set(names) <= set(STDIO_NAMES)
+    ):
         rpc.close_fds(fds)
         raise ConfigError("stdio", f"{names!r} does not name the {len(fds)} fds passed")
     return Stdio(**dict(zip(names, fds, strict=True)))
 
 
-async def read_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+async def read_request(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
     """Read one RPC request and the fds that came with it (the caller owns them)."""
     reader = rpc.FrameReader("request")
     fds: list[int] = []
@@ -69,7 +72,7 @@ async def read_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
         raise
 
 
-async def send_reply(sock: socket.socket, reply: dict[str, Any]) -> None:
+async def send_reply(sock: socket.socket, reply: rpc.Answered | rpc.Failed) -> None:
     await asyncio.get_running_loop().sock_sendall(sock, rpc.encode(reply))
 
 
@@ -134,9 +137,10 @@ class Daemon:
                 log.warning("bad RPC request: %s", exc)
                 return
             method = message.get("method")
+            reply: rpc.Answered | rpc.Failed
             try:
                 result = await self._answer(method, message.get("params"), fds)
-                reply: dict[str, Any] = {"ok": True, "result": result}
+                reply = {"ok": True, "result": result}
             except VcError as exc:
                 reply = {"ok": False, "error": rpc.error_to_dict(exc)}
             except Exception as exc:
@@ -212,7 +216,7 @@ async def run(store: Store, args: launcher.DaemonArgs) -> int:
     paths = store.paths(args.pod_id)
     listener: socket.socket | None = None
     pod: Pod | None = None
-    failure: dict[str, Any] | None = None
+    failure: rpc.ErrorDict | None = None
     try:
         record = _claim(store, args.pod_id)
         pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))

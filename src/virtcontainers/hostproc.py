@@ -10,11 +10,10 @@ process that was checked or nothing: never another one, never by name.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -26,6 +25,13 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # The command name is in parentheses and may hold anything, spaces and ')' too.
     return data[data.rindex(b")") + 2 :].decode().split()
+
+
+class ProcessRecord(TypedDict):
+    """A :class:`ProcessRef` as the store keeps it."""
+
+    pid: int
+    start_time: int
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ProcessRef:
             return None
         return cls(pid, start)
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> ProcessRecord:
         return {"pid": self.pid, "start_time": self.start_time}
 
     def _is_running(self) -> bool:
@@ -92,21 +98,14 @@ class ProcessRef:
         return True
 
 
-def record_of(pid: int | None) -> dict[str, Any] | None:
-    """The record form of the process holding ``pid`` now (None for no process)."""
-    ref = ProcessRef.of(pid) if pid else None
-    return ref.to_record() if ref is not None else None
-
-
 def alive(data: object) -> bool:
     """Whether the process of a record (``to_record`` form) still runs."""
     ref = ProcessRef.from_record(data)
     return ref is not None and ref.alive()
 
 
-def kill(data: object, signum: int = signal.SIGKILL) -> None:
-    """Signal the process of a record, if it is still that process."""
-    ref = ProcessRef.from_record(data)
-    if ref is not None:
-        with contextlib.suppress(OSError):
-            ref.kill(signum)
+def current() -> ProcessRecord:
+    """The record of this very process."""
+    ref = ProcessRef.of(os.getpid())
+    assert ref is not None  # we are running
+    return ref.to_record()

@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from virtcontainers import rpc
 from virtcontainers.errors import DaemonError
@@ -131,7 +130,7 @@ def spawn(store: Store, lock: PodLock, timeout: float, owner: ProcessRef | None)
         raise rpc.error_from_dict(answer.get("error"))
 
 
-def report_ready(ready_fd: int | None, message: dict[str, Any]) -> bool:
+def report_ready(ready_fd: int | None, message: rpc.Succeeded | rpc.Failed) -> bool:
     """The daemon's one line to its starter; closes the fd.
 
     False if the starter is gone (nobody reads the answer any more).
@@ -147,7 +146,7 @@ def report_ready(ready_fd: int | None, message: dict[str, Any]) -> bool:
     return True
 
 
-def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
+def _read_ready(fd: int, timeout: float) -> dict[str, object] | None:
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:

@@ -15,9 +15,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from virtcontainers import spec
 from virtcontainers.agent.base import Agent, ExitStatus, ProcessInfo, StdioStreams
@@ -539,7 +538,7 @@ class Pod:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("background task failed", exc_info=task.exception())
 
-    def _on_agent_event(self, name: str, fields: dict[str, Any]) -> None:
+    def _on_agent_event(self, name: str, fields: Mapping[str, object]) -> None:
         if name == "oom":
             container = self.containers.get(str(fields.get("container_id")))
             if container is not None:

@@ -17,9 +17,9 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypedDict
 
 from virtcontainers import errors
 from virtcontainers.errors import DaemonError, VcError
@@ -29,14 +29,41 @@ MAX_MESSAGE = 4 << 20
 MAX_FDS = 4
 
 
-def encode(message: dict[str, Any]) -> bytes:
+class ErrorDict(TypedDict):
+    """An error as it crosses to another process (:func:`error_to_dict`)."""
+
+    type: str  # the name of its VcError subclass
+    message: str
+    fields: dict[str, object]  # its FIELDS
+
+
+class Succeeded(TypedDict):
+    """A report that something worked: a daemon is ready, vc-runtime's shim started."""
+
+    ok: Literal[True]
+
+
+class Answered(Succeeded):
+    """The daemon's reply to a request that it served."""
+
+    result: object  # in the JSON form its request declares (see calls)
+
+
+class Failed(TypedDict):
+    """A reply, or a report, that something failed."""
+
+    ok: Literal[False]
+    error: ErrorDict
+
+
+def encode(message: Mapping[str, object]) -> bytes:
     payload = json.dumps(message).encode()
     if len(payload) > MAX_MESSAGE:
         raise DaemonError(f"RPC message of {len(payload)} bytes is too large")
     return LENGTH.pack(len(payload)) + payload
 
 
-def decode(payload: bytes) -> dict[str, Any]:
+def decode(payload: bytes) -> dict[str, object]:
     try:
         message = json.loads(payload)
     except (ValueError, RecursionError) as exc:
@@ -53,7 +80,7 @@ class FrameReader:
         self.what = what
         self.buffer = bytearray()
 
-    def feed(self, data: bytes) -> dict[str, Any] | None:
+    def feed(self, data: bytes) -> dict[str, object] | None:
         """Add ``data``; the frame's message once it is complete, else None."""
         self.buffer += data
         if len(self.buffer) < LENGTH.size:
@@ -67,7 +94,7 @@ class FrameReader:
         return decode(bytes(self.buffer[LENGTH.size : end]))
 
 
-def error_to_dict(exc: BaseException) -> dict[str, Any]:
+def error_to_dict(exc: BaseException) -> ErrorDict:
     if not isinstance(exc, VcError):
         return {"type": "VcError", "message": str(exc), "fields": {}}
     return {"type": type(exc).__name__, "message": str(exc), "fields": exc.fields()}
@@ -86,10 +113,10 @@ def error_from_dict(error: object) -> VcError:
 def call(
     socket_path: Path,
     method: str,
-    params: dict[str, Any],
+    params: Mapping[str, object],
     fds: Sequence[int] = (),
     timeout: float | None = 60.0,
-) -> Any:
+) -> object:
     """Call ``method`` on the daemon listening at ``socket_path`` (synchronous).
 
     Raises the daemon's error as its own class, or DaemonError when the daemon
@@ -119,7 +146,7 @@ def call(
     raise error_from_dict(reply.get("error"))
 
 
-def _read_reply(sock: socket.socket) -> dict[str, Any]:
+def _read_reply(sock: socket.socket) -> dict[str, object]:
     reader = FrameReader("answer")
     while True:
         chunk = sock.recv(65536)

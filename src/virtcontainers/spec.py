@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
+from virtcontainers.agent.messages import OciProcess
 from virtcontainers.config import ContainerConfig
 
 GUEST_SHARED_DIR = "/run/vc/shared"
@@ -54,10 +55,19 @@ _DEFAULT_MOUNTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 
-def default_mounts() -> list[dict[str, Any]]:
-    mounts: list[dict[str, Any]] = []
+class OciMount(TypedDict):
+    """A runtime-spec mount, with the keys the specs made here use."""
+
+    destination: str
+    type: str
+    source: str
+    options: NotRequired[list[str]]
+
+
+def default_mounts() -> list[OciMount]:
+    mounts: list[OciMount] = []
     for destination, kind, source, options in _DEFAULT_MOUNTS:
-        mount: dict[str, Any] = {"destination": destination, "type": kind, "source": source}
+        mount: OciMount = {"destination": destination, "type": kind, "source": source}
         if options:
             mount["options"] = list(options)
         mounts.append(mount)
@@ -155,12 +165,12 @@ def _join_namespaces(
         spec.pop("hostname", None)
 
 
-def _process(spec: Mapping[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+def _process(spec: Mapping[str, Any], overlay: OciProcess) -> dict[str, object]:
     """The spec's process settings (capabilities, rlimits, ...) overlaid with ``overlay``."""
     return {**copy.deepcopy(dict(spec.get("process") or {})), **overlay}
 
 
-def process_spec(config: ContainerConfig, args: dict[str, Any]) -> dict[str, Any]:
+def process_spec(config: ContainerConfig, args: OciProcess) -> dict[str, object]:
     """An exec's process: the container's process settings overlaid with the exec's."""
     base = config.oci if config.oci is not None else default_spec("")
     return _process(base, args)

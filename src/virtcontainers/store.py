@@ -38,12 +38,20 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from virtcontainers.agent.base import ExitStatus, GuestDetails
-from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig, validate_id
+from virtcontainers.config import (
+    ContainerConfig,
+    ContainerConfigDict,
+    ImagePaths,
+    ImagePathsDict,
+    PodConfig,
+    PodConfigDict,
+    validate_id,
+)
 from virtcontainers.errors import BusyError, ConfigError, CorruptRecordError, NotFoundError
-from virtcontainers.hostproc import ProcessRef
+from virtcontainers.hostproc import ProcessRecord, ProcessRef
 from virtcontainers.states import ContainerState, PodState
 
 DEFAULT_RUN_ROOT = Path("/run/virtcontainers")
@@ -100,6 +108,15 @@ def _text(data: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+class ContainerRecordJson(TypedDict):
+    config: ContainerConfigDict
+    state: str
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    oom_killed: bool
+
+
 @dataclass
 class ContainerRecord:
     """What the store keeps of a container: its config, state and last exit."""
@@ -114,7 +131,7 @@ class ContainerRecord:
     def id(self) -> str:
         return self.config.id
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ContainerRecordJson:
         return {
             "config": self.config.to_dict(),
             "state": self.state.value,
@@ -151,6 +168,22 @@ def end_with_vm(containers: Iterable[ContainerRecord]) -> None:
             container.exit = container.exit or KILLED
 
 
+class PodRecordJson(TypedDict):
+    """``state.json``."""
+
+    version: int
+    config: PodConfigDict
+    state: str
+    containers: dict[str, ContainerRecordJson]
+    image: ImagePathsDict | None
+    created_at: float
+    started_at: float | None
+    daemon: ProcessRecord | None
+    vm: ProcessRecord | None
+    error: str | None
+    guest: dict[str, object] | None  # the fields of GuestDetails
+
+
 @dataclass
 class PodRecord:
     """What the store keeps of a pod (``state.json``)."""
@@ -178,7 +211,7 @@ class PodRecord:
         self.daemon = self.vm = None
         self.error = self.error or error
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PodRecordJson:
         return {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
@@ -229,6 +262,16 @@ def _guest_details(data: object) -> GuestDetails | None:
         raise ConfigError("guest", f"malformed guest details {data!r}") from None
 
 
+class _InPodDir:
+    """A path in a pod's directory, by its name there: a :class:`PodPaths` attribute."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, paths: PodPaths, owner: type[PodPaths]) -> Path:
+        return paths.root / self.name
+
+
 @dataclass(frozen=True)
 class PodLock:
     """The pod's lock file, open: held once ``try_acquire`` succeeds.
@@ -250,46 +293,19 @@ class PodLock:
 
 @dataclass(frozen=True)
 class PodPaths:
-    """Where one pod's files live."""
+    """Where one pod's files live (the layout in this module's docstring)."""
 
     root: Path
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "lock"
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "daemon.sock"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "daemon.log"
-
-    @property
-    def vm(self) -> Path:
-        return self.root / "vm"
-
-    @property
-    def shared(self) -> Path:
-        return self.root / "shared"
-
-    @property
-    def console(self) -> Path:
-        """The last console output of the pod's VM, kept after it stops."""
-        return self.root / "console.log"
-
-    @property
-    def skel(self) -> Path:
-        return self.root / "skel"
-
-    @property
-    def layers(self) -> Path:
-        return self.root / "layers"
+    state = _InPodDir("state.json")
+    lock = _InPodDir("lock")
+    socket = _InPodDir("daemon.sock")
+    log = _InPodDir("daemon.log")
+    vm = _InPodDir("vm")
+    shared = _InPodDir("shared")
+    console = _InPodDir("console.log")
+    """The last console output of the pod's VM, kept after it stops."""
+    skel = _InPodDir("skel")
+    layers = _InPodDir("layers")
 
     def layer(self, container_id: str) -> Path:
         return self.layers / container_id

@@ -40,7 +40,7 @@ async def with_guest(
         decoder = FrameDecoder(resync=True)
         hello = await next_frame(reader, decoder)
         writer.write(b"stale bytes from an earlier connection")
-        writer.write(protocol.hello(hello.json()["nonce"]))
+        writer.write(protocol.hello(str(hello.json()["nonce"])))
         await writer.drain()
         try:
             await guest(reader, writer, decoder)

@@ -8,10 +8,12 @@ agent, over a virtio-serial port or vsock) and
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from virtcontainers.agent.messages import OciProcess, StdioArgs
 
 
 class AgentKind(enum.Enum):
@@ -58,7 +60,7 @@ class StdioStreams:
     stdout: int | None = None
     stderr: int | None = None
 
-    def to_args(self) -> dict[str, int | None]:
+    def to_args(self) -> StdioArgs:
         return {"stdin": self.stdin, "stdout": self.stdout, "stderr": self.stderr}
 
 
@@ -80,7 +82,8 @@ class Stream(Protocol):
         ...
 
 
-EventHandler = Callable[[str, dict[str, Any]], None]
+EventHandler = Callable[[str, Mapping[str, object]], None]
+"""Called with an event's name and its other fields, as the guest sent them (unchecked)."""
 
 
 class Agent(Protocol):
@@ -95,7 +98,7 @@ class Agent(Protocol):
     async def guest_details(self) -> GuestDetails: ...
 
     async def create_container(
-        self, container_id: str, bundle: dict[str, Any], rootfs: str, stdio: StdioStreams
+        self, container_id: str, bundle: Mapping[str, object], rootfs: str, stdio: StdioStreams
     ) -> int: ...
 
     async def start_container(self, container_id: str) -> None: ...
@@ -104,7 +107,7 @@ class Agent(Protocol):
         self,
         container_id: str,
         exec_id: str,
-        process: dict[str, Any],
+        process: Mapping[str, object],
         stdio: StdioStreams,
     ) -> int: ...
 
@@ -126,9 +129,7 @@ class Agent(Protocol):
 
     async def remove_container(self, container_id: str) -> None: ...
 
-    async def exec_guest(
-        self, exec_id: str, process: dict[str, Any], stdio: StdioStreams
-    ) -> int: ...
+    async def exec_guest(self, exec_id: str, process: OciProcess, stdio: StdioStreams) -> int: ...
 
     async def shutdown(self) -> None: ...
 

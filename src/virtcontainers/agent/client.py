@@ -14,8 +14,9 @@ import contextlib
 import itertools
 import logging
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from virtcontainers.agent import protocol
 from virtcontainers.agent.base import (
@@ -24,6 +25,17 @@ from virtcontainers.agent.base import (
     GuestDetails,
     ProcessInfo,
     StdioStreams,
+)
+from virtcontainers.agent.messages import (
+    Args,
+    ContainerArgs,
+    CreateContainerArgs,
+    ExecGuestArgs,
+    ExecProcessArgs,
+    OciProcess,
+    ProcessArgs,
+    ResizeTerminalArgs,
+    SignalProcessArgs,
 )
 from virtcontainers.agent.protocol import Frame, FrameType
 from virtcontainers.errors import AgentError, AgentProtocolError
@@ -34,9 +46,10 @@ REQUEST_TIMEOUT = 120.0
 under TCG takes well under a second; waits for process exit are unbounded)."""
 MAX_PROCESSES = 65536
 MAX_ERROR_TEXT = 4096
+T = TypeVar("T")
 
 
-def _field(result: dict[str, Any], name: str, kind: type, op: str) -> Any:
+def _field(result: Mapping[str, object], name: str, kind: type[T], op: str) -> T:
     value = result.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise AgentProtocolError(f"{op} answer has {name}={value!r}, expected {kind.__name__}")
@@ -120,7 +133,7 @@ class AgentClient:
         self._write_lock = asyncio.Lock()
         self._request_ids = itertools.count(1)
         self._stream_ids = itertools.count(1)
-        self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[dict[str, object]]]] = {}
         self._streams: dict[int, AgentStream] = {}
         self._handlers: list[EventHandler] = []
         self._read_task: asyncio.Task[None] | None = None
@@ -259,9 +272,10 @@ class AgentClient:
         if entry is None:
             raise AgentProtocolError(f"response to unknown request {frame.stream}")
         op, future = entry
-        if message.get("ok") is True and isinstance(message.get("result"), dict):
+        result = message.get("result")
+        if message.get("ok") is True and isinstance(result, dict):
             if not future.done():
-                future.set_result(message["result"])
+                future.set_result(result)
             return
         error = message.get("error")
         if message.get("ok") is not False or not isinstance(error, dict):
@@ -273,7 +287,7 @@ class AgentClient:
                 AgentError(op, _bounded(error.get("kind")), _bounded(error.get("message")))
             )
 
-    def _on_event(self, message: dict[str, Any]) -> None:
+    def _on_event(self, message: dict[str, object]) -> None:
         name = message.pop("event", None)
         if not isinstance(name, str):
             raise AgentProtocolError("event without a name")
@@ -282,13 +296,14 @@ class AgentClient:
             handler(name, message)
 
     async def call(
-        self, op: str, args: dict[str, Any], timeout: float | None = REQUEST_TIMEOUT
-    ) -> dict[str, Any]:
-        """Send one request; raises AgentError if the guest refuses it or stays silent."""
+        self, op: str, args: Args, timeout: float | None = REQUEST_TIMEOUT
+    ) -> dict[str, object]:
+        """Send one request; its result is unchecked.  Raises AgentError if the
+        guest refuses it or stays silent."""
         if self.failure is not None:
             raise self.failure
         request_id = next(self._request_ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (op, future)
         self.log.debug("request %d %s %s", request_id, op, args)
         try:
@@ -303,6 +318,11 @@ class AgentClient:
             raise AgentError(op, "timeout", f"no answer from the agent in {timeout:.0f}s") from None
         self.log.debug("response %d %s %s", request_id, op, result)
         return result
+
+    async def _start(self, op: str, args: Args) -> int:
+        """Send a request that starts a process; the process's pid in the guest."""
+        result = await self.call(op, args)
+        return _field(result, "pid", int, op)
 
     # --- streams ------------------------------------------------------------------
 
@@ -333,30 +353,34 @@ class AgentClient:
         )
 
     async def create_container(
-        self, container_id: str, bundle: dict[str, Any], rootfs: str, stdio: StdioStreams
+        self, container_id: str, bundle: Mapping[str, object], rootfs: str, stdio: StdioStreams
     ) -> int:
-        args = {"container_id": container_id, "bundle": bundle, "rootfs": rootfs, **stdio.to_args()}
-        result = await self.call("create_container", args)
-        return int(_field(result, "pid", int, "create_container"))
+        args = CreateContainerArgs(
+            container_id=container_id, bundle=bundle, rootfs=rootfs, **stdio.to_args()
+        )
+        return await self._start("create_container", args)
 
     async def start_container(self, container_id: str) -> None:
-        await self.call("start_container", {"container_id": container_id})
+        await self.call("start_container", ContainerArgs(container_id=container_id))
 
     async def exec_process(
-        self, container_id: str, exec_id: str, process: dict[str, Any], stdio: StdioStreams
+        self, container_id: str, exec_id: str, process: Mapping[str, object], stdio: StdioStreams
     ) -> int:
-        args = {"container_id": container_id, "exec_id": exec_id, "process": process}
-        result = await self.call("exec_process", {**args, **stdio.to_args()})
-        return int(_field(result, "pid", int, "exec_process"))
+        args = ExecProcessArgs(
+            container_id=container_id, exec_id=exec_id, process=process, **stdio.to_args()
+        )
+        return await self._start("exec_process", args)
 
     async def signal_process(
         self, container_id: str | None, exec_id: str | None, sig: int, all_processes: bool = False
     ) -> None:
-        args = {"container_id": container_id, "exec_id": exec_id, "signal": sig}
-        await self.call("signal_process", {**args, "all": all_processes})
+        args = SignalProcessArgs(
+            container_id=container_id, exec_id=exec_id, signal=sig, all=all_processes
+        )
+        await self.call("signal_process", args)
 
     async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:
-        args = {"container_id": container_id, "exec_id": exec_id}
+        args = ProcessArgs(container_id=container_id, exec_id=exec_id)
         result = await self.call("wait_process", args, timeout=None)
         code = _field(result, "exit_code", int, "wait_process")
         signal = result.get("signal")
@@ -369,11 +393,11 @@ class AgentClient:
     async def resize_terminal(
         self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None:
-        args = {"container_id": container_id, "exec_id": exec_id, "rows": rows, "cols": cols}
+        args = ResizeTerminalArgs(container_id=container_id, exec_id=exec_id, rows=rows, cols=cols)
         await self.call("resize_terminal", args)
 
     async def list_processes(self, container_id: str) -> list[ProcessInfo]:
-        result = await self.call("list_processes", {"container_id": container_id})
+        result = await self.call("list_processes", ContainerArgs(container_id=container_id))
         entries = _field(result, "processes", list, "list_processes")
         if len(entries) > MAX_PROCESSES:
             raise AgentProtocolError(f"list_processes returned {len(entries)} processes")
@@ -387,20 +411,18 @@ class AgentClient:
         return processes
 
     async def pause_container(self, container_id: str) -> None:
-        await self.call("pause_container", {"container_id": container_id})
+        await self.call("pause_container", ContainerArgs(container_id=container_id))
 
     async def resume_container(self, container_id: str) -> None:
-        await self.call("resume_container", {"container_id": container_id})
+        await self.call("resume_container", ContainerArgs(container_id=container_id))
 
     async def remove_container(self, container_id: str) -> None:
-        await self.call("remove_container", {"container_id": container_id})
+        await self.call("remove_container", ContainerArgs(container_id=container_id))
 
-    async def exec_guest(self, exec_id: str, process: dict[str, Any], stdio: StdioStreams) -> int:
+    async def exec_guest(self, exec_id: str, process: OciProcess, stdio: StdioStreams) -> int:
         """Run a process in the VM itself, outside every container."""
-        result = await self.call(
-            "exec_guest", {"exec_id": exec_id, "process": process, **stdio.to_args()}
-        )
-        return int(_field(result, "pid", int, "exec_guest"))
+        args = ExecGuestArgs(exec_id=exec_id, process=process, **stdio.to_args())
+        return await self._start("exec_guest", args)
 
     async def shutdown(self) -> None:
         await self.call("shutdown", {})

@@ -15,9 +15,9 @@ import asyncio
 import itertools
 import json
 import signal as signals
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from virtcontainers import rpc
 from virtcontainers.agent.base import (
@@ -27,7 +27,16 @@ from virtcontainers.agent.base import (
     ProcessInfo,
     StdioStreams,
 )
+from virtcontainers.agent.messages import OciProcess
 from virtcontainers.errors import AgentError
+
+
+def _argv(op: str, process: object) -> list[str]:
+    """The args of an OCI process object, which the guest agent would refuse without."""
+    args = process.get("args") if isinstance(process, Mapping) else None
+    if not isinstance(args, list) or not args:
+        raise AgentError(op, "invalid", "process.args must be a non-empty list of strings")
+    return [str(arg) for arg in args]
 
 
 def _raise_on_request(args: list[str]) -> None:
@@ -70,7 +79,7 @@ class MockProcess:
 
 class MockAgent:
     def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.calls: list[tuple[str, dict[str, object]]] = []
         self.streams: dict[int, MockStream] = {}
         self.processes: dict[tuple[str, str | None], MockProcess] = {}
         self.paused: set[str] = set()
@@ -79,7 +88,7 @@ class MockAgent:
         self._handlers: list[EventHandler] = []
         self.connected = False
 
-    def _record(self, op: str, **args: Any) -> None:
+    def _record(self, op: str, **args: object) -> None:
         self.calls.append((op, args))
 
     async def connect(self, socket_path: Path, timeout: float) -> None:
@@ -145,21 +154,23 @@ class MockAgent:
             raise AgentError("process", "not_found", f"{container_id}/{exec_id}") from None
 
     async def create_container(
-        self, container_id: str, bundle: dict[str, Any], rootfs: str, stdio: StdioStreams
+        self, container_id: str, bundle: Mapping[str, object], rootfs: str, stdio: StdioStreams
     ) -> int:
         self._record("create_container", container_id=container_id, bundle=bundle, rootfs=rootfs)
-        return self._spawn((container_id, None), list(bundle["process"]["args"]), stdio)
+        argv = _argv("create_container", bundle.get("process"))
+        return self._spawn((container_id, None), argv, stdio)
 
     async def start_container(self, container_id: str) -> None:
         self._record("start_container", container_id=container_id)
         self._process(container_id, None).started.set()
 
     async def exec_process(
-        self, container_id: str, exec_id: str, process: dict[str, Any], stdio: StdioStreams
+        self, container_id: str, exec_id: str, process: Mapping[str, object], stdio: StdioStreams
     ) -> int:
         self._record("exec_process", container_id=container_id, exec_id=exec_id)
-        _raise_on_request(list(process["args"]))
-        pid = self._spawn((container_id, exec_id), list(process["args"]), stdio)
+        argv = _argv("exec_process", process)
+        _raise_on_request(argv)
+        pid = self._spawn((container_id, exec_id), argv, stdio)
         self.processes[(container_id, exec_id)].started.set()
         return pid
 
@@ -202,7 +213,7 @@ class MockAgent:
         for key in [k for k in self.processes if k[0] == container_id]:
             del self.processes[key]
 
-    async def exec_guest(self, exec_id: str, process: dict[str, Any], stdio: StdioStreams) -> int:
+    async def exec_guest(self, exec_id: str, process: OciProcess, stdio: StdioStreams) -> int:
         self._record("exec_guest", exec_id=exec_id)
         pid = self._spawn(("", exec_id), list(process["args"]), stdio)
         self.processes[("", exec_id)].started.set()

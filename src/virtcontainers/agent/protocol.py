@@ -31,7 +31,7 @@ import struct
 # ~0.2 s, so neither is imported at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
 
 MAGIC = b"VC"
 HEADER = struct.Struct("!2sBBII")
@@ -99,7 +99,7 @@ class Frame:
     def encode(self) -> bytes:
         return encode_frame(self.type, self.stream, self.payload, self.flags)
 
-    def json(self) -> dict[str, Any]:
+    def json(self) -> dict[str, object]:
         return decode_json(self.payload)
 
     def credit(self) -> int:
@@ -114,7 +114,7 @@ def encode_frame(ftype: FrameType, stream: int, payload: bytes = b"", flags: int
     return HEADER.pack(MAGIC, int(ftype), flags, stream, len(payload)) + payload
 
 
-def encode_json(ftype: FrameType, stream: int, message: dict[str, Any]) -> bytes:
+def encode_json(ftype: FrameType, stream: int, message: Mapping[str, object]) -> bytes:
     payload = json.dumps(message, separators=(",", ":")).encode()
     return encode_frame(ftype, stream, payload)
 
@@ -123,7 +123,7 @@ def encode_credit(stream: int, count: int) -> bytes:
     return encode_frame(FrameType.CREDIT, stream, _CREDIT.pack(count))
 
 
-def decode_json(payload: bytes) -> dict[str, Any]:
+def decode_json(payload: bytes) -> dict[str, object]:
     try:
         message = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -219,11 +219,11 @@ def hello(nonce: str) -> bytes:
     return encode_json(FrameType.HELLO, 0, {"version": PROTOCOL_VERSION, "nonce": nonce})
 
 
-def request(request_id: int, op: str, args: dict[str, Any]) -> bytes:
+def request(request_id: int, op: str, args: Mapping[str, object]) -> bytes:
     return encode_json(FrameType.REQUEST, request_id, {"op": op, "args": args})
 
 
-def response_ok(request_id: int, result: Any) -> bytes:
+def response_ok(request_id: int, result: Mapping[str, object]) -> bytes:
     return encode_json(FrameType.RESPONSE, request_id, {"ok": True, "result": result})
 
 
@@ -233,7 +233,7 @@ def response_error(request_id: int, kind: str, message: str) -> bytes:
     )
 
 
-def event(name: str, fields: dict[str, Any]) -> bytes:
+def event(name: str, fields: Mapping[str, object]) -> bytes:
     return encode_json(FrameType.EVENT, 0, dict(fields, event=name))
 
 

@@ -32,6 +32,7 @@ from virtcontainers.cli.runtime_state import (
     oci_status,
     state_document,
 )
+from virtcontainers.cli.shim import ShimRequest
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
 from virtcontainers.errors import NotFoundError, StateError, VcError
@@ -139,7 +140,7 @@ def _create(
         owns_pod=owns_pod,
         annotations=dict(bundle.spec.get("annotations") or {}),
         hooks=dict(bundle.spec.get("hooks") or {}),
-        creator=hostproc.record_of(os.getpid()),
+        creator=hostproc.current(),
     )
     # Saved first: a create killed from here on leaves a record that state,
     # delete --force and a retried create can see.
@@ -147,7 +148,7 @@ def _create(
     try:
         if owns_pod:
             api.run_pod(bundle.pod_config(pod_id))
-        request = {"pod_id": pod_id, "container": config.to_dict()}
+        request: ShimRequest = {"pod_id": pod_id, "container": config.to_dict()}
         shim = start_shim(request, console_socket)
         record.shim_pid = shim.pid
         record.creator = None
@@ -485,7 +486,7 @@ def exec_(
             "cannot allocate tty if runc will detach without setting console socket"
         )
     if detach or console_socket is not None:
-        request = {
+        request: ShimRequest = {
             "pod_id": record.pod_id,
             "exec": {"container_id": record.id, "cmd": cmd.to_dict()},
         }

@@ -15,9 +15,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from virtcontainers.cli.runtime_state import RuntimeCommandError
+from virtcontainers.cli.shim import ShimRequest
 from virtcontainers.launcher import package_env
 
 
@@ -51,7 +51,7 @@ def _terminal(console_socket: Path | None) -> Iterator[tuple[int, int, int, int 
         os.close(slave)
 
 
-def start_shim(request: dict[str, Any], console_socket: Path | None) -> subprocess.Popen[bytes]:
+def start_shim(request: ShimRequest, console_socket: Path | None) -> subprocess.Popen[bytes]:
     """Start the pid-file process; returns it once the process exists in the VM."""
     request_r, request_w = os.pipe()
     ready_r, ready_w = os.pipe()

@@ -13,11 +13,12 @@ import datetime
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from virtcontainers import api, hostproc
 from virtcontainers.config import validate_id
 from virtcontainers.errors import ConfigError, NotFoundError
+from virtcontainers.hostproc import ProcessRecord
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.store import write_json_atomic
 
@@ -48,9 +49,10 @@ class Record:
     owns_pod: bool
     shim_pid: int = 0
     annotations: dict[str, str] = field(default_factory=dict)
-    hooks: dict[str, Any] = field(default_factory=dict)
-    """The bundle's hooks, kept so later stages need not read the bundle again."""
-    creator: dict[str, int] | None = None
+    hooks: dict[str, object] = field(default_factory=dict)
+    """The bundle's hooks, kept so later stages need not read the bundle again
+    (checked again by :func:`~virtcontainers.oci.run_hooks` before they run)."""
+    creator: ProcessRecord | None = None
     """The ``vc-runtime create`` still creating the container (pid and start
     time), None once it is created: a record whose creator died is a create
     that was killed, which ``delete --force`` or a new create cleans up."""
@@ -117,7 +119,27 @@ def oci_status(record: Record) -> str:
     return status.state.value
 
 
-def state_document(record: Record) -> dict[str, Any]:
+class HookState(TypedDict):
+    """The container's state a hook reads on its stdin (runtime-spec runtime.md)."""
+
+    ociVersion: str
+    id: str
+    status: str  # creating, created, running or stopped
+    pid: int
+    bundle: str  # the bundle directory
+    annotations: dict[str, str]
+
+
+class StateDocument(HookState):
+    """What ``vc-runtime state`` prints: the runtime-spec state, with the
+    fields runc adds to it."""
+
+    rootfs: str
+    created: str  # when the container was created, RFC 3339
+    owner: str
+
+
+def state_document(record: Record) -> StateDocument:
     status = oci_status(record)
     return {
         "ociVersion": OCI_VERSION,
@@ -132,7 +154,7 @@ def state_document(record: Record) -> dict[str, Any]:
     }
 
 
-def hook_state(record: Record, status: str) -> dict[str, Any]:
+def hook_state(record: Record, status: str) -> HookState:
     return {
         "ociVersion": OCI_VERSION,
         "id": record.id,

@@ -31,11 +31,24 @@ import sys
 import termios
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from virtcontainers import api, rpc
-from virtcontainers.config import Cmd, ContainerConfig
+from virtcontainers.config import Cmd, CmdDict, ContainerConfig, ContainerConfigDict
 from virtcontainers.errors import VcError
+
+
+class ExecTarget(TypedDict):
+    container_id: str
+    cmd: CmdDict
+
+
+class ShimRequest(TypedDict):
+    """What REQUEST_FD carries: a container to create, or a process to exec."""
+
+    pod_id: str
+    container: NotRequired[ContainerConfigDict]
+    exec: NotRequired[ExecTarget]
 
 
 @dataclass(frozen=True)
@@ -58,15 +71,16 @@ FORWARDED = (
 )
 
 
-def _read_request(fd: int) -> dict[str, Any]:
+def _read_request(fd: int) -> ShimRequest:
+    """The request, as vc-runtime's start_shim (our only caller) wrote it."""
     with os.fdopen(fd, "rb") as source:
-        request = json.loads(source.read())
+        request: ShimRequest = json.loads(source.read())
     if not isinstance(request, dict):
         raise VcError("shim request is not an object")
     return request
 
 
-def _report(fd: int, message: dict[str, Any]) -> None:
+def _report(fd: int, message: rpc.Succeeded | rpc.Failed) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, json.dumps(message).encode())
     os.close(fd)
@@ -85,7 +99,7 @@ def _window_size(fd: int) -> tuple[int, int]:
     return rows, cols
 
 
-def _start(request: dict[str, Any]) -> Target:
+def _start(request: ShimRequest) -> Target:
     """Create the container, or start the exec, with our stdio as its own."""
     pod_id = str(request.get("pod_id"))
     stdio = api.Stdio(stdin=0, stdout=1, stderr=2)
@@ -93,7 +107,9 @@ def _start(request: dict[str, Any]) -> Target:
         config = ContainerConfig.from_dict(request["container"])
         api.create_container(pod_id, config, stdio)
         return Target(pod_id, config.id, None)
-    exec_request = request.get("exec") or {}
+    exec_request = request.get("exec")
+    if exec_request is None:
+        raise VcError("the shim request names neither a container nor an exec")
     container_id = str(exec_request.get("container_id"))
     cmd = Cmd.from_dict(exec_request.get("cmd") or {})
     handle = api.enter_container(pod_id, container_id, cmd, stdio)

@@ -26,8 +26,8 @@ import logging
 import shlex
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
@@ -462,7 +462,7 @@ class QemuHypervisor:
         assert self._exit_code is not None
         return self._exit_code
 
-    async def _execute(self, cmd: str, args: dict[str, Any] | None = None) -> object:
+    async def _execute(self, cmd: str, args: Mapping[str, object] | None = None) -> object:
         run = self._run
         if run is None or run.qmp is None:
             raise HypervisorError(f"{self._life.what} has no monitor connection")

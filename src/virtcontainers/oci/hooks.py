@@ -109,7 +109,7 @@ def _fmt_output(output: bytes) -> str:
     return f"; output: {tail}" if tail else ""
 
 
-def run_hooks(spec: Mapping[str, Any], stage: str, state: Mapping[str, Any]) -> None:
+def run_hooks(spec: Mapping[str, Any], stage: str, state: Mapping[str, object]) -> None:
     """Run the hooks of ``stage`` on the host, in order, with ``state`` as JSON on stdin.
 
     A failing (non-zero, signalled, timed out, not executable) hook raises

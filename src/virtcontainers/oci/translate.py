@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtcontainers.agent.messages import OciUser
 from virtcontainers.config import HOSTNAME_PATTERN, Cmd, Mount
 from virtcontainers.errors import ConfigError
 from virtcontainers.oci._json import (
@@ -83,7 +84,7 @@ def _drop_meaningless(
             warnings.append(loc.key(key).note(f"{shown}dropped: {reason}"))
 
 
-def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> tuple[str, dict[str, Any]]:
+def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> tuple[str, OciUser]:
     uid = integer(user.get("uid", 0), loc.key("uid"), minimum=0)
     gid = integer(user.get("gid", 0), loc.key("gid"), minimum=0)
     extra_raw = user.get("additionalGids")
@@ -110,7 +111,7 @@ def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> tuple[str, 
             loc.key("umask").note("dropped: the guest process gets the default umask (0022)")
         )
     text = f"{uid}:{gid}" + (":" + ",".join(map(str, extra)) if extra else "")
-    translated: dict[str, Any] = {"uid": uid, "gid": gid}
+    translated: OciUser = {"uid": uid, "gid": gid}
     if extra:
         translated["additionalGids"] = extra
     return text, translated

@@ -19,8 +19,9 @@ from .wire import AGENT_VERSION, protocol
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
+    from collections.abc import Callable, Mapping
+
+    from virtcontainers.agent.messages import AgentHello
 
     from .channel import Channel
     from .loop import Handler
@@ -207,17 +208,12 @@ class Agent:
         for out in list(self.outs.values()):
             out.orphan()
         self.busy_streams.clear()
-        self.send(
-            protocol.encode_json(
-                protocol.FrameType.HELLO,
-                0,
-                {
-                    "version": protocol.PROTOCOL_VERSION,
-                    "nonce": nonce,
-                    "agent_version": AGENT_VERSION,
-                },
-            )
-        )
+        answer: AgentHello = {
+            "version": protocol.PROTOCOL_VERSION,
+            "nonce": nonce,
+            "agent_version": AGENT_VERSION,
+        }
+        self.send(protocol.encode_json(protocol.FrameType.HELLO, 0, answer))
 
     def on_request(self, frame: protocol.Frame) -> None:
         reply = Reply(self, frame.stream)
@@ -243,14 +239,14 @@ class Agent:
 
     # ---------------------------------------------------------------- lookups
 
-    def container(self, args: dict[str, Any]) -> Container:
+    def container(self, args: Mapping[str, object]) -> Container:
         cid = arg_id(args, "container_id")
         container = self.containers.get(cid)
         if container is None:
             raise AgentError("not_found", f"no container {cid!r}")
         return container
 
-    def process(self, args: dict[str, Any]) -> Process:
+    def process(self, args: Mapping[str, object]) -> Process:
         exec_id = arg_opt_id(args, "exec_id")
         if args.get("container_id") is None:  # exec_guest processes
             if exec_id is None:
@@ -286,7 +282,7 @@ class Agent:
         return path
 
 
-OPS: dict[str, Callable[[Agent, Reply, dict[str, Any]], None]] = {
+OPS: dict[str, Callable[[Agent, Reply, Mapping[str, object]], None]] = {
     "ping": op_guest.ping,
     "guest_details": op_guest.guest_details,
     "create_container": op_containers.create_container,

@@ -10,7 +10,7 @@ from .wire import bounded, protocol
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
-    from typing import Any
+    from virtcontainers.agent.messages import ExitEvent, OomEvent, Result
 
     from .core import Agent
     from .loop import Handler, Timer
@@ -35,7 +35,7 @@ class Reply:
         if self.generation == self.agent.generation:
             self.agent.send(frame)
 
-    def ok(self, result: dict[str, Any] | None = None) -> None:
+    def ok(self, result: Result | None = None) -> None:
         try:
             frame = protocol.response_ok(self.request_id, result or {})
         except protocol.ProtocolError as exc:  # larger than a frame may be
@@ -132,7 +132,8 @@ class Process:
         kills = container.read_oom_kills()
         if kills > container.oom_kills:
             container.oom_kills = kills
-            self.agent.send(protocol.event("oom", {"container_id": container.id}))
+            oom: OomEvent = {"container_id": container.id}
+            self.agent.send(protocol.event("oom", oom))
         for out in list(self.outs):
             out.pump(drain=True)
         if all(out.done for out in self.outs):
@@ -151,18 +152,14 @@ class Process:
         if self.report_timer is not None:
             self.report_timer.cancel()
         code, sig = self.status
-        self.agent.send(
-            protocol.event(
-                "exit",
-                {
-                    "container_id": self.container.id or None,  # "": the guest itself
-                    "exec_id": self.exec_id,
-                    "pid": self.pid,
-                    "exit_code": code,
-                    "signal": sig,
-                },
-            )
-        )
+        exit_event: ExitEvent = {
+            "container_id": self.container.id or None,  # "": the guest itself
+            "exec_id": self.exec_id,
+            "pid": self.pid,
+            "exit_code": code,
+            "signal": sig,
+        }
+        self.agent.send(protocol.event("exit", exit_event))
         waiters, self.waiters = self.waiters, []
         for reply in waiters:
             reply.ok({"exit_code": code, "signal": sig})

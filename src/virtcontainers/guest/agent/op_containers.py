@@ -13,8 +13,11 @@ from .wire import ERROR_LIMIT, protocol
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
 
+    from virtcontainers.agent.messages import ProcessEntry
+
+    from .args import CheckedProcess
     from .core import Agent
     from .model import Reply
     from .runtime import RuntimeCall
@@ -22,14 +25,14 @@ if TYPE_CHECKING:
 _STATUSES = ("created", "running", "paused", "stopped")
 
 
-def create_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def create_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(
         args,
         {"container_id", "bundle", "rootfs", "stdin", "stdout", "stderr"},
         {"container_id", "bundle", "rootfs"},
     )
     cid = arg_id(args, "container_id")
-    bundle, process, rootfs = _check_bundle(args)
+    config, process, rootfs = _check_bundle(args)
     streams = arg_streams(args)
     if cid in agent.containers:
         raise AgentError("exists", f"container {cid!r} already exists")
@@ -38,14 +41,14 @@ def create_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     agent.claim_streams(streams)
     bundle_dir = os.path.join(agent.bundles, cid)
     try:
-        _write_bundle(bundle_dir, bundle, rootfs)
+        _write_bundle(bundle_dir, config)
     except OSError as exc:
         agent.release_streams(streams)
         rmtree(bundle_dir)
         raise AgentError("internal", f"cannot write bundle: {exc}") from None
     container = Container(cid, bundle_dir)
-    container.env = list(process.get("env", []))
-    proc = Process(agent, container, None, bool(process.get("terminal", False)), streams)
+    container.env = list(process.env)
+    proc = Process(agent, container, None, process.terminal, streams)
     agent.containers[cid] = container
     pid_file = os.path.join(bundle_dir, "init.pid")
 
@@ -75,8 +78,9 @@ def create_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
         raise
 
 
-def _check_bundle(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(bundle, bundle.process, rootfs) of a create_container request, checked."""
+def _check_bundle(args: Mapping[str, object]) -> tuple[dict[str, object], CheckedProcess, str]:
+    """(config.json for the runtime, bundle.process, rootfs) of a create_container
+    request, checked: the config is the bundle with ``root.path`` set to rootfs."""
     bundle = args["bundle"]
     if not isinstance(bundle, dict):
         raise invalid("bundle must be an OCI runtime-spec object")
@@ -84,15 +88,15 @@ def _check_bundle(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
     if not isinstance(rootfs, str) or not rootfs.startswith("/") or "\0" in rootfs:
         raise invalid("rootfs must be an absolute path")
     process = check_process(bundle.get("process"), "bundle.process")
-    if not isinstance(bundle.get("root", {}), dict):
+    root = bundle.get("root", {})
+    if not isinstance(root, dict):
         raise invalid("bundle.root must be an object")
-    return bundle, process, rootfs
+    return dict(bundle, root=dict(root, path=rootfs)), process, rootfs
 
 
-def _write_bundle(bundle_dir: str, bundle: dict[str, Any], rootfs: str) -> None:
+def _write_bundle(bundle_dir: str, config: dict[str, object]) -> None:
     rmtree(bundle_dir)  # a leftover of an earlier agent run
     os.makedirs(bundle_dir, mode=0o700)
-    config = dict(bundle, root=dict(bundle.get("root", {}), path=rootfs))
     write_file(os.path.join(bundle_dir, "config.json"), json.dumps(config).encode())
 
 
@@ -109,7 +113,7 @@ def _find_cgroup(container: Container, pid: int) -> None:
         pass
 
 
-def start_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def start_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id"}, {"container_id"})
     container = agent.container(args)
     if container.status != "created" or container.busy:
@@ -123,7 +127,7 @@ def start_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     agent.run_busy(container, reply, ["start", container.id], on_ok)
 
 
-def list_processes(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def list_processes(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id"}, {"container_id"})
     container = agent.container(args)
     if container.status == "creating":
@@ -136,7 +140,7 @@ def list_processes(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
             raise AgentError("runtime", "runtime ps printed invalid JSON") from None
         if not isinstance(pids, list):
             raise AgentError("runtime", "runtime ps did not print a list")
-        processes = []
+        processes: list[ProcessEntry] = []
         budget = protocol.MAX_PAYLOAD // 2  # keep the answer within one frame
         for pid in pids:
             if not isinstance(pid, int) or isinstance(pid, bool):
@@ -155,16 +159,16 @@ def list_processes(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     agent.run_runtime(reply, ["ps", "--format", "json", container.id], on_ok)
 
 
-def pause_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def pause_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     _pause_resume(agent, reply, args, "pause", "running", "paused")
 
 
-def resume_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def resume_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     _pause_resume(agent, reply, args, "resume", "paused", "running")
 
 
 def _pause_resume(
-    agent: Agent, reply: Reply, args: dict[str, Any], command: str, before: str, after: str
+    agent: Agent, reply: Reply, args: Mapping[str, object], command: str, before: str, after: str
 ) -> None:
     check_keys(args, {"container_id"}, {"container_id"})
     container = agent.container(args)
@@ -179,7 +183,7 @@ def _pause_resume(
     agent.run_busy(container, reply, [command, container.id], on_ok)
 
 
-def container_state(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def container_state(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id"}, {"container_id"})
     container = agent.container(args)
     if container.status not in _STATUSES:
@@ -188,7 +192,7 @@ def container_state(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     reply.ok({"status": container.status, "pid": pid})
 
 
-def remove_container(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def remove_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id"}, {"container_id"})
     container = agent.container(args)
     if container.status == "creating" or container.busy:

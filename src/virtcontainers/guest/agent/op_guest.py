@@ -12,36 +12,35 @@ from .wire import AGENT_VERSION
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
 
     from .core import Agent
     from .model import Reply
 
 
-def ping(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def ping(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, set(), set())
     reply.ok({})
 
 
-def guest_details(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def guest_details(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, set(), set())
-    memory = 0
-    try:
-        for line in read_text("/proc/meminfo").splitlines():
-            if line.startswith("MemTotal:"):
-                memory = int(line.split()[1])
-                break
-    except (OSError, ValueError, IndexError):
-        pass
-    details: dict[str, Any] = {
-        "kernel": os.uname().release,
-        "agent_version": AGENT_VERSION,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count() or 1,
-        "memory_kib": memory,
-    }
+    memory = _memory_kib()
+
+    def answer(runtime: str) -> None:
+        reply.ok(
+            {
+                "kernel": os.uname().release,
+                "agent_version": AGENT_VERSION,
+                "python": sys.version.split()[0],
+                "cpus": os.cpu_count() or 1,
+                "memory_kib": memory,
+                "runtime": runtime,
+            }
+        )
+
     if agent.runtime_version is not None:
-        reply.ok(dict(details, runtime=agent.runtime_version))
+        answer(agent.runtime_version)
         return
 
     def done(call: RuntimeCall) -> None:
@@ -49,15 +48,26 @@ def guest_details(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
         first = text.splitlines()[0] if text else ""
         if call.ok:
             agent.runtime_version = first
-        reply.ok(dict(details, runtime=first if call.ok else ""))
+        answer(first if call.ok else "")
 
     try:
         RuntimeCall(agent, [agent.runtime, "--version"], done)
     except AgentError:
-        reply.ok(dict(details, runtime=""))
+        answer("")
 
 
-def shutdown(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def _memory_kib() -> int:
+    """MemTotal, or 0 if /proc/meminfo does not say."""
+    try:
+        for line in read_text("/proc/meminfo").splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def shutdown(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, set(), set())
     reply.ok({})
     if agent.channel is not None and not agent.channel.hung_up:

@@ -22,13 +22,13 @@ from .runtime import Launch
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
 
     from .core import Agent
     from .model import Reply
 
 
-def exec_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def exec_process(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(
         args,
         {"container_id", "exec_id", "process", "stdin", "stdout", "stderr"},
@@ -36,7 +36,7 @@ def exec_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     )
     arg_id(args, "container_id")
     exec_id = arg_id(args, "exec_id")
-    process = dict(check_process(args["process"], "process"))
+    checked = check_process(args["process"], "process")
     streams = arg_streams(args)
     container = agent.container(args)
     old = container.execs.get(exec_id)
@@ -48,10 +48,11 @@ def exec_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     if old is not None:
         old.close()
         del container.execs[exec_id]
+    process = dict(checked.raw)
     process.setdefault("cwd", "/")
     process.setdefault("user", {"uid": 0, "gid": 0})
     process.setdefault("env", list(container.env))
-    terminal = bool(process.get("terminal", False))
+    terminal = checked.terminal
     process_file = os.path.join(container.bundle_dir, f"exec-{exec_id}.json")
     pid_file = os.path.join(container.bundle_dir, f"exec-{exec_id}.pid")
     try:
@@ -86,17 +87,17 @@ def exec_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
         raise
 
 
-def exec_guest(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def exec_guest(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"exec_id", "process", "stdin", "stdout", "stderr"}, {"exec_id", "process"})
     exec_id = arg_id(args, "exec_id")
     process = check_process(args["process"], "process")
     streams = arg_streams(args)
-    ids = _guest_ids(process)
+    ids = _guest_ids(process.user)
     old = agent.guest.execs.get(exec_id)
     if old is not None and not old.reported:
         raise AgentError("exists", f"guest exec {exec_id!r} already exists")
     agent.claim_streams(streams)
-    terminal = bool(process.get("terminal", False))
+    terminal = process.terminal
     proc = Process(agent, agent.guest, exec_id, terminal, streams)
     ours: list[int] = []
     child: list[int] = []
@@ -115,9 +116,9 @@ def exec_guest(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
                 child.append(rfd if index == 0 else wfd)
                 ours.append(wfd if index == 0 else rfd)
         pid = fork_exec(
-            process["args"],
-            _guest_env(process),
-            process.get("cwd", "/"),
+            process.argv,
+            _guest_env(process.env),
+            process.cwd,
             (child[0], child[1], child[2]),
             terminal=terminal,
             ids=ids,
@@ -128,7 +129,7 @@ def exec_guest(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
                 close_fd(fd)
         agent.release_streams(streams)
         if isinstance(exc, OSError):
-            raise AgentError("runtime", f"cannot run {process['args'][0]}: {exc}") from None
+            raise AgentError("runtime", f"cannot run {process.argv[0]}: {exc}") from None
         raise
     finally:
         for fd in set(child):
@@ -142,21 +143,23 @@ def exec_guest(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     reply.ok({"pid": pid})
 
 
-def _guest_ids(process: dict[str, Any]) -> tuple[int, int]:
-    user = process.get("user", {})
-    uid, gid = user.get("uid", 0), user.get("gid", 0)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (uid, gid)):
-        raise invalid("process.user.uid and gid must be non-negative integers")
-    return uid, gid
+def _guest_ids(user: Mapping[str, object]) -> tuple[int, int]:
+    ids = []
+    for name in ("uid", "gid"):
+        value = user.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise invalid("process.user.uid and gid must be non-negative integers")
+        ids.append(value)
+    return ids[0], ids[1]
 
 
-def _guest_env(process: dict[str, Any]) -> dict[str, str]:
-    env = dict(e.partition("=")[::2] for e in process.get("env", []))
+def _guest_env(entries: list[str]) -> dict[str, str]:
+    env = dict(e.partition("=")[::2] for e in entries)
     env.setdefault("PATH", DEFAULT_PATH)
     return env
 
 
-def signal_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def signal_process(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id", "exec_id", "signal", "all"}, {"container_id", "signal"})
     signum = arg_int(args, "signal", 1, 64)
     every = arg_bool(args, "all", False)
@@ -180,7 +183,7 @@ def signal_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
     reply.ok({})
 
 
-def wait_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def wait_process(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id", "exec_id"}, {"container_id"})
     proc = agent.process(args)
     if proc.reported and proc.status is not None:
@@ -189,7 +192,7 @@ def wait_process(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
         proc.waiters.append(reply)
 
 
-def resize_terminal(agent: Agent, reply: Reply, args: dict[str, Any]) -> None:
+def resize_terminal(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id", "exec_id", "rows", "cols"}, {"container_id", "rows", "cols"})
     rows = arg_int(args, "rows", 0, 0xFFFF)
     cols = arg_int(args, "cols", 0, 0xFFFF)

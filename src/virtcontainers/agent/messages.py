@@ -1,0 +1,179 @@
+"""What the host and the guest agent say to each other, declared once.
+
+docs/protocol.md lists the operations; here each one's arguments and result
+are declared as a TypedDict (a JSON object on the wire), with the HELLO
+messages and the events.  The host's client builds its requests from these
+types, and the guest agent builds its results and events from them.  Neither
+end trusts what it receives: each checks the other's messages field by field
+(the guest in ``guest/agent/args.py``, the host in ``client.py``), so a
+received message is a ``Mapping[str, object]`` until it has been checked.
+
+The guest agent imports this module only under ``TYPE_CHECKING``: typing
+costs it start-up time under emulation, and the module is not in the guest
+image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NotRequired, TypedDict
+
+# --- the handshake -------------------------------------------------------------------
+
+
+class HostHello(TypedDict):
+    version: int
+    nonce: str  # fresh for each connection: the guest echoes it
+
+
+class AgentHello(HostHello):
+    agent_version: str
+
+
+# --- OCI process objects -------------------------------------------------------------
+
+
+class OciUser(TypedDict):
+    uid: int
+    gid: int
+    additionalGids: NotRequired[list[int]]
+
+
+class OciProcess(TypedDict):
+    """The runtime-spec process settings a :class:`~virtcontainers.config.Cmd` sets.
+
+    ``exec_guest`` takes just these; a container's process is its spec's
+    process object (capabilities, rlimits, ...) with these laid over it.
+    """
+
+    terminal: bool
+    user: OciUser
+    args: list[str]
+    env: list[str]
+    cwd: str
+
+
+# --- arguments, as the host sends them -----------------------------------------------
+
+
+class Empty(TypedDict):
+    """The arguments of ping, guest_details and shutdown; the result of an op that
+    answers nothing but its success."""
+
+
+class StdioArgs(TypedDict):
+    """Stream ids of a new process's stdio; None means /dev/null."""
+
+    stdin: int | None
+    stdout: int | None
+    stderr: int | None
+
+
+class ContainerArgs(TypedDict):
+    """start, pause, resume, remove, state of, and list the processes of a container."""
+
+    container_id: str
+
+
+class CreateContainerArgs(ContainerArgs, StdioArgs):
+    bundle: Mapping[str, object]  # an OCI runtime-spec config.json object
+    rootfs: str  # the guest path of the container's root filesystem
+
+
+class ExecProcessArgs(ContainerArgs, StdioArgs):
+    exec_id: str
+    process: Mapping[str, object]  # the container's process object, an OciProcess laid over
+
+
+class ExecGuestArgs(StdioArgs):
+    exec_id: str
+    process: OciProcess
+
+
+class ProcessArgs(TypedDict):
+    """Which process: a container's (exec_id None: its init), or one that
+    exec_guest started (container_id None)."""
+
+    container_id: str | None
+    exec_id: str | None
+
+
+class SignalProcessArgs(ProcessArgs):
+    signal: int
+    all: bool  # every process of the container, through the runtime
+
+
+class ResizeTerminalArgs(ProcessArgs):
+    rows: int
+    cols: int
+
+
+Args = (
+    Empty
+    | ContainerArgs
+    | CreateContainerArgs
+    | ExecProcessArgs
+    | ExecGuestArgs
+    | ProcessArgs
+    | SignalProcessArgs
+    | ResizeTerminalArgs
+)
+"""The arguments of any operation."""
+
+
+# --- results, as the guest sends them ------------------------------------------------
+
+
+class GuestDetailsResult(TypedDict):
+    kernel: str  # the uname release
+    agent_version: str
+    python: str
+    cpus: int
+    memory_kib: int  # MemTotal
+    runtime: str  # the first line of `<runtime> --version`; "" if it cannot run
+
+
+class PidResult(TypedDict):
+    """What create_container, exec_process and exec_guest answer."""
+
+    pid: int
+
+
+class ExitResult(TypedDict):
+    """What wait_process answers: exit_code is 128+N when killed by signal N."""
+
+    exit_code: int
+    signal: int | None
+
+
+class ProcessEntry(TypedDict):
+    pid: int
+    args: list[str]
+
+
+class ProcessListResult(TypedDict):
+    processes: list[ProcessEntry]
+
+
+class ContainerStateResult(TypedDict):
+    status: str  # created, running, paused or stopped
+    pid: int | None
+
+
+Result = (
+    Empty | GuestDetailsResult | PidResult | ExitResult | ProcessListResult | ContainerStateResult
+)
+"""The result of any operation."""
+
+
+# --- events, as the guest sends them (the event name rides beside the fields) --------
+
+
+class ExitEvent(ExitResult):
+    container_id: str | None  # None: a process of exec_guest
+    exec_id: str | None  # None: the container's init
+    pid: int | None
+
+
+class OomEvent(TypedDict):
+    container_id: str
