@@ -198,14 +198,14 @@ class AgentPort:
             return frame.encode()
         message = frame.json()
         args = message["args"]
-        if message["op"] != "create_container":
+        if message["op"] != "create_container" or not isinstance(args, dict):
             return frame.encode()
         guest_path = PurePosixPath(args["rootfs"])
         self.rootfs_requested.append(str(guest_path))
         # A path outside the shared mount is passed on as is, for the agent to refuse.
         if guest_path.is_relative_to(spec.GUEST_SHARED_DIR):
             args["rootfs"] = str(self.shared_dir / guest_path.relative_to(spec.GUEST_SHARED_DIR))
-        return protocol.request(frame.stream, message["op"], args)
+        return protocol.request(frame.stream, str(message["op"]), args)
 
 
 # --------------------------------------------------------------------------- the pod
@@ -338,7 +338,10 @@ async def started_pod(
     paths.vm.mkdir(mode=0o700)
     port = AgentPort(agent.channel, paths.shared)
     hypervisor = MockHypervisor()
-    pod = Pod(store, store.load(POD_ID), hypervisor, AgentClient(POD_ID))
+    record = store.load(POD_ID)
+    record.state = PodState.STARTING  # as start_pod records it before its daemon boots the pod
+    store.save(record)
+    pod = Pod(store, record, hypervisor, AgentClient(POD_ID))
     session = PodSession(pod, hypervisor, port, paths)
     try:
         port.listen(paths.vm / "agent.sock")
@@ -464,7 +467,8 @@ def test_pod_stop_ends_everything_and_persists(
             assert pod.stopped.is_set()
             assert ("stop", 10) in session.hypervisor.calls
             # Waiters are released and relays closed: the process went down with the VM.
-            assert await within(pod.wait_process(sleeper.id, None)) == KILLED
+            ended = await within(pod.wait_process(sleeper.id, None))
+            assert (ended.exit_code, ended.signal, ended.error) == (137, 9, "the pod was stopped")
             assert await read_all(out) == b""
 
     asyncio.run(scenario())
@@ -515,8 +519,10 @@ def test_agent_killed_mid_pod(
             host_agent.proc.kill()
 
             # Every waiter learns its process is lost, and no relay hangs.
-            assert await within(pod.wait_process(piped.id, None)) == KILLED
-            assert await within(pod.wait_process(logged.id, None)) == KILLED
+            for lost in (piped, logged):
+                ended = await within(pod.wait_process(lost.id, None))
+                assert (ended.exit_code, ended.signal) == (KILLED.exit_code, KILLED.signal)
+                assert ended.error is not None and "the agent was lost" in ended.error
             assert await read_all(out) == b""
             assert stored_container(logged.id) == (ContainerState.STOPPED, KILLED)
             assert stored_container(piped.id) == (ContainerState.STOPPED, KILLED)
