@@ -298,7 +298,7 @@ class Pod:
         return container
 
     async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
-        io = self._relay(stdio, container.id, None)
+        io = ProcessIO(self.agent, stdio, self.executor)
         try:
             self.shared.share(container.config)
             bundle = spec.container_spec(
@@ -433,7 +433,7 @@ class Pod:
             raise ExistsError("exec", f"{container_id}/{exec_id}")
         process_spec = spec.process_spec(container.config, cmd.to_oci_process())
         io, pid = await self._launch(
-            self._relay(stdio, container_id, exec_id),
+            ProcessIO(self.agent, stdio, self.executor),
             lambda streams: self.agent.exec_process(container_id, exec_id, process_spec, streams),
         )
         process = GuestProcess(container_id, exec_id, io, pid=pid)
@@ -446,23 +446,13 @@ class Pod:
         self._require_running("enter")
         exec_id = f"guest-{next(self._guest_exec_numbers)}"
         io, pid = await self._launch(
-            self._relay(stdio, None, exec_id),
+            ProcessIO(self.agent, stdio, self.executor),
             lambda streams: self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams),
         )
         process = GuestProcess(None, exec_id, io, pid=pid)
         self.guest_execs[exec_id] = process
         self._spawn(self._reap(process))
         return process
-
-    def _relay(self, stdio: Stdio, container_id: str | None, exec_id: str | None) -> ProcessIO:
-        """The stdio relay of one process; a reader that goes away ends the process
-        with SIGPIPE, as it would end a local one."""
-
-        async def reader_gone() -> None:
-            with contextlib.suppress(VcError):
-                await self.agent.signal_process(container_id, exec_id, signal.SIGPIPE)
-
-        return ProcessIO(self.agent, stdio, self.executor, on_broken_pipe=reader_gone)
 
     async def _launch(
         self, io: ProcessIO, start: Callable[[StdioStreams], Awaitable[int]]

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -71,8 +70,6 @@ class ProcessIO:
     agent: Agent
     stdio: Stdio
     executor: ThreadPoolExecutor
-    on_broken_pipe: Callable[[], Awaitable[None]] | None = None
-    """Called once when the process's stdout or stderr reader goes away."""
     streams: StdioStreams = field(default_factory=StdioStreams)
     moved: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -150,8 +147,15 @@ class ProcessIO:
             except OSError as exc:
                 log.debug("output relay to fd %d broke: %s", fd, exc)
                 broken = True
-                if exc.errno == errno.EPIPE and self.on_broken_pipe is not None:
-                    await self.on_broken_pipe()
+                if exc.errno == errno.EPIPE:
+                    # As SIGPIPE ends a local writer: the guest closes its pipe.
+                    await self._close_output(stream)
+
+    async def _close_output(self, stream: Stream) -> None:
+        try:
+            await self.agent.close_output(stream.stream_id)
+        except (VcError, OSError) as exc:
+            log.debug("closing output stream %d in the guest: %s", stream.stream_id, exc)
 
     async def drained(self) -> None:
         """Wait until output streams end, or stop moving for a while after exit.

@@ -143,6 +143,20 @@ def test_virtc_run_rm_says_the_vm_died_and_leaves_nothing(no_leaks: Path) -> Non
     assert not qemu_pids(no_leaks)
 
 
+def test_a_reader_that_goes_away_ends_the_container(no_leaks: Path) -> None:
+    """``virtc run -- yes | head -1`` returns, as it does without a VM (SIGPIPE)."""
+    done = subprocess.run(
+        f"{VIRTC} run --rm -- yes | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.stdout == "y\n", done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_the_console_of_a_crashed_vm_is_kept_until_delete(no_leaks: Path) -> None:
     status = api.run_pod(PodConfig(id="console"))
     assert status.vm_pid is not None

@@ -753,6 +753,23 @@ def test_large_stdin_is_credited(agent: AgentClient, agent_rootfs: str) -> None:
     agent.call("remove_container", container_id=cid)
 
 
+def test_a_closed_output_ends_its_writer_with_sigpipe(
+    agent: AgentClient, agent_rootfs: str
+) -> None:
+    """The host's reader went away: the process's next write gets SIGPIPE."""
+    cid, _ = create(agent, agent_rootfs, ["sleep", "100"])
+    _, stdout, _ = new_streams()
+    agent.call(
+        "exec_process", container_id=cid, exec_id="yes", process={"args": ["yes"]}, stdout=stdout
+    )
+    agent.wait_until(lambda: stdout in agent.data)
+    agent.call("close_output", stream=stdout)
+    event = agent.exit_event(cid, "yes")
+    assert (event["exit_code"], event["signal"]) == (128 + signal.SIGPIPE, signal.SIGPIPE)
+    assert agent.call("close_output", stream=stdout) == {}  # an ended stream: no error
+    agent.call("remove_container", container_id=cid)
+
+
 def test_fast_exec_exits_are_not_lost(agent: AgentClient, agent_rootfs: str) -> None:
     # The process may exit (and be reaped) before runc has written its pid file.
     cid, _ = create(agent, agent_rootfs, ["sleep", "100"])

@@ -121,6 +121,10 @@ class Agent(Protocol):
         self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None: ...
 
+    async def close_output(self, stream_id: int) -> None:
+        """The reader of this output stream is gone: the process's pipe is closed,
+        so its next write fails (SIGPIPE), as it would without a VM."""
+
     async def list_processes(self, container_id: str) -> list[ProcessInfo]: ...
 
     async def pause_container(self, container_id: str) -> None: ...

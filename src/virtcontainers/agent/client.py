@@ -28,6 +28,7 @@ from virtcontainers.agent.base import (
 )
 from virtcontainers.agent.messages import (
     Args,
+    CloseOutputArgs,
     ContainerArgs,
     CreateContainerArgs,
     ExecGuestArgs,
@@ -395,6 +396,9 @@ class AgentClient:
     ) -> None:
         args = ResizeTerminalArgs(container_id=container_id, exec_id=exec_id, rows=rows, cols=cols)
         await self.call("resize_terminal", args)
+
+    async def close_output(self, stream_id: int) -> None:
+        await self.call("close_output", CloseOutputArgs(stream=stream_id))
 
     async def list_processes(self, container_id: str) -> list[ProcessInfo]:
         result = await self.call("list_processes", ContainerArgs(container_id=container_id))

@@ -108,6 +108,12 @@ class ResizeTerminalArgs(ProcessArgs):
     cols: int
 
 
+class CloseOutputArgs(TypedDict):
+    """A process's output stream whose reader on the host went away."""
+
+    stream: int
+
+
 Args = (
     Empty
     | ContainerArgs
@@ -117,6 +123,7 @@ Args = (
     | ProcessArgs
     | SignalProcessArgs
     | ResizeTerminalArgs
+    | CloseOutputArgs
 )
 """The arguments of any operation."""
 

@@ -193,6 +193,14 @@ class MockAgent:
     ) -> None:
         self._record("resize_terminal", container_id=container_id, rows=rows, cols=cols)
 
+    async def close_output(self, stream_id: int) -> None:
+        self._record("close_output", stream=stream_id)
+        for process in self.processes.values():
+            if stream_id in (process.stdio.stdout, process.stdio.stderr):
+                if not process.killed.done():
+                    process.killed.set_result(signals.SIGPIPE)
+                process.started.set()
+
     async def list_processes(self, container_id: str) -> list[ProcessInfo]:
         return [
             ProcessInfo(p.pid, tuple(p.args))

@@ -292,6 +292,7 @@ OPS: dict[str, Callable[[Agent, Reply, Mapping[str, object]], None]] = {
     "signal_process": op_processes.signal_process,
     "wait_process": op_processes.wait_process,
     "resize_terminal": op_processes.resize_terminal,
+    "close_output": op_processes.close_output,
     "list_processes": op_containers.list_processes,
     "pause_container": op_containers.pause_container,
     "resume_container": op_containers.resume_container,

@@ -192,6 +192,16 @@ def wait_process(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None
         proc.waiters.append(reply)
 
 
+def close_output(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
+    """The host's reader of an output stream went away: close the process's end,
+    so its next write fails with SIGPIPE, as it would without a VM."""
+    check_keys(args, {"stream"}, {"stream"})
+    stream = agent.outs.get(arg_int(args, "stream", 1, 0xFFFFFFFF))
+    if stream is not None:  # else it ended already
+        stream.finish()
+    reply.ok({})
+
+
 def resize_terminal(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(args, {"container_id", "exec_id", "rows", "cols"}, {"container_id", "rows", "cols"})
     rows = arg_int(args, "rows", 0, 0xFFFF)
