@@ -21,18 +21,13 @@ from dataclasses import dataclass, field
 
 from virtcontainers.agent.base import Agent, ExitStatus, StdioStreams, Stream
 from virtcontainers.errors import VcError
+from virtcontainers.sinks import Sink
 from virtcontainers.stdio import Stdio
 
 READ_CHUNK = 64 * 1024
 DRAIN_IDLE_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -75,7 +70,9 @@ class ProcessIO:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _outputs: list[asyncio.Task[None]] = field(default_factory=list)
     _agent_streams: list[Stream] = field(default_factory=list)
-    _attached: dict[str, list[int]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
+    _attached: dict[str, list[Sink]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
+    _writing: int = 0
+    """Output writes waiting on a slow reader: the output is not idle then."""
 
     def open(self) -> StdioStreams:
         """Allocate agent streams for the fds given; None fds stay /dev/null."""
@@ -115,7 +112,7 @@ class ProcessIO:
             if getattr(self.streams, name) is None or all(t.done() for t in self._outputs):
                 os.close(fd)
                 continue
-            self._attached[name].append(fd)
+            self._attached[name].append(Sink(fd, self.executor))
 
     async def _pump_in(self, fd: int, stream: Stream) -> None:
         try:
@@ -129,27 +126,38 @@ class ProcessIO:
             except (VcError, OSError) as close_error:
                 log.warning("closing stdin stream %d: %s", stream.stream_id, close_error)
 
-    async def _pump_out(self, stream: Stream, fd: int, attached: list[int]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _pump_out(self, stream: Stream, fd: int, attached: list[Sink]) -> None:
+        sink = Sink(fd, self.executor)
         broken = False
-        while chunk := await stream.read():
-            self.moved += len(chunk)
-            for sink in list(attached):
+        try:
+            while chunk := await stream.read():
+                self.moved += len(chunk)
+                for extra in list(attached):
+                    try:
+                        await self._write(extra, chunk)
+                    except OSError:
+                        attached.remove(extra)  # that attached caller went away
+                        extra.close()
+                        os.close(extra.fd)
+                if broken:
+                    continue  # keep draining so the guest process is never stuck on a full pipe
                 try:
-                    await loop.run_in_executor(self.executor, _write_all, sink, chunk)
-                except OSError:
-                    attached.remove(sink)  # that attached caller went away
-                    os.close(sink)
-            if broken:
-                continue  # keep draining so the guest process is never stuck on a full pipe
-            try:
-                await loop.run_in_executor(self.executor, _write_all, fd, chunk)
-            except OSError as exc:
-                log.debug("output relay to fd %d broke: %s", fd, exc)
-                broken = True
-                if exc.errno == errno.EPIPE:
-                    # As SIGPIPE ends a local writer: the guest closes its pipe.
-                    await self._close_output(stream)
+                    await self._write(sink, chunk)
+                except OSError as exc:
+                    log.debug("output relay to fd %d broke: %s", fd, exc)
+                    broken = True
+                    if exc.errno == errno.EPIPE:
+                        # As SIGPIPE ends a local writer: the guest closes its pipe.
+                        await self._close_output(stream)
+        finally:
+            sink.close()
+
+    async def _write(self, sink: Sink, chunk: bytes) -> None:
+        self._writing += 1
+        try:
+            await sink.write(chunk)
+        finally:
+            self._writing -= 1
 
     async def _close_output(self, stream: Stream) -> None:
         try:
@@ -158,17 +166,20 @@ class ProcessIO:
             log.debug("closing output stream %d in the guest: %s", stream.stream_id, exc)
 
     async def drained(self) -> None:
-        """Wait until output streams end, or stop moving for a while after exit.
+        """Wait until output streams end, or stop coming for a while after exit.
 
         A process that exits while a background child still holds its stdout
-        would otherwise keep its waiter forever.
+        would otherwise keep its waiter forever.  Output that waits on a slow
+        reader is not idle: it is delivered, never dropped.
         """
         if not self._outputs:
             return
         while True:
             before = self.moved
             done, _ = await asyncio.wait(self._outputs, timeout=DRAIN_IDLE_SECONDS)
-            if len(done) == len(self._outputs) or self.moved == before:
+            if len(done) == len(self._outputs):
+                return
+            if self.moved == before and not self._writing:
                 return
 
     async def close(self) -> None:
@@ -183,8 +194,10 @@ class ProcessIO:
                 log.exception("a stdio relay failed")
         for sinks in self._attached.values():
             while sinks:
+                extra = sinks.pop()
+                extra.close()
                 with contextlib.suppress(OSError):
-                    os.close(sinks.pop())
+                    os.close(extra.fd)
         release = getattr(self.agent, "release_stream", None)
         for stream in self._agent_streams:
             if release is not None:

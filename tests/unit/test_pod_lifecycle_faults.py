@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.conftest import mock_pod
+from tests.unit.test_api_mock import read_all
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
 from virtcontainers.errors import BusyError, StateError
@@ -102,3 +104,33 @@ def test_a_start_whose_caller_went_away_ends_stopped(
     assert status.error is not None and "went away before it was running" in status.error
     wait_for(lambda: api.pod_status("orphan").daemon_pid is None)
     api.delete_pod("orphan")
+
+
+def test_stuck_readers_hold_up_only_their_own_output(
+    run_root: Path, image: ImagePaths, rootfs: Path
+) -> None:
+    """Seventy execs whose readers never read; every other exec keeps its output."""
+    api.run_pod(mock_pod("stuck", image, ContainerConfig("c", rootfs, Cmd(("sleep",)))))
+    stuck = []
+    for _ in range(70):
+        read_end, write_end = os.pipe()
+        api.enter_container(
+            "stuck", "c", Cmd(("spew", str(256 << 10))), api.Stdio(stdout=write_end)
+        )
+        os.close(write_end)
+        stuck.append(read_end)
+    try:
+        read_end, write_end = os.pipe()
+        handle = api.enter_container(
+            "stuck", "c", Cmd(("echo", "still", "moving")), api.Stdio(stdout=write_end)
+        )
+        os.close(write_end)
+        assert read_all(read_end) == b"still moving\n"
+        assert api.wait_process("stuck", "c", handle.exec_id, timeout=60).exit_code == 0
+        for fd in stuck:  # late readers get all of it: nothing was dropped
+            assert len(read_all(fd)) == 256 << 10
+    finally:
+        for fd in stuck:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    api.stop_pod("stuck")

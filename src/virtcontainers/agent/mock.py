@@ -1,8 +1,8 @@
 """An in-memory agent for unit tests: no VM, a few scripted commands.
 
 Processes understand ``echo ARGS...`` (prints them), ``cat`` (copies stdin
-to stdout), ``sleep`` (runs until signalled), ``fail N`` (exits N), and
-anything else exits 0.  Every call is recorded in ``calls``.
+to stdout), ``spew N`` (prints N bytes), ``sleep`` (runs until signalled),
+``fail N`` (exits N), and anything else exits 0.  Every call is recorded in ``calls``.
 
 An exec of ``raise ERROR`` fails with ERROR (an error in the JSON form of
 :func:`virtcontainers.rpc.error_to_dict`), and ``crash`` with a KeyError, so
@@ -138,6 +138,9 @@ class MockAgent:
             source = self.streams[process.stdio.stdin].to_guest
             while chunk := await source.get():
                 await self._emit(out, chunk)
+        elif args[0] == "spew":
+            for offset in range(0, int(args[1]), 65536):
+                await self._emit(out, b"x" * min(65536, int(args[1]) - offset))
         elif args[0] == "sleep":
             code = 128 + await process.killed
         elif args[0] == "fail":
