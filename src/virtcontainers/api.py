@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from virtcontainers import calls, launcher, rpc
+from virtcontainers import calls, launcher, orphans, rpc
 from virtcontainers.agent.base import ExitStatus, GuestDetails, ProcessInfo
 from virtcontainers.cleanup import release_run_files, remove_pod_files
 from virtcontainers.config import (
@@ -39,6 +39,7 @@ from virtcontainers.errors import (
     VcError,
 )
 from virtcontainers.hostproc import ProcessRef
+from virtcontainers.orphans import GarbageReport
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.stdio import Stdio
@@ -53,6 +54,7 @@ __all__ = [
     "Stdio",
     "attach_container",
     "attach_process",
+    "collect_garbage",
     "container_status",
     "create_container",
     "create_pod",
@@ -415,6 +417,13 @@ def _all_pods() -> list[PodStatus | CorruptRecordError]:
         except NotFoundError:
             continue  # deleted while we listed
     return found
+
+
+def collect_garbage() -> GarbageReport:
+    """Remove what pods left behind: dead daemons' VMs, stale mounts and sockets,
+    deleted containers' layers, half-created pods, stray processes.  Safe beside
+    live pods (see :mod:`virtcontainers.orphans`)."""
+    return orphans.collect(_store())
 
 
 def pod_status(pod_id: str) -> PodStatus:

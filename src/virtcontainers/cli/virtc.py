@@ -278,6 +278,18 @@ def container_stop(pod_id: str, container_id: str, timeout: int) -> None:
     api.stop_container(pod_id, container_id, timeout)
 
 
+@cli.command("gc")
+def gc() -> None:
+    """Remove what pods left behind (safe beside running pods)."""
+    report = api.collect_garbage()
+    for line in report.removed:
+        stdout.print(f"removed  {line}", highlight=False)
+    for line in report.left:
+        stdout.print(f"left     {line}", highlight=False)
+    if not report.removed and not report.left:
+        stdout.print("nothing to collect")
+
+
 POD, CONTAINER = ("pod_id",), ("pod_id", "container_id")
 SIMPLE_COMMANDS: tuple[
     tuple[click.Group, tuple[str, ...], str, Callable[..., object], str], ...
