@@ -225,8 +225,24 @@ def _call_daemon(
     given = stdio.named() if stdio is not None else []
     params = {**request.to_params(), "stdio": [name for name, _fd in given]}
     socket = store.paths(record.id).socket
-    data = rpc.call(socket, request.METHOD, params, [fd for _name, fd in given], timeout=timeout)
+    try:
+        data = rpc.call(
+            socket, request.METHOD, params, [fd for _name, fd in given], timeout=timeout
+        )
+    except DaemonError:
+        _raise_if_stopped_meanwhile(store, record.id, request)
+        raise
     return request.decode_result(data)
+
+
+def _raise_if_stopped_meanwhile(store: Store, pod_id: str, request: calls.Request[R]) -> None:
+    """A call that raced the pod's stop lost its daemon mid-way: say that plainly."""
+    try:
+        state = _reconcile(store, pod_id).state
+    except VcError:
+        return
+    if state not in LIVE:
+        raise StateError(f"pod {pod_id!r}", request.ACTION, state.value, [s.value for s in LIVE])
 
 
 # --- pods ----------------------------------------------------------------------------------

@@ -18,14 +18,16 @@ from virtcontainers.shareddir import SharedDir
 from virtcontainers.store import PodPaths
 
 
-def release_run_files(paths: PodPaths) -> None:
+def release_run_files(paths: PodPaths, keep_socket: bool = False) -> None:
     """Detach the shared directory; remove the VM's sockets and logs and the daemon
-    socket.  The console log is kept beside the pod's record, until it is deleted."""
+    socket (unless the daemon still serves on it: it removes it when it exits).
+    The console log is kept beside the pod's record, until it is deleted."""
     SharedDir(paths).detach()
     with contextlib.suppress(FileNotFoundError):
         os.replace(paths.vm / "console.log", paths.console)
     shutil.rmtree(paths.vm, ignore_errors=True)
-    paths.socket.unlink(missing_ok=True)
+    if not keep_socket:
+        paths.socket.unlink(missing_ok=True)
 
 
 def remove_pod_files(paths: PodPaths) -> None:

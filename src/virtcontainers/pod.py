@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from virtcontainers import spec
@@ -80,6 +80,7 @@ class Pod:
         self.stopped = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
         self.guest_execs: dict[str, GuestProcess] = {}
+        self._container_locks: dict[str, asyncio.Lock] = {}
         self._guest_exec_numbers = itertools.count(1)
         self.agent.on_event(self._on_agent_event)
 
@@ -102,6 +103,14 @@ class Pod:
     def _move_to(self, target: PodState) -> None:
         self.record.state = self.state.moved_to(self.id, target)
         self.persist()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, container_id: str) -> AsyncIterator[None]:
+        """One change at a time to a container: a create, start, stop, pause or
+        delete that races another on the same container waits for it."""
+        lock = self._container_locks.setdefault(container_id, asyncio.Lock())
+        async with lock:
+            yield
 
     def container(self, container_id: str) -> Container:
         validate_id("container", container_id)
@@ -215,6 +224,9 @@ class Pod:
 
     async def stop(self) -> None:
         """Shut the VM down; the pod's containers end with it (exit 137)."""
+        if self.stopping:  # a stop (asked, or the VM's death) is under way: join it
+            await self.stopped.wait()
+            return
         self.state.require(self.id, "stop", PodState.RUNNING, PodState.PAUSED)
         self.stopping = True
         if self.state is PodState.PAUSED:
@@ -245,7 +257,7 @@ class Pod:
         for task in list(self._watchers):
             if task is not asyncio.current_task():
                 task.cancel()
-        release_run_files(self.paths)
+        release_run_files(self.paths, keep_socket=True)  # the daemon still answers on it
 
     async def _end_processes(self, container: Container) -> None:
         for process in (container.init, *container.execs.values()):
@@ -262,17 +274,24 @@ class Pod:
         await process.io.close()
 
     async def pause(self) -> None:
-        self.state.require(self.id, "pause", PodState.RUNNING)
+        self._require("pause", PodState.RUNNING)
         await self.hypervisor.pause()
         self._move_to(PodState.PAUSED)
 
     async def resume(self) -> None:
-        self.state.require(self.id, "resume", PodState.PAUSED)
+        self._require("resume", PodState.PAUSED)
         await self.hypervisor.resume()
         self._move_to(PodState.RUNNING)
 
     def _require_running(self, operation: str) -> None:
-        self.state.require(self.id, operation, PodState.RUNNING)
+        self._require(operation, PodState.RUNNING)
+
+    def _require(self, operation: str, *allowed: PodState) -> None:
+        """The pod is in one of ``allowed``, and not on its way down."""
+        if self.stopping:
+            what = f"pod {self.id!r}"
+            raise StateError(what, operation, "stopping", [s.value for s in allowed])
+        self.state.require(self.id, operation, *allowed)
 
     # --- containers ---------------------------------------------------------------------
 
@@ -284,18 +303,19 @@ class Pod:
         return Stdio(stdin=None, stdout=out, stderr=os.dup(out))
 
     async def create_container(self, config: ContainerConfig, stdio: Stdio | None) -> Container:
-        self._require_running("create a container in")
-        if config.id in self.containers:
-            raise ExistsError("container", config.id)
-        container = Container(config)
-        self.containers[config.id] = container
-        try:
-            await self._create_in_guest(container, stdio or self._log_stdio(config.id))
-        except BaseException:
-            del self.containers[config.id]
-            raise
-        self.persist()
-        return container
+        async with self._exclusive(config.id):
+            self._require_running("create a container in")
+            if config.id in self.containers:
+                raise ExistsError("container", config.id)
+            container = Container(config)
+            self.containers[config.id] = container
+            try:
+                await self._create_in_guest(container, stdio or self._log_stdio(config.id))
+            except BaseException:
+                self.containers.pop(config.id, None)
+                raise
+            self.persist()
+            return container
 
     async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
         io = ProcessIO(self.agent, stdio, self.executor)
@@ -327,11 +347,12 @@ class Pod:
         return other.pid
 
     async def start_container(self, container_id: str) -> None:
-        self._require_running("start a container in")
-        container = self.container(container_id)
-        container.state.require(container_id, "start", ContainerState.CREATED)
-        await self._start_in_guest(container)
-        self.persist()
+        async with self._exclusive(container_id):
+            self._require_running("start a container in")
+            container = self.container(container_id)
+            container.state.require(container_id, "start", ContainerState.CREATED)
+            await self._start_in_guest(container)
+            self.persist()
 
     async def _start_in_guest(self, container: Container) -> None:
         await self.agent.start_container(container.id)
@@ -367,40 +388,42 @@ class Pod:
 
     async def stop_container(self, container_id: str, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL to every process after ``timeout`` seconds."""
-        self._require_running("stop a container in")
-        container = self.container(container_id)
-        container.state.require(container_id, "stop", ContainerState.CREATED, *LIVE_STATES)
-        if container.state is ContainerState.PAUSED:
-            await self.agent.resume_container(container_id)
-            container.move_to(ContainerState.RUNNING)
-        init = container.process(None)
-        if init.status is None:
-            with contextlib.suppress(AgentError):
-                await self.agent.signal_process(container_id, None, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(init.done.wait(), timeout)
-            except TimeoutError:
+        async with self._exclusive(container_id):
+            self._require_running("stop a container in")
+            container = self.container(container_id)
+            container.state.require(container_id, "stop", ContainerState.CREATED, *LIVE_STATES)
+            if container.state is ContainerState.PAUSED:
+                await self.agent.resume_container(container_id)
+                container.move_to(ContainerState.RUNNING)
+            init = container.process(None)
+            if init.status is None:
                 with contextlib.suppress(AgentError):
-                    await self.agent.signal_process(container_id, None, signal.SIGKILL, True)
-                await init.done.wait()
-        container.exit = init.status
-        if container.state is not ContainerState.STOPPED:
-            container.move_to(ContainerState.STOPPED)
-        self.persist()
+                    await self.agent.signal_process(container_id, None, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(init.done.wait(), timeout)
+                except TimeoutError:
+                    with contextlib.suppress(AgentError):
+                        await self.agent.signal_process(container_id, None, signal.SIGKILL, True)
+                    await init.done.wait()
+            container.exit = init.status
+            if container.state is not ContainerState.STOPPED:
+                container.move_to(ContainerState.STOPPED)
+            self.persist()
 
     async def delete_container(self, container_id: str) -> None:
-        container = self.container(container_id)
-        container.state.require(
-            container_id, "delete", ContainerState.CREATED, ContainerState.STOPPED
-        )
-        if container.in_guest:
-            await self.agent.remove_container(container_id)
-            container.in_guest = False
-        await self._end_processes(container)
-        self.shared.unshare(container_id)
-        self.shared.remove_layer(container_id)
-        del self.containers[container_id]
-        self.persist()
+        async with self._exclusive(container_id):
+            container = self.container(container_id)
+            container.state.require(
+                container_id, "delete", ContainerState.CREATED, ContainerState.STOPPED
+            )
+            if container.in_guest:
+                await self.agent.remove_container(container_id)
+                container.in_guest = False
+            await self._end_processes(container)
+            self.shared.unshare(container_id)
+            self.shared.remove_layer(container_id)
+            del self.containers[container_id]
+            self.persist()
 
     async def pause_container(self, container_id: str) -> None:
         await self._set_paused(container_id, True)
@@ -409,16 +432,17 @@ class Pod:
         await self._set_paused(container_id, False)
 
     async def _set_paused(self, container_id: str, paused: bool) -> None:
-        container = self.container(container_id)
-        if paused:
-            container.state.require(container_id, "pause", ContainerState.RUNNING)
-            await self.agent.pause_container(container_id)
-            container.move_to(ContainerState.PAUSED)
-        else:
-            container.state.require(container_id, "resume", ContainerState.PAUSED)
-            await self.agent.resume_container(container_id)
-            container.move_to(ContainerState.RUNNING)
-        self.persist()
+        async with self._exclusive(container_id):
+            container = self.container(container_id)
+            if paused:
+                container.state.require(container_id, "pause", ContainerState.RUNNING)
+                await self.agent.pause_container(container_id)
+                container.move_to(ContainerState.PAUSED)
+            else:
+                container.state.require(container_id, "resume", ContainerState.PAUSED)
+                await self.agent.resume_container(container_id)
+                container.move_to(ContainerState.RUNNING)
+            self.persist()
 
     # --- processes ----------------------------------------------------------------------
 
