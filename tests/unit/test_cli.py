@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from virtcontainers import api
 from virtcontainers.cli.runtime import cli as runtime_cli
 from virtcontainers.cli.runtime import parse_signal as runtime_signal
 from virtcontainers.cli.virtc import cli as virtc_cli
+from virtcontainers.config import PodConfig
+from virtcontainers.errors import ConfigError
 
 
 def test_virtc_rejects_a_bad_pod_id(run_root: Path) -> None:
@@ -68,3 +72,41 @@ def test_runtime_logs_errors_as_json(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert '"level": "error"' in log.read_text()
     assert "container nope does not exist" in log.read_text()
+
+
+def test_runtime_root_that_is_not_a_directory_is_a_clear_error(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for root in (afile, Path("/proc/no-such-dir")):
+        result = CliRunner().invoke(runtime_cli, ["--root", str(root), "list"])
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert f"--root {root}: cannot use it as the state directory" in result.output
+
+
+def test_runtime_refuses_a_config_nested_too_deeply(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    args = ["--root", str(tmp_path / "root"), "create", "--bundle", str(bundle), "deep"]
+    result = CliRunner().invoke(runtime_cli, args)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "nested too deeply" in result.output
+
+
+def test_virtc_run_refuses_an_empty_name(run_root: Path) -> None:
+    result = CliRunner().invoke(virtc_cli, ["run", "--name", "", "--", "true"])
+    assert result.exit_code == 125
+    assert "invalid pod id" in result.output
+
+
+def test_a_run_dir_too_long_for_sockets_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_root = tmp_path / ("r" * 90)
+    monkeypatch.setenv("VC_RUN_DIR", str(long_root))
+    with pytest.raises(ConfigError) as caught:
+        api.create_pod(PodConfig(id="p", hypervisor="mock"))
+    assert caught.value.field == "VC_RUN_DIR" and str(long_root) in str(caught.value)
+    assert not (long_root / "pods" / "p").exists()

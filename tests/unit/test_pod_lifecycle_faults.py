@@ -14,7 +14,7 @@ from tests.unit.conftest import mock_pod
 from tests.unit.test_api_mock import read_all
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
-from virtcontainers.errors import BusyError, StateError
+from virtcontainers.errors import BusyError, DaemonError, StateError
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import Store
@@ -134,3 +134,21 @@ def test_stuck_readers_hold_up_only_their_own_output(
             with contextlib.suppress(OSError):
                 os.close(fd)
     api.stop_pod("stuck")
+
+
+def test_large_requests_go_through_and_too_large_ones_are_refused_first(
+    run_root: Path, image: ImagePaths, rootfs: Path
+) -> None:
+    """A request of a few hundred KB once hung on a partial send of its fds."""
+    api.run_pod(mock_pod("big", image))
+    read_end, write_end = os.pipe()
+    large = ContainerConfig("large", rootfs, Cmd(("echo", "ok")), annotations={"k": "x" * 300_000})
+    api.create_container("big", large, api.Stdio(stdout=write_end))
+    os.close(write_end)
+    api.start_container("big", "large")
+    assert read_all(read_end) == b"ok\n"
+    huge = ContainerConfig("huge", rootfs, Cmd(("echo",)), annotations={"k": "x" * (5 << 20)})
+    with pytest.raises(DaemonError, match="too large"):
+        api.create_container("big", huge)
+    assert api.pod_status("big").state is PodState.RUNNING
+    api.stop_pod("big")
