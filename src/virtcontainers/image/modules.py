@@ -26,12 +26,16 @@ GUEST_MODULES: tuple[str, ...] = (
     "9p",
     "fuse",
     "virtiofs",
+    "virtio_net",
 )
-"""What the guest uses today: PCI transport, root disk, agent port, shared fs.
+"""What the guest uses today: PCI transport, root disk, agent port, shared fs,
+pod networking (virtio_net, which pulls in net_failover and failover).
 
 Each module costs boot time under TCG (the seven of networking, vsock and
 overlay took ≈0.15 s of guest time), so a feature adds its modules when it
-lands: virtio_net with pod networking, vsock with the vsock agent channel."""
+lands (vsock with the vsock agent channel), and init.sh loads those of a
+device only when the VM has one: the shared-filesystem modules for 9p or
+virtio-fs, the networking ones for a virtio-net NIC."""
 
 _KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 
