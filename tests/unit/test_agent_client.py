@@ -12,6 +12,7 @@ import pytest
 from virtcontainers.agent import protocol
 from virtcontainers.agent.base import StdioStreams
 from virtcontainers.agent.client import AgentClient
+from virtcontainers.agent.messages import NetInterface, NetRoute
 from virtcontainers.agent.protocol import FrameDecoder, FrameType
 from virtcontainers.errors import AgentError, AgentProtocolError
 
@@ -221,5 +222,47 @@ def test_a_silent_guest_times_out_the_request(tmp_path: Path) -> None:
         with pytest.raises(AgentError, match="timeout"):
             await client.call("ping", {}, timeout=0.2)
         assert not client._pending
+
+    run(with_guest(tmp_path, guest, body))
+
+
+def test_configure_network_sends_interfaces_and_routes(tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        seen.update(request.json())
+        writer.write(protocol.response_ok(request.stream, {}))
+        await writer.drain()
+        await reader.read()
+
+    nic: NetInterface = {"mac": "02:00:0a:01:02:03", "mtu": 1500, "addresses": ["10.1.2.3/24"]}
+    route: NetRoute = {"destination": "default", "gateway": "10.1.2.1", "mac": nic["mac"]}
+
+    async def body(client: AgentClient) -> None:
+        await client.configure_network((nic,), (route,))
+
+    run(with_guest(tmp_path, guest, body))
+    assert seen == {"op": "configure_network", "args": {"interfaces": [nic], "routes": [route]}}
+
+
+def test_configure_network_refused_is_an_agent_error(tmp_path: Path) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        message = "no network interface has MAC 02:00:0a:01:02:03"
+        writer.write(protocol.response_error(request.stream, "not_found", message))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(
+            AgentError, match="no network interface has MAC 02:00:0a:01:02:03"
+        ) as info:
+            await client.configure_network([], [])
+        assert (info.value.op, info.value.kind) == ("configure_network", "not_found")
 
     run(with_guest(tmp_path, guest, body))

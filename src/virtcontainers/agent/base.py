@@ -8,12 +8,12 @@ agent, over a virtio-serial port or vsock) and
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from virtcontainers.agent.messages import OciProcess, StdioArgs
+from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, StdioArgs
 
 
 class AgentKind(enum.Enum):
@@ -134,6 +134,14 @@ class Agent(Protocol):
     async def remove_container(self, container_id: str) -> None: ...
 
     async def exec_guest(self, exec_id: str, process: OciProcess, stdio: StdioStreams) -> int: ...
+
+    async def configure_network(
+        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute]
+    ) -> None:
+        """Set up the VM's NICs (each found by its MAC): MTU, addresses, link up;
+        then add the routes, in order.  Applying the same configuration again
+        succeeds.  Raises AgentError: "invalid", "not_found" (no NIC with a
+        MAC), "network" (an ``ip`` command failed: its stderr)."""
 
     async def shutdown(self) -> None: ...
 

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,10 +29,13 @@ from virtcontainers.agent.base import (
 from virtcontainers.agent.messages import (
     Args,
     CloseOutputArgs,
+    ConfigureNetworkArgs,
     ContainerArgs,
     CreateContainerArgs,
     ExecGuestArgs,
     ExecProcessArgs,
+    NetInterface,
+    NetRoute,
     OciProcess,
     ProcessArgs,
     ResizeTerminalArgs,
@@ -427,6 +430,12 @@ class AgentClient:
         """Run a process in the VM itself, outside every container."""
         args = ExecGuestArgs(exec_id=exec_id, process=process, **stdio.to_args())
         return await self._start("exec_guest", args)
+
+    async def configure_network(
+        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute]
+    ) -> None:
+        args = ConfigureNetworkArgs(interfaces=list(interfaces), routes=list(routes))
+        await self.call("configure_network", args)
 
     async def shutdown(self) -> None:
         await self.call("shutdown", {})

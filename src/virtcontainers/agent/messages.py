@@ -114,6 +114,26 @@ class CloseOutputArgs(TypedDict):
     stream: int
 
 
+class NetInterface(TypedDict):
+    """A NIC of the VM, found by its MAC: the host gives each NIC the MAC of the
+    network-namespace interface it stands for."""
+
+    mac: str  # "02:00:0a:01:02:03"
+    mtu: int  # 68..65535; at least 1280 with an IPv6 address
+    addresses: list[str]  # in CIDR form: "10.1.2.3/24", "fd00::3/64"
+
+
+class NetRoute(TypedDict):
+    destination: str  # "default" (needs a gateway) or a network: "10.2.0.0/16", "::/0"
+    gateway: str | None  # None: the destination is on the link
+    mac: str  # the MAC of the route's interface, one of the NetInterfaces
+
+
+class ConfigureNetworkArgs(TypedDict):
+    interfaces: list[NetInterface]
+    routes: list[NetRoute]  # added in this order, after every interface's addresses
+
+
 Args = (
     Empty
     | ContainerArgs
@@ -124,6 +144,7 @@ Args = (
     | SignalProcessArgs
     | ResizeTerminalArgs
     | CloseOutputArgs
+    | ConfigureNetworkArgs
 )
 """The arguments of any operation."""
 

@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import json
 import signal as signals
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from virtcontainers.agent.base import (
     ProcessInfo,
     StdioStreams,
 )
-from virtcontainers.agent.messages import OciProcess
+from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess
 from virtcontainers.errors import AgentError
 
 
@@ -229,6 +229,11 @@ class MockAgent:
         pid = self._spawn(("", exec_id), list(process["args"]), stdio)
         self.processes[("", exec_id)].started.set()
         return pid
+
+    async def configure_network(
+        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute]
+    ) -> None:
+        self._record("configure_network", interfaces=list(interfaces), routes=list(routes))
 
     async def shutdown(self) -> None:
         self._record("shutdown")

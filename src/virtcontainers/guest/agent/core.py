@@ -1,7 +1,8 @@
 """The Agent: its state, SIGCHLD reaping, incoming frames and request dispatch.
 
-The operations themselves live in ``op_containers``, ``op_processes`` and
-``op_guest``; ``OPS`` maps each op name of the wire protocol to one of them.
+The operations themselves live in ``op_containers``, ``op_processes``,
+``op_guest`` and ``op_network``; ``OPS`` maps each op name of the wire
+protocol to one of them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from . import op_containers, op_guest, op_processes
+from . import op_containers, op_guest, op_network, op_processes
 from .args import AgentError, arg_id, arg_opt_id, invalid
 from .log import describe_exception, log
 from .loop import Loop
@@ -298,5 +299,6 @@ OPS: dict[str, Callable[[Agent, Reply, Mapping[str, object]], None]] = {
     "resume_container": op_containers.resume_container,
     "container_state": op_containers.container_state,
     "remove_container": op_containers.remove_container,
+    "configure_network": op_network.configure_network,
     "shutdown": op_guest.shutdown,
 }
