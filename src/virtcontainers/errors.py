@@ -16,6 +16,8 @@ which pod or container, and what to do about it.  The hierarchy::
     │   └── AgentProtocolError   the guest broke the wire protocol; the pod's
     │                            agent connection is unusable
     ├── DaemonError              the pod daemon cannot be reached or failed
+    ├── NetworkError             the pod's network cannot be set up or removed
+    │                            (pod_id, netns, reason)
     ├── BusyError                another call holds the pod (pod_id, operation)
     ├── CorruptRecordError       a pod's state file cannot be read (pod_id, path)
     └── RuntimeSpecError         an OCI bundle or config.json cannot be used
@@ -125,6 +127,17 @@ class AgentProtocolError(AgentError):
 
 class DaemonError(VcError):
     """The pod daemon cannot be reached or failed."""
+
+
+class NetworkError(VcError):
+    FIELDS = ("pod_id", "netns", "reason")
+
+    def __init__(self, netns: str, reason: str, pod_id: str = "") -> None:
+        where = f"pod {pod_id!r}, " if pod_id else ""
+        super().__init__(f"{where}network namespace {netns}: {reason}")
+        self.pod_id = pod_id
+        self.netns = netns
+        self.reason = reason
 
 
 class BusyError(VcError):

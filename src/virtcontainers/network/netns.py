@@ -1,0 +1,154 @@
+"""Network namespaces named by a path: checking one, and running code inside one.
+
+The caller (a CNI plugin, netavark, a CRI) hands us a path such as
+``/run/netns/NAME`` or ``/proc/PID/ns/net``.  Work inside it happens in a
+short-lived thread that ``setns()``s into it: a namespace switch applies to the
+calling thread only, so the caller's threads (and the pod daemon's event loop)
+never leave their own namespace, and the switched thread dies with its switch.
+pyroute2's own ``netns=`` support is not used: it forks a child per socket (bad
+in a threaded daemon) and, by default, *creates* a namespace that is missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from virtcontainers.errors import ConfigError
+
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): the CLONE_NEW* type of an nsfs file
+
+# Namespaces a pod must never take over: tc redirects there would cut the host off.
+_HOST_NAMESPACES = ("/proc/1/ns/net", "/proc/thread-self/ns/net")
+
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setns.restype = ctypes.c_int
+
+
+@dataclass(frozen=True)
+class NetnsId:
+    """Which namespace a path names: the nsfs file's device and inode.
+
+    Recorded with what a pod made, so that a later clean-up never acts on a
+    different namespace that has since appeared at the same path (a reused PID
+    in ``/proc/PID/ns/net``, a re-created ``/run/netns/NAME``).
+    """
+
+    dev: int
+    ino: int
+
+    @classmethod
+    def of_fd(cls, fd: int) -> NetnsId:
+        st = os.fstat(fd)
+        return cls(st.st_dev, st.st_ino)
+
+
+def open_netns(path: str) -> int:
+    """Open a network namespace file; the caller closes the descriptor.
+
+    Raises ConfigError("netns", ...) if the path does not exist, is not a
+    network namespace, or is the host's own network namespace.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(
+            "netns", f"{path} does not exist; give the path of the pod's network namespace"
+        ) from None
+    except OSError as exc:
+        raise ConfigError("netns", f"{path} cannot be opened: {exc.strerror}") from exc
+    try:
+        _require_network_namespace(path, fd)
+        _refuse_host_namespace(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_netns(path: str) -> None:
+    """Raise ConfigError("netns", ...) unless ``path`` names a pod's network namespace."""
+    os.close(open_netns(path))
+
+
+def netns_id(path: str) -> NetnsId | None:
+    """The identity of the namespace at ``path``, or None if there is none now."""
+    try:
+        fd = open_netns(path)
+    except ConfigError:
+        return None
+    try:
+        return NetnsId.of_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def run_in_netns(netns_fd: int, work: Callable[[], T]) -> T:
+    """Run ``work`` in a fresh thread inside the namespace; return its result.
+
+    Exceptions raised by ``work`` are raised here.  The calling thread never
+    changes namespace.  Sockets and devices ``work`` opens belong to the namespace
+    for good (a socket's namespace is fixed when it is made), so they may be used
+    from any thread afterwards.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def inside() -> None:
+        try:
+            _setns(netns_fd)
+            result.append(work())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=inside, name=f"netns-fd{netns_fd}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _setns(fd: int) -> None:
+    # Python 3.11 has no os.setns.  Only this thread moves, and it ends after its work.
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns: {os.strerror(code)}")
+
+
+def _require_network_namespace(path: str, fd: int) -> None:
+    try:
+        nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTTY, errno.EINVAL):
+            raise ConfigError("netns", f"{path}: {exc.strerror}") from exc
+        raise ConfigError("netns", f"{path} is not a namespace file") from None
+    if nstype != CLONE_NEWNET:
+        raise ConfigError(
+            "netns", f"{path} is a namespace, but not a network namespace (type {nstype:#x})"
+        )
+
+
+def _refuse_host_namespace(path: str, fd: int) -> None:
+    this = NetnsId.of_fd(fd)
+    for host in _HOST_NAMESPACES:
+        try:
+            st = os.stat(host)
+        except OSError:
+            continue  # e.g. PID 1 not visible here: then it is not ours to protect
+        if NetnsId(st.st_dev, st.st_ino) == this:
+            raise ConfigError(
+                "netns",
+                f"{path} is the host's network namespace ({host}); a pod would take over "
+                "its interfaces: give the pod a network namespace of its own",
+            )

@@ -1,0 +1,262 @@
+"""A pod's VM on the caller's network: one tap per interface, joined by tc redirects.
+
+For each interface the caller put in the pod's namespace (the "tcfilter"
+model of Kata Containers)::
+
+    interface ──ingress──▶ u32 match-all, mirred egress redirect ──▶ tap ──▶ QEMU
+    interface ◀── mirred egress redirect, u32 match-all ◀──ingress── tap ◀── QEMU
+
+Every frame the interface receives leaves through the tap (to the VM), and
+every frame the VM sends leaves through the interface.  The namespace's own
+stack sees no traffic on it any more; the guest takes the interface's MAC,
+addresses and routes (see :class:`~virtcontainers.network.discovery.Interface`).
+
+What is made, and so what :meth:`PodNetwork.detach` and :func:`release`
+remove: the taps, and one ingress qdisc on each caller's interface (deleting
+it deletes its filter).  Nothing else of the caller's interfaces is changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from virtcontainers.errors import ConfigError, NetworkError
+from virtcontainers.network import tap
+from virtcontainers.network.discovery import Interface, indexed_interfaces
+from virtcontainers.network.netns import NetnsId, open_netns, run_in_netns
+from virtcontainers.network.record import IngressRecord, NetworkRecord
+from virtcontainers.network.rtnl import NetlinkError, Rtnl, is_missing
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One interface of the pod and the tap that carries it into the VM.
+
+    ``tap_fd`` is the tap's queue (``-netdev tap,fd=N``), close-on-exec; the
+    caller owns it.  The VM's NIC takes ``interface.mac``.
+    """
+
+    interface: Interface
+    tap_name: str
+    tap_fd: int
+
+
+@dataclass
+class _Made:
+    """What an attach has done so far, so that a failure can undo exactly that."""
+
+    endpoints: list[Endpoint] = field(default_factory=list)
+    taps: list[str] = field(default_factory=list)
+    ingress: list[IngressRecord] = field(default_factory=list)
+
+    def close_fds(self) -> None:
+        for endpoint in self.endpoints:
+            os.close(endpoint.tap_fd)
+
+
+class PodNetwork:
+    """Puts one pod's VM on the interfaces of its network namespace, and takes it off."""
+
+    def __init__(self) -> None:
+        self._record: NetworkRecord | None = None
+        self._log = _log
+
+    @property
+    def description(self) -> dict[str, object] | None:
+        """What :meth:`attach` made, as JSON-able data for :func:`release`; None if nothing."""
+        return self._record.to_json() if self._record is not None else None
+
+    def attach(self, netns_path: str, pod_id: str) -> list[Endpoint]:
+        """Make a tap for each interface in the namespace and redirect it both ways.
+
+        Returns one endpoint per interface, in :func:`discover` order (none if the
+        namespace has only loopback).  On failure nothing made is left behind.
+        Raises ConfigError("netns", ...) for a path that is not a pod's network
+        namespace, NetworkError if the taps or filters cannot be made (an
+        interface that already has an ingress qdisc, a tap name in use), and
+        NetworkError if this object is already attached.
+        """
+        if self._record is not None:
+            raise NetworkError(netns_path, f"already attached to {self._record.netns}", pod_id)
+        self._log = _log.getChild(pod_id)
+        fd = open_netns(netns_path)
+        try:
+            netns_id = NetnsId.of_fd(fd)
+            made = run_in_netns(fd, lambda: _attach_here(netns_path, pod_id, self._log))
+        finally:
+            os.close(fd)
+        self._record = NetworkRecord(netns_path, netns_id, tuple(made.taps), tuple(made.ingress))
+        self._log.debug("attached in %s: %s", netns_path, self._record)
+        return made.endpoints
+
+    def detach(self) -> None:
+        """Remove what :meth:`attach` made; the tap fds are the caller's to close.
+
+        Idempotent, and quiet when the namespace is gone.  Raises NetworkError
+        if something could not be removed (then a later call tries again).
+        """
+        if self._record is None:
+            return
+        _release(self._record, self._log)
+        self._record = None
+
+
+def release(description: Mapping[str, object]) -> None:
+    """Remove what an attach made, from its :attr:`PodNetwork.description`.
+
+    For a process other than the one that attached (the pod daemon died).
+    Nothing is done if the namespace is gone or its path now names another
+    namespace.  Raises ConfigError for a description we did not write, and
+    NetworkError if something could not be removed.
+    """
+    _release(NetworkRecord.from_json(description), _log)
+
+
+def _release(record: NetworkRecord, log: logging.Logger) -> None:
+    try:
+        fd = open_netns(record.netns)
+    except ConfigError as exc:
+        log.debug("nothing to release: %s", exc)
+        return
+    try:
+        if NetnsId.of_fd(fd) != record.netns_id:
+            log.warning("nothing released: %s is now another namespace", record.netns)
+            return
+        failures = run_in_netns(fd, lambda: _remove_here(record, log))
+    finally:
+        os.close(fd)
+    if failures:
+        raise NetworkError(record.netns, "cannot remove " + "; ".join(failures))
+
+
+def _attach_here(netns_path: str, pod_id: str, log: logging.Logger) -> _Made:
+    made = _Made()
+    try:
+        with Rtnl() as rtnl:
+            try:
+                for n, (index, interface) in enumerate(indexed_interfaces(rtnl)):
+                    _connect(rtnl, made, index, interface, tap.tap_name(pod_id, n))
+            except BaseException:
+                _undo(rtnl, made, log)
+                raise
+    except (NetlinkError, OSError, ValueError) as exc:
+        raise NetworkError(netns_path, _reason(exc), pod_id) from exc
+    return made
+
+
+def _reason(exc: Exception) -> str:
+    # str(OSError) leads with "[Errno N]": the message alone reads better.
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _undo(rtnl: Rtnl, made: _Made, log: logging.Logger) -> None:
+    # The attach's own error is the one to report: failures here are only logged.
+    for failure in _remove(rtnl, made.taps, made.ingress, log):
+        log.warning("undoing a failed attach: cannot remove %s", failure)
+    made.close_fds()
+
+
+def _connect(rtnl: Rtnl, made: _Made, index: int, interface: Interface, name: str) -> None:
+    try:
+        _connect_steps(rtnl, made, index, interface, name)
+    except NetlinkError as exc:
+        message = f"cannot join {interface.name} and tap {name}: {os.strerror(exc.code)}"
+        raise OSError(exc.code, message) from exc
+
+
+def _connect_steps(rtnl: Rtnl, made: _Made, index: int, interface: Interface, name: str) -> None:
+    tap_fd = _open_tap(name, interface)
+    made.endpoints.append(Endpoint(interface, name, tap_fd))
+    made.taps.append(name)
+    tap_link = rtnl.link_by_name(name)
+    if tap_link is None:
+        raise OSError(errno.ENODEV, f"tap {name} vanished as it was made")
+    rtnl.set_up(tap_link.index, interface.mtu)
+    rtnl.add_ingress(tap_link.index)
+    _add_ingress(rtnl, index, interface)
+    made.ingress.append(IngressRecord(interface.name, index))
+    rtnl.redirect(index, tap_link.index)
+    rtnl.redirect(tap_link.index, index)
+
+
+def _open_tap(name: str, interface: Interface) -> int:
+    try:
+        return tap.open_tap(name)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise OSError(
+                exc.errno,
+                f"tap {name} for {interface.name} exists already: is this pod attached "
+                "twice, or left over from a pod that was not released?",
+            ) from exc
+        raise OSError(exc.errno, f"cannot make tap {name}: {exc.strerror}") from exc
+
+
+def _add_ingress(rtnl: Rtnl, index: int, interface: Interface) -> None:
+    try:
+        rtnl.add_ingress(index)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+        raise OSError(
+            errno.EEXIST,
+            f"interface {interface.name} already has an ingress qdisc (someone else's tc "
+            "setup, or a pod that was not released): it cannot be redirected to a VM",
+        ) from exc
+
+
+def _remove_here(record: NetworkRecord, log: logging.Logger) -> list[str]:
+    try:
+        with Rtnl() as rtnl:
+            return _remove(rtnl, record.taps, record.ingress, log)
+    except NetlinkError as exc:
+        raise NetworkError(record.netns, f"cannot remove what a pod made: {exc}") from exc
+
+
+def _remove(
+    rtnl: Rtnl, taps: Sequence[str], ingress: Sequence[IngressRecord], log: logging.Logger
+) -> list[str]:
+    """Remove ingress qdiscs, then taps; go on past failures and return them."""
+    failures = []
+    for record in ingress:
+        try:
+            _remove_ingress(rtnl, record, log)
+        except NetlinkError as exc:
+            failures.append(f"the ingress qdisc of {record.name}: {exc}")
+    for name in taps:
+        try:
+            _remove_tap(rtnl, name, log)
+        except NetlinkError as exc:
+            failures.append(f"tap {name}: {exc}")
+    return failures
+
+
+def _remove_ingress(rtnl: Rtnl, record: IngressRecord, log: logging.Logger) -> None:
+    link = rtnl.link(record.index)
+    if link is None or link.name != record.name:
+        # The interface we changed is gone, and its qdisc with it.
+        log.debug("interface %s (index %d) is gone", record.name, record.index)
+        return
+    rtnl.delete_ingress(record.index)
+
+
+def _remove_tap(rtnl: Rtnl, name: str, log: logging.Logger) -> None:
+    link = rtnl.link_by_name(name)
+    if link is None:
+        return  # its last fd was closed: a tap that is not persistent goes with it
+    if link.kind != "tun":
+        log.warning("not removing %s: it is a %s, not our tap", name, link.kind or "device")
+        return
+    try:
+        rtnl.delete_link(link.index)
+    except NetlinkError as exc:
+        if not is_missing(exc):
+            raise

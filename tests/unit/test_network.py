@@ -1,0 +1,518 @@
+"""The host side of pod networking, on real namespaces, veths, taps and tc filters.
+
+Safety: every test makes its own namespaces (``vct-<pid>-<random>``) and a
+veth pair between a "pod" namespace and a "peer" namespace, and sends frames
+only between those two; the fixture deletes both namespaces afterwards, also
+when the test fails.  Nothing is done in the host's own namespace.  Setup uses
+``ip`` (test setup only); checks read the kernel's state with pyroute2 directly,
+not through the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import select
+import socket
+import stat
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from virtcontainers.errors import ConfigError, NetworkError
+from virtcontainers.network import (
+    Endpoint,
+    Interface,
+    PodNetwork,
+    Route,
+    check_netns,
+    discover,
+    release,
+)
+from virtcontainers.network.tap import (
+    IFF_NO_PI,
+    IFF_TAP,
+    IFF_VNET_HDR,
+    VNET_HDR_LEN,
+    is_tap_name,
+    tap_name,
+    tap_of,
+)
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/dev/net/tun").exists(),
+    reason="needs root (network namespaces) and /dev/net/tun",
+)
+
+INGRESS = 0xFFFF0000
+MIRRED_EGRESS_REDIRECT = 1
+TUN_MAJOR, TUN_MINOR = 10, 200
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Pod:
+    """A pod namespace whose interfaces are veths to a peer namespace."""
+
+    name: str
+    path: str
+    peer: str
+    peer_path: str
+
+
+class Lab:
+    """Makes namespaces, veths and pod networks; removes them all in teardown."""
+
+    def __init__(self) -> None:
+        self.namespaces: list[str] = []
+        self.networks: list[PodNetwork] = []
+        self.fds: list[int] = []
+
+    def netns(self) -> tuple[str, str]:
+        name = f"vct-{os.getpid()}-{secrets.token_hex(4)}"
+        ip("netns", "add", name)
+        self.namespaces.append(name)
+        return name, f"/run/netns/{name}"
+
+    def pod(self) -> Pod:
+        """eth0 in a pod namespace: IPv4, IPv6 and a link-local address, MTU 1400, routes."""
+        name, path = self.netns()
+        peer, peer_path = self.netns()
+        pod = Pod(name, path, peer, peer_path)
+        self.veth(pod, "eth0", "192.0.2.2/24", "192.0.2.1/24", "2001:db8::2/64", "2001:db8::1/64")
+        ip("-n", name, "addr", "add", "fe80::2/64", "dev", "eth0", "nodad")
+        ip("-n", name, "route", "add", "default", "via", "192.0.2.1")
+        ip("-n", name, "route", "add", "198.51.100.0/24", "dev", "eth0")
+        ip("-n", name, "-6", "route", "add", "default", "via", "2001:db8::1")
+        ip(
+            "-n",
+            name,
+            "route",
+            "add",
+            "198.18.1.0/24",
+            "via",
+            "inet6",
+            "2001:db8::1",
+            "dev",
+            "eth0",
+        )
+        return pod
+
+    def veth(self, pod: Pod, ifname: str, *addresses: str) -> None:
+        """A veth ``ifname`` in both namespaces; addresses alternate pod side, peer side."""
+        # Both ends are made in their namespaces: the name never exists in the host's.
+        ip("link", "add", ifname, "netns", pod.name, "type", "veth",
+           "peer", "name", ifname, "netns", pod.peer)  # fmt: skip
+        for ns, own in ((pod.name, addresses[0::2]), (pod.peer, addresses[1::2])):
+            # No IPv6 address of the kernel's own making: the state stays as the test made it.
+            ip("-n", ns, "link", "set", ifname, "addrgenmode", "none", "mtu", "1400")
+            for address in own:
+                ip("-n", ns, "addr", "add", address, "dev", ifname, "nodad")
+            ip("-n", ns, "link", "set", ifname, "up")
+
+    def attach(self, pod: Pod, pod_id: str = "") -> list[Endpoint]:
+        network = PodNetwork()
+        self.networks.append(network)
+        endpoints = network.attach(pod.path, pod_id or pod.name)
+        self.fds.extend(endpoint.tap_fd for endpoint in endpoints)
+        return endpoints
+
+    def close(self) -> None:
+        for network in self.networks:
+            network.detach()
+        for fd in self.fds:
+            os.close(fd)
+        for name in self.namespaces:
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+# -- reading the kernel's state (pyroute2, without the code under test) -------
+
+
+def netlink(path: str) -> IPRoute:
+    return IPRoute(netns=path, flags=0)  # flags=0: never create a namespace
+
+
+def link_of(ipr: Any, name: str) -> Any:
+    [index] = ipr.link_lookup(ifname=name)
+    return ipr.get_links(index)[0]
+
+
+def snapshot(path: str, name: str) -> dict[str, object]:
+    """Everything of an interface a pod could change: link, addresses, routes, qdiscs."""
+    with netlink(path) as ipr:
+        link = link_of(ipr, name)
+        index = link["index"]
+        return {
+            "link": (
+                index,
+                link["flags"],
+                link.get_attr("IFLA_ADDRESS"),
+                link.get_attr("IFLA_MTU"),
+            ),
+            "addresses": sorted(
+                (a["family"], a.get_attr("IFA_ADDRESS"), a["prefixlen"], a.get_attr("IFA_FLAGS"))
+                for a in ipr.get_addr(index=index)
+            ),
+            "routes": sorted(
+                (
+                    r["family"],
+                    r["table"],
+                    str(r.get_attr("RTA_DST")),
+                    r["dst_len"],
+                    str(r.get_attr("RTA_GATEWAY")),
+                )
+                for r in ipr.get_routes()
+                if r.get_attr("RTA_OIF") == index
+            ),
+            "qdiscs": sorted((q.get_attr("TCA_KIND"), q["parent"]) for q in ipr.get_qdiscs(index)),
+        }
+
+
+def tun_links(path: str) -> list[str]:
+    with netlink(path) as ipr:
+        return [
+            link.get_attr("IFLA_IFNAME")
+            for link in ipr.get_links()
+            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"
+        ]
+
+
+def redirects(ipr: Any, index: int) -> list[tuple[int, int]]:
+    """(mirred eaction, target ifindex) of every filter action on a link's ingress."""
+    found = []
+    for msg in ipr.get_filters(index=index, parent=INGRESS):
+        acts = msg.get_nested("TCA_OPTIONS", "TCA_U32_ACT")
+        for _, act in acts["attrs"] if acts else ():
+            parms = act.get_nested("TCA_ACT_OPTIONS", "TCA_MIRRED_PARMS")
+            found.append((parms["eaction"], parms["ifindex"]))
+    return found
+
+
+def open_tun_fds() -> int:
+    return sum(
+        1
+        for fd in os.listdir("/proc/self/fd")
+        if _readlink(f"/proc/self/fd/{fd}") == "/dev/net/tun"
+    )
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+# -- discovery ----------------------------------------------------------------
+
+
+def test_discover_returns_the_interface_as_the_caller_made_it(lab: Lab) -> None:
+    pod = lab.pod()
+    with netlink(pod.path) as ipr:
+        mac = link_of(ipr, "eth0").get_attr("IFLA_ADDRESS")
+
+    assert discover(pod.path) == [
+        Interface(
+            name="eth0",
+            mac=mac,
+            mtu=1400,
+            addresses=("192.0.2.2/24", "2001:db8::2/64"),
+            routes=(
+                Route(None, "192.0.2.1", socket.AF_INET),
+                Route("198.18.1.0/24", "2001:db8::1", socket.AF_INET),
+                Route("198.51.100.0/24", None, socket.AF_INET),
+                Route(None, "2001:db8::1", socket.AF_INET6),
+            ),
+        )
+    ]
+
+
+def test_discover_lists_each_interface_with_its_share_of_a_multipath_route(lab: Lab) -> None:
+    pod = lab.pod()
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    hops = ("nexthop", "via", "192.0.2.1", "dev", "eth0", "nexthop", "via", "203.0.113.1", "dev")
+    ip("-n", pod.name, "route", "add", "198.18.0.0/24", *hops, "eth1")
+
+    eth0, eth1 = discover(pod.path)
+
+    assert Route("198.18.0.0/24", "192.0.2.1", socket.AF_INET) in eth0.routes
+    assert (eth1.name, eth1.addresses) == ("eth1", ("203.0.113.2/24",))
+    assert eth1.routes == (Route("198.18.0.0/24", "203.0.113.1", socket.AF_INET),)
+
+
+def test_a_namespace_with_only_loopback_has_nothing_to_attach(lab: Lab) -> None:
+    _, path = lab.netns()
+    assert discover(path) == []
+    network = PodNetwork()
+    assert network.attach(path, "lonely") == []
+    assert network.description is not None
+    network.detach()
+    assert network.description is None
+
+
+# -- attach, detach, release --------------------------------------------------
+
+
+def test_attach_makes_a_tap_and_redirects_both_ways(lab: Lab) -> None:
+    pod = lab.pod()
+    [endpoint] = lab.attach(pod, "pod-1")
+
+    assert endpoint.interface == discover(pod.path)[0]  # our own tap is not discovered
+    assert endpoint.tap_name == tap_name("pod-1", 0)
+    assert len(endpoint.tap_name) <= 15
+    with netlink(pod.path) as ipr:
+        veth, tap = link_of(ipr, "eth0"), link_of(ipr, endpoint.tap_name)
+        assert tap.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"
+        assert tap.get_attr("IFLA_MTU") == 1400
+        assert tap["flags"] & 1  # IFF_UP
+        for link in (veth, tap):
+            assert ("ingress", 0xFFFFFFF1) in [
+                (q.get_attr("TCA_KIND"), q["parent"]) for q in ipr.get_qdiscs(link["index"])
+            ]
+        assert redirects(ipr, veth["index"]) == [(MIRRED_EGRESS_REDIRECT, tap["index"])]
+        assert redirects(ipr, tap["index"]) == [(MIRRED_EGRESS_REDIRECT, veth["index"])]
+
+
+def test_attach_works_from_an_event_loop_and_never_moves_the_calling_thread(lab: Lab) -> None:
+    """The pod daemon attaches from its asyncio loop; its own thread stays in its namespace."""
+    pod = lab.pod()
+    own = os.readlink("/proc/thread-self/ns/net")
+
+    async def attach() -> list[Endpoint]:
+        return lab.attach(pod)
+
+    [endpoint] = asyncio.run(attach())
+
+    assert os.readlink("/proc/thread-self/ns/net") == own
+    assert tun_links(pod.path) == [endpoint.tap_name]
+
+
+def test_the_tap_fd_is_a_queue_of_that_tap(lab: Lab) -> None:
+    [endpoint] = lab.attach(lab.pod())
+
+    st = os.fstat(endpoint.tap_fd)
+    assert stat.S_ISCHR(st.st_mode)
+    assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (TUN_MAJOR, TUN_MINOR)
+    name, flags = tap_of(endpoint.tap_fd)
+    assert name == endpoint.tap_name
+    assert flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) == IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+    assert not os.get_inheritable(endpoint.tap_fd)
+
+
+def test_detach_leaves_the_callers_interface_exactly_as_it_was(lab: Lab) -> None:
+    pod = lab.pod()
+    before = snapshot(pod.path, "eth0")
+    network = PodNetwork()
+    [endpoint] = network.attach(pod.path, "pod-1")
+    lab.fds.append(endpoint.tap_fd)
+    assert snapshot(pod.path, "eth0") != before  # the ingress qdisc
+
+    network.detach()
+    network.detach()  # idempotent
+
+    assert snapshot(pod.path, "eth0") == before
+    assert tun_links(pod.path) == []
+    assert network.description is None
+
+
+def test_release_from_the_description_alone_cleans_up(lab: Lab) -> None:
+    pod = lab.pod()
+    before = snapshot(pod.path, "eth0")
+    [endpoint] = lab.attach(pod)
+    description = json.loads(json.dumps(lab.networks[0].description))
+    assert description["netns"] == pod.path
+    assert description["taps"] == [endpoint.tap_name]
+    assert [i["name"] for i in description["ingress"]] == ["eth0"]
+
+    release(description)  # as another process would, knowing only the description
+    release(description)
+
+    assert snapshot(pod.path, "eth0") == before
+    assert tun_links(pod.path) == []
+
+
+def test_detach_and_release_are_quiet_when_the_namespace_is_gone(lab: Lab) -> None:
+    pod = lab.pod()
+    network = PodNetwork()
+    [endpoint] = network.attach(pod.path, "pod-1")
+    os.close(endpoint.tap_fd)
+    description = network.description
+    assert description is not None
+    ip("netns", "del", pod.name)
+
+    network.detach()
+    release(description)
+
+
+def test_release_leaves_alone_a_new_namespace_at_the_same_path(lab: Lab) -> None:
+    pod = lab.pod()
+    [endpoint] = lab.attach(pod)
+    description = lab.networks[0].description
+    assert description is not None
+    lab.networks.clear()
+    lab.fds.remove(endpoint.tap_fd)
+    os.close(endpoint.tap_fd)
+    ip("netns", "del", pod.name)
+    ip("netns", "add", pod.name)  # someone else's namespace, same name, its own tc setup
+    lab.veth(pod, "eth0", "192.0.2.2/24", "192.0.2.1/24")
+    with netlink(pod.path) as ipr:
+        ipr.tc("add", "ingress", link_of(ipr, "eth0")["index"], INGRESS)
+    before = snapshot(pod.path, "eth0")
+
+    release(description)
+
+    assert snapshot(pod.path, "eth0") == before
+
+
+def test_a_failed_attach_undoes_what_it_did(lab: Lab) -> None:
+    pod = lab.pod()
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    with netlink(pod.path) as ipr:
+        ipr.tc("add", "ingress", link_of(ipr, "eth1")["index"], INGRESS)  # the caller's own
+    before = {name: snapshot(pod.path, name) for name in ("eth0", "eth1")}
+    tun_fds = open_tun_fds()
+    network = PodNetwork()
+
+    with pytest.raises(NetworkError, match="eth1 already has an ingress qdisc"):
+        network.attach(pod.path, "pod-1")
+
+    assert {name: snapshot(pod.path, name) for name in ("eth0", "eth1")} == before
+    assert tun_links(pod.path) == []
+    assert open_tun_fds() == tun_fds
+    assert network.description is None
+
+
+def test_a_pod_attached_twice_fails_and_the_first_stays_intact(lab: Lab) -> None:
+    pod = lab.pod()
+    [endpoint] = lab.attach(pod, "pod-1")
+    attached = snapshot(pod.path, "eth0")
+
+    with pytest.raises(NetworkError, match="exists already"):
+        PodNetwork().attach(pod.path, "pod-1")
+
+    assert snapshot(pod.path, "eth0") == attached
+    assert tun_links(pod.path) == [endpoint.tap_name]
+
+
+def test_two_interfaces_get_two_taps(lab: Lab) -> None:
+    pod = lab.pod()
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+
+    endpoints = lab.attach(pod, "pod-1")
+
+    assert [e.interface.name for e in endpoints] == ["eth0", "eth1"]
+    assert [e.tap_name for e in endpoints] == [tap_name("pod-1", 0), tap_name("pod-1", 1)]
+    assert sorted(tun_links(pod.path)) == sorted(e.tap_name for e in endpoints)
+
+
+# -- the redirect carries frames ---------------------------------------------
+
+
+def arp(op: int, sender: tuple[bytes, str], target: tuple[bytes, str], dst: bytes) -> bytes:
+    """An Ethernet frame carrying an ARP packet (padded to the 60-byte minimum)."""
+    (smac, sip), (tmac, tip) = sender, target
+    body = struct.pack(
+        "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op,
+        smac, socket.inet_aton(sip), tmac, socket.inet_aton(tip),
+    )  # fmt: skip
+    return (dst + smac + struct.pack("!H", 0x0806) + body).ljust(60, b"\0")
+
+
+def read_frames(fd: int, wanted: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
+    """The first frame read from a tap queue that ``wanted`` accepts."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            frame = os.read(fd, 65536)[VNET_HDR_LEN:]
+            if wanted(frame):
+                return frame
+    raise AssertionError(f"no such frame from the tap within {timeout}s")
+
+
+def test_an_arp_request_from_the_vm_is_answered_by_the_peer(lab: Lab) -> None:
+    """The guest's frame leaves through the veth; the peer's answer comes back up the tap."""
+    pod = lab.pod()
+    [endpoint] = lab.attach(pod)
+    vm_mac = bytes.fromhex(endpoint.interface.mac.replace(":", ""))
+    with netlink(pod.peer_path) as ipr:
+        peer_mac = bytes.fromhex(link_of(ipr, "eth0").get_attr("IFLA_ADDRESS").replace(":", ""))
+
+    request = arp(1, (vm_mac, "192.0.2.2"), (bytes(6), "192.0.2.1"), dst=b"\xff" * 6)
+    os.write(endpoint.tap_fd, bytes(VNET_HDR_LEN) + request)
+
+    def is_reply(frame: bytes) -> bool:
+        return frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02"
+
+    reply = read_frames(endpoint.tap_fd, is_reply)
+    expected = arp(2, (peer_mac, "192.0.2.1"), (vm_mac, "192.0.2.2"), dst=vm_mac)
+    assert reply[:42] == expected[:42]  # the rest is padding
+
+
+# -- checks and names -----------------------------------------------------------
+
+
+def test_check_netns_accepts_a_network_namespace(lab: Lab) -> None:
+    _, path = lab.netns()
+    check_netns(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/run/netns/vct-no-such-namespace", "does not exist"),
+        ("/proc/self/ns/mnt", "not a network namespace"),
+        ("/proc/self/ns/net", "host's network namespace"),
+    ],
+)
+def test_check_netns_refuses(path: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as caught:
+        check_netns(path)
+    assert caught.value.field == "netns"
+
+
+def test_check_netns_refuses_a_regular_file(tmp_path: Path) -> None:
+    plain = tmp_path / "netns"
+    plain.write_text("")
+    with pytest.raises(ConfigError, match="not a namespace file"):
+        check_netns(str(plain))
+
+
+def test_tap_names_are_short_stable_and_distinct_per_pod() -> None:
+    names = {tap_name(f"pod-{i}", n) for i in range(200) for n in (0, 1, 999)}
+    assert len(names) == 600
+    assert all(len(name) <= 15 and is_tap_name(name) for name in names)
+    assert tap_name("pod-1", 0) == tap_name("pod-1", 0)
+    assert not is_tap_name("eth0")
+    with pytest.raises(ValueError, match="at most 999"):
+        tap_name("pod-1", 1000)
+
+
+@pytest.mark.parametrize(
+    "description",
+    [{}, {"version": 2}, {"version": 1, "netns": "/x", "netns_id": [1], "taps": [], "ingress": []}],
+)
+def test_release_refuses_a_description_it_did_not_write(description: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="network description"):
+        release(description)
