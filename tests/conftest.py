@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,18 @@ def run_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     finally:
         mounts.detach_all_under(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def lab() -> Iterator[Any]:
+    """Network namespaces and veths the test makes (tests/netlab.py), all removed after it."""
+    from tests.netlab import Lab
+
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.fixture(scope="session")

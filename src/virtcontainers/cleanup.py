@@ -9,6 +9,7 @@ daemon whose owner process went away.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 
@@ -19,15 +20,46 @@ from virtcontainers.store import PodPaths
 
 
 def release_run_files(paths: PodPaths, keep_socket: bool = False) -> None:
-    """Detach the shared directory; remove the VM's sockets and logs and the daemon
-    socket (unless the daemon still serves on it: it removes it when it exits).
-    The console log is kept beside the pod's record, until it is deleted."""
+    """Release the pod's network; detach the shared directory; remove the VM's
+    sockets and logs and the daemon socket (unless the daemon still serves on it:
+    it removes it when it exits).  The console log is kept beside the pod's
+    record, until it is deleted.
+
+    Everything is tried; a network that cannot be released is reported last,
+    as a VcError, and its description kept for a later try.
+    """
+    network_error: VcError | None = None
+    try:
+        release_network(paths)
+    except VcError as exc:
+        network_error = exc
     SharedDir(paths).detach()
     with contextlib.suppress(FileNotFoundError):
         os.replace(paths.vm / "console.log", paths.console)
     shutil.rmtree(paths.vm, ignore_errors=True)
     if not keep_socket:
         paths.socket.unlink(missing_ok=True)
+    if network_error is not None:
+        raise network_error
+
+
+def release_network(paths: PodPaths) -> None:
+    """Remove the taps and qdiscs that the pod made in its network namespace.
+
+    The description stays when something could not be removed, so that a later
+    clean-up (a delete, ``virtc gc``) tries again.
+    """
+    try:
+        description = json.loads(paths.network.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        raise VcError(f"pod {paths.root.name!r}: cannot read {paths.network}: {exc}") from exc
+    # pyroute2 costs ≈0.3 s to import: only pods that have a network pay for it.
+    from virtcontainers.network.podnetwork import release
+
+    release(description if isinstance(description, dict) else {})
+    paths.network.unlink()
 
 
 def remove_pod_files(paths: PodPaths) -> None:

@@ -135,6 +135,7 @@ class PodConfigDict(TypedDict):
     kernel_params: list[str]
     annotations: dict[str, str]
     agent: str | None
+    netns: str | None
 
 
 class _Plain:
@@ -412,6 +413,9 @@ class PodConfig:
     kernel_params: tuple[str, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
     agent: str | None = None
+    netns: str | None = None
+    """A network namespace (by path) that the caller set up: the pod's VM gets
+    its interfaces, addresses and routes.  None: loopback only."""
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -429,6 +433,8 @@ class PodConfig:
             object.__setattr__(self, "agent", "mock" if self.hypervisor == "mock" else "vc")
         if self.agent not in AGENTS:
             raise ConfigError("pod.agent", f"{self.agent!r} is not 'vc' or 'mock'")
+        if self.netns is not None and not os.path.isabs(self.netns):
+            raise ConfigError("pod.netns", f"{self.netns!r} is not an absolute path")
         object.__setattr__(
             self, "kernel_params", _check_str_tuple("pod.kernel_params", self.kernel_params)
         )
@@ -448,6 +454,7 @@ class PodConfig:
             "kernel_params": list(self.kernel_params),
             "annotations": dict(self.annotations),
             "agent": self.agent,
+            "netns": self.netns,
         }
 
     def check_host(self) -> None:
@@ -455,6 +462,10 @@ class PodConfig:
         self.resources.check_host()
         if self.image is not None:
             self.image.check_host()
+        if self.netns is not None:
+            from virtcontainers.network.netns import check_netns  # ctypes: loaded when needed
+
+            check_netns(self.netns)
         for container in self.containers:
             container.check_host()
 

@@ -87,10 +87,12 @@ def _live(record: PodRecord) -> bool:
 
 
 def _release(store: Store, pod_id: str, report: GarbageReport) -> None:
-    """Mounts, sockets and VM files of a pod that is not running."""
+    """Mounts, sockets, VM files and network devices of a pod that is not running."""
     paths = store.paths(pod_id)
     leftovers = mounts.mounts_under(paths.root) or [
-        path for path in (paths.socket, paths.vm, paths.shared, paths.skel) if path.exists()
+        path
+        for path in (paths.socket, paths.vm, paths.shared, paths.skel, paths.network)
+        if path.exists()
     ]
     if leftovers:
         release_run_files(paths)

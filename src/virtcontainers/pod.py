@@ -42,6 +42,7 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
 )
 from virtcontainers.logtail import tail
+from virtcontainers.podnet import PodNetworkLink
 from virtcontainers.process import GuestProcess, ProcessIO
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.sharedfs import choose_shared_fs
@@ -72,6 +73,7 @@ class Pod:
         self.hypervisor = hypervisor
         self.agent = agent
         self.shared = SharedDir(self.paths)
+        self.network = PodNetworkLink(self.paths)
         self.containers = {
             cid: Container.from_record(entry) for cid, entry in record.containers.items()
         }
@@ -151,6 +153,10 @@ class Pod:
         image = self.record.image
         if image is None:
             raise ConfigError("pod.image", f"pod {self.id!r} has no guest image recorded")
+        nics = []
+        if self.config.netns is not None:
+            nics = await self.network.attach(self.config.netns, self.id)
+            self.log.info("network: %d interface(s) from %s", len(nics), self.config.netns)
         vm = VMConfig(
             vm_id=self.id,
             kernel=image.kernel,
@@ -166,10 +172,14 @@ class Pod:
                 SharedFsDevice(
                     "shared", self.shared.export, SHARED_FS_TAG, choose_shared_fs(None, accelerator)
                 ),
+                *nics,
             ),
         )
-        await self.hypervisor.create(vm)
-        await self.hypervisor.start()
+        try:
+            await self.hypervisor.create(vm)
+            await self.hypervisor.start()
+        finally:
+            self.network.close_fds()  # QEMU has its own copies, or failed
         self.record.started_at = time.time()
         self.persist()
         vm_exit = asyncio.ensure_future(self.hypervisor.wait())
@@ -194,6 +204,8 @@ class Pod:
         except OSError as exc:
             raise AgentError("connect", "channel", f"pod {self.id!r}: {exc}") from exc
         self.log.info("agent up")
+        if nics:
+            await self.agent.configure_network(*self.network.guest_settings())
         self._spawn(self._watch_vm())
         # Nothing waits for the details (the agent runs `crun --version` for them,
         # ≈0.2 s under TCG): they are recorded when they arrive.
@@ -257,7 +269,10 @@ class Pod:
         for task in list(self._watchers):
             if task is not asyncio.current_task():
                 task.cancel()
-        release_run_files(self.paths, keep_socket=True)  # the daemon still answers on it
+        try:
+            release_run_files(self.paths, keep_socket=True)  # the daemon still answers on it
+        except VcError as exc:
+            self.log.warning("releasing the pod's files: %s", exc)
 
     async def _end_processes(self, container: Container) -> None:
         for process in (container.init, *container.execs.values()):

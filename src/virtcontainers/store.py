@@ -16,6 +16,8 @@ Every pod has a directory under the run root (``$VC_RUN_DIR``, default
             <container_id>/rootfs      the container's rootfs
             <container_id>/mounts/<n>  its volumes
         layers/<container_id>/   a container's own writable layer, if it has one
+        network.json             what the pod made in its network namespace, from
+                                 before its VM starts until that is released
 
 The shared directory is laid out by :mod:`virtcontainers.shareddir`.
 
@@ -306,6 +308,8 @@ class PodPaths:
     """The last console output of the pod's VM, kept after it stops."""
     skel = _InPodDir("skel")
     layers = _InPodDir("layers")
+    network = _InPodDir("network.json")
+    """What the pod made in its network namespace (taps, qdiscs), until released."""
 
     def layer(self, container_id: str) -> Path:
         return self.layers / container_id

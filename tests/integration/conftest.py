@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,31 @@ def read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-__all__ = ["api", "pod_with", "read_all", "shell"]
+def run_exec(
+    pod: str, container: str, cmd: Cmd, stdin: bytes | None = None
+) -> tuple[bytes, bytes, int]:
+    """Exec with pipes for stdin/stdout/stderr; returns (out, err, exit code)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe() if stdin is not None else (None, None)
+    handle = api.enter_container(pod, container, cmd, api.Stdio(in_r, out_w, err_w))
+    for fd in (in_r, out_w, err_w):
+        if fd is not None:
+            os.close(fd)
+    if in_w is not None:
+        assert stdin is not None
+        os.write(in_w, stdin)
+        os.close(in_w)
+    results: dict[str, bytes] = {}
+    reader = threading.Thread(target=lambda: results.update(err=read_all(err_r)))
+    reader.start()
+    out = read_all(out_r)
+    reader.join()
+    status = api.wait_process(pod, container, handle.exec_id)
+    return out, results["err"], status.exit_code
+
+
+__all__ = ["api", "pod_with", "read_all", "run_exec", "shell"]
 
 
 def wait_stopped(pod: str) -> api.PodStatus:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shell_session_in_pty
-from tests.integration.conftest import pod_with, qemu_pids, read_all, shell, wait_stopped
+from tests.integration.conftest import pod_with, qemu_pids, run_exec, shell, wait_stopped
 from virtcontainers import api, mounts
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.errors import HypervisorError, StateError
@@ -21,30 +21,6 @@ from virtcontainers.image import GuestImage
 from virtcontainers.states import ContainerState, PodState
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
-
-
-def run_exec(
-    pod: str, container: str, cmd: Cmd, stdin: bytes | None = None
-) -> tuple[bytes, bytes, int]:
-    """Exec with pipes for stdin/stdout/stderr; returns (out, err, exit code)."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    in_r, in_w = os.pipe() if stdin is not None else (None, None)
-    handle = api.enter_container(pod, container, cmd, api.Stdio(in_r, out_w, err_w))
-    for fd in (in_r, out_w, err_w):
-        if fd is not None:
-            os.close(fd)
-    if in_w is not None:
-        assert stdin is not None
-        os.write(in_w, stdin)
-        os.close(in_w)
-    results: dict[str, bytes] = {}
-    reader = threading.Thread(target=lambda: results.update(err=read_all(err_r)))
-    reader.start()
-    out = read_all(out_r)
-    reader.join()
-    status = api.wait_process(pod, container, handle.exec_id)
-    return out, results["err"], status.exit_code
 
 
 def test_container_output_and_exec(no_leaks: Path, busybox_rootfs: Path) -> None:

@@ -73,9 +73,11 @@ def test_serial_port_device() -> None:
 def test_net_device() -> None:
     dev = NetDevice("eth0", "tap0", "52:54:00:12:34:56")
     assert render_device(dev) == [
-        "-netdev", "tap,id=eth0,ifname=tap0,script=no,downscript=no",
+        "-netdev", "tap,id=eth0,ifname=tap0,script=no,downscript=no,vhost=off",
         "-device", "virtio-net-pci,netdev=eth0,mac=52:54:00:12:34:56,id=eth0",
     ]  # fmt: skip
+    with_fd = NetDevice("eth0", "tap0", "52:54:00:12:34:56", tap_fd=7)
+    assert render_device(with_fd)[1] == "tap,id=eth0,fd=7,vhost=off"
 
 
 def test_invalid_devices_rejected() -> None:

@@ -13,31 +13,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import select
 import socket
 import stat
 import struct
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pyroute2 import IPRoute
 
+from tests.netlab import Lab, ip, link_of, netlink, snapshot, tun_links
 from virtcontainers.errors import ConfigError, NetworkError
-from virtcontainers.network import (
-    Endpoint,
-    Interface,
-    PodNetwork,
-    Route,
-    check_netns,
-    discover,
-    release,
-)
+from virtcontainers.network.discovery import Interface, Route, discover
+from virtcontainers.network.netns import check_netns
+from virtcontainers.network.podnetwork import Endpoint, PodNetwork, release
 from virtcontainers.network.tap import (
     IFF_NO_PI,
     IFF_TAP,
@@ -56,147 +47,6 @@ pytestmark = pytest.mark.skipif(
 INGRESS = 0xFFFF0000
 MIRRED_EGRESS_REDIRECT = 1
 TUN_MAJOR, TUN_MINOR = 10, 200
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-@dataclass
-class Pod:
-    """A pod namespace whose interfaces are veths to a peer namespace."""
-
-    name: str
-    path: str
-    peer: str
-    peer_path: str
-
-
-class Lab:
-    """Makes namespaces, veths and pod networks; removes them all in teardown."""
-
-    def __init__(self) -> None:
-        self.namespaces: list[str] = []
-        self.networks: list[PodNetwork] = []
-        self.fds: list[int] = []
-
-    def netns(self) -> tuple[str, str]:
-        name = f"vct-{os.getpid()}-{secrets.token_hex(4)}"
-        ip("netns", "add", name)
-        self.namespaces.append(name)
-        return name, f"/run/netns/{name}"
-
-    def pod(self) -> Pod:
-        """eth0 in a pod namespace: IPv4, IPv6 and a link-local address, MTU 1400, routes."""
-        name, path = self.netns()
-        peer, peer_path = self.netns()
-        pod = Pod(name, path, peer, peer_path)
-        self.veth(pod, "eth0", "192.0.2.2/24", "192.0.2.1/24", "2001:db8::2/64", "2001:db8::1/64")
-        ip("-n", name, "addr", "add", "fe80::2/64", "dev", "eth0", "nodad")
-        ip("-n", name, "route", "add", "default", "via", "192.0.2.1")
-        ip("-n", name, "route", "add", "198.51.100.0/24", "dev", "eth0")
-        ip("-n", name, "-6", "route", "add", "default", "via", "2001:db8::1")
-        ip(
-            "-n",
-            name,
-            "route",
-            "add",
-            "198.18.1.0/24",
-            "via",
-            "inet6",
-            "2001:db8::1",
-            "dev",
-            "eth0",
-        )
-        return pod
-
-    def veth(self, pod: Pod, ifname: str, *addresses: str) -> None:
-        """A veth ``ifname`` in both namespaces; addresses alternate pod side, peer side."""
-        # Both ends are made in their namespaces: the name never exists in the host's.
-        ip("link", "add", ifname, "netns", pod.name, "type", "veth",
-           "peer", "name", ifname, "netns", pod.peer)  # fmt: skip
-        for ns, own in ((pod.name, addresses[0::2]), (pod.peer, addresses[1::2])):
-            # No IPv6 address of the kernel's own making: the state stays as the test made it.
-            ip("-n", ns, "link", "set", ifname, "addrgenmode", "none", "mtu", "1400")
-            for address in own:
-                ip("-n", ns, "addr", "add", address, "dev", ifname, "nodad")
-            ip("-n", ns, "link", "set", ifname, "up")
-
-    def attach(self, pod: Pod, pod_id: str = "") -> list[Endpoint]:
-        network = PodNetwork()
-        self.networks.append(network)
-        endpoints = network.attach(pod.path, pod_id or pod.name)
-        self.fds.extend(endpoint.tap_fd for endpoint in endpoints)
-        return endpoints
-
-    def close(self) -> None:
-        for network in self.networks:
-            network.detach()
-        for fd in self.fds:
-            os.close(fd)
-        for name in self.namespaces:
-            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    made = Lab()
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-# -- reading the kernel's state (pyroute2, without the code under test) -------
-
-
-def netlink(path: str) -> IPRoute:
-    return IPRoute(netns=path, flags=0)  # flags=0: never create a namespace
-
-
-def link_of(ipr: Any, name: str) -> Any:
-    [index] = ipr.link_lookup(ifname=name)
-    return ipr.get_links(index)[0]
-
-
-def snapshot(path: str, name: str) -> dict[str, object]:
-    """Everything of an interface a pod could change: link, addresses, routes, qdiscs."""
-    with netlink(path) as ipr:
-        link = link_of(ipr, name)
-        index = link["index"]
-        return {
-            "link": (
-                index,
-                link["flags"],
-                link.get_attr("IFLA_ADDRESS"),
-                link.get_attr("IFLA_MTU"),
-            ),
-            "addresses": sorted(
-                (a["family"], a.get_attr("IFA_ADDRESS"), a["prefixlen"], a.get_attr("IFA_FLAGS"))
-                for a in ipr.get_addr(index=index)
-            ),
-            "routes": sorted(
-                (
-                    r["family"],
-                    r["table"],
-                    str(r.get_attr("RTA_DST")),
-                    r["dst_len"],
-                    str(r.get_attr("RTA_GATEWAY")),
-                )
-                for r in ipr.get_routes()
-                if r.get_attr("RTA_OIF") == index
-            ),
-            "qdiscs": sorted((q.get_attr("TCA_KIND"), q["parent"]) for q in ipr.get_qdiscs(index)),
-        }
-
-
-def tun_links(path: str) -> list[str]:
-    with netlink(path) as ipr:
-        return [
-            link.get_attr("IFLA_IFNAME")
-            for link in ipr.get_links()
-            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"
-        ]
 
 
 def redirects(ipr: Any, index: int) -> list[tuple[int, int]]:

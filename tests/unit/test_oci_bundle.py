@@ -175,7 +175,11 @@ def test_podman_container_config(podman: Bundle, tmp_path: Path) -> None:
     assert "hooks" not in oci
     assert "root" not in oci
     linux = oci["linux"]
-    assert linux["namespaces"] == [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
+    assert linux["namespaces"] == [
+        {"type": "pid"},
+        {"type": "network", "path": "/proc/1/ns/net"},
+        *({"type": t} for t in ("ipc", "uts", "mount", "cgroup")),
+    ]
     assert linux["cgroupsPath"] == "/vc/3f5a9c2e1b7d"
     assert linux["devices"] == [
         {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438}
@@ -196,7 +200,6 @@ def test_podman_warnings(podman: Bundle) -> None:
         "config.json: process.user.umask: dropped",
         "config.json: process.apparmorProfile: 'containers-default-0.50.0' dropped",
         "config.json: process.selinuxLabel:",
-        "config.json: linux.namespaces[1]: network namespace dropped",
         "config.json: linux.devices[0]: device /dev/fuse dropped",
         "config.json: linux.cgroupsPath: 'machine.slice:libpod:3f5a9c2e1b7d' replaced",
         "config.json: linux.mountLabel: dropped",
@@ -204,6 +207,18 @@ def test_podman_warnings(podman: Bundle) -> None:
     ):
         assert expected in text, expected
     assert not any("mounts[7]" in w for w in podman.warnings)  # bind,rprivate lose nothing
+    assert not any("network" in w for w in podman.warnings)
+
+
+def test_the_network_namespace_becomes_the_pods(podman: Bundle) -> None:
+    """The engine's network namespace is put on the pod's VM; the container joins
+    the guest's, which holds the pod's interfaces."""
+    assert podman.netns == "/run/netns/netns-1b2c3d"
+    assert podman.pod_config("p").netns == "/run/netns/netns-1b2c3d"
+    oci = podman.container_config("c1").oci
+    assert oci is not None
+    network = [ns for ns in oci["linux"]["namespaces"] if ns["type"] == "network"]
+    assert network == [{"type": "network", "path": "/proc/1/ns/net"}]
 
 
 def test_podman_guest_spec_through_library(podman: Bundle) -> None:
@@ -320,12 +335,16 @@ def test_containerd_container(tmp_path: Path) -> None:
     assert Path(config.mounts[1].source).is_file()  # a bind of a file
     assert config.oci is not None
     linux = config.oci["linux"]
-    assert linux["namespaces"] == [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    assert linux["namespaces"] == [
+        *({"type": t} for t in ("pid", "ipc", "uts", "mount")),
+        {"type": "network", "path": "/proc/1/ns/net"},
+    ]
     assert linux["cgroupsPath"] == "/vc/" + "e" * 64
     assert linux["resources"]["memory"] == {"limit": 268435456}
     text = "\n".join(bundle.warnings)
     assert "linux.namespaces[1]: path /proc/4242/ns/ipc of the ipc namespace dropped" in text
-    assert "linux.namespaces[4]: network namespace dropped" in text
+    assert "network" not in text
+    assert bundle.pod_config(SANDBOX_ID).netns is None  # a member shares its sandbox's
     assert "cri-containerd" in text
     # containerd's binds use only rbind/rprivate/rw: nothing lost, nothing said.
     assert not any("mounts[" in w for w in bundle.warnings)

@@ -25,6 +25,7 @@ SAMPLES: list[VcError] = [
     errors.AgentProtocolError("frame too large"),
     errors.DaemonError("daemon gone"),
     errors.BusyError("p", "stop", 300.0),
+    errors.NetworkError("/run/netns/n", "cannot make tap vc0", "p"),
     errors.CorruptRecordError("p", "/run/p/state.json", "not JSON"),
     errors.RuntimeSpecError("config.json: bad"),
 ]

@@ -126,8 +126,17 @@ def pod() -> None:
 @click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
 @click.option("--hostname")
 @click.option("--kernel-param", "kernel_params", multiple=True, help="Extra kernel parameter.")
+@click.option(
+    "--netns",
+    help="Network namespace (path) whose interfaces the pod's VM takes over.",
+)
 def pod_create(
-    pod_id: str, vcpus: int, memory_mib: int, hostname: str | None, kernel_params: tuple[str, ...]
+    pod_id: str,
+    vcpus: int,
+    memory_mib: int,
+    hostname: str | None,
+    kernel_params: tuple[str, ...],
+    netns: str | None,
 ) -> None:
     """Create a pod (its VM starts with `pod start`)."""
     config = PodConfig(
@@ -135,6 +144,7 @@ def pod_create(
         resources=Resources(vcpus=vcpus, memory_mib=memory_mib),
         hostname=hostname,
         kernel_params=kernel_params,
+        netns=netns,
     )
     ensure_image()  # the pod records the image it will boot
     api.create_pod(config)
@@ -458,6 +468,10 @@ def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
 @click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
 @click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE")
 @click.option("--volume", "-v", "volumes", multiple=True, help="HOST:CONTAINER[:ro]")
+@click.option(
+    "--netns",
+    help="Network namespace (path) whose interfaces the pod's VM takes over.",
+)
 def run(
     command: tuple[str, ...],
     remove: bool,
@@ -469,6 +483,7 @@ def run(
     memory_mib: int,
     env: tuple[str, ...],
     volumes: tuple[str, ...],
+    netns: str | None,
 ) -> None:
     """Run COMMAND in a container in a new pod; exit with its status.
 
@@ -481,7 +496,9 @@ def run(
         cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), terminal=use_tty)
         mounts = tuple(parse_mount(v) for v in volumes)
         run_container_config = container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts)
-        config = PodConfig(id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib))
+        config = PodConfig(
+            id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib), netns=netns
+        )
         ensure_image()
         owner = ProcessRef.of(os.getpid()) if remove else None
         with booting(pod_id):

@@ -134,10 +134,16 @@ class SerialPortDevice(Device):
 
 @dataclass(frozen=True)
 class NetDevice(Device):
-    """A virtio-net NIC backed by an existing tap interface."""
+    """A virtio-net NIC backed by an existing tap interface.
+
+    With ``tap_fd`` QEMU is handed the tap's queue, opened by the caller (in
+    the tap's network namespace, which QEMU need not see, and without the
+    capability to open taps itself); else QEMU opens ``tap_name``.
+    """
 
     tap_name: str
     mac: str
+    tap_fd: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -303,7 +303,7 @@ class QemuHypervisor:
             owner=self._life.what,
             log=self._log,
         )
-        run = await self._launch(argv, virtiofsds)
+        run = await self._launch(argv, command.passed_fds(), virtiofsds)
         self._run = run
         self._log.info("QEMU started, pid %d", run.proc.pid)
         try:
@@ -315,7 +315,9 @@ class QemuHypervisor:
         run.reaper = asyncio.create_task(self._reap(run))
         self._life.move(VMState.RUNNING)
 
-    async def _launch(self, argv: list[str], virtiofsds: list[Virtiofsd]) -> _Running:
+    async def _launch(
+        self, argv: list[str], fds: tuple[int, ...], virtiofsds: list[Virtiofsd]
+    ) -> _Running:
         """Spawn QEMU, copy its console, and kill it if a virtiofsd dies under it.
 
         Raises VMLaunchError when QEMU cannot be executed; *virtiofsds* are
@@ -329,6 +331,7 @@ class QemuHypervisor:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=stderr,
                     preexec_fn=qemu_child_setup(),
+                    pass_fds=fds,
                 )
         except BaseException as exc:
             await stop_virtiofsds(virtiofsds)

@@ -125,6 +125,12 @@ class QemuCommand:
             args += render_device(device, self.config.run_dir)
         return args
 
+    def passed_fds(self) -> tuple[int, ...]:
+        """The fds that the argv names, which QEMU must inherit (tap queues)."""
+        return tuple(
+            d.tap_fd for d in self.devices if isinstance(d, NetDevice) and d.tap_fd is not None
+        )
+
     def argv(self) -> list[str]:
         cfg = self.config
         return [
@@ -179,9 +185,10 @@ def render_device(device: Device, run_dir: Path | None = None) -> list[str]:
                 "-device",
                 f"virtserialport,bus={VIRTIO_SERIAL_ID}.0,chardev={ident},name={name},id={ident}",
             ]  # fmt: skip
-        case NetDevice(id=ident, tap_name=tap, mac=mac):
+        case NetDevice(id=ident, tap_name=tap, mac=mac, tap_fd=fd):
+            backend = f"fd={fd}" if fd is not None else f"ifname={tap},script=no,downscript=no"
             return [
-                "-netdev", f"tap,id={ident},ifname={tap},script=no,downscript=no",
+                "-netdev", f"tap,id={ident},{backend},vhost=off",
                 "-device", f"virtio-net-pci,netdev={ident},mac={mac},id={ident}",
             ]  # fmt: skip
     raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")

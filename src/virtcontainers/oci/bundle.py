@@ -52,6 +52,9 @@ class Bundle:
     cmd: Cmd | None = None
     vcpus: int = 1
     memory_mib: int = 512
+    netns: str | None = None
+    """The network namespace the bundle names: the pod's, for a sandbox or a
+    container with a pod of its own (a member container shares its pod's)."""
 
     def process_cmd(self) -> Cmd:
         """The bundle's process as a Cmd; RuntimeSpecError when there is none."""
@@ -99,13 +102,14 @@ class Bundle:
 
     def pod_config(self, pod_id: str) -> PodConfig:
         """A pod with no containers, sized from the bundle (see annotations.py)."""
-        hostname = self.hostname if self.role is not PodRole.CONTAINER else None
+        owns_pod = self.role is not PodRole.CONTAINER
         try:
             return PodConfig(
                 id=pod_id,
                 resources=Resources(vcpus=self.vcpus, memory_mib=self.memory_mib),
-                hostname=hostname,
+                hostname=self.hostname if owns_pod else None,
                 annotations=dict(self.annotations),
+                netns=self.netns if owns_pod else None,
             )
         except ConfigError as error:
             raise RuntimeSpecError(f"{self.path / CONFIG_FILE}: {error}") from None
@@ -159,6 +163,7 @@ def load_bundle(bundle_dir: Path) -> Bundle:
         cmd=translation.cmd,
         vcpus=vcpus,
         memory_mib=memory,
+        netns=translation.netns,
     )
 
 

@@ -64,6 +64,8 @@ class Translation:
     hostname: str | None
     annotations: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    netns: str | None = None
+    """The network namespace the spec names by path: the pod's network."""
 
 
 def _config_error(loc: Loc, error: ConfigError) -> Exception:
@@ -253,6 +255,10 @@ def translate_mounts(
 # --- linux -------------------------------------------------------------------
 
 
+GUEST_POD_NETNS = "/proc/1/ns/net"
+"""The guest's network namespace, which holds the pod's interfaces (see network.md)."""
+
+
 def _namespaces(value: object, loc: Loc, warnings: list[str]) -> list[dict[str, Any]]:
     kept: list[dict[str, Any]] = []
     for i, ns in enumerate(obj_list(value, loc)):
@@ -262,8 +268,11 @@ def _namespaces(value: object, loc: Loc, warnings: list[str]) -> list[dict[str, 
             raise where.key("type").error(
                 f"unknown namespace {kind!r} (known: {', '.join(sorted(NAMESPACE_TYPES))})"
             )
-        if kind == "network":
-            warnings.append(where.note("network namespace dropped: the VM is the network boundary"))
+        if kind == "network" and ns.get("path"):
+            # The caller's network namespace: the pod's VM is put on it, and the
+            # container joins the guest's, which holds it.  Joined by path rather
+            # than left out, so that crun accepts the spec's net.* sysctls.
+            kept.append({"type": "network", "path": GUEST_POD_NETNS})
             continue
         entry = dict(ns)
         if entry.get("path"):
@@ -425,4 +434,20 @@ def translate_spec(spec: Mapping[str, Any], loc: Loc, bundle_dir: Path) -> Trans
         hostname=hostname,
         annotations=annotations,
         warnings=warnings,
+        netns=_network_path(spec, loc),
     )
+
+
+def _network_path(spec: Mapping[str, Any], loc: Loc) -> str | None:
+    """The path of the spec's network namespace entry, if it names one."""
+    linux = spec.get("linux")
+    if not isinstance(linux, Mapping):
+        return None
+    for i, ns in enumerate(linux.get("namespaces") or []):
+        if isinstance(ns, Mapping) and ns.get("type") == "network" and ns.get("path"):
+            where = loc.key("linux").key("namespaces").index(i).key("path")
+            path = string(ns["path"], where)
+            if not path.startswith("/"):
+                raise where.error(f"{path!r} is not an absolute path")
+            return path
+    return None

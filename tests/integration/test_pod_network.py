@@ -1,0 +1,150 @@
+"""Pods on a network the test made: a veth from the pod's namespace to a peer's.
+
+Safety: the namespaces, veths and addresses (192.0.2.0/24, 2001:db8::/64: the
+documentation ranges) are the test's own (tests/netlab.py), traffic flows only
+between the pod's VM and the peer namespace, and both namespaces are removed
+after the test, also when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import run_exec, shell, wait_stopped
+from tests.netlab import Lab, NetPair, snapshot, tun_links
+from virtcontainers import api
+from virtcontainers.config import ContainerConfig, PodConfig
+from virtcontainers.errors import ConfigError
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+
+PEER_SERVER = """
+import socket, sys
+listener = socket.create_server(("192.0.2.1", 7000))
+listener.settimeout(120)
+print("listening", flush=True)
+connection, _ = listener.accept()
+connection.sendall(b"from the peer\\n")
+connection.close()
+"""
+
+PEER_CLIENT = """
+import socket
+with socket.create_connection(("192.0.2.2", 7001), timeout=60) as s:
+    print(s.recv(100).decode().strip())
+"""
+
+
+def in_peer(pair: NetPair, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", pair.peer, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def networked_pod(pod_id: str, pair: NetPair, rootfs: Path) -> PodConfig:
+    container = ContainerConfig("c", rootfs, shell("exec sleep 1000"), writable_layer=True)
+    return PodConfig(id=pod_id, netns=pair.path, containers=(container,))
+
+
+def container_run(pod_id: str, script: str) -> str:
+    out, err, code = run_exec(pod_id, "c", shell(script))
+    assert code == 0, f"{script!r} exited {code}: {err.decode()}"
+    return out.decode()
+
+
+def test_a_container_has_the_callers_interface_and_reaches_the_peer(
+    lab: Lab, no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    pair = lab.pod()
+    before = snapshot(pair.path, "eth0")
+    api.run_pod(networked_pod("net", pair, busybox_rootfs))
+
+    addresses = container_run("net", "ip -o addr show")
+    assert "inet 192.0.2.2/24" in addresses and "inet6 2001:db8::2/64" in addresses
+    mac = container_run("net", "cat /sys/class/net/eth0/address").strip()
+    assert mac == str(before["link"][2])  # type: ignore[index]
+    routes = container_run("net", "ip route; ip -6 route")
+    assert "default via 192.0.2.1" in routes and "198.51.100.0/24" in routes
+    assert "default via 2001:db8::1" in routes
+
+    container_run("net", "ping -c 1 -W 30 192.0.2.1 && ping6 -c 1 -W 30 2001:db8::1")
+    for address in ("192.0.2.2", "2001:db8::2"):
+        answer = in_peer(pair, "busybox", "ping", "-c", "1", "-W", "30", address)
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+
+    # TCP both ways: the container connects out, and the peer connects in.
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", pair.peer, "python3", "-c", PEER_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "listening\n"
+        assert container_run("net", "nc 192.0.2.1 7000") == "from the peer\n"
+    finally:
+        server.kill()
+        server.wait()
+    handle = api.enter_container("net", "c", shell("echo from the pod | nc -l -p 7001"))
+    client = in_peer(pair, "python3", "-c", PEER_CLIENT)
+    assert client.stdout.strip() == "from the pod", client.stderr
+    assert api.wait_process("net", "c", handle.exec_id).exit_code == 0
+
+    api.stop_pod("net")
+    assert tun_links(pair.path) == []
+    assert snapshot(pair.path, "eth0") == before
+    api.delete_pod("net")
+
+
+def test_a_namespace_with_loopback_only_gives_the_guest_loopback_only(
+    lab: Lab, no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    name, path = lab.netns()
+    container = ContainerConfig("c", busybox_rootfs, shell("exec sleep 1000"), writable_layer=True)
+    api.run_pod(PodConfig(id="lo", netns=path, containers=(container,)))
+    links = container_run("lo", "ls /sys/class/net")
+    assert links.split() == ["lo"]
+    api.stop_pod("lo")
+    api.delete_pod("lo")
+    assert tun_links(path) == []
+    assert name in os.listdir("/run/netns")  # the caller's namespace stays
+
+
+def test_the_network_of_a_pod_whose_daemon_died_is_released(
+    lab: Lab, no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    pair = lab.pod()
+    before = snapshot(pair.path, "eth0")
+    status = api.run_pod(networked_pod("orphan", pair, busybox_rootfs))
+    assert status.daemon_pid is not None and status.vm_pid is not None
+    os.kill(status.daemon_pid, signal.SIGKILL)
+    os.kill(status.vm_pid, signal.SIGKILL)
+
+    stopped = wait_stopped("orphan")
+    assert stopped.error and "daemon exited unexpectedly" in stopped.error
+    assert tun_links(pair.path) == []
+    assert snapshot(pair.path, "eth0") == before
+    api.delete_pod("orphan")
+
+
+def test_a_path_that_is_not_a_network_namespace_is_refused_at_create(
+    run_root: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        api.create_pod(PodConfig(id="a", netns="/run/netns/vct-no-such-namespace"))
+    with pytest.raises(ConfigError, match="not a network namespace"):
+        api.create_pod(PodConfig(id="b", netns="/proc/self/ns/pid"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not a namespace file"):
+        api.create_pod(PodConfig(id="c", netns=str(tmp_path / "file")))
+    with pytest.raises(ConfigError, match="host's network namespace"):
+        api.create_pod(PodConfig(id="d", netns="/proc/self/ns/net"))
+    assert api.list_pods() == []
