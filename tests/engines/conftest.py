@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import short_temp_dir
 from tests.engines.images import oci_layout_tar, rootfs_tar
+from tests.netlab import Lab, ip
 
 VC_RUNTIME = str(Path(sys.executable).with_name("vc-runtime"))
 IMAGE = "localhost/vc-busybox:latest"
@@ -57,19 +58,34 @@ def need(binary: str) -> None:
 class Podman:
     base: list[str]
     env: dict[str, str]
+    netns: str
+    """The test's network namespace podman runs in: its bridge and port
+    forwarding live there, never in the host's namespace."""
+
+    @property
+    def enter(self) -> list[str]:
+        """A command prefix that runs a program in :attr:`netns`."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}"]
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return run_engine([*self.base, *args], self.env, timeout)
 
 
 @pytest.fixture
-def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Podman]:
+def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path, lab: Lab) -> Iterator[Podman]:
     need("podman")
     conf = tmp_path / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
     env = {**os.environ, "CONTAINERS_CONF": str(conf), "VC_RUN_DIR": str(run_root)}
     runroot = short_temp_dir("vcpm-")  # podman wants <= 50 chars
+    netns, _ = lab.netns()
+    ip("-n", netns, "link", "set", "lo", "up")
+    # nsenter, not `ip netns exec`: that one gives each command a mount namespace
+    # of its own, so the netns bind mounts netavark makes in one podman command
+    # are not seen by the next (podman exec then fails to join the network).
     base = [
+        "nsenter",
+        f"--net=/run/netns/{netns}",
         "podman",
         "--root",
         str(tmp_path / "storage"),
@@ -80,7 +96,7 @@ def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Pod
         "--tmpdir",
         str(tmp_path / "tmp"),
     ]
-    engine = Podman(base, env)
+    engine = Podman(base, env, netns)
     imported = engine.run("import", str(rootfs_tar(busybox_rootfs, tmp_path / "rootfs.tar")), IMAGE)
     assert imported.returncode == 0, imported.stderr
     yield engine

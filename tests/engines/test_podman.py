@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import shell_session_in_pty
@@ -43,3 +46,65 @@ def test_run_interactive_terminal(podman: Podman) -> None:
     code, output = shell_session_in_pty(argv, podman.env)
     assert code == 6
     assert b"/dev/pts/" in output
+
+
+GATEWAY_SERVER = """
+import socket
+listener = socket.create_server(("0.0.0.0", 7000))
+listener.settimeout(300)
+print("listening", flush=True)
+connection, _ = listener.accept()
+connection.sendall(b"from the gateway\\n")
+connection.close()
+"""
+
+PUBLISHED_CLIENT = """
+import socket, sys, time
+deadline = time.monotonic() + 120
+while True:
+    try:
+        with socket.create_connection((sys.argv[1], 8080), timeout=30) as s:
+            data = s.recv(100)
+        if data:
+            print(data.decode().strip())
+            break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("nothing answered on port 8080")
+    time.sleep(0.5)
+"""
+
+
+def test_default_bridge_network_and_a_published_port(podman: Podman) -> None:
+    """podman's own bridge, made in the test's namespace: the VM gets the
+    container's veth, reaches the gateway, and is reached through -p."""
+    server = subprocess.Popen(
+        [*podman.enter, sys.executable, "-c", GATEWAY_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "listening\n"
+        fetched = podman.run("run", "--rm", IMAGE, "sh", "-c", "ip -o -4 addr; nc 10.88.0.1 7000")
+        assert fetched.returncode == 0, fetched.stderr
+        assert "inet 10.88." in fetched.stdout
+        assert fetched.stdout.endswith("from the gateway\n")
+    finally:
+        server.kill()
+        server.wait()
+
+    script = "while true; do echo from the container | nc -l -p 8000; done"
+    started = podman.run("run", "-d", "--name", "srv", "-p", "8080:8000", IMAGE, "sh", "-c", script)
+    assert started.returncode == 0, started.stderr
+    for address in ("10.88.0.1", "127.0.0.1"):
+        answer = subprocess.run(
+            [*podman.enter, sys.executable, "-c", PUBLISHED_CLIENT, address],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert answer.stdout.strip() == "from the container", (address, answer.stderr)
+    assert podman.run("rm", "--force", "--time", "0", "srv").returncode == 0
+    assert api.list_pods() == []

@@ -18,18 +18,19 @@ import pytest
 from tests.integration.conftest import run_exec, shell, wait_stopped
 from tests.netlab import Lab, NetPair, snapshot, tun_links
 from virtcontainers import api
-from virtcontainers.config import ContainerConfig, PodConfig
+from virtcontainers.config import ContainerConfig, Mount, PodConfig
 from virtcontainers.errors import ConfigError
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
 PEER_SERVER = """
-import socket, sys
+import hashlib, os, socket
+blob = os.urandom(1 << 20)
 listener = socket.create_server(("192.0.2.1", 7000))
 listener.settimeout(120)
-print("listening", flush=True)
+print(hashlib.sha256(blob).hexdigest(), flush=True)
 connection, _ = listener.accept()
-connection.sendall(b"from the peer\\n")
+connection.sendall(blob)
 connection.close()
 """
 
@@ -50,9 +51,25 @@ def in_peer(pair: NetPair, *argv: str, timeout: float = 120) -> subprocess.Compl
     )
 
 
-def networked_pod(pod_id: str, pair: NetPair, rootfs: Path) -> PodConfig:
-    container = ContainerConfig("c", rootfs, shell("exec sleep 1000"), writable_layer=True)
-    return PodConfig(id=pod_id, netns=pair.path, containers=(container,))
+def networked_pod(
+    pod_id: str, pair: NetPair, rootfs: Path, mounts: tuple[Mount, ...] = (), hostname: str = ""
+) -> PodConfig:
+    container = ContainerConfig(
+        "c", rootfs, shell("exec sleep 1000"), mounts=mounts, writable_layer=True
+    )
+    return PodConfig(id=pod_id, netns=pair.path, containers=(container,), hostname=hostname or None)
+
+
+def name_files(directory: Path) -> tuple[Mount, ...]:
+    """/etc/hosts and /etc/resolv.conf as an engine gives them: files bound in."""
+    hosts = directory / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n192.0.2.1 peer.test peer\n")
+    resolv = directory / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\nsearch test\n")
+    return (
+        Mount(str(hosts), "/etc/hosts", read_only=True),
+        Mount(str(resolv), "/etc/resolv.conf", read_only=True),
+    )
 
 
 def container_run(pod_id: str, script: str) -> str:
@@ -62,11 +79,18 @@ def container_run(pod_id: str, script: str) -> str:
 
 
 def test_a_container_has_the_callers_interface_and_reaches_the_peer(
-    lab: Lab, no_leaks: Path, busybox_rootfs: Path
+    lab: Lab, no_leaks: Path, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     pair = lab.pod()
     before = snapshot(pair.path, "eth0")
-    api.run_pod(networked_pod("net", pair, busybox_rootfs))
+    mounts = name_files(tmp_path)
+    api.run_pod(networked_pod("net", pair, busybox_rootfs, mounts, hostname="web"))
+
+    names = container_run("net", "hostname; cat /etc/hosts /etc/resolv.conf")
+    assert names.splitlines() == [
+        "web", "127.0.0.1 localhost", "192.0.2.1 peer.test peer",
+        "nameserver 192.0.2.53", "search test",
+    ]  # fmt: skip
 
     addresses = container_run("net", "ip -o addr show")
     assert "inet 192.0.2.2/24" in addresses and "inet6 2001:db8::2/64" in addresses
@@ -88,8 +112,10 @@ def test_a_container_has_the_callers_interface_and_reaches_the_peer(
         text=True,
     )
     try:
-        assert server.stdout is not None and server.stdout.readline() == "listening\n"
-        assert container_run("net", "nc 192.0.2.1 7000") == "from the peer\n"
+        assert server.stdout is not None
+        digest = server.stdout.readline().strip()
+        fetched = container_run("net", "nc 192.0.2.1 7000 | sha256sum")
+        assert fetched.split()[0] == digest
     finally:
         server.kill()
         server.wait()
