@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Self, TypedDict
 
 from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
+from virtcontainers.limits import Limits, LimitsDict
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user"})
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -117,6 +118,7 @@ class ContainerConfigDict(TypedDict):
     oci: dict[str, object] | None  # an OCI runtime-spec config, as given
     join_namespaces: dict[str, str]
     writable_layer: bool
+    limits: LimitsDict
 
 
 class ImagePathsDict(TypedDict):
@@ -299,6 +301,8 @@ class ContainerConfig:
     """Namespace type -> id of a container in the same pod whose namespace this
     one joins (a CRI pod's containers share the sandbox's ipc and uts)."""
     writable_layer: bool = False
+    limits: Limits = field(default_factory=Limits)
+    """Memory, pids and CPU limits, applied in the guest (see limits.py)."""
 
     def __post_init__(self) -> None:
         validate_id("container", self.id)
@@ -329,6 +333,7 @@ class ContainerConfig:
             _check_type("container.annotations", value, str)
         if self.oci is not None:
             _check_type("container.oci", self.oci, Mapping)
+        _check_type("container.limits", self.limits, Limits)
 
     def check_host(self) -> None:
         if not self.rootfs.is_dir():
@@ -350,6 +355,7 @@ class ContainerConfig:
             "oci": dict(self.oci) if self.oci is not None else None,
             "join_namespaces": dict(self.join_namespaces),
             "writable_layer": self.writable_layer,
+            "limits": self.limits.to_dict(),
         }
 
     @classmethod
@@ -363,6 +369,7 @@ class ContainerConfig:
         values["rootfs"] = Path(values["rootfs"])
         values["annotations"] = dict(values.get("annotations") or {})
         values["join_namespaces"] = dict(values.get("join_namespaces") or {})
+        values["limits"] = Limits.from_dict(values.get("limits") or {})
         return cls(**values)
 
 
@@ -427,6 +434,9 @@ class PodConfig:
             if container.id in seen:
                 raise ConfigError("pod.containers", f"container id {container.id!r} appears twice")
             seen.add(container.id)
+            container.limits.check_fits(
+                container.id, self.resources.vcpus, self.resources.memory_mib
+            )
         if self.hypervisor not in HYPERVISORS:
             raise ConfigError("pod.hypervisor", f"{self.hypervisor!r} is not 'qemu' or 'mock'")
         if self.agent is None:

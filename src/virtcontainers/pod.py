@@ -322,6 +322,8 @@ class Pod:
             self._require_running("create a container in")
             if config.id in self.containers:
                 raise ExistsError("container", config.id)
+            resources = self.config.resources
+            config.limits.check_fits(config.id, resources.vcpus, resources.memory_mib)
             container = Container(config)
             self.containers[config.id] = container
             try:

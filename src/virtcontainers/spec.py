@@ -143,6 +143,12 @@ def container_spec(
         spec["annotations"] = {**(spec.get("annotations") or {}), **config.annotations}
     if config.join_namespaces and guest_pid is not None:
         _join_namespaces(spec, config, guest_pid)
+    if not config.limits.empty:
+        linux = dict(spec.get("linux") or {})
+        resources = dict(linux.get("resources") or {})
+        config.limits.apply_to(resources)
+        linux["resources"] = resources
+        spec["linux"] = linux
     return spec
 
 

@@ -31,6 +31,7 @@ from virtcontainers.config import (
 )
 from virtcontainers.errors import VcError
 from virtcontainers.hostproc import ProcessRef
+from virtcontainers.limits import Limits, parse_size
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -97,19 +98,41 @@ def ensure_image() -> None:
 
 
 def container_config(
-    container_id: str, rootfs: Path | None, cmd: Cmd, mounts: tuple[Mount, ...]
+    container_id: str,
+    rootfs: Path | None,
+    cmd: Cmd,
+    mounts: tuple[Mount, ...],
+    limits: Limits | None = None,
 ) -> ContainerConfig:
     """A container on ``rootfs``, or on the built busybox rootfs with a layer of its own.
 
     The busybox rootfs is one directory for every pod: it stays read-only, and
     each container's writes go to its own layer, deleted with the container.
     """
+    limits = limits or Limits()
     if rootfs is not None:
-        return ContainerConfig(container_id, rootfs.resolve(), cmd, mounts)
+        return ContainerConfig(container_id, rootfs.resolve(), cmd, mounts, limits=limits)
     from virtcontainers.image import build_busybox_rootfs
 
     base = build_busybox_rootfs(progress=progress)
-    return ContainerConfig(container_id, base, cmd, mounts, writable_layer=True)
+    return ContainerConfig(container_id, base, cmd, mounts, writable_layer=True, limits=limits)
+
+
+def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--memory-limit, --pids-limit and --cpus, handed to the command as ``limits``."""
+    options = (
+        click.option("--memory-limit", help="Container memory limit: 64M, 1G, ... (no swap)."),
+        click.option("--pids-limit", type=int, help="Most processes the container may have."),
+        click.option("--cpus", type=float, help="CPU time, in CPUs (0.5: half of one)."),
+    )
+    for option in options:
+        command = option(command)
+    return command
+
+
+def limits_from(memory_limit: str | None, pids_limit: int | None, cpus: float | None) -> Limits:
+    memory = parse_size("--memory-limit", memory_limit) if memory_limit is not None else None
+    return Limits(memory_bytes=memory, pids=pids_limit, cpus=cpus)
 
 
 # --- pods ----------------------------------------------------------------------------------
@@ -263,6 +286,7 @@ def container() -> None:
 @click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE")
 @click.option("--workdir", "-w", default="/")
 @click.option("--volume", "-v", "volumes", multiple=True, help="HOST:CONTAINER[:ro]")
+@limit_options
 def container_create(
     pod_id: str,
     container_id: str,
@@ -271,11 +295,15 @@ def container_create(
     env: tuple[str, ...],
     workdir: str,
     volumes: tuple[str, ...],
+    memory_limit: str | None,
+    pids_limit: int | None,
+    cpus: float | None,
 ) -> None:
     """Create a container; its output goes to the pod's log."""
     cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), cwd=workdir)
     mounts = tuple(parse_mount(v) for v in volumes)
-    api.create_container(pod_id, container_config(container_id, rootfs, cmd, mounts))
+    limits = limits_from(memory_limit, pids_limit, cpus)
+    api.create_container(pod_id, container_config(container_id, rootfs, cmd, mounts, limits))
     stdout.print(container_id)
 
 
@@ -472,6 +500,7 @@ def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
     "--netns",
     help="Network namespace (path) whose interfaces the pod's VM takes over.",
 )
+@limit_options
 def run(
     command: tuple[str, ...],
     remove: bool,
@@ -484,6 +513,9 @@ def run(
     env: tuple[str, ...],
     volumes: tuple[str, ...],
     netns: str | None,
+    memory_limit: str | None,
+    pids_limit: int | None,
+    cpus: float | None,
 ) -> None:
     """Run COMMAND in a container in a new pod; exit with its status.
 
@@ -495,7 +527,8 @@ def run(
     try:
         cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), terminal=use_tty)
         mounts = tuple(parse_mount(v) for v in volumes)
-        run_container_config = container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts)
+        limits = limits_from(memory_limit, pids_limit, cpus)
+        run_container_config = container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts, limits)
         config = PodConfig(
             id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib), netns=netns
         )
@@ -532,6 +565,11 @@ def _run_container(pod_id: str, config: ContainerConfig, interactive: bool, use_
                 status = api.wait_container(pod_id, config.id)
         if status.error:  # ended with its VM, not on its own: say why
             stderr.print(f"[bold red]virtc:[/] pod {pod_id}: {status.error}", highlight=False)
+        elif api.container_status(pod_id, config.id).oom_killed:
+            stderr.print(
+                f"[bold red]virtc:[/] container {config.id}: killed for running out of memory",
+                highlight=False,
+            )
         return status.exit_code
     except VcError as exc:
         stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
