@@ -108,3 +108,14 @@ def test_default_bridge_network_and_a_published_port(podman: Podman) -> None:
         assert answer.stdout.strip() == "from the container", (address, answer.stderr)
     assert podman.run("rm", "--force", "--time", "0", "srv").returncode == 0
     assert api.list_pods() == []
+
+
+def test_memory_and_cpu_limits_hold_in_the_guest(podman: Podman) -> None:
+    # podman gives no cgroup namespace here (the host is not cgroup v2 only): the
+    # container's own cgroup is found through /proc/self/cgroup.
+    own = "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)"
+    script = f"cat {own}/memory.max {own}/cpu.max; tail /dev/zero"
+    limits = ("--memory", "64m", "--cpus", "0.5")
+    result = podman.run("run", "--rm", *limits, IMAGE, "sh", "-c", script)
+    assert result.stdout.splitlines() == [str(64 << 20), "50000 100000"], result.stderr
+    assert result.returncode == 137, result.stderr  # tail /dev/zero: killed at 64 MiB
