@@ -15,6 +15,7 @@ import shutil
 
 from virtcontainers import mounts
 from virtcontainers.errors import VcError
+from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.store import PodPaths
 
@@ -25,14 +26,18 @@ def release_run_files(paths: PodPaths, keep_socket: bool = False) -> None:
     it removes it when it exits).  The console log is kept beside the pod's
     record, until it is deleted.
 
-    Everything is tried; a network that cannot be released is reported last,
-    as a VcError, and its description kept for a later try.
+    Everything is tried; a network or host cgroup that cannot be released is
+    reported last, as a VcError, and its description kept for a later try.
     """
     network_error: VcError | None = None
     try:
         release_network(paths)
     except VcError as exc:
         network_error = exc
+    try:
+        release_cgroup(paths)
+    except VcError as exc:
+        network_error = network_error or exc
     SharedDir(paths).detach()
     with contextlib.suppress(FileNotFoundError):
         os.replace(paths.vm / "console.log", paths.console)
@@ -41,6 +46,18 @@ def release_run_files(paths: PodPaths, keep_socket: bool = False) -> None:
         paths.socket.unlink(missing_ok=True)
     if network_error is not None:
         raise network_error
+
+
+def release_cgroup(paths: PodPaths) -> None:
+    """Remove the pod's host cgroup, once its processes are gone."""
+    try:
+        data = json.loads(paths.cgroup.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        raise VcError(f"pod {paths.root.name!r}: cannot read {paths.cgroup}: {exc}") from exc
+    HostCgroup(CgroupConfig.from_dict(data)).remove()
+    paths.cgroup.unlink()
 
 
 def release_network(paths: PodPaths) -> None:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Self, TypedDict
 
 from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
+from virtcontainers.hostcgroup import CgroupConfig, CgroupDict
 from virtcontainers.limits import Limits, LimitsDict
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user"})
@@ -138,6 +139,7 @@ class PodConfigDict(TypedDict):
     annotations: dict[str, str]
     agent: str | None
     netns: str | None
+    cgroup: CgroupDict | None
 
 
 class _Plain:
@@ -423,6 +425,8 @@ class PodConfig:
     netns: str | None = None
     """A network namespace (by path) that the caller set up: the pod's VM gets
     its interfaces, addresses and routes.  None: loopback only."""
+    cgroup: CgroupConfig | None = None
+    """The host cgroup the pod's QEMU, helpers and daemon run in (hostcgroup.py)."""
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -443,6 +447,8 @@ class PodConfig:
             object.__setattr__(self, "agent", "mock" if self.hypervisor == "mock" else "vc")
         if self.agent not in AGENTS:
             raise ConfigError("pod.agent", f"{self.agent!r} is not 'vc' or 'mock'")
+        if self.cgroup is not None:
+            _check_type("pod.cgroup", self.cgroup, CgroupConfig)
         if self.netns is not None and not os.path.isabs(self.netns):
             raise ConfigError("pod.netns", f"{self.netns!r} is not an absolute path")
         object.__setattr__(
@@ -465,6 +471,7 @@ class PodConfig:
             "annotations": dict(self.annotations),
             "agent": self.agent,
             "netns": self.netns,
+            "cgroup": self.cgroup.to_dict() if self.cgroup is not None else None,
         }
 
     def check_host(self) -> None:
@@ -492,4 +499,6 @@ class PodConfig:
         values["image"] = ImagePaths.from_dict(values["image"]) if values.get("image") else None
         values["kernel_params"] = tuple(values.get("kernel_params") or ())
         values["annotations"] = dict(values.get("annotations") or {})
+        cgroup = values.get("cgroup")
+        values["cgroup"] = CgroupConfig.from_dict(cgroup) if cgroup is not None else None
         return cls(**values)

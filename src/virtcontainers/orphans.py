@@ -91,7 +91,7 @@ def _release(store: Store, pod_id: str, report: GarbageReport) -> None:
     paths = store.paths(pod_id)
     leftovers = mounts.mounts_under(paths.root) or [
         path
-        for path in (paths.socket, paths.vm, paths.shared, paths.skel, paths.network)
+        for path in (paths.socket, paths.vm, paths.shared, paths.skel, paths.network, paths.cgroup)
         if path.exists()
     ]
     if leftovers:

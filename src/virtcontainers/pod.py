@@ -32,6 +32,7 @@ from virtcontainers.errors import (
     StateError,
     VcError,
 )
+from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import (
@@ -48,7 +49,14 @@ from virtcontainers.shareddir import SharedDir
 from virtcontainers.sharedfs import choose_shared_fs
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.stdio import Stdio
-from virtcontainers.store import KILLED, PodPaths, PodRecord, Store, end_with_vm
+from virtcontainers.store import (
+    KILLED,
+    PodPaths,
+    PodRecord,
+    Store,
+    end_with_vm,
+    write_json_atomic,
+)
 
 AGENT_PORT_NAME = "agent"
 SHARED_FS_TAG = "vcshared"
@@ -153,6 +161,8 @@ class Pod:
         image = self.record.image
         if image is None:
             raise ConfigError("pod.image", f"pod {self.id!r} has no guest image recorded")
+        if self.config.cgroup is not None:
+            self._join_host_cgroup(self.config.cgroup)
         nics = []
         if self.config.netns is not None:
             nics = await self.network.attach(self.config.netns, self.id)
@@ -210,6 +220,14 @@ class Pod:
         # Nothing waits for the details (the agent runs `crun --version` for them,
         # ≈0.2 s under TCG): they are recorded when they arrive.
         self._spawn(self._fetch_details())
+
+    def _join_host_cgroup(self, config: CgroupConfig) -> None:
+        """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""
+        write_json_atomic(self.paths.cgroup, config.to_dict())  # removed with the run files
+        cgroup = HostCgroup(config)
+        cgroup.create(self.config.resources.memory_mib)
+        cgroup.enter(os.getpid())
+        self.log.info("in host cgroup %s", cgroup.relative)
 
     def _console_tail(self, limit: int = 2048) -> str:
         return tail(self.hypervisor.console_path(), limit) or "(no console output)"

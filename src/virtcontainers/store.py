@@ -18,6 +18,7 @@ Every pod has a directory under the run root (``$VC_RUN_DIR``, default
         layers/<container_id>/   a container's own writable layer, if it has one
         network.json             what the pod made in its network namespace, from
                                  before its VM starts until that is released
+        cgroup.json              the host cgroup its VM runs in, the same way
 
 The shared directory is laid out by :mod:`virtcontainers.shareddir`.
 
@@ -310,6 +311,8 @@ class PodPaths:
     layers = _InPodDir("layers")
     network = _InPodDir("network.json")
     """What the pod made in its network namespace (taps, qdiscs), until released."""
+    cgroup = _InPodDir("cgroup.json")
+    """The host cgroup the pod made, until removed."""
 
     def layer(self, container_id: str) -> Path:
         return self.layers / container_id

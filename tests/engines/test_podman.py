@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,26 @@ def test_memory_and_cpu_limits_hold_in_the_guest(podman: Podman) -> None:
     result = podman.run("run", "--rm", *limits, IMAGE, "sh", "-c", script)
     assert result.stdout.splitlines() == [str(64 << 20), "50000 100000"], result.stderr
     assert result.returncode == 137, result.stderr  # tail /dev/zero: killed at 64 MiB
+
+
+def test_the_pods_qemu_runs_in_the_engines_cgroup_and_stats_show_it(
+    podman: Podman, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = podman.run("run", "-d", "--name", "busy", "--cpus", "1.5", IMAGE, "sleep", "1000")
+    assert started.returncode == 0, started.stderr
+    # podman passes its runtime no environment: the pod is in the default run directory.
+    monkeypatch.delenv("VC_RUN_DIR")
+    pod = api.pod_status(started.stdout.strip())
+    assert pod.vm_pid is not None
+    placed = Path(f"/proc/{pod.vm_pid}/cgroup").read_text().splitlines()
+    cpu = next(line for line in placed if line.split(":")[1] in ("cpu", "cpu,cpuacct"))
+    assert "libpod" in cpu.split(":")[2], placed  # podman's cgroupsPath, not ours
+    quota = Path("/sys/fs/cgroup/cpu", cpu.split(":")[2].lstrip("/"), "cpu.cfs_quota_us")
+    assert quota.read_text().strip() == "150000"  # the VM as a whole gets 1.5 CPUs
+
+    stats = podman.run("stats", "--no-stream", "--format", "json", "busy")
+    assert stats.returncode == 0, stats.stderr
+    [entry] = json.loads(stats.stdout)
+    assert entry["mem_usage"].split()[0] not in ("0B", "--"), entry
+    assert podman.run("rm", "--force", "--time", "0", "busy").returncode == 0
+    assert not quota.parent.exists()  # removed with the pod

@@ -12,8 +12,9 @@ from typing import Any
 
 from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources, validate_id
 from virtcontainers.errors import ConfigError, RuntimeSpecError
+from virtcontainers.hostcgroup import CgroupConfig
 from virtcontainers.oci._json import Loc, obj
-from virtcontainers.oci.annotations import PodRole, pod_role, vm_size
+from virtcontainers.oci.annotations import DEFAULT_CPU_PERIOD, PodRole, pod_role, vm_size
 from virtcontainers.oci.translate import translate_process, translate_spec
 
 CONFIG_FILE = "config.json"
@@ -110,9 +111,28 @@ class Bundle:
                 hostname=self.hostname if owns_pod else None,
                 annotations=dict(self.annotations),
                 netns=self.netns if owns_pod else None,
+                cgroup=self.host_cgroup() if owns_pod else None,
             )
         except ConfigError as error:
             raise RuntimeSpecError(f"{self.path / CONFIG_FILE}: {error}") from None
+
+    def host_cgroup(self) -> CgroupConfig | None:
+        """The engine's cgroupsPath, for the pod's host processes, with the CPU
+        time that the spec grants (linux.resources.cpu quota over period)."""
+        linux = self.spec.get("linux")
+        if not isinstance(linux, Mapping) or not linux.get("cgroupsPath"):
+            return None
+        path = linux["cgroupsPath"]
+        if not isinstance(path, str):
+            raise ConfigError("linux.cgroupsPath", f"{path!r} is not a string")
+        resources = linux.get("resources")
+        cpu = resources.get("cpu") if isinstance(resources, Mapping) else None
+        if not isinstance(cpu, Mapping):
+            cpu = {}
+        quota, period = cpu.get("quota"), cpu.get("period") or DEFAULT_CPU_PERIOD
+        if isinstance(quota, int) and quota > 0 and isinstance(period, int) and period > 0:
+            return CgroupConfig(path, quota / period)
+        return CgroupConfig(path)
 
 
 def _read_spec(config: Path) -> Mapping[str, Any]:
