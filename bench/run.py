@@ -12,8 +12,12 @@
 - agent import in the guest: what the start stub does before ``main()``
   (``import agent``: the package and the stdlib modules it needs), timed by
   the guest's Python after dropping the guest's page cache, as at boot.
+- network (bench/network.py): TCP throughput and round trips from a client
+  namespace to a container of a pod on a veth, against the same server in a
+  plain namespace.
 
-Writes bench/results.json.  This machine is noisy: read the ratios.
+Writes bench/results.json (``--only network`` updates its network figures
+and keeps the rest).  This machine is noisy: read the ratios.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import network
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.hypervisor import HypervisorKind, VMConfig, detect_accelerator, new_hypervisor
@@ -171,16 +178,9 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=5, help="boots of each kind")
-    parser.add_argument("--execs", type=int, default=20, help="exec round trips")
-    args = parser.parse_args()
+def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
+    """Boots, pod starts, exec round trips, agent import, image lookup."""
     image = find_image()
-    rootfs = build_busybox_rootfs()
-    accelerator, reason = detect_accelerator()
-    progress(f"accelerator {accelerator.value}: {reason}")
-
     boots = bare_boot(image.kernel, args.runs)
     lookups = image_lookups(args.runs)
     progress(f"image lookup median: {statistics.median(lookups) * 1000:.0f} ms")
@@ -206,12 +206,13 @@ def main() -> int:
     boot, start, rtt = summary(boots), summary(starts), summary(execs)
     agent_import = summary(imports)
     start_ratio = round(start["median_s"] / boot["median_s"], 2)
-    results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "accelerator": accelerator.value,
-        },
+    print(f"bare boot to init (floor)   median {boot['median_s']:.2f} s")
+    print(f"pod start to first output   median {start['median_s']:.2f} s ({start_ratio}x floor)")
+    print(f"exec round trip             median {rtt['median_s'] * 1000:.0f} ms")
+    print(f"agent import in the guest   median {agent_import['median_s'] * 1000:.0f} ms")
+    lookup_ms = statistics.median(lookups) * 1000
+    print(f"image lookup (now once, at create) median {lookup_ms:.0f} ms")
+    return {
         "bare_boot_to_init": boot,
         "pod_start_to_first_output": start,
         "exec_round_trip": rtt,
@@ -221,15 +222,52 @@ def main() -> int:
             "pod_start_over_bare_boot": start_ratio,
             "exec_round_trip_over_bare_boot": round(rtt["median_s"] / boot["median_s"], 3),
         },
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def previous_results() -> dict[str, Any]:
+    """The last results.json, for ``--only``: its other figures are kept."""
+    try:
+        previous = json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=["network"], help="run only this part")
+    parser.add_argument("--runs", type=int, default=5, help="boots of each kind; network runs")
+    parser.add_argument("--execs", type=int, default=20, help="exec round trips")
+    parser.add_argument("--net-mib", type=int, default=64, help="MiB per throughput run")
+    parser.add_argument(
+        "--net-round-trips", type=int, default=1000, help="TCP round trips per network run"
+    )
+    args = parser.parse_args()
+    config = network.NetBenchConfig(
+        runs=args.runs, mib=args.net_mib, round_trips=args.net_round_trips
+    )
+    # SIGTERM unwinds like Ctrl-C does, through every cleanup (pods, namespaces, servers).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    rootfs = build_busybox_rootfs()
+    accelerator, reason = detect_accelerator()
+    progress(f"accelerator {accelerator.value}: {reason}")
+
+    results = previous_results() if args.only else {}
+    if args.only is None:
+        results.update(core(args, rootfs))
+    results["network"] = network.measure(config, rootfs, progress)
+    ratios = results.setdefault("ratios", {})
+    ratios.update({f"network_{k}": v for k, v in results["network"]["ratios"].items()})
+    for line in network.report(results["network"]):
+        print(line)
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "accelerator": accelerator.value,
+    }
+    results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"bare boot to init (floor)   median {boot['median_s']:.2f} s")
-    print(f"pod start to first output   median {start['median_s']:.2f} s ({start_ratio}x floor)")
-    print(f"exec round trip             median {rtt['median_s'] * 1000:.0f} ms")
-    print(f"agent import in the guest   median {agent_import['median_s'] * 1000:.0f} ms")
-    lookup_ms = statistics.median(lookups) * 1000
-    print(f"image lookup (now once, at create) median {lookup_ms:.0f} ms")
     print(f"wrote {RESULTS}")
     return 0
 
