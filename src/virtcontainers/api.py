@@ -407,7 +407,7 @@ def run_pod(
         return start_pod(config.id, timeout, owner)
     except BaseException:
         with contextlib.suppress(VcError):
-            delete_pod(config.id)
+            delete_pod(config.id, force=True)
         raise
 
 

@@ -15,7 +15,7 @@ from tests.integration.conftest import qemu_pids
 from tests.integration.test_vc_runtime import VC_RUNTIME, Runtime, bundle
 from virtcontainers import api
 from virtcontainers.config import PodConfig
-from virtcontainers.errors import NotFoundError, StateError
+from virtcontainers.errors import NotFoundError, StateError, VcError
 from virtcontainers.states import PodState
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -168,3 +168,12 @@ def test_the_console_of_a_crashed_vm_is_kept_until_delete(no_leaks: Path) -> Non
     assert console.is_file()
     api.delete_pod("console")
     assert not console.exists()
+
+
+def test_run_pod_that_gives_up_waiting_leaves_no_pod(run_root: Path) -> None:
+    """A start that times out (or is interrupted) while the VM boots: run_pod's
+    clean-up forces the pod down rather than leave it running."""
+    with pytest.raises(VcError):
+        api.run_pod(PodConfig(id="impatient"), timeout=0.5)
+    assert api.list_pods() == []
+    assert not qemu_pids(run_root)
