@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+from pathlib import Path
 
 from virtcontainers import mounts
 from virtcontainers.errors import VcError
@@ -50,14 +51,10 @@ def release_run_files(paths: PodPaths, keep_socket: bool = False) -> None:
 
 def release_cgroup(paths: PodPaths) -> None:
     """Remove the pod's host cgroup, once its processes are gone."""
-    try:
-        data = json.loads(paths.cgroup.read_text())
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as exc:
-        raise VcError(f"pod {paths.root.name!r}: cannot read {paths.cgroup}: {exc}") from exc
-    HostCgroup(CgroupConfig.from_dict(data)).remove()
-    paths.cgroup.unlink()
+    description = _description(paths, paths.cgroup)
+    if description is not None:
+        HostCgroup(CgroupConfig.from_dict(description)).remove()
+        paths.cgroup.unlink()
 
 
 def release_network(paths: PodPaths) -> None:
@@ -66,17 +63,24 @@ def release_network(paths: PodPaths) -> None:
     The description stays when something could not be removed, so that a later
     clean-up (a delete, ``virtc gc``) tries again.
     """
-    try:
-        description = json.loads(paths.network.read_text())
-    except FileNotFoundError:
+    description = _description(paths, paths.network)
+    if description is None:
         return
-    except (OSError, ValueError) as exc:
-        raise VcError(f"pod {paths.root.name!r}: cannot read {paths.network}: {exc}") from exc
     # pyroute2 costs ≈0.3 s to import: only pods that have a network pay for it.
     from virtcontainers.network.podnetwork import release
 
     release(description if isinstance(description, dict) else {})
     paths.network.unlink()
+
+
+def _description(paths: PodPaths, path: Path) -> object:
+    """What a pod wrote of something it made on the host, or None if nothing."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise VcError(f"pod {paths.root.name!r}: cannot read {path}: {exc}") from exc
 
 
 def remove_pod_files(paths: PodPaths) -> None:

@@ -24,10 +24,10 @@ from virtcontainers import calls, launcher, rpc
 from virtcontainers.agent.base import Agent, AgentKind, new_agent
 from virtcontainers.cleanup import remove_pod_files
 from virtcontainers.errors import ConfigError, DaemonError, NotFoundError, VcError
+from virtcontainers.fdwait import wait_readable
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.hypervisor import Hypervisor, HypervisorKind, new_hypervisor
 from virtcontainers.pod import Pod
-from virtcontainers.process import wait_readable
 from virtcontainers.states import PodState
 from virtcontainers.stdio import NAMES as STDIO_NAMES
 from virtcontainers.stdio import Stdio

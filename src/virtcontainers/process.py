@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from virtcontainers.agent.base import Agent, ExitStatus, StdioStreams, Stream
 from virtcontainers.errors import VcError
+from virtcontainers.fdwait import wait_readable
 from virtcontainers.sinks import Sink
 from virtcontainers.stdio import Stdio
 
@@ -28,25 +29,6 @@ READ_CHUNK = 64 * 1024
 DRAIN_IDLE_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def wait_readable(fd: int) -> None:
-    """Wait until ``fd`` is readable, without making it non-blocking.
-
-    Raises OSError (or ValueError) for fds the event loop cannot poll.
-    """
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _resolve, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
 
 
 async def _read_fd(fd: int, executor: ThreadPoolExecutor) -> bytes:

@@ -23,20 +23,7 @@ import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def wait_writable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, _resolve, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
+from virtcontainers.fdwait import wait_writable
 
 
 def _write_all(fd: int, data: bytes) -> None:

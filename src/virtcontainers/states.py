@@ -17,15 +17,16 @@ from virtcontainers.errors import StateError
 
 
 class Lifecycle(enum.Enum):
-    """A state; subclasses name what they describe and their transitions."""
+    r"""A state; each subclass is :func:`register`\ ed with what it describes
+    and its transitions."""
 
     @classmethod
     def noun(cls) -> str:
-        raise NotImplementedError
+        return _REGISTERED[cls][0]
 
     @classmethod
     def transitions(cls) -> Mapping[Lifecycle, frozenset[Lifecycle]]:
-        raise NotImplementedError
+        return _REGISTERED[cls][1]
 
     def require(self, ident: str, operation: str, *allowed: Lifecycle) -> None:
         """Raise StateError unless this state is one of ``allowed``."""
@@ -43,6 +44,13 @@ class Lifecycle(enum.Enum):
 
 
 L = TypeVar("L", bound=Lifecycle)
+Table = Mapping[Lifecycle, frozenset[Lifecycle]]
+_REGISTERED: dict[type[Lifecycle], tuple[str, Table]] = {}
+
+
+def register(lifecycle: type[Lifecycle], noun: str, transitions: Table) -> None:
+    """Name what ``lifecycle`` describes (in errors) and the moves it allows."""
+    _REGISTERED[lifecycle] = (noun, transitions)
 
 
 class PodState(Lifecycle):
@@ -52,14 +60,6 @@ class PodState(Lifecycle):
     PAUSED = "paused"  # VM's vCPUs stopped
     STOPPED = "stopped"  # VM gone; may be started again or deleted
 
-    @classmethod
-    def noun(cls) -> str:
-        return "pod"
-
-    @classmethod
-    def transitions(cls) -> Mapping[Lifecycle, frozenset[Lifecycle]]:
-        return _POD_TRANSITIONS
-
 
 class ContainerState(Lifecycle):
     CREATED = "created"  # configured (and created in the VM when the pod runs)
@@ -67,26 +67,26 @@ class ContainerState(Lifecycle):
     PAUSED = "paused"
     STOPPED = "stopped"
 
-    @classmethod
-    def noun(cls) -> str:
-        return "container"
 
-    @classmethod
-    def transitions(cls) -> Mapping[Lifecycle, frozenset[Lifecycle]]:
-        return _CONTAINER_TRANSITIONS
+register(
+    PodState,
+    "pod",
+    {
+        PodState.CREATED: frozenset({PodState.STARTING, PodState.STOPPED}),
+        PodState.STARTING: frozenset({PodState.RUNNING, PodState.STOPPED}),
+        PodState.RUNNING: frozenset({PodState.PAUSED, PodState.STOPPED}),
+        PodState.PAUSED: frozenset({PodState.RUNNING, PodState.STOPPED}),
+        PodState.STOPPED: frozenset({PodState.STARTING}),
+    },
+)
 
-
-_POD_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {
-    PodState.CREATED: frozenset({PodState.STARTING, PodState.STOPPED}),
-    PodState.STARTING: frozenset({PodState.RUNNING, PodState.STOPPED}),
-    PodState.RUNNING: frozenset({PodState.PAUSED, PodState.STOPPED}),
-    PodState.PAUSED: frozenset({PodState.RUNNING, PodState.STOPPED}),
-    PodState.STOPPED: frozenset({PodState.STARTING}),
-}
-
-_CONTAINER_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {
-    ContainerState.CREATED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),
-    ContainerState.RUNNING: frozenset({ContainerState.PAUSED, ContainerState.STOPPED}),
-    ContainerState.PAUSED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),
-    ContainerState.STOPPED: frozenset({ContainerState.CREATED}),
-}
+register(
+    ContainerState,
+    "container",
+    {
+        ContainerState.CREATED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),
+        ContainerState.RUNNING: frozenset({ContainerState.PAUSED, ContainerState.STOPPED}),
+        ContainerState.PAUSED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),
+        ContainerState.STOPPED: frozenset({ContainerState.CREATED}),
+    },
+)

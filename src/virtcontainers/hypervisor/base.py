@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -53,22 +52,18 @@ class VMState(states.Lifecycle):
     PAUSED = "paused"
     STOPPED = "stopped"
 
-    @classmethod
-    def noun(cls) -> str:
-        return "VM"
 
-    @classmethod
-    def transitions(cls) -> Mapping[states.Lifecycle, frozenset[states.Lifecycle]]:
-        return _VM_TRANSITIONS
-
-
-_VM_TRANSITIONS: dict[states.Lifecycle, frozenset[states.Lifecycle]] = {
-    VMState.NEW: frozenset({VMState.CREATED}),
-    VMState.CREATED: frozenset({VMState.CREATED, VMState.RUNNING}),
-    VMState.RUNNING: frozenset({VMState.PAUSED, VMState.STOPPED}),
-    VMState.PAUSED: frozenset({VMState.RUNNING, VMState.STOPPED}),
-    VMState.STOPPED: frozenset({VMState.CREATED, VMState.STOPPED}),
-}
+states.register(
+    VMState,
+    "VM",
+    {
+        VMState.NEW: frozenset({VMState.CREATED}),
+        VMState.CREATED: frozenset({VMState.CREATED, VMState.RUNNING}),
+        VMState.RUNNING: frozenset({VMState.PAUSED, VMState.STOPPED}),
+        VMState.PAUSED: frozenset({VMState.RUNNING, VMState.STOPPED}),
+        VMState.STOPPED: frozenset({VMState.CREATED, VMState.STOPPED}),
+    },
+)
 
 
 def check_id(field: str, value: str) -> None:
