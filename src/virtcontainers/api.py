@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from virtcontainers import calls, launcher, orphans, rpc
-from virtcontainers.agent.base import ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.agent.base import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
 from virtcontainers.cleanup import release_run_files, remove_pod_files
 from virtcontainers.config import (
     MAX_SOCKET_PATH,
@@ -39,6 +39,7 @@ from virtcontainers.errors import (
     VcError,
 )
 from virtcontainers.hostproc import ProcessRef
+from virtcontainers.limits import Limits
 from virtcontainers.orphans import GarbageReport
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
@@ -46,6 +47,7 @@ from virtcontainers.stdio import Stdio
 from virtcontainers.store import ContainerRecord, PodPaths, PodRecord, Store
 
 __all__ = [
+    "ContainerStats",
     "ContainerStatus",
     "ExitStatus",
     "PodStatus",
@@ -55,6 +57,7 @@ __all__ = [
     "attach_container",
     "attach_process",
     "collect_garbage",
+    "container_stats",
     "container_status",
     "create_container",
     "create_pod",
@@ -78,6 +81,7 @@ __all__ = [
     "start_pod",
     "stop_container",
     "stop_pod",
+    "update_container",
     "wait_container",
     "wait_process",
 ]
@@ -616,3 +620,18 @@ def resize_terminal(
 
 def list_processes(pod_id: str, container_id: str) -> list[ProcessInfo]:
     return _live_call(pod_id, calls.ListProcesses(container_id))
+
+
+def update_container(pod_id: str, container_id: str, limits: Limits) -> None:
+    """Change a created or running container's limits; None fields stay as they are.
+
+    Raises ConfigError when a limit is more than the pod's VM has (the VM does
+    not grow), and AgentError "runtime" when the guest refuses it (a memory
+    limit below what the container uses now, say).
+    """
+    _live_call(pod_id, calls.UpdateContainer(container_id, limits))
+
+
+def container_stats(pod_id: str, container_id: str) -> ContainerStats:
+    """What a container uses now, read from its cgroup in the guest."""
+    return _live_call(pod_id, calls.GetContainerStats(container_id))

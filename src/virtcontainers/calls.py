@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar, Generic, Self, TypeVar, get_type_hints
 
-from virtcontainers.agent.base import ExitStatus, ProcessInfo
+from virtcontainers.agent.base import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, validate_id
 from virtcontainers.errors import ConfigError, DaemonError
+from virtcontainers.limits import Limits
 from virtcontainers.store import ContainerRecord
 
 R = TypeVar("R")
@@ -50,7 +51,7 @@ def _decode_field(method: str, name: str, kind: Any, value: object) -> object:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(where, f"expected an integer, got {value!r}")
         return value
-    if kind in (Cmd, ContainerConfig):
+    if kind in (Cmd, ContainerConfig, Limits):
         if not isinstance(value, Mapping):
             raise ConfigError(where, f"expected an object, got {value!r}")
         return kind.from_dict(value)
@@ -58,7 +59,7 @@ def _decode_field(method: str, name: str, kind: Any, value: object) -> object:
 
 
 def _encode_field(value: object) -> object:
-    if isinstance(value, Cmd | ContainerConfig):
+    if isinstance(value, Cmd | ContainerConfig | Limits):
         return value.to_dict()
     return value
 
@@ -284,6 +285,34 @@ class ListProcesses(Request[list[ProcessInfo]]):
         return processes
 
 
+@dataclass(frozen=True)
+class UpdateContainer(Answerless):
+    METHOD = "update_container"
+    ACTION = "update a container in"
+    container_id: str
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class GetContainerStats(Request[ContainerStats]):
+    METHOD = "container_stats"
+    ACTION = "read the usage of a container in"
+    container_id: str
+
+    def encode_result(self, result: ContainerStats) -> Any:
+        return dataclasses.asdict(result)
+
+    def decode_result(self, data: object) -> ContainerStats:
+        data = self.answer_object(data)
+        names = [field.name for field in dataclasses.fields(ContainerStats)]
+        values = [data.get(name) for name in names]
+        if set(data) != set(names) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        return ContainerStats(*values)  # type: ignore[arg-type]
+
+
 REQUESTS: dict[str, type[Request[Any]]] = {
     cls.METHOD: cls
     for cls in (
@@ -303,6 +332,8 @@ REQUESTS: dict[str, type[Request[Any]]] = {
         ResizeTerminal,
         AttachProcess,
         ListProcesses,
+        UpdateContainer,
+        GetContainerStats,
     )
 }
 """Every method the daemon serves, by its wire name."""

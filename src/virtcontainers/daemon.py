@@ -103,6 +103,8 @@ class Daemon:
             ),
             calls.AttachProcess: self._attach,
             calls.ListProcesses: lambda r, _s: pod.list_processes(r.container_id),
+            calls.UpdateContainer: lambda r, _s: pod.update_container(r.container_id, r.limits),
+            calls.GetContainerStats: lambda r, _s: pod.container_stats(r.container_id),
         }
 
     async def serve(self, listener: socket.socket) -> None:

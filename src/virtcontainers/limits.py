@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from virtcontainers.errors import ConfigError
 
+T = TypeVar("T")
 MIN_MEMORY_BYTES = 6 << 20
 """Below this a container's runtime and shell do not start (Docker's minimum too)."""
 CPU_PERIOD_US = 100_000
@@ -90,6 +91,14 @@ class Limits:
             cpu["period"] = CPU_PERIOD_US
             resources["cpu"] = cpu
 
+    def merged(self, update: Limits) -> Limits:
+        """These limits with the ones ``update`` sets (its None fields keep ours)."""
+        return Limits(
+            memory_bytes=_first(update.memory_bytes, self.memory_bytes),
+            pids=_first(update.pids, self.pids),
+            cpus=_first(update.cpus, self.cpus),
+        )
+
     def to_dict(self) -> LimitsDict:
         return {"memory_bytes": self.memory_bytes, "pids": self.pids, "cpus": self.cpus}
 
@@ -109,6 +118,10 @@ def parse_size(field: str, text: str) -> int:
     if match is None:
         raise ConfigError(field, f"{text!r} is not a size such as 64M, 1G or 1048576")
     return int(match["number"]) * _UNITS[match["unit"].lower()]
+
+
+def _first(value: T | None, default: T | None) -> T | None:
+    return value if value is not None else default
 
 
 def _whole(field: str, value: object) -> None:

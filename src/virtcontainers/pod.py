@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -17,9 +18,11 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 from virtcontainers import spec
-from virtcontainers.agent.base import Agent, ExitStatus, ProcessInfo, StdioStreams
+from virtcontainers.agent.base import Agent, ContainerStats, ExitStatus, ProcessInfo, StdioStreams
+from virtcontainers.agent.messages import OciResources
 from virtcontainers.cleanup import release_run_files
 from virtcontainers.config import Cmd, ContainerConfig, validate_id
 from virtcontainers.container import Container
@@ -42,6 +45,7 @@ from virtcontainers.hypervisor.base import (
     SharedFsDevice,
     VMConfig,
 )
+from virtcontainers.limits import Limits
 from virtcontainers.logtail import tail
 from virtcontainers.podnet import PodNetworkLink
 from virtcontainers.process import GuestProcess, ProcessIO
@@ -574,6 +578,31 @@ class Pod:
         self._require_running("list processes in")
         self.container(container_id).state.require(container_id, "list processes of", *LIVE_STATES)
         return await self.agent.list_processes(container_id)
+
+    async def update_container(self, container_id: str, limits: Limits) -> None:
+        """Change a container's limits, in the guest and in its record.
+
+        The fields of ``limits`` that are None stay as they were.
+        """
+        async with self._exclusive(container_id):
+            self._require_running("update a container in")
+            container = self.container(container_id)
+            container.state.require(container_id, "update", ContainerState.CREATED, *LIVE_STATES)
+            merged = container.config.limits.merged(limits)
+            resources = self.config.resources
+            merged.check_fits(container_id, resources.vcpus, resources.memory_mib)
+            oci: dict[str, Any] = {}
+            limits.apply_to(oci)
+            await self.agent.update_container(container_id, cast(OciResources, oci))
+            container.config = dataclasses.replace(container.config, limits=merged)
+            self.persist()
+
+    async def container_stats(self, container_id: str) -> ContainerStats:
+        self._require_running("read the usage of a container in")
+        self.container(container_id).state.require(
+            container_id, "read the usage of", ContainerState.CREATED, *LIVE_STATES
+        )
+        return await self.agent.container_stats(container_id)
 
     # --- plumbing -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests.integration.conftest import run_exec, shell
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
+from virtcontainers.errors import ConfigError
 from virtcontainers.limits import Limits
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -72,3 +74,30 @@ def run_pod_command(pod_id: str, script: str) -> str:
         text = output.read().decode()
     assert api.wait_process(pod_id, None, handle.exec_id).exit_code == 0, text
     return text
+
+
+def test_update_and_stats_of_a_running_container(no_leaks: Path, busybox_rootfs: Path) -> None:
+    # It holds 8 MiB in a shell variable, then burns CPU.
+    hold = "x=$(head -c 8388608 /dev/zero | tr '\\0' a); while :; do :; done"
+    worker = ContainerConfig(
+        "w", busybox_rootfs, shell(hold), writable_layer=True, limits=Limits(memory_bytes=64 << 20)
+    )
+    api.run_pod(PodConfig(id="upd", containers=(worker,)))
+    cgroup = f"/sys/fs/cgroup$(cut -d: -f3 /proc/{api.container_status('upd', 'w').pid}/cgroup)"
+    assert run_pod_command("upd", f"cat {cgroup}/memory.max").strip() == str(64 << 20)
+
+    api.update_container("upd", "w", Limits(memory_bytes=128 << 20, pids=50))
+    limits = run_pod_command("upd", f"cat {cgroup}/memory.max {cgroup}/pids.max").split()
+    assert limits == [str(128 << 20), "50"]
+    assert api.container_status("upd", "w").state.value == "running"
+    with pytest.raises(ConfigError, match="more than its pod's VM has"):
+        api.update_container("upd", "w", Limits(memory_bytes=4 << 30))
+
+    first = api.container_stats("upd", "w")
+    later = first
+    while later.cpu_usage_ns <= first.cpu_usage_ns or later.memory_bytes < 8 << 20:
+        time.sleep(0.5)  # the load lands in a moment
+        later = api.container_stats("upd", "w")
+    assert later.memory_limit_bytes == 128 << 20
+    assert later.pids_limit == 50 and later.pids >= 1
+    assert later.cpu_user_ns + later.cpu_system_ns > 0

@@ -93,6 +93,10 @@ def test_lifecycle_and_errors(runtime: Runtime, tmp_path: Path, busybox_rootfs: 
     listed = json.loads(runtime("list", "--format", "json").stdout)
     assert [c["id"] for c in listed] == ["c1"]
     assert json.loads(runtime("ps", "--format", "json", "c1").stdout)
+    runtime("update", "--memory", "128m", "--pids-limit", "40", "c1")
+    [event] = [json.loads(line) for line in runtime("events", "--stats", "c1").stdout.splitlines()]
+    assert event["data"]["memory"]["usage"]["limit"] == 128 << 20
+    assert event["data"]["pids"] == {"current": 1, "limit": 40}
 
     refused = runtime("delete", "c1", check=False)
     assert refused.returncode == 1

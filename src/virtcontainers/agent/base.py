@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, StdioArgs
+from virtcontainers.agent.messages import (
+    NetInterface,
+    NetRoute,
+    OciProcess,
+    OciResources,
+    StdioArgs,
+)
 
 
 class AgentKind(enum.Enum):
@@ -50,6 +56,27 @@ class GuestDetails:
 class ProcessInfo:
     pid: int
     args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """A container's usage, read from its cgroup in the guest (see
+    :class:`~virtcontainers.agent.messages.ContainerStatsResult`); limits are 0
+    where there is none.  The network figures are the pod's, shared by all its
+    containers."""
+
+    cpu_usage_ns: int
+    cpu_user_ns: int
+    cpu_system_ns: int
+    memory_bytes: int
+    memory_limit_bytes: int
+    memory_cache_bytes: int
+    pids: int
+    pids_limit: int
+    io_read_bytes: int
+    io_write_bytes: int
+    network_rx_bytes: int
+    network_tx_bytes: int
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,13 @@ class Agent(Protocol):
         then add the routes, in order.  Applying the same configuration again
         succeeds.  Raises AgentError: "invalid", "not_found" (no NIC with a
         MAC), "network" (an ``ip`` command failed: its stderr)."""
+
+    async def update_container(self, container_id: str, resources: OciResources) -> None:
+        """Change a container's limits (``crun update``).  Raises AgentError:
+        "invalid", "state", "runtime" (crun refused: its message)."""
+
+    async def container_stats(self, container_id: str) -> ContainerStats:
+        """What the container uses now, from its cgroup in the guest."""
 
     async def shutdown(self) -> None: ...
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from virtcontainers.agent import protocol
 from virtcontainers.agent.base import (
+    ContainerStats,
     EventHandler,
     ExitStatus,
     GuestDetails,
@@ -37,9 +38,11 @@ from virtcontainers.agent.messages import (
     NetInterface,
     NetRoute,
     OciProcess,
+    OciResources,
     ProcessArgs,
     ResizeTerminalArgs,
     SignalProcessArgs,
+    UpdateContainerArgs,
 )
 from virtcontainers.agent.protocol import Frame, FrameType
 from virtcontainers.errors import AgentError, AgentProtocolError
@@ -436,6 +439,20 @@ class AgentClient:
     ) -> None:
         args = ConfigureNetworkArgs(interfaces=list(interfaces), routes=list(routes))
         await self.call("configure_network", args)
+
+    async def update_container(self, container_id: str, resources: OciResources) -> None:
+        args = UpdateContainerArgs(container_id=container_id, resources=resources)
+        await self.call("update_container", args)
+
+    async def container_stats(self, container_id: str) -> ContainerStats:
+        result = await self.call("container_stats", ContainerArgs(container_id=container_id))
+        values = {}
+        for name in ContainerStats.__dataclass_fields__:
+            value = _field(result, name, int, "container_stats")
+            if not 0 <= value < 1 << 63:
+                raise AgentProtocolError(f"container_stats answer has {name}={value} out of range")
+            values[name] = value
+        return ContainerStats(**values)
 
     async def shutdown(self) -> None:
         await self.call("shutdown", {})

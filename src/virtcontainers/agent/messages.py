@@ -134,6 +134,18 @@ class ConfigureNetworkArgs(TypedDict):
     routes: list[NetRoute]  # added in this order, after every interface's addresses
 
 
+class OciResources(TypedDict, total=False):
+    """The linux.resources fields update_container may set (crun update)."""
+
+    memory: dict[str, int]  # limit, swap, reservation (bytes; -1: no limit)
+    cpu: dict[str, int]  # quota, period (µs), shares
+    pids: dict[str, int]  # limit
+
+
+class UpdateContainerArgs(ContainerArgs):
+    resources: OciResources
+
+
 Args = (
     Empty
     | ContainerArgs
@@ -145,6 +157,7 @@ Args = (
     | ResizeTerminalArgs
     | CloseOutputArgs
     | ConfigureNetworkArgs
+    | UpdateContainerArgs
 )
 """The arguments of any operation."""
 
@@ -183,13 +196,36 @@ class ProcessListResult(TypedDict):
     processes: list[ProcessEntry]
 
 
+class ContainerStatsResult(TypedDict):
+    """A container's usage, from its cgroup in the guest; 0 where not limited."""
+
+    cpu_usage_ns: int
+    cpu_user_ns: int
+    cpu_system_ns: int
+    memory_bytes: int
+    memory_limit_bytes: int
+    memory_cache_bytes: int
+    pids: int
+    pids_limit: int
+    io_read_bytes: int
+    io_write_bytes: int
+    network_rx_bytes: int  # the pod's interfaces, which its containers share
+    network_tx_bytes: int
+
+
 class ContainerStateResult(TypedDict):
     status: str  # created, running, paused or stopped
     pid: int | None
 
 
 Result = (
-    Empty | GuestDetailsResult | PidResult | ExitResult | ProcessListResult | ContainerStateResult
+    Empty
+    | GuestDetailsResult
+    | PidResult
+    | ExitResult
+    | ProcessListResult
+    | ContainerStateResult
+    | ContainerStatsResult
 )
 """The result of any operation."""
 

@@ -21,13 +21,14 @@ from pathlib import Path
 
 from virtcontainers import rpc
 from virtcontainers.agent.base import (
+    ContainerStats,
     EventHandler,
     ExitStatus,
     GuestDetails,
     ProcessInfo,
     StdioStreams,
 )
-from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess
+from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, OciResources
 from virtcontainers.errors import AgentError
 
 
@@ -210,6 +211,16 @@ class MockAgent:
             for (cid, _), p in self.processes.items()
             if cid == container_id and not p.status.done()
         ]
+
+    async def update_container(self, container_id: str, resources: OciResources) -> None:
+        self._record("update_container", container_id=container_id, resources=dict(resources))
+
+    async def container_stats(self, container_id: str) -> ContainerStats:
+        self._record("container_stats", container_id=container_id)
+        mine = [p for (cid, _), p in self.processes.items() if cid == container_id]
+        stats = dict.fromkeys(ContainerStats.__dataclass_fields__, 0)
+        stats["pids"] = sum(1 for p in mine if not p.status.done())
+        return ContainerStats(**stats)
 
     async def pause_container(self, container_id: str) -> None:
         self._record("pause_container", container_id=container_id)

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import click
 
 from virtcontainers import api, hostproc
+from virtcontainers.cli import runtime_resources
 from virtcontainers.cli.runtime_process import start_shim, write_pid_file
 from virtcontainers.cli.runtime_state import (
     DEFAULT_ROOT,
@@ -353,7 +354,7 @@ def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]
 @click.argument("container_id")
 @click.pass_context
 def events(ctx: click.Context, stats: bool, interval: float, container_id: str) -> None:
-    """Stats events for the container (process count for now), until it stops."""
+    """Stats events for the container, as runc prints them, until it stops."""
     record = Record.load(_options(ctx).root, container_id)
     while True:
         status = oci_status(record)
@@ -361,12 +362,20 @@ def events(ctx: click.Context, stats: bool, interval: float, container_id: str) 
             if stats:
                 raise RuntimeCommandError(f"container {container_id} is not running")
             return
-        pids = len(api.list_processes(record.pod_id, record.id)) if status != "created" else 0
-        event = {"type": "stats", "id": container_id, "data": {"pids": {"current": pids}}}
-        click.echo(json.dumps(event), nl=True)
+        usage = api.container_stats(record.pod_id, record.id)
+        click.echo(json.dumps(runtime_resources.runc_stats(container_id, usage)), nl=True)
         if stats:
             return
         time.sleep(interval)
+
+
+@cli.command()
+@runtime_resources.update_options
+@click.argument("container_id")
+@click.pass_context
+def update(ctx: click.Context, /, container_id: str, **flags: object) -> None:
+    """Change a container's memory, CPU and pids limits (flags, or -r resources.json)."""
+    runtime_resources.update(_options(ctx), container_id, flags)
 
 
 # --- kill / pause / resume / delete ---------------------------------------------------------------

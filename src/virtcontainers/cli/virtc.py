@@ -20,6 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from virtcontainers import api
+from virtcontainers.cli.resources import (
+    container_stats,
+    container_update,
+    limit_options,
+    limits_from,
+)
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import (
     DEFAULT_PATH_ENV,
@@ -31,7 +37,7 @@ from virtcontainers.config import (
 )
 from virtcontainers.errors import VcError
 from virtcontainers.hostproc import ProcessRef
-from virtcontainers.limits import Limits, parse_size
+from virtcontainers.limits import Limits
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -116,23 +122,6 @@ def container_config(
 
     base = build_busybox_rootfs(progress=progress)
     return ContainerConfig(container_id, base, cmd, mounts, writable_layer=True, limits=limits)
-
-
-def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--memory-limit, --pids-limit and --cpus, handed to the command as ``limits``."""
-    options = (
-        click.option("--memory-limit", help="Container memory limit: 64M, 1G, ... (no swap)."),
-        click.option("--pids-limit", type=int, help="Most processes the container may have."),
-        click.option("--cpus", type=float, help="CPU time, in CPUs (0.5: half of one)."),
-    )
-    for option in options:
-        command = option(command)
-    return command
-
-
-def limits_from(memory_limit: str | None, pids_limit: int | None, cpus: float | None) -> Limits:
-    memory = parse_size("--memory-limit", memory_limit) if memory_limit is not None else None
-    return Limits(memory_bytes=memory, pids=pids_limit, cpus=cpus)
 
 
 # --- pods ----------------------------------------------------------------------------------
@@ -276,6 +265,10 @@ def parse_mount(text: str) -> Mount:
 @cli.group(cls=VcGroup)
 def container() -> None:
     """Containers inside pods."""
+
+
+container.add_command(container_update)
+container.add_command(container_stats)
 
 
 @container.command("create")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from . import op_containers, op_guest, op_network, op_processes
+from . import op_containers, op_guest, op_network, op_processes, op_resources
 from .args import AgentError, arg_id, arg_opt_id, invalid
 from .log import describe_exception, log
 from .loop import Loop
@@ -300,5 +300,7 @@ OPS: dict[str, Callable[[Agent, Reply, Mapping[str, object]], None]] = {
     "container_state": op_containers.container_state,
     "remove_container": op_containers.remove_container,
     "configure_network": op_network.configure_network,
+    "update_container": op_resources.update_container,
+    "container_stats": op_resources.container_stats,
     "shutdown": op_guest.shutdown,
 }
