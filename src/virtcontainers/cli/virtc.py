@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from virtcontainers import api
+from virtcontainers.cli import observe
 from virtcontainers.cli.resources import (
     container_stats,
     container_update,
@@ -269,6 +270,8 @@ def container() -> None:
 
 container.add_command(container_update)
 container.add_command(container_stats)
+cli.add_command(observe.metrics)
+cli.add_command(observe.top)
 
 
 @container.command("create")
