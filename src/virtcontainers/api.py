@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from virtcontainers.errors import (
     StateError,
     VcError,
 )
+from virtcontainers.events import Event
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.limits import Limits
 from virtcontainers.orphans import GarbageReport
@@ -49,6 +51,7 @@ from virtcontainers.store import ContainerRecord, PodPaths, PodRecord, Store
 __all__ = [
     "ContainerStats",
     "ContainerStatus",
+    "Event",
     "ExitStatus",
     "PodStatus",
     "ProcessHandle",
@@ -65,12 +68,14 @@ __all__ = [
     "delete_pod",
     "enter_container",
     "enter_pod",
+    "follow_events",
     "kill_container",
     "list_pod_errors",
     "list_pods",
     "list_processes",
     "pause_container",
     "pause_pod",
+    "pod_events",
     "pod_status",
     "resize_terminal",
     "resume_container",
@@ -630,6 +635,44 @@ def update_container(pod_id: str, container_id: str, limits: Limits) -> None:
     limit below what the container uses now, say).
     """
     _live_call(pod_id, calls.UpdateContainer(container_id, limits))
+
+
+def pod_events(pod_id: str, after: int = 0, timeout: int = 30) -> list[Event]:
+    """The pod's events numbered above ``after`` (see :mod:`virtcontainers.events`),
+    waiting up to ``timeout`` seconds for one to happen."""
+    return _live_call(pod_id, calls.WatchEvents(after, timeout), timeout=timeout + 30)
+
+
+def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
+    """Every event of the pod's run from now on, ending with its ``stopped`` event.
+
+    When the pod's daemon is gone before it said so (it was killed, or the pod
+    stopped between two waits), the last event is made from the pod's record.
+    """
+    after = 0
+    while True:
+        try:
+            events = pod_events(pod_id, after, poll)
+        except (StateError, DaemonError):
+            status = _settled_status(pod_id)
+            yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
+            return
+        for event in events:
+            yield event
+            if event.kind == "stopped":
+                return
+        after = events[-1].seq if events else after
+
+
+def _settled_status(pod_id: str) -> PodStatus:
+    """The pod's status once its daemon has gone (a daemon being killed may
+    still answer for a moment, then leave the record to be reconciled)."""
+    deadline = time.monotonic() + DAEMON_EXIT_WAIT
+    status = pod_status(pod_id)
+    while status.state in LIVE and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = pod_status(pod_id)
+    return status
 
 
 def container_stats(pod_id: str, container_id: str) -> ContainerStats:

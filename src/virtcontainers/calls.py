@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, get_type_hints
 from virtcontainers.agent.base import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, validate_id
 from virtcontainers.errors import ConfigError, DaemonError
+from virtcontainers.events import Event
 from virtcontainers.limits import Limits
 from virtcontainers.store import ContainerRecord
 
@@ -313,6 +314,34 @@ class GetContainerStats(Request[ContainerStats]):
         return ContainerStats(*values)  # type: ignore[arg-type]
 
 
+MAX_EVENT_WAIT = 300
+
+
+@dataclass(frozen=True)
+class WatchEvents(Request[list[Event]]):
+    """The pod's events numbered above ``after``, waiting up to ``timeout`` s for one."""
+
+    METHOD = "events"
+    ACTION = "read the events of"
+    after: int
+    timeout: int
+
+    def __post_init__(self) -> None:
+        if self.after < 0 or not 0 <= self.timeout <= MAX_EVENT_WAIT:
+            raise ConfigError(self.METHOD, f"after must be >= 0, timeout 0..{MAX_EVENT_WAIT}")
+
+    def encode_result(self, result: list[Event]) -> Any:
+        return [event.to_dict() for event in result]
+
+    def decode_result(self, data: object) -> list[Event]:
+        if not isinstance(data, list):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        try:
+            return [Event.from_dict(item) for item in data]
+        except ValueError as exc:
+            raise DaemonError(f"{self.METHOD}: {exc}") from exc
+
+
 REQUESTS: dict[str, type[Request[Any]]] = {
     cls.METHOD: cls
     for cls in (
@@ -334,6 +363,7 @@ REQUESTS: dict[str, type[Request[Any]]] = {
         ListProcesses,
         UpdateContainer,
         GetContainerStats,
+        WatchEvents,
     )
 }
 """Every method the daemon serves, by its wire name."""

@@ -105,6 +105,7 @@ class Daemon:
             calls.ListProcesses: lambda r, _s: pod.list_processes(r.container_id),
             calls.UpdateContainer: lambda r, _s: pod.update_container(r.container_id, r.limits),
             calls.GetContainerStats: lambda r, _s: pod.container_stats(r.container_id),
+            calls.WatchEvents: lambda r, _s: pod.events.after(r.after, r.timeout),
         }
 
     async def serve(self, listener: socket.socket) -> None:

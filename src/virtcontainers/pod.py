@@ -35,6 +35,7 @@ from virtcontainers.errors import (
     StateError,
     VcError,
 )
+from virtcontainers.eventlog import EventLog
 from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.hypervisor.accel import detect_accelerator
@@ -86,6 +87,7 @@ class Pod:
         self.agent = agent
         self.shared = SharedDir(self.paths)
         self.network = PodNetworkLink(self.paths)
+        self.events = EventLog()
         self.containers = {
             cid: Container.from_record(entry) for cid, entry in record.containers.items()
         }
@@ -270,6 +272,7 @@ class Pod:
             await asyncio.wait_for(self.agent.shutdown(), SHUTDOWN_TIMEOUT)
         await self._teardown()
         self._move_to(PodState.STOPPED)
+        self.events.emit("stopped", error=self.record.error)
         self.stopped.set()
 
     async def _teardown(self) -> None:
@@ -314,11 +317,13 @@ class Pod:
         self._require("pause", PodState.RUNNING)
         await self.hypervisor.pause()
         self._move_to(PodState.PAUSED)
+        self.events.emit("paused")
 
     async def resume(self) -> None:
         self._require("resume", PodState.PAUSED)
         await self.hypervisor.resume()
         self._move_to(PodState.RUNNING)
+        self.events.emit("resumed")
 
     def _require_running(self, operation: str) -> None:
         self._require(operation, PodState.RUNNING)
@@ -397,6 +402,7 @@ class Pod:
         await self.agent.start_container(container.id)
         if container.state is ContainerState.CREATED:
             container.move_to(ContainerState.RUNNING)
+        self.events.emit("start", container.id)
 
     async def _reap(self, process: GuestProcess) -> None:
         """Wait for the process's exit and the end of its output; record its status."""
@@ -423,6 +429,11 @@ class Pod:
             if container.state is not ContainerState.STOPPED:
                 container.move_to(ContainerState.STOPPED)
             self.persist()
+            status = process.status
+            if status is not None:
+                self.events.emit(
+                    "exit", container.id, exit_code=status.exit_code, signal=status.signal
+                )
         container.forget_finished_execs()
 
     async def stop_container(self, container_id: str, timeout: float = 10.0) -> None:
@@ -434,6 +445,7 @@ class Pod:
             if container.state is ContainerState.PAUSED:
                 await self.agent.resume_container(container_id)
                 container.move_to(ContainerState.RUNNING)
+                self.events.emit("resumed", container_id)
             init = container.process(None)
             if init.status is None:
                 with contextlib.suppress(AgentError):
@@ -477,10 +489,12 @@ class Pod:
                 container.state.require(container_id, "pause", ContainerState.RUNNING)
                 await self.agent.pause_container(container_id)
                 container.move_to(ContainerState.PAUSED)
+                self.events.emit("paused", container_id)
             else:
                 container.state.require(container_id, "resume", ContainerState.PAUSED)
                 await self.agent.resume_container(container_id)
                 container.move_to(ContainerState.RUNNING)
+                self.events.emit("resumed", container_id)
             self.persist()
 
     # --- processes ----------------------------------------------------------------------
@@ -621,4 +635,5 @@ class Pod:
             container = self.containers.get(str(fields.get("container_id")))
             if container is not None:
                 container.oom_killed = True
+                self.events.emit("oom", container.id)
                 self.log.warning("container %s: OOM kill", container.id)

@@ -101,3 +101,19 @@ def test_update_and_stats_of_a_running_container(no_leaks: Path, busybox_rootfs:
     assert later.memory_limit_bytes == 128 << 20
     assert later.pids_limit == 50 and later.pids >= 1
     assert later.cpu_user_ns + later.cpu_system_ns > 0
+
+
+def test_an_oom_kill_reaches_the_caller_as_an_event(no_leaks: Path, busybox_rootfs: Path) -> None:
+    hog = ContainerConfig(
+        "hog", busybox_rootfs, shell("sleep 2; exec tail /dev/zero"), writable_layer=True,
+        limits=Limits(memory_bytes=32 << 20),
+    )  # fmt: skip
+    api.run_pod(PodConfig(id="oom", containers=(hog,)))
+    seen = []
+    for event in api.follow_events("oom"):
+        seen.append((event.kind, event.container_id, event.fields.get("exit_code")))
+        if event.kind == "exit":
+            break
+    assert ("oom", "hog", None) in seen
+    assert seen[-1] == ("exit", "hog", 137)
+    assert api.container_status("oom", "hog").oom_killed

@@ -4,6 +4,8 @@ events, and the guest's checks of what an update may set."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,37 @@ def test_events_stats_are_shaped_as_runcs() -> None:
 def test_the_guest_checks_what_an_update_sets(resources: object, message: str) -> None:
     with pytest.raises(AgentError, match=message):
         _check_resources(resources)
+
+
+def test_events_follow_a_pods_run_to_its_stop(
+    run_root: Path, image: ImagePaths, rootfs: Path
+) -> None:
+    api.run_pod(mock_pod("ev", image, ContainerConfig("c", rootfs, Cmd(("sleep",)))))
+    api.pause_container("ev", "c")
+    api.resume_container("ev", "c")
+    api.kill_container("ev", "c", 9)
+    api.wait_container("ev", "c")
+    events = api.pod_events("ev", timeout=5)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert {(e.kind, e.container_id) for e in events} >= {
+        ("start", "c"), ("paused", "c"), ("resumed", "c"), ("exit", "c"),
+    }  # fmt: skip
+    [exit_event] = [e for e in events if e.kind == "exit"]
+    assert exit_event.fields["exit_code"] == 137
+    assert api.pod_events("ev", after=events[-1].seq, timeout=0) == []
+
+    follower = api.follow_events("ev")
+    assert next(follower) == events[0]  # from the start of the run: what is kept
+    api.stop_pod("ev")
+    kinds = [event.kind for event in follower]
+    assert kinds[-1] == "stopped" and kinds[:-1] in ([], [e.kind for e in events[1:]])
+
+
+def test_follow_says_stopped_when_the_daemon_is_gone(
+    run_root: Path, image: ImagePaths, rootfs: Path
+) -> None:
+    status = api.run_pod(mock_pod("gone", image))
+    assert status.daemon_pid is not None
+    os.kill(status.daemon_pid, signal.SIGKILL)
+    [event] = list(api.follow_events("gone"))
+    assert event.kind == "stopped" and "daemon exited unexpectedly" in str(event.fields["error"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -79,3 +80,15 @@ class _Sampler:
                 pids = str(stats.pids) if stats else "-"
                 table.add_row(f"  {container.id}", container.state.value, "", "", memory, pids)
         return table
+
+
+@click.command("events")
+@click.argument("pod_id")
+@click.option("--follow", "-f", is_flag=True, help="Wait for more until the pod stops.")
+def pod_events(pod_id: str, follow: bool) -> None:
+    """The pod's events (start, exit, oom, paused, resumed, stopped), one JSON per line."""
+    from virtcontainers import api
+
+    events = api.follow_events(pod_id) if follow else iter(api.pod_events(pod_id, timeout=0))
+    for event in events:
+        click.echo(json.dumps(event.to_dict()))

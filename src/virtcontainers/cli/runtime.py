@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -356,6 +355,7 @@ def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]
 def events(ctx: click.Context, stats: bool, interval: float, container_id: str) -> None:
     """Stats events for the container, as runc prints them, until it stops."""
     record = Record.load(_options(ctx).root, container_id)
+    seen = 0
     while True:
         status = oci_status(record)
         if status not in ("running", "paused", "created"):
@@ -366,7 +366,7 @@ def events(ctx: click.Context, stats: bool, interval: float, container_id: str) 
         click.echo(json.dumps(runtime_resources.runc_stats(container_id, usage)), nl=True)
         if stats:
             return
-        time.sleep(interval)
+        seen = runtime_resources.echo_ooms(record, seen, interval)
 
 
 @cli.command()

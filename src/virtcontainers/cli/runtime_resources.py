@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import click
 from virtcontainers import api
 from virtcontainers.agent.base import ContainerStats
 from virtcontainers.cli.runtime_state import Options, Record, RuntimeCommandError, log_event
-from virtcontainers.errors import ConfigError
+from virtcontainers.errors import ConfigError, VcError
 from virtcontainers.limits import Limits, parse_size
 
 # linux.resources settings an update carries that the VM's containers cannot
@@ -144,3 +145,20 @@ def runc_stats(container_id: str, stats: ContainerStats) -> dict[str, object]:
         ],
     }
     return {"type": "stats", "id": container_id, "data": data}
+
+
+def echo_ooms(record: Record, seen: int, interval: float) -> int:
+    """Print the container's OOM events (as runc: ``{"type": "oom", "id": ID}``)
+    that come within ``interval`` seconds; return the last event number seen."""
+    deadline = time.monotonic() + interval
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            events = api.pod_events(record.pod_id, seen, max(1, round(left)))
+        except VcError:
+            time.sleep(left)  # the pod is going: the caller's next status check says so
+            return seen
+        for event in events:
+            seen = event.seq
+            if event.kind == "oom" and event.container_id == record.id:
+                click.echo(json.dumps({"type": "oom", "id": record.id}))
+    return seen

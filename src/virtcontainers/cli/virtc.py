@@ -270,6 +270,7 @@ def container() -> None:
 
 container.add_command(container_update)
 container.add_command(container_stats)
+pod.add_command(observe.pod_events)
 cli.add_command(observe.metrics)
 cli.add_command(observe.top)
 
