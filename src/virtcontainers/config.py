@@ -25,7 +25,7 @@ from virtcontainers.errors import ConfigError
 from virtcontainers.hostcgroup import CgroupConfig, CgroupDict
 from virtcontainers.limits import Limits, LimitsDict
 
-JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user"})
+JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user", "time"})
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_MEMORY_MIB = 128
@@ -35,6 +35,23 @@ MAX_VCPUS = 64
 
 
 HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+
+_ACCESS_FLAGS = (
+    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "nodiratime",
+    "diratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+)  # fmt: skip
+RECURSIVE_MOUNT_FLAGS = frozenset("r" + flag for flag in _ACCESS_FLAGS)
+"""``rnosuid`` and the like: the flag on every submount of a bind too."""
+PROPAGATION_OPTIONS = frozenset(
+    {"private", "rprivate", "slave", "rslave", "unbindable", "runbindable"}
+)
+MOUNT_OPTIONS = frozenset(
+    {*_ACCESS_FLAGS, *RECURSIVE_MOUNT_FLAGS, *PROPAGATION_OPTIONS, "bind", "rbind", "defaults"}
+    | {"sync", "async", "dirsync", "mand", "nomand", "lazytime", "nolazytime"}
+)
+"""What :attr:`Mount.options` may hold (the OCI names).  ``shared`` and
+``rshared`` are not among them: mounts made in a container cannot reach the
+host across the VM boundary."""
 
 
 def validate_id(kind: str, value: object) -> str:
@@ -98,6 +115,7 @@ class MountDict(TypedDict):
     source: str
     destination: str
     read_only: bool
+    options: list[str]
 
 
 class CmdDict(TypedDict):
@@ -186,25 +204,68 @@ class Resources(_Plain):
 
 @dataclass(frozen=True)
 class Mount(_Plain):
-    """A host directory or file made visible inside a container."""
+    """A host directory or file made visible inside a container.
+
+    ``options`` are the bind's options besides ro/rw, by their OCI names (see
+    :data:`MOUNT_OPTIONS`): the container's mount gets them in the guest;
+    ``bind`` shares the source without its submounts (the default is
+    ``rbind``), and ``slave``/``rslave`` let mounts made later under the source
+    on the host reach the container.
+    """
 
     KIND = "mount"
 
     source: str
     destination: str
     read_only: bool = False
+    options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_type("mount.source", self.source, str)
         _check_type("mount.destination", self.destination, str)
         _check_type("mount.read_only", self.read_only, bool)
+        object.__setattr__(self, "options", _check_str_tuple("mount.options", self.options))
+        for option in self.options:
+            if option in ("shared", "rshared"):
+                raise ConfigError(
+                    "mount.options",
+                    f"{option!r}: mounts made in a container cannot propagate to the host "
+                    "across the VM boundary",
+                )
+            if option not in MOUNT_OPTIONS:
+                raise ConfigError(
+                    "mount.options",
+                    f"{option!r} is not a bind mount option "
+                    f"(known: {', '.join(sorted(MOUNT_OPTIONS))})",
+                )
         if not os.path.isabs(self.destination):
             raise ConfigError("mount.destination", f"{self.destination!r} is not absolute")
         if not os.path.isabs(self.source):
             raise ConfigError("mount.source", f"{self.source!r} is not absolute")
 
     def to_dict(self) -> MountDict:
-        return {"source": self.source, "destination": self.destination, "read_only": self.read_only}
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "read_only": self.read_only,
+            "options": list(self.options),
+        }
+
+    @property
+    def recursive(self) -> bool:
+        """Whether the source's submounts come along (``rbind``, the default)."""
+        return "bind" not in self.options or "rbind" in self.options
+
+    @property
+    def propagation(self) -> str:
+        """How mounts made later under the source on the host reach the container:
+        ``private`` (they do not), ``slave`` or ``rslave`` (they do; on the host
+        ``slave`` acts as ``rslave``, the share's mounts being set all at once)."""
+        chosen = "private"
+        for option in self.options:
+            if option in ("private", "rprivate", "slave", "rslave"):
+                chosen = "private" if option.endswith("private") else option
+        return chosen
 
     def check_host(self) -> None:
         if not os.path.exists(self.source):

@@ -36,6 +36,7 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
 MAX_STACKED = 64
@@ -59,19 +60,27 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def clone_tree(source: Path, *, read_only: bool) -> int:
-    """A detached, private copy of the mount tree at ``source``, as an fd.
+def clone_tree(
+    source: Path, *, read_only: bool, recursive: bool = True, propagation: str = "private"
+) -> int:
+    """A detached copy of the mount tree at ``source`` (only its top mount
+    unless ``recursive``), as an fd.
 
-    ``read_only`` applies to every mount of the copy.  The caller closes the fd
-    (a copy that is never attached vanishes with it).
+    ``read_only`` applies to every mount of the copy.  The copy is private: mounts
+    made in it never reach the source.  With ``propagation`` ``slave`` or
+    ``rslave``, mounts made later under the source reach the copy, when the
+    source is shared.  The caller closes the fd (a copy that
+    is never attached vanishes with it).
     """
-    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
     tree = _check(
         _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source), flags), f"clone {source}"
     )
     try:
-        # A private copy: mounts made in it stay out of the source's peers and back.
-        attr = _MountAttr(attr_set=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, propagation=MS_PRIVATE)
+        # A mount made private loses its master for good, so a slave top mount
+        # cannot have private submounts: ``slave`` makes them slaves too.
+        every = MS_SLAVE if propagation in ("slave", "rslave") else MS_PRIVATE
+        attr = _MountAttr(attr_set=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, propagation=every)
         if read_only:
             attr.attr_set |= MOUNT_ATTR_RDONLY
         _check(
@@ -116,9 +125,17 @@ def attach(tree: int, target: Path) -> None:
         os.close(target_fd)
 
 
-def bind(source: Path, target: Path, *, read_only: bool) -> None:
-    """Bind ``source`` and its submounts on ``target``, all read-only if asked."""
-    tree = clone_tree(source, read_only=read_only)
+def bind(
+    source: Path,
+    target: Path,
+    *,
+    read_only: bool,
+    recursive: bool = True,
+    propagation: str = "private",
+) -> None:
+    """Bind ``source`` and its submounts (unless not ``recursive``) on ``target``,
+    all read-only if asked; ``propagation`` as in :func:`clone_tree`."""
+    tree = clone_tree(source, read_only=read_only, recursive=recursive, propagation=propagation)
     try:
         attach(tree, target)
     finally:

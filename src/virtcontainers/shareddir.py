@@ -85,6 +85,7 @@ class SharedDir:
             self.unshare(config.id)
         try:
             (skeleton / "rootfs").mkdir(parents=True)
+            _traversable(skeleton)
             view = self.paths.shared / config.id
             if config.writable_layer and not config.read_only_rootfs:
                 self._mount_layered(config, view / "rootfs")
@@ -93,13 +94,20 @@ class SharedDir:
             for index, volume in enumerate(config.mounts):
                 point = skeleton / "mounts" / str(index)
                 source = Path(volume.source)
+                point.parent.mkdir(exist_ok=True)
+                _traversable(point.parent)
                 if source.is_dir():
-                    point.mkdir(parents=True)
+                    point.mkdir()
                 else:
-                    point.parent.mkdir(parents=True, exist_ok=True)
                     point.touch()
                 target = view / "mounts" / str(index)
-                mounts.bind(source, target, read_only=volume.read_only)
+                mounts.bind(
+                    source,
+                    target,
+                    read_only=volume.read_only,
+                    recursive=volume.recursive,
+                    propagation=volume.propagation,
+                )
         except BaseException:
             self.unshare(config.id)
             raise
@@ -134,6 +142,16 @@ class SharedDir:
     def remove_layer(self, container_id: str) -> None:
         """Delete a container's writable layer (after it is unshared)."""
         _remove_tree(self.paths.layer(validate_id("container", container_id)), self.paths.root)
+
+
+def _traversable(directory: Path) -> None:
+    """Let anyone pass through ``directory`` to the mounts in it, but not list it.
+
+    A container in a user namespace opens its root and volumes as its mapped
+    root, which is "other" to these host-root directories; mkdir's mode is
+    whittled down by the caller's umask (0700 under a umask of 077).
+    """
+    os.chmod(directory, 0o711)
 
 
 def _remove_tree(path: Path, pod_root: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NotRequired, TypedDict
 
 from virtcontainers.agent.messages import OciProcess
-from virtcontainers.config import ContainerConfig
+from virtcontainers.config import RECURSIVE_MOUNT_FLAGS, ContainerConfig, Mount
 
 GUEST_SHARED_DIR = "/run/vc/shared"
 OCI_VERSION = "1.1.0"
@@ -28,6 +28,10 @@ DEFAULT_CAPABILITIES = [
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
+
+
+_PROC_NS_NAMES = {"mount": "mnt", "network": "net"}
+"""Namespace types whose name under /proc/<pid>/ns differs."""
 
 
 def guest_rootfs(container_id: str) -> str:
@@ -129,13 +133,12 @@ def container_spec(
         spec["hostname"] = config.hostname
     mounts = list(spec.get("mounts") or [])
     for index, mount in enumerate(config.mounts):
-        options = ["rbind", "ro" if mount.read_only else "rw"]
         mounts.append(
             {
                 "destination": mount.destination,
                 "type": "bind",
                 "source": guest_mount_source(config.id, index),
-                "options": options,
+                "options": guest_bind_options(mount),
             }
         )
     spec["mounts"] = mounts
@@ -152,13 +155,29 @@ def container_spec(
     return spec
 
 
+def guest_bind_options(mount: Mount) -> list[str]:
+    """crun's options for a container's bind of a shared host path.
+
+    The host made the share (recursive or not, see shareddir.py); in the guest
+    it is a single mount of the shared filesystem, with no submounts, so the
+    recursive forms of flags (``rnosuid``) are the plain ones there: given to
+    crun as those, which it applies reliably (its ``rnoatime`` and kin fail).
+    """
+    options = ["rbind", "ro" if mount.read_only else "rw"]
+    for option in mount.options:
+        plain = option[1:] if option in RECURSIVE_MOUNT_FLAGS else option
+        if plain not in ("bind", "rbind", "defaults") and plain not in options:
+            options.append(plain)
+    return options
+
+
 def _join_namespaces(
     spec: dict[str, Any], config: ContainerConfig, guest_pid: Callable[[str], int]
 ) -> None:
     linux = dict(spec.get("linux") or {})
     namespaces = [dict(ns) for ns in linux.get("namespaces") or []]
     for kind, other in config.join_namespaces.items():
-        path = f"/proc/{guest_pid(other)}/ns/{kind}"
+        path = f"/proc/{guest_pid(other)}/ns/{_PROC_NS_NAMES.get(kind, kind)}"
         entry = next((ns for ns in namespaces if ns.get("type") == kind), None)
         if entry is None:
             namespaces.append({"type": kind, "path": path})

@@ -566,6 +566,22 @@ def test_bad_args_are_invalid(agent: AgentClient, op: str, args: dict[str, Any])
     assert info.value.kind == "invalid", info.value.message
 
 
+def test_a_cpuset_naming_cpus_the_vm_lacks_is_refused_plainly(
+    agent: AgentClient, agent_rootfs: str
+) -> None:
+    """Not crun's "Numerical result out of range": the agent names the CPU."""
+    online = Path("/sys/devices/system/cpu/online").read_text().strip()
+    spec = make_spec(["true"])
+    spec.setdefault("linux", {})["resources"] = {"cpu": {"cpus": "0,4095"}}
+    with pytest.raises(AgentCallError) as info:
+        agent.call("create_container", container_id=new_id(), bundle=spec, rootfs=agent_rootfs)
+    assert (info.value.kind, info.value.message) == (
+        "invalid",
+        f"linux.resources.cpu.cpus names CPU 4095, which this VM does not have (its CPUs: "
+        f"{online})",
+    )
+
+
 def test_malformed_request_is_invalid(agent: AgentClient) -> None:
     agent.send(protocol.encode_frame(protocol.FrameType.REQUEST, 42, b"not json"))
     agent.send(protocol.encode_json(protocol.FrameType.REQUEST, 43, {"op": "ping", "args": []}))

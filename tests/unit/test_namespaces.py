@@ -10,6 +10,7 @@ import pytest
 from virtcontainers import oci, spec
 from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import ConfigError
+from virtcontainers.oci.namespaces import Peer
 
 
 def test_spec_points_joined_namespaces_at_the_other_containers_pid(tmp_path: Path) -> None:
@@ -46,9 +47,19 @@ def test_cri_containers_join_their_sandbox(tmp_path: Path) -> None:
         "io.kubernetes.cri.sandbox-id": "sb1",
     }
     (tmp_path / "config.json").write_text(json.dumps(base))
-    config = oci.load_bundle(tmp_path).container_config("app")
+    sandbox = {123: Peer("sb1", "sb1")}.get
+    config = oci.load_bundle(tmp_path).resolve_namespaces(sandbox).container_config("app")
     assert dict(config.join_namespaces) == {"ipc": "sb1", "uts": "sb1"}
 
     base["annotations"]["io.kubernetes.cri.container-type"] = "sandbox"
+    for namespace in base["linux"]["namespaces"]:
+        if namespace["type"] != "network":
+            namespace.pop("path", None)
     (tmp_path / "config.json").write_text(json.dumps(base))
     assert not oci.load_bundle(tmp_path).container_config("sb1").join_namespaces
+
+
+def test_a_joined_mount_namespace_is_named_mnt_under_proc(tmp_path: Path) -> None:
+    config = ContainerConfig("app", tmp_path, Cmd(("sh",)), join_namespaces={"mount": "sb"})
+    guest = spec.container_spec(config, "pod", {"sb": 42}.__getitem__)
+    assert {"type": "mount", "path": "/proc/42/ns/mnt"} in guest["linux"]["namespaces"]

@@ -118,6 +118,8 @@ CASES = [
      "network, pid, time, user, uts)"),
     ("linux", {"devices": [{"type": "c"}]},
      "config.json: linux.devices[0].path: must be a string, got null"),
+    ("linux", {"devices": {}},
+     "config.json: linux.devices: must be a list of objects, got an object"),
     ("linux", {"resources": {"memory": {"limit": "1G"}}},
      "config.json: linux.resources.memory.limit: must be an integer, got a string"),
     ("linux", {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/seccomp.sock"}},

@@ -165,3 +165,74 @@ def test_mount_api_errors_name_the_path(base: Path) -> None:
         mounts.bind(base / "src", link, read_only=False)
     assert not mounts.mounts_under(base)
     assert os.path.islink(link)
+
+
+def test_a_mapped_root_can_pass_through_to_its_files_under_any_umask(
+    shared: SharedDir, base: Path
+) -> None:
+    """A container in a user namespace reaches its root and volumes as "other"."""
+    volume = base / "volume"
+    volume.mkdir()
+    old = os.umask(0o077)
+    try:
+        shared.share(container("c", rootfs(base), mounts=(Mount(str(volume), "/v"),)))
+    finally:
+        os.umask(old)
+    for directory in (shared.export / "c", shared.export / "c" / "mounts"):
+        assert directory.stat().st_mode & 0o777 == 0o711, directory
+
+
+@pytest.fixture
+def shared_volume(base: Path) -> Iterator[Path]:
+    """A volume that is a shared mount, as / is on systemd hosts."""
+    volume = base / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(volume)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(volume)], check=True)
+        (volume / "later").mkdir()
+        yield volume
+    finally:
+        mounts.detach(volume)
+
+
+@pytest.mark.parametrize(
+    ("options", "seen"),
+    [((), False), (("rprivate",), False), (("rslave",), True), (("slave",), True)],
+)
+def test_later_host_mounts_reach_only_a_slave_volume(
+    shared: SharedDir, base: Path, shared_volume: Path, options: tuple[str, ...], seen: bool
+) -> None:
+    config = container(
+        "c", rootfs(base), mounts=(Mount(str(shared_volume), "/v", options=options),)
+    )
+    shared.share(config)
+    later = shared_volume / "later"
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(later)], check=True)
+        (later / "file").write_text("made after the share")
+        assert (shared.export / "c" / "mounts" / "0" / "later" / "file").exists() is seen
+    finally:
+        shared.unshare("c")
+        mounts.detach(later)
+
+
+def test_a_plain_bind_leaves_the_sources_submounts_out(shared: SharedDir, base: Path) -> None:
+    volume = base / "volume"
+    (volume / "sub").mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(volume / "sub")], check=True
+    )
+    try:
+        (volume / "sub" / "file").write_text("on the submount")
+        for index, options in enumerate((("bind",), ("rbind",))):
+            config = container(f"c{index}", rootfs(base / str(index)), mounts=(
+                Mount(str(volume), "/v", options=options),
+            ))  # fmt: skip
+            shared.share(config)
+        assert not (shared.export / "c0" / "mounts" / "0" / "sub" / "file").exists()
+        assert (shared.export / "c1" / "mounts" / "0" / "sub" / "file").exists()
+    finally:
+        shared.unshare("c0")
+        shared.unshare("c1")
+        mounts.detach(volume / "sub")

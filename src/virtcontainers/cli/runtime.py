@@ -14,9 +14,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -38,6 +39,9 @@ from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
 from virtcontainers.errors import NotFoundError, StateError, VcError
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState, PodState
+
+if TYPE_CHECKING:
+    from virtcontainers.oci.namespaces import Peer
 
 # --- errors, the runc way -----------------------------------------------------------------
 
@@ -113,7 +117,7 @@ def _create(
 
     validate_id("container", container_id)
     _reclaim_or_refuse(options, container_id)
-    bundle = oci.load_bundle(bundle_dir.resolve())
+    bundle = oci.load_bundle(bundle_dir.resolve()).resolve_namespaces(_peer_finder(options))
     for warning in bundle.warnings:
         log_event(options, "warning", f"{container_id}: {warning}")
     if preserve_fds:
@@ -162,6 +166,20 @@ def _create(
         record.remove(options.root)
         raise
     return record, shim
+
+
+def _peer_finder(options: Options) -> Callable[[int], Peer | None]:
+    """Finds the container of this --root whose pid (its shim's, as ``state``
+    reports it) a namespace path names, if it still exists."""
+    from virtcontainers.oci.namespaces import Peer
+
+    def find(pid: int) -> Peer | None:
+        for record in _records(options, quiet=True):
+            if record.shim_pid == pid and oci_status(record) in ("created", "running", "paused"):
+                return Peer(container_id=record.id, pod_id=record.pod_id)
+        return None
+
+    return find
 
 
 def _reclaim_or_refuse(options: Options, container_id: str) -> None:
@@ -230,6 +248,7 @@ def _start(record: Record) -> None:
         if status == "stopped":
             raise RuntimeCommandError("cannot start a container that has stopped")
         raise RuntimeCommandError(f"cannot start an already {status} container")
+    record.run_hooks("startContainer", "created")
     api.start_container(record.pod_id, record.id)
     record.run_hooks("poststart", "running")
 
@@ -293,14 +312,17 @@ def state(ctx: click.Context, container_id: str) -> None:
     click.echo(json.dumps(state_document(record), indent=2))
 
 
-def _records(options: Options) -> list[Record]:
-    """Every container of this --root; an unreadable one is reported, not hidden."""
+def _records(options: Options, quiet: bool = False) -> list[Record]:
+    """Every container of this --root; an unreadable one is reported, not hidden
+    (unless ``quiet``)."""
     records = []
     root = options.root
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         try:
             records.append(Record.load(root, entry.name))
         except (RuntimeCommandError, ValueError, TypeError) as exc:
+            if quiet:
+                continue
             message = f"container {entry.name}: unreadable state in {entry}: {exc}"
             log_event(options, "warning", message)
             click.echo(f"vc-runtime: {message} (`delete --force` removes it)", err=True)

@@ -9,10 +9,12 @@ from virtcontainers.oci.annotations import PodRole
 from virtcontainers.oci.bundle import Bundle, cgroups_path, load_bundle, process_from_json
 from virtcontainers.oci.defaults import default_spec, features
 from virtcontainers.oci.hooks import STAGES, run_hooks
+from virtcontainers.oci.namespaces import Peer
 
 __all__ = [
     "STAGES",
     "Bundle",
+    "Peer",
     "PodRole",
     "cgroups_path",
     "default_spec",

@@ -14,6 +14,8 @@ VM size, first found wins
        / ``sandbox-cpu-period`` and ``io.kubernetes.cri.sandbox-memory`` (bytes);
     3. ``linux.resources.cpu.quota/period`` and ``linux.resources.memory.limit``;
     4. 1 vCPU, 512 MiB.
+    A cpuset (``linux.resources.cpu.cpus``) names the VM's vCPUs: the VM of a
+    pod the bundle makes has at least enough to cover it.
     A memory limit L becomes L + 256 MiB of guest overhead, rounded up to a
     multiple of 128 MiB, at least 512 MiB.  vCPUs are ceil(quota / period).
     Both are capped at what the host has (with a warning).
@@ -141,8 +143,14 @@ def vm_size(
     role: PodRole,
     loc: Loc,
     warnings: list[str],
+    cpus_needed: int = 0,
 ) -> tuple[int, int]:
-    """(vCPUs, memory MiB) of the pod's VM; see the module docstring for the rules."""
+    """(vCPUs, memory MiB) of the pod's VM; see the module docstring for the rules.
+
+    ``cpus_needed``: the vCPUs the container's cpuset names; a pod the bundle
+    makes gets at least that many, and a cpuset beyond what a VM here can have
+    is refused.
+    """
     quota, period, limit = _resources(spec, loc)
     if role is PodRole.SANDBOX:
         sandbox_quota = _number(annotations, CRI_SANDBOX_CPU_QUOTA, loc)
@@ -165,6 +173,20 @@ def vm_size(
     if kata_memory is not None:
         memory = math.ceil(kata_memory)
     cap = min(host_cpus(), MAX_VCPUS)
+    if role is not PodRole.CONTAINER and cpus_needed > vcpus:
+        if cpus_needed > cap:
+            cpus = (spec.get("linux") or {})["resources"]["cpu"]["cpus"]
+            raise (
+                loc.key("linux")
+                .key("resources")
+                .key("cpu")
+                .key("cpus")
+                .error(
+                    f"{cpus!r} names CPU {cpus_needed - 1}, but the VM can have at most {cap} "
+                    f"vCPUs here (CPUs 0-{cap - 1}; one per host CPU)"
+                )
+            )
+        vcpus = cpus_needed
     if vcpus > cap:
         warnings.append(loc.note(f"VM vCPUs capped at {cap} (asked for {vcpus})"))
         vcpus = cap

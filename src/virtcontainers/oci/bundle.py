@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from virtcontainers.errors import ConfigError, RuntimeSpecError
 from virtcontainers.hostcgroup import CgroupConfig
 from virtcontainers.oci._json import Loc, obj
 from virtcontainers.oci.annotations import DEFAULT_CPU_PERIOD, PodRole, pod_role, vm_size
+from virtcontainers.oci.namespaces import NamespacePath, Peer, resolve
 from virtcontainers.oci.translate import translate_process, translate_spec
 
 CONFIG_FILE = "config.json"
@@ -24,9 +26,6 @@ log = logging.getLogger("virtcontainers.oci")
 def cgroups_path(container_id: str) -> str:
     """The container's cgroup in the guest (relative to the guest's cgroup root)."""
     return f"/vc/{container_id}"
-
-
-SANDBOX_SHARED_NAMESPACES = frozenset({"ipc", "uts", "pid"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,11 @@ class Bundle:
     netns: str | None = None
     """The network namespace the bundle names: the pod's, for a sandbox or a
     container with a pod of its own (a member container shares its pod's)."""
+    namespace_paths: tuple[NamespacePath, ...] = ()
+    """The namespace paths of the spec, which :meth:`resolve_namespaces` looks up."""
+    joins: Mapping[str, str] | None = None
+    """Namespace type -> container of the pod whose namespace this one joins in
+    the guest; None until the namespace paths are resolved."""
 
     def process_cmd(self) -> Cmd:
         """The bundle's process as a Cmd; RuntimeSpecError when there is none."""
@@ -63,8 +67,41 @@ class Bundle:
             raise RuntimeSpecError(f"{CONFIG_FILE}: process: is required to run a container")
         return self.cmd
 
+    def resolve_namespaces(self, find: Callable[[int], Peer | None]) -> Bundle:
+        """The bundle with its namespace paths looked up, ready for :meth:`container_config`.
+
+        ``find`` gives the container of the runtime that has a pid, if one
+        has.  A container that names the namespaces of another pod's containers
+        becomes a member of that pod (role CONTAINER, ``sandbox_id`` that pod).
+        Raises RuntimeSpecError for a path that names no container of the
+        runtime, or containers of another pod than the bundle's (see namespaces.py).
+        """
+        found = resolve(
+            self.namespace_paths,
+            find,
+            self.sandbox_id if self.role is PodRole.CONTAINER else None,
+            makes_pod=self.role is PodRole.SANDBOX,
+        )
+        if self.role is PodRole.STANDALONE and found.pod_id is not None:
+            return dataclasses.replace(
+                self, role=PodRole.CONTAINER, sandbox_id=found.pod_id, joins=found.joins
+            )
+        return dataclasses.replace(self, joins=found.joins)
+
     def container_config(self, container_id: str) -> ContainerConfig:
+        """The container's config; its namespace paths must be resolved first,
+        unless it has none (RuntimeSpecError otherwise)."""
         cmd = self.process_cmd()
+        joins = self.joins
+        if joins is None:
+            unresolved = [ns for ns in self.namespace_paths if ns.kind != "network"]
+            if unresolved:
+                raise RuntimeSpecError(
+                    f"{unresolved[0].where}: {unresolved[0].path}: namespace paths are "
+                    "resolved by the runtime (Bundle.resolve_namespaces) before the "
+                    "container is made"
+                )
+            joins = {}
         oci = copy.deepcopy(dict(self.guest_spec))
         linux = dict(oci.get("linux") or {})
         linux["cgroupsPath"] = cgroups_path(container_id)
@@ -80,26 +117,10 @@ class Bundle:
                 read_only_rootfs=self.read_only_rootfs,
                 annotations=dict(self.annotations),
                 oci=oci,
-                join_namespaces=self.sandbox_namespaces(),
+                join_namespaces=dict(joins),
             )
         except ConfigError as error:
             raise RuntimeSpecError(f"{self.path / CONFIG_FILE}: {error}") from None
-
-    def sandbox_namespaces(self) -> dict[str, str]:
-        """For a CRI container, the namespaces it shares with its sandbox container.
-
-        CRI engines point a container's ipc/uts (and pid, with a shared process
-        namespace) at the sandbox's on the host; in the VM they become the
-        sandbox container's namespaces in the guest.
-        """
-        if self.role is not PodRole.CONTAINER or self.sandbox_id is None:
-            return {}
-        linux = self.spec.get("linux") or {}
-        return {
-            ns["type"]: self.sandbox_id
-            for ns in linux.get("namespaces") or []
-            if ns.get("type") in SANDBOX_SHARED_NAMESPACES and ns.get("path")
-        }
 
     def pod_config(self, pod_id: str) -> PodConfig:
         """A pod with no containers, sized from the bundle (see annotations.py)."""
@@ -167,7 +188,9 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     translation = translate_spec(spec, loc, bundle)
     role, sandbox_id = pod_role(translation.annotations, loc)
     warnings = translation.warnings
-    vcpus, memory = vm_size(spec, translation.annotations, role, loc, warnings)
+    vcpus, memory = vm_size(
+        spec, translation.annotations, role, loc, warnings, translation.cpus_needed
+    )
     return Bundle(
         path=bundle,
         spec=spec,
@@ -184,6 +207,7 @@ def load_bundle(bundle_dir: Path) -> Bundle:
         vcpus=vcpus,
         memory_mib=memory,
         netns=translation.netns,
+        namespace_paths=tuple(translation.namespace_paths),
     )
 
 

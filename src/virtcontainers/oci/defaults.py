@@ -62,13 +62,17 @@ ALL_CAPABILITIES = [
 MOUNT_OPTIONS = sorted(
     {
         "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
-        "iversion", "lazytime", "loud", "mand", "noatime", "nodev", "nodiratime",
-        "noexec", "noiversion", "nolazytime", "nomand", "norelatime", "nostrictatime",
-        "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro",
-        "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "silent",
-        "slave", "strictatime", "suid", "symfollow", "sync", "tmpcopyup", "unbindable",
+        "lazytime", "mand", "noatime", "nodev", "nodiratime", "noexec", "nolazytime",
+        "nomand", "norelatime", "nostrictatime", "nosuid", "private", "rbind", "rdev",
+        "relatime", "rexec", "rnodev", "rnoexec", "rnosuid", "ro", "rprivate", "rro", "rrw",
+        "rshared", "rslave", "rsuid", "runbindable", "rw", "shared", "slave", "strictatime",
+        "suid", "sync", "tmpcopyup", "unbindable",
     }
 )  # fmt: skip
+"""Options the guest's crun 1.8 applies (tried one by one on a tmpfs in the guest;
+it fails on ``iversion``, ``nosymfollow``, ``remount``, ``silent`` and the recursive
+atime forms).  ``shared`` and ``rshared`` apply to the guest's own filesystems;
+a bind of a host path refuses them (translate.py)."""
 
 
 def default_spec(rootless: bool = False) -> dict[str, Any]:
@@ -77,7 +81,7 @@ def default_spec(rootless: bool = False) -> dict[str, Any]:
     process and ``rootfs`` as its root.
 
     Unlike runc's there is no network namespace: the VM is the network boundary
-    (and a network namespace would be dropped with a warning on load).
+    (a new network namespace would leave the container with loopback only).
     ``rootless`` adds a user namespace mapping the caller's uid/gid to root.
     """
     document = spec.default_spec("vc")

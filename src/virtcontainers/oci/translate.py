@@ -2,9 +2,12 @@
 
 The guest runs crun, so most of the spec passes through untouched.  What is
 changed is what a VM boundary changes: host paths (rootfs, bind-mount sources,
-namespace paths, device nodes, cgroup paths) mean nothing inside the guest.
-Every change is reported as a warning; what cannot be honoured at all is a
-:class:`~virtcontainers.errors.RuntimeSpecError`.  docs/oci.md has the table.
+cgroup paths) are shared or replaced, binds of host device nodes become nodes
+made in the guest, namespace paths are resolved to containers of the pod
+(namespaces.py), cgroup v1 settings are translated for the guest's cgroup v2
+(resources.py).  A setting is applied, or refused with a
+:class:`~virtcontainers.errors.RuntimeSpecError` naming it; only what means
+nothing in a VM is dropped, with a warning.  docs/oci.md has the table.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from virtcontainers.agent.messages import OciUser
-from virtcontainers.config import HOSTNAME_PATTERN, Cmd, Mount
+from virtcontainers.config import HOSTNAME_PATTERN, MOUNT_OPTIONS, Cmd, Mount
 from virtcontainers.errors import ConfigError
 from virtcontainers.oci._json import (
     Loc,
@@ -33,6 +36,8 @@ from virtcontainers.oci._json import (
     string,
     type_name,
 )
+from virtcontainers.oci.namespaces import NamespacePath, parse_path
+from virtcontainers.oci.resources import translate_resources
 
 #: Filesystems the guest kernel makes itself: they pass through unchanged.
 KERNEL_FILESYSTEMS = frozenset(
@@ -43,9 +48,8 @@ STANDARD_DEVICES = frozenset(
     {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 )
 NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"})
-#: Bind-mount options that a virtcontainers Mount expresses (or that mean
-#: nothing across the VM boundary): dropping them changes nothing.
-_PLAIN_BIND_OPTIONS = frozenset({"bind", "rbind", "ro", "rw", "private", "rprivate"})
+_READ_ONLY_OPTIONS = {"ro": True, "rro": True, "rw": False, "rrw": False}
+DEVICE_TYPES = ("c", "b", "u", "p")
 #: Host kernel views: a bind of these is served from the guest's own.
 _GUEST_KERNEL_TREES = ("/proc", "/sys")
 _MAX_ID = 2**32 - 2
@@ -66,6 +70,10 @@ class Translation:
     warnings: list[str] = field(default_factory=list)
     netns: str | None = None
     """The network namespace the spec names by path: the pod's network."""
+    namespace_paths: list[NamespacePath] = field(default_factory=list)
+    """Namespace paths, to be resolved to containers of the runtime (namespaces.py)."""
+    cpus_needed: int = 0
+    """vCPUs that ``linux.resources.cpu.cpus`` needs the VM to have (0: no cpuset)."""
 
 
 def _config_error(loc: Loc, error: ConfigError) -> Exception:
@@ -172,8 +180,8 @@ def _bind_mount(
     loc: Loc,
     bundle_dir: Path,
     warnings: list[str],
-) -> tuple[dict[str, Any] | None, Mount | None]:
-    """(guest-side mount to keep, host mount to share); either may be None."""
+) -> tuple[dict[str, Any] | None, Mount | dict[str, Any] | None]:
+    """(guest-side mount to keep, host path to share or host device to make); either may be None."""
     destination = string(mount.get("destination"), loc.key("destination"))
     if not destination.startswith("/"):
         destination = "/" + destination  # runtime-spec 1.1: relative to the container's /
@@ -192,43 +200,79 @@ def _bind_mount(
             )
             return dict(mount), None
     try:
-        mode = os.stat(source).st_mode
+        info = os.stat(source)
     except FileNotFoundError:
         raise loc.key("source").error(f"{source} does not exist on the host") from None
     except OSError as error:
         raise loc.key("source").error(f"{source}: {error.strerror}") from None
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        warnings.append(
-            loc.note(f"bind of host device {source} on {destination} dropped: not in the VM")
-        )
-        return None, None
-    read_only = False
-    for option in options:
-        if option in ("ro", "rw"):
-            read_only = option == "ro"
-    dropped = [o for o in options if o not in _PLAIN_BIND_OPTIONS]
-    if dropped:
-        warnings.append(
-            loc.note(
-                f"options {', '.join(dropped)} of the bind of {source} on {destination} are not "
-                "applied: host paths are shared with the guest as plain rbind mounts (ro or rw)"
-            )
-        )
+    if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        return None, _device_of(info, source, destination, loc, warnings)
     for key in ("uidMappings", "gidMappings"):
         if mount.get(key):
-            warnings.append(loc.key(key).note("dropped: id-mapped host mounts are not supported"))
+            raise loc.key(key).error("id-mapped bind mounts are not supported")
+    read_only = False
+    kept: list[str] = []
+    for i, option in enumerate(options):
+        if option in _READ_ONLY_OPTIONS:
+            read_only = _READ_ONLY_OPTIONS[option]
+        elif option in ("shared", "rshared"):
+            raise (
+                loc.key("options")
+                .index(i)
+                .error(
+                    f"{option!r}: mounts made in the container cannot propagate back to the host "
+                    f"across the VM boundary (the bind of {source} on {destination})"
+                )
+            )
+        elif option not in MOUNT_OPTIONS:
+            raise (
+                loc.key("options")
+                .index(i)
+                .error(
+                    f"{option!r} is not an option vc-runtime can apply to a bind mount (known: "
+                    f"{', '.join(sorted({*MOUNT_OPTIONS, *_READ_ONLY_OPTIONS}))})"
+                )
+            )
+        else:
+            kept.append(option)
     try:
-        return None, Mount(source=source, destination=destination, read_only=read_only)
+        return None, Mount(source, destination, read_only=read_only, options=tuple(kept))
     except ConfigError as error:
         raise _config_error(loc, error) from None
 
 
+def _device_of(
+    info: os.stat_result, source: str, destination: str, loc: Loc, warnings: list[str]
+) -> dict[str, Any]:
+    """A bind of a host device node, as the node crun makes in the guest (linux.devices)."""
+    kind = "c" if stat.S_ISCHR(info.st_mode) else "b"
+    major, minor = os.major(info.st_rdev), os.minor(info.st_rdev)
+    warnings.append(
+        loc.note(
+            f"bind of host device {source} on {destination} made as a device node "
+            f"({kind} {major}:{minor}) in the guest: it reaches the guest's device of "
+            "that number, if the VM has one"
+        )
+    )
+    return {
+        "path": destination,
+        "type": kind,
+        "major": major,
+        "minor": minor,
+        "fileMode": stat.S_IMODE(info.st_mode),
+        "uid": info.st_uid,
+        "gid": info.st_gid,
+    }
+
+
 def translate_mounts(
     mounts: object, loc: Loc, bundle_dir: Path, warnings: list[str]
-) -> tuple[list[dict[str, Any]], list[Mount]]:
-    """Split mounts into those the guest makes itself and host paths to share."""
+) -> tuple[list[dict[str, Any]], list[Mount], list[dict[str, Any]]]:
+    """Split mounts into those the guest makes itself, host paths to share and
+    host device nodes to make in the guest."""
     guest: list[dict[str, Any]] = []
     host: list[Mount] = []
+    devices: list[dict[str, Any]] = []
     for i, mount in enumerate(obj_list(mounts, loc)):
         where = loc.index(i)
         string(mount.get("destination"), where.key("destination"))
@@ -237,8 +281,10 @@ def translate_mounts(
             kept, shared = _bind_mount(mount, options, where, bundle_dir, warnings)
             if kept is not None:
                 guest.append(kept)
-            if shared is not None:
+            if isinstance(shared, Mount):
                 host.append(shared)
+            elif shared is not None:
+                devices.append(shared)
             continue
         if "type" not in mount:
             raise where.key("type").error("is required unless the mount is a bind mount")
@@ -249,7 +295,7 @@ def translate_mounts(
                 f"kernel filesystems ({', '.join(sorted(KERNEL_FILESYSTEMS))}) are supported"
             )
         guest.append(copy.deepcopy(dict(mount)))
-    return guest, host
+    return guest, host, devices
 
 
 # --- linux -------------------------------------------------------------------
@@ -259,7 +305,8 @@ GUEST_POD_NETNS = "/proc/1/ns/net"
 """The guest's network namespace, which holds the pod's interfaces (see network.md)."""
 
 
-def _namespaces(value: object, loc: Loc, warnings: list[str]) -> list[dict[str, Any]]:
+def _namespaces(value: object, loc: Loc, paths: list[NamespacePath]) -> list[dict[str, Any]]:
+    """The guest's namespace entries; their paths go to ``paths``, to be resolved."""
     kept: list[dict[str, Any]] = []
     for i, ns in enumerate(obj_list(value, loc)):
         where = loc.index(i)
@@ -268,45 +315,78 @@ def _namespaces(value: object, loc: Loc, warnings: list[str]) -> list[dict[str, 
             raise where.key("type").error(
                 f"unknown namespace {kind!r} (known: {', '.join(sorted(NAMESPACE_TYPES))})"
             )
-        if kind == "network" and ns.get("path"):
+        entry = dict(ns)
+        path = entry.pop("path", None)
+        if path:
+            paths.append(parse_path(kind, string(path, where.key("path")), where.key("path")))
+        if kind == "network" and path:
             # The caller's network namespace: the pod's VM is put on it, and the
             # container joins the guest's, which holds it.  Joined by path rather
             # than left out, so that crun accepts the spec's net.* sysctls.
-            kept.append({"type": "network", "path": GUEST_POD_NETNS})
-            continue
-        entry = dict(ns)
-        if entry.get("path"):
-            warnings.append(
-                where.note(
-                    f"path {entry['path']} of the {kind} namespace dropped: host namespaces "
-                    "are not in the VM; the container gets a new one, or its CRI "
-                    "sandbox's (ipc, uts, pid)"
-                )
-            )
-        entry.pop("path", None)
+            entry["path"] = GUEST_POD_NETNS
         kept.append(entry)
     return kept
 
 
-def _devices(value: object, loc: Loc, warnings: list[str]) -> list[dict[str, Any]]:
+def _devices(value: object, loc: Loc) -> list[dict[str, Any]]:
+    """``linux.devices``, checked: crun in the guest makes each node as it is given."""
     kept: list[dict[str, Any]] = []
     for i, device in enumerate(obj_list(value, loc)):
-        path = string(device.get("path"), loc.index(i).key("path"))
-        if path in STANDARD_DEVICES:
-            kept.append(dict(device))
-        else:
-            warnings.append(
-                loc.index(i).note(f"device {path} dropped: host device nodes are not in the VM")
+        where = loc.index(i)
+        path = string(device.get("path"), where.key("path"))
+        if not path.startswith("/"):
+            raise where.key("path").error(f"must be an absolute path, got {path!r}")
+        kind = string(device.get("type"), where.key("type"))
+        if kind not in DEVICE_TYPES:
+            raise where.key("type").error(
+                f"{kind!r} is not a device type (c, u: character; b: block; p: fifo)"
             )
+        for key in ("major", "minor"):
+            if device.get(key) is None:
+                if kind != "p":
+                    raise where.key(key).error(f"is required for a device of type {kind!r}")
+                continue
+            integer(device[key], where.key(key), minimum=0)
+        if device.get("fileMode") is not None:
+            mode = integer(device["fileMode"], where.key("fileMode"), minimum=0)
+            if mode > 0o7777:
+                raise where.key("fileMode").error(
+                    f"{mode:#o} is not a file mode (permission bits, at most 0o7777)"
+                )
+        for key in ("uid", "gid"):
+            if device.get(key) is not None:
+                value_ = integer(device[key], where.key(key), minimum=0)
+                if value_ > _MAX_ID:
+                    raise where.key(key).error(f"{value_} is not a valid id (at most {_MAX_ID})")
+        kept.append(dict(device))
     return kept
 
 
-def translate_linux(linux: Mapping[str, Any], loc: Loc, warnings: list[str]) -> dict[str, Any]:
+@dataclass
+class LinuxSection:
+    """``linux`` as the guest gets it, and what the runtime must still act on."""
+
+    guest: dict[str, Any]
+    namespace_paths: list[NamespacePath] = field(default_factory=list)
+    cpus_needed: int = 0
+
+
+def translate_linux(
+    linux: Mapping[str, Any], loc: Loc, warnings: list[str], host_devices: list[dict[str, Any]]
+) -> LinuxSection:
+    """``host_devices``: device nodes that binds of host devices become."""
     out = copy.deepcopy(dict(linux))
+    section = LinuxSection(out)
     if out.get("namespaces") is not None:
-        out["namespaces"] = _namespaces(out["namespaces"], loc.key("namespaces"), warnings)
-    if out.get("devices") is not None:
-        out["devices"] = _devices(out["devices"], loc.key("devices"), warnings)
+        out["namespaces"] = _namespaces(
+            out["namespaces"], loc.key("namespaces"), section.namespace_paths
+        )
+    listed = out.get("devices")
+    devices = _devices(listed, loc.key("devices")) if listed is not None else []
+    paths = {device["path"] for device in devices}
+    devices += [device for device in host_devices if device["path"] not in paths]
+    if listed is not None or devices:
+        out["devices"] = devices
     cgroups_path = out.pop("cgroupsPath", None)
     if cgroups_path:
         warnings.append(
@@ -322,9 +402,13 @@ def translate_linux(linux: Mapping[str, Any], loc: Loc, warnings: list[str]) -> 
         intelRdt="the VM has no Intel RDT",
         netDevices="host network devices cannot be moved into the VM",
     )
-    for key in ("resources", "sysctl", "seccomp"):
+    for key in ("sysctl", "seccomp"):
         if out.get(key) is not None:
             obj(out[key], loc.key(key))
+    if out.get("resources") is not None:
+        out["resources"], section.cpus_needed = translate_resources(
+            out["resources"], loc.key("resources"), warnings
+        )
     seccomp = out.get("seccomp") or {}
     if seccomp.get("listenerPath"):
         raise (
@@ -335,7 +419,7 @@ def translate_linux(linux: Mapping[str, Any], loc: Loc, warnings: list[str]) -> 
                 "receive notifications from a container in a VM"
             )
         )
-    return out
+    return section
 
 
 # --- the whole spec ----------------------------------------------------------
@@ -414,13 +498,17 @@ def translate_spec(spec: Mapping[str, Any], loc: Loc, bundle_dir: Path) -> Trans
     else:
         guest.pop("process", None)
     mounts: list[Mount] = []
+    devices: list[dict[str, Any]] = []
     if spec.get("mounts") is not None:
-        guest["mounts"], mounts = translate_mounts(
+        guest["mounts"], mounts, devices = translate_mounts(
             spec["mounts"], loc.key("mounts"), bundle_dir, warnings
         )
-    if spec.get("linux") is not None:
-        linux = obj(spec["linux"], loc.key("linux"))
-        guest["linux"] = translate_linux(linux, loc.key("linux"), warnings)
+    linux = LinuxSection({})
+    if spec.get("linux") is not None or devices:
+        raw = spec.get("linux")
+        raw_linux = obj(raw if raw is not None else {}, loc.key("linux"))
+        linux = translate_linux(raw_linux, loc.key("linux"), warnings, devices)
+        guest["linux"] = linux.guest
     for key in ("windows", "solaris", "vm", "zos"):
         if key in guest:
             guest.pop(key)
@@ -435,6 +523,8 @@ def translate_spec(spec: Mapping[str, Any], loc: Loc, bundle_dir: Path) -> Trans
         annotations=annotations,
         warnings=warnings,
         netns=_network_path(spec, loc),
+        namespace_paths=linux.namespace_paths,
+        cpus_needed=linux.cpus_needed,
     )
 
 

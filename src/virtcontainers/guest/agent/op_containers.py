@@ -88,10 +88,49 @@ def _check_bundle(args: Mapping[str, object]) -> tuple[dict[str, object], Checke
     if not isinstance(rootfs, str) or not rootfs.startswith("/") or "\0" in rootfs:
         raise invalid("rootfs must be an absolute path")
     process = check_process(bundle.get("process"), "bundle.process")
+    _check_cpuset(bundle)
     root = bundle.get("root", {})
     if not isinstance(root, dict):
         raise invalid("bundle.root must be an object")
     return dict(bundle, root=dict(root, path=rootfs)), process, rootfs
+
+
+def _check_cpuset(bundle: Mapping[str, object]) -> None:
+    """Refuse a cpuset naming CPUs this VM lacks (crun would only say "Numerical
+    result out of range"); a malformed one is left to crun to report."""
+    linux = bundle.get("linux")
+    resources = linux.get("resources") if isinstance(linux, dict) else None
+    cpu = resources.get("cpu") if isinstance(resources, dict) else None
+    wanted = _cpu_list(cpu.get("cpus")) if isinstance(cpu, dict) else None
+    if not wanted:
+        return
+    try:
+        text = read_text("/sys/devices/system/cpu/online", 4096).strip()
+    except OSError:
+        return
+    online = _cpu_list(text) or set()
+    missing = sorted(wanted - online)
+    if missing:
+        raise invalid(
+            f"linux.resources.cpu.cpus names CPU {missing[0]}, which this VM does not have "
+            f"(its CPUs: {text})"
+        )
+
+
+def _cpu_list(value: object) -> set[int] | None:
+    """The CPUs of a list such as ``0-3,6``; None if it is not one."""
+    if not isinstance(value, str) or len(value) > 4096:
+        return None
+    cpus: set[int] = set()
+    for item in value.split(","):
+        first, dash, last = item.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            return None
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low or high > 8191:
+            return None
+        cpus.update(range(low, high + 1))
+    return cpus
 
 
 def _write_bundle(bundle_dir: str, config: dict[str, object]) -> None:
