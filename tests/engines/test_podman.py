@@ -135,6 +135,8 @@ def test_the_pods_qemu_runs_in_the_engines_cgroup_and_stats_show_it(
     placed = Path(f"/proc/{pod.vm_pid}/cgroup").read_text().splitlines()
     cpu = next(line for line in placed if line.split(":")[1] in ("cpu", "cpu,cpuacct"))
     assert "libpod" in cpu.split(":")[2], placed  # podman's cgroupsPath, not ours
+    shim = podman.run("inspect", "--format", "{{.State.Pid}}", "busy").stdout.strip()
+    assert cpu in Path(f"/proc/{shim}/cgroup").read_text().splitlines()  # the shim too
     quota = Path("/sys/fs/cgroup/cpu", cpu.split(":")[2].lstrip("/"), "cpu.cfs_quota_us")
     assert quota.read_text().strip() == "150000"  # the VM as a whole gets 1.5 CPUs
 

@@ -37,6 +37,7 @@ from virtcontainers.cli.shim import ShimRequest
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
 from virtcontainers.errors import NotFoundError, StateError, VcError
+from virtcontainers.hostcgroup import HostCgroup
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState, PodState
 
@@ -150,10 +151,14 @@ def _create(
     # delete --force and a retried create can see.
     record.save(options.root)
     try:
-        if owns_pod:
-            api.run_pod(bundle.pod_config(pod_id))
+        pod_config = bundle.pod_config(pod_id) if owns_pod else None
+        if pod_config is not None:
+            api.run_pod(pod_config)
         request: ShimRequest = {"pod_id": pod_id, "container": config.to_dict()}
         shim = start_shim(request, console_socket)
+        if pod_config is not None and pod_config.cgroup is not None:
+            # The engine counts the shim with the pod, as it would runc's process.
+            HostCgroup(pod_config.cgroup).enter(shim.pid)
         record.shim_pid = shim.pid
         record.creator = None
         record.save(options.root)
