@@ -138,6 +138,7 @@ class PodConfigDict(TypedDict):
     annotations: dict[str, str]
     agent: str | None
     netns: str | None
+    boot: str
 
 
 class _Plain:
@@ -399,6 +400,7 @@ class ImagePaths(_Plain):
 
 HYPERVISORS = ("qemu", "mock")
 AGENTS = ("vc", "mock")
+BOOT_MODES = ("auto", "template", "cold")
 
 
 @dataclass(frozen=True)
@@ -423,6 +425,10 @@ class PodConfig:
     netns: str | None = None
     """A network namespace (by path) that the caller set up: the pod's VM gets
     its interfaces, addresses and routes.  None: loopback only."""
+    boot: str = "auto"
+    """How the VM starts: ``cold`` boots it; ``template`` clones the VM
+    template that matches the pod (factory.py) and fails without one;
+    ``auto`` clones one when it exists and boots cold otherwise."""
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -445,6 +451,8 @@ class PodConfig:
             raise ConfigError("pod.agent", f"{self.agent!r} is not 'vc' or 'mock'")
         if self.netns is not None and not os.path.isabs(self.netns):
             raise ConfigError("pod.netns", f"{self.netns!r} is not an absolute path")
+        if self.boot not in BOOT_MODES:
+            raise ConfigError("pod.boot", f"{self.boot!r} is not one of {', '.join(BOOT_MODES)}")
         object.__setattr__(
             self, "kernel_params", _check_str_tuple("pod.kernel_params", self.kernel_params)
         )
@@ -465,6 +473,7 @@ class PodConfig:
             "annotations": dict(self.annotations),
             "agent": self.agent,
             "netns": self.netns,
+            "boot": self.boot,
         }
 
     def check_host(self) -> None:

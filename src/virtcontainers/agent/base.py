@@ -143,6 +143,15 @@ class Agent(Protocol):
         succeeds.  Raises AgentError: "invalid", "not_found" (no NIC with a
         MAC), "network" (an ``ip`` command failed: its stderr)."""
 
+    async def init_clone(
+        self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
+    ) -> bool:
+        """Make a VM cloned from a template this pod's: its hostname, the clock
+        (CLOCK_REALTIME from *time_ns*), a random state reseeded from *seed*, and
+        the shared directory mounted over *shared_fs* (a ``SharedFsKind`` value).
+        True when the random state was reseeded (False: the seed was only mixed
+        in).  Raises AgentError: "invalid", "state", "clone" (a step failed)."""
+
     async def shutdown(self) -> None: ...
 
 

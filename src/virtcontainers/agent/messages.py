@@ -134,6 +134,15 @@ class ConfigureNetworkArgs(TypedDict):
     routes: list[NetRoute]  # added in this order, after every interface's addresses
 
 
+class InitCloneArgs(TypedDict):
+    """What makes a VM cloned from a template a pod of its own."""
+
+    hostname: str
+    seed: str  # 32 to 512 random bytes, in lowercase hex
+    time_ns: int  # the host's CLOCK_REALTIME when it sent this
+    shared_fs: str | None  # "virtio-9p" or "virtio-fs": mount the pod's shared directory
+
+
 Args = (
     Empty
     | ContainerArgs
@@ -145,6 +154,7 @@ Args = (
     | ResizeTerminalArgs
     | CloseOutputArgs
     | ConfigureNetworkArgs
+    | InitCloneArgs
 )
 """The arguments of any operation."""
 
@@ -188,8 +198,18 @@ class ContainerStateResult(TypedDict):
     pid: int | None
 
 
+class InitCloneResult(TypedDict):
+    reseeded: bool  # False: the seed was mixed into the pool, the CRNG not reseeded
+
+
 Result = (
-    Empty | GuestDetailsResult | PidResult | ExitResult | ProcessListResult | ContainerStateResult
+    Empty
+    | GuestDetailsResult
+    | PidResult
+    | ExitResult
+    | ProcessListResult
+    | ContainerStateResult
+    | InitCloneResult
 )
 """The result of any operation."""
 
