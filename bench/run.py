@@ -98,7 +98,7 @@ def pod_start_once(rootfs: Path, pod_id: str) -> float:
     read_end, write_end = os.pipe()
     started = time.monotonic()
     try:
-        api.run_pod(PodConfig(id=pod_id))
+        api.run_pod(PodConfig(id=pod_id, boot="cold"))  # templates: bench/templates.py
         container = ContainerConfig(
             "c", rootfs, Cmd(("sh", "-c", "echo first; exec sleep 1000")), writable_layer=True
         )
@@ -223,6 +223,9 @@ def main() -> int:
         },
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    import templates  # bench/templates.py, beside this script
+
+    results["templates"] = templates.measure(rootfs, args.runs, starts)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"bare boot to init (floor)   median {boot['median_s']:.2f} s")
     print(f"pod start to first output   median {start['median_s']:.2f} s ({start_ratio}x floor)")
@@ -230,6 +233,7 @@ def main() -> int:
     print(f"agent import in the guest   median {agent_import['median_s'] * 1000:.0f} ms")
     lookup_ms = statistics.median(lookups) * 1000
     print(f"image lookup (now once, at create) median {lookup_ms:.0f} ms")
+    templates.report(results["templates"])
     print(f"wrote {RESULTS}")
     return 0
 
