@@ -105,7 +105,7 @@ def pod_start_once(rootfs: Path, pod_id: str) -> float:
     read_end, write_end = os.pipe()
     started = time.monotonic()
     try:
-        api.run_pod(PodConfig(id=pod_id))
+        api.run_pod(PodConfig(id=pod_id, boot="cold"))  # templates: bench/templates.py
         container = ContainerConfig(
             "c", rootfs, Cmd(("sh", "-c", "echo first; exec sleep 1000")), writable_layer=True
         )
@@ -212,7 +212,12 @@ def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
     print(f"agent import in the guest   median {agent_import['median_s'] * 1000:.0f} ms")
     lookup_ms = statistics.median(lookups) * 1000
     print(f"image lookup (now once, at create) median {lookup_ms:.0f} ms")
+    import templates  # bench/templates.py, beside this script
+
+    templated = templates.measure(rootfs, args.runs, starts)
+    templates.report(templated)
     return {
+        "templates": templated,
         "bare_boot_to_init": boot,
         "pod_start_to_first_output": start,
         "exec_round_trip": rtt,

@@ -136,6 +136,8 @@ class PodStatus:
     error: str | None
     guest: GuestDetails | None
     created_at: float
+    template: str | None = None
+    """The VM template the pod's VM was cloned from (None: it booted cold)."""
 
     @classmethod
     def from_record(cls, record: PodRecord) -> PodStatus:
@@ -149,6 +151,7 @@ class PodStatus:
             error=record.error,
             guest=record.guest,
             created_at=record.created_at,
+            template=record.template,
         )
 
     def to_dict(self) -> dict[str, Any]:

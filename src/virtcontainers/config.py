@@ -158,6 +158,7 @@ class PodConfigDict(TypedDict):
     agent: str | None
     netns: str | None
     cgroup: CgroupDict | None
+    boot: str
 
 
 class _Plain:
@@ -462,6 +463,7 @@ class ImagePaths(_Plain):
 
 HYPERVISORS = ("qemu", "mock")
 AGENTS = ("vc", "mock")
+BOOT_MODES = ("auto", "template", "cold")
 
 
 @dataclass(frozen=True)
@@ -488,6 +490,10 @@ class PodConfig:
     its interfaces, addresses and routes.  None: loopback only."""
     cgroup: CgroupConfig | None = None
     """The host cgroup the pod's QEMU, helpers and daemon run in (hostcgroup.py)."""
+    boot: str = "auto"
+    """How the VM starts: ``cold`` boots it; ``template`` clones the VM
+    template that matches the pod (factory.py) and fails without one;
+    ``auto`` clones one when it exists and boots cold otherwise."""
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -512,6 +518,8 @@ class PodConfig:
             _check_type("pod.cgroup", self.cgroup, CgroupConfig)
         if self.netns is not None and not os.path.isabs(self.netns):
             raise ConfigError("pod.netns", f"{self.netns!r} is not an absolute path")
+        if self.boot not in BOOT_MODES:
+            raise ConfigError("pod.boot", f"{self.boot!r} is not one of {', '.join(BOOT_MODES)}")
         object.__setattr__(
             self, "kernel_params", _check_str_tuple("pod.kernel_params", self.kernel_params)
         )
@@ -533,6 +541,7 @@ class PodConfig:
             "agent": self.agent,
             "netns": self.netns,
             "cgroup": self.cgroup.to_dict() if self.cgroup is not None else None,
+            "boot": self.boot,
         }
 
     def check_host(self) -> None:

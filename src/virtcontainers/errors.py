@@ -10,6 +10,7 @@ which pod or container, and what to do about it.  The hierarchy::
     ├── StateError               operation not allowed in the current state
     │                            (current, required)
     ├── ImageError               the guest image cannot be built or found
+    ├── TemplateError            a VM template cannot be made, found or used
     ├── HypervisorError          the VM cannot be created, started or driven
     │   └── VMLaunchError        QEMU exited or failed while starting (argv, output)
     ├── AgentError               the guest agent failed a request (op, kind)
@@ -94,6 +95,10 @@ class StateError(VcError):
 
 class ImageError(VcError):
     """The guest image cannot be built or found."""
+
+
+class TemplateError(VcError):
+    """A VM template cannot be made, found or used (factory.py)."""
 
 
 class HypervisorError(VcError):

@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from virtcontainers import spec
 from virtcontainers.agent.base import Agent, ContainerStats, ExitStatus, ProcessInfo, StdioStreams
 from virtcontainers.agent.messages import OciResources
 from virtcontainers.cleanup import release_run_files
-from virtcontainers.config import Cmd, ContainerConfig, validate_id
+from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, validate_id
 from virtcontainers.container import Container
 from virtcontainers.errors import (
     AgentError,
@@ -36,14 +37,15 @@ from virtcontainers.errors import (
     VcError,
 )
 from virtcontainers.eventlog import EventLog
+from virtcontainers.factory import factory_dir, pod_devices, template_for_pod
 from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import (
-    BlockDevice,
+    Accelerator,
     Hypervisor,
-    SerialPortDevice,
-    SharedFsDevice,
+    NetDevice,
+    SharedFsKind,
     VMConfig,
 )
 from virtcontainers.limits import Limits
@@ -63,12 +65,11 @@ from virtcontainers.store import (
     write_json_atomic,
 )
 
-AGENT_PORT_NAME = "agent"
-SHARED_FS_TAG = "vcshared"
 AGENT_CONNECT_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 5.0
 VM_EXIT_GRACE = 3.0
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
+CLONE_SEED_BYTES = 64
 
 
 class Pod:
@@ -159,20 +160,53 @@ class Pod:
     async def _boot(self) -> None:
         self.paths.vm.mkdir(mode=0o700, exist_ok=True)
         self.shared.prepare()
-        agent_socket = self.paths.vm / "agent.sock"
-        hostname = self.config.hostname or self.id
         # Detected once here: the shared filesystem's choice depends on it too.
         accelerator, reason = detect_accelerator()
         self.log.info("accelerator %s: %s", accelerator.value, reason)
+        shared_fs = choose_shared_fs(None, accelerator)
         image = self.record.image
         if image is None:
             raise ConfigError("pod.image", f"pod {self.id!r} has no guest image recorded")
         if self.config.cgroup is not None:
             self._join_host_cgroup(self.config.cgroup)
+        root = factory_dir(self.store.root)
+        with template_for_pod(self.config, image, accelerator, shared_fs, root) as template:
+            nics: list[NetDevice] = []
+            if template is not None:
+                self.log.info("starting from template %s", template.key)
+                vm = template.clone_config(
+                    self.id, self.paths.vm, self.paths.vm / "agent.sock", self.shared.export
+                )
+            else:
+                nics, vm = await self._cold_vm(image, accelerator, shared_fs)
+            try:
+                await self.hypervisor.create(vm)
+                await self.hypervisor.start()
+            finally:
+                self.network.close_fds()  # QEMU has its own copies, or failed
+        self.record.template = template.key if template is not None else None
+        self.record.started_at = time.time()
+        self.persist()
+        await self._connect_agent()
+        if template is not None:
+            await self._init_clone(shared_fs)
+        if nics:
+            await self.agent.configure_network(*self.network.guest_settings())
+        self._spawn(self._watch_vm())
+        # Nothing waits for the details (the agent runs `crun --version` for them,
+        # ≈0.2 s under TCG): they are recorded when they arrive.
+        self._spawn(self._fetch_details())
+
+    async def _cold_vm(
+        self, image: ImagePaths, accelerator: Accelerator, shared_fs: SharedFsKind
+    ) -> tuple[list[NetDevice], VMConfig]:
+        """The VM of a pod that boots (not cloned), with its NICs."""
         nics = []
         if self.config.netns is not None:
             nics = await self.network.attach(self.config.netns, self.id)
             self.log.info("network: %d interface(s) from %s", len(nics), self.config.netns)
+        agent_socket = self.paths.vm / "agent.sock"
+        hostname = self.config.hostname or self.id
         vm = VMConfig(
             vm_id=self.id,
             kernel=image.kernel,
@@ -183,21 +217,14 @@ class Pod:
             kernel_params=(f"vc.hostname={hostname}", *self.config.kernel_params),
             accelerator=accelerator,
             devices=(
-                BlockDevice("root", image.rootfs, read_only=True),
-                SerialPortDevice("agent", agent_socket, AGENT_PORT_NAME),
-                SharedFsDevice(
-                    "shared", self.shared.export, SHARED_FS_TAG, choose_shared_fs(None, accelerator)
-                ),
+                *pod_devices(image.rootfs, agent_socket, self.shared.export, shared_fs),
                 *nics,
             ),
         )
-        try:
-            await self.hypervisor.create(vm)
-            await self.hypervisor.start()
-        finally:
-            self.network.close_fds()  # QEMU has its own copies, or failed
-        self.record.started_at = time.time()
-        self.persist()
+        return nics, vm
+
+    async def _connect_agent(self) -> None:
+        """Handshake with the agent; a VM that dies first is a HypervisorError with its console."""
         vm_exit = asyncio.ensure_future(self.hypervisor.wait())
         connect = asyncio.ensure_future(
             self.agent.connect(self.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
@@ -220,12 +247,18 @@ class Pod:
         except OSError as exc:
             raise AgentError("connect", "channel", f"pod {self.id!r}: {exc}") from exc
         self.log.info("agent up")
-        if nics:
-            await self.agent.configure_network(*self.network.guest_settings())
-        self._spawn(self._watch_vm())
-        # Nothing waits for the details (the agent runs `crun --version` for them,
-        # ≈0.2 s under TCG): they are recorded when they arrive.
-        self._spawn(self._fetch_details())
+
+    async def _init_clone(self, shared_fs: SharedFsKind) -> None:
+        """The clone woke as its template: give it this pod's name, clock, random
+        state and shared directory."""
+        reseeded = await self.agent.init_clone(
+            self.config.hostname or self.id,
+            secrets.token_bytes(CLONE_SEED_BYTES),
+            time.time_ns(),
+            shared_fs.value,
+        )
+        if not reseeded:
+            self.log.warning("the clone's random state was mixed with a seed, not reseeded")
 
     def _join_host_cgroup(self, config: CgroupConfig) -> None:
         """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""

@@ -185,6 +185,7 @@ class PodRecordJson(TypedDict):
     vm: ProcessRecord | None
     error: str | None
     guest: dict[str, object] | None  # the fields of GuestDetails
+    template: str | None
 
 
 @dataclass
@@ -201,6 +202,8 @@ class PodRecord:
     vm: ProcessRef | None = None
     error: str | None = None
     guest: GuestDetails | None = None
+    template: str | None = None
+    """The key of the VM template that the pod's last VM was cloned from (None: booted cold)."""
 
     @property
     def id(self) -> str:
@@ -227,6 +230,7 @@ class PodRecord:
             "vm": self.vm.to_record() if self.vm else None,
             "error": self.error,
             "guest": self.guest.__dict__ if self.guest else None,
+            "template": self.template,
         }
 
     @classmethod
@@ -253,6 +257,7 @@ class PodRecord:
             vm=ProcessRef.from_record(data.get("vm")),
             error=_text(data, "error"),
             guest=_guest_details(data.get("guest")),
+            template=_text(data, "template"),
         )
 
 

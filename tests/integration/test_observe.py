@@ -48,7 +48,7 @@ def test_top_shows_the_pod_and_its_busy_container_on_a_terminal(busy_pod: str) -
         assert pty_read_until(fd, b"burn", output), output.decode(errors="replace")
         os.kill(pid, signal.SIGINT)
         _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")
     finally:
         os.close(fd)
         with contextlib.suppress(ProcessLookupError, ChildProcessError):

@@ -19,6 +19,7 @@ SAMPLES: list[VcError] = [
     errors.ExistsError("pod", "p"),
     errors.StateError("pod 'p'", "start", "running", ["created", "stopped"]),
     errors.ImageError("no kernel"),
+    errors.TemplateError("no template for this shape"),
     errors.HypervisorError("QMP failed"),
     errors.VMLaunchError("QEMU exited", ["qemu-system-x86_64", "-M", "microvm"], "console text"),
     errors.AgentError("exec", "runtime", "crun exited with 1"),

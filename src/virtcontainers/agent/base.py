@@ -177,6 +177,15 @@ class Agent(Protocol):
     async def container_stats(self, container_id: str) -> ContainerStats:
         """What the container uses now, from its cgroup in the guest."""
 
+    async def init_clone(
+        self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
+    ) -> bool:
+        """Make a VM cloned from a template this pod's: its hostname, the clock
+        (CLOCK_REALTIME from *time_ns*), a random state reseeded from *seed*, and
+        the shared directory mounted over *shared_fs* (a ``SharedFsKind`` value).
+        True when the random state was reseeded (False: the seed was only mixed
+        in).  Raises AgentError: "invalid", "state", "clone" (a step failed)."""
+
     async def shutdown(self) -> None: ...
 
 

@@ -35,6 +35,7 @@ from virtcontainers.agent.messages import (
     CreateContainerArgs,
     ExecGuestArgs,
     ExecProcessArgs,
+    InitCloneArgs,
     NetInterface,
     NetRoute,
     OciProcess,
@@ -208,7 +209,9 @@ class AgentClient:
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
             self._writer = None
-        self._fail_all(AgentProtocolError("the agent connection is closed"))
+        closed = AgentProtocolError("the agent connection is closed")
+        self.failure = self.failure or closed  # asked for: not worth a warning
+        self._fail_all(closed)
 
     def on_event(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
@@ -453,6 +456,15 @@ class AgentClient:
                 raise AgentProtocolError(f"container_stats answer has {name}={value} out of range")
             values[name] = value
         return ContainerStats(**values)
+
+    async def init_clone(
+        self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
+    ) -> bool:
+        args = InitCloneArgs(
+            hostname=hostname, seed=seed.hex(), time_ns=time_ns, shared_fs=shared_fs
+        )
+        result = await self.call("init_clone", args)
+        return _field(result, "reseeded", bool, "init_clone")
 
     async def shutdown(self) -> None:
         await self.call("shutdown", {})

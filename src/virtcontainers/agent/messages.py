@@ -146,6 +146,15 @@ class UpdateContainerArgs(ContainerArgs):
     resources: OciResources
 
 
+class InitCloneArgs(TypedDict):
+    """What makes a VM cloned from a template a pod of its own."""
+
+    hostname: str
+    seed: str  # 32 to 512 random bytes, in lowercase hex
+    time_ns: int  # the host's CLOCK_REALTIME when it sent this
+    shared_fs: str | None  # "virtio-9p" or "virtio-fs": mount the pod's shared directory
+
+
 Args = (
     Empty
     | ContainerArgs
@@ -158,6 +167,7 @@ Args = (
     | CloseOutputArgs
     | ConfigureNetworkArgs
     | UpdateContainerArgs
+    | InitCloneArgs
 )
 """The arguments of any operation."""
 
@@ -218,6 +228,10 @@ class ContainerStateResult(TypedDict):
     pid: int | None
 
 
+class InitCloneResult(TypedDict):
+    reseeded: bool  # False: the seed was mixed into the pool, the CRNG not reseeded
+
+
 Result = (
     Empty
     | GuestDetailsResult
@@ -226,6 +240,7 @@ Result = (
     | ProcessListResult
     | ContainerStateResult
     | ContainerStatsResult
+    | InitCloneResult
 )
 """The result of any operation."""
 

@@ -246,5 +246,13 @@ class MockAgent:
     ) -> None:
         self._record("configure_network", interfaces=list(interfaces), routes=list(routes))
 
+    async def init_clone(
+        self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
+    ) -> bool:
+        self._record(
+            "init_clone", hostname=hostname, seed=seed, time_ns=time_ns, shared_fs=shared_fs
+        )
+        return True
+
     async def shutdown(self) -> None:
         self._record("shutdown")

@@ -46,12 +46,12 @@ def top(interval: float, once: bool) -> None:
     if once:
         console.print(sampler.table())
         return
-    with (
-        Live(sampler.table(), console=console, auto_refresh=False) as live,
-        contextlib.suppress(KeyboardInterrupt),
-    ):
-        while True:
-            time.sleep(interval)
+    # Ctrl-C (or SIGTERM) ends the view between two samples, never inside one.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with Live(sampler.table(), console=console, auto_refresh=False) as live:
+        while not stop.wait(interval):
             live.update(sampler.table(), refresh=True)
 
 

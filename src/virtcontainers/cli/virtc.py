@@ -29,6 +29,7 @@ from virtcontainers.cli.resources import (
 )
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import (
+    BOOT_MODES,
     DEFAULT_PATH_ENV,
     Cmd,
     ContainerConfig,
@@ -125,6 +126,96 @@ def container_config(
     return ContainerConfig(container_id, base, cmd, mounts, writable_layer=True, limits=limits)
 
 
+def boot_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--boot auto|template|cold (PodConfig.boot)."""
+    return click.option(
+        "--boot",
+        type=click.Choice(BOOT_MODES),
+        default="auto",
+        show_default=True,
+        help="Start the VM from a template (virtc factory init), boot it cold, or "
+        "take a template when one fits.",
+    )(command)
+
+
+# --- VM templates ------------------------------------------------------------------------
+
+
+@cli.group(cls=VcGroup)
+def factory() -> None:
+    """VM templates: pods start as clones of a VM booted once (docs/factory.md)."""
+
+
+@factory.command("init")
+@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
+@click.option("--kernel-param", "kernel_params", multiple=True, help="Extra kernel parameter.")
+@click.option("--force", is_flag=True, help="Make it again even if it exists.")
+def factory_init(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...], force: bool) -> None:
+    """Make the template that pods of this size start from; drop stale ones."""
+    from virtcontainers.factory import init_template
+
+    ensure_image()
+    template, removed = init_template(
+        vcpus, memory_mib, kernel_params, force=force, progress=progress
+    )
+    for key in removed:
+        progress(f"removed stale template {key}")
+    stdout.print(f"template {template.key}  {template.path}", highlight=False)
+
+
+@factory.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def factory_status(as_json: bool) -> None:
+    """The templates, and whether pods would start from them."""
+    from virtcontainers.factory import Factory
+
+    made = Factory()
+    templates = made.templates()
+    if as_json:
+        entries = [
+            {
+                **t.to_json(),
+                "current": t.current(),
+                "path": str(t.path),
+                "disk_bytes": t.disk_bytes(),
+            }
+            for t in templates
+        ]
+        click.echo(json.dumps({"root": str(made.root), "templates": entries}, indent=1))
+        return
+    stdout.print(f"factory {made.root}", highlight=False)
+    table = Table("TEMPLATE", "VCPUS", "MEMORY", "KERNEL PARAMS", "STATE", "ON DISK", box=None)
+    for t in templates:
+        table.add_row(
+            t.key,
+            str(t.shape.vcpus),
+            f"{t.shape.memory_mib} MiB",
+            " ".join(t.shape.kernel_params) or "-",
+            "current" if t.current() else "stale",
+            f"{t.disk_bytes() / (1 << 20):.0f} MiB",
+        )
+    if templates:
+        stdout.print(table)
+    else:
+        stdout.print("no templates: `virtc factory init` makes one")
+    for path in made.broken():
+        stderr.print(f"virtc: {path} is not a usable template (`virtc factory destroy` removes it)")
+
+
+@factory.command("destroy")
+@click.argument("key", required=False)
+def factory_destroy(key: str | None) -> None:
+    """Remove one template (KEY) or all of them; running clones keep going."""
+    from virtcontainers.factory import Factory
+
+    removed = Factory().destroy(key)
+    for name in removed:
+        stdout.print(f"removed  {name}", highlight=False)
+    if not removed:
+        stdout.print("no templates")
+
+
 # --- pods ----------------------------------------------------------------------------------
 
 
@@ -143,6 +234,7 @@ def pod() -> None:
     "--netns",
     help="Network namespace (path) whose interfaces the pod's VM takes over.",
 )
+@boot_option
 def pod_create(
     pod_id: str,
     vcpus: int,
@@ -150,6 +242,7 @@ def pod_create(
     hostname: str | None,
     kernel_params: tuple[str, ...],
     netns: str | None,
+    boot: str,
 ) -> None:
     """Create a pod (its VM starts with `pod start`)."""
     config = PodConfig(
@@ -158,6 +251,7 @@ def pod_create(
         hostname=hostname,
         kernel_params=kernel_params,
         netns=netns,
+        boot=boot,
     )
     ensure_image()  # the pod records the image it will boot
     api.create_pod(config)
@@ -246,6 +340,8 @@ def pod_status(pod_id: str, as_json: bool) -> None:
         click.echo(json.dumps(status.to_dict(), indent=1))
         return
     stdout.print(f"pod {status.id}: {status.state.value}", highlight=False)
+    if status.template:
+        stdout.print(f"started from VM template {status.template}", highlight=False)
     if status.error:
         stdout.print(f"error: {status.error}", highlight=False)
     for container in status.containers:
@@ -497,6 +593,7 @@ def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
     "--netns",
     help="Network namespace (path) whose interfaces the pod's VM takes over.",
 )
+@boot_option
 @limit_options
 def run(
     command: tuple[str, ...],
@@ -510,6 +607,7 @@ def run(
     env: tuple[str, ...],
     volumes: tuple[str, ...],
     netns: str | None,
+    boot: str,
     memory_limit: str | None,
     pids_limit: int | None,
     cpus: float | None,
@@ -527,7 +625,10 @@ def run(
         limits = limits_from(memory_limit, pids_limit, cpus)
         run_container_config = container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts, limits)
         config = PodConfig(
-            id=pod_id, resources=Resources(vcpus=vcpus, memory_mib=memory_mib), netns=netns
+            id=pod_id,
+            resources=Resources(vcpus=vcpus, memory_mib=memory_mib),
+            netns=netns,
+            boot=boot,
         )
         ensure_image()
         owner = ProcessRef.of(os.getpid()) if remove else None

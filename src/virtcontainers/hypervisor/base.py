@@ -148,6 +148,20 @@ class NetDevice(Device):
             raise ConfigError("mac", f"{self.mac!r} is not a MAC address like 52:54:00:12:34:56")
 
 
+@dataclass(frozen=True)
+class MemoryFile:
+    """Guest RAM kept in a file, as a VM template's is (see factory.py).
+
+    ``shared``: the VM's writes reach the file, which then holds its RAM when
+    it stops (a template being made).  Otherwise the file is mapped
+    copy-on-write: the VM starts from its content and never changes it (a
+    clone), and clones share the pages they have not written.
+    """
+
+    path: Path
+    shared: bool
+
+
 @dataclass(frozen=True, kw_only=True)
 class VMConfig:
     """Everything needed to boot one VM.
@@ -156,6 +170,11 @@ class VMConfig:
     ``agent.sock``, ``qemu.log``); it is created with mode 0700 if missing.
     *machine* ``None`` means the driver's default, *accelerator* ``None`` means
     detect.  *kernel_params* are appended to the driver's command line.
+
+    *memory_file* keeps guest RAM in a file (:class:`MemoryFile`).
+    *incoming* is a device state that ``save_state`` wrote: the VM resumes
+    where the saved one stopped instead of booting.  Its devices must then be
+    the saved VM's (same ids, same order); their host ends may differ.
     """
 
     vm_id: str
@@ -168,6 +187,8 @@ class VMConfig:
     machine: str | None = None
     accelerator: Accelerator | None = None
     devices: tuple[Device, ...] = ()
+    memory_file: MemoryFile | None = None
+    incoming: Path | None = None
 
     def __post_init__(self) -> None:
         check_id("vm_id", self.vm_id)
@@ -178,6 +199,12 @@ class VMConfig:
         for param in self.kernel_params:
             if not param or any(c.isspace() for c in param):
                 raise ConfigError("kernel_params", f"{param!r}: one word per parameter")
+        if self.incoming is not None and self.memory_file is not None and self.memory_file.shared:
+            raise ConfigError(
+                "memory_file",
+                "a VM that resumes a saved state maps its memory file copy-on-write "
+                "(shared=False): shared, it would change the saved VM's RAM",
+            )
         ids = [d.id for d in self.devices]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -254,6 +281,13 @@ class Hypervisor(Protocol):
 
     async def wait(self) -> int:
         """Wait until the VM process exits and return its exit code."""
+
+    async def save_state(self, path: Path, timeout: float = 60) -> None:
+        """Pause the VM and write its device state to *path*, for ``VMConfig.incoming``.
+
+        RAM in a shared :class:`MemoryFile` is left out: the file holds it.
+        The VM stays paused; stop it afterwards.  Raises HypervisorError.
+        """
 
     def console_path(self) -> Path:
         """The guest console log (bounded in size)."""

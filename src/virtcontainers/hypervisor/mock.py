@@ -113,6 +113,14 @@ class MockHypervisor:
         assert self._exit_code is not None
         return self._exit_code
 
+    async def save_state(self, path: Path, timeout: float = 60) -> None:
+        """Pause, and write a placeholder state file (there is no VM to save)."""
+        self._life.require("save the state of", VMState.RUNNING, VMState.PAUSED)
+        self.calls.append(("save_state", path))
+        if self._life.state is VMState.RUNNING:
+            await self.pause()
+        path.write_bytes(b"mock saved state\n")
+
     def console_path(self) -> Path:
         return self.config.run_dir / "console.log"
 

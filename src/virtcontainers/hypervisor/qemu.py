@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import shlex
 import shutil
 import time
@@ -74,6 +75,9 @@ from virtcontainers.logtail import tail
 CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
 AGENT_DEVICE_ID = "vc-agent"
+RESTORE_POLL = 0.01
+"""How often a restore or a save is polled for its end (QMP query-status/-migrate)."""
+SAVED_STATE_FD = "vc-state"
 
 
 @dataclasses.dataclass
@@ -149,6 +153,7 @@ class QemuHypervisor:
             accel = config.accelerator
         for device in config.devices:
             self._check_device(device, config.run_dir)
+        self._check_saved_state(config)
         check_socket_path("run_dir", config.run_dir / "qmp.sock")
         check_socket_path("run_dir", config.run_dir / "agent.sock")
         config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -183,6 +188,20 @@ class QemuHypervisor:
                 pass
             case _:
                 raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")
+
+    def _check_saved_state(self, config: VMConfig) -> None:
+        file = config.memory_file
+        if file is not None:
+            if not file.path.parent.is_dir():
+                raise ConfigError("memory_file", f"{file.path.parent} is not a directory")
+            if not file.shared and not file.path.is_file():
+                raise ConfigError("memory_file", f"{file.path} does not exist or is not a file")
+            if not file.shared and virtiofs_devices(config.devices):
+                raise ConfigError(
+                    "memory_file", "virtio-fs needs shared guest RAM, not a copy-on-write file"
+                )
+        if config.incoming is not None and not config.incoming.is_file():
+            raise ConfigError("incoming", f"{config.incoming} does not exist or is not a file")
 
     def add_device(self, device: Device) -> None:
         """Cold-plug *device*; raises StateError after start, ConfigError if invalid."""
@@ -290,7 +309,21 @@ class QemuHypervisor:
         removed.
         """
         self._life.require("start", VMState.CREATED)
-        command = self.command()
+        incoming = self.config.incoming
+        try:
+            state_fd = None if incoming is None else os.open(incoming, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise VMLaunchError(
+                f"cannot open the saved state {incoming} for {self._life.what}: {exc}", []
+            ) from exc
+        try:
+            await self._start(timeout, state_fd)
+        finally:
+            if state_fd is not None:
+                os.close(state_fd)  # QEMU has its own copy, or failed
+
+    async def _start(self, timeout: float, state_fd: int | None) -> None:
+        command = dataclasses.replace(self.command(), incoming_fd=state_fd)
         argv = command.argv()
         self._log.debug("launching: %s", shlex.join(argv))
         self._remove_sockets()
@@ -308,6 +341,10 @@ class QemuHypervisor:
         self._log.info("QEMU started, pid %d", run.proc.pid)
         try:
             run.qmp = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
+            if state_fd is not None:
+                await self._set_ignore_shared()
+                await self._execute("migrate-incoming", {"uri": command.incoming_uri})
+                await self._await_restore(run, deadline, argv)
         except BaseException:
             await self._kill(run)
             await self._cleanup(run)
@@ -392,6 +429,44 @@ class QemuHypervisor:
                 )
             await asyncio.wait({run.exited}, timeout=0.02)
 
+    async def _await_restore(self, run: _Running, deadline: float, argv: list[str]) -> None:
+        """Wait until QEMU has loaded the saved state, and let the VM run again
+        (it was paused when it was saved, and comes back paused).
+
+        A state that does not fit the VM (other devices, other QEMU) makes QEMU
+        exit: VMLaunchError with its reason from qemu.log.
+        """
+        assert run.qmp is not None
+        while True:
+            try:
+                reply = await run.qmp.execute("query-status")
+            except (QMPError, OSError) as exc:
+                self._log.debug("query-status during restore: %s", exc)
+                reply = {}
+            status = reply.get("status") if isinstance(reply, dict) else None
+            if status in ("paused", "running"):  # loaded, in the state it was saved in
+                if status == "paused":
+                    await self._execute("cont")
+                self._log.info("restored from %s", self.config.incoming)
+                return
+            if run.exited.done() or status not in (None, "inmigrate"):
+                await asyncio.wait({run.exited}, timeout=2)
+                await asyncio.wait({run.console}, timeout=1)
+                raise VMLaunchError(
+                    f"QEMU for {self._life.what} could not resume the saved state "
+                    f"{self.config.incoming} (status {status}); see the output below",
+                    argv,
+                    self._output_tail(),
+                )
+            if time.monotonic() >= deadline:
+                raise VMLaunchError(
+                    f"QEMU for {self._life.what} did not finish loading {self.config.incoming} "
+                    "in time; the host may be overloaded",
+                    argv,
+                    self._output_tail(),
+                )
+            await asyncio.wait({run.exited}, timeout=RESTORE_POLL)
+
     async def _close_qmp(self, qmp: QMPClient) -> None:
         # disconnect() re-raises what ended the session (EOFError when QEMU exits).
         try:
@@ -464,6 +539,68 @@ class QemuHypervisor:
         await asyncio.shield(run.reaper)
         assert self._exit_code is not None
         return self._exit_code
+
+    async def save_state(self, path: Path, timeout: float = 60) -> None:
+        """Pause the VM and write its device state to *path* (a QEMU migration
+        stream), for a later ``VMConfig.incoming``.
+
+        RAM in a shared memory file stays out of it (``x-ignore-shared``): the
+        file holds it.  The VM stays paused; stop it afterwards.  The file is
+        opened here and handed to QEMU (QMP ``getfd``): its sandbox forbids the
+        ``exec:cat > file`` way (``spawn=deny``).
+
+        Raises HypervisorError (QEMU refused, e.g. a guest that mounted a 9p
+        share is a migration blocker; or it took longer than *timeout*), and
+        StateError unless running or paused.
+        """
+        self._life.require("save the state of", VMState.RUNNING, VMState.PAUSED)
+        run = self._run
+        assert run is not None
+        if self._life.state is VMState.RUNNING:
+            await self.pause()
+        await self._set_ignore_shared()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            await self._pass_fd(run, fd, SAVED_STATE_FD)
+        finally:
+            os.close(fd)
+        await self._execute("migrate", {"uri": f"fd:{SAVED_STATE_FD}"})
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = await self._execute("query-migrate")
+            status = reply.get("status") if isinstance(reply, dict) else None
+            if status == "completed":
+                self._log.info("state saved to %s", path)
+                return
+            if status in ("failed", "cancelled") or run.exited.done():
+                error = reply.get("error-desc", "") if isinstance(reply, dict) else ""
+                raise HypervisorError(
+                    f"saving the state of {self._life.what} to {path} failed: {error or status}"
+                )
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(HypervisorError):
+                    await self._execute("migrate_cancel")
+                raise HypervisorError(
+                    f"saving the state of {self._life.what} took more than {timeout:.0f}s"
+                )
+            await asyncio.sleep(RESTORE_POLL)
+
+    async def _set_ignore_shared(self) -> None:
+        """RAM in a memory file stays out of a saved state: the file holds it.
+        Both the saving and the loading end must say so."""
+        ignore = self.config.memory_file is not None
+        capabilities = [{"capability": "x-ignore-shared", "state": ignore}]
+        await self._execute("migrate-set-capabilities", {"capabilities": capabilities})
+
+    async def _pass_fd(self, run: _Running, fd: int, name: str) -> None:
+        """Hand *fd* to QEMU under *name* (QMP ``getfd`` with SCM_RIGHTS)."""
+        if run.qmp is None:
+            raise HypervisorError(f"{self._life.what} has no monitor connection")
+        try:
+            run.qmp.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise HypervisorError(f"passing a file to {self._life.what} failed: {exc}") from exc
+        await self._execute("getfd", {"fdname": name})
 
     async def _execute(self, cmd: str, args: Mapping[str, object] | None = None) -> object:
         run = self._run

@@ -55,9 +55,14 @@ for ko in /lib/modules/*.ko; do
     insmod "$ko" || fail "cannot load kernel module $ko"
 done
 
+# vc.template: this VM becomes a template (factory.py) that is saved once its
+# agent is up.  QEMU cannot save a VM whose guest has mounted a 9p share (a
+# migration blocker), so the share is left to each clone's agent (init_clone).
+TEMPLATE=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vc.hostname=*) hostname "${arg#vc.hostname=}" || fail "cannot set the hostname" ;;
+        vc.template) TEMPLATE=1 ;;
     esac
 done
 
@@ -79,7 +84,9 @@ mkdir -p "$NEWROOT/run/vc/shared" || fail "cannot create /run/vc/shared"
 # The host shares a directory under the tag "vcshared" (when it has one): over
 # virtio-fs when the VM has a virtio-fs device (its tag is not in sysfs on 6.1,
 # so try the mount), else over virtio-9p.
-if has_virtio 0x001a && mount -t virtiofs vcshared "$NEWROOT/run/vc/shared" 2>/dev/null; then
+if [ -n "$TEMPLATE" ]; then
+    : # a clone's agent mounts it
+elif has_virtio 0x001a && mount -t virtiofs vcshared "$NEWROOT/run/vc/shared" 2>/dev/null; then
     : # mounted over virtio-fs
 else
     for tag in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do

@@ -22,8 +22,8 @@ bounds on what the agent sends), ``log``, ``args`` (request validation),
 ``osutil`` (files and child processes without shutil or subprocess), ``loop``,
 ``channel``, ``streams``, ``model`` (replies, containers, processes),
 ``runtime`` (OCI runtime calls), ``core`` (the ``Agent``: frames, reaping,
-lookups), the operations ``op_containers``, ``op_processes``, ``op_guest`` and
-``op_network``, and ``startup`` (the command line and ``main``).
+lookups), the operations ``op_containers``, ``op_processes``, ``op_guest``,
+``op_network`` and ``op_clone``, and ``startup`` (the command line and ``main``).
 
 Usage (on the host; ``--help`` lists the options)::
 

@@ -1,7 +1,7 @@
 """The Agent: its state, SIGCHLD reaping, incoming frames and request dispatch.
 
 The operations themselves live in ``op_containers``, ``op_processes``,
-``op_guest`` and ``op_network``; ``OPS`` maps each op name of the wire
+``op_guest``, ``op_network`` and ``op_clone``; ``OPS`` maps each op name of the wire
 protocol to one of them.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from . import op_containers, op_guest, op_network, op_processes, op_resources
+from . import op_clone, op_containers, op_guest, op_network, op_processes, op_resources
 from .args import AgentError, arg_id, arg_opt_id, invalid
 from .log import describe_exception, log
 from .loop import Loop
@@ -302,5 +302,6 @@ OPS: dict[str, Callable[[Agent, Reply, Mapping[str, object]], None]] = {
     "configure_network": op_network.configure_network,
     "update_container": op_resources.update_container,
     "container_stats": op_resources.container_stats,
+    "init_clone": op_clone.init_clone,
     "shutdown": op_guest.shutdown,
 }

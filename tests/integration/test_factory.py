@@ -1,0 +1,195 @@
+"""VM templates for real: a template VM booted and saved, pods started as its clones."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import short_temp_dir
+from tests.integration.conftest import run_exec, shell
+from tests.integration.test_vc_runtime import Runtime, bundle
+from virtcontainers import api
+from virtcontainers.config import ContainerConfig, PodConfig, Resources
+from virtcontainers.errors import TemplateError
+from virtcontainers.factory import Factory, Template, init_template
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+
+MIN_TEMPLATE_AGE = 10.0
+"""A clone's clock starts where its template's stopped: older than this, a clone
+that kept it would be visibly late."""
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[Template]:
+    """The template of a default pod, made once for this module, destroyed after it."""
+    base = short_temp_dir("vcf-")
+    factory = Factory(base / "factory")
+    try:
+        made, _removed = init_template(factory=factory)
+        yield made
+        assert factory.destroy() == [made.key]
+        assert not factory.root.exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def templated(template: Template, no_leaks: Path, monkeypatch: pytest.MonkeyPatch) -> Template:
+    """Pods of this test find the module's template."""
+    monkeypatch.setenv("VC_FACTORY_DIR", str(template.path.parent))
+    return template
+
+
+def started(pod_id: str, rootfs: Path, script: str, lines: int = 1, **config: object) -> bytes:
+    """Run a pod with one container running *script*, then sleeping; the first
+    *lines* of its output."""
+    api.run_pod(PodConfig(id=pod_id, **config))  # type: ignore[arg-type]
+    out_r, out_w = os.pipe()
+    container = ContainerConfig(
+        "c", rootfs, shell(f"{script}; exec sleep 1000"), writable_layer=True
+    )
+    api.create_container(pod_id, container, api.Stdio(stdout=out_w))
+    os.close(out_w)
+    api.start_container(pod_id, "c")
+    with os.fdopen(out_r, "rb") as output:
+        return b"".join(output.readline() for _ in range(lines))
+
+
+def digest(path: Path) -> str:
+    with path.open("rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
+
+
+def smaps_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in smaps_rollup of {pid}")
+
+
+def test_a_clone_runs_a_container_as_its_own_pod(templated: Template, busybox_rootfs: Path) -> None:
+    out = started(
+        "clone", busybox_rootfs, "echo hi; hostname", lines=2, hostname="first", boot="template"
+    )
+    assert out == b"hi\nfirst\n"
+    assert api.pod_status("clone").template == templated.key
+    out, _, code = run_exec("clone", "c", shell("echo exec works"))
+    assert (out, code) == (b"exec works\n", 0)
+    read, write = os.pipe()
+    handle = api.enter_pod("clone", shell("hostname"), api.Stdio(stdout=write))
+    os.close(write)
+    with os.fdopen(read, "rb") as output:
+        assert output.read() == b"first\n"  # the VM's own name, not the template's
+    assert api.wait_process("clone", None, handle.exec_id).exit_code == 0
+    api.stop_pod("clone")
+    api.delete_pod("clone")
+
+
+def test_two_clones_at_once_have_their_own_clock_and_randomness(
+    templated: Template, busybox_rootfs: Path
+) -> None:
+    time.sleep(max(0.0, templated.created_at + MIN_TEMPLATE_AGE - time.time()))
+    before = {name: digest(templated.path / name) for name in ("memory", "state")}
+    script = "date +%s; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; exec sleep 1000"
+    outputs: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def start(pod_id: str) -> None:
+        try:
+            outputs[pod_id] = b""
+            api.run_pod(PodConfig(id=pod_id, boot="template"))
+            out_r, out_w = os.pipe()
+            container = ContainerConfig("c", busybox_rootfs, shell(script), writable_layer=True)
+            api.create_container(pod_id, container, api.Stdio(stdout=out_w))
+            os.close(out_w)
+            api.start_container(pod_id, "c")
+            with os.fdopen(out_r, "rb") as output:
+                outputs[pod_id] = output.readline() + output.readline()
+        except BaseException as exc:
+            errors.append(exc)
+
+    host_before = time.time()
+    threads = [threading.Thread(target=start, args=(f"twin{n}",)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    host_after = time.time()
+    assert not errors, errors
+    clocks: list[int] = []
+    seeds: list[str] = []
+    for pod_id, out in outputs.items():
+        guest_time, random_hex = out.decode().split()
+        clocks.append(int(guest_time))
+        seeds.append(random_hex)
+        assert api.pod_status(pod_id).template == templated.key
+    for seconds in clocks:
+        assert int(host_before) - 1 <= seconds <= host_after + 1, (clocks, host_before)
+    assert seeds[0] != seeds[1]
+    # Both QEMUs map the template's pages: what neither wrote is shared.
+    for pod_id in outputs:
+        vm_pid = api.pod_status(pod_id).vm_pid
+        assert vm_pid is not None
+        assert smaps_kib(vm_pid, "Pss") < smaps_kib(vm_pid, "Rss")
+        assert smaps_kib(vm_pid, "Shared_Clean") > 16 * 1024
+    for pod_id in outputs:
+        api.stop_pod(pod_id)
+        api.delete_pod(pod_id)
+    assert {name: digest(templated.path / name) for name in before} == before
+
+
+def test_a_pod_of_another_shape_boots_cold(templated: Template, busybox_rootfs: Path) -> None:
+    other = Resources(memory_mib=384)
+    with pytest.raises(TemplateError, match="virtc factory init --vcpus 1 --memory 384"):
+        api.run_pod(PodConfig(id="other", boot="template", resources=other))
+    assert started("other", busybox_rootfs, "echo cold", resources=other) == b"cold\n"
+    assert api.pod_status("other").template is None
+    api.stop_pod("other")
+    api.delete_pod("other")
+
+
+def test_destroy_leaves_nothing_and_running_clones_go_on(
+    templated: Template, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = short_temp_dir("vcf-")
+    try:
+        factory = Factory(base / "factory")
+        factory.root.mkdir(mode=0o700)
+        copy = factory.root / templated.key
+        subprocess.run(["cp", "-a", "--sparse=always", templated.path, copy], check=True)
+        monkeypatch.setenv("VC_FACTORY_DIR", str(factory.root))
+        out = started("orphan", busybox_rootfs, "echo up", boot="template")
+        assert out == b"up\n"
+        assert factory.destroy() == [templated.key]
+        assert not factory.root.exists()
+        out, _, code = run_exec("orphan", "c", shell("echo still here"))
+        assert (out, code) == (b"still here\n", 0)
+        with pytest.raises(TemplateError, match="has none for its shape"):
+            api.run_pod(PodConfig(id="late", boot="template"))
+        api.stop_pod("orphan")
+        api.delete_pod("orphan")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_vc_runtime_starts_its_pods_from_the_template(
+    templated: Template, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    runtime = Runtime(tmp_path / "vc-runtime")
+    runtime("create", "--bundle", str(bundle(tmp_path, "t", busybox_rootfs, ["sleep", "99"])), "c1")
+    [pod] = api.list_pods()
+    assert pod.template == templated.key
+    runtime("start", "c1")
+    runtime("kill", "c1", "KILL")
+    runtime.wait_for("c1", "stopped")
+    runtime("delete", "c1")
+    assert api.list_pods() == []
