@@ -33,8 +33,9 @@ from virtcontainers import api
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.errors import NotFoundError, StateError
-from virtcontainers.factory import ENV_FACTORY_DIR, Factory, Template, init_template
+from virtcontainers.factory import ENV_FACTORY_DIR, Factory, Template
 from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.templatevm import init_template
 
 SETTLE = 3.0
 """Seconds idle pods are left before their memory is read."""

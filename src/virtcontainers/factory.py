@@ -29,7 +29,6 @@ Layout of the factory directory (``$VC_FACTORY_DIR``, else ``<run root>/factory`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -38,21 +37,18 @@ import logging
 import os
 import shutil
 import stat
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtcontainers.agent.client import AgentClient
-from virtcontainers.config import ImagePaths, PodConfig, Resources
-from virtcontainers.errors import ConfigError, TemplateError, VcError
-from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
+from virtcontainers.config import ImagePaths, PodConfig
+from virtcontainers.errors import ConfigError, TemplateError
+from virtcontainers.hypervisor.accel import cached_host_tsc_khz
 from virtcontainers.hypervisor.base import (
     Accelerator,
     BlockDevice,
     Device,
-    Hypervisor,
     MemoryFile,
     SerialPortDevice,
     SharedFsDevice,
@@ -60,7 +56,6 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
 )
 from virtcontainers.hypervisor.qemu_command import DEFAULT_BINARY, DEFAULT_MACHINE, kernel_cmdline
-from virtcontainers.logtail import tail
 from virtcontainers.store import run_root
 
 FORMAT = 1
@@ -484,7 +479,9 @@ class Factory:
             staging = self.root / f".build-{key}-{os.getpid()}"
             staging.mkdir(mode=0o700)
             try:
-                template = await _make(shape, key, staging, progress, timeout)
+                from virtcontainers.templatevm import make_template  # QEMU, QMP: only here
+
+                template = await make_template(shape, key, staging, progress, timeout)
                 (staging / RECORD_FILE).write_text(json.dumps(template.to_json(), indent=1))
                 if existing is not None:
                     self._remove(existing.path)
@@ -541,71 +538,6 @@ class Factory:
         shutil.rmtree(dead)
 
 
-async def _make(
-    shape: TemplateShape, key: str, staging: Path, progress: Progress | None, timeout: float
-) -> Template:
-    """Boot the template VM in *staging*, wait for its agent, save it, stop it."""
-    from virtcontainers.hypervisor.qemu import QemuHypervisor  # QMP: only to make one
-
-    say = progress or (lambda _message: None)
-    vm_dir = staging / "vm"
-    export = vm_dir / "shared"  # the share exists, empty; the template never mounts it
-    export.mkdir(parents=True, mode=0o700)
-    (staging / LOCK_FILE).touch(mode=0o600)
-    memory = MemoryFile(staging / "memory", shared=True)
-    config = shape.vm_config(TEMPLATE_VM_ID, vm_dir, vm_dir / "agent.sock", export, memory)
-    hypervisor = QemuHypervisor()
-    agent = AgentClient(TEMPLATE_VM_ID)
-    identity = shape.identity()
-    await hypervisor.create(config)
-    say(f"booting the template VM ({shape.describe()})")
-    started = time.monotonic()
-    await hypervisor.start()
-    try:
-        await _await_agent(hypervisor, agent, timeout)
-        boot_seconds = time.monotonic() - started
-        # Warms what the first container needs: crun and its libraries land in
-        # the guest's page cache, and the agent caches its version.  Clones
-        # inherit both.
-        await agent.guest_details()
-        await agent.close()
-        say(f"agent up after {boot_seconds:.1f}s; saving the template")
-        await hypervisor.save_state(staging / "state", SAVE_TIMEOUT)
-        memory.path.chmod(0o600)  # QEMU made it under its umask
-    finally:
-        await agent.close()
-        await hypervisor.stop()
-        with contextlib.suppress(OSError):
-            shutil.copyfile(hypervisor.console_path(), staging / "console.log")
-        shutil.rmtree(vm_dir, ignore_errors=True)
-    return Template(staging, key, shape, time.time(), round(boot_seconds, 3), identity)
-
-
-async def _await_agent(hypervisor: Hypervisor, agent: AgentClient, timeout: float) -> None:
-    """Connect to the template VM's agent; a VM that dies first is a TemplateError
-    with its console."""
-    vm_exit = asyncio.ensure_future(hypervisor.wait())
-    connect = asyncio.ensure_future(agent.connect(hypervisor.agent_socket_path(), timeout))
-    try:
-        await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
-        if connect.done() and connect.exception() is None:
-            return
-        await asyncio.wait({vm_exit}, timeout=3)
-        why = f"exited with code {vm_exit.result()}" if vm_exit.done() else "lost its agent"
-        console = tail(hypervisor.console_path(), 2048) or "(no console output)"
-        error = connect.exception() if connect.done() else None
-        raise TemplateError(
-            f"the template VM {why} before its agent answered ({error}); "
-            f"its console ended with:\n{console}"
-        ) from error
-    finally:
-        vm_exit.cancel()
-        if not connect.done():
-            connect.cancel()
-        with contextlib.suppress(asyncio.CancelledError, VcError, OSError):
-            await connect
-
-
 @contextlib.contextmanager
 def template_for_pod(
     config: PodConfig,
@@ -658,40 +590,3 @@ def _unsupported(config: PodConfig, shared_fs: SharedFsKind) -> str | None:
     if shared_fs is not SharedFsKind.VIRTIO_9P:
         return f"its shared directory is {shared_fs.value}, which QEMU cannot save"
     return None
-
-
-# --- what the CLI asks for ---------------------------------------------------------------
-
-
-def current_shape(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...]) -> TemplateShape:
-    """The shape of a pod of this size on the built image, this host's accelerator
-    and shared filesystem.  Raises ConfigError, ImageNotBuiltError, TemplateError."""
-    from virtcontainers.image import find_image
-    from virtcontainers.sharedfs import choose_shared_fs
-
-    config = PodConfig(
-        id="template", resources=Resources(vcpus, memory_mib), kernel_params=kernel_params
-    )
-    image = find_image()
-    accelerator, _reason = detect_accelerator()
-    shared_fs = choose_shared_fs(None, accelerator)
-    paths = ImagePaths(image.kernel, image.initrd, image.rootfs)
-    return TemplateShape.for_pod(config, paths, accelerator, shared_fs)
-
-
-def init_template(
-    vcpus: int = 1,
-    memory_mib: int = 512,
-    kernel_params: tuple[str, ...] = (),
-    *,
-    force: bool = False,
-    progress: Progress | None = None,
-    factory: Factory | None = None,
-) -> tuple[Template, list[str]]:
-    """Make (or find) the template that pods of this size start from, then remove
-    the stale ones (made of an image or a QEMU that changed since).  Returns the
-    template and the keys removed."""
-    shape = current_shape(vcpus, memory_mib, kernel_params)
-    factory = factory or Factory()
-    template = asyncio.run(factory.build(shape, force=force, progress=progress))
-    return template, factory.prune()

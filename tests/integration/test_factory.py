@@ -19,7 +19,8 @@ from tests.integration.test_vc_runtime import Runtime, bundle
 from virtcontainers import api
 from virtcontainers.config import ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import TemplateError
-from virtcontainers.factory import Factory, Template, init_template
+from virtcontainers.factory import Factory, Template
+from virtcontainers.templatevm import init_template
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
