@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from virtcontainers.errors import ConfigError, HypervisorError, StateError, VMLaunchError
+from virtcontainers.errors import (
+    ConfigError,
+    HypervisorError,
+    NotFoundError,
+    StateError,
+    VMLaunchError,
+)
 from virtcontainers.hypervisor import (
     BlockDevice,
     Hypervisor,
     HypervisorKind,
     MockHypervisor,
+    NetDevice,
     QemuHypervisor,
     VMConfig,
     VMState,
@@ -114,3 +123,43 @@ def test_missing_kernel(config: VMConfig, tmp_path: Path) -> None:
     bad = VMConfig(vm_id="m1", kernel=tmp_path / "nope", initrd=config.initrd, run_dir=tmp_path)
     with pytest.raises(ConfigError, match="kernel"):
         asyncio.run(MockHypervisor().create(bad))
+
+
+def test_nics_keep_their_taps_open_while_plugged_as_qemu_would(config: VMConfig) -> None:
+    boot_r, boot_w = os.pipe()
+    hot_r, hot_w = os.pipe()
+
+    def write_end_open(read_end: int) -> bool:
+        os.set_blocking(read_end, False)
+        try:
+            return os.read(read_end, 1) != b""
+        except BlockingIOError:
+            return True  # no data, and a writer still holds the pipe
+
+    async def scenario() -> None:
+        vm = MockHypervisor()
+        boot = NetDevice("net0", "tap0", "02:00:00:00:00:01", tap_fd=boot_w)
+        await vm.create(replace(config, devices=(boot,)))
+        await vm.start()
+        await vm.hotplug_device(NetDevice("net1", "tap1", "02:00:00:00:00:02", tap_fd=hot_w))
+        os.close(boot_w)  # the daemon closes its copies; the "VM" holds its own
+        os.close(hot_w)
+        assert write_end_open(boot_r) and write_end_open(hot_r)
+        with pytest.raises(ConfigError, match="already used"):
+            await vm.hotplug_device(NetDevice("net1", "tap1", "02:00:00:00:00:02"))
+        await vm.unplug_device("net1")
+        assert not write_end_open(hot_r)
+        await vm.unplug_device("net0")
+        with pytest.raises(NotFoundError):
+            await vm.unplug_device("net0")
+        await vm.hotplug_device(BlockDevice("disk", config.kernel))
+        with pytest.raises(HypervisorError, match="cannot be unplugged"):
+            await vm.unplug_device("disk")
+        await vm.stop()
+        assert not write_end_open(boot_r)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.close(boot_r)
+        os.close(hot_r)

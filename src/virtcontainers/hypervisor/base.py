@@ -26,6 +26,7 @@ from virtcontainers.errors import ConfigError
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 # How much of a VM's logs a launch error quotes, in bytes.
 OUTPUT_TAIL = 4096
+MAX_HOTPLUG_PORTS = 16
 
 
 class HypervisorKind(enum.Enum):
@@ -175,6 +176,10 @@ class VMConfig:
     *incoming* is a device state that ``save_state`` wrote: the VM resumes
     where the saved one stopped instead of booting.  Its devices must then be
     the saved VM's (same ids, same order); their host ends may differ.
+    *hotplug_ports* is how many devices can be hot-plugged later (empty PCIe
+    slots); ``None`` means the machine's default.  A VM with hot-plug slots
+    also gives each cold-plugged NIC a slot of its own, so that every NIC can
+    be unplugged.
     """
 
     vm_id: str
@@ -189,9 +194,14 @@ class VMConfig:
     devices: tuple[Device, ...] = ()
     memory_file: MemoryFile | None = None
     incoming: Path | None = None
+    hotplug_ports: int | None = None
 
     def __post_init__(self) -> None:
         check_id("vm_id", self.vm_id)
+        if self.hotplug_ports is not None and not 0 <= self.hotplug_ports <= MAX_HOTPLUG_PORTS:
+            raise ConfigError(
+                "hotplug_ports", f"{self.hotplug_ports}: must be between 0 and {MAX_HOTPLUG_PORTS}"
+            )
         if not 1 <= self.vcpus <= 255:
             raise ConfigError("vcpus", f"{self.vcpus}: must be between 1 and 255")
         if self.memory_mib < 64:
@@ -277,7 +287,22 @@ class Hypervisor(Protocol):
         """Continue a paused VM."""
 
     async def hotplug_device(self, device: Device) -> None:
-        """Attach *device* to the running VM; HypervisorError where unsupported."""
+        """Attach *device* to the running VM; HypervisorError where unsupported.
+
+        A :class:`NetDevice`'s ``tap_fd`` is duplicated into the VM: the caller
+        still owns (and closes) its own.
+        """
+
+    async def unplug_device(self, device_id: str, timeout: float = 60) -> None:
+        """Detach a NIC from the running VM and free its backend.
+
+        Returns once the VM has let the device go (the guest releases a PCIe
+        device when asked, which takes it a few seconds).  Raises
+        NotFoundError for an unknown id, HypervisorError if the device cannot
+        be unplugged (not a NIC, or in a slot that cannot hot-plug) or the
+        guest has not released it within *timeout* seconds (the device then
+        stays; calling again asks again), StateError unless running.
+        """
 
     async def wait(self) -> int:
         """Wait until the VM process exits and return its exit code."""

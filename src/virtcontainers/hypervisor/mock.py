@@ -2,19 +2,23 @@
 
 It keeps the same lifecycle rules as the QEMU driver, records every call in
 :attr:`MockHypervisor.calls`, and lets a test make the VM fail to start
-(:attr:`fail_start`) or exit (:meth:`exit`).  ``pid`` is always None.
+(:attr:`fail_start`) or exit (:meth:`exit`).  ``pid`` is always None.  Like
+QEMU, it holds a duplicate of each NIC's tap fd while the NIC is plugged, so
+a tap lives exactly as long as it would beside a real VM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
-from virtcontainers.errors import ConfigError, HypervisorError, VMLaunchError
+from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError, VMLaunchError
 from virtcontainers.hypervisor.base import (
     Capabilities,
     Device,
     Lifecycle,
+    NetDevice,
     SerialPortDevice,
     VMConfig,
     VMState,
@@ -28,6 +32,8 @@ class MockHypervisor:
         self.calls: list[tuple[str, object]] = []
         self.devices: list[Device] = []
         self.hotplugged: list[Device] = []
+        self.unplugged: list[str] = []
+        self.tap_fds: dict[str, int] = {}
         self.fail_start: str | None = None
         self._hotplug = hotplug
         self._life = Lifecycle()
@@ -69,13 +75,22 @@ class MockHypervisor:
         if self.fail_start is not None:
             raise VMLaunchError(f"{self._life.what} failed to start", ["mock"], self.fail_start)
         self._exited = asyncio.Event()
+        self.hotplugged, self.unplugged = [], []
+        for device in self.devices:
+            self._hold_tap(device)
         self._life.move(VMState.RUNNING)
+
+    def _hold_tap(self, device: Device) -> None:
+        if isinstance(device, NetDevice) and device.tap_fd is not None:
+            self.tap_fds[device.id] = os.dup(device.tap_fd)
 
     def exit(self, code: int = 0) -> None:
         """Simulate the VM process exiting with *code*."""
         self._life.require("exit", VMState.RUNNING, VMState.PAUSED)
         self.calls.append(("exit", code))
         self._exit_code = code
+        while self.tap_fds:
+            os.close(self.tap_fds.popitem()[1])
         self._life.move(VMState.STOPPED)
         assert self._exited is not None
         self._exited.set()
@@ -102,7 +117,32 @@ class MockHypervisor:
         self.calls.append(("hotplug_device", device))
         if not self._hotplug:
             raise HypervisorError(f"hot-plug is not supported on mock ({self._life.what})")
+        if device.id in self.plugged():
+            raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")
         self.hotplugged.append(device)
+        self._hold_tap(device)
+
+    async def unplug_device(self, device_id: str, timeout: float = 60) -> None:
+        self._life.require("unplug a device from", VMState.RUNNING)
+        self.calls.append(("unplug_device", device_id))
+        device = self.plugged().get(device_id)
+        if device is None:
+            raise NotFoundError("device", device_id, f"in {self._life.what}")
+        if not self._hotplug or not isinstance(device, NetDevice):
+            raise HypervisorError(
+                f"{type(device).__name__} {device_id!r} of mock ({self._life.what}) "
+                "cannot be unplugged"
+            )
+        self.hotplugged = [d for d in self.hotplugged if d.id != device_id]
+        self.unplugged.append(device_id)
+        fd = self.tap_fds.pop(device_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def plugged(self) -> dict[str, Device]:
+        """Every device the VM has now, by id."""
+        cold = {d.id: d for d in self.devices if d.id not in self.unplugged}
+        return cold | {d.id: d for d in self.hotplugged}
 
     async def wait(self) -> int:
         if self._life.state is VMState.STOPPED and self._exit_code is not None:

@@ -29,10 +29,18 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+from qemu.qmp.message import Message
 
-from virtcontainers.errors import ConfigError, HypervisorError, StateError, VMLaunchError
+from virtcontainers.errors import (
+    ConfigError,
+    HypervisorError,
+    NotFoundError,
+    StateError,
+    VMLaunchError,
+)
 from virtcontainers.hypervisor import console
 from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
 from virtcontainers.hypervisor.base import (
@@ -55,7 +63,6 @@ from virtcontainers.hypervisor.qemu_command import (
     DEFAULT_MACHINE,
     MACHINES,
     Q35,
-    Q35_HOTPLUG_PORTS,
     VIRTIO_SERIAL_ID,
     QemuCommand,
 )
@@ -78,6 +85,7 @@ AGENT_DEVICE_ID = "vc-agent"
 RESTORE_POLL = 0.01
 """How often a restore or a save is polled for its end (QMP query-status/-migrate)."""
 SAVED_STATE_FD = "vc-state"
+UNPLUG_TIMEOUT = 60.0
 
 
 @dataclasses.dataclass
@@ -90,6 +98,8 @@ class _Running:
     reaper: asyncio.Task[None] | None = None
     qmp: QMPClient | None = None
     hotplugged: dict[str, Device] = dataclasses.field(default_factory=dict)
+    unplugged: set[str] = dataclasses.field(default_factory=set)  # cold-plugged, since removed
+    ports: dict[str, str] = dataclasses.field(default_factory=dict)  # device id -> its root port
     virtiofsds: list[Virtiofsd] = dataclasses.field(default_factory=list)
     watchers: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
@@ -248,7 +258,7 @@ class QemuHypervisor:
             hotplug_block=machine == Q35,
             hotplug_cpu=False,
             hotplug_memory=False,
-            hotplug_net=False,
+            hotplug_net=command is not None and bool(self.command().port_ids()),
             hotplug_serial_port=True,
             shared_fs=SharedFsKind.VIRTIO_FS.value
             if command is not None and self.command().shared_memory
@@ -337,6 +347,7 @@ class QemuHypervisor:
             log=self._log,
         )
         run = await self._launch(argv, command.passed_fds(), virtiofsds)
+        run.ports = command.cold_ports()
         self._run = run
         self._log.info("QEMU started, pid %d", run.proc.pid)
         try:
@@ -633,31 +644,143 @@ class QemuHypervisor:
     async def hotplug_device(self, device: Device) -> None:
         """Attach *device* to the running VM.
 
-        Supported: SerialPortDevice (any machine) and BlockDevice (q35, into a
-        free pcie-root-port).  Raises HypervisorError for anything else or when
-        QEMU refuses, ConfigError for an invalid device, StateError unless
-        running or paused.
+        Supported: SerialPortDevice (any machine), NetDevice (into a free
+        PCIe root port: a VM created with ``hotplug_ports``, or q35) and
+        BlockDevice (q35, into a free root port).  A NetDevice's ``tap_fd`` is
+        passed to QEMU over QMP (SCM_RIGHTS); the caller keeps its own.
+        Raises HypervisorError for anything else, when no root port is free,
+        or when QEMU refuses; ConfigError for an invalid device or an id in
+        use; StateError unless running or paused.
         """
         self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
         run = self._run
         assert run is not None
         self._check_device(device, self.config.run_dir)
-        used = {d.id for d in self._all_devices()} | set(run.hotplugged)
-        if device.id in used:
+        if device.id in self._plugged(run):
             raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")
-        machine = self.command().machine
+        command = self.command()
         match device:
             case SerialPortDevice():
                 check_socket_path("socket_path", device.socket_path)
                 await self._hotplug_serial(device)
-            case BlockDevice() if machine == Q35:
+            case NetDevice() if command.port_ids():
+                await self._hotplug_net(device, run)
+            case BlockDevice() if command.machine == Q35:
                 await self._hotplug_block(device, run)
             case _:
                 raise HypervisorError(
                     f"hot-plug of {type(device).__name__} {device.id!r} is not supported on "
-                    f"{machine} ({self._life.what}); cold-plug it with add_device before start"
+                    f"{command.machine} ({self._life.what}) without hot-plug ports; cold-plug "
+                    "it with add_device before start"
                 )
         run.hotplugged[device.id] = device
+        run.unplugged.discard(device.id)
+
+    def _plugged(self, run: _Running) -> dict[str, Device]:
+        """Every device the VM has now, by id."""
+        cold = {d.id: d for d in self._all_devices() if d.id not in run.unplugged}
+        return cold | run.hotplugged
+
+    def _free_port(self, run: _Running) -> str:
+        ports = self.command().port_ids()
+        used = set(run.ports.values())
+        for port in ports:
+            if port not in used:
+                return port
+        raise HypervisorError(
+            f"{self._life.what} has no free hot-plug slot (all {len(ports)} PCIe root ports "
+            "in use); unplug a device first"
+        )
+
+    async def _hotplug_net(self, device: NetDevice, run: _Running) -> None:
+        port = self._free_port(run)
+        backend: dict[str, object] = {"type": "tap", "id": device.id, "vhost": False}
+        fd_name = f"{device.id}-tap"
+        if device.tap_fd is not None:
+            await self._pass_fd(run, device.tap_fd, fd_name)
+            backend["fd"] = fd_name
+        else:
+            backend |= {"ifname": device.tap_name, "script": "no", "downscript": "no"}
+        try:
+            await self._execute("netdev_add", backend)
+        except HypervisorError:
+            if device.tap_fd is not None:
+                with contextlib.suppress(HypervisorError):
+                    await self._execute("closefd", {"fdname": fd_name})
+            raise
+        nic = {"driver": "virtio-net-pci", "netdev": device.id, "mac": device.mac}
+        try:
+            await self._execute("device_add", {**nic, "id": device.id, "bus": port})
+        except HypervisorError:
+            with contextlib.suppress(HypervisorError):
+                await self._execute("netdev_del", {"id": device.id})
+            raise
+        run.ports[device.id] = port
+
+    async def unplug_device(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
+        """Unplug a NIC in a root port (hot-plugged, or cold-plugged into a VM
+        with hot-plug ports), wait for the guest to release it, free its netdev.
+
+        Raises NotFoundError, HypervisorError (not a NIC in a root port, QEMU
+        refused, or no release within *timeout* seconds: the device stays),
+        StateError unless running.
+        """
+        self._life.require("unplug a device from", VMState.RUNNING)
+        run = self._run
+        assert run is not None
+        device = self._plugged(run).get(device_id)
+        if device is None:
+            raise NotFoundError("device", device_id, f"in {self._life.what}")
+        if not isinstance(device, NetDevice) or device_id not in run.ports:
+            raise HypervisorError(
+                f"{type(device).__name__} {device_id!r} of {self._life.what} cannot be "
+                "unplugged: only NICs in a PCIe root port can (create the VM with hotplug_ports)"
+            )
+        await self._device_del(run, device_id, timeout)
+        run.hotplugged.pop(device_id, None)
+        run.unplugged.add(device_id)
+        del run.ports[device_id]
+        try:
+            await self._execute("netdev_del", {"id": device_id})
+        except HypervisorError as exc:
+            if _error_class(exc) != "DeviceNotFound":
+                # The NIC is gone, which is what was asked; the netdev keeps its
+                # tap open until QEMU exits (the tap itself can still be deleted).
+                self._log.warning("device %s unplugged, but its netdev stays: %s", device_id, exc)
+
+    async def _device_del(self, run: _Running, device_id: str, timeout: float) -> None:
+        """device_del, then wait for its DEVICE_DELETED (the guest let go of it)."""
+        assert run.qmp is not None
+
+        def this_device(event: Message) -> bool:
+            data = event.get("data")
+            return isinstance(data, dict) and data.get("device") == device_id
+
+        with run.qmp.listener("DEVICE_DELETED", this_device) as listener:
+            try:
+                await self._execute("device_del", {"id": device_id})
+            except HypervisorError as exc:
+                if _error_class(exc) == "DeviceNotFound":
+                    return  # released meanwhile (an earlier unplug that timed out)
+                if "process of unplug" not in str(exc):
+                    raise
+                # Asked already, and the guest's 5 s grace is not over: keep waiting.
+            deleted = asyncio.ensure_future(listener.get())
+            waits: set[asyncio.Future[Any]] = {deleted, run.exited}
+            try:
+                done, _ = await asyncio.wait(
+                    waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                deleted.cancel()
+            if deleted in done:
+                return
+            if run.exited.done():
+                raise HypervisorError(f"{self._life.what} exited while unplugging {device_id}")
+            raise HypervisorError(
+                f"the guest of {self._life.what} did not release device {device_id} within "
+                f"{timeout:g}s; it is still plugged: try again, or stop the pod"
+            )
 
     async def _hotplug_serial(self, device: SerialPortDevice) -> None:
         if not any(isinstance(d, SerialPortDevice) for d in self._all_devices()):
@@ -688,11 +811,7 @@ class QemuHypervisor:
             raise
 
     async def _hotplug_block(self, device: BlockDevice, run: _Running) -> None:
-        busy = sum(isinstance(d, BlockDevice) for d in run.hotplugged.values())
-        if busy >= Q35_HOTPLUG_PORTS:
-            raise HypervisorError(
-                f"{self._life.what} has no free pcie-root-port ({Q35_HOTPLUG_PORTS} in use)"
-            )
+        port = self._free_port(run)
         ro = device.read_only
         await self._execute(
             "blockdev-add",
@@ -710,10 +829,17 @@ class QemuHypervisor:
                     "driver": "virtio-blk-pci",
                     "drive": device.id,
                     "id": device.id,
-                    "bus": f"vc-hp{busy}",
+                    "bus": port,
                 },
             )
         except HypervisorError:
             with contextlib.suppress(HypervisorError):
                 await self._execute("blockdev-del", {"node-name": device.id})
             raise
+        run.ports[device.id] = port
+
+
+def _error_class(exc: HypervisorError) -> str | None:
+    """The QMP error class behind a failed command ("DeviceNotFound", ...)."""
+    cause = exc.__cause__
+    return cause.error_class if isinstance(cause, ExecuteError) else None

@@ -33,6 +33,12 @@ MACHINES = (MICROVM, Q35)
 DEFAULT_MACHINE = MICROVM
 # Empty pcie-root-ports rendered on q35 so that devices can be hot-plugged.
 Q35_HOTPLUG_PORTS = 4
+HOTPLUG_PORT_PREFIX = "vc-hp"
+# microvm's ACPI tables have no MCFG, so Linux finds no extended config space
+# when it would ask the firmware (_OSC) for native PCIe hot-plug, asks for
+# nothing, and leaves the root ports' slots without a driver.  The guest is
+# told to drive them natively instead (pciehp is built into its kernel).
+NATIVE_PCIE_PARAM = "pcie_ports=native"
 VIRTIO_SERIAL_ID = "vc-vser"
 BASE_KERNEL_PARAMS = (
     "console=ttyS0",
@@ -79,7 +85,10 @@ class QemuCommand:
         return self.config.run_dir / "qmp.sock"
 
     def kernel_cmdline(self) -> str:
-        return kernel_cmdline(self.accelerator, self.tsc_khz, self.config.kernel_params)
+        extra = self.config.kernel_params
+        if self.machine == MICROVM and self.port_ids():
+            extra = (NATIVE_PCIE_PARAM, *extra)
+        return kernel_cmdline(self.accelerator, self.tsc_khz, extra)
 
     @property
     def shared_memory(self) -> bool:
@@ -118,13 +127,36 @@ class QemuCommand:
             raise ConfigError("incoming", "the VM resumes no saved state")
         return f"fd:{self.incoming_fd}"
 
+    @property
+    def spare_ports(self) -> int:
+        """Empty PCIe root ports for devices hot-plugged later."""
+        if self.config.hotplug_ports is not None:
+            return self.config.hotplug_ports
+        return Q35_HOTPLUG_PORTS if self.machine == Q35 else 0
+
+    def cold_ports(self) -> dict[str, str]:
+        """The root port of each cold-plugged NIC, by device id (none without spare ports).
+
+        A NIC in a root port of its own can be unplugged like a hot-plugged one;
+        the root bus itself cannot unplug anything.
+        """
+        if not self.spare_ports:
+            return {}
+        nics = [d.id for d in self.devices if isinstance(d, NetDevice)]
+        return {ident: hotplug_port_id(n) for n, ident in enumerate(nics)}
+
+    def port_ids(self) -> list[str]:
+        """Every root port, in order: the cold-plugged NICs' first, then the spare ones."""
+        count = len(self.cold_ports()) + self.spare_ports
+        return [hotplug_port_id(n) for n in range(count)]
+
     def machine_args(self) -> list[str]:
         memory = f",memory-backend={MEMORY_BACKEND_ID}" if self.memory_backend else ""
-        if self.machine == MICROVM:
-            return ["-M", f"microvm,pcie=on,rtc=on{memory}"]
-        args = ["-M", f"q35{memory}"]
-        for n in range(Q35_HOTPLUG_PORTS):
-            args += ["-device", f"pcie-root-port,id=vc-hp{n},bus=pcie.0,chassis={n + 1}"]
+        machine = f"microvm,pcie=on,rtc=on{memory}" if self.machine == MICROVM else f"q35{memory}"
+        args = ["-M", machine]
+        for n, port in enumerate(self.port_ids()):
+            # Distinct slot numbers: the guest names its hot-plug slots by them.
+            args += ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={n + 1},slot={n}"]
         return args
 
     def accel_args(self) -> list[str]:
@@ -139,8 +171,9 @@ class QemuCommand:
         args: list[str] = []
         if any(isinstance(d, SerialPortDevice) for d in self.devices):
             args += ["-device", f"virtio-serial-pci,id={VIRTIO_SERIAL_ID}"]
+        ports = self.cold_ports()
         for device in self.devices:
-            args += render_device(device, self.config.run_dir)
+            args += render_device(device, self.config.run_dir, ports.get(device.id))
         return args
 
     def passed_fds(self) -> tuple[int, ...]:
@@ -187,10 +220,15 @@ def kernel_cmdline(accelerator: Accelerator, tsc_khz: int | None, extra: tuple[s
     return " ".join(params)
 
 
-def render_device(device: Device, run_dir: Path | None = None) -> list[str]:
+def hotplug_port_id(n: int) -> str:
+    return f"{HOTPLUG_PORT_PREFIX}{n}"
+
+
+def render_device(device: Device, run_dir: Path | None = None, bus: str | None = None) -> list[str]:
     """The QEMU options that cold-plug *device*.
 
-    A virtio-fs device needs *run_dir* (where its virtiofsd socket is).
+    A virtio-fs device needs *run_dir* (where its virtiofsd socket is).  A
+    NIC goes on *bus* (a root port) if given.
 
     Raises ConfigError for a device type this driver does not know.
     """
@@ -222,8 +260,9 @@ def render_device(device: Device, run_dir: Path | None = None) -> list[str]:
             ]  # fmt: skip
         case NetDevice(id=ident, tap_name=tap, mac=mac, tap_fd=fd):
             backend = f"fd={fd}" if fd is not None else f"ifname={tap},script=no,downscript=no"
+            on_bus = f",bus={bus}" if bus is not None else ""
             return [
                 "-netdev", f"tap,id={ident},{backend},vhost=off",
-                "-device", f"virtio-net-pci,netdev={ident},mac={mac},id={ident}",
+                "-device", f"virtio-net-pci,netdev={ident},mac={mac},id={ident}{on_bus}",
             ]  # fmt: skip
     raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")
