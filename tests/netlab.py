@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
+from virtcontainers.network.netns import run_in_netns
 from virtcontainers.network.podnetwork import Endpoint, PodNetwork
+
+T = TypeVar("T")
 
 
 def ip(*args: str) -> None:
@@ -104,7 +108,31 @@ class Lab:
 
 
 def netlink(path: str) -> IPRoute:
+    """A netlink socket in the namespace at ``path``, for a single-threaded caller.
+
+    pyroute2's ``netns=`` forks a child to make it: in a process with other
+    threads (a pod's, when a test runs one in-process) that child can hang on
+    a lock it inherited, so :func:`snapshot` and :func:`tun_links` do not use it.
+    """
     return IPRoute(netns=path, flags=0)  # flags=0: never create a namespace
+
+
+def inside(path: str, work: Callable[[Any], T]) -> T:
+    """``work(ipr)`` with a netlink socket of the namespace at ``path``, without a fork.
+
+    pyroute2 binds a socket to the thread that uses it, so the socket is made
+    and used only in a thread that has entered the namespace.
+    """
+
+    def read() -> T:
+        with IPRoute() as ipr:
+            return work(ipr)
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return run_in_netns(fd, read)
+    finally:
+        os.close(fd)
 
 
 def link_of(ipr: Any, name: str) -> Any:
@@ -114,39 +142,44 @@ def link_of(ipr: Any, name: str) -> Any:
 
 def snapshot(path: str, name: str) -> dict[str, object]:
     """Everything of an interface a pod could change: link, addresses, routes, qdiscs."""
-    with netlink(path) as ipr:
-        link = link_of(ipr, name)
-        index = link["index"]
-        return {
-            "link": (
-                index,
-                link["flags"],
-                link.get_attr("IFLA_ADDRESS"),
-                link.get_attr("IFLA_MTU"),
-            ),
-            "addresses": sorted(
-                (a["family"], a.get_attr("IFA_ADDRESS"), a["prefixlen"], a.get_attr("IFA_FLAGS"))
-                for a in ipr.get_addr(index=index)
-            ),
-            "routes": sorted(
-                (
-                    r["family"],
-                    r["table"],
-                    str(r.get_attr("RTA_DST")),
-                    r["dst_len"],
-                    str(r.get_attr("RTA_GATEWAY")),
-                )
-                for r in ipr.get_routes()
-                if r.get_attr("RTA_OIF") == index
-            ),
-            "qdiscs": sorted((q.get_attr("TCA_KIND"), q["parent"]) for q in ipr.get_qdiscs(index)),
-        }
+    return inside(path, lambda ipr: _snapshot(ipr, name))
+
+
+def _snapshot(ipr: Any, name: str) -> dict[str, object]:
+    link = link_of(ipr, name)
+    index = link["index"]
+    return {
+        "link": (
+            index,
+            link["flags"],
+            link.get_attr("IFLA_ADDRESS"),
+            link.get_attr("IFLA_MTU"),
+        ),
+        "addresses": sorted(
+            (a["family"], a.get_attr("IFA_ADDRESS"), a["prefixlen"], a.get_attr("IFA_FLAGS"))
+            for a in ipr.get_addr(index=index)
+        ),
+        "routes": sorted(
+            (
+                r["family"],
+                r["table"],
+                str(r.get_attr("RTA_DST")),
+                r["dst_len"],
+                str(r.get_attr("RTA_GATEWAY")),
+            )
+            for r in ipr.get_routes()
+            if r.get_attr("RTA_OIF") == index
+        ),
+        "qdiscs": sorted((q.get_attr("TCA_KIND"), q["parent"]) for q in ipr.get_qdiscs(index)),
+    }
 
 
 def tun_links(path: str) -> list[str]:
-    with netlink(path) as ipr:
-        return [
+    return inside(
+        path,
+        lambda ipr: [
             link.get_attr("IFLA_IFNAME")
             for link in ipr.get_links()
             if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"
-        ]
+        ],
+    )

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from virtcontainers import calls, launcher, orphans, rpc
 from virtcontainers.agent.base import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.calls import InterfaceStatus
 from virtcontainers.cleanup import release_run_files, remove_pod_files
 from virtcontainers.config import (
     MAX_SOCKET_PATH,
@@ -53,10 +54,12 @@ __all__ = [
     "ContainerStatus",
     "Event",
     "ExitStatus",
+    "InterfaceStatus",
     "PodStatus",
     "ProcessHandle",
     "ProcessInfo",
     "Stdio",
+    "add_interface",
     "attach_container",
     "attach_process",
     "collect_garbage",
@@ -70,6 +73,7 @@ __all__ = [
     "enter_pod",
     "follow_events",
     "kill_container",
+    "list_interfaces",
     "list_pod_errors",
     "list_pods",
     "list_processes",
@@ -77,6 +81,7 @@ __all__ = [
     "pause_pod",
     "pod_events",
     "pod_status",
+    "remove_interface",
     "resize_terminal",
     "resume_container",
     "resume_pod",
@@ -95,6 +100,9 @@ START_TIMEOUT = 300.0
 STOP_TIMEOUT = 120.0
 FORCE_GRACE = 10.0
 DAEMON_EXIT_WAIT = 30.0
+# A hot-plug waits for the guest twice at worst (the NIC to appear, then to let
+# go of it again when the guest's configuration fails): a minute each.
+INTERFACE_TIMEOUT = 180.0
 LIVE = (PodState.RUNNING, PodState.PAUSED)
 R = TypeVar("R")
 
@@ -681,3 +689,39 @@ def _settled_status(pod_id: str) -> PodStatus:
 def container_stats(pod_id: str, container_id: str) -> ContainerStats:
     """What a container uses now, read from its cgroup in the guest."""
     return _live_call(pod_id, calls.GetContainerStats(container_id))
+
+
+# --- network ---------------------------------------------------------------------------------
+
+
+def add_interface(pod_id: str, name: str) -> InterfaceStatus:
+    """Carry one more interface of the pod's network namespace into its running VM.
+
+    Put the interface in the namespace first (a veth, a macvlan, ...), with
+    its addresses and routes: the guest takes them, as it takes those of the
+    interfaces found at boot.  Returns when the guest has it configured.
+    Raises StateError (the pod is not running), ConfigError (the pod has no
+    network namespace, or the interface cannot be carried), NotFoundError
+    (no such interface in the namespace), ExistsError (attached already),
+    NetworkError, HypervisorError (no free hot-plug slot), AgentError.
+    """
+    request = calls.AddInterface(name)
+    return _live_call(pod_id, request, timeout=INTERFACE_TIMEOUT)
+
+
+def remove_interface(pod_id: str, name: str) -> None:
+    """Take an interface out of the pod's running VM, and leave it in the namespace
+    exactly as the caller gave it.
+
+    Returns when the guest has let the NIC go (its addresses and routes go
+    with it).  Raises StateError, ConfigError (no network namespace),
+    NotFoundError (the interface is not attached), HypervisorError (the guest
+    did not release the NIC: it stays attached; try again), NetworkError.
+    """
+    request = calls.RemoveInterface(name)
+    _live_call(pod_id, request, timeout=INTERFACE_TIMEOUT)
+
+
+def list_interfaces(pod_id: str) -> list[InterfaceStatus]:
+    """The interfaces the pod's VM carries: those found at boot, then those added."""
+    return _live_call(pod_id, calls.ListInterfaces())

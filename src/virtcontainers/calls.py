@@ -27,6 +27,7 @@ from virtcontainers.store import ContainerRecord
 
 R = TypeVar("R")
 MAX_TERMINAL_SIZE = 65535
+IFNAMSIZ = 16  # a Linux interface name is at most 15 bytes
 
 
 @cache
@@ -342,6 +343,96 @@ class WatchEvents(Request[list[Event]]):
             raise DaemonError(f"{self.METHOD}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class InterfaceStatus:
+    """An interface of the pod's namespace that its VM carries, as it was attached."""
+
+    name: str
+    mac: str
+    mtu: int
+    addresses: tuple[str, ...]  # CIDR, IPv4 first
+    hotplugged: bool  # added to the running pod, not found at boot
+
+    def to_dict(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "addresses": list(self.addresses)}
+
+    @classmethod
+    def from_dict(cls, method: str, data: object) -> InterfaceStatus:
+        """Raises DaemonError for an answer that is not an interface."""
+        if isinstance(data, dict):
+            name, mac, mtu = data.get("name"), data.get("mac"), data.get("mtu")
+            addresses, hotplugged = data.get("addresses"), data.get("hotplugged")
+            if (
+                isinstance(name, str)
+                and isinstance(mac, str)
+                and isinstance(mtu, int)
+                and isinstance(addresses, list)
+                and all(isinstance(a, str) for a in addresses)
+                and isinstance(hotplugged, bool)
+            ):
+                return cls(name, mac, mtu, tuple(addresses), hotplugged)
+        raise DaemonError(f"{method}: malformed interface {data!r}")
+
+
+def check_interface_name(where: str, name: str) -> str:
+    """``name`` if Linux could name an interface so; ConfigError otherwise."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        size = 0
+    if (
+        not 0 < size < IFNAMSIZ
+        or name in (".", "..")
+        or not name.isprintable()
+        or any(c in name for c in "/:")
+        or any(c.isspace() for c in name)
+    ):
+        raise ConfigError(
+            where, f"{name!r} is not an interface name (1 to 15 bytes, no '/', ':' or space)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class AddInterface(Request[InterfaceStatus]):
+    METHOD = "add_interface"
+    ACTION = "add an interface to"
+    name: str
+
+    def __post_init__(self) -> None:
+        check_interface_name(f"{self.METHOD}.name", self.name)
+
+    def encode_result(self, result: InterfaceStatus) -> Any:
+        return result.to_dict()
+
+    def decode_result(self, data: object) -> InterfaceStatus:
+        return InterfaceStatus.from_dict(self.METHOD, data)
+
+
+@dataclass(frozen=True)
+class RemoveInterface(Answerless):
+    METHOD = "remove_interface"
+    ACTION = "remove an interface from"
+    name: str
+
+    def __post_init__(self) -> None:
+        check_interface_name(f"{self.METHOD}.name", self.name)
+
+
+@dataclass(frozen=True)
+class ListInterfaces(Request[list[InterfaceStatus]]):
+    METHOD = "list_interfaces"
+    ACTION = "list the interfaces of"
+
+    def encode_result(self, result: list[InterfaceStatus]) -> Any:
+        return [interface.to_dict() for interface in result]
+
+    def decode_result(self, data: object) -> list[InterfaceStatus]:
+        if not isinstance(data, list):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        return [InterfaceStatus.from_dict(self.METHOD, item) for item in data]
+
+
 REQUESTS: dict[str, type[Request[Any]]] = {
     cls.METHOD: cls
     for cls in (
@@ -364,6 +455,9 @@ REQUESTS: dict[str, type[Request[Any]]] = {
         UpdateContainer,
         GetContainerStats,
         WatchEvents,
+        AddInterface,
+        RemoveInterface,
+        ListInterfaces,
     )
 }
 """Every method the daemon serves, by its wire name."""

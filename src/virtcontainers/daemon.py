@@ -106,6 +106,9 @@ class Daemon:
             calls.UpdateContainer: lambda r, _s: pod.update_container(r.container_id, r.limits),
             calls.GetContainerStats: lambda r, _s: pod.container_stats(r.container_id),
             calls.WatchEvents: lambda r, _s: pod.events.after(r.after, r.timeout),
+            calls.AddInterface: lambda r, _s: pod.add_interface(r.name),
+            calls.RemoveInterface: lambda r, _s: pod.remove_interface(r.name),
+            calls.ListInterfaces: self._list_interfaces,
         }
 
     async def serve(self, listener: socket.socket) -> None:
@@ -197,6 +200,11 @@ class Daemon:
 
     async def _attach(self, request: calls.AttachProcess, stdio: Stdio) -> None:
         self.pod.attach(request.container_id, request.exec_id, stdio)
+
+    async def _list_interfaces(
+        self, request: calls.ListInterfaces, stdio: Stdio
+    ) -> list[calls.InterfaceStatus]:
+        return self.pod.list_interfaces()
 
 
 def _listen(path: Path) -> socket.socket:

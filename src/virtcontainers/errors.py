@@ -75,8 +75,9 @@ class NotFoundError(VcError):
 class ExistsError(VcError):
     FIELDS = ("kind", "ident")
 
-    def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"{kind} {ident!r} already exists")
+    def __init__(self, kind: str, ident: str, where: str = "") -> None:
+        message = f"{kind} {ident!r} already exists"
+        super().__init__(f"{message} {where}" if where else message)
         self.kind = kind
         self.ident = ident
 

@@ -24,6 +24,7 @@ from typing import Any, cast
 from virtcontainers import spec
 from virtcontainers.agent.base import Agent, ContainerStats, ExitStatus, ProcessInfo, StdioStreams
 from virtcontainers.agent.messages import OciResources
+from virtcontainers.calls import InterfaceStatus
 from virtcontainers.cleanup import release_run_files
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, validate_id
 from virtcontainers.container import Container
@@ -32,6 +33,7 @@ from virtcontainers.errors import (
     ConfigError,
     ExistsError,
     HypervisorError,
+    NetworkError,
     NotFoundError,
     StateError,
     VcError,
@@ -50,7 +52,7 @@ from virtcontainers.hypervisor.base import (
 )
 from virtcontainers.limits import Limits
 from virtcontainers.logtail import tail
-from virtcontainers.podnet import PodNetworkLink
+from virtcontainers.podnet import Nic, PodNetworkLink, guest_settings
 from virtcontainers.process import GuestProcess, ProcessIO
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.sharedfs import choose_shared_fs
@@ -68,6 +70,13 @@ from virtcontainers.store import (
 AGENT_CONNECT_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 5.0
 VM_EXIT_GRACE = 3.0
+# Empty PCIe slots of a pod with a network namespace: interfaces it can take
+# over while it runs, beyond those it found at boot.
+NET_HOTPLUG_PORTS = 4
+# How long the guest may take to show a hot-plugged NIC, and to let one go
+# (Linux waits 5 s after the unplug request before it powers the slot off).
+NIC_APPEAR_TIMEOUT = 60.0
+NIC_UNPLUG_TIMEOUT = 60.0
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
 CLONE_SEED_BYTES = 64
 
@@ -98,6 +107,7 @@ class Pod:
         self._watchers: set[asyncio.Task[None]] = set()
         self.guest_execs: dict[str, GuestProcess] = {}
         self._container_locks: dict[str, asyncio.Lock] = {}
+        self._network_lock = asyncio.Lock()
         self._guest_exec_numbers = itertools.count(1)
         self.agent.on_event(self._on_agent_event)
 
@@ -216,6 +226,7 @@ class Pod:
             memory_mib=self.config.resources.memory_mib,
             kernel_params=(f"vc.hostname={hostname}", *self.config.kernel_params),
             accelerator=accelerator,
+            hotplug_ports=NET_HOTPLUG_PORTS if self.config.netns is not None else None,
             devices=(
                 *pod_devices(image.rootfs, agent_socket, self.shared.export, shared_fs),
                 *nics,
@@ -367,6 +378,86 @@ class Pod:
             what = f"pod {self.id!r}"
             raise StateError(what, operation, "stopping", [s.value for s in allowed])
         self.state.require(self.id, operation, *allowed)
+
+    # --- network ---------------------------------------------------------------------
+
+    async def add_interface(self, name: str) -> InterfaceStatus:
+        """Carry interface ``name`` of the pod's namespace into the running VM.
+
+        The caller has put it in the namespace.  It is tapped and redirected,
+        hot-plugged as a NIC, and configured in the guest like those of boot;
+        any failure undoes all of that.  Raises ConfigError (no network
+        namespace; an interface that cannot be carried), NotFoundError,
+        ExistsError, NetworkError, HypervisorError (no free slot), AgentError.
+        """
+        async with self._network_lock:
+            self._require_running("add an interface to")
+            self._require_netns("add")
+            nic, device = await self.network.plug(name)
+            try:
+                try:
+                    await self.hypervisor.hotplug_device(device)
+                finally:
+                    assert device.tap_fd is not None
+                    os.close(device.tap_fd)  # QEMU has its own copy, or failed
+                try:
+                    nics, routes = guest_settings([nic.interface])
+                    await self.agent.configure_network(nics, routes, NIC_APPEAR_TIMEOUT)
+                except BaseException:
+                    await self._unplug_quietly(nic)
+                    raise
+            except BaseException:
+                await self._give_back_quietly(name)
+                raise
+            self.log.info("interface %s added as %s", name, nic.device_id)
+            return _interface_status(nic)
+
+    async def remove_interface(self, name: str) -> None:
+        """Take interface ``name`` out of the running VM and give it back to the namespace.
+
+        Returns once the guest has released the NIC (its addresses and routes
+        go with it) and the tap and redirects are gone; the interface is then
+        as the caller gave it.  Raises ConfigError (no network namespace),
+        NotFoundError (not attached), HypervisorError (the guest did not
+        release it: it stays attached), NetworkError.
+        """
+        async with self._network_lock:
+            self._require_running("remove an interface from")
+            self._require_netns("remove")
+            nic = self.network.nic(name)
+            try:
+                await self.hypervisor.unplug_device(nic.device_id, NIC_UNPLUG_TIMEOUT)
+            except NotFoundError:
+                # Out of the VM already: an earlier remove failed after the unplug.
+                self.log.info("%s of %s was unplugged already", nic.device_id, name)
+            await self.network.unplug(name)
+            self.log.info("interface %s removed (was %s)", name, nic.device_id)
+
+    def list_interfaces(self) -> list[InterfaceStatus]:
+        """The interfaces the VM carries: those of boot, then those added."""
+        self._require("list the interfaces of", PodState.RUNNING, PodState.PAUSED)
+        return [_interface_status(nic) for nic in self.network.nics]
+
+    def _require_netns(self, action: str) -> None:
+        if self.config.netns is None:
+            raise ConfigError(
+                "pod.netns",
+                f"pod {self.id!r} has no network namespace, so no interfaces to {action}: "
+                "create the pod with one (PodConfig.netns, virtc pod create --netns)",
+            )
+
+    async def _unplug_quietly(self, nic: Nic) -> None:
+        # The failure being raised is the one to report: this one is only logged.
+        try:
+            await self.hypervisor.unplug_device(nic.device_id, NIC_UNPLUG_TIMEOUT)
+        except VcError as exc:
+            self.log.warning("undoing the hot-plug of %s: %s", nic.interface.name, exc)
+
+    async def _give_back_quietly(self, name: str) -> None:
+        try:
+            await self.network.unplug(name)
+        except (NetworkError, NotFoundError) as exc:
+            self.log.warning("undoing the attach of %s: %s", name, exc)
 
     # --- containers ---------------------------------------------------------------------
 
@@ -670,3 +761,10 @@ class Pod:
                 container.oom_killed = True
                 self.events.emit("oom", container.id)
                 self.log.warning("container %s: OOM kill", container.id)
+
+
+def _interface_status(nic: Nic) -> InterfaceStatus:
+    interface = nic.interface
+    return InterfaceStatus(
+        interface.name, interface.mac, interface.mtu, interface.addresses, nic.hotplugged
+    )

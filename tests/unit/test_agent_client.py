@@ -226,7 +226,9 @@ def test_a_silent_guest_times_out_the_request(tmp_path: Path) -> None:
     run(with_guest(tmp_path, guest, body))
 
 
-def test_configure_network_sends_interfaces_and_routes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wait", [0.0, 60.0])
+def test_configure_network_sends_interfaces_and_routes(tmp_path: Path, wait: float) -> None:
+    """And the wait, for a hot-plugged NIC (none at boot: the NICs are there)."""
     seen: dict[str, object] = {}
 
     async def guest(
@@ -242,10 +244,11 @@ def test_configure_network_sends_interfaces_and_routes(tmp_path: Path) -> None:
     route: NetRoute = {"destination": "default", "gateway": "10.1.2.1", "mac": nic["mac"]}
 
     async def body(client: AgentClient) -> None:
-        await client.configure_network((nic,), (route,))
+        await client.configure_network((nic,), (route,), wait)
 
     run(with_guest(tmp_path, guest, body))
-    assert seen == {"op": "configure_network", "args": {"interfaces": [nic], "routes": [route]}}
+    args = {"interfaces": [nic], "routes": [route], **({"wait": wait} if wait else {})}
+    assert seen == {"op": "configure_network", "args": args}
 
 
 def test_configure_network_refused_is_an_agent_error(tmp_path: Path) -> None:

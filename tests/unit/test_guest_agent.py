@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -1003,6 +1004,46 @@ def test_configure_network_unknown_mac_is_not_found(
 
 
 @needs_iproute
+def test_configure_network_waits_for_a_nic_that_appears_later(
+    netns_agent: tuple[AgentClient, str],
+) -> None:
+    """As for a hot-plugged NIC: the guest's kernel shows it a moment after the host adds it."""
+    client, netns = netns_agent
+    late = "02:00:0a:00:00:03"
+    nic = {"mac": late, "mtu": 1400, "addresses": ["10.7.0.2/24"]}
+    route = {"destination": "10.70.0.0/16", "gateway": "10.7.0.1", "mac": late}
+
+    def plug() -> None:
+        time.sleep(0.5)
+        ip(netns, "link", "add", "vc2", "address", late, "type", "veth", "peer", "vc2p")
+        ip(netns, "link", "set", "vc2p", "up")
+
+    plugger = threading.Thread(target=plug)
+    plugger.start()
+    try:
+        assert client.call("configure_network", interfaces=[nic], routes=[route], wait=30) == {}
+    finally:
+        plugger.join()
+    assert global_addresses(ip(netns, "addr", "show", "dev", "vc2")[0]) == {("10.7.0.2", 24)}
+    assert ("10.70.0.0/16", "10.7.0.1", "vc2") in routes(netns, "-4")
+
+
+@needs_iproute
+def test_configure_network_gives_up_waiting_and_says_so(
+    netns_agent: tuple[AgentClient, str],
+) -> None:
+    client, _ = netns_agent
+    nic = {"mac": "02:00:0a:00:00:99", "mtu": 1500, "addresses": []}
+    waiting = client.request("configure_network", interfaces=[nic], routes=[], wait=1.5)
+    assert client.call("ping") == {}  # answered meanwhile: the wait does not block the agent
+    assert waiting not in client.responses
+    with pytest.raises(AgentCallError) as info:
+        client.result(waiting)
+    assert info.value.kind == "not_found"
+    assert "02:00:0a:00:00:99" in info.value.message and "after waiting 1.5s" in info.value.message
+
+
+@needs_iproute
 def test_configure_network_failure_says_which_command(
     netns_agent: tuple[AgentClient, str],
 ) -> None:
@@ -1052,6 +1093,10 @@ def _route(**fields: Any) -> dict[str, Any]:
         ({"interfaces": [_nic()], "routes": [_route(destination="default", gateway=None)]}, "::/0"),
         ({"interfaces": [_nic()], "routes": [_route(mac=MACS[1])]}, "not the MAC of one"),
         ({"interfaces": [_nic()], "routes": [_route()] * 257}, "at most 256"),
+        ({"interfaces": [_nic()], "routes": [], "wait": -1}, "wait"),
+        ({"interfaces": [_nic()], "routes": [], "wait": 121}, "0..120"),
+        ({"interfaces": [_nic()], "routes": [], "wait": "5"}, "wait"),
+        ({"interfaces": [_nic()], "routes": [], "wait": True}, "wait"),
     ],
 )
 def test_configure_network_checks_every_field(

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.netlab import Lab, ip, link_of, netlink, snapshot, tun_links
-from virtcontainers.errors import ConfigError, NetworkError
+from tests.netlab import Lab, NetPair, ip, link_of, netlink, snapshot, tun_links
+from virtcontainers.errors import ConfigError, ExistsError, NetworkError, NotFoundError
 from virtcontainers.network.discovery import Interface, Route, discover
 from virtcontainers.network.netns import check_netns
 from virtcontainers.network.podnetwork import Endpoint, PodNetwork, release
@@ -275,6 +275,173 @@ def test_two_interfaces_get_two_taps(lab: Lab) -> None:
     assert [e.interface.name for e in endpoints] == ["eth0", "eth1"]
     assert [e.tap_name for e in endpoints] == [tap_name("pod-1", 0), tap_name("pod-1", 1)]
     assert sorted(tun_links(pod.path)) == sorted(e.tap_name for e in endpoints)
+
+
+# -- one interface at a time, on an attached pod -------------------------------
+
+
+def test_an_interface_added_later_is_attached_and_detached_alone(lab: Lab) -> None:
+    pod = lab.pod()
+    [eth0] = lab.attach(pod, "pod-1")
+    network = lab.networks[0]
+    eth0_attached = snapshot(pod.path, "eth0")
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    before = snapshot(pod.path, "eth1")
+
+    eth1 = network.attach_interface("eth1")
+    lab.fds.append(eth1.tap_fd)
+
+    assert eth1.interface == discover(pod.path)[1]
+    assert eth1.tap_name == tap_name("pod-1", 1)
+    assert tap_of(eth1.tap_fd)[0] == eth1.tap_name
+    assert [i.name for i in network.interfaces] == ["eth0", "eth1"]
+    with netlink(pod.path) as ipr:
+        veth, tap = link_of(ipr, "eth1"), link_of(ipr, eth1.tap_name)
+        assert redirects(ipr, veth["index"]) == [(MIRRED_EGRESS_REDIRECT, tap["index"])]
+        assert redirects(ipr, tap["index"]) == [(MIRRED_EGRESS_REDIRECT, veth["index"])]
+    description = network.description
+    assert description is not None
+    assert description["taps"] == [eth0.tap_name, eth1.tap_name]
+    assert [i["name"] for i in description["ingress"]] == ["eth0", "eth1"]  # type: ignore[attr-defined]
+
+    network.detach_interface("eth1")
+
+    assert snapshot(pod.path, "eth1") == before
+    assert snapshot(pod.path, "eth0") == eth0_attached
+    assert tun_links(pod.path) == [eth0.tap_name]
+    assert [i.name for i in network.interfaces] == ["eth0"]
+    description = network.description
+    assert description is not None
+    assert description["taps"] == [eth0.tap_name]
+    assert [i["name"] for i in description["ingress"]] == ["eth0"]  # type: ignore[attr-defined]
+
+
+def test_the_description_after_a_hot_plug_releases_it_too(lab: Lab) -> None:
+    """What another process releases after the daemon died includes the added interface."""
+    pod = lab.pod()
+    before = snapshot(pod.path, "eth0")
+    lab.attach(pod, "pod-1")
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    eth1_before = snapshot(pod.path, "eth1")
+    lab.fds.append(lab.networks[0].attach_interface("eth1").tap_fd)
+    description = json.loads(json.dumps(lab.networks[0].description))
+
+    release(description)
+
+    assert snapshot(pod.path, "eth0") == before
+    assert snapshot(pod.path, "eth1") == eth1_before
+    assert tun_links(pod.path) == []
+
+
+def test_a_namespace_with_only_loopback_takes_its_first_interface_later(lab: Lab) -> None:
+    name, path = lab.netns()
+    peer, peer_path = lab.netns()
+    network = PodNetwork()
+    lab.networks.append(network)
+    assert network.attach(path, "lonely") == []
+    lab.veth(NetPair(name, path, peer, peer_path), "eth0", "192.0.2.2/24", "192.0.2.1/24")
+
+    endpoint = network.attach_interface("eth0")
+    lab.fds.append(endpoint.tap_fd)
+
+    assert endpoint.tap_name == tap_name("lonely", 0)
+    assert tun_links(path) == [endpoint.tap_name]
+    network.detach_interface("eth0")
+    assert tun_links(path) == []
+
+
+def test_a_detached_interface_frees_its_tap_name(lab: Lab) -> None:
+    pod = lab.pod()
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    lab.attach(pod, "pod-1")
+    network = lab.networks[0]
+    network.detach_interface("eth0")
+
+    again = network.attach_interface("eth0")
+    lab.fds.append(again.tap_fd)
+
+    assert again.tap_name == tap_name("pod-1", 0)
+    assert [i.name for i in network.interfaces] == ["eth1", "eth0"]
+
+
+def test_attaching_one_interface_refuses_what_it_cannot_carry(lab: Lab) -> None:
+    pod = lab.pod()
+    [eth0] = lab.attach(pod, "pod-1")
+    network = lab.networks[0]
+    ip("-n", pod.name, "link", "add", "br9", "type", "bridge")
+    ip("-n", pod.name, "tuntap", "add", "dev", "tun9", "mode", "tun")  # layer 3
+    attached = snapshot(pod.path, "eth0")
+
+    with pytest.raises(
+        NotFoundError, match="interface 'eth9' not found; put it in the pod's network namespace"
+    ):
+        network.attach_interface("eth9")
+    with pytest.raises(ExistsError, match="attached to the VM already"):
+        network.attach_interface("eth0")
+    with pytest.raises(ConfigError, match="loopback"):
+        network.attach_interface("lo")
+    with pytest.raises(ConfigError, match="not an Ethernet interface"):
+        network.attach_interface("tun9")
+    with pytest.raises(ConfigError, match="a pod's own tap"):
+        network.attach_interface(eth0.tap_name)
+    with pytest.raises(NotFoundError, match=r"has no such interface attached \(attached: eth0\)"):
+        network.detach_interface("eth9")
+
+    assert snapshot(pod.path, "eth0") == attached
+    assert sorted(tun_links(pod.path)) == sorted([eth0.tap_name, "tun9"])
+    # A bridge is an Ethernet device: nothing stops it being carried.
+    lab.fds.append(network.attach_interface("br9").tap_fd)
+
+
+def test_a_renamed_interface_is_recognised_as_attached(lab: Lab) -> None:
+    pod = lab.pod()
+    lab.attach(pod, "pod-1")
+    ip("-n", pod.name, "link", "set", "eth0", "down")
+    ip("-n", pod.name, "link", "set", "eth0", "name", "eth5")
+
+    with pytest.raises(ExistsError, match="it is eth0, attached already and renamed since"):
+        lab.networks[0].attach_interface("eth5")
+
+
+def test_a_failed_attach_of_one_interface_leaves_nothing(lab: Lab) -> None:
+    pod = lab.pod()
+    lab.attach(pod, "pod-1")
+    network = lab.networks[0]
+    description = network.description
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    with netlink(pod.path) as ipr:
+        ipr.tc("add", "ingress", link_of(ipr, "eth1")["index"], INGRESS)  # the caller's own
+    before = snapshot(pod.path, "eth1")
+    tun_fds = open_tun_fds()
+
+    with pytest.raises(NetworkError, match="eth1 already has an ingress qdisc"):
+        network.attach_interface("eth1")
+
+    assert snapshot(pod.path, "eth1") == before
+    assert tun_links(pod.path) == [tap_name("pod-1", 0)]
+    assert open_tun_fds() == tun_fds
+    assert network.description == description
+
+
+def test_one_interface_cannot_change_before_attach_nor_in_another_namespace(lab: Lab) -> None:
+    with pytest.raises(NetworkError, match="not attached"):
+        PodNetwork().attach_interface("eth0")
+    pod = lab.pod()
+    [endpoint] = lab.attach(pod, "pod-1")
+    lab.networks[0].detach_interface("eth0")
+    lab.fds.remove(endpoint.tap_fd)
+    os.close(endpoint.tap_fd)  # a tap's queue holds its namespace
+    ip("netns", "del", pod.name)
+    ip("netns", "add", pod.name)  # someone else's namespace now
+    # (Not eth0: the old peer may still be going away with the old namespace.)
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    before = snapshot(pod.path, "eth1")
+
+    with pytest.raises(NetworkError, match="names another namespace"):
+        lab.networks[0].attach_interface("eth1")
+
+    assert snapshot(pod.path, "eth1") == before
+    assert tun_links(pod.path) == []
 
 
 # -- the redirect carries frames ---------------------------------------------

@@ -17,6 +17,7 @@ SAMPLES: list[VcError] = [
     errors.ConfigError("resources.memory_mib", "too small"),
     errors.NotFoundError("container", "c9", "in pod 'p'"),
     errors.ExistsError("pod", "p"),
+    errors.ExistsError("interface", "eth1", "in pod 'p': it is attached to the VM already"),
     errors.StateError("pod 'p'", "start", "running", ["created", "stopped"]),
     errors.ImageError("no kernel"),
     errors.TemplateError("no template for this shape"),
@@ -87,6 +88,9 @@ def test_bad_parameters_are_refused_by_name(
         "start_container": ({"container_id": "../x"}, "container id"),
         "wait": ({"container_id": "c"}, "wait.exec_id"),
         "stop": ({"extra": 1}, "stop"),
+        "add_interface": ({"name": "a/b"}, "add_interface.name"),
+        "remove_interface": ({"name": 7}, "remove_interface.name"),
+        "list_interfaces": ({"name": "eth0"}, "list_interfaces"),
     }
     for method, (params, field) in cases.items():
         with pytest.raises(errors.ConfigError) as caught:

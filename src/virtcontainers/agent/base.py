@@ -163,12 +163,14 @@ class Agent(Protocol):
     async def exec_guest(self, exec_id: str, process: OciProcess, stdio: StdioStreams) -> int: ...
 
     async def configure_network(
-        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute]
+        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute], wait: float = 0.0
     ) -> None:
         """Set up the VM's NICs (each found by its MAC): MTU, addresses, link up;
         then add the routes, in order.  Applying the same configuration again
-        succeeds.  Raises AgentError: "invalid", "not_found" (no NIC with a
-        MAC), "network" (an ``ip`` command failed: its stderr)."""
+        succeeds.  With ``wait``, NICs not there yet (just hot-plugged) are
+        waited for, up to that many seconds.  Raises AgentError: "invalid",
+        "not_found" (no NIC with a MAC), "network" (an ``ip`` command failed:
+        its stderr)."""
 
     async def update_container(self, container_id: str, resources: OciResources) -> None:
         """Change a container's limits (``crun update``).  Raises AgentError:

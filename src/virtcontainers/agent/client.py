@@ -438,9 +438,11 @@ class AgentClient:
         return await self._start("exec_guest", args)
 
     async def configure_network(
-        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute]
+        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute], wait: float = 0.0
     ) -> None:
         args = ConfigureNetworkArgs(interfaces=list(interfaces), routes=list(routes))
+        if wait:
+            args["wait"] = wait
         await self.call("configure_network", args)
 
     async def update_container(self, container_id: str, resources: OciResources) -> None:

@@ -132,6 +132,7 @@ class NetRoute(TypedDict):
 class ConfigureNetworkArgs(TypedDict):
     interfaces: list[NetInterface]
     routes: list[NetRoute]  # added in this order, after every interface's addresses
+    wait: NotRequired[float]  # seconds to wait for NICs not there yet (hot-plugged); 0..120
 
 
 class OciResources(TypedDict, total=False):

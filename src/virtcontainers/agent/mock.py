@@ -242,9 +242,11 @@ class MockAgent:
         return pid
 
     async def configure_network(
-        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute]
+        self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute], wait: float = 0.0
     ) -> None:
-        self._record("configure_network", interfaces=list(interfaces), routes=list(routes))
+        self._record(
+            "configure_network", interfaces=list(interfaces), routes=list(routes), wait=wait
+        )
 
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None

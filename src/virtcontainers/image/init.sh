@@ -40,6 +40,16 @@ has_virtio() {
     return 1
 }
 
+# Can a NIC arrive later?  The host gives a VM PCIe hot-plug slots only when
+# it may hot-plug NICs into it (a pod with a network namespace), and the
+# modules are gone after switch_root: load virtio_net now for such a VM.
+has_hotplug_slots() {
+    for slot in /sys/bus/pci/slots/*; do
+        [ -e "$slot" ] && return 0
+    done
+    return 1
+}
+
 # The modules of a device are loaded only when the VM has one: every module
 # costs boot time, so a pod without a NIC or a share does not pay for them.
 for ko in /lib/modules/*.ko; do
@@ -50,7 +60,7 @@ for ko in /lib/modules/*.ko; do
         [0-9]*-fuse.ko | [0-9]*-virtiofs.ko)
             has_virtio 0x001a || continue ;;
         [0-9]*-failover.ko | [0-9]*-net_failover.ko | [0-9]*-virtio_net.ko)
-            has_virtio 0x0001 || continue ;;
+            has_virtio 0x0001 || has_hotplug_slots || continue ;;
     esac
     insmod "$ko" || fail "cannot load kernel module $ko"
 done

@@ -35,7 +35,8 @@ Each module costs boot time under TCG (the seven of networking, vsock and
 overlay took ≈0.15 s of guest time), so a feature adds its modules when it
 lands (vsock with the vsock agent channel), and init.sh loads those of a
 device only when the VM has one: the shared-filesystem modules for 9p or
-virtio-fs, the networking ones for a virtio-net NIC."""
+virtio-fs, the networking ones for a virtio-net NIC or for PCIe hot-plug
+slots (a NIC may be hot-plugged later, when the initrd is gone)."""
 
 _KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 

@@ -88,16 +88,26 @@ def indexed_interfaces(rtnl: Rtnl) -> list[tuple[int, Interface]]:
 
     Raises NetlinkError.
     """
-    links = [link for link in rtnl.links() if _taken_over(link)]
+    links = [link for link in rtnl.links() if why_not_taken(link) is None]
     addresses = rtnl.addresses()
     routes = rtnl.routes()
     return [(link.index, _interface(link, addresses, routes)) for link in links]
 
 
-def _taken_over(link: Link) -> bool:
-    if link.flags & IFF_LOOPBACK or link.link_type != ARPHRD_ETHER:
-        return False
-    return not (link.kind == "tun" and tap.is_tap_name(link.name))
+def interface_of(rtnl: Rtnl, link: Link) -> Interface:
+    """One link as :func:`discover` would return it.  Raises NetlinkError."""
+    return _interface(link, rtnl.addresses(), rtnl.routes())
+
+
+def why_not_taken(link: Link) -> str | None:
+    """Why a pod cannot take this link over, or None if it can."""
+    if link.flags & IFF_LOOPBACK:
+        return "it is the loopback interface, which stays with the namespace"
+    if link.link_type != ARPHRD_ETHER:
+        return "it is not an Ethernet interface: a tc redirect carries only Ethernet frames"
+    if link.kind == "tun" and tap.is_tap_name(link.name):
+        return "it is a pod's own tap"
+    return None
 
 
 def _interface(link: Link, addresses: list[Address], routes: list[RtRoute]) -> Interface:

@@ -14,22 +14,36 @@ addresses and routes (see :class:`~virtcontainers.network.discovery.Interface`).
 What is made, and so what :meth:`PodNetwork.detach` and :func:`release`
 remove: the taps, and one ingress qdisc on each caller's interface (deleting
 it deletes its filter).  Nothing else of the caller's interfaces is changed.
+
+A running pod takes one more interface over with
+:meth:`PodNetwork.attach_interface` (the caller has put it in the namespace
+first) and gives one back with :meth:`PodNetwork.detach_interface`; the
+description follows, so :func:`release` still removes exactly what is there.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
-from virtcontainers.errors import ConfigError, NetworkError
+from virtcontainers.errors import ConfigError, ExistsError, NetworkError, NotFoundError
 from virtcontainers.network import tap
-from virtcontainers.network.discovery import Interface, indexed_interfaces
+from virtcontainers.network.discovery import (
+    Interface,
+    indexed_interfaces,
+    interface_of,
+    why_not_taken,
+)
 from virtcontainers.network.netns import NetnsId, open_netns, run_in_netns
 from virtcontainers.network.record import IngressRecord, NetworkRecord
 from virtcontainers.network.rtnl import NetlinkError, Rtnl, is_missing
+
+T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +59,15 @@ class Endpoint:
     interface: Interface
     tap_name: str
     tap_fd: int
+
+
+@dataclass(frozen=True)
+class _Attached:
+    """An interface the pod has taken over: its tap and its ingress qdisc."""
+
+    interface: Interface
+    tap_name: str
+    ingress: IngressRecord
 
 
 @dataclass
@@ -65,12 +88,19 @@ class PodNetwork:
 
     def __init__(self) -> None:
         self._record: NetworkRecord | None = None
+        self._pod_id = ""
+        self._attached: dict[str, _Attached] = {}
         self._log = _log
 
     @property
     def description(self) -> dict[str, object] | None:
         """What :meth:`attach` made, as JSON-able data for :func:`release`; None if nothing."""
         return self._record.to_json() if self._record is not None else None
+
+    @property
+    def interfaces(self) -> list[Interface]:
+        """The interfaces taken over, as they were when attached: at boot, then hot-plugged."""
+        return [attached.interface for attached in self._attached.values()]
 
     def attach(self, netns_path: str, pod_id: str) -> list[Endpoint]:
         """Make a tap for each interface in the namespace and redirect it both ways.
@@ -92,8 +122,91 @@ class PodNetwork:
         finally:
             os.close(fd)
         self._record = NetworkRecord(netns_path, netns_id, tuple(made.taps), tuple(made.ingress))
+        self._pod_id = pod_id
+        self._attached = {
+            e.interface.name: _Attached(e.interface, e.tap_name, ingress)
+            for e, ingress in zip(made.endpoints, made.ingress, strict=True)
+        }
         self._log.debug("attached in %s: %s", netns_path, self._record)
         return made.endpoints
+
+    def attach_interface(self, name: str) -> Endpoint:
+        """Take one more interface of the namespace over: a tap, and the redirects.
+
+        For a pod that is running: the caller has put ``name`` in the namespace
+        since :meth:`attach`.  On failure nothing made is left behind.  Raises
+        NotFoundError if the namespace has no interface ``name``, ExistsError
+        if it is attached already, ConfigError if it cannot be carried (not
+        Ethernet, loopback, a tap of ours), NetworkError if the taps or filters
+        cannot be made, or before :meth:`attach`.
+        """
+        record = self._require_attached(name)
+        if name in self._attached:
+            raise ExistsError(
+                "interface", name, f"in pod {self._pod_id!r}: it is attached to the VM already"
+            )
+        number = next(
+            n for n in itertools.count() if tap.tap_name(self._pod_id, n) not in record.taps
+        )
+        taken = {attached.ingress.index: n for n, attached in self._attached.items()}
+        log = self._log
+        pod_id = self._pod_id
+        made = self._in_namespace(
+            record,
+            lambda: _attach_one_here(record.netns, pod_id, name, number, taken, log),
+        )
+        [endpoint], [ingress] = made.endpoints, made.ingress
+        self._record = replace(
+            record, taps=(*record.taps, endpoint.tap_name), ingress=(*record.ingress, ingress)
+        )
+        self._attached[name] = _Attached(endpoint.interface, endpoint.tap_name, ingress)
+        log.debug("attached %s through tap %s", name, endpoint.tap_name)
+        return endpoint
+
+    def detach_interface(self, name: str) -> None:
+        """Give one interface back: remove its tap and its ingress qdisc.
+
+        The interface itself is left exactly as the caller gave it.  Quiet when
+        the namespace is gone.  Raises NotFoundError if ``name`` is not
+        attached, NetworkError if something could not be removed (the
+        interface then stays attached, and a later call tries again).
+        """
+        record = self._require_attached(name)
+        attached = self._attached.get(name)
+        if attached is None:
+            raise NotFoundError(
+                "interface",
+                name,
+                f"pod {self._pod_id!r} has no such interface attached "
+                f"(attached: {', '.join(self._attached) or 'none'})",
+            )
+        _release(replace(record, taps=(attached.tap_name,), ingress=(attached.ingress,)), self._log)
+        self._record = replace(
+            record,
+            taps=tuple(t for t in record.taps if t != attached.tap_name),
+            ingress=tuple(i for i in record.ingress if i != attached.ingress),
+        )
+        del self._attached[name]
+        self._log.debug("detached %s and removed tap %s", name, attached.tap_name)
+
+    def _require_attached(self, name: str) -> NetworkRecord:
+        if self._record is None:
+            raise NetworkError("(none)", f"cannot change interface {name}: the pod is not attached")
+        return self._record
+
+    def _in_namespace(self, record: NetworkRecord, work: Callable[[], T]) -> T:
+        """Run ``work`` in the pod's namespace, if the path still names that one."""
+        fd = open_netns(record.netns)
+        try:
+            if NetnsId.of_fd(fd) != record.netns_id:
+                raise NetworkError(
+                    record.netns,
+                    "the path names another namespace than the one the pod was attached to",
+                    self._pod_id,
+                )
+            return run_in_netns(fd, work)
+        finally:
+            os.close(fd)
 
     def detach(self) -> None:
         """Remove what :meth:`attach` made; the tap fds are the caller's to close.
@@ -105,6 +218,7 @@ class PodNetwork:
             return
         _release(self._record, self._log)
         self._record = None
+        self._attached = {}
 
 
 def release(description: Mapping[str, object]) -> None:
@@ -142,6 +256,42 @@ def _attach_here(netns_path: str, pod_id: str, log: logging.Logger) -> _Made:
             try:
                 for n, (index, interface) in enumerate(indexed_interfaces(rtnl)):
                     _connect(rtnl, made, index, interface, tap.tap_name(pod_id, n))
+            except BaseException:
+                _undo(rtnl, made, log)
+                raise
+    except (NetlinkError, OSError, ValueError) as exc:
+        raise NetworkError(netns_path, _reason(exc), pod_id) from exc
+    return made
+
+
+def _attach_one_here(
+    netns_path: str,
+    pod_id: str,
+    name: str,
+    number: int,
+    taken: Mapping[int, str],
+    log: logging.Logger,
+) -> _Made:
+    made = _Made()
+    try:
+        with Rtnl() as rtnl:
+            try:
+                link = rtnl.link_by_name(name)
+                if link is None:
+                    where = f"put it in the pod's network namespace ({netns_path}) first"
+                    raise NotFoundError("interface", name, where)
+                if link.index in taken:
+                    raise ExistsError(
+                        "interface",
+                        name,
+                        f"in pod {pod_id!r}: it is {taken[link.index]}, attached already "
+                        "and renamed since",
+                    )
+                why_not = why_not_taken(link)
+                if why_not is not None:
+                    raise ConfigError("interface", f"{name} cannot be carried into a VM: {why_not}")
+                interface = interface_of(rtnl, link)
+                _connect(rtnl, made, link.index, interface, tap.tap_name(pod_id, number))
             except BaseException:
                 _undo(rtnl, made, log)
                 raise

@@ -10,11 +10,17 @@ The work is done by ``ip`` (busybox's applet in the guest), one command at a
 time from the event loop, with ``replace`` rather than ``add`` so that the
 same configuration can be applied again.  Every argument is checked before
 the first command runs.
+
+A NIC the host has just hot-plugged shows up a moment later (the guest's
+PCIe hot-plug driver powers its slot on, then virtio_net probes it): with
+``wait`` seconds the NICs are looked for again every
+:data:`POLL_INTERVAL` until they are all there, without blocking the loop.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from .args import AgentError, invalid
 from .osutil import read_text, write_file
@@ -35,6 +41,8 @@ MAX_ROUTES = 256
 MTU_MIN = 68  # IPv4's minimum (RFC 791)
 MTU_MIN_IPV6 = 1280  # below it the kernel turns IPv6 off on the device (RFC 8200)
 MTU_MAX = 65535
+MAX_WAIT = 120
+POLL_INTERVAL = 0.05
 SYS_NET = "/sys/class/net"
 IFF_UP = 0x1
 _HEX = frozenset("0123456789abcdef")
@@ -66,11 +74,13 @@ class Route:
 
 
 def configure_network(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
-    """Check every argument, find each NIC by its MAC, then run the ip commands.
+    """Check every argument, find each NIC by its MAC (waiting up to ``wait``
+    seconds for those not there yet), then run the ip commands.
 
-    Raises AgentError: "invalid", "not_found" (no NIC has a MAC), "network".
+    Answers AgentError: "invalid", "not_found" (no NIC has a MAC), "network".
     """
-    _check_fields(args, "args", ("interfaces", "routes"))
+    _check_fields(args, "args", ("interfaces", "routes"), optional=("wait",))
+    wait = _wait(args.get("wait", 0))
     items = _list(args["interfaces"], "interfaces", MAX_INTERFACES)
     interfaces = [_interface(item, f"interfaces[{i}]") for i, item in enumerate(items)]
     macs = [nic.mac for nic in interfaces]
@@ -78,11 +88,28 @@ def configure_network(agent: Agent, reply: Reply, args: Mapping[str, object]) ->
         raise invalid("interfaces must have distinct MACs")
     items = _list(args["routes"], "routes", MAX_ROUTES)
     routes = [_route(item, f"routes[{i}]", macs) for i, item in enumerate(items)]
-    names = find_interfaces(macs)
-    for nic in interfaces:
-        if any(version == 6 for version, _ in nic.addresses):
-            _skip_dad(names[nic.mac])
-    run_in_turn(agent, reply, ip_commands(interfaces, routes, names))
+    deadline = time.monotonic() + wait
+
+    def attempt() -> None:
+        try:
+            names = find_interfaces(macs)
+        except AgentError as exc:
+            if exc.kind == "not_found" and time.monotonic() < deadline:
+                agent.loop.call_later(POLL_INTERVAL, attempt)
+                return
+            waited = f" (after waiting {wait:g}s for it)" if wait else ""
+            reply.error(exc.kind, exc.message + waited)
+            return
+        try:
+            for nic in interfaces:
+                if any(version == 6 for version, _ in nic.addresses):
+                    _skip_dad(names[nic.mac])
+        except AgentError as exc:
+            reply.error(exc.kind, exc.message)
+            return
+        run_in_turn(agent, reply, ip_commands(interfaces, routes, names))
+
+    attempt()
 
 
 # ------------------------------------------------------------------- validation
@@ -92,17 +119,29 @@ def _show(value: object) -> str:
     return repr(value)[:80]
 
 
-def _check_fields(item: object, what: str, names: tuple[str, ...]) -> Mapping[str, object]:
-    """item as an object with exactly these fields."""
+def _check_fields(
+    item: object, what: str, names: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> Mapping[str, object]:
+    """item as an object with exactly these fields (and maybe the optional ones)."""
     if not isinstance(item, dict):
         raise invalid(f"{what} must be an object")
-    unknown = sorted(str(key) for key in set(item) - set(names))
+    unknown = sorted(str(key) for key in set(item) - set(names) - set(optional))
     if unknown:
         raise invalid(f"{what} has unknown field(s): {', '.join(unknown)}")
     missing = [name for name in names if name not in item]
     if missing:
         raise invalid(f"{what} lacks field(s): {', '.join(missing)}")
     return item
+
+
+def _wait(value: object) -> float:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_WAIT  # also refuses NaN
+    ):
+        raise invalid(f"wait must be a number of seconds in 0..{MAX_WAIT}, not {_show(value)}")
+    return float(value)
 
 
 def _list(value: object, what: str, limit: int) -> list[object]:
