@@ -13,14 +13,16 @@ import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from virtcontainers import api
 from virtcontainers.cli import observe
+from virtcontainers.cli.common import VcGroup, ensure_image, fail, progress, stderr, stdout
+from virtcontainers.cli.factory_cli import factory
+from virtcontainers.cli.pod_net import pod_net
 from virtcontainers.cli.resources import (
     container_stats,
     container_update,
@@ -41,28 +43,7 @@ from virtcontainers.errors import VcError
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.limits import Limits
 
-stderr = Console(stderr=True)
-stdout = Console()
 RUN_CONTAINER_ID = "main"
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    stderr.print(f"[bold red]virtc: error:[/] {message}", highlight=False)
-    sys.exit(code)
-
-
-def progress(message: str) -> None:
-    stderr.print(f"[dim]» {message}[/]", highlight=False)
-
-
-class VcGroup(click.Group):
-    """Turns library errors into one clear line and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except VcError as exc:
-            fail(str(exc))
 
 
 @click.group(cls=VcGroup)
@@ -93,16 +74,6 @@ def image_build(kernel: Path | None, initrd: Path | None, force: bool) -> None:
     rootfs = build_busybox_rootfs(progress=progress)
     stdout.print(f"kernel  {built.kernel}\ninitrd  {built.initrd}\nrootfs  {built.rootfs}")
     stdout.print(f"busybox container rootfs  {rootfs}")
-
-
-def ensure_image() -> None:
-    from virtcontainers.image import ImageNotBuiltError, build_image, find_image
-
-    try:
-        find_image()
-    except ImageNotBuiltError:
-        progress("no guest image yet: building it (once)")
-        build_image(progress=progress)
 
 
 def container_config(
@@ -136,84 +107,6 @@ def boot_option(command: Callable[..., Any]) -> Callable[..., Any]:
         help="Start the VM from a template (virtc factory init), boot it cold, or "
         "take a template when one fits.",
     )(command)
-
-
-# --- VM templates ------------------------------------------------------------------------
-
-
-@cli.group(cls=VcGroup)
-def factory() -> None:
-    """VM templates: pods start as clones of a VM booted once (docs/factory.md)."""
-
-
-@factory.command("init")
-@click.option("--vcpus", type=int, default=1, show_default=True)
-@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
-@click.option("--kernel-param", "kernel_params", multiple=True, help="Extra kernel parameter.")
-@click.option("--force", is_flag=True, help="Make it again even if it exists.")
-def factory_init(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...], force: bool) -> None:
-    """Make the template that pods of this size start from; drop stale ones."""
-    from virtcontainers.templatevm import init_template
-
-    ensure_image()
-    template, removed = init_template(
-        vcpus, memory_mib, kernel_params, force=force, progress=progress
-    )
-    for key in removed:
-        progress(f"removed stale template {key}")
-    stdout.print(f"template {template.key}  {template.path}", highlight=False)
-
-
-@factory.command("status")
-@click.option("--json", "as_json", is_flag=True)
-def factory_status(as_json: bool) -> None:
-    """The templates, and whether pods would start from them."""
-    from virtcontainers.factory import Factory
-
-    made = Factory()
-    templates = made.templates()
-    if as_json:
-        entries = [
-            {
-                **t.to_json(),
-                "current": t.current(),
-                "path": str(t.path),
-                "disk_bytes": t.disk_bytes(),
-            }
-            for t in templates
-        ]
-        click.echo(json.dumps({"root": str(made.root), "templates": entries}, indent=1))
-        return
-    stdout.print(f"factory {made.root}", highlight=False)
-    table = Table("TEMPLATE", "VCPUS", "MEMORY", "KERNEL PARAMS", "STATE", "ON DISK", box=None)
-    for t in templates:
-        table.add_row(
-            t.key,
-            str(t.shape.vcpus),
-            f"{t.shape.memory_mib} MiB",
-            " ".join(t.shape.kernel_params) or "-",
-            "current" if t.current() else "stale",
-            f"{t.disk_bytes() / (1 << 20):.0f} MiB",
-        )
-    if templates:
-        stdout.print(table)
-    else:
-        stdout.print("no templates: `virtc factory init` makes one")
-    for path in made.broken():
-        stderr.print(f"virtc: {path} is not a usable template (`virtc factory destroy` removes it)")
-
-
-@factory.command("destroy")
-@click.argument("key", required=False)
-def factory_destroy(key: str | None) -> None:
-    """Remove one template (KEY) or all of them; running clones keep going."""
-    from virtcontainers.factory import Factory
-
-    removed = Factory().destroy(key)
-    for name in removed:
-        stdout.print(f"removed  {name}", highlight=False)
-    if not removed:
-        stdout.print("no templates")
 
 
 # --- pods ----------------------------------------------------------------------------------
@@ -349,48 +242,6 @@ def pod_status(pod_id: str, as_json: bool) -> None:
         stdout.print(f"  {container.id}: {container.state.value}{exit_text}", highlight=False)
 
 
-@pod.group("net", cls=VcGroup)
-def pod_net() -> None:
-    """Interfaces of a running pod's network namespace, carried into its VM."""
-
-
-@pod_net.command("add")
-@click.argument("pod_id")
-@click.argument("ifname")
-def pod_net_add(pod_id: str, ifname: str) -> None:
-    """Hot-plug interface IFNAME of the pod's namespace into its VM.
-
-    Put IFNAME in the namespace first, with its addresses and routes: the
-    guest takes them over.
-    """
-    added = api.add_interface(pod_id, ifname)
-    stdout.print(f"{added.name} {added.mac} {' '.join(added.addresses)}", highlight=False)
-
-
-@pod_net.command("rm")
-@click.argument("pod_id")
-@click.argument("ifname")
-def pod_net_rm(pod_id: str, ifname: str) -> None:
-    """Unplug interface IFNAME from the pod's VM; it stays in the namespace."""
-    api.remove_interface(pod_id, ifname)
-
-
-@pod_net.command("ls")
-@click.argument("pod_id")
-@click.option("--json", "as_json", is_flag=True)
-def pod_net_ls(pod_id: str, as_json: bool) -> None:
-    """The interfaces the pod's VM carries."""
-    interfaces = api.list_interfaces(pod_id)
-    if as_json:
-        click.echo(json.dumps([i.to_dict() for i in interfaces], indent=1))
-        return
-    table = Table("INTERFACE", "MAC", "MTU", "ADDRESSES", "ADDED", box=None)
-    for i in interfaces:
-        added = "hot-plug" if i.hotplugged else "boot"
-        table.add_row(i.name, i.mac, str(i.mtu), " ".join(i.addresses) or "-", added)
-    stdout.print(table)
-
-
 # --- containers --------------------------------------------------------------------------------
 
 
@@ -409,6 +260,8 @@ def container() -> None:
 container.add_command(container_update)
 container.add_command(container_stats)
 pod.add_command(observe.pod_events)
+pod.add_command(pod_net)
+cli.add_command(factory)
 cli.add_command(observe.metrics)
 cli.add_command(observe.top)
 
