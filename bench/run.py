@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import network
+import templates
+from templates import pod_start_once
 from virtcontainers import api
-from virtcontainers.config import Cmd, ContainerConfig, PodConfig
+from virtcontainers.config import Cmd
 from virtcontainers.hypervisor import HypervisorKind, VMConfig, detect_accelerator, new_hypervisor
 from virtcontainers.image import build_busybox_rootfs, find_image
 from virtcontainers.image.cpio import CpioWriter, write_gzip_cpio
@@ -99,28 +101,6 @@ def bare_boot(kernel: Path, runs: int) -> list[float]:
             times.append(asyncio.run(bare_boot_once(kernel, initrd, run_dir)))
             progress(f"bare boot {index + 1}/{runs}: {times[-1]:.2f}s")
     return times
-
-
-def pod_start_once(rootfs: Path, pod_id: str) -> float:
-    read_end, write_end = os.pipe()
-    started = time.monotonic()
-    try:
-        api.run_pod(PodConfig(id=pod_id, boot="cold"))  # templates: bench/templates.py
-        container = ContainerConfig(
-            "c", rootfs, Cmd(("sh", "-c", "echo first; exec sleep 1000")), writable_layer=True
-        )
-        api.create_container(pod_id, container, api.Stdio(stdout=write_end))
-        api.start_container(pod_id, "c")
-        os.close(write_end)
-        write_end = -1
-        first = os.read(read_end, 1)
-        elapsed = time.monotonic() - started
-        assert first == b"f", first
-        return elapsed
-    finally:
-        if write_end >= 0:
-            os.close(write_end)
-        os.close(read_end)
 
 
 def exec_round_trips(pod_id: str, runs: int) -> list[float]:
@@ -190,7 +170,7 @@ def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
     for index in range(args.runs):
         pod_id = f"bench-{os.getpid()}-{index}"
         try:
-            starts.append(pod_start_once(rootfs, pod_id))
+            starts.append(pod_start_once(rootfs, pod_id, boot="cold"))
             progress(f"pod start {index + 1}/{args.runs}: {starts[-1]:.2f}s")
             if index == 0:
                 execs = exec_round_trips(pod_id, args.execs)
@@ -212,7 +192,6 @@ def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
     print(f"agent import in the guest   median {agent_import['median_s'] * 1000:.0f} ms")
     lookup_ms = statistics.median(lookups) * 1000
     print(f"image lookup (now once, at create) median {lookup_ms:.0f} ms")
-    import templates  # bench/templates.py, beside this script
 
     templated = templates.measure(rootfs, args.runs, starts)
     templates.report(templated)

@@ -9,21 +9,17 @@ any pod.  Errors are :class:`~virtcontainers.errors.VcError` subclasses.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from virtcontainers import calls, launcher, orphans, rpc
-from virtcontainers.agent.base import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.agent.base import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.calls import InterfaceStatus
-from virtcontainers.cleanup import release_run_files, remove_pod_files
+from virtcontainers.cleanup import remove_pod_files
 from virtcontainers.config import (
-    MAX_SOCKET_PATH,
     Cmd,
     ContainerConfig,
     ImagePaths,
@@ -31,8 +27,6 @@ from virtcontainers.config import (
     validate_id,
 )
 from virtcontainers.errors import (
-    BusyError,
-    ConfigError,
     CorruptRecordError,
     DaemonError,
     ExistsError,
@@ -43,11 +37,12 @@ from virtcontainers.errors import (
 from virtcontainers.events import Event
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.limits import Limits
-from virtcontainers.orphans import GarbageReport
+from virtcontainers.orphans import GarbageReport, reconcile
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
+from virtcontainers.status import ContainerStatus, PodStatus, ProcessHandle
 from virtcontainers.stdio import Stdio
-from virtcontainers.store import ContainerRecord, PodPaths, PodRecord, Store
+from virtcontainers.store import ContainerRecord, PodRecord, Store
 
 __all__ = [
     "ContainerStats",
@@ -107,116 +102,11 @@ LIVE = (PodState.RUNNING, PodState.PAUSED)
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
-class ContainerStatus:
-    id: str
-    state: ContainerState
-    pid: int | None
-    exit_code: int | None
-    signal: int | None
-    oom_killed: bool
-    rootfs: Path
-
-    @classmethod
-    def from_record(cls, record: ContainerRecord) -> ContainerStatus:
-        return cls(
-            id=record.id,
-            state=record.state,
-            pid=record.pid,
-            exit_code=record.exit.exit_code if record.exit else None,
-            signal=record.exit.signal if record.exit else None,
-            oom_killed=record.oom_killed,
-            rootfs=record.config.rootfs,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state.value, "rootfs": str(self.rootfs)}
-
-
-@dataclass(frozen=True)
-class PodStatus:
-    id: str
-    state: PodState
-    containers: tuple[ContainerStatus, ...]
-    hypervisor: str
-    vm_pid: int | None
-    daemon_pid: int | None
-    error: str | None
-    guest: GuestDetails | None
-    created_at: float
-    template: str | None = None
-    """The VM template the pod's VM was cloned from (None: it booted cold)."""
-
-    @classmethod
-    def from_record(cls, record: PodRecord) -> PodStatus:
-        return cls(
-            id=record.id,
-            state=record.state,
-            containers=tuple(ContainerStatus.from_record(c) for c in record.containers.values()),
-            hypervisor=record.config.hypervisor,
-            vm_pid=record.vm.pid if record.vm else None,
-            daemon_pid=record.daemon.pid if record.daemon else None,
-            error=record.error,
-            guest=record.guest,
-            created_at=record.created_at,
-            template=record.template,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "state": self.state.value,
-            "containers": [c.to_dict() for c in self.containers],
-        }
-
-
-@dataclass(frozen=True)
-class ProcessHandle:
-    pod_id: str
-    container_id: str | None  # None: a process in the VM, outside containers
-    exec_id: str
-    pid: int
-
-
 # --- helpers -----------------------------------------------------------------------------
 
 
 def _store() -> Store:
     return Store()
-
-
-def _reconcile(store: Store, pod_id: str, held: bool = False) -> PodRecord:
-    """Load a pod's record; if its daemon died, clean up and mark it stopped.
-
-    ``held``: the caller holds the pod's lock.  Otherwise the clean-up takes
-    the lock if it is free, and leaves the pod to the call under way if not.
-    """
-    record = store.load(pod_id)
-    if not _orphaned(record):
-        return record
-    if held:
-        return _release_orphan(store, record)
-    try:
-        with store.locked(pod_id, "check", timeout=0):
-            record = store.load(pod_id)
-            return _release_orphan(store, record) if _orphaned(record) else record
-    except BusyError:
-        return record
-
-
-def _orphaned(record: PodRecord) -> bool:
-    """A pod that should have a daemon, whose daemon is gone."""
-    active = record.state in (*LIVE, PodState.STARTING)
-    return active and not (record.daemon is not None and record.daemon.alive())
-
-
-def _release_orphan(store: Store, record: PodRecord) -> PodRecord:
-    if record.vm is not None:
-        record.vm.kill()
-    release_run_files(store.paths(record.id))
-    record.mark_stopped("the pod daemon exited unexpectedly")
-    store.save(record)
-    return record
 
 
 def _live_call(
@@ -227,7 +117,7 @@ def _live_call(
 ) -> R:
     """Call the daemon of a running pod."""
     store = _store()
-    return _call_daemon(store, _reconcile(store, pod_id), request, stdio, timeout)
+    return _call_daemon(store, reconcile(store, pod_id), request, stdio, timeout)
 
 
 def _call_daemon(
@@ -258,7 +148,7 @@ def _call_daemon(
 def _raise_if_stopped_meanwhile(store: Store, pod_id: str, request: calls.Request[R]) -> None:
     """A call that raced the pod's stop lost its daemon mid-way: say that plainly."""
     try:
-        state = _reconcile(store, pod_id).state
+        state = reconcile(store, pod_id).state
     except VcError:
         return
     if state not in LIVE:
@@ -277,7 +167,7 @@ def create_pod(config: PodConfig) -> PodStatus:
     config.check_host()
     image = config.image or _default_image(config)
     store = _store()
-    _check_socket_paths(store.paths(config.id))
+    store.paths(config.id).check_socket_lengths()
     try:
         store.create_dir(config.id)
     except FileExistsError:
@@ -296,17 +186,6 @@ def create_pod(config: PodConfig) -> PodStatus:
         shutil.rmtree(store.paths(config.id).root, ignore_errors=True)
         raise
     return PodStatus.from_record(record)
-
-
-def _check_socket_paths(paths: PodPaths) -> None:
-    """The pod's unix sockets must fit AF_UNIX's limit: say so before anything starts."""
-    for socket in (paths.socket, paths.vm / "agent.sock", paths.vm / "qmp.sock"):
-        if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
-            raise ConfigError(
-                "VC_RUN_DIR",
-                f"the pod's socket {socket} is longer than AF_UNIX's {MAX_SOCKET_PATH} bytes; "
-                "use a shorter run directory or pod id",
-            )
 
 
 def _default_image(config: PodConfig) -> ImagePaths | None:
@@ -331,7 +210,7 @@ def start_pod(
     """
     store = _store()
     with store.locked(pod_id, "start") as lock:
-        record = _reconcile(store, pod_id, held=True)
+        record = reconcile(store, pod_id, held=True)
         record.state = record.state.moved_to(pod_id, PodState.STARTING)
         store.save(record)
         launcher.spawn(store, lock, timeout, owner)
@@ -350,19 +229,19 @@ def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT, force: bool = False) ->
         _force_stop(store, pod_id)
         return pod_status(pod_id)
     with store.locked(pod_id, "stop"):
-        record = _reconcile(store, pod_id, held=True)
+        record = reconcile(store, pod_id, held=True)
         if record.state is PodState.CREATED:
             record.state = record.state.moved_to(pod_id, PodState.STOPPED)
             store.save(record)
         else:
             record.state.require(pod_id, "stop", *LIVE)
             _call_daemon(store, record, calls.StopPod(), timeout=timeout)
-            _wait_gone(record, timeout)
+            record.wait_daemon_gone(timeout)
     return pod_status(pod_id)
 
 
 def _force_stop(store: Store, pod_id: str) -> None:
-    record = _reconcile(store, pod_id)
+    record = reconcile(store, pod_id)
     if record.state in LIVE:
         try:
             _call_daemon(store, record, calls.StopPod(), timeout=FORCE_GRACE)
@@ -370,29 +249,18 @@ def _force_stop(store: Store, pod_id: str) -> None:
             pass  # hung or gone: killed below
         else:
             with contextlib.suppress(DaemonError):
-                _wait_gone(record, FORCE_GRACE)
+                record.wait_daemon_gone(FORCE_GRACE)
     if record.daemon is not None:
         record.daemon.kill()  # SIGKILL reaches a stopped process too; QEMU dies with it
     if record.vm is not None:
         record.vm.kill()
     with contextlib.suppress(DaemonError):
-        _wait_gone(record, FORCE_GRACE)
+        record.wait_daemon_gone(FORCE_GRACE)
     with store.locked(pod_id, "stop", FORCE_GRACE):
-        record = _reconcile(store, pod_id, held=True)
+        record = reconcile(store, pod_id, held=True)
         if record.state is PodState.CREATED:
             record.state = record.state.moved_to(pod_id, PodState.STOPPED)
             store.save(record)
-
-
-def _wait_gone(record: PodRecord, timeout: float) -> None:
-    """Wait until the pod's daemon has exited (DaemonError after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while record.daemon is not None and record.daemon.alive():
-        if time.monotonic() > deadline:
-            raise DaemonError(
-                f"pod {record.id!r}: daemon {record.daemon.pid} did not exit in {timeout:.0f}s"
-            )
-        time.sleep(0.02)
 
 
 def delete_pod(pod_id: str, force: bool = False) -> None:
@@ -408,13 +276,13 @@ def delete_pod(pod_id: str, force: bool = False) -> None:
                 stop_pod(pod_id, force=True)
     with store.locked(pod_id, "delete") as lock:
         try:
-            record = _reconcile(store, pod_id, held=True)
+            record = reconcile(store, pod_id, held=True)
         except CorruptRecordError:
             pass
         else:
             record.state.require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
             # A daemon whose VM died may still be writing its last record.
-            _wait_gone(record, DAEMON_EXIT_WAIT)
+            record.wait_daemon_gone(DAEMON_EXIT_WAIT)
         remove_pod_files(lock.paths)
 
 
@@ -447,7 +315,7 @@ def _all_pods() -> list[PodStatus | CorruptRecordError]:
     found: list[PodStatus | CorruptRecordError] = []
     for pod_id in store.pod_ids():
         try:
-            found.append(PodStatus.from_record(_reconcile(store, pod_id)))
+            found.append(PodStatus.from_record(reconcile(store, pod_id)))
         except CorruptRecordError as exc:
             found.append(exc)
         except NotFoundError:
@@ -463,7 +331,7 @@ def collect_garbage() -> GarbageReport:
 
 
 def pod_status(pod_id: str) -> PodStatus:
-    return PodStatus.from_record(_reconcile(_store(), validate_id("pod", pod_id)))
+    return PodStatus.from_record(reconcile(_store(), validate_id("pod", pod_id)))
 
 
 def pause_pod(pod_id: str) -> None:
@@ -489,7 +357,7 @@ def create_container(
     config.check_host()
     store = _store()
     with store.locked(pod_id, "create a container in"):
-        record = _reconcile(store, pod_id, held=True)
+        record = reconcile(store, pod_id, held=True)
         if record.state not in LIVE:  # no VM: the record is ours to edit
             if config.id in record.containers:
                 raise ExistsError("container", config.id)
@@ -513,7 +381,7 @@ def delete_container(pod_id: str, container_id: str) -> None:
     validate_id("container", container_id)
     store = _store()
     with store.locked(pod_id, "delete a container in") as lock:
-        record = _reconcile(store, pod_id, held=True)
+        record = reconcile(store, pod_id, held=True)
         if record.state not in LIVE:  # no VM: the record is ours to edit
             entry = record.containers.get(container_id)
             if entry is None:
@@ -539,7 +407,7 @@ def stop_container(pod_id: str, container_id: str, timeout: int = 10) -> None:
 
 def container_status(pod_id: str, container_id: str) -> ContainerStatus:
     validate_id("container", container_id)
-    record = _reconcile(_store(), pod_id)
+    record = reconcile(_store(), pod_id)
     entry = record.containers.get(container_id)
     if entry is None:
         raise NotFoundError("container", container_id, f"in pod {pod_id!r}")
@@ -597,7 +465,7 @@ def wait_process(
 ) -> ExitStatus:
     """Block until the process exits; exit_code is 128+N after signal N."""
     store = _store()
-    record = _reconcile(store, pod_id)
+    record = reconcile(store, pod_id)
     if record.state not in LIVE and exec_id is None and container_id is not None:
         entry = record.containers.get(container_id)
         if entry is None:
@@ -665,7 +533,11 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
         try:
             events = pod_events(pod_id, after, poll)
         except (StateError, DaemonError):
-            status = _settled_status(pod_id)
+            # A daemon being killed may answer for a moment: wait it out, so the
+            # record is reconciled before it is read.
+            with contextlib.suppress(DaemonError):
+                _store().load(pod_id).wait_daemon_gone(DAEMON_EXIT_WAIT)
+            status = pod_status(pod_id)
             yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
             return
         for event in events:
@@ -673,17 +545,6 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
             if event.kind == "stopped":
                 return
         after = events[-1].seq if events else after
-
-
-def _settled_status(pod_id: str) -> PodStatus:
-    """The pod's status once its daemon has gone (a daemon being killed may
-    still answer for a moment, then leave the record to be reconciled)."""
-    deadline = time.monotonic() + DAEMON_EXIT_WAIT
-    status = pod_status(pod_id)
-    while status.state in LIVE and time.monotonic() < deadline:
-        time.sleep(0.05)
-        status = pod_status(pod_id)
-    return status
 
 
 def container_stats(pod_id: str, container_id: str) -> ContainerStats:

@@ -305,14 +305,10 @@ class GetContainerStats(Request[ContainerStats]):
         return dataclasses.asdict(result)
 
     def decode_result(self, data: object) -> ContainerStats:
-        data = self.answer_object(data)
-        names = [field.name for field in dataclasses.fields(ContainerStats)]
-        values = [data.get(name) for name in names]
-        if set(data) != set(names) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
-        ):
-            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
-        return ContainerStats(*values)  # type: ignore[arg-type]
+        try:
+            return ContainerStats.parse(self.answer_object(data))
+        except ValueError as exc:
+            raise DaemonError(f"{self.METHOD}: malformed answer: {exc}") from None
 
 
 MAX_EVENT_WAIT = 300

@@ -146,8 +146,8 @@ class HostCgroup:
     def __init__(self, config: CgroupConfig, mountinfo: str = MOUNTINFO) -> None:
         self.config = config
         self.relative = relative_path(config.path)
-        self.directories = [h.directory(self.relative) for h in hierarchies(mountinfo)]
         self._hierarchies = hierarchies(mountinfo)
+        self.directories = [h.directory(self.relative) for h in self._hierarchies]
 
     def create(self, memory_mib: int) -> None:
         """Make the cgroup (parents too, as runc does) and set its limits."""

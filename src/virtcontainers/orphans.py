@@ -81,6 +81,39 @@ def _collect_pod(store: Store, pod_dir: Path, report: GarbageReport) -> None:
         report.left.append(f"pod {pod_id}: {exc}")
 
 
+def reconcile(store: Store, pod_id: str, held: bool = False) -> PodRecord:
+    """Load a pod's record; if its daemon died, clean up and mark it stopped.
+
+    ``held``: the caller holds the pod's lock.  Otherwise the clean-up takes
+    the lock if it is free, and leaves the pod to the call under way if not.
+    """
+    record = store.load(pod_id)
+    if not orphaned(record):
+        return record
+    if held:
+        return release_orphan(store, record)
+    try:
+        with store.locked(pod_id, "check", timeout=0):
+            record = store.load(pod_id)
+            return release_orphan(store, record) if orphaned(record) else record
+    except BusyError:
+        return record
+
+
+def orphaned(record: PodRecord) -> bool:
+    """A pod that should have a daemon, whose daemon is gone."""
+    return record.state in ACTIVE and not _live(record)
+
+
+def release_orphan(store: Store, record: PodRecord) -> PodRecord:
+    if record.vm is not None:
+        record.vm.kill()
+    release_run_files(store.paths(record.id))
+    record.mark_stopped("the pod daemon exited unexpectedly")
+    store.save(record)
+    return record
+
+
 def _live(record: PodRecord) -> bool:
     """A pod with a daemon that runs: nothing of it is garbage but deleted layers."""
     return record.state in ACTIVE and record.daemon is not None and record.daemon.alive()

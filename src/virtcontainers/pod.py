@@ -14,9 +14,7 @@ import dataclasses
 import itertools
 import logging
 import os
-import secrets
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -26,36 +24,27 @@ from virtcontainers.agent.base import Agent, ContainerStats, ExitStatus, Process
 from virtcontainers.agent.messages import OciResources
 from virtcontainers.calls import InterfaceStatus
 from virtcontainers.cleanup import release_run_files
-from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, validate_id
+from virtcontainers.config import Cmd, ContainerConfig, validate_id
 from virtcontainers.container import Container
 from virtcontainers.errors import (
     AgentError,
-    ConfigError,
     ExistsError,
-    HypervisorError,
-    NetworkError,
     NotFoundError,
     StateError,
     VcError,
 )
 from virtcontainers.eventlog import EventLog
-from virtcontainers.factory import factory_dir, pod_devices, template_for_pod
-from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.hostproc import ProcessRef
-from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import (
-    Accelerator,
     Hypervisor,
-    NetDevice,
-    SharedFsKind,
-    VMConfig,
 )
 from virtcontainers.limits import Limits
 from virtcontainers.logtail import tail
-from virtcontainers.podnet import Nic, PodNetworkLink, guest_settings
+from virtcontainers.podboot import VM_EXIT_GRACE, PodBoot
+from virtcontainers.podinterfaces import PodInterfaces
+from virtcontainers.podnet import PodNetworkLink
 from virtcontainers.process import GuestProcess, ProcessIO
 from virtcontainers.shareddir import SharedDir
-from virtcontainers.sharedfs import choose_shared_fs
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.stdio import Stdio
 from virtcontainers.store import (
@@ -64,21 +53,10 @@ from virtcontainers.store import (
     PodRecord,
     Store,
     end_with_vm,
-    write_json_atomic,
 )
 
-AGENT_CONNECT_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 5.0
-VM_EXIT_GRACE = 3.0
-# Empty PCIe slots of a pod with a network namespace: interfaces it can take
-# over while it runs, beyond those it found at boot.
-NET_HOTPLUG_PORTS = 4
-# How long the guest may take to show a hot-plugged NIC, and to let one go
-# (Linux waits 5 s after the unplug request before it powers the slot off).
-NIC_APPEAR_TIMEOUT = 60.0
-NIC_UNPLUG_TIMEOUT = 60.0
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
-CLONE_SEED_BYTES = 64
 
 
 class Pod:
@@ -153,7 +131,7 @@ class Pod:
         self.state.moved_to(self.id, PodState.RUNNING)
         self.log.info("starting pod")
         try:
-            await self._boot()
+            await PodBoot(self).boot()
             for container in self.containers.values():
                 if container.state is not ContainerState.CREATED:
                     container.move_to(ContainerState.CREATED)
@@ -166,118 +144,6 @@ class Pod:
             self.persist()
             raise
         self._move_to(PodState.RUNNING)
-
-    async def _boot(self) -> None:
-        self.paths.vm.mkdir(mode=0o700, exist_ok=True)
-        self.shared.prepare()
-        # Detected once here: the shared filesystem's choice depends on it too.
-        accelerator, reason = detect_accelerator()
-        self.log.info("accelerator %s: %s", accelerator.value, reason)
-        shared_fs = choose_shared_fs(None, accelerator)
-        image = self.record.image
-        if image is None:
-            raise ConfigError("pod.image", f"pod {self.id!r} has no guest image recorded")
-        if self.config.cgroup is not None:
-            self._join_host_cgroup(self.config.cgroup)
-        root = factory_dir(self.store.root)
-        with template_for_pod(self.config, image, accelerator, shared_fs, root) as template:
-            nics: list[NetDevice] = []
-            if template is not None:
-                self.log.info("starting from template %s", template.key)
-                vm = template.clone_config(
-                    self.id, self.paths.vm, self.paths.vm / "agent.sock", self.shared.export
-                )
-            else:
-                nics, vm = await self._cold_vm(image, accelerator, shared_fs)
-            try:
-                await self.hypervisor.create(vm)
-                await self.hypervisor.start()
-            finally:
-                self.network.close_fds()  # QEMU has its own copies, or failed
-        self.record.template = template.key if template is not None else None
-        self.record.started_at = time.time()
-        self.persist()
-        await self._connect_agent()
-        if template is not None:
-            await self._init_clone(shared_fs)
-        if nics:
-            await self.agent.configure_network(*self.network.guest_settings())
-        self._spawn(self._watch_vm())
-        # Nothing waits for the details (the agent runs `crun --version` for them,
-        # ≈0.2 s under TCG): they are recorded when they arrive.
-        self._spawn(self._fetch_details())
-
-    async def _cold_vm(
-        self, image: ImagePaths, accelerator: Accelerator, shared_fs: SharedFsKind
-    ) -> tuple[list[NetDevice], VMConfig]:
-        """The VM of a pod that boots (not cloned), with its NICs."""
-        nics = []
-        if self.config.netns is not None:
-            nics = await self.network.attach(self.config.netns, self.id)
-            self.log.info("network: %d interface(s) from %s", len(nics), self.config.netns)
-        agent_socket = self.paths.vm / "agent.sock"
-        hostname = self.config.hostname or self.id
-        vm = VMConfig(
-            vm_id=self.id,
-            kernel=image.kernel,
-            initrd=image.initrd,
-            run_dir=self.paths.vm,
-            vcpus=self.config.resources.vcpus,
-            memory_mib=self.config.resources.memory_mib,
-            kernel_params=(f"vc.hostname={hostname}", *self.config.kernel_params),
-            accelerator=accelerator,
-            hotplug_ports=NET_HOTPLUG_PORTS if self.config.netns is not None else None,
-            devices=(
-                *pod_devices(image.rootfs, agent_socket, self.shared.export, shared_fs),
-                *nics,
-            ),
-        )
-        return nics, vm
-
-    async def _connect_agent(self) -> None:
-        """Handshake with the agent; a VM that dies first is a HypervisorError with its console."""
-        vm_exit = asyncio.ensure_future(self.hypervisor.wait())
-        connect = asyncio.ensure_future(
-            self.agent.connect(self.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
-        )
-        await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
-        if not connect.done() or connect.exception() is not None:
-            # A dying VM usually resets the agent channel first: give QEMU a moment
-            # to exit, so the error says why (its console) rather than "reset".
-            await asyncio.wait({vm_exit}, timeout=VM_EXIT_GRACE)
-        if vm_exit.done():
-            connect.cancel()
-            # The run directory goes with the teardown: quote the console here.
-            raise HypervisorError(
-                f"pod {self.id!r}: the VM exited (code {vm_exit.result()}) before its agent "
-                f"answered; its console ended with:\n{self._console_tail()}"
-            )
-        vm_exit.cancel()
-        try:
-            connect.result()
-        except OSError as exc:
-            raise AgentError("connect", "channel", f"pod {self.id!r}: {exc}") from exc
-        self.log.info("agent up")
-
-    async def _init_clone(self, shared_fs: SharedFsKind) -> None:
-        """The clone woke as its template: give it this pod's name, clock, random
-        state and shared directory."""
-        reseeded = await self.agent.init_clone(
-            self.config.hostname or self.id,
-            secrets.token_bytes(CLONE_SEED_BYTES),
-            time.time_ns(),
-            shared_fs.value,
-        )
-        if not reseeded:
-            self.log.warning("the clone's random state was mixed with a seed, not reseeded")
-
-    def _join_host_cgroup(self, config: CgroupConfig) -> None:
-        """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""
-        write_json_atomic(self.paths.cgroup, config.to_dict())  # removed with the run files
-        cgroup = HostCgroup(config)
-        cgroup.create(self.config.resources.memory_mib)
-        cgroup.enter(os.getpid())
-        self.log.info("in host cgroup %s", cgroup.relative)
 
     def _console_tail(self, limit: int = 2048) -> str:
         return tail(self.hypervisor.console_path(), limit) or "(no console output)"
@@ -379,85 +245,16 @@ class Pod:
             raise StateError(what, operation, "stopping", [s.value for s in allowed])
         self.state.require(self.id, operation, *allowed)
 
-    # --- network ---------------------------------------------------------------------
+    # --- network (podinterfaces.py) ------------------------------------------------
 
     async def add_interface(self, name: str) -> InterfaceStatus:
-        """Carry interface ``name`` of the pod's namespace into the running VM.
-
-        The caller has put it in the namespace.  It is tapped and redirected,
-        hot-plugged as a NIC, and configured in the guest like those of boot;
-        any failure undoes all of that.  Raises ConfigError (no network
-        namespace; an interface that cannot be carried), NotFoundError,
-        ExistsError, NetworkError, HypervisorError (no free slot), AgentError.
-        """
-        async with self._network_lock:
-            self._require_running("add an interface to")
-            self._require_netns("add")
-            nic, device = await self.network.plug(name)
-            try:
-                try:
-                    await self.hypervisor.hotplug_device(device)
-                finally:
-                    assert device.tap_fd is not None
-                    os.close(device.tap_fd)  # QEMU has its own copy, or failed
-                try:
-                    nics, routes = guest_settings([nic.interface])
-                    await self.agent.configure_network(nics, routes, NIC_APPEAR_TIMEOUT)
-                except BaseException:
-                    await self._unplug_quietly(nic)
-                    raise
-            except BaseException:
-                await self._give_back_quietly(name)
-                raise
-            self.log.info("interface %s added as %s", name, nic.device_id)
-            return _interface_status(nic)
+        return await PodInterfaces(self).add(name)
 
     async def remove_interface(self, name: str) -> None:
-        """Take interface ``name`` out of the running VM and give it back to the namespace.
-
-        Returns once the guest has released the NIC (its addresses and routes
-        go with it) and the tap and redirects are gone; the interface is then
-        as the caller gave it.  Raises ConfigError (no network namespace),
-        NotFoundError (not attached), HypervisorError (the guest did not
-        release it: it stays attached), NetworkError.
-        """
-        async with self._network_lock:
-            self._require_running("remove an interface from")
-            self._require_netns("remove")
-            nic = self.network.nic(name)
-            try:
-                await self.hypervisor.unplug_device(nic.device_id, NIC_UNPLUG_TIMEOUT)
-            except NotFoundError:
-                # Out of the VM already: an earlier remove failed after the unplug.
-                self.log.info("%s of %s was unplugged already", nic.device_id, name)
-            await self.network.unplug(name)
-            self.log.info("interface %s removed (was %s)", name, nic.device_id)
+        await PodInterfaces(self).remove(name)
 
     def list_interfaces(self) -> list[InterfaceStatus]:
-        """The interfaces the VM carries: those of boot, then those added."""
-        self._require("list the interfaces of", PodState.RUNNING, PodState.PAUSED)
-        return [_interface_status(nic) for nic in self.network.nics]
-
-    def _require_netns(self, action: str) -> None:
-        if self.config.netns is None:
-            raise ConfigError(
-                "pod.netns",
-                f"pod {self.id!r} has no network namespace, so no interfaces to {action}: "
-                "create the pod with one (PodConfig.netns, virtc pod create --netns)",
-            )
-
-    async def _unplug_quietly(self, nic: Nic) -> None:
-        # The failure being raised is the one to report: this one is only logged.
-        try:
-            await self.hypervisor.unplug_device(nic.device_id, NIC_UNPLUG_TIMEOUT)
-        except VcError as exc:
-            self.log.warning("undoing the hot-plug of %s: %s", nic.interface.name, exc)
-
-    async def _give_back_quietly(self, name: str) -> None:
-        try:
-            await self.network.unplug(name)
-        except (NetworkError, NotFoundError) as exc:
-            self.log.warning("undoing the attach of %s: %s", name, exc)
+        return PodInterfaces(self).list()
 
     # --- containers ---------------------------------------------------------------------
 
@@ -761,10 +558,3 @@ class Pod:
                 container.oom_killed = True
                 self.events.emit("oom", container.id)
                 self.log.warning("container %s: OOM kill", container.id)
-
-
-def _interface_status(nic: Nic) -> InterfaceStatus:
-    interface = nic.interface
-    return InterfaceStatus(
-        interface.name, interface.mac, interface.mtu, interface.addresses, nic.hotplugged
-    )

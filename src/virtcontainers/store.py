@@ -45,6 +45,7 @@ from typing import Any, TypedDict
 
 from virtcontainers.agent.base import ExitStatus, GuestDetails
 from virtcontainers.config import (
+    MAX_SOCKET_PATH,
     ContainerConfig,
     ContainerConfigDict,
     ImagePaths,
@@ -53,7 +54,13 @@ from virtcontainers.config import (
     PodConfigDict,
     validate_id,
 )
-from virtcontainers.errors import BusyError, ConfigError, CorruptRecordError, NotFoundError
+from virtcontainers.errors import (
+    BusyError,
+    ConfigError,
+    CorruptRecordError,
+    DaemonError,
+    NotFoundError,
+)
 from virtcontainers.hostproc import ProcessRecord, ProcessRef
 from virtcontainers.states import ContainerState, PodState
 
@@ -209,6 +216,16 @@ class PodRecord:
     def id(self) -> str:
         return self.config.id
 
+    def wait_daemon_gone(self, timeout: float) -> None:
+        """Wait until the pod's daemon has exited (DaemonError after ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while self.daemon is not None and self.daemon.alive():
+            if time.monotonic() > deadline:
+                raise DaemonError(
+                    f"pod {self.id!r}: daemon {self.daemon.pid} did not exit in {timeout:.0f}s"
+                )
+            time.sleep(0.02)
+
     def mark_stopped(self, error: str | None) -> None:
         """The pod's VM is gone, and with it every process of its containers."""
         if self.state is not PodState.STOPPED:
@@ -318,6 +335,16 @@ class PodPaths:
     """What the pod made in its network namespace (taps, qdiscs), until released."""
     cgroup = _InPodDir("cgroup.json")
     """The host cgroup the pod made, until removed."""
+
+    def check_socket_lengths(self) -> None:
+        """The pod's unix sockets must fit AF_UNIX's limit: say so before anything starts."""
+        for socket in (self.socket, self.vm / "agent.sock", self.vm / "qmp.sock"):
+            if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+                raise ConfigError(
+                    "VC_RUN_DIR",
+                    f"the pod's socket {socket} is longer than AF_UNIX's {MAX_SOCKET_PATH} "
+                    "bytes; use a shorter run directory or pod id",
+                )
 
     def layer(self, container_id: str) -> Path:
         return self.layers / container_id

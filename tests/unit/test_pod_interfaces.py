@@ -38,7 +38,8 @@ from virtcontainers.errors import (
     StateError,
 )
 from virtcontainers.hypervisor.mock import MockHypervisor
-from virtcontainers.pod import NIC_APPEAR_TIMEOUT, Pod
+from virtcontainers.pod import Pod
+from virtcontainers.podinterfaces import NIC_APPEAR_TIMEOUT
 from virtcontainers.states import PodState
 from virtcontainers.store import Store
 

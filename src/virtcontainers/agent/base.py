@@ -78,6 +78,18 @@ class ContainerStats:
     network_rx_bytes: int
     network_tx_bytes: int
 
+    @classmethod
+    def parse(cls, data: Mapping[str, object]) -> ContainerStats:
+        """The figures of an answer (the guest's, or the daemon's); ValueError
+        naming the first that is missing or not an integer in 0..2^63."""
+        values = {}
+        for name in cls.__dataclass_fields__:
+            value = data.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+                raise ValueError(f"{name}={value!r} is not a usage figure")
+            values[name] = value
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class StdioStreams:

@@ -451,13 +451,10 @@ class AgentClient:
 
     async def container_stats(self, container_id: str) -> ContainerStats:
         result = await self.call("container_stats", ContainerArgs(container_id=container_id))
-        values = {}
-        for name in ContainerStats.__dataclass_fields__:
-            value = _field(result, name, int, "container_stats")
-            if not 0 <= value < 1 << 63:
-                raise AgentProtocolError(f"container_stats answer has {name}={value} out of range")
-            values[name] = value
-        return ContainerStats(**values)
+        try:
+            return ContainerStats.parse(result)
+        except ValueError as exc:
+            raise AgentProtocolError(f"container_stats answer has {exc}") from None
 
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None

@@ -23,7 +23,7 @@ import click
 
 from virtcontainers import api, hostproc
 from virtcontainers.cli import runtime_resources
-from virtcontainers.cli.runtime_process import start_shim, write_pid_file
+from virtcontainers.cli.runtime_process import check_console, start_shim, write_pid_file
 from virtcontainers.cli.runtime_state import (
     DEFAULT_ROOT,
     Options,
@@ -124,14 +124,7 @@ def _create(
     if preserve_fds:
         log_event(options, "warning", f"{container_id}: --preserve-fds cannot reach a VM; ignored")
     config = bundle.container_config(container_id)
-    if config.cmd.terminal and console_socket is None:
-        raise RuntimeCommandError(
-            "cannot allocate tty if runc will detach without setting console socket"
-        )
-    if not config.cmd.terminal and console_socket is not None:
-        raise RuntimeCommandError(
-            "cannot use console socket if runc will not detach or allocate tty"
-        )
+    check_console(config.cmd.terminal, console_socket)
     owns_pod = bundle.role is not oci.PodRole.CONTAINER
     pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
     if not owns_pod and api.pod_status(pod_id).state is not PodState.RUNNING:

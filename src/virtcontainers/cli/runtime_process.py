@@ -85,3 +85,16 @@ def start_shim(request: ShimRequest, console_socket: Path | None) -> subprocess.
 
         raise error_from_dict(message.get("error"))
     return shim
+
+
+def check_console(terminal: bool, console_socket: Path | None) -> None:
+    """A terminal needs a console socket to hand it over, and only a terminal does
+    (runc's own messages)."""
+    if terminal and console_socket is None:
+        raise RuntimeCommandError(
+            "cannot allocate tty if runc will detach without setting console socket"
+        )
+    if not terminal and console_socket is not None:
+        raise RuntimeCommandError(
+            "cannot use console socket if runc will not detach or allocate tty"
+        )

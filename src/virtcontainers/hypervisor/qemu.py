@@ -29,15 +29,12 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from qemu.qmp import ExecuteError, QMPClient, QMPError
-from qemu.qmp.message import Message
+from qemu.qmp import QMPClient, QMPError
 
 from virtcontainers.errors import (
     ConfigError,
     HypervisorError,
-    NotFoundError,
     StateError,
     VMLaunchError,
 )
@@ -63,9 +60,10 @@ from virtcontainers.hypervisor.qemu_command import (
     DEFAULT_MACHINE,
     MACHINES,
     Q35,
-    VIRTIO_SERIAL_ID,
     QemuCommand,
 )
+from virtcontainers.hypervisor.qemu_hotplug import UNPLUG_TIMEOUT, QemuHotplug
+from virtcontainers.hypervisor.qemu_state import QemuState
 from virtcontainers.hypervisor.virtiofsd import (
     Virtiofsd,
     check_virtiofs_device,
@@ -82,10 +80,7 @@ from virtcontainers.logtail import tail
 CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
 AGENT_DEVICE_ID = "vc-agent"
-RESTORE_POLL = 0.01
 """How often a restore or a save is polled for its end (QMP query-status/-migrate)."""
-SAVED_STATE_FD = "vc-state"
-UNPLUG_TIMEOUT = 60.0
 
 
 @dataclasses.dataclass
@@ -353,9 +348,10 @@ class QemuHypervisor:
         try:
             run.qmp = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
             if state_fd is not None:
-                await self._set_ignore_shared()
+                state = QemuState(self)
+                await state.set_ignore_shared()
                 await self._execute("migrate-incoming", {"uri": command.incoming_uri})
-                await self._await_restore(run, deadline, argv)
+                await state.await_restore(run, deadline, argv)
         except BaseException:
             await self._kill(run)
             await self._cleanup(run)
@@ -440,44 +436,6 @@ class QemuHypervisor:
                 )
             await asyncio.wait({run.exited}, timeout=0.02)
 
-    async def _await_restore(self, run: _Running, deadline: float, argv: list[str]) -> None:
-        """Wait until QEMU has loaded the saved state, and let the VM run again
-        (it was paused when it was saved, and comes back paused).
-
-        A state that does not fit the VM (other devices, other QEMU) makes QEMU
-        exit: VMLaunchError with its reason from qemu.log.
-        """
-        assert run.qmp is not None
-        while True:
-            try:
-                reply = await run.qmp.execute("query-status")
-            except (QMPError, OSError) as exc:
-                self._log.debug("query-status during restore: %s", exc)
-                reply = {}
-            status = reply.get("status") if isinstance(reply, dict) else None
-            if status in ("paused", "running"):  # loaded, in the state it was saved in
-                if status == "paused":
-                    await self._execute("cont")
-                self._log.info("restored from %s", self.config.incoming)
-                return
-            if run.exited.done() or status not in (None, "inmigrate"):
-                await asyncio.wait({run.exited}, timeout=2)
-                await asyncio.wait({run.console}, timeout=1)
-                raise VMLaunchError(
-                    f"QEMU for {self._life.what} could not resume the saved state "
-                    f"{self.config.incoming} (status {status}); see the output below",
-                    argv,
-                    self._output_tail(),
-                )
-            if time.monotonic() >= deadline:
-                raise VMLaunchError(
-                    f"QEMU for {self._life.what} did not finish loading {self.config.incoming} "
-                    "in time; the host may be overloaded",
-                    argv,
-                    self._output_tail(),
-                )
-            await asyncio.wait({run.exited}, timeout=RESTORE_POLL)
-
     async def _close_qmp(self, qmp: QMPClient) -> None:
         # disconnect() re-raises what ended the session (EOFError when QEMU exits).
         try:
@@ -551,58 +509,6 @@ class QemuHypervisor:
         assert self._exit_code is not None
         return self._exit_code
 
-    async def save_state(self, path: Path, timeout: float = 60) -> None:
-        """Pause the VM and write its device state to *path* (a QEMU migration
-        stream), for a later ``VMConfig.incoming``.
-
-        RAM in a shared memory file stays out of it (``x-ignore-shared``): the
-        file holds it.  The VM stays paused; stop it afterwards.  The file is
-        opened here and handed to QEMU (QMP ``getfd``): its sandbox forbids the
-        ``exec:cat > file`` way (``spawn=deny``).
-
-        Raises HypervisorError (QEMU refused, e.g. a guest that mounted a 9p
-        share is a migration blocker; or it took longer than *timeout*), and
-        StateError unless running or paused.
-        """
-        self._life.require("save the state of", VMState.RUNNING, VMState.PAUSED)
-        run = self._run
-        assert run is not None
-        if self._life.state is VMState.RUNNING:
-            await self.pause()
-        await self._set_ignore_shared()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            await self._pass_fd(run, fd, SAVED_STATE_FD)
-        finally:
-            os.close(fd)
-        await self._execute("migrate", {"uri": f"fd:{SAVED_STATE_FD}"})
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = await self._execute("query-migrate")
-            status = reply.get("status") if isinstance(reply, dict) else None
-            if status == "completed":
-                self._log.info("state saved to %s", path)
-                return
-            if status in ("failed", "cancelled") or run.exited.done():
-                error = reply.get("error-desc", "") if isinstance(reply, dict) else ""
-                raise HypervisorError(
-                    f"saving the state of {self._life.what} to {path} failed: {error or status}"
-                )
-            if time.monotonic() >= deadline:
-                with contextlib.suppress(HypervisorError):
-                    await self._execute("migrate_cancel")
-                raise HypervisorError(
-                    f"saving the state of {self._life.what} took more than {timeout:.0f}s"
-                )
-            await asyncio.sleep(RESTORE_POLL)
-
-    async def _set_ignore_shared(self) -> None:
-        """RAM in a memory file stays out of a saved state: the file holds it.
-        Both the saving and the loading end must say so."""
-        ignore = self.config.memory_file is not None
-        capabilities = [{"capability": "x-ignore-shared", "state": ignore}]
-        await self._execute("migrate-set-capabilities", {"capabilities": capabilities})
-
     async def _pass_fd(self, run: _Running, fd: int, name: str) -> None:
         """Hand *fd* to QEMU under *name* (QMP ``getfd`` with SCM_RIGHTS)."""
         if run.qmp is None:
@@ -639,207 +545,16 @@ class QemuHypervisor:
         await self._execute("cont")
         self._life.move(VMState.RUNNING)
 
-    # -- hot-plug -----------------------------------------------------------
+    # -- hot-plug (qemu_hotplug.py) -------------------------------------------
 
     async def hotplug_device(self, device: Device) -> None:
-        """Attach *device* to the running VM.
-
-        Supported: SerialPortDevice (any machine), NetDevice (into a free
-        PCIe root port: a VM created with ``hotplug_ports``, or q35) and
-        BlockDevice (q35, into a free root port).  A NetDevice's ``tap_fd`` is
-        passed to QEMU over QMP (SCM_RIGHTS); the caller keeps its own.
-        Raises HypervisorError for anything else, when no root port is free,
-        or when QEMU refuses; ConfigError for an invalid device or an id in
-        use; StateError unless running or paused.
-        """
-        self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
-        run = self._run
-        assert run is not None
-        self._check_device(device, self.config.run_dir)
-        if device.id in self._plugged(run):
-            raise ConfigError("device id", f"{device.id!r} is already used in {self._life.what}")
-        command = self.command()
-        match device:
-            case SerialPortDevice():
-                check_socket_path("socket_path", device.socket_path)
-                await self._hotplug_serial(device)
-            case NetDevice() if command.port_ids():
-                await self._hotplug_net(device, run)
-            case BlockDevice() if command.machine == Q35:
-                await self._hotplug_block(device, run)
-            case _:
-                raise HypervisorError(
-                    f"hot-plug of {type(device).__name__} {device.id!r} is not supported on "
-                    f"{command.machine} ({self._life.what}) without hot-plug ports; cold-plug "
-                    "it with add_device before start"
-                )
-        run.hotplugged[device.id] = device
-        run.unplugged.discard(device.id)
-
-    def _plugged(self, run: _Running) -> dict[str, Device]:
-        """Every device the VM has now, by id."""
-        cold = {d.id: d for d in self._all_devices() if d.id not in run.unplugged}
-        return cold | run.hotplugged
-
-    def _free_port(self, run: _Running) -> str:
-        ports = self.command().port_ids()
-        used = set(run.ports.values())
-        for port in ports:
-            if port not in used:
-                return port
-        raise HypervisorError(
-            f"{self._life.what} has no free hot-plug slot (all {len(ports)} PCIe root ports "
-            "in use); unplug a device first"
-        )
-
-    async def _hotplug_net(self, device: NetDevice, run: _Running) -> None:
-        port = self._free_port(run)
-        backend: dict[str, object] = {"type": "tap", "id": device.id, "vhost": False}
-        fd_name = f"{device.id}-tap"
-        if device.tap_fd is not None:
-            await self._pass_fd(run, device.tap_fd, fd_name)
-            backend["fd"] = fd_name
-        else:
-            backend |= {"ifname": device.tap_name, "script": "no", "downscript": "no"}
-        try:
-            await self._execute("netdev_add", backend)
-        except HypervisorError:
-            if device.tap_fd is not None:
-                with contextlib.suppress(HypervisorError):
-                    await self._execute("closefd", {"fdname": fd_name})
-            raise
-        nic = {"driver": "virtio-net-pci", "netdev": device.id, "mac": device.mac}
-        try:
-            await self._execute("device_add", {**nic, "id": device.id, "bus": port})
-        except HypervisorError:
-            with contextlib.suppress(HypervisorError):
-                await self._execute("netdev_del", {"id": device.id})
-            raise
-        run.ports[device.id] = port
+        """Attach *device* to the running VM (see :meth:`QemuHotplug.plug`)."""
+        await QemuHotplug(self).plug(device)
 
     async def unplug_device(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
-        """Unplug a NIC in a root port (hot-plugged, or cold-plugged into a VM
-        with hot-plug ports), wait for the guest to release it, free its netdev.
+        """Detach a device from the running VM (see :meth:`QemuHotplug.unplug`)."""
+        await QemuHotplug(self).unplug(device_id, timeout)
 
-        Raises NotFoundError, HypervisorError (not a NIC in a root port, QEMU
-        refused, or no release within *timeout* seconds: the device stays),
-        StateError unless running.
-        """
-        self._life.require("unplug a device from", VMState.RUNNING)
-        run = self._run
-        assert run is not None
-        device = self._plugged(run).get(device_id)
-        if device is None:
-            raise NotFoundError("device", device_id, f"in {self._life.what}")
-        if not isinstance(device, NetDevice) or device_id not in run.ports:
-            raise HypervisorError(
-                f"{type(device).__name__} {device_id!r} of {self._life.what} cannot be "
-                "unplugged: only NICs in a PCIe root port can (create the VM with hotplug_ports)"
-            )
-        await self._device_del(run, device_id, timeout)
-        run.hotplugged.pop(device_id, None)
-        run.unplugged.add(device_id)
-        del run.ports[device_id]
-        try:
-            await self._execute("netdev_del", {"id": device_id})
-        except HypervisorError as exc:
-            if _error_class(exc) != "DeviceNotFound":
-                # The NIC is gone, which is what was asked; the netdev keeps its
-                # tap open until QEMU exits (the tap itself can still be deleted).
-                self._log.warning("device %s unplugged, but its netdev stays: %s", device_id, exc)
-
-    async def _device_del(self, run: _Running, device_id: str, timeout: float) -> None:
-        """device_del, then wait for its DEVICE_DELETED (the guest let go of it)."""
-        assert run.qmp is not None
-
-        def this_device(event: Message) -> bool:
-            data = event.get("data")
-            return isinstance(data, dict) and data.get("device") == device_id
-
-        with run.qmp.listener("DEVICE_DELETED", this_device) as listener:
-            try:
-                await self._execute("device_del", {"id": device_id})
-            except HypervisorError as exc:
-                if _error_class(exc) == "DeviceNotFound":
-                    return  # released meanwhile (an earlier unplug that timed out)
-                if "process of unplug" not in str(exc):
-                    raise
-                # Asked already, and the guest's 5 s grace is not over: keep waiting.
-            deleted = asyncio.ensure_future(listener.get())
-            waits: set[asyncio.Future[Any]] = {deleted, run.exited}
-            try:
-                done, _ = await asyncio.wait(
-                    waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                deleted.cancel()
-            if deleted in done:
-                return
-            if run.exited.done():
-                raise HypervisorError(f"{self._life.what} exited while unplugging {device_id}")
-            raise HypervisorError(
-                f"the guest of {self._life.what} did not release device {device_id} within "
-                f"{timeout:g}s; it is still plugged: try again, or stop the pod"
-            )
-
-    async def _hotplug_serial(self, device: SerialPortDevice) -> None:
-        if not any(isinstance(d, SerialPortDevice) for d in self._all_devices()):
-            raise HypervisorError(f"{self._life.what} has no virtio-serial bus")
-        backend = {
-            "type": "socket",
-            "data": {
-                "addr": {"type": "unix", "data": {"path": str(device.socket_path)}},
-                "server": True,
-                "wait": False,
-            },
-        }
-        await self._execute("chardev-add", {"id": device.id, "backend": backend})
-        try:
-            await self._execute(
-                "device_add",
-                {
-                    "driver": "virtserialport",
-                    "bus": f"{VIRTIO_SERIAL_ID}.0",
-                    "chardev": device.id,
-                    "name": device.name,
-                    "id": device.id,
-                },
-            )
-        except HypervisorError:
-            with contextlib.suppress(HypervisorError):
-                await self._execute("chardev-remove", {"id": device.id})
-            raise
-
-    async def _hotplug_block(self, device: BlockDevice, run: _Running) -> None:
-        port = self._free_port(run)
-        ro = device.read_only
-        await self._execute(
-            "blockdev-add",
-            {
-                "driver": "raw",
-                "node-name": device.id,
-                "read-only": ro,
-                "file": {"driver": "file", "filename": str(device.path), "read-only": ro},
-            },
-        )
-        try:
-            await self._execute(
-                "device_add",
-                {
-                    "driver": "virtio-blk-pci",
-                    "drive": device.id,
-                    "id": device.id,
-                    "bus": port,
-                },
-            )
-        except HypervisorError:
-            with contextlib.suppress(HypervisorError):
-                await self._execute("blockdev-del", {"node-name": device.id})
-            raise
-        run.ports[device.id] = port
-
-
-def _error_class(exc: HypervisorError) -> str | None:
-    """The QMP error class behind a failed command ("DeviceNotFound", ...)."""
-    cause = exc.__cause__
-    return cause.error_class if isinstance(cause, ExecuteError) else None
+    async def save_state(self, path: Path, timeout: float = 60) -> None:
+        """Pause the VM and save its device state to *path* (see :meth:`QemuState.save`)."""
+        await QemuState(self).save(path, timeout)

@@ -174,6 +174,38 @@ def _under(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree + "/")
 
 
+def _bind_options(
+    options: list[str], loc: Loc, source: str, destination: str
+) -> tuple[bool, list[str]]:
+    """Whether a bind is read-only (the last ro/rw wins), and the options crun applies."""
+    read_only = False
+    kept: list[str] = []
+    for i, option in enumerate(options):
+        if option in _READ_ONLY_OPTIONS:
+            read_only = _READ_ONLY_OPTIONS[option]
+        elif option in ("shared", "rshared"):
+            raise (
+                loc.key("options")
+                .index(i)
+                .error(
+                    f"{option!r}: mounts made in the container cannot propagate back to the host "
+                    f"across the VM boundary (the bind of {source} on {destination})"
+                )
+            )
+        elif option not in MOUNT_OPTIONS:
+            raise (
+                loc.key("options")
+                .index(i)
+                .error(
+                    f"{option!r} is not an option vc-runtime can apply to a bind mount (known: "
+                    f"{', '.join(sorted({*MOUNT_OPTIONS, *_READ_ONLY_OPTIONS}))})"
+                )
+            )
+        else:
+            kept.append(option)
+    return read_only, kept
+
+
 def _bind_mount(
     mount: Mapping[str, Any],
     options: list[str],
@@ -210,31 +242,7 @@ def _bind_mount(
     for key in ("uidMappings", "gidMappings"):
         if mount.get(key):
             raise loc.key(key).error("id-mapped bind mounts are not supported")
-    read_only = False
-    kept: list[str] = []
-    for i, option in enumerate(options):
-        if option in _READ_ONLY_OPTIONS:
-            read_only = _READ_ONLY_OPTIONS[option]
-        elif option in ("shared", "rshared"):
-            raise (
-                loc.key("options")
-                .index(i)
-                .error(
-                    f"{option!r}: mounts made in the container cannot propagate back to the host "
-                    f"across the VM boundary (the bind of {source} on {destination})"
-                )
-            )
-        elif option not in MOUNT_OPTIONS:
-            raise (
-                loc.key("options")
-                .index(i)
-                .error(
-                    f"{option!r} is not an option vc-runtime can apply to a bind mount (known: "
-                    f"{', '.join(sorted({*MOUNT_OPTIONS, *_READ_ONLY_OPTIONS}))})"
-                )
-            )
-        else:
-            kept.append(option)
+    read_only, kept = _bind_options(options, loc, source, destination)
     try:
         return None, Mount(source, destination, read_only=read_only, options=tuple(kept))
     except ConfigError as error:

@@ -1,0 +1,167 @@
+"""Booting a pod's VM: cold, or as a clone of a template; then its agent.
+
+The pod joins its host cgroup first (so QEMU starts in it), takes over its
+network namespace's interfaces for a cold boot, starts the VM, and waits for
+the agent; a clone is then given its identity.  Used by
+:meth:`virtcontainers.pod.Pod.start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from virtcontainers.config import ImagePaths
+from virtcontainers.errors import (
+    AgentError,
+    ConfigError,
+    HypervisorError,
+)
+from virtcontainers.factory import factory_dir, pod_devices, template_for_pod
+from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
+from virtcontainers.hypervisor.accel import detect_accelerator
+from virtcontainers.hypervisor.base import (
+    Accelerator,
+    NetDevice,
+    SharedFsKind,
+    VMConfig,
+)
+from virtcontainers.sharedfs import choose_shared_fs
+from virtcontainers.store import (
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from virtcontainers.pod import Pod
+
+AGENT_CONNECT_TIMEOUT = 120.0
+VM_EXIT_GRACE = 3.0
+# Empty PCIe slots of a pod with a network namespace: interfaces it can take
+# over while it runs, beyond those it found at boot.
+NET_HOTPLUG_PORTS = 4
+CLONE_SEED_BYTES = 64
+
+
+class PodBoot:
+    """One start of a pod's VM."""
+
+    def __init__(self, pod: Pod) -> None:
+        self.pod = pod
+
+    async def boot(self) -> None:
+        self.pod.paths.vm.mkdir(mode=0o700, exist_ok=True)
+        self.pod.shared.prepare()
+        # Detected once here: the shared filesystem's choice depends on it too.
+        accelerator, reason = detect_accelerator()
+        self.pod.log.info("accelerator %s: %s", accelerator.value, reason)
+        shared_fs = choose_shared_fs(None, accelerator)
+        image = self.pod.record.image
+        if image is None:
+            raise ConfigError("pod.image", f"pod {self.pod.id!r} has no guest image recorded")
+        if self.pod.config.cgroup is not None:
+            self._join_host_cgroup(self.pod.config.cgroup)
+        root = factory_dir(self.pod.store.root)
+        with template_for_pod(self.pod.config, image, accelerator, shared_fs, root) as template:
+            nics: list[NetDevice] = []
+            if template is not None:
+                self.pod.log.info("starting from template %s", template.key)
+                vm = template.clone_config(
+                    self.pod.id,
+                    self.pod.paths.vm,
+                    self.pod.paths.vm / "agent.sock",
+                    self.pod.shared.export,
+                )
+            else:
+                nics, vm = await self._cold_vm(image, accelerator, shared_fs)
+            try:
+                await self.pod.hypervisor.create(vm)
+                await self.pod.hypervisor.start()
+            finally:
+                self.pod.network.close_fds()  # QEMU has its own copies, or failed
+        self.pod.record.template = template.key if template is not None else None
+        self.pod.record.started_at = time.time()
+        self.pod.persist()
+        await self._connect_agent()
+        if template is not None:
+            await self._init_clone(shared_fs)
+        if nics:
+            await self.pod.agent.configure_network(*self.pod.network.guest_settings())
+        self.pod._spawn(self.pod._watch_vm())
+        # Nothing waits for the details (the agent runs `crun --version` for them,
+        # ≈0.2 s under TCG): they are recorded when they arrive.
+        self.pod._spawn(self.pod._fetch_details())
+
+    async def _cold_vm(
+        self, image: ImagePaths, accelerator: Accelerator, shared_fs: SharedFsKind
+    ) -> tuple[list[NetDevice], VMConfig]:
+        """The VM of a pod that boots (not cloned), with its NICs."""
+        nics = []
+        if self.pod.config.netns is not None:
+            nics = await self.pod.network.attach(self.pod.config.netns, self.pod.id)
+            self.pod.log.info("network: %d interface(s) from %s", len(nics), self.pod.config.netns)
+        agent_socket = self.pod.paths.vm / "agent.sock"
+        hostname = self.pod.config.hostname or self.pod.id
+        vm = VMConfig(
+            vm_id=self.pod.id,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            run_dir=self.pod.paths.vm,
+            vcpus=self.pod.config.resources.vcpus,
+            memory_mib=self.pod.config.resources.memory_mib,
+            kernel_params=(f"vc.hostname={hostname}", *self.pod.config.kernel_params),
+            accelerator=accelerator,
+            hotplug_ports=NET_HOTPLUG_PORTS if self.pod.config.netns is not None else None,
+            devices=(
+                *pod_devices(image.rootfs, agent_socket, self.pod.shared.export, shared_fs),
+                *nics,
+            ),
+        )
+        return nics, vm
+
+    async def _connect_agent(self) -> None:
+        """Handshake with the agent; a VM that dies first is a HypervisorError with its console."""
+        vm_exit = asyncio.ensure_future(self.pod.hypervisor.wait())
+        connect = asyncio.ensure_future(
+            self.pod.agent.connect(self.pod.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
+        )
+        await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
+        if not connect.done() or connect.exception() is not None:
+            # A dying VM usually resets the agent channel first: give QEMU a moment
+            # to exit, so the error says why (its console) rather than "reset".
+            await asyncio.wait({vm_exit}, timeout=VM_EXIT_GRACE)
+        if vm_exit.done():
+            connect.cancel()
+            # The run directory goes with the teardown: quote the console here.
+            raise HypervisorError(
+                f"pod {self.pod.id!r}: the VM exited (code {vm_exit.result()}) before its agent "
+                f"answered; its console ended with:\n{self.pod._console_tail()}"
+            )
+        vm_exit.cancel()
+        try:
+            connect.result()
+        except OSError as exc:
+            raise AgentError("connect", "channel", f"pod {self.pod.id!r}: {exc}") from exc
+        self.pod.log.info("agent up")
+
+    async def _init_clone(self, shared_fs: SharedFsKind) -> None:
+        """The clone woke as its template: give it this pod's name, clock, random
+        state and shared directory."""
+        reseeded = await self.pod.agent.init_clone(
+            self.pod.config.hostname or self.pod.id,
+            secrets.token_bytes(CLONE_SEED_BYTES),
+            time.time_ns(),
+            shared_fs.value,
+        )
+        if not reseeded:
+            self.pod.log.warning("the clone's random state was mixed with a seed, not reseeded")
+
+    def _join_host_cgroup(self, config: CgroupConfig) -> None:
+        """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""
+        write_json_atomic(self.pod.paths.cgroup, config.to_dict())  # removed with the run files
+        cgroup = HostCgroup(config)
+        cgroup.create(self.pod.config.resources.memory_mib)
+        cgroup.enter(os.getpid())
+        self.pod.log.info("in host cgroup %s", cgroup.relative)
