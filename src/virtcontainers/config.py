@@ -18,12 +18,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypedDict
+from typing import Any, ClassVar, NotRequired, Self, TypedDict
 
 from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
 from virtcontainers.hostcgroup import CgroupConfig, CgroupDict
 from virtcontainers.limits import Limits, LimitsDict
+from virtcontainers.volumes import MAX_VOLUMES, BlockVolume, BlockVolumeDict
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user", "time"})
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -32,6 +33,10 @@ MIN_MEMORY_MIB = 128
 MAX_SOCKET_PATH = 107
 """The longest unix socket path AF_UNIX takes (108 bytes with its NUL)."""
 MAX_VCPUS = 64
+MAX_HOTPLUG_SLOTS = 16  # QEMU's root ports of one pod (hypervisor.base.MAX_HOTPLUG_PORTS)
+# Empty PCIe slots of a pod with a network namespace: interfaces it can take
+# over while it runs, beyond those it found at boot.
+NET_HOTPLUG_SLOTS = 4
 
 
 HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
@@ -109,6 +114,7 @@ def _reject_unknown(kind: str, cls: type, data: Mapping[str, Any]) -> None:
 class ResourcesDict(TypedDict):
     vcpus: int
     memory_mib: int
+    hotplug_slots: NotRequired[int]
 
 
 class MountDict(TypedDict):
@@ -138,6 +144,7 @@ class ContainerConfigDict(TypedDict):
     join_namespaces: dict[str, str]
     writable_layer: bool
     limits: LimitsDict
+    block_volumes: list[BlockVolumeDict]
 
 
 class ImagePathsDict(TypedDict):
@@ -180,12 +187,22 @@ class Resources(_Plain):
 
     vcpus: int = 1
     memory_mib: int = 512
+    hotplug_slots: int = 0
+    """Empty PCIe slots kept in the VM for devices plugged while it runs
+    (block volumes, interfaces).  Slots cost boot time, so there are none
+    unless asked for here or needed by the pod's config (see
+    :meth:`PodConfig.hotplug_slots`)."""
 
     def __post_init__(self) -> None:
         _check_type("resources.vcpus", self.vcpus, int)
         _check_type("resources.memory_mib", self.memory_mib, int)
+        _check_type("resources.hotplug_slots", self.hotplug_slots, int)
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError("resources.vcpus", f"{self.vcpus} is outside 1..{MAX_VCPUS}")
+        if not 0 <= self.hotplug_slots <= MAX_HOTPLUG_SLOTS:
+            raise ConfigError(
+                "resources.hotplug_slots", f"{self.hotplug_slots} is outside 0..{MAX_HOTPLUG_SLOTS}"
+            )
         if self.memory_mib < MIN_MEMORY_MIB:
             raise ConfigError(
                 "resources.memory_mib",
@@ -193,7 +210,11 @@ class Resources(_Plain):
             )
 
     def to_dict(self) -> ResourcesDict:
-        return {"vcpus": self.vcpus, "memory_mib": self.memory_mib}
+        return {
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "hotplug_slots": self.hotplug_slots,
+        }
 
     def check_host(self) -> None:
         host = host_memory_mib()
@@ -367,6 +388,8 @@ class ContainerConfig:
     writable_layer: bool = False
     limits: Limits = field(default_factory=Limits)
     """Memory, pids and CPU limits, applied in the guest (see limits.py)."""
+    block_volumes: tuple[BlockVolume, ...] = ()
+    """Disk images hot-plugged into the VM and mounted in the container (volumes.py)."""
 
     def __post_init__(self) -> None:
         validate_id("container", self.id)
@@ -398,6 +421,11 @@ class ContainerConfig:
         if self.oci is not None:
             _check_type("container.oci", self.oci, Mapping)
         _check_type("container.limits", self.limits, Limits)
+        object.__setattr__(self, "block_volumes", tuple(self.block_volumes))
+        for volume in self.block_volumes:
+            _check_type("container.block_volumes", volume, BlockVolume)
+        if len(self.block_volumes) > MAX_VOLUMES:
+            raise ConfigError("container.block_volumes", f"at most {MAX_VOLUMES} per container")
 
     def check_host(self) -> None:
         if not self.rootfs.is_dir():
@@ -406,6 +434,8 @@ class ContainerConfig:
             )
         for mount in self.mounts:
             mount.check_host()
+        for volume in self.block_volumes:
+            volume.check_host()
 
     def to_dict(self) -> ContainerConfigDict:
         return {
@@ -420,6 +450,7 @@ class ContainerConfig:
             "join_namespaces": dict(self.join_namespaces),
             "writable_layer": self.writable_layer,
             "limits": self.limits.to_dict(),
+            "block_volumes": [v.to_dict() for v in self.block_volumes],
         }
 
     @classmethod
@@ -434,6 +465,9 @@ class ContainerConfig:
         values["annotations"] = dict(values.get("annotations") or {})
         values["join_namespaces"] = dict(values.get("join_namespaces") or {})
         values["limits"] = Limits.from_dict(values.get("limits") or {})
+        values["block_volumes"] = tuple(
+            BlockVolume.from_dict(v) for v in values.get("block_volumes") or ()
+        )
         return cls(**values)
 
 
@@ -543,6 +577,14 @@ class PodConfig:
             "cgroup": self.cgroup.to_dict() if self.cgroup is not None else None,
             "boot": self.boot,
         }
+
+    def hotplug_slots(self) -> int:
+        """The empty PCIe slots the pod's VM is booted with: those asked for,
+        or as many as its first containers' block volumes and its network
+        namespace need, whichever is more."""
+        volumes = sum(len(c.block_volumes) for c in self.containers)
+        network = NET_HOTPLUG_SLOTS if self.netns is not None else 0
+        return max(self.resources.hotplug_slots, volumes, network)
 
     def check_host(self) -> None:
         """Raise ConfigError for what this host cannot give the pod."""

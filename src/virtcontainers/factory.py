@@ -587,6 +587,8 @@ def _unsupported(config: PodConfig, shared_fs: SharedFsKind) -> str | None:
             "it has a network namespace, and its NICs would have to be hot-plugged into a "
             "clone (not supported yet)"
         )
+    if config.hotplug_slots():
+        return "it needs hot-plug slots, which a template's VM does not have (not supported yet)"
     if shared_fs is not SharedFsKind.VIRTIO_9P:
         return f"its shared directory is {shared_fs.value}, which QEMU cannot save"
     return None

@@ -43,6 +43,7 @@ from virtcontainers.logtail import tail
 from virtcontainers.podboot import VM_EXIT_GRACE, PodBoot
 from virtcontainers.podinterfaces import PodInterfaces
 from virtcontainers.podnet import PodNetworkLink
+from virtcontainers.podvolumes import PodVolumes
 from virtcontainers.process import GuestProcess, ProcessIO
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
@@ -284,8 +285,10 @@ class Pod:
 
     async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
         io = ProcessIO(self.agent, stdio, self.executor)
+        volumes = PodVolumes(self)
         try:
             self.shared.share(container.config)
+            await volumes.attach(container.config)
             bundle = spec.container_spec(
                 container.config, self.config.hostname or self.id, self._guest_pid
             )
@@ -295,6 +298,7 @@ class Pod:
             )
         except BaseException:
             await io.close()
+            await volumes.detach(container.config)
             self.shared.unshare(container.id)
             raise
         container.in_guest = True
@@ -392,6 +396,7 @@ class Pod:
                 await self.agent.remove_container(container_id)
                 container.in_guest = False
             await self._end_processes(container)
+            await PodVolumes(self).detach(container.config)
             self.shared.unshare(container_id)
             self.shared.remove_layer(container_id)
             del self.containers[container_id]

@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 
 AGENT_CONNECT_TIMEOUT = 120.0
 VM_EXIT_GRACE = 3.0
-# Empty PCIe slots of a pod with a network namespace: interfaces it can take
-# over while it runs, beyond those it found at boot.
-NET_HOTPLUG_PORTS = 4
 CLONE_SEED_BYTES = 64
 
 
@@ -113,7 +110,7 @@ class PodBoot:
             memory_mib=self.pod.config.resources.memory_mib,
             kernel_params=(f"vc.hostname={hostname}", *self.pod.config.kernel_params),
             accelerator=accelerator,
-            hotplug_ports=NET_HOTPLUG_PORTS if self.pod.config.netns is not None else None,
+            hotplug_ports=self.pod.config.hotplug_slots() or None,
             devices=(
                 *pod_devices(image.rootfs, agent_socket, self.pod.shared.export, shared_fs),
                 *nics,

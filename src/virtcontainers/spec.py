@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any, NotRequired, TypedDict
 
+from virtcontainers import volumes
 from virtcontainers.agent.messages import OciProcess
 from virtcontainers.config import RECURSIVE_MOUNT_FLAGS, ContainerConfig, Mount
 
@@ -139,6 +140,15 @@ def container_spec(
                 "type": "bind",
                 "source": guest_mount_source(config.id, index),
                 "options": guest_bind_options(mount),
+            }
+        )
+    for index, volume in enumerate(config.block_volumes):
+        mounts.append(
+            {
+                "destination": volume.destination,
+                "type": "bind",
+                "source": volumes.guest_path(config.id, index),
+                "options": ["rbind", "ro" if volume.read_only else "rw"],
             }
         )
     spec["mounts"] = mounts

@@ -271,9 +271,9 @@ def test_what_cannot_be_hot_plugged_or_unplugged_is_refused(
             nic = NetDevice("net1", "vc0123456789a1", OTHER_MAC, tap_fd=pipe[0])
             with pytest.raises(HypervisorError, match="without hot-plug ports"):
                 await vm.hotplug_device(nic)
-            with pytest.raises(HypervisorError, match="only NICs in a PCIe root port"):
+            with pytest.raises(HypervisorError, match="only NICs and disks in a PCIe root port"):
                 await vm.unplug_device("net0")  # on the root bus: no slot to empty
-            with pytest.raises(HypervisorError, match="only NICs"):
+            with pytest.raises(HypervisorError, match="only NICs and disks"):
                 await vm.unplug_device("port")
             with pytest.raises(NotFoundError):
                 await vm.unplug_device("nothing")
@@ -283,3 +283,28 @@ def test_what_cannot_be_hot_plugged_or_unplugged_is_refused(
 
     run(scenario())
     assert not commands(qmp_log, "device_del", "netdev_add")
+
+
+def test_a_disk_is_hot_plugged_into_a_root_port_and_unplugged_with_its_node(
+    tmp_path: Path, fake_binary: Path, qmp_log: Path
+) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"")
+
+    async def scenario() -> None:
+        async with running(fake_binary, config(tmp_path, hotplug_ports=1)) as vm:
+            assert vm.capabilities().hotplug_block
+            await vm.hotplug_device(BlockDevice("vol1", disk, format="qcow2", serial="vol1"))
+            await vm.unplug_device("vol1")
+
+    run(scenario())
+    plugged = commands(qmp_log, "blockdev-add", "device_add", "device_del", "blockdev-del")
+    assert [c["execute"] for c in plugged] == [
+        "blockdev-add", "device_add", "device_del", "blockdev-del",
+    ]  # fmt: skip
+    assert plugged[0]["arguments"]["backing"] is None
+    assert plugged[1]["arguments"] == {
+        "driver": "virtio-blk-pci", "drive": "vol1", "id": "vol1", "bus": "vc-hp0",
+        "serial": "vol1",
+    }  # fmt: skip
+    assert plugged[3]["arguments"] == {"node-name": "vol1"}

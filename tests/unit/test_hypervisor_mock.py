@@ -23,6 +23,7 @@ from virtcontainers.hypervisor import (
     MockHypervisor,
     NetDevice,
     QemuHypervisor,
+    SerialPortDevice,
     VMConfig,
     VMState,
     new_hypervisor,
@@ -153,8 +154,10 @@ def test_nics_keep_their_taps_open_while_plugged_as_qemu_would(config: VMConfig)
         with pytest.raises(NotFoundError):
             await vm.unplug_device("net0")
         await vm.hotplug_device(BlockDevice("disk", config.kernel))
+        await vm.unplug_device("disk")
+        await vm.hotplug_device(SerialPortDevice("port", config.run_dir / "port.sock", "port"))
         with pytest.raises(HypervisorError, match="cannot be unplugged"):
-            await vm.unplug_device("disk")
+            await vm.unplug_device("port")
         await vm.stop()
         assert not write_end_open(boot_r)
 

@@ -191,6 +191,15 @@ class Agent(Protocol):
     async def container_stats(self, container_id: str) -> ContainerStats:
         """What the container uses now, from its cgroup in the guest."""
 
+    async def mount_block(self, volume_id: str, serial: str, fstype: str, read_only: bool) -> None:
+        """Mount the hot-plugged disk with ``serial`` at the guest's
+        ``/run/vc/volumes/<volume_id>``, once the guest sees it.  Raises
+        AgentError: "invalid", "exists", "not_found" (no such disk appeared),
+        "mount" (mount failed: its message)."""
+
+    async def unmount_block(self, volume_id: str) -> None:
+        """Unmount a volume before its disk is unplugged; nothing if it is not mounted."""
+
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
     ) -> bool:

@@ -36,6 +36,7 @@ from virtcontainers.agent.messages import (
     ExecGuestArgs,
     ExecProcessArgs,
     InitCloneArgs,
+    MountBlockArgs,
     NetInterface,
     NetRoute,
     OciProcess,
@@ -44,6 +45,7 @@ from virtcontainers.agent.messages import (
     ResizeTerminalArgs,
     SignalProcessArgs,
     UpdateContainerArgs,
+    VolumeArgs,
 )
 from virtcontainers.agent.protocol import Frame, FrameType
 from virtcontainers.errors import AgentError, AgentProtocolError
@@ -455,6 +457,15 @@ class AgentClient:
             return ContainerStats.parse(result)
         except ValueError as exc:
             raise AgentProtocolError(f"container_stats answer has {exc}") from None
+
+    async def mount_block(self, volume_id: str, serial: str, fstype: str, read_only: bool) -> None:
+        args = MountBlockArgs(
+            volume_id=volume_id, serial=serial, fstype=fstype, read_only=read_only
+        )
+        await self.call("mount_block", args)
+
+    async def unmount_block(self, volume_id: str) -> None:
+        await self.call("unmount_block", VolumeArgs(volume_id=volume_id))
 
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None

@@ -147,6 +147,17 @@ class UpdateContainerArgs(ContainerArgs):
     resources: OciResources
 
 
+class MountBlockArgs(TypedDict):
+    volume_id: str  # the volume is mounted at /run/vc/volumes/<volume_id>
+    serial: str  # the virtio-blk serial of the disk the host plugged
+    fstype: str  # ext4, ext3, ext2, xfs, btrfs, vfat or squashfs
+    read_only: bool
+
+
+class VolumeArgs(TypedDict):
+    volume_id: str
+
+
 class InitCloneArgs(TypedDict):
     """What makes a VM cloned from a template a pod of its own."""
 
@@ -169,6 +180,8 @@ Args = (
     | ConfigureNetworkArgs
     | UpdateContainerArgs
     | InitCloneArgs
+    | MountBlockArgs
+    | VolumeArgs
 )
 """The arguments of any operation."""
 

@@ -212,6 +212,14 @@ class MockAgent:
             if cid == container_id and not p.status.done()
         ]
 
+    async def mount_block(self, volume_id: str, serial: str, fstype: str, read_only: bool) -> None:
+        self._record(
+            "mount_block", volume_id=volume_id, serial=serial, fstype=fstype, read_only=read_only
+        )
+
+    async def unmount_block(self, volume_id: str) -> None:
+        self._record("unmount_block", volume_id=volume_id)
+
     async def update_container(self, container_id: str, resources: OciResources) -> None:
         self._record("update_container", container_id=container_id, resources=dict(resources))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -20,6 +21,11 @@ from rich.table import Table
 
 from virtcontainers import api
 from virtcontainers.cli import observe
+from virtcontainers.cli.blockvolumes import (
+    block_volume_option,
+    hotplug_slots_option,
+    parse_block_volume,
+)
 from virtcontainers.cli.common import VcGroup, ensure_image, fail, progress, stderr, stdout
 from virtcontainers.cli.factory_cli import factory
 from virtcontainers.cli.pod_net import pod_net
@@ -128,6 +134,7 @@ def pod() -> None:
     help="Network namespace (path) whose interfaces the pod's VM takes over.",
 )
 @boot_option
+@hotplug_slots_option
 def pod_create(
     pod_id: str,
     vcpus: int,
@@ -136,11 +143,12 @@ def pod_create(
     kernel_params: tuple[str, ...],
     netns: str | None,
     boot: str,
+    hotplug_slots: int,
 ) -> None:
     """Create a pod (its VM starts with `pod start`)."""
     config = PodConfig(
         id=pod_id,
-        resources=Resources(vcpus=vcpus, memory_mib=memory_mib),
+        resources=Resources(vcpus=vcpus, memory_mib=memory_mib, hotplug_slots=hotplug_slots),
         hostname=hostname,
         kernel_params=kernel_params,
         netns=netns,
@@ -274,6 +282,7 @@ cli.add_command(observe.top)
 @click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE")
 @click.option("--workdir", "-w", default="/")
 @click.option("--volume", "-v", "volumes", multiple=True, help="HOST:CONTAINER[:ro]")
+@block_volume_option
 @limit_options
 def container_create(
     pod_id: str,
@@ -283,6 +292,7 @@ def container_create(
     env: tuple[str, ...],
     workdir: str,
     volumes: tuple[str, ...],
+    block_volumes: tuple[str, ...],
     memory_limit: str | None,
     pids_limit: int | None,
     cpus: float | None,
@@ -291,7 +301,9 @@ def container_create(
     cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), cwd=workdir)
     mounts = tuple(parse_mount(v) for v in volumes)
     limits = limits_from(memory_limit, pids_limit, cpus)
-    api.create_container(pod_id, container_config(container_id, rootfs, cmd, mounts, limits))
+    config = container_config(container_id, rootfs, cmd, mounts, limits)
+    disks = tuple(parse_block_volume(v) for v in block_volumes)
+    api.create_container(pod_id, dataclasses.replace(config, block_volumes=disks))
     stdout.print(container_id)
 
 
@@ -484,6 +496,7 @@ def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
 @click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
 @click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE")
 @click.option("--volume", "-v", "volumes", multiple=True, help="HOST:CONTAINER[:ro]")
+@block_volume_option
 @click.option(
     "--netns",
     help="Network namespace (path) whose interfaces the pod's VM takes over.",
@@ -501,6 +514,7 @@ def run(
     memory_mib: int,
     env: tuple[str, ...],
     volumes: tuple[str, ...],
+    block_volumes: tuple[str, ...],
     netns: str | None,
     boot: str,
     memory_limit: str | None,
@@ -518,10 +532,14 @@ def run(
         cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), terminal=use_tty)
         mounts = tuple(parse_mount(v) for v in volumes)
         limits = limits_from(memory_limit, pids_limit, cpus)
-        run_container_config = container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts, limits)
+        disks = tuple(parse_block_volume(v) for v in block_volumes)
+        run_container_config = dataclasses.replace(
+            container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts, limits), block_volumes=disks
+        )
         config = PodConfig(
             id=pod_id,
-            resources=Resources(vcpus=vcpus, memory_mib=memory_mib),
+            # The container joins after boot: keep it a slot per disk.
+            resources=Resources(vcpus=vcpus, memory_mib=memory_mib, hotplug_slots=len(disks)),
             netns=netns,
             boot=boot,
         )

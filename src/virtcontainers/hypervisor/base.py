@@ -27,6 +27,9 @@ _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 # How much of a VM's logs a launch error quotes, in bytes.
 OUTPUT_TAIL = 4096
 MAX_HOTPLUG_PORTS = 16
+DISK_FORMATS = ("raw", "qcow2")
+# virtio-blk carries at most 20 bytes of serial.
+_SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 
 
 class HypervisorKind(enum.Enum):
@@ -91,10 +94,29 @@ class Device:
 
 @dataclass(frozen=True)
 class BlockDevice(Device):
-    """A raw disk image.  The first block device is the guest's /dev/vda."""
+    """A disk image, raw or qcow2.  The first block device is the guest's /dev/vda.
+
+    ``serial`` is what the guest's kernel shows for the disk
+    (``/sys/block/vdX/serial``), so that it can find a hot-plugged disk by
+    name rather than by the order of its arrival.  A qcow2 image is opened
+    without its backing file, so an image cannot make QEMU read another file.
+    """
 
     path: Path
     read_only: bool = True
+    format: str = "raw"
+    serial: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format not in DISK_FORMATS:
+            raise ConfigError(
+                f"device {self.id}", f"format {self.format!r} is not one of {DISK_FORMATS}"
+            )
+        if self.serial is not None and not _SERIAL_RE.match(self.serial):
+            raise ConfigError(
+                f"device {self.id}", f"serial {self.serial!r}: 1 to 20 of A-Z a-z 0-9 _ . -"
+            )
 
 
 @dataclass(frozen=True)
@@ -294,12 +316,12 @@ class Hypervisor(Protocol):
         """
 
     async def unplug_device(self, device_id: str, timeout: float = 60) -> None:
-        """Detach a NIC from the running VM and free its backend.
+        """Detach a NIC or disk from the running VM and free its backend.
 
         Returns once the VM has let the device go (the guest releases a PCIe
         device when asked, which takes it a few seconds).  Raises
         NotFoundError for an unknown id, HypervisorError if the device cannot
-        be unplugged (not a NIC, or in a slot that cannot hot-plug) or the
+        be unplugged (not a NIC or disk, or in a slot that cannot hot-plug) or the
         guest has not released it within *timeout* seconds (the device then
         stays; calling again asks again), StateError unless running.
         """

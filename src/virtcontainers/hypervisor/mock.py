@@ -15,6 +15,7 @@ from pathlib import Path
 
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError, VMLaunchError
 from virtcontainers.hypervisor.base import (
+    BlockDevice,
     Capabilities,
     Device,
     Lifecycle,
@@ -128,7 +129,7 @@ class MockHypervisor:
         device = self.plugged().get(device_id)
         if device is None:
             raise NotFoundError("device", device_id, f"in {self._life.what}")
-        if not self._hotplug or not isinstance(device, NetDevice):
+        if not self._hotplug or not isinstance(device, NetDevice | BlockDevice):
             raise HypervisorError(
                 f"{type(device).__name__} {device_id!r} of mock ({self._life.what}) "
                 "cannot be unplugged"

@@ -59,7 +59,6 @@ from virtcontainers.hypervisor.qemu_command import (
     DEFAULT_BINARY,
     DEFAULT_MACHINE,
     MACHINES,
-    Q35,
     QemuCommand,
 )
 from virtcontainers.hypervisor.qemu_hotplug import UNPLUG_TIMEOUT, QemuHotplug
@@ -250,7 +249,7 @@ class QemuHypervisor:
         return Capabilities(
             machine=machine,
             accelerator=command.accelerator if command else None,
-            hotplug_block=machine == Q35,
+            hotplug_block=command is not None and bool(self.command().port_ids()),
             hotplug_cpu=False,
             hotplug_memory=False,
             hotplug_net=command is not None and bool(self.command().port_ids()),

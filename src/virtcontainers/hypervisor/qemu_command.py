@@ -8,6 +8,8 @@ runs the result; the virtio-fs socket path comes from
 
 from __future__ import annotations
 
+import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +222,39 @@ def kernel_cmdline(accelerator: Accelerator, tsc_khz: int | None, extra: tuple[s
     return " ".join(params)
 
 
+def blockdev_node(device: BlockDevice) -> dict[str, object]:
+    """The block node that serves *device*, as blockdev-add takes it.
+
+    The format is given, never probed, and a qcow2 image gets no backing
+    file: what the image says cannot make QEMU open another file.
+    """
+    ro = device.read_only
+    file = {"driver": _file_driver(device.path), "filename": str(device.path), "read-only": ro}
+    node: dict[str, object] = {
+        "driver": device.format,
+        "node-name": device.id,
+        "read-only": ro,
+        "file": file,
+    }
+    if device.format == "qcow2":
+        node["backing"] = None
+    return node
+
+
+def _file_driver(path: Path) -> str:
+    """``host_device`` for a block device node (an LVM volume, a loop
+    device), ``file`` for a regular file."""
+    try:
+        return "host_device" if stat.S_ISBLK(path.stat().st_mode) else "file"
+    except OSError:
+        return "file"  # QEMU says what is wrong with the path
+
+
+def _disk_device(device: BlockDevice) -> str:
+    serial = f",serial={device.serial}" if device.serial else ""
+    return f"virtio-blk-pci,drive={device.id},id={device.id}{serial}"
+
+
 def hotplug_port_id(n: int) -> str:
     return f"{HOTPLUG_PORT_PREFIX}{n}"
 
@@ -233,11 +268,14 @@ def render_device(device: Device, run_dir: Path | None = None, bus: str | None =
     Raises ConfigError for a device type this driver does not know.
     """
     match device:
-        case BlockDevice(id=ident, path=path, read_only=ro):
+        case BlockDevice(id=ident, path=path, read_only=ro, format="raw"):
             return [
                 "-drive", f"id={ident},file={_opt(path)},format=raw,if=none,read-only={_onoff(ro)}",
-                "-device", f"virtio-blk-pci,drive={ident},id={ident}",
+                "-device", _disk_device(device),
             ]  # fmt: skip
+        case BlockDevice():
+            # Only JSON says "no backing file" (null) to -blockdev.
+            return ["-blockdev", json.dumps(blockdev_node(device)), "-device", _disk_device(device)]
         case SharedFsDevice(id=ident, mount_tag=tag, kind=SharedFsKind.VIRTIO_FS):
             if run_dir is None:
                 raise ConfigError(f"device {ident}", "a virtio-fs device needs the run directory")

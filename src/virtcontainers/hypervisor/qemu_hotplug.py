@@ -1,8 +1,8 @@
 """Hot-plug for the QEMU driver: devices added to and removed from a running VM.
 
 NICs go into empty PCIe root ports (``VMConfig.hotplug_ports``), their tap fd
-passed over QMP; serial ports plug anywhere; block devices into a q35 root
-port.  Unplugging waits for the guest to let the device go.  Used by
+passed over QMP; disks go into root ports as well; serial ports plug
+anywhere.  Unplugging waits for the guest to let the device go.  Used by
 :class:`~virtcontainers.hypervisor.qemu.QemuHypervisor`, whose QMP connection
 and running state it works on.
 """
@@ -25,7 +25,7 @@ from virtcontainers.hypervisor.base import (
     VMState,
     check_socket_path,
 )
-from virtcontainers.hypervisor.qemu_command import Q35, VIRTIO_SERIAL_ID
+from virtcontainers.hypervisor.qemu_command import VIRTIO_SERIAL_ID, blockdev_node
 
 if TYPE_CHECKING:
     from virtcontainers.hypervisor.qemu import QemuHypervisor, _Running
@@ -44,7 +44,7 @@ class QemuHotplug:
 
         Supported: SerialPortDevice (any machine), NetDevice (into a free
         PCIe root port: a VM created with ``hotplug_ports``, or q35) and
-        BlockDevice (q35, into a free root port).  A NetDevice's ``tap_fd`` is
+        BlockDevice (likewise).  A NetDevice's ``tap_fd`` is
         passed to QEMU over QMP (SCM_RIGHTS); the caller keeps its own.
         Raises HypervisorError for anything else, when no root port is free,
         or when QEMU refuses; ConfigError for an invalid device or an id in
@@ -63,7 +63,7 @@ class QemuHotplug:
                 await self._hotplug_serial(device)
             case NetDevice() if command.port_ids():
                 await self._hotplug_net(device, run)
-            case BlockDevice() if command.machine == Q35:
+            case BlockDevice() if command.port_ids():
                 await self._hotplug_block(device, run)
             case _:
                 raise HypervisorError(
@@ -116,8 +116,9 @@ class QemuHotplug:
         run.ports[device.id] = port
 
     async def unplug(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
-        """Unplug a NIC in a root port (hot-plugged, or cold-plugged into a VM
-        with hot-plug ports), wait for the guest to release it, free its netdev.
+        """Unplug a NIC or disk in a root port (hot-plugged, or a NIC
+        cold-plugged into a VM with hot-plug ports), wait for the guest to
+        release it, then free its backend (netdev or block node).
 
         Raises NotFoundError, HypervisorError (not a NIC in a root port, QEMU
         refused, or no release within *timeout* seconds: the device stays),
@@ -129,23 +130,30 @@ class QemuHotplug:
         device = self._plugged(run).get(device_id)
         if device is None:
             raise NotFoundError("device", device_id, f"in {self.vm._life.what}")
-        if not isinstance(device, NetDevice) or device_id not in run.ports:
+        if not isinstance(device, NetDevice | BlockDevice) or device_id not in run.ports:
             raise HypervisorError(
                 f"{type(device).__name__} {device_id!r} of {self.vm._life.what} cannot be "
-                "unplugged: only NICs in a PCIe root port can (create the VM with hotplug_ports)"
+                "unplugged: only NICs and disks in a PCIe root port can (create the VM with "
+                "hotplug_ports)"
             )
         await self._device_del(run, device_id, timeout)
         run.hotplugged.pop(device_id, None)
         run.unplugged.add(device_id)
         del run.ports[device_id]
+        if isinstance(device, NetDevice):
+            await self._free_backend("netdev_del", {"id": device_id}, device_id)
+        else:
+            await self._free_backend("blockdev-del", {"node-name": device_id}, device_id)
+
+    async def _free_backend(self, command: str, args: dict[str, object], device_id: str) -> None:
         try:
-            await self.vm._execute("netdev_del", {"id": device_id})
+            await self.vm._execute(command, args)
         except HypervisorError as exc:
             if _error_class(exc) != "DeviceNotFound":
-                # The NIC is gone, which is what was asked; the netdev keeps its
-                # tap open until QEMU exits (the tap itself can still be deleted).
+                # The device is gone, which is what was asked; its backend keeps
+                # the tap or image open until QEMU exits.
                 self.vm._log.warning(
-                    "device %s unplugged, but its netdev stays: %s", device_id, exc
+                    "device %s unplugged, but its backend stays: %s", device_id, exc
                 )
 
     async def _device_del(self, run: _Running, device_id: str, timeout: float) -> None:
@@ -212,26 +220,12 @@ class QemuHotplug:
 
     async def _hotplug_block(self, device: BlockDevice, run: _Running) -> None:
         port = self._free_port(run)
-        ro = device.read_only
-        await self.vm._execute(
-            "blockdev-add",
-            {
-                "driver": "raw",
-                "node-name": device.id,
-                "read-only": ro,
-                "file": {"driver": "file", "filename": str(device.path), "read-only": ro},
-            },
-        )
+        await self.vm._execute("blockdev-add", blockdev_node(device))
+        disk = {"driver": "virtio-blk-pci", "drive": device.id, "id": device.id, "bus": port}
+        if device.serial:
+            disk["serial"] = device.serial
         try:
-            await self.vm._execute(
-                "device_add",
-                {
-                    "driver": "virtio-blk-pci",
-                    "drive": device.id,
-                    "id": device.id,
-                    "bus": port,
-                },
-            )
+            await self.vm._execute("device_add", disk)
         except HypervisorError:
             with contextlib.suppress(HypervisorError):
                 await self.vm._execute("blockdev-del", {"node-name": device.id})

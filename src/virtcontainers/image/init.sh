@@ -40,9 +40,9 @@ has_virtio() {
     return 1
 }
 
-# Can a NIC arrive later?  The host gives a VM PCIe hot-plug slots only when
-# it may hot-plug NICs into it (a pod with a network namespace), and the
-# modules are gone after switch_root: load virtio_net now for such a VM.
+# Can a NIC or a disk arrive later?  The host gives a VM PCIe hot-plug slots
+# only when it may hot-plug NICs or block volumes into it, and the modules are
+# gone after switch_root: load virtio_net and ext4 now for such a VM.
 has_hotplug_slots() {
     for slot in /sys/bus/pci/slots/*; do
         [ -e "$slot" ] && return 0
@@ -61,6 +61,8 @@ for ko in /lib/modules/*.ko; do
             has_virtio 0x001a || continue ;;
         [0-9]*-failover.ko | [0-9]*-net_failover.ko | [0-9]*-virtio_net.ko)
             has_virtio 0x0001 || has_hotplug_slots || continue ;;
+        [0-9]*-crc16.ko | [0-9]*-mbcache.ko | [0-9]*-jbd2.ko | [0-9]*-crc32c_generic.ko | [0-9]*-ext4.ko)
+            has_hotplug_slots || continue ;;
     esac
     insmod "$ko" || fail "cannot load kernel module $ko"
 done

@@ -27,16 +27,21 @@ GUEST_MODULES: tuple[str, ...] = (
     "fuse",
     "virtiofs",
     "virtio_net",
+    "crc32c_generic",
+    "ext4",
 )
 """What the guest uses today: PCI transport, root disk, agent port, shared fs,
-pod networking (virtio_net, which pulls in net_failover and failover).
+pod networking (virtio_net, which pulls in net_failover and failover), ext4
+for block volumes (with jbd2, mbcache and crc16; ext4 asks the crypto API for
+crc32c by name, which modules.dep does not list).
 
 Each module costs boot time under TCG (the seven of networking, vsock and
 overlay took ≈0.15 s of guest time), so a feature adds its modules when it
 lands (vsock with the vsock agent channel), and init.sh loads those of a
 device only when the VM has one: the shared-filesystem modules for 9p or
 virtio-fs, the networking ones for a virtio-net NIC or for PCIe hot-plug
-slots (a NIC may be hot-plugged later, when the initrd is gone)."""
+slots (a NIC may be hot-plugged later, when the initrd is gone), and ext4's
+for hot-plug slots (a block volume arrives later too)."""
 
 _KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 

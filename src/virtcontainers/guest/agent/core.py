@@ -10,7 +10,15 @@ from __future__ import annotations
 import os
 import signal
 
-from . import op_clone, op_containers, op_guest, op_network, op_processes, op_resources
+from . import (
+    op_blocks,
+    op_clone,
+    op_containers,
+    op_guest,
+    op_network,
+    op_processes,
+    op_resources,
+)
 from .args import AgentError, arg_id, arg_opt_id, invalid
 from .log import describe_exception, log
 from .loop import Loop
@@ -302,6 +310,8 @@ OPS: dict[str, Callable[[Agent, Reply, Mapping[str, object]], None]] = {
     "configure_network": op_network.configure_network,
     "update_container": op_resources.update_container,
     "container_stats": op_resources.container_stats,
+    "mount_block": op_blocks.mount_block,
+    "unmount_block": op_blocks.unmount_block,
     "init_clone": op_clone.init_clone,
     "shutdown": op_guest.shutdown,
 }
