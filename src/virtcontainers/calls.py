@@ -27,6 +27,8 @@ from virtcontainers.store import ContainerRecord
 
 R = TypeVar("R")
 MAX_TERMINAL_SIZE = 65535
+MAX_STOP_TIMEOUT = 1 << 31  # seconds; beyond it asyncio's timers overflow
+MAX_EVENT_NUMBER = (1 << 63) - 1
 IFNAMSIZ = 16  # a Linux interface name is at most 15 bytes
 
 
@@ -73,6 +75,14 @@ class Request(Generic[R]):
     ACTION: ClassVar[str]
     """What the request does to a pod, for messages: "cannot ACTION pod 'p'"."""
     TAKES_STDIO: ClassVar[bool] = False
+    RANGES: ClassVar[tuple[tuple[str, int, int], ...]] = ()
+    """Integer fields and the bounds they must be within, both included."""
+
+    def __post_init__(self) -> None:
+        for name, low, high in self.RANGES:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"{self.METHOD}.{name}", f"{value} is outside {low}..{high}")
 
     def to_params(self) -> dict[str, object]:
         return {
@@ -124,10 +134,15 @@ class OnPod(Answerless):
 
 
 @dataclass(frozen=True)
-class OnContainer(Answerless):
-    """A request about one container, answered with nothing."""
+class ContainerTarget:
+    """The container a request is about (its first field)."""
 
     container_id: str
+
+
+@dataclass(frozen=True)
+class OnContainer(ContainerTarget, Answerless):
+    """A request about one container, answered with nothing."""
 
 
 @dataclass(frozen=True)
@@ -179,22 +194,17 @@ class CreateContainer(Request[ContainerRecord]):
 
 
 @dataclass(frozen=True)
-class StopContainer(Answerless):
+class StopContainer(OnContainer):
     METHOD = "stop_container"
     ACTION = "stop a container in"
-    container_id: str
+    RANGES = (("timeout", 0, MAX_STOP_TIMEOUT),)
     timeout: int
-
-    def __post_init__(self) -> None:
-        if self.timeout < 0:
-            raise ConfigError(f"{self.METHOD}.timeout", f"{self.timeout} is negative")
 
 
 @dataclass(frozen=True)
-class ExecProcess(StartsProcess):
+class ExecProcess(ContainerTarget, StartsProcess):
     METHOD = "exec"
     ACTION = "exec in"
-    container_id: str
     cmd: Cmd
     exec_id: str | None
 
@@ -219,12 +229,9 @@ class ProcessTarget:
 class SignalProcess(ProcessTarget, Answerless):
     METHOD = "kill"
     ACTION = "signal a process in"
+    RANGES = (("signal", 1, signals.SIGRTMAX),)
     signal: int
     all: bool
-
-    def __post_init__(self) -> None:
-        if not 0 < self.signal <= signals.SIGRTMAX:
-            raise ConfigError(f"{self.METHOD}.signal", f"{self.signal} is not a signal number")
 
 
 @dataclass(frozen=True)
@@ -251,13 +258,9 @@ class WaitProcess(ProcessTarget, Request[ExitStatus]):
 class ResizeTerminal(ProcessTarget, Answerless):
     METHOD = "resize"
     ACTION = "resize a terminal in"
+    RANGES = (("rows", 0, MAX_TERMINAL_SIZE), ("cols", 0, MAX_TERMINAL_SIZE))
     rows: int
     cols: int
-
-    def __post_init__(self) -> None:
-        for name in ("rows", "cols"):
-            if not 0 <= getattr(self, name) <= MAX_TERMINAL_SIZE:
-                raise ConfigError(f"{self.METHOD}.{name}", f"must be 0..{MAX_TERMINAL_SIZE}")
 
 
 @dataclass(frozen=True)
@@ -268,10 +271,9 @@ class AttachProcess(ProcessTarget, Answerless):
 
 
 @dataclass(frozen=True)
-class ListProcesses(Request[list[ProcessInfo]]):
+class ListProcesses(ContainerTarget, Request[list[ProcessInfo]]):
     METHOD = "ps"
     ACTION = "list the processes of a container in"
-    container_id: str
 
     def encode_result(self, result: list[ProcessInfo]) -> Any:
         return [{"pid": p.pid, "args": list(p.args)} for p in result]
@@ -288,18 +290,16 @@ class ListProcesses(Request[list[ProcessInfo]]):
 
 
 @dataclass(frozen=True)
-class UpdateContainer(Answerless):
+class UpdateContainer(OnContainer):
     METHOD = "update_container"
     ACTION = "update a container in"
-    container_id: str
     limits: Limits
 
 
 @dataclass(frozen=True)
-class GetContainerStats(Request[ContainerStats]):
+class GetContainerStats(ContainerTarget, Request[ContainerStats]):
     METHOD = "container_stats"
     ACTION = "read the usage of a container in"
-    container_id: str
 
     def encode_result(self, result: ContainerStats) -> Any:
         return dataclasses.asdict(result)
@@ -320,12 +320,9 @@ class WatchEvents(Request[list[Event]]):
 
     METHOD = "events"
     ACTION = "read the events of"
+    RANGES = (("after", 0, MAX_EVENT_NUMBER), ("timeout", 0, MAX_EVENT_WAIT))
     after: int
     timeout: int
-
-    def __post_init__(self) -> None:
-        if self.after < 0 or not 0 <= self.timeout <= MAX_EVENT_WAIT:
-            raise ConfigError(self.METHOD, f"after must be >= 0, timeout 0..{MAX_EVENT_WAIT}")
 
     def encode_result(self, result: list[Event]) -> Any:
         return [event.to_dict() for event in result]

@@ -62,24 +62,30 @@ class ConfigError(VcError):
         self.reason = reason
 
 
-class NotFoundError(VcError):
-    FIELDS = ("kind", "ident")
+class _ObjectError(VcError):
+    """Something about one object, by kind and id ("container 'c' ...")."""
 
-    def __init__(self, kind: str, ident: str, hint: str = "") -> None:
-        message = f"{kind} {ident!r} not found"
-        super().__init__(f"{message}; {hint}" if hint else message)
+    FIELDS = ("kind", "ident")
+    STATE: ClassVar[str]
+    SEPARATOR: ClassVar[str]
+
+    def __init__(self, kind: str, ident: str, detail: str = "") -> None:
+        message = f"{kind} {ident!r} {self.STATE}"
+        super().__init__(f"{message}{self.SEPARATOR}{detail}" if detail else message)
         self.kind = kind
         self.ident = ident
 
 
-class ExistsError(VcError):
-    FIELDS = ("kind", "ident")
+class NotFoundError(_ObjectError):
+    """``detail`` is a hint: where it was looked for, or what to do."""
 
-    def __init__(self, kind: str, ident: str, where: str = "") -> None:
-        message = f"{kind} {ident!r} already exists"
-        super().__init__(f"{message} {where}" if where else message)
-        self.kind = kind
-        self.ident = ident
+    STATE, SEPARATOR = "not found", "; "
+
+
+class ExistsError(_ObjectError):
+    """``detail`` says where: "in pod 'p'"."""
+
+    STATE, SEPARATOR = "already exists", " "
 
 
 class StateError(VcError):

@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -25,8 +26,7 @@ from virtcontainers.states import ContainerState, PodState
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True)
-class ProcessUsage:
+class ProcessUsage(NamedTuple):
     pss_bytes: int
     cpu_seconds: float
 

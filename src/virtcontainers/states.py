@@ -48,9 +48,14 @@ Table = Mapping[Lifecycle, frozenset[Lifecycle]]
 _REGISTERED: dict[type[Lifecycle], tuple[str, Table]] = {}
 
 
-def register(lifecycle: type[Lifecycle], noun: str, transitions: Table) -> None:
-    """Name what ``lifecycle`` describes (in errors) and the moves it allows."""
-    _REGISTERED[lifecycle] = (noun, transitions)
+def register(lifecycle: type[Lifecycle], noun: str, moves: Mapping[str, str]) -> None:
+    """Name what ``lifecycle`` describes (in errors) and the moves it allows:
+    from each state (by value) to the states listed after it, space-separated."""
+    table = {
+        lifecycle(source): frozenset(lifecycle(target) for target in targets.split())
+        for source, targets in moves.items()
+    }
+    _REGISTERED[lifecycle] = (noun, table)
 
 
 class PodState(Lifecycle):
@@ -72,11 +77,11 @@ register(
     PodState,
     "pod",
     {
-        PodState.CREATED: frozenset({PodState.STARTING, PodState.STOPPED}),
-        PodState.STARTING: frozenset({PodState.RUNNING, PodState.STOPPED}),
-        PodState.RUNNING: frozenset({PodState.PAUSED, PodState.STOPPED}),
-        PodState.PAUSED: frozenset({PodState.RUNNING, PodState.STOPPED}),
-        PodState.STOPPED: frozenset({PodState.STARTING}),
+        "created": "starting stopped",
+        "starting": "running stopped",
+        "running": "paused stopped",
+        "paused": "running stopped",
+        "stopped": "starting",
     },
 )
 
@@ -84,9 +89,9 @@ register(
     ContainerState,
     "container",
     {
-        ContainerState.CREATED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),
-        ContainerState.RUNNING: frozenset({ContainerState.PAUSED, ContainerState.STOPPED}),
-        ContainerState.PAUSED: frozenset({ContainerState.RUNNING, ContainerState.STOPPED}),
-        ContainerState.STOPPED: frozenset({ContainerState.CREATED}),
+        "created": "running stopped",
+        "running": "paused stopped",
+        "paused": "running stopped",
+        "stopped": "created",
     },
 )

@@ -60,10 +60,10 @@ class ProcessInfo:
 
 @dataclass(frozen=True)
 class ContainerStats:
-    """A container's usage, read from its cgroup in the guest (see
-    :class:`~virtcontainers.agent.messages.ContainerStatsResult`); limits are 0
+    """A container's usage, read from its cgroup in the guest; limits are 0
     where there is none.  The network figures are the pod's, shared by all its
-    containers."""
+    containers.  These fields are also the agent's answer to container_stats,
+    by name."""
 
     cpu_usage_ns: int
     cpu_user_ns: int

@@ -220,21 +220,10 @@ class ProcessListResult(TypedDict):
     processes: list[ProcessEntry]
 
 
-class ContainerStatsResult(TypedDict):
-    """A container's usage, from its cgroup in the guest; 0 where not limited."""
-
-    cpu_usage_ns: int
-    cpu_user_ns: int
-    cpu_system_ns: int
-    memory_bytes: int
-    memory_limit_bytes: int
-    memory_cache_bytes: int
-    pids: int
-    pids_limit: int
-    io_read_bytes: int
-    io_write_bytes: int
-    network_rx_bytes: int  # the pod's interfaces, which its containers share
-    network_tx_bytes: int
+ContainerStatsResult = dict[str, int]
+"""A container's usage, from its cgroup in the guest: one integer per field of
+:class:`virtcontainers.agent.base.ContainerStats`, which lists them once and
+parses the answer (0 where not limited)."""
 
 
 class ContainerStateResult(TypedDict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -41,3 +42,16 @@ def ensure_image() -> None:
     except ImageNotBuiltError:
         progress("no guest image yet: building it (once)")
         build_image(progress=progress)
+
+
+def query(*ids: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command that shows something named by ``ids`` (its arguments, in
+    order), as text or, with ``--json``, as JSON (``as_json``)."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+        for ident in reversed(ids):
+            command = click.argument(ident)(command)
+        return command
+
+    return decorate

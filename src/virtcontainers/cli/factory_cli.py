@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from virtcontainers.cli.common import VcGroup, ensure_image, progress, stderr, stdout
+from virtcontainers.cli.common import VcGroup, ensure_image, progress, query, stderr, stdout
 
 
 @click.group(cls=VcGroup)
@@ -34,7 +34,7 @@ def factory_init(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...], fo
 
 
 @factory.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@query()
 def factory_status(as_json: bool) -> None:
     """The templates, and whether pods would start from them."""
     from virtcontainers.factory import Factory

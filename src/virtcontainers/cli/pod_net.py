@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from virtcontainers import api
-from virtcontainers.cli.common import VcGroup, stdout
+from virtcontainers.cli.common import VcGroup, query, stdout
 
 
 @click.group("net", cls=VcGroup)
@@ -38,8 +38,7 @@ def pod_net_rm(pod_id: str, ifname: str) -> None:
 
 
 @pod_net.command("ls")
-@click.argument("pod_id")
-@click.option("--json", "as_json", is_flag=True)
+@query("pod_id")
 def pod_net_ls(pod_id: str, as_json: bool) -> None:
     """The interfaces the pod's VM carries."""
     interfaces = api.list_interfaces(pod_id)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from virtcontainers import api
+from virtcontainers.cli.common import query
 from virtcontainers.limits import Limits, parse_size
 
 
@@ -51,9 +52,7 @@ def container_update(
 
 
 @click.command("stats")
-@click.argument("pod_id")
-@click.argument("container_id")
-@click.option("--json", "as_json", is_flag=True)
+@query("pod_id", "container_id")
 def container_stats(pod_id: str, container_id: str, as_json: bool) -> None:
     """What a container uses now: CPU, memory, processes, I/O, network."""
     stats = api.container_stats(pod_id, container_id)

@@ -26,7 +26,7 @@ from virtcontainers.cli.blockvolumes import (
     hotplug_slots_option,
     parse_block_volume,
 )
-from virtcontainers.cli.common import VcGroup, ensure_image, fail, progress, stderr, stdout
+from virtcontainers.cli.common import VcGroup, ensure_image, fail, progress, query, stderr, stdout
 from virtcontainers.cli.factory_cli import factory
 from virtcontainers.cli.pod_net import pod_net
 from virtcontainers.cli.resources import (
@@ -215,7 +215,7 @@ def pod_enter(pod_id: str, command: tuple[str, ...], interactive: bool, use_tty:
 
 
 @pod.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@query()
 def pod_list(as_json: bool) -> None:
     """Every pod on this host."""
     pods = api.list_pods()
@@ -233,8 +233,7 @@ def pod_list(as_json: bool) -> None:
 
 
 @pod.command("status")
-@click.argument("pod_id")
-@click.option("--json", "as_json", is_flag=True)
+@query("pod_id")
 def pod_status(pod_id: str, as_json: bool) -> None:
     status = api.pod_status(pod_id)
     if as_json:
@@ -344,9 +343,7 @@ for _group, _ids, _name, _action, _summary in SIMPLE_COMMANDS:
 
 
 @container.command("status")
-@click.argument("pod_id")
-@click.argument("container_id")
-@click.option("--json", "as_json", is_flag=True)
+@query("pod_id", "container_id")
 def container_status(pod_id: str, container_id: str, as_json: bool) -> None:
     status = api.container_status(pod_id, container_id)
     if as_json:

@@ -61,11 +61,11 @@ states.register(
     VMState,
     "VM",
     {
-        VMState.NEW: frozenset({VMState.CREATED}),
-        VMState.CREATED: frozenset({VMState.CREATED, VMState.RUNNING}),
-        VMState.RUNNING: frozenset({VMState.PAUSED, VMState.STOPPED}),
-        VMState.PAUSED: frozenset({VMState.RUNNING, VMState.STOPPED}),
-        VMState.STOPPED: frozenset({VMState.CREATED, VMState.STOPPED}),
+        "new": "created",
+        "created": "created running",
+        "running": "paused stopped",
+        "paused": "running stopped",
+        "stopped": "created stopped",
     },
 )
 

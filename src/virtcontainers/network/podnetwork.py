@@ -23,11 +23,12 @@ description follows, so :func:`release` still removes exactly what is there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -249,18 +250,26 @@ def _release(record: NetworkRecord, log: logging.Logger) -> None:
         raise NetworkError(record.netns, "cannot remove " + "; ".join(failures))
 
 
-def _attach_here(netns_path: str, pod_id: str, log: logging.Logger) -> _Made:
+@contextlib.contextmanager
+def _making(netns_path: str, pod_id: str, log: logging.Logger) -> Iterator[tuple[Rtnl, _Made]]:
+    """Netlink in the pod's namespace; what was made is undone if the body fails,
+    and netlink's failures become a NetworkError naming the namespace."""
     made = _Made()
     try:
         with Rtnl() as rtnl:
             try:
-                for n, (index, interface) in enumerate(indexed_interfaces(rtnl)):
-                    _connect(rtnl, made, index, interface, tap.tap_name(pod_id, n))
+                yield rtnl, made
             except BaseException:
                 _undo(rtnl, made, log)
                 raise
     except (NetlinkError, OSError, ValueError) as exc:
         raise NetworkError(netns_path, _reason(exc), pod_id) from exc
+
+
+def _attach_here(netns_path: str, pod_id: str, log: logging.Logger) -> _Made:
+    with _making(netns_path, pod_id, log) as (rtnl, made):
+        for n, (index, interface) in enumerate(indexed_interfaces(rtnl)):
+            _connect(rtnl, made, index, interface, tap.tap_name(pod_id, n))
     return made
 
 
@@ -272,31 +281,22 @@ def _attach_one_here(
     taken: Mapping[int, str],
     log: logging.Logger,
 ) -> _Made:
-    made = _Made()
-    try:
-        with Rtnl() as rtnl:
-            try:
-                link = rtnl.link_by_name(name)
-                if link is None:
-                    where = f"put it in the pod's network namespace ({netns_path}) first"
-                    raise NotFoundError("interface", name, where)
-                if link.index in taken:
-                    raise ExistsError(
-                        "interface",
-                        name,
-                        f"in pod {pod_id!r}: it is {taken[link.index]}, attached already "
-                        "and renamed since",
-                    )
-                why_not = why_not_taken(link)
-                if why_not is not None:
-                    raise ConfigError("interface", f"{name} cannot be carried into a VM: {why_not}")
-                interface = interface_of(rtnl, link)
-                _connect(rtnl, made, link.index, interface, tap.tap_name(pod_id, number))
-            except BaseException:
-                _undo(rtnl, made, log)
-                raise
-    except (NetlinkError, OSError, ValueError) as exc:
-        raise NetworkError(netns_path, _reason(exc), pod_id) from exc
+    with _making(netns_path, pod_id, log) as (rtnl, made):
+        link = rtnl.link_by_name(name)
+        if link is None:
+            where = f"put it in the pod's network namespace ({netns_path}) first"
+            raise NotFoundError("interface", name, where)
+        if link.index in taken:
+            raise ExistsError(
+                "interface",
+                name,
+                f"in pod {pod_id!r}: it is {taken[link.index]}, attached already and renamed since",
+            )
+        why_not = why_not_taken(link)
+        if why_not is not None:
+            raise ConfigError("interface", f"{name} cannot be carried into a VM: {why_not}")
+        interface = interface_of(rtnl, link)
+        _connect(rtnl, made, link.index, interface, tap.tap_name(pod_id, number))
     return made
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from virtcontainers.errors import RuntimeSpecError
 from virtcontainers.oci._json import Loc
@@ -54,8 +55,7 @@ class NamespacePath:
     """Its JSON location, e.g. ``config.json: linux.namespaces[1].path``."""
 
 
-@dataclass(frozen=True)
-class Peer:
+class Peer(NamedTuple):
     """A container of the runtime, found by the pid that a namespace path names."""
 
     container_id: str

@@ -61,6 +61,22 @@ def read_text(path: str, limit: int = 1 << 20) -> str:
         os.close(fd)
 
 
+def find_sysfs_entry(directory: str, attribute: str, value: str) -> str | None:
+    """The first entry (by name) of a sysfs class directory whose ``attribute``
+    file reads ``value``: the device that the host named so."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            if read_text(os.path.join(directory, name, attribute), 256).strip() == value:
+                return name
+        except OSError:
+            continue
+    return None
+
+
 def write_file(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:

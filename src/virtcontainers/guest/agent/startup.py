@@ -11,7 +11,7 @@ import time
 from .channel import Channel
 from .core import Agent
 from .log import describe_exception, log, log_to
-from .osutil import DEFAULT_PATH, read_text
+from .osutil import DEFAULT_PATH, find_sysfs_entry
 
 USAGE = """usage: agent.py [--fd N | --connect PATH] [--runtime PATH] [--state-dir DIR]
 
@@ -64,18 +64,8 @@ def parse_args(argv: list[str]) -> Options:
 
 
 def find_port(name: str = "agent") -> str | None:
-    base = "/sys/class/virtio-ports"
-    try:
-        ports = sorted(os.listdir(base))
-    except OSError:
-        return None
-    for port in ports:
-        try:
-            if read_text(os.path.join(base, port, "name")).strip() == name:
-                return "/dev/" + port
-        except OSError:
-            continue
-    return None
+    port = find_sysfs_entry("/sys/class/virtio-ports", "name", name)
+    return None if port is None else "/dev/" + port
 
 
 def open_channel(opts: Options) -> tuple[int, bool, socket.socket | None]:
