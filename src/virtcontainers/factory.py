@@ -58,8 +58,13 @@ from virtcontainers.hypervisor.base import (
 from virtcontainers.hypervisor.qemu_command import DEFAULT_BINARY, DEFAULT_MACHINE, kernel_cmdline
 from virtcontainers.store import run_root
 
-FORMAT = 1
+FORMAT = 2
 """Bumped when what a template holds, or how a clone starts from it, changes."""
+TEMPLATE_HOTPLUG_PORTS = 8
+"""Empty PCIe slots of every template VM, hence of its clones: a clone's NICs
+are hot-plugged into them after its restore, and its block volumes later.
+Enough for a network namespace of 4 interfaces plus the 4 spare slots a pod
+with one keeps; the guest loads the NIC and ext4 modules for them at boot."""
 ENV_FACTORY_DIR = "VC_FACTORY_DIR"
 TEMPLATE_PARAM = "vc.template"
 """On the template VM's kernel command line: init.sh leaves the shared directory
@@ -134,6 +139,7 @@ class TemplateShape:
     accelerator: Accelerator
     shared_fs: SharedFsKind = SharedFsKind.VIRTIO_9P
     machine: str = DEFAULT_MACHINE
+    hotplug_ports: int = TEMPLATE_HOTPLUG_PORTS
 
     @classmethod
     def for_pod(
@@ -162,6 +168,7 @@ class TemplateShape:
         return {
             "format": FORMAT,
             "machine": self.machine,
+            "hotplug_ports": self.hotplug_ports,
             "accelerator": self.accelerator.value,
             "vcpus": self.vcpus,
             "memory_mib": self.memory_mib,
@@ -211,6 +218,7 @@ class TemplateShape:
             kernel_params=self.vm_kernel_params,
             machine=self.machine,
             accelerator=self.accelerator,
+            hotplug_ports=self.hotplug_ports,
             devices=pod_devices(self.image.rootfs, agent_socket, shared_dir, self.shared_fs),
             memory_file=memory_file,
             incoming=incoming,
@@ -274,6 +282,7 @@ class Template:
             "accelerator": shape.accelerator.value,
             "shared_fs": shape.shared_fs.value,
             "machine": shape.machine,
+            "hotplug_ports": shape.hotplug_ports,
             "created_at": self.created_at,
             "boot_seconds": self.boot_seconds,
             "identity": dict(self.identity),
@@ -294,6 +303,7 @@ class Template:
                 accelerator=Accelerator(data["accelerator"]),
                 shared_fs=SharedFsKind(data["shared_fs"]),
                 machine=_typed(data, "machine", str),
+                hotplug_ports=_typed(data, "hotplug_ports", int),
             )
             return cls(
                 path=path,
@@ -545,10 +555,12 @@ def template_for_pod(
     accelerator: Accelerator,
     shared_fs: SharedFsKind,
     root: Path | None = None,
+    nics: int = 0,
 ) -> Iterator[Template | None]:
     """The template a pod starts from, kept while its clone loads it; None: boot cold.
 
-    *root* is the factory directory (default: :func:`factory_dir`).
+    *root* is the factory directory (default: :func:`factory_dir`); *nics*
+    how many NICs the clone will be given (hot-plugged into its spare slots).
 
     ``boot="auto"`` takes a matching template if there is one; ``"template"``
     raises TemplateError when none can be used (with what there is and how to
@@ -558,7 +570,7 @@ def template_for_pod(
         yield None
         return
     shape = TemplateShape.for_pod(config, image, accelerator, shared_fs)
-    reason = _unsupported(config, shared_fs)
+    reason = _unsupported(config, shared_fs, nics, shape.hotplug_ports)
     key = ""
     if reason is None:
         try:
@@ -580,15 +592,14 @@ def template_for_pod(
         yield template
 
 
-def _unsupported(config: PodConfig, shared_fs: SharedFsKind) -> str | None:
+def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
     """Why a pod cannot be a clone at all, or None."""
-    if config.netns is not None:
+    needed = nics + config.hotplug_slots()
+    if needed > ports:
         return (
-            "it has a network namespace, and its NICs would have to be hot-plugged into a "
-            "clone (not supported yet)"
+            f"it needs {needed} PCIe slots ({nics} NIC(s), {config.hotplug_slots()} spare) and "
+            f"a template has {ports}"
         )
-    if config.hotplug_slots():
-        return "it needs hot-plug slots, which a template's VM does not have (not supported yet)"
     if shared_fs is not SharedFsKind.VIRTIO_9P:
         return f"its shared directory is {shared_fs.value}, which QEMU cannot save"
     return None

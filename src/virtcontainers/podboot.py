@@ -1,8 +1,9 @@
 """Booting a pod's VM: cold, or as a clone of a template; then its agent.
 
 The pod joins its host cgroup first (so QEMU starts in it), takes over its
-network namespace's interfaces for a cold boot, starts the VM, and waits for
-the agent; a clone is then given its identity.  Used by
+network namespace's interfaces, starts the VM, and waits for the agent.  A
+cold boot has its NICs from the start; a clone is given its identity, then
+its NICs are hot-plugged into the template's spare PCIe slots.  Used by
 :meth:`virtcontainers.pod.Pod.start`.
 """
 
@@ -20,7 +21,7 @@ from virtcontainers.errors import (
     ConfigError,
     HypervisorError,
 )
-from virtcontainers.factory import factory_dir, pod_devices, template_for_pod
+from virtcontainers.factory import Template, factory_dir, pod_devices, template_for_pod
 from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import (
@@ -29,6 +30,7 @@ from virtcontainers.hypervisor.base import (
     SharedFsKind,
     VMConfig,
 )
+from virtcontainers.podinterfaces import NIC_APPEAR_TIMEOUT
 from virtcontainers.sharedfs import choose_shared_fs
 from virtcontainers.store import (
     write_json_atomic,
@@ -60,9 +62,46 @@ class PodBoot:
             raise ConfigError("pod.image", f"pod {self.pod.id!r} has no guest image recorded")
         if self.pod.config.cgroup is not None:
             self._join_host_cgroup(self.pod.config.cgroup)
+        try:
+            nics = await self._attach_network()
+            template = await self._start_vm(image, accelerator, shared_fs, nics)
+            await self._connect_agent()
+            if template is not None:
+                await self._init_clone(shared_fs)
+                # A clone has its template's devices only: its NICs come now.
+                for nic in nics:
+                    await self.pod.hypervisor.hotplug_device(nic)
+        finally:
+            self.pod.network.close_fds()  # QEMU has its own copies, or failed
+        if nics:
+            wait = NIC_APPEAR_TIMEOUT if template is not None else 0.0
+            await self.pod.agent.configure_network(*self.pod.network.guest_settings(), wait)
+        self.pod._spawn(self.pod._watch_vm())
+        # Nothing waits for the details (the agent runs `crun --version` for them,
+        # ≈0.2 s under TCG): they are recorded when they arrive.
+        self.pod._spawn(self.pod._fetch_details())
+
+    async def _attach_network(self) -> list[NetDevice]:
+        """The NICs for the interfaces of the pod's network namespace (none without one)."""
+        netns = self.pod.config.netns
+        if netns is None:
+            return []
+        nics = await self.pod.network.attach(netns, self.pod.id)
+        self.pod.log.info("network: %d interface(s) from %s", len(nics), netns)
+        return nics
+
+    async def _start_vm(
+        self,
+        image: ImagePaths,
+        accelerator: Accelerator,
+        shared_fs: SharedFsKind,
+        nics: list[NetDevice],
+    ) -> Template | None:
+        """Start the VM, cloned from a template that fits or booted cold with
+        its NICs; returns the template it was cloned from."""
         root = factory_dir(self.pod.store.root)
-        with template_for_pod(self.pod.config, image, accelerator, shared_fs, root) as template:
-            nics: list[NetDevice] = []
+        config = self.pod.config
+        with template_for_pod(config, image, accelerator, shared_fs, root, len(nics)) as template:
             if template is not None:
                 self.pod.log.info("starting from template %s", template.key)
                 vm = template.clone_config(
@@ -72,36 +111,25 @@ class PodBoot:
                     self.pod.shared.export,
                 )
             else:
-                nics, vm = await self._cold_vm(image, accelerator, shared_fs)
-            try:
-                await self.pod.hypervisor.create(vm)
-                await self.pod.hypervisor.start()
-            finally:
-                self.pod.network.close_fds()  # QEMU has its own copies, or failed
+                vm = self._cold_vm(image, accelerator, shared_fs, nics)
+            await self.pod.hypervisor.create(vm)
+            await self.pod.hypervisor.start()
         self.pod.record.template = template.key if template is not None else None
         self.pod.record.started_at = time.time()
         self.pod.persist()
-        await self._connect_agent()
-        if template is not None:
-            await self._init_clone(shared_fs)
-        if nics:
-            await self.pod.agent.configure_network(*self.pod.network.guest_settings())
-        self.pod._spawn(self.pod._watch_vm())
-        # Nothing waits for the details (the agent runs `crun --version` for them,
-        # ≈0.2 s under TCG): they are recorded when they arrive.
-        self.pod._spawn(self.pod._fetch_details())
+        return template
 
-    async def _cold_vm(
-        self, image: ImagePaths, accelerator: Accelerator, shared_fs: SharedFsKind
-    ) -> tuple[list[NetDevice], VMConfig]:
+    def _cold_vm(
+        self,
+        image: ImagePaths,
+        accelerator: Accelerator,
+        shared_fs: SharedFsKind,
+        nics: list[NetDevice],
+    ) -> VMConfig:
         """The VM of a pod that boots (not cloned), with its NICs."""
-        nics = []
-        if self.pod.config.netns is not None:
-            nics = await self.pod.network.attach(self.pod.config.netns, self.pod.id)
-            self.pod.log.info("network: %d interface(s) from %s", len(nics), self.pod.config.netns)
         agent_socket = self.pod.paths.vm / "agent.sock"
         hostname = self.pod.config.hostname or self.pod.id
-        vm = VMConfig(
+        return VMConfig(
             vm_id=self.pod.id,
             kernel=image.kernel,
             initrd=image.initrd,
@@ -116,7 +144,6 @@ class PodBoot:
                 *nics,
             ),
         )
-        return nics, vm
 
     async def _connect_agent(self) -> None:
         """Handshake with the agent; a VM that dies first is a HypervisorError with its console."""

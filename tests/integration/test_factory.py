@@ -9,18 +9,22 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import short_temp_dir
 from tests.integration.conftest import run_exec, shell
+from tests.integration.test_pod_network import container_run, in_peer, networked_pod
 from tests.integration.test_vc_runtime import Runtime, bundle
+from tests.netlab import Lab, snapshot, tun_links
 from virtcontainers import api
 from virtcontainers.config import ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import TemplateError
 from virtcontainers.factory import Factory, Template
 from virtcontainers.templatevm import init_template
+from virtcontainers.volumes import BlockVolume
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -194,3 +198,32 @@ def test_vc_runtime_starts_its_pods_from_the_template(
     runtime.wait_for("c1", "stopped")
     runtime("delete", "c1")
     assert api.list_pods() == []
+
+
+def test_a_networked_pod_is_a_clone_whose_nic_is_plugged_after_restore(
+    templated: Template, busybox_rootfs: Path, lab: Lab, tmp_path: Path
+) -> None:
+    pair = lab.pod()
+    before = snapshot(pair.path, "eth0")
+    raw = tmp_path / "data.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(raw), "8M"], check=True, capture_output=True)
+    api.run_pod(replace(networked_pod("netclone", pair, busybox_rootfs), boot="template"))
+    assert api.pod_status("netclone").template == templated.key
+    mac = container_run("netclone", "cat /sys/class/net/eth0/address").strip()
+    assert mac == str(before["link"][2])  # type: ignore[index]
+    assert "inet 192.0.2.2/24" in container_run("netclone", "ip -o addr show")
+    assert "default via 192.0.2.1" in container_run("netclone", "ip route")
+    container_run("netclone", "ping -c 1 -W 30 192.0.2.1")
+    answer = in_peer(pair, "busybox", "ping", "-c", "1", "-W", "30", "192.0.2.2")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    # The template's spare slots take a block volume too.
+    disk = ContainerConfig(
+        "d", busybox_rootfs, shell("ls /data"), block_volumes=(BlockVolume(raw, "/data"),)
+    )
+    api.create_container("netclone", disk)
+    api.start_container("netclone", "d")
+    assert api.wait_container("netclone", "d").exit_code == 0
+    api.delete_container("netclone", "d")
+    api.stop_pod("netclone")
+    assert tun_links(pair.path) == []
+    api.delete_pod("netclone")

@@ -254,9 +254,13 @@ def pod(image: ImagePaths, boot: str, **kw: object) -> PodConfig:
 
 
 def chosen(
-    image: ImagePaths, root: Path, config: PodConfig, shared_fs: SharedFsKind = NINE_P
+    image: ImagePaths,
+    root: Path,
+    config: PodConfig,
+    shared_fs: SharedFsKind = NINE_P,
+    nics: int = 0,
 ) -> Template | None:
-    with template_for_pod(config, image, TCG, shared_fs, root / "factory") as template:
+    with template_for_pod(config, image, TCG, shared_fs, root / "factory", nics) as template:
         return template
 
 
@@ -269,8 +273,11 @@ def test_auto_takes_a_matching_template_and_boots_cold_otherwise(
     assert chosen(image, tmp_path, pod(image, "cold")) is None
     bigger = pod(image, "auto", resources=Resources(memory_mib=1024))
     assert chosen(image, tmp_path, bigger) is None
+    # A network namespace's NICs are hot-plugged into a clone's spare slots,
+    # as long as the template has enough of them.
     networked = pod(image, "auto", netns="/run/netns/x")
-    assert chosen(image, tmp_path, networked) is None
+    assert chosen(image, tmp_path, networked, nics=4) == made
+    assert chosen(image, tmp_path, networked, nics=5) is None
 
 
 def test_template_mode_says_what_is_missing_and_how_to_make_it(
@@ -284,8 +291,8 @@ def test_template_mode_says_what_is_missing_and_how_to_make_it(
     assert "pod 'p' asks to start from a VM template" in message
     assert "1 vCPU, 512 MiB" in message  # what there is
     assert "virtc factory init --vcpus 2 --memory 1024" in message
-    with pytest.raises(TemplateError, match="network namespace"):
-        chosen(image, tmp_path, pod(image, "template", netns="/run/netns/x"))
+    with pytest.raises(TemplateError, match=r"needs 9 PCIe slots \(5 NIC\(s\), 4 spare\)"):
+        chosen(image, tmp_path, pod(image, "template", netns="/run/netns/x"), nics=5)
     with pytest.raises(TemplateError, match="virtio-fs, which QEMU cannot save"):
         chosen(image, tmp_path, pod(image, "template"), SharedFsKind.VIRTIO_FS)
 
