@@ -10,7 +10,9 @@ Kinds:
 - ``oom``: the guest's kernel killed a process of a container for memory;
 - ``paused`` / ``resumed``: a container, or the pod (no ``container_id``);
 - ``stopped``: the pod stopped (``error`` says why when it was not asked to:
-  the VM died, say).  It is the last event of a pod's run.
+  the VM died, say).  It is the last event of a pod's run;
+- ``boot``: a step of the pod's start (``step``: "VM launched", "agent
+  answered", ...), for timing it (:mod:`virtcontainers.timings`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped")
+KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped", "boot")
 
 
 class EventDict(TypedDict):

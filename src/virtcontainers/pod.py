@@ -145,6 +145,7 @@ class Pod:
             self.persist()
             raise
         self._move_to(PodState.RUNNING)
+        self.events.emit("boot", step="pod running")
 
     def _console_tail(self, limit: int = 2048) -> str:
         return tail(self.hypervisor.console_path(), limit) or "(no console output)"

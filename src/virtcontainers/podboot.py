@@ -50,7 +50,11 @@ class PodBoot:
     def __init__(self, pod: Pod) -> None:
         self.pod = pod
 
+    def _step(self, name: str) -> None:
+        self.pod.events.emit("boot", step=name)
+
     async def boot(self) -> None:
+        self._step("the daemon starts the VM")
         self.pod.paths.vm.mkdir(mode=0o700, exist_ok=True)
         self.pod.shared.prepare()
         # Detected once here: the shared filesystem's choice depends on it too.
@@ -62,20 +66,25 @@ class PodBoot:
             raise ConfigError("pod.image", f"pod {self.pod.id!r} has no guest image recorded")
         if self.pod.config.cgroup is not None:
             self._join_host_cgroup(self.pod.config.cgroup)
+            self._step("host cgroup joined")
         try:
             nics = await self._attach_network()
             template = await self._start_vm(image, accelerator, shared_fs, nics)
+            self._step("VM launched" if template is None else "VM restored from its template")
             await self._connect_agent()
+            self._step("agent answered")
             if template is not None:
                 await self._init_clone(shared_fs)
                 # A clone has its template's devices only: its NICs come now.
                 for nic in nics:
                     await self.pod.hypervisor.hotplug_device(nic)
+                self._step("clone given its identity and NICs")
         finally:
             self.pod.network.close_fds()  # QEMU has its own copies, or failed
         if nics:
             wait = NIC_APPEAR_TIMEOUT if template is not None else 0.0
             await self.pod.agent.configure_network(*self.pod.network.guest_settings(), wait)
+            self._step("network configured in the guest")
         self.pod._spawn(self.pod._watch_vm())
         # Nothing waits for the details (the agent runs `crun --version` for them,
         # ≈0.2 s under TCG): they are recorded when they arrive.
@@ -88,6 +97,7 @@ class PodBoot:
             return []
         nics = await self.pod.network.attach(netns, self.pod.id)
         self.pod.log.info("network: %d interface(s) from %s", len(nics), netns)
+        self._step(f"{len(nics)} interface(s) tapped")
         return nics
 
     async def _start_vm(

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import secrets
-import signal
 import sys
-import termios
-import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import click
 from rich.table import Table
 
 from virtcontainers import api
 from virtcontainers.cli import observe
+from virtcontainers.cli.attach import attached_stdio, forwarded_signals, resize_on_winch
 from virtcontainers.cli.blockvolumes import (
     block_volume_option,
     hotplug_slots_option,
     parse_block_volume,
 )
-from virtcontainers.cli.common import VcGroup, ensure_image, fail, progress, query, stderr, stdout
+from virtcontainers.cli.common import VcGroup, ensure_image, progress, query, stderr, stdout
 from virtcontainers.cli.factory_cli import factory
+from virtcontainers.cli.options import boot_option, container_config, parse_mount
 from virtcontainers.cli.pod_net import pod_net
 from virtcontainers.cli.resources import (
     container_stats,
@@ -35,21 +30,14 @@ from virtcontainers.cli.resources import (
     limit_options,
     limits_from,
 )
+from virtcontainers.cli.run import booting, run
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import (
-    BOOT_MODES,
     DEFAULT_PATH_ENV,
     Cmd,
-    ContainerConfig,
-    Mount,
     PodConfig,
     Resources,
 )
-from virtcontainers.errors import VcError
-from virtcontainers.hostproc import ProcessRef
-from virtcontainers.limits import Limits
-
-RUN_CONTAINER_ID = "main"
 
 
 @click.group(cls=VcGroup)
@@ -80,39 +68,6 @@ def image_build(kernel: Path | None, initrd: Path | None, force: bool) -> None:
     rootfs = build_busybox_rootfs(progress=progress)
     stdout.print(f"kernel  {built.kernel}\ninitrd  {built.initrd}\nrootfs  {built.rootfs}")
     stdout.print(f"busybox container rootfs  {rootfs}")
-
-
-def container_config(
-    container_id: str,
-    rootfs: Path | None,
-    cmd: Cmd,
-    mounts: tuple[Mount, ...],
-    limits: Limits | None = None,
-) -> ContainerConfig:
-    """A container on ``rootfs``, or on the built busybox rootfs with a layer of its own.
-
-    The busybox rootfs is one directory for every pod: it stays read-only, and
-    each container's writes go to its own layer, deleted with the container.
-    """
-    limits = limits or Limits()
-    if rootfs is not None:
-        return ContainerConfig(container_id, rootfs.resolve(), cmd, mounts, limits=limits)
-    from virtcontainers.image import build_busybox_rootfs
-
-    base = build_busybox_rootfs(progress=progress)
-    return ContainerConfig(container_id, base, cmd, mounts, writable_layer=True, limits=limits)
-
-
-def boot_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--boot auto|template|cold (PodConfig.boot)."""
-    return click.option(
-        "--boot",
-        type=click.Choice(BOOT_MODES),
-        default="auto",
-        show_default=True,
-        help="Start the VM from a template (virtc factory init), boot it cold, or "
-        "take a template when one fits.",
-    )(command)
 
 
 # --- pods ----------------------------------------------------------------------------------
@@ -252,13 +207,6 @@ def pod_status(pod_id: str, as_json: bool) -> None:
 # --- containers --------------------------------------------------------------------------------
 
 
-def parse_mount(text: str) -> Mount:
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-        raise click.BadParameter(f"{text!r} is not HOST:CONTAINER[:ro|rw]", param_hint="--volume")
-    return Mount(parts[0], parts[1], read_only=len(parts) == 3 and parts[2] == "ro")
-
-
 @cli.group(cls=VcGroup)
 def container() -> None:
     """Containers inside pods."""
@@ -269,6 +217,7 @@ container.add_command(container_stats)
 pod.add_command(observe.pod_events)
 pod.add_command(pod_net)
 cli.add_command(factory)
+cli.add_command(run)
 cli.add_command(observe.metrics)
 cli.add_command(observe.top)
 
@@ -421,167 +370,6 @@ def container_exec(
 
 
 # --- run ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def attached_stdio(interactive: bool, use_tty: bool) -> Iterator[api.Stdio]:
-    """Our own fds for the process; with a terminal, raw mode while it runs."""
-    if use_tty and not os.isatty(0):
-        fail("--tty needs a terminal on stdin")
-    if not use_tty:
-        yield api.Stdio(stdin=0 if interactive else None, stdout=1, stderr=2)
-        return
-    saved = termios.tcgetattr(0)
-    tty.setraw(0)
-    try:
-        yield api.Stdio(stdin=0, stdout=1)
-    finally:
-        termios.tcsetattr(0, termios.TCSADRAIN, saved)
-
-
-@contextlib.contextmanager
-def forwarded_signals(forward: Callable[[int], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP to us go to the process in the VM instead."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(VcError):
-            forward(signum)
-
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-@contextlib.contextmanager
-def resize_on_winch(use_tty: bool, resize: Callable[[int, int], None]) -> Iterator[None]:
-    if not use_tty:
-        yield
-        return
-
-    def apply(*_args: object) -> None:
-        size = os.get_terminal_size(0)
-        with contextlib.suppress(VcError):
-            resize(size.lines, size.columns)
-
-    previous = signal.signal(signal.SIGWINCH, apply)
-    apply()
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGWINCH, previous)
-
-
-def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
-    """A spinner while the VM boots, on a terminal only: stderr stays clean in scripts."""
-    if not stderr.is_terminal:
-        return contextlib.nullcontext()
-    return stderr.status(f"starting pod {pod_id} (a VM)")
-
-
-@cli.command("run")
-@click.argument("command", nargs=-1, required=True)
-@click.option("--rm", "remove", is_flag=True, help="Delete the pod afterwards.")
-@click.option("--interactive", "-i", is_flag=True, help="Connect stdin.")
-@click.option("--tty", "-t", "use_tty", is_flag=True, help="Allocate a terminal.")
-@click.option("--rootfs", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", "pod_id", help="Pod id (default: a random one).")
-@click.option("--vcpus", type=int, default=1, show_default=True)
-@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="MiB")
-@click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE")
-@click.option("--volume", "-v", "volumes", multiple=True, help="HOST:CONTAINER[:ro]")
-@block_volume_option
-@click.option(
-    "--netns",
-    help="Network namespace (path) whose interfaces the pod's VM takes over.",
-)
-@boot_option
-@limit_options
-def run(
-    command: tuple[str, ...],
-    remove: bool,
-    interactive: bool,
-    use_tty: bool,
-    rootfs: Path | None,
-    pod_id: str | None,
-    vcpus: int,
-    memory_mib: int,
-    env: tuple[str, ...],
-    volumes: tuple[str, ...],
-    block_volumes: tuple[str, ...],
-    netns: str | None,
-    boot: str,
-    memory_limit: str | None,
-    pids_limit: int | None,
-    cpus: float | None,
-) -> None:
-    """Run COMMAND in a container in a new pod; exit with its status.
-
-    With --rm the pod is deleted afterwards, also when virtc itself is killed:
-    the pod's daemon stops and deletes a pod whose owner process is gone.
-    """
-    if pod_id is None:
-        pod_id = f"run-{secrets.token_hex(4)}"
-    try:
-        cmd = Cmd(command, env=(DEFAULT_PATH_ENV, *env), terminal=use_tty)
-        mounts = tuple(parse_mount(v) for v in volumes)
-        limits = limits_from(memory_limit, pids_limit, cpus)
-        disks = tuple(parse_block_volume(v) for v in block_volumes)
-        run_container_config = dataclasses.replace(
-            container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts, limits), block_volumes=disks
-        )
-        config = PodConfig(
-            id=pod_id,
-            # The container joins after boot: keep it a slot per disk.
-            resources=Resources(vcpus=vcpus, memory_mib=memory_mib, hotplug_slots=len(disks)),
-            netns=netns,
-            boot=boot,
-        )
-        ensure_image()
-        owner = ProcessRef.of(os.getpid()) if remove else None
-        with booting(pod_id):
-            api.run_pod(config, owner=owner)
-    except VcError as exc:
-        fail(str(exc), 125)
-    try:
-        code = _run_container(pod_id, run_container_config, interactive, use_tty)
-    finally:
-        with contextlib.suppress(VcError):
-            api.stop_pod(pod_id)
-        if remove:
-            try:
-                api.delete_pod(pod_id)
-            except VcError as exc:
-                stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
-    sys.exit(code)
-
-
-def _run_container(pod_id: str, config: ContainerConfig, interactive: bool, use_tty: bool) -> int:
-    try:
-        with attached_stdio(interactive, use_tty) as stdio:
-            api.create_container(pod_id, config, stdio)
-            api.start_container(pod_id, config.id)
-            with (
-                forwarded_signals(lambda s: api.kill_container(pod_id, config.id, s)),
-                resize_on_winch(
-                    use_tty, lambda r, c: api.resize_terminal(pod_id, config.id, None, r, c)
-                ),
-            ):
-                status = api.wait_container(pod_id, config.id)
-        if status.error:  # ended with its VM, not on its own: say why
-            stderr.print(f"[bold red]virtc:[/] pod {pod_id}: {status.error}", highlight=False)
-        elif api.container_status(pod_id, config.id).oom_killed:
-            stderr.print(
-                f"[bold red]virtc:[/] container {config.id}: killed for running out of memory",
-                highlight=False,
-            )
-        return status.exit_code
-    except VcError as exc:
-        stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
-        return 125
 
 
 def main() -> None:
