@@ -52,15 +52,17 @@ class Containerd:
         return path.read_text(errors="replace")[-size:] if path.exists() else ""
 
 
-def config_toml(base: Path, address: str, plugins: str = "") -> str:
+def config_toml(base: Path, address: str, plugins: str = "", cgroups: bool = False) -> str:
     """containerd's config: everything of its own under ``base``.
 
-    ``plugins`` is more TOML, under ``[plugins."io.containerd.grpc.v1.cri"]``.
+    ``plugins`` is more TOML, under ``[plugins."io.containerd.grpc.v1.cri"]``;
+    with ``cgroups``, the CRI plugin gives its containers host cgroups.
     """
     return (
         f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
         f'[grpc]\n  address = "{address}"\n[ttrpc]\n  address = "{address}.ttrpc"\n'
-        '[plugins]\n  [plugins."io.containerd.grpc.v1.cri"]\n    disable_cgroup = true\n' + plugins
+        '[plugins]\n  [plugins."io.containerd.grpc.v1.cri"]\n'
+        f"    disable_cgroup = {str(not cgroups).lower()}\n" + plugins
     )
 
 
@@ -71,6 +73,7 @@ def running_containerd(
     netns: str | None = None,
     namespace: str = "vctest",
     before_stop: Callable[[Containerd], None] | None = None,
+    cgroups: bool = False,
 ) -> Iterator[Containerd]:
     """containerd started with :func:`config_toml`, ready for `ctr`; stopped afterwards.
 
@@ -81,7 +84,7 @@ def running_containerd(
     """
     base = short_temp_dir("vcctd-")  # its ttrpc socket path must fit in 104 bytes
     address = str(base / "containerd.sock")
-    (base / "config.toml").write_text(config_toml(base, address, plugins))
+    (base / "config.toml").write_text(config_toml(base, address, plugins, cgroups))
     prefix = ["nsenter", f"--net={netns}"] if netns else []
     log = (base / "containerd.log").open("w")
     daemon = subprocess.Popen(

@@ -5,12 +5,15 @@ CRI's api.proto) over a private containerd's socket. containerd has a runtime
 handler ``vc`` whose runc shim calls vc-runtime, CNI from Debian's
 containernetworking-plugins (bridge, host-local, loopback), and runs inside a
 network namespace the test made: the CNI bridge and the host ends of the
-pods' veths live there, never in the host's namespace. Both images are made
-here from the busybox rootfs and imported; nothing is pulled.
+pods' veths live there, never in the host's namespace. The pod has a host
+cgroup parent, as the kubelet gives one, so the CRI plugin hands out
+cgroupsPath as it does under Kubernetes. Both images are made here from the
+busybox rootfs and imported; nothing is pulled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import short_temp_dir
+from tests.conftest import remove_all_pods, short_temp_dir
 from tests.cri.client import Cri, generate_stubs
 from tests.engines.conftest import VC_RUNTIME
 from tests.engines.containerd import Containerd, running_containerd, unmount_under
@@ -96,6 +99,8 @@ class CriEnv:
     netns: str
     """The path of the test's namespace that containerd (and the CNI bridge) is in."""
     logs: Path
+    cgroup_parent: str
+    """The pod's host cgroup, as the kubelet names one (cgroupfs style)."""
     pod_netns: list[str] = field(default_factory=list)
     """Network namespaces CNI made for the pods (bind mounts under /var/run/netns)."""
 
@@ -129,6 +134,7 @@ def cri_env(
     if missing:
         pytest.skip(missing)
     work = short_temp_dir("vccri-")
+    cgroup_parent = f"/{work.name}"
     netns_name, netns = lab.netns()
     ip("-n", netns_name, "link", "set", "lo", "up")  # the CRI's streaming server listens there
     (work / "cni").mkdir()
@@ -147,6 +153,7 @@ def cri_env(
             netns=netns,
             namespace="k8s.io",
             before_stop=remove_sandboxes,
+            cgroups=True,
         ) as containerd:
             for ref, cmd in (
                 (PAUSE_IMAGE, ("sleep", "1000000000")),
@@ -156,9 +163,11 @@ def cri_env(
                 imported = containerd.ctr("images", "import", "--digests=false", str(tar))
                 assert imported.returncode == 0, imported.stderr
             cri = Cri(containerd.address, cri_stubs)
-            holder.append(CriEnv(cri, containerd, netns, work / "logs"))
+            holder.append(CriEnv(cri, containerd, netns, work / "logs", cgroup_parent))
             yield holder[0]
     finally:
+        remove_all_pods()  # those containerd could not remove: the pod cgroup must be empty
+        _remove_cgroup(cgroup_parent)
         if holder:
             holder[0].cri.close()
         for path in holder[0].pod_netns if holder else []:
@@ -168,13 +177,39 @@ def cri_env(
 
 
 def _remove_sandboxes(env: CriEnv) -> None:
+    """What a failed test left, the kubelet's way; errors are printed, not raised,
+    so that the fixture's later steps (and the test's own error) still come."""
     pb = env.cri.pb
-    for sandbox in env.cri.call("ListPodSandbox", pb.ListPodSandboxRequest()).items:
+    try:
+        sandboxes = env.cri.call("ListPodSandbox", pb.ListPodSandboxRequest()).items
+    except Exception as exc:
+        print(f"listing sandboxes failed: {exc}")
+        return
+    for sandbox in sandboxes:
         try:
             env.cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox.id))
             env.cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id))
-        except Exception as exc:  # keep cleaning; the fixture's later steps still run
+        except Exception as exc:
             print(f"removing sandbox {sandbox.id} failed: {exc}")
+
+
+def _cgroup_dirs(path: str) -> list[Path]:
+    """The cgroup ``path`` in every hierarchy that has it."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        directory = Path(fields[4], path.lstrip("/"))
+        if fstype in ("cgroup", "cgroup2") and directory.is_dir():
+            found.append(directory)
+    return found
+
+
+def _remove_cgroup(path: str) -> None:
+    """The pod's parent cgroup, which the kubelet would own (vc removes the pod's)."""
+    for directory in _cgroup_dirs(path):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _remove_netns(path: str) -> None:
@@ -208,12 +243,12 @@ def http_get(netns: str, address: str, port: int, timeout: float = 120) -> str:
         os.close(fd)
 
 
-def _sandbox_config(pb: Any, logs: Path) -> Any:
+def _sandbox_config(pb: Any, logs: Path, cgroup_parent: str) -> Any:
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name="vc-pod", uid="uid-vc-pod", namespace="default"),
         hostname="vc-pod",
         log_directory=str(logs),
-        linux=pb.LinuxPodSandboxConfig(),
+        linux=pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent),
     )
 
 
@@ -235,7 +270,7 @@ def test_cri_pod_with_two_containers_in_one_vm(cri_env: CriEnv) -> None:
         status = cri.call("ImageStatus", pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)))
         assert ref in status.image.repo_tags
 
-    sandbox_config = _sandbox_config(pb, cri_env.logs)
+    sandbox_config = _sandbox_config(pb, cri_env.logs, cri_env.cgroup_parent)
     sandbox_id, pod_ip = _run_sandbox(cri_env, sandbox_config)
     ids = _start_containers(cri, sandbox_id, sandbox_config)
     [pod] = api.list_pods()
@@ -268,6 +303,15 @@ def test_cri_pod_with_two_containers_in_one_vm(cri_env: CriEnv) -> None:
     assert stats.cpu.usage_core_nano_seconds.value > 0, stats
     assert stats.memory.working_set_bytes.value > 0, stats
 
+    # The pod's cgroup holds its VM (QEMU, the pod daemon): the pod's usage is the VM's.
+    vm_cgroup = Path(f"/proc/{pod.vm_pid}/cgroup").read_text()
+    assert f":{cri_env.cgroup_parent}/{sandbox_id}\n" in vm_cgroup, vm_cgroup
+    pod_stats = cri.call(
+        "PodSandboxStats", pb.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id)
+    ).stats
+    assert pod_stats.linux.cpu.usage_core_nano_seconds.value > 0, pod_stats
+    assert pod_stats.linux.memory.working_set_bytes.value > 0, pod_stats
+
     for container_id in ids:
         cri.call("StopContainer", pb.StopContainerRequest(container_id=container_id, timeout=5))
         status = cri.call("ContainerStatus", pb.ContainerStatusRequest(container_id=container_id))
@@ -275,6 +319,7 @@ def test_cri_pod_with_two_containers_in_one_vm(cri_env: CriEnv) -> None:
     cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
     cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
     _assert_nothing_left(cri_env, pod.vm_pid)
+    assert _cgroup_dirs(f"{cri_env.cgroup_parent}/{sandbox_id}") == []
 
 
 def _run_sandbox(cri_env: CriEnv, config: Any) -> tuple[str, str]:
