@@ -12,7 +12,8 @@ mount points, which cannot be renamed::
     <pod>/shared/               a read-only bind of skel/, exported to the guest;
                                 the container roots and volumes are mounted on it
     <pod>/layers/<container>/   a container's own writable layer (upper, work),
-                                when its rootfs is a base shared with others
+                                when its rootfs is a base shared with others, or
+                                is read-only (the guest adds mount points there)
 
 Removing a container or the pod detaches mounts at skeleton paths only (a
 lazy unmount takes every submount along), so nothing below a directory the
@@ -87,7 +88,10 @@ class SharedDir:
             (skeleton / "rootfs").mkdir(parents=True)
             _traversable(skeleton)
             view = self.paths.shared / config.id
-            if config.writable_layer and not config.read_only_rootfs:
+            if config.writable_layer != config.read_only_rootfs and _overlayable(config):
+                # A layer of its own: a shared base never sees its writes, and a
+                # read-only source never sees the mount points crun creates in the
+                # guest before it makes the root read-only (as runc does).
                 self._mount_layered(config, view / "rootfs")
             else:
                 mounts.bind(config.rootfs, view / "rootfs", read_only=config.read_only_rootfs)
@@ -167,3 +171,9 @@ def _remove_tree(path: Path, pod_root: Path) -> None:
             f"pod {pod_root.name!r}: {path} still has mounts on it; not deleting through them"
         )
     shutil.rmtree(path)
+
+
+def _overlayable(config: ContainerConfig) -> bool:
+    """Whether the rootfs can be an overlayfs lower dir (a writable layer's is checked
+    when the config is made; a read-only root that cannot is bound read-only)."""
+    return config.writable_layer or not any(c in str(config.rootfs) for c in OVERLAY_SPECIAL)

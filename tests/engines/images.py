@@ -24,7 +24,7 @@ def _blob(blobs: dict[str, bytes], data: bytes) -> dict[str, object]:
     return {"digest": digest, "size": len(data)}
 
 
-def oci_layout_tar(rootfs: Path, out: Path, ref: str) -> Path:
+def oci_layout_tar(rootfs: Path, out: Path, ref: str, cmd: tuple[str, ...] = ("sh",)) -> Path:
     """A one-layer OCI image-layout tarball (what `ctr image import` takes)."""
     layer_tar = io.BytesIO()
     with tarfile.open(fileobj=layer_tar, mode="w") as tar:
@@ -36,7 +36,7 @@ def oci_layout_tar(rootfs: Path, out: Path, ref: str) -> Path:
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }
     config_desc = _blob(blobs, json.dumps(config).encode())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engines.conftest import CTR_IMAGE, VC_RUNTIME, Containerd
+from tests.engines.conftest import CTR_IMAGE, VC_RUNTIME
+from tests.engines.containerd import Containerd
 from virtcontainers import api
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]

@@ -139,6 +139,34 @@ def test_run_exits_with_the_container_status(
 
 
 @pytest.mark.vm
+def test_a_read_only_root_gets_the_mount_points_it_lacks(
+    runtime: Runtime, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    # What containerd's CRI does to a pause image: a read-only root, and a file
+    # bound where the image has none. runc creates the mount point, then makes
+    # the root read-only; so must the guest, without writing to the source.
+    added = tmp_path / "resolv.conf"
+    added.write_text("nameserver 192.0.2.53\n")
+
+    def read_only_with_a_bind(spec: dict[str, Any]) -> None:
+        spec["root"]["readonly"] = True
+        spec["mounts"].append(
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": str(added),
+             "options": ["rbind", "ro"]}
+        )  # fmt: skip
+
+    script = "cat /etc/resolv.conf; touch /new 2>&1; echo status=$?"
+    made = bundle(tmp_path, "ro", busybox_rootfs, ["sh", "-c", script], edit=read_only_with_a_bind)
+    result = runtime("run", "--bundle", str(made), "ro1", check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "nameserver 192.0.2.53\ntouch: /new: Read-only file system\nstatus=1\n"
+    )
+    assert not (busybox_rootfs / "etc" / "resolv.conf").exists()
+    assert api.list_pods() == []
+
+
+@pytest.mark.vm
 def test_cri_sandbox_and_two_containers_share_one_vm(
     runtime: Runtime, tmp_path: Path, busybox_rootfs: Path
 ) -> None:

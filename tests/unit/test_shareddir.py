@@ -114,6 +114,32 @@ def test_read_only_rootfs_with_a_layer_is_just_read_only(shared: SharedDir, base
     assert not shared.paths.layer("c").exists()
 
 
+def test_a_read_only_root_of_its_own_gets_a_layer_for_mount_points(
+    shared: SharedDir, base: Path
+) -> None:
+    # containerd's CRI binds /etc/resolv.conf into a read-only pause rootfs
+    # that lacks it: crun in the guest creates the mount point before it
+    # makes the root read-only, as runc does on the host.
+    source = rootfs(base)
+    shared.share(container("c", source, read_only_rootfs=True))
+    seen = shared.export / "c" / "rootfs"
+    (seen / "etc" / "resolv.conf").touch()
+    assert (seen / "etc" / "hostname").read_text() == "base\n"
+    assert not (source / "etc" / "resolv.conf").exists()
+    assert (shared.paths.layer("c") / "upper" / "etc" / "resolv.conf").exists()
+    shared.unshare("c")
+    shared.remove_layer("c")
+    assert not shared.paths.layer("c").exists()
+
+
+def test_a_read_only_root_overlayfs_cannot_take_is_bound_read_only(
+    shared: SharedDir, base: Path
+) -> None:
+    shared.share(container("c", rootfs(base, "root,fs"), read_only_rootfs=True))
+    assert_read_only(shared.export / "c" / "rootfs" / "new")
+    assert not shared.paths.layer("c").exists()
+
+
 def test_unshare_and_detach_leave_no_mount(shared: SharedDir, base: Path) -> None:
     volume = base / "file-volume"
     volume.write_text("data")
