@@ -115,3 +115,15 @@ def shell_session_in_pty(argv: list[str], env: dict[str, str]) -> tuple[int, byt
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored() -> Iterator[None]:
+    """A CLI run in-process (CliRunner) installs its own handlers: vc-runtime
+    create's SIGTERM raises SystemExit.  Left in place, a child that a later
+    test forks would inherit them and could unwind into pytest itself."""
+    signums = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGWINCH)
+    saved = {signum: signal.getsignal(signum) for signum in signums}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)

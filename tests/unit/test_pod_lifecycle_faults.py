@@ -70,8 +70,12 @@ def test_a_pod_dies_with_its_owner(run_root: Path, image: ImagePaths, rootfs: Pa
     """``virtc run --rm`` killed: the daemon stops and deletes a pod whose owner is gone."""
     owner_pid = os.fork()
     if owner_pid == 0:
-        time.sleep(600)
-        os._exit(0)
+        # The child must never return into pytest, whatever handler it inherited.
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            time.sleep(600)
+        finally:
+            os._exit(0)
     try:
         owner = ProcessRef.of(owner_pid)
         assert owner is not None
@@ -95,6 +99,7 @@ def test_a_start_whose_caller_went_away_ends_stopped(
     if starter == 0:
         # Give up at once: gone before the daemon reports ready.
         try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             api.start_pod("orphan", timeout=0.01)
         finally:
             os._exit(0)
