@@ -407,6 +407,18 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     }
     if bare and cold and templated:
         floor = bare["pss_per_unit_mib"]["mean"]
+
+        def without_tcg(point: dict[str, Any]) -> float:
+            kinds = point["pss_per_unit_by_kind_mib"]
+            return float(point["pss_per_unit_mib"]["mean"] - kinds.get("qemu_tcg_code_buffer", 0))
+
+        out["pss_without_tcg_buffer"] = {
+            "bare_vm_mib": round(without_tcg(bare), 1),
+            "cold_pod_mib": round(without_tcg(cold), 1),
+            "templated_pod_mib": round(without_tcg(templated), 1),
+            "cold_over_bare": round(without_tcg(cold) / without_tcg(bare), 2),
+            "templated_over_bare": round(without_tcg(templated) / without_tcg(bare), 2),
+        }
         out["pss"] = {
             "bare_vm_mib": floor,
             "cold_pod_mib": cold["pss_per_unit_mib"]["mean"],
@@ -438,6 +450,13 @@ def report(results: dict[str, Any]) -> list[str]:
             f"({pss['templated_over_bare']}x floor; target <= {pss['templated_target']}x: "
             f"{_met(pss['templated_over_bare'], pss['templated_target'])})",
         ]
+    if "pss_without_tcg_buffer" in top:
+        bare_only = top["pss_without_tcg_buffer"]
+        lines.append(
+            f"  without QEMU's TCG translation buffer (KVM has none): bare "
+            f"{bare_only['bare_vm_mib']:.0f} MiB, cold {bare_only['cold_over_bare']}x, "
+            f"templated {bare_only['templated_over_bare']}x"
+        )
     cpu = top["idle_cpu"]
     lines.append(
         f"idle CPU, {cpu['pods']} templated pods, {cpu['window_s']:.0f}s "

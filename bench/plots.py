@@ -19,6 +19,10 @@ KINDS = (
 )
 
 
+def machine_line(facts: dict[str, Any]) -> str:
+    return f"{facts['cpus']} cores, {facts['memory_gib']:.0f} GiB, {facts['accelerator'].upper()}"
+
+
 def _pyplot() -> Any:
     """matplotlib's pyplot, drawing to files only (no display here); imported
     when a plot is drawn, so that the table needs no matplotlib."""
@@ -99,6 +103,16 @@ def table(results: dict[str, Any], headline: dict[str, Any], when: str, machine:
             f"| {pss['templated_pod_mib']:.0f} MiB | {floor} | {pss['templated_over_bare']}{TIMES} "
             f"| ≤ {pss['templated_target']}{TIMES} |",
         ]
+    if "pss_without_tcg_buffer" in headline:
+        less = headline["pss_without_tcg_buffer"]
+        floor = f"bare VM: {less['bare_vm_mib']:.0f} MiB"
+        rows += [
+            f"| the same without QEMU's TCG translation buffer (KVM has none), cold "
+            f"| {less['cold_pod_mib']:.0f} MiB | {floor} | {less['cold_over_bare']}{TIMES} | |",
+            f"| the same without QEMU's TCG translation buffer, templated "
+            f"| {less['templated_pod_mib']:.0f} MiB | {floor} "
+            f"| {less['templated_over_bare']}{TIMES} | |",
+        ]
     cpu = headline["idle_cpu"]
     bare_cpu = results["bare"]["points"][-1]
     rows.append(
@@ -122,7 +136,48 @@ def table(results: dict[str, Any], headline: dict[str, Any], when: str, machine:
                 f"CPU {point['cpu_percent_of_one_core']:.1f}%"
             )
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    return "\n".join([*rows, "", *breakdown_table(results)])
+
+
+def breakdown_table(results: dict[str, Any]) -> list[str]:
+    """Where a member's PSS goes at the cold fleet's size, and what its guest says."""
+    n = results["cold"]["size"]
+    points = {k: next((p for p in results[k]["points"] if p["n"] == n), None) for k, _, _ in KINDS}
+    rows = [f"| per member, {n} at once, MiB | " + " | ".join(lb for _, lb, _ in KINDS) + " |"]
+    rows.append("| --- |" + " --- |" * len(KINDS))
+    parts = sorted({part for p in points.values() if p for part in p["pss_per_unit_by_kind_mib"]})
+    for part in parts:
+        cells = [
+            "—" if p is None else f"{p['pss_per_unit_by_kind_mib'].get(part, 0.0):.0f}"
+            for p in points.values()
+        ]
+        rows.append(f"| host PSS: {part} | " + " | ".join(cells) + " |")
+    fields = sorted({f for k, _, _ in KINDS for f in results[k]["guest_meminfo_mib"]})
+    for field in fields:
+        cells = []
+        for kind, _, _ in KINDS:
+            guest = results[kind]["guest_meminfo_mib"]
+            cells.append(f"{guest[field]:.0f}" if field in guest else "—")
+        rows.append(f"| guest meminfo (at its largest N): {field} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def main() -> None:
+    """Redraw the plots and the table from bench/results.json (no measuring)."""
+    import json
+
+    import density
+
+    results = json.loads((Path(__file__).with_name("results.json")).read_text())
+    figures, facts = results["density"], results["machine"]
+    figures["headline"] = density.headline(figures)
+    machine = (
+        f"{facts['cpus']} cores, {facts['memory_gib']:.0f} GiB, {facts['accelerator'].upper()}"
+    )
+    plot_density(figures, machine)
+    plot_breakdown(figures, machine)
+    when = results["when"][:16].replace("T", " ") + " UTC"
+    write_table(DOCS / "measurements.md", table(figures, figures["headline"], when, machine))
 
 
 def write_table(doc: Path, text: str) -> None:
@@ -131,3 +186,7 @@ def write_table(doc: Path, text: str) -> None:
     begin = content.index(TABLE_BEGIN) + len(TABLE_BEGIN)
     end = content.index(TABLE_END)
     doc.write_text(content[:begin] + "\n\n" + text + "\n\n" + content[end:])
+
+
+if __name__ == "__main__":
+    main()

@@ -205,10 +205,6 @@ def machine(accelerator: str) -> dict[str, Any]:
     }
 
 
-def machine_line(facts: dict[str, Any]) -> str:
-    return f"{facts['cpus']} cores, {facts['memory_gib']:.0f} GiB, {facts['accelerator'].upper()}"
-
-
 def run_density(args: argparse.Namespace, rootfs: Path, facts: dict[str, Any]) -> dict[str, Any]:
     """The density sweep, its plots in docs/ and its table in docs/measurements.md."""
     config = density.DensityConfig(
@@ -222,9 +218,9 @@ def run_density(args: argparse.Namespace, rootfs: Path, facts: dict[str, Any]) -
     for line in density.report(figures):
         print(line)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    plots.plot_density(figures, machine_line(facts))
-    plots.plot_breakdown(figures, machine_line(facts))
-    table = plots.table(figures, figures["headline"], when, machine_line(facts))
+    plots.plot_density(figures, plots.machine_line(facts))
+    plots.plot_breakdown(figures, plots.machine_line(facts))
+    table = plots.table(figures, figures["headline"], when, plots.machine_line(facts))
     plots.write_table(plots.DOCS / "measurements.md", table)
     print(f"wrote {plots.DENSITY_PNG}, {plots.BREAKDOWN_PNG} and the table in docs/measurements.md")
     return figures
