@@ -19,7 +19,7 @@ from virtcontainers.hypervisor import (
     VMConfig,
     VMState,
 )
-from virtcontainers.hypervisor.qemu_command import render_device
+from virtcontainers.hypervisor.qemu_command import TCG_TB_MIB, render_device
 
 
 def _config(tmp_path: Path, **kw: object) -> VMConfig:
@@ -95,7 +95,7 @@ def test_microvm_tcg_argv(tmp_path: Path) -> None:
     argv = _command(tmp_path, tsc_khz=2100000).argv()
     assert argv[0] == "qemu-system-x86_64"
     assert _pairs(argv, "-M") == ["microvm,pcie=on,rtc=on"]
-    assert _pairs(argv, "-accel") == ["tcg"]
+    assert _pairs(argv, "-accel") == [f"tcg,tb-size={TCG_TB_MIB}"]
     assert _pairs(argv, "-cpu") == ["max"]
     assert _pairs(argv, "-m") == ["512M"]
     assert _pairs(argv, "-smp") == ["1"]
@@ -127,7 +127,7 @@ def test_kvm_uses_host_cpu(tmp_path: Path) -> None:
 
 def test_tcg_thread_option(tmp_path: Path) -> None:
     argv = _command(tmp_path, tcg_thread="single").argv()
-    assert _pairs(argv, "-accel") == ["tcg,thread=single"]
+    assert _pairs(argv, "-accel") == [f"tcg,tb-size={TCG_TB_MIB},thread=single"]
 
 
 def test_q35_has_hotplug_ports(tmp_path: Path) -> None:
@@ -258,11 +258,11 @@ def test_qemu_state_rules_without_process(tmp_path: Path) -> None:
 def test_tcg_single_thread_by_default_with_several_vcpus(tmp_path: Path) -> None:
     cfg = _config(tmp_path, vcpus=2)
     cmd = QemuCommand(config=cfg, accelerator=Accelerator.TCG, machine="microvm", devices=())
-    assert _pairs(cmd.argv(), "-accel") == ["tcg,thread=single"]
+    assert _pairs(cmd.argv(), "-accel") == [f"tcg,tb-size={TCG_TB_MIB},thread=single"]
     multi = QemuCommand(
         config=cfg, accelerator=Accelerator.TCG, machine="microvm", devices=(), tcg_thread="multi"
     )
-    assert _pairs(multi.argv(), "-accel") == ["tcg,thread=multi"]
+    assert _pairs(multi.argv(), "-accel") == [f"tcg,tb-size={TCG_TB_MIB},thread=multi"]
 
 
 def test_mitigations_are_off_only_under_tcg(tmp_path: Path) -> None:
