@@ -214,25 +214,29 @@ class PodFleet:
             units.append(unit)
         return units
 
-    def meminfo(self) -> dict[str, int]:
-        """The first pod's guest meminfo, read by its agent."""
-        if not self.ids:
-            return {}
+    def run(self, script: str) -> str:
+        """Run a shell line in the first pod's VM; its output (bounded)."""
         read_end, write_end = os.pipe()
         try:
-            cmd = Cmd(("/bin/busybox", "cat", "/proc/meminfo"))
+            cmd = Cmd(("/bin/busybox", "sh", "-c", script))
             handle = api.enter_pod(self.ids[0], cmd, api.Stdio(stdout=write_end))
             os.close(write_end)
             write_end = -1
             out = b""
             while (chunk := os.read(read_end, 4096)) and len(out) < 65536:
                 out += chunk
-            api.wait_process(self.ids[0], None, handle.exec_id)
+            status = api.wait_process(self.ids[0], None, handle.exec_id)
         finally:
             if write_end >= 0:
                 os.close(write_end)
             os.close(read_end)
-        return meminfo_kib(out.decode(errors="replace"))
+        if status.exit_code != 0:
+            raise RuntimeError(f"{script!r} in pod {self.ids[0]}: exit {status.exit_code}")
+        return out.decode(errors="replace")
+
+    def meminfo(self) -> dict[str, int]:
+        """The first pod's guest meminfo, read by its agent."""
+        return meminfo_kib(self.run("cat /proc/meminfo")) if self.ids else {}
 
     def close(self) -> None:
         for pod_id in self.ids:
@@ -241,6 +245,40 @@ class PodFleet:
             except Exception as error:  # one pod's failure must not leave the others
                 progress(f"removing {pod_id}: {error}")
         self.ids.clear()
+
+
+BURST_MIB = 200
+BURST_WAIT = 10.0
+BURST = (
+    "mkdir -p /tmp/vc-burst && mount -t tmpfs tmpfs /tmp/vc-burst && "
+    f"dd if=/dev/zero of=/tmp/vc-burst/fill bs=1M count={BURST_MIB} 2>/dev/null"
+)
+BURST_END = "rm /tmp/vc-burst/fill && umount /tmp/vc-burst"
+
+
+def burst(fleet: PodFleet, kernel: Path, memory_mib: int) -> dict[str, float]:
+    """Does a pod hand back memory its guest used and freed?  The first pod's
+    guest fills a tmpfs with BURST_MIB MiB, then removes it; its QEMU's guest
+    RAM PSS is read before, while the file is there, and BURST_WAIT s after."""
+    pid = fleet.units()[0]["qemu"][0]
+
+    def guest_ram() -> float:
+        return _mib(qemu_breakdown_kib(pid, kernel, memory_mib).get("guest_ram", 0))
+
+    before = guest_ram()
+    fleet.run(BURST)
+    held = guest_ram()
+    fleet.run(BURST_END)
+    time.sleep(BURST_WAIT)
+    after = guest_ram()
+    progress(f"a {BURST_MIB} MiB burst: guest RAM {before:.0f} → {held:.0f} → {after:.0f} MiB")
+    return {
+        "burst_mib": BURST_MIB,
+        "guest_ram_before_mib": before,
+        "guest_ram_held_mib": held,
+        "guest_ram_after_mib": after,
+        "wait_s": BURST_WAIT,
+    }
 
 
 def _mib(kib: float) -> float:
@@ -377,12 +415,14 @@ def measure(config: DensityConfig, rootfs: Path) -> dict[str, Any]:
             results["bare"] = sweep("bare VMs", vms, config.bare, config, image.kernel)
     with PodFleet(rootfs, "cold") as pods:
         results["cold"] = sweep("cold pods", pods, config.cold, config, image.kernel)
+        results["cold"]["burst"] = burst(pods, image.kernel, config.memory_mib)
     with a_template(config.memory_mib) as where:
         results["template"] = where
         with PodFleet(rootfs, "template") as pods:
             results["templated"] = sweep(
                 "templated pods", pods, config.templated, config, image.kernel
             )
+            results["templated"]["burst"] = burst(pods, image.kernel, config.memory_mib)
     results["ratios"] = ratios(results)
     results["targets"] = TARGETS
     return results
@@ -463,6 +503,14 @@ def report(results: dict[str, Any]) -> list[str]:
         f"{cpu['percent_of_one_core']:.1f}% of one core (target < {cpu['target_below']:.0f}%: "
         f"{_met(cpu['percent_of_one_core'], cpu['target_below'] - 1e-9)})"
     )
+    for kind in ("cold", "templated"):
+        if "burst" in results[kind]:
+            b = results[kind]["burst"]
+            lines.append(
+                f"a {b['burst_mib']} MiB burst in a {kind} pod's guest: guest RAM PSS "
+                f"{b['guest_ram_before_mib']:.0f} → {b['guest_ram_held_mib']:.0f} → "
+                f"{b['guest_ram_after_mib']:.0f} MiB {b['wait_s']:.0f}s after it was freed"
+            )
     for kind in ("bare", "cold", "templated"):
         point = results[kind]["points"][-1]
         parts = ", ".join(f"{k} {v:.0f}" for k, v in point["pss_per_unit_by_kind_mib"].items())

@@ -121,6 +121,16 @@ def table(results: dict[str, Any], headline: dict[str, Any], when: str, machine:
         f"| {bare_cpu['n']} bare VMs: {bare_cpu['cpu_percent_of_one_core']:.1f}% | "
         f"| < {cpu['target_below']:.0f}% |"
     )
+    for kind, label, _ in KINDS:
+        if "burst" in results[kind]:
+            b = results[kind]["burst"]
+            rows.append(
+                f"| a {b['burst_mib']} MiB burst in a {label}'s guest, then freed: "
+                f"its guest RAM's PSS {b['wait_s']:.0f} s later "
+                f"| {b['guest_ram_after_mib']:.0f} MiB (held: {b['guest_ram_held_mib']:.0f}) "
+                f"| before the burst: {b['guest_ram_before_mib']:.0f} MiB "
+                f"| {b['guest_ram_after_mib'] / b['guest_ram_before_mib']:.2f}{TIMES} | |"
+            )
     rows += ["", "| N | " + " | ".join(label for _, label, _ in KINDS) + " |"]
     rows.append("| --- |" + " --- |" * len(KINDS))
     ns = sorted({p["n"] for kind, _, _ in KINDS for p in results[kind]["points"]})

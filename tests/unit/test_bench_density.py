@@ -80,7 +80,16 @@ def test_ratios_and_headline_compare_pods_with_bare_vms_at_the_same_n() -> None:
 
 def test_the_table_names_every_n_and_replaces_only_its_own_section(tmp_path: Path) -> None:
     figures = results()
+    figures["cold"]["burst"] = {
+        "burst_mib": 200,
+        "guest_ram_before_mib": 100.0,
+        "guest_ram_held_mib": 300.0,
+        "guest_ram_after_mib": 110.0,
+        "wait_s": 10.0,
+    }
     text = plots.table(figures, density.headline(figures), "today", "2 cores, TCG")
+    assert "a 200 MiB burst in a cold pod's guest" in text
+    assert "| 110 MiB (held: 300) | before the burst: 100 MiB | 1.10" in text
     assert "| 20 | — | — | 50 MiB PSS each" in text
     assert "1.2\N{MULTIPLICATION SIGN}" in text
     doc = tmp_path / "measurements.md"

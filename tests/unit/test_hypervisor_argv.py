@@ -19,6 +19,7 @@ from virtcontainers.hypervisor import (
     VMConfig,
     VMState,
 )
+from virtcontainers.hypervisor.base import MemoryFile
 from virtcontainers.hypervisor.qemu_command import TCG_TB_MIB, render_device
 
 
@@ -179,7 +180,8 @@ def test_create_adds_agent_port_and_block_first(tmp_path: Path) -> None:
     devices = _pairs(argv, "-device")
     assert devices[0] == "virtio-serial-pci,id=vc-vser"
     assert devices[1] == "virtio-blk-pci,drive=root,id=root"
-    assert devices[-1].endswith("name=agent,id=vc-agent")
+    assert devices[-2].endswith("name=agent,id=vc-agent")
+    assert devices[-1].startswith("virtio-balloon-pci,")
     assert vm.agent_socket_path() == tmp_path / "run" / "agent.sock"
     assert vm.console_path() == tmp_path / "run" / "console.log"
     caps = vm.capabilities()
@@ -277,3 +279,14 @@ def test_mitigations_are_off_only_under_tcg(tmp_path: Path) -> None:
         command = QemuCommand(config=config, accelerator=accelerator, machine="microvm", devices=())
         cmdline = command.kernel_cmdline()
         assert ("mitigations=off" in cmdline.split()) is expected
+
+
+def test_free_page_reporting_only_for_anonymous_guest_ram(tmp_path: Path) -> None:
+    balloon = "virtio-balloon-pci,id=vc-balloon,free-page-reporting=on"
+    assert balloon in _pairs(_command(tmp_path).argv(), "-device")
+    # A template's RAM file, or a clone's private copy of it: QEMU would punch
+    # the reported pages out of the file, under the template's other clones.
+    for shared in (True, False):
+        config = _config(tmp_path, memory_file=MemoryFile(tmp_path / "memory", shared=shared))
+        cmd = QemuCommand(config=config, accelerator=Accelerator.TCG, machine="microvm", devices=())
+        assert not any("balloon" in d for d in _pairs(cmd.argv(), "-device"))

@@ -27,9 +27,11 @@ GUEST_MODULES: tuple[str, ...] = (
     "fuse",
     "virtiofs",
     "virtio_net",
+    "virtio_balloon",
 )
 """What the guest uses today: PCI transport, root disk, agent port, shared fs,
-pod networking (virtio_net, which pulls in net_failover and failover).
+pod networking (virtio_net, which pulls in net_failover and failover), and
+free page reporting (virtio_balloon: the guest returns the pages it freed).
 
 Each module costs boot time under TCG (the seven of networking, vsock and
 overlay took ≈0.15 s of guest time), so a feature adds its modules when it
