@@ -111,6 +111,7 @@ class BareVMs:
         self.run_root = run_root
         self.memory_mib = memory_mib
         self.vms: list[Hypervisor] = []
+        self.lost: list[str] = []
         self.loop = asyncio.new_event_loop()
 
     def __enter__(self) -> BareVMs:

@@ -49,6 +49,7 @@ from bare import BareVMs, bare_initrd
 from templates import own_factory, pod_start_once, remove
 from virtcontainers import api
 from virtcontainers.config import Cmd
+from virtcontainers.errors import NotFoundError
 from virtcontainers.factory import Factory
 from virtcontainers.image import find_image
 from virtcontainers.templatevm import current_shape, init_template
@@ -72,6 +73,9 @@ class DensityConfig:
 
 
 class Fleet(Protocol):
+    lost: list[str]
+    """Members that went away by themselves while measured."""
+
     def add(self) -> float: ...
 
     def units(self) -> list[dict[str, list[int]]]: ...
@@ -187,6 +191,8 @@ class PodFleet:
         self.rootfs = rootfs
         self.boot = boot
         self.ids: list[str] = []
+        self.lost: list[str] = []
+        self.count = 0
 
     def __enter__(self) -> PodFleet:
         return self
@@ -195,14 +201,22 @@ class PodFleet:
         self.close()
 
     def add(self) -> float:
-        pod_id = f"bench-dens-{self.boot}-{os.getpid()}-{len(self.ids)}"
+        pod_id = f"bench-dens-{self.boot}-{os.getpid()}-{self.count}"
+        self.count += 1
         self.ids.append(pod_id)
         return pod_start_once(self.rootfs, pod_id, self.boot)
 
     def units(self) -> list[dict[str, list[int]]]:
         units = []
-        for pod_id in self.ids:
-            status = api.pod_status(pod_id)
+        for pod_id in list(self.ids):
+            try:
+                status = api.pod_status(pod_id)
+            except NotFoundError:
+                # Reported and counted, not fatal: the figures then say how many were measured.
+                progress(f"pod {pod_id} is gone: measuring the others")
+                self.ids.remove(pod_id)
+                self.lost.append(pod_id)
+                continue
             unit: dict[str, list[int]] = {}
             if status.vm_pid is not None:
                 unit["qemu"] = [status.vm_pid]
@@ -293,6 +307,8 @@ def snapshot(
     settled = settle(pids, label)
     cpu = cpu_percent(pids, cpu_window)
     units = fleet.units()
+    if len(units) != n:
+        progress(f"{label}: {len(units)} measured (the others are gone)")
     per_unit = [sum(pss_kib(pid) for group in unit.values() for pid in group) for unit in units]
     breakdown: dict[str, float] = {}
     for unit in units:
@@ -304,6 +320,7 @@ def snapshot(
                 breakdown[role] = breakdown.get(role, 0) + pss_kib(pid)
     return {
         "n": n,
+        "measured": len(units),
         "settle_s": round(settled, 1),
         "cpu_window_s": cpu_window,
         "cpu_percent_of_one_core": round(cpu, 2),
@@ -370,6 +387,7 @@ def sweep(
         },
         "points": points,
         "guest_meminfo_mib": guest,
+        "lost": list(fleet.lost),
     }
 
 

@@ -42,6 +42,8 @@ from virtcontainers.config import (
 from virtcontainers.errors import VcError
 from virtcontainers.hostproc import ProcessRef
 from virtcontainers.limits import Limits
+from virtcontainers.store import Store
+from virtcontainers.timings import Timings, mark, timed_stdout
 
 RUN_CONTAINER_ID = "main"
 
@@ -490,6 +492,9 @@ def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
 )
 @boot_option
 @limit_options
+@click.option(
+    "--timings", "show_timings", is_flag=True, help="Print how long each step took (stderr)."
+)
 def run(
     command: tuple[str, ...],
     remove: bool,
@@ -506,12 +511,15 @@ def run(
     memory_limit: str | None,
     pids_limit: int | None,
     cpus: float | None,
+    show_timings: bool,
 ) -> None:
     """Run COMMAND in a container in a new pod; exit with its status.
 
     With --rm the pod is deleted afterwards, also when virtc itself is killed:
     the pod's daemon stops and deletes a pod whose owner process is gone.
     """
+    timings = Timings() if show_timings else None
+    mark(timings, "CLI imported, arguments parsed")
     if pod_id is None:
         pod_id = f"run-{secrets.token_hex(4)}"
     try:
@@ -527,13 +535,19 @@ def run(
         )
         ensure_image()
         owner = ProcessRef.of(os.getpid()) if remove else None
+        mark(timings, "config made, image found")
         with booting(pod_id):
             api.run_pod(config, owner=owner)
+        mark(timings, "run_pod returned: pod running")
+        if timings is not None:
+            timings.add_daemon_log(Store().paths(pod_id).log)
     except VcError as exc:
         fail(str(exc), 125)
     try:
-        code = _run_container(pod_id, run_container_config, interactive, use_tty)
+        code = _run_container(pod_id, run_container_config, interactive, use_tty, timings)
     finally:
+        if timings is not None:
+            stderr.print(timings.render(), highlight=False, markup=False)
         with contextlib.suppress(VcError):
             api.stop_pod(pod_id)
         if remove:
@@ -544,11 +558,23 @@ def run(
     sys.exit(code)
 
 
-def _run_container(pod_id: str, config: ContainerConfig, interactive: bool, use_tty: bool) -> int:
+def _run_container(
+    pod_id: str,
+    config: ContainerConfig,
+    interactive: bool,
+    use_tty: bool,
+    timings: Timings | None = None,
+) -> int:
     try:
-        with attached_stdio(interactive, use_tty) as stdio:
+        with (
+            attached_stdio(interactive, use_tty) as ours,
+            timed_stdout(timings, ours.stdout) as out,
+        ):
+            stdio = api.Stdio(stdin=ours.stdin, stdout=out, stderr=ours.stderr)
             api.create_container(pod_id, config, stdio)
+            mark(timings, "container created")
             api.start_container(pod_id, config.id)
+            mark(timings, "container started")
             with (
                 forwarded_signals(lambda s: api.kill_container(pod_id, config.id, s)),
                 resize_on_winch(
@@ -556,6 +582,7 @@ def _run_container(pod_id: str, config: ContainerConfig, interactive: bool, use_
                 ),
             ):
                 status = api.wait_container(pod_id, config.id)
+            mark(timings, "container exited")
         if status.error:  # ended with its VM, not on its own: say why
             stderr.print(f"[bold red]virtc:[/] pod {pod_id}: {status.error}", highlight=False)
         elif api.container_status(pod_id, config.id).oom_killed:
