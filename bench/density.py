@@ -146,10 +146,14 @@ def _mapping_kind(header: list[str], kernel: Path, guest_kib: int, size_kib: int
     return "files"
 
 
-def qemu_breakdown_kib(pid: int, kernel: Path, memory_mib: int) -> dict[str, int]:
-    """QEMU's PSS by kind of mapping (kB)."""
-    kinds: dict[str, int] = {}
-    kind = "files"
+_GUEST_RAM: dict[tuple[int, str], tuple[int, int]] = {}
+"""Where each QEMU's guest RAM lies, once seen whole: discarding reported free
+pages may split its mapping, whose parts are then found by their addresses."""
+
+
+def _smaps(pid: int) -> list[tuple[int, int, list[str], int]]:
+    """QEMU's mappings: start, end, header fields, PSS (kB)."""
+    mappings: list[tuple[int, int, list[str], int]] = []
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
             parts = line.split()
@@ -157,9 +161,31 @@ def qemu_breakdown_kib(pid: int, kernel: Path, memory_mib: int) -> dict[str, int
                 continue
             if "-" in parts[0] and not parts[0].endswith(":"):
                 low, high = (int(x, 16) for x in parts[0].split("-"))
-                kind = _mapping_kind(parts, kernel, memory_mib * 1024, (high - low) // 1024)
-            elif parts[0] == "Pss:":
-                kinds[kind] = kinds.get(kind, 0) + int(parts[1])
+                mappings.append((low, high, parts, 0))
+            elif parts[0] == "Pss:" and mappings:
+                low, high, header, _ = mappings[-1]
+                mappings[-1] = (low, high, header, int(parts[1]))
+    return mappings
+
+
+def qemu_breakdown_kib(pid: int, kernel: Path, memory_mib: int) -> dict[str, int]:
+    """QEMU's PSS by kind of mapping (kB)."""
+    guest_kib = memory_mib * 1024
+    mappings = _smaps(pid)
+    ram: tuple[int, int] | None = None
+    with contextlib.suppress(OSError):
+        key = (pid, Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[19])
+        for low, high, header, _ in mappings:
+            if _mapping_kind(header, kernel, guest_kib, (high - low) // 1024) == "guest_ram":
+                _GUEST_RAM[key] = (low, high)
+        ram = _GUEST_RAM.get(key)
+    kinds: dict[str, int] = {}
+    for low, high, header, pss in mappings:
+        if ram is not None and ram[0] <= low and high <= ram[1]:
+            kind = "guest_ram"
+        else:
+            kind = _mapping_kind(header, kernel, guest_kib, (high - low) // 1024)
+        kinds[kind] = kinds.get(kind, 0) + pss
     return kinds
 
 
