@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed
 IMAGE_STAMP := $(VENV)/.image
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint unit bench deps image clean
+.PHONY: demo test lint unit bench bench-density deps image clean
 
 deps: $(APT_STAMP) $(VENV_STAMP)
 
@@ -23,7 +23,7 @@ $(APT_STAMP):
 $(VENV_STAMP): pyproject.toml | $(APT_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 # The image is cached by a hash of its inputs: this is a no-op when nothing changed.
@@ -47,8 +47,12 @@ unit: deps
 test: image lint
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --basetemp=/tmp/vc-pytest
 
+# All of it, density included (≈15 min here); bench-density is the density sweep alone.
 bench: image
 	$(BIN)/python bench/run.py
+
+bench-density: image
+	$(BIN)/python bench/run.py --only density
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

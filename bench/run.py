@@ -12,12 +12,15 @@
 - agent import in the guest: what the start stub does before ``main()``
   (``import agent``: the package and the stdlib modules it needs), timed by
   the guest's Python after dropping the guest's page cache, as at boot.
+- density (bench/density.py): PSS and CPU of 1, 5, 10, 20 idle pods at once,
+  cold and templated, beside as many idle bare VMs (bench/bare.py); with
+  plots in docs/ and a table in docs/measurements.md (bench/plots.py).
 - network (bench/network.py): TCP throughput and round trips from a client
   namespace to a container of a pod on a veth, against the same server in a
   plain namespace.
 
-Writes bench/results.json (``--only network`` updates its network figures
-and keeps the rest).  This machine is noisy: read the ratios.
+Writes bench/results.json (``--only network`` or ``--only density`` updates
+those figures and keeps the rest).  This machine is noisy: read the ratios.
 """
 
 from __future__ import annotations
@@ -35,18 +38,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import density
 import network
+import plots
 import templates
+from bare import bare_boot_once, bare_initrd
 from templates import pod_start_once
 from virtcontainers import api
 from virtcontainers.config import Cmd
-from virtcontainers.hypervisor import HypervisorKind, VMConfig, detect_accelerator, new_hypervisor
+from virtcontainers.hypervisor import detect_accelerator
 from virtcontainers.image import build_busybox_rootfs, find_image
-from virtcontainers.image.cpio import CpioWriter, write_gzip_cpio
 from virtcontainers.image.rootfs import AGENT_ZIP
 
 RESULTS = Path(__file__).with_name("results.json")
-MARKER = "VC-BENCH-INIT"
 AGENT_IMPORT = f"""
 import sys, time
 with open("/proc/sys/vm/drop_caches", "w") as caches:
@@ -56,39 +60,6 @@ started = time.perf_counter()
 import agent
 print(time.perf_counter() - started)
 """
-
-
-def bare_initrd(path: Path) -> None:
-    script = f"#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox poweroff -f\n"
-
-    def fill(writer: CpioWriter) -> None:
-        writer.directory("bin")
-        writer.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
-        writer.file("init", script.encode(), 0o755)
-
-    write_gzip_cpio(path, fill)
-
-
-async def bare_boot_once(kernel: Path, initrd: Path, run_dir: Path) -> float:
-    hypervisor = new_hypervisor(HypervisorKind.QEMU)
-    await hypervisor.create(
-        VMConfig(vm_id="bench-bare", kernel=kernel, initrd=initrd, run_dir=run_dir)
-    )
-    started = time.monotonic()
-    try:
-        await hypervisor.start()
-        code = await asyncio.wait_for(hypervisor.wait(), 120)
-        elapsed = time.monotonic() - started
-    finally:
-        await hypervisor.stop()
-    console = (
-        hypervisor.console_path().read_text(errors="replace")
-        if hypervisor.console_path().exists()
-        else ""
-    )
-    if MARKER not in console and code != 0:
-        raise RuntimeError(f"bare boot did not reach init (exit {code})")
-    return elapsed
 
 
 def bare_boot(kernel: Path, runs: int) -> list[float]:
@@ -218,38 +189,85 @@ def previous_results() -> dict[str, Any]:
     return previous if isinstance(previous, dict) else {}
 
 
+def machine(accelerator: str) -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.machine(),
+    )
+    memory_kib = density.meminfo_kib(Path("/proc/meminfo").read_text())["MemTotal"]
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "accelerator": accelerator,
+    }
+
+
+def run_density(args: argparse.Namespace, rootfs: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """The density sweep, its plots in docs/ and its table in docs/measurements.md."""
+    config = density.DensityConfig(
+        bare=args.density_bare,
+        cold=args.density_cold,
+        templated=args.density_templated,
+        cpu_window=args.cpu_window,
+    )
+    figures = density.measure(config, rootfs)
+    figures["headline"] = density.headline(figures)
+    for line in density.report(figures):
+        print(line)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    plots.plot_density(figures, plots.machine_line(facts))
+    plots.plot_breakdown(figures, plots.machine_line(facts))
+    table = plots.table(figures, figures["headline"], when, plots.machine_line(facts))
+    plots.write_table(plots.DOCS / "measurements.md", table)
+    print(f"wrote {plots.DENSITY_PNG}, {plots.BREAKDOWN_PNG} and the table in docs/measurements.md")
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=["network"], help="run only this part")
+    parser.add_argument("--only", choices=["network", "density"], help="run only this part")
     parser.add_argument("--runs", type=int, default=5, help="boots of each kind; network runs")
     parser.add_argument("--execs", type=int, default=20, help="exec round trips")
     parser.add_argument("--net-mib", type=int, default=64, help="MiB per throughput run")
     parser.add_argument(
         "--net-round-trips", type=int, default=1000, help="TCP round trips per network run"
     )
+    parser.add_argument("--density-bare", type=int, default=10, help="idle bare VMs, at most")
+    parser.add_argument("--density-cold", type=int, default=10, help="idle cold pods, at most")
+    parser.add_argument(
+        "--density-templated", type=int, default=20, help="idle templated pods, at most"
+    )
+    parser.add_argument(
+        "--cpu-window", type=float, default=30.0, help="seconds of CPU read at a fleet's largest N"
+    )
     args = parser.parse_args()
     config = network.NetBenchConfig(
         runs=args.runs, mib=args.net_mib, round_trips=args.net_round_trips
     )
-    # SIGTERM unwinds like Ctrl-C does, through every cleanup (pods, namespaces, servers).
+    # SIGTERM unwinds like Ctrl-C does, through every cleanup (pods, VMs, namespaces, servers).
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     rootfs = build_busybox_rootfs()
     accelerator, reason = detect_accelerator()
     progress(f"accelerator {accelerator.value}: {reason}")
+    facts = machine(accelerator.value)
 
     results = previous_results() if args.only else {}
+    ratios = results.setdefault("ratios", {})
     if args.only is None:
         results.update(core(args, rootfs))
-    results["network"] = network.measure(config, rootfs, progress)
-    ratios = results.setdefault("ratios", {})
-    ratios.update({f"network_{k}": v for k, v in results["network"]["ratios"].items()})
-    for line in network.report(results["network"]):
-        print(line)
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "accelerator": accelerator.value,
-    }
+        ratios = results["ratios"]
+    if args.only in (None, "network"):
+        results["network"] = network.measure(config, rootfs, progress)
+        ratios.update({f"network_{k}": v for k, v in results["network"]["ratios"].items()})
+        for line in network.report(results["network"]):
+            print(line)
+    if args.only in (None, "density"):
+        results["density"] = run_density(args, rootfs, facts)
+        ratios.update({f"density_{k}": v for k, v in results["density"]["ratios"].items()})
+    results["machine"] = facts
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

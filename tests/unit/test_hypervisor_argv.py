@@ -19,7 +19,8 @@ from virtcontainers.hypervisor import (
     VMConfig,
     VMState,
 )
-from virtcontainers.hypervisor.qemu_command import render_device
+from virtcontainers.hypervisor.base import MemoryFile
+from virtcontainers.hypervisor.qemu_command import TCG_TB_MIB, render_device
 
 
 def _config(tmp_path: Path, **kw: object) -> VMConfig:
@@ -95,7 +96,7 @@ def test_microvm_tcg_argv(tmp_path: Path) -> None:
     argv = _command(tmp_path, tsc_khz=2100000).argv()
     assert argv[0] == "qemu-system-x86_64"
     assert _pairs(argv, "-M") == ["microvm,pcie=on,rtc=on"]
-    assert _pairs(argv, "-accel") == ["tcg"]
+    assert _pairs(argv, "-accel") == [f"tcg,tb-size={TCG_TB_MIB}"]
     assert _pairs(argv, "-cpu") == ["max"]
     assert _pairs(argv, "-m") == ["512M"]
     assert _pairs(argv, "-smp") == ["1"]
@@ -127,7 +128,7 @@ def test_kvm_uses_host_cpu(tmp_path: Path) -> None:
 
 def test_tcg_thread_option(tmp_path: Path) -> None:
     argv = _command(tmp_path, tcg_thread="single").argv()
-    assert _pairs(argv, "-accel") == ["tcg,thread=single"]
+    assert _pairs(argv, "-accel") == [f"tcg,tb-size={TCG_TB_MIB},thread=single"]
 
 
 def test_q35_has_hotplug_ports(tmp_path: Path) -> None:
@@ -179,7 +180,8 @@ def test_create_adds_agent_port_and_block_first(tmp_path: Path) -> None:
     devices = _pairs(argv, "-device")
     assert devices[0] == "virtio-serial-pci,id=vc-vser"
     assert devices[1] == "virtio-blk-pci,drive=root,id=root"
-    assert devices[-1].endswith("name=agent,id=vc-agent")
+    assert devices[-2].endswith("name=agent,id=vc-agent")
+    assert devices[-1].startswith("virtio-balloon-pci,")
     assert vm.agent_socket_path() == tmp_path / "run" / "agent.sock"
     assert vm.console_path() == tmp_path / "run" / "console.log"
     caps = vm.capabilities()
@@ -258,11 +260,11 @@ def test_qemu_state_rules_without_process(tmp_path: Path) -> None:
 def test_tcg_single_thread_by_default_with_several_vcpus(tmp_path: Path) -> None:
     cfg = _config(tmp_path, vcpus=2)
     cmd = QemuCommand(config=cfg, accelerator=Accelerator.TCG, machine="microvm", devices=())
-    assert _pairs(cmd.argv(), "-accel") == ["tcg,thread=single"]
+    assert _pairs(cmd.argv(), "-accel") == [f"tcg,tb-size={TCG_TB_MIB},thread=single"]
     multi = QemuCommand(
         config=cfg, accelerator=Accelerator.TCG, machine="microvm", devices=(), tcg_thread="multi"
     )
-    assert _pairs(multi.argv(), "-accel") == ["tcg,thread=multi"]
+    assert _pairs(multi.argv(), "-accel") == [f"tcg,tb-size={TCG_TB_MIB},thread=multi"]
 
 
 def test_mitigations_are_off_only_under_tcg(tmp_path: Path) -> None:
@@ -277,3 +279,14 @@ def test_mitigations_are_off_only_under_tcg(tmp_path: Path) -> None:
         command = QemuCommand(config=config, accelerator=accelerator, machine="microvm", devices=())
         cmdline = command.kernel_cmdline()
         assert ("mitigations=off" in cmdline.split()) is expected
+
+
+def test_free_page_reporting_only_for_anonymous_guest_ram(tmp_path: Path) -> None:
+    balloon = "virtio-balloon-pci,id=vc-balloon,free-page-reporting=on"
+    assert balloon in _pairs(_command(tmp_path).argv(), "-device")
+    # A template's RAM file, or a clone's private copy of it: QEMU would punch
+    # the reported pages out of the file, under the template's other clones.
+    for shared in (True, False):
+        config = _config(tmp_path, memory_file=MemoryFile(tmp_path / "memory", shared=shared))
+        cmd = QemuCommand(config=config, accelerator=Accelerator.TCG, machine="microvm", devices=())
+        assert not any("balloon" in d for d in _pairs(cmd.argv(), "-device"))

@@ -24,10 +24,10 @@ mount -t proc -o nosuid,nodev,noexec proc /proc || fail "cannot mount /proc"
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || fail "cannot mount /sys"
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev || fail "cannot mount /dev"
 
-# Is there a virtio device with this id (0x0001 network, 0x0009 9p, 0x001a
-# virtio-fs)?  The virtio devices exist once virtio_pci is loaded, before the
-# modules of their drivers are: their ids are read then, once, with shell
-# builtins only (a grep per question cost ≈24 ms under TCG).
+# Is there a virtio device with this id (0x0001 network, 0x0005 balloon,
+# 0x0009 9p, 0x001a virtio-fs)?  The virtio devices exist once virtio_pci is
+# loaded, before the modules of their drivers are: their ids are read then,
+# once, with shell builtins only (a grep per question cost ≈24 ms under TCG).
 VIRTIO_IDS=""
 has_virtio() {
     if [ -z "$VIRTIO_IDS" ]; then
@@ -63,6 +63,8 @@ for ko in /lib/modules/*.ko; do
             has_virtio 0x0001 || has_hotplug_slots || continue ;;
         [0-9]*-crc16.ko | [0-9]*-mbcache.ko | [0-9]*-jbd2.ko | [0-9]*-crc32c_generic.ko | [0-9]*-ext4.ko)
             has_hotplug_slots || continue ;;
+        [0-9]*-virtio_balloon.ko)
+            has_virtio 0x0005 || continue ;;
     esac
     insmod "$ko" || fail "cannot load kernel module $ko"
 done

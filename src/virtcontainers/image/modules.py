@@ -29,11 +29,13 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_net",
     "crc32c_generic",
     "ext4",
+    "virtio_balloon",
 )
 """What the guest uses today: PCI transport, root disk, agent port, shared fs,
 pod networking (virtio_net, which pulls in net_failover and failover), ext4
 for block volumes (with jbd2, mbcache and crc16; ext4 asks the crypto API for
-crc32c by name, which modules.dep does not list).
+crc32c by name, which modules.dep does not list), and free page reporting
+(virtio_balloon: the guest returns the pages it freed).
 
 Each module costs boot time under TCG (the seven of networking, vsock and
 overlay took ≈0.15 s of guest time), so a feature adds its modules when it
