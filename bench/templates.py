@@ -9,7 +9,10 @@
   ``boot="template"`` (``run_pod`` + ``create_container`` +
   ``start_container`` until the container's first byte);
 - PSS: two idle pods at once, cloned and then cold, their QEMU processes and
-  daemons (``/proc/<pid>/smaps_rollup``).
+  daemons (``/proc/<pid>/smaps_rollup``);
+- networked pod start to first output, templated and cold: the same with a
+  network namespace of one veth (the bench's own, bench/network.py); a
+  clone gets its NIC hot-plugged after the restore, a cold VM boots with it.
 
 The template lives in a factory directory of its own (``VC_FACTORY_DIR``, on
 tmpfs where /dev/shm exists), removed at the end.
@@ -29,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from network import Namespaces
 from virtcontainers import api
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
@@ -99,12 +103,12 @@ def restores(template: Template, runs: int) -> list[float]:
     return times
 
 
-def pod_start_once(rootfs: Path, pod_id: str, boot: str) -> float:
+def pod_start_once(rootfs: Path, pod_id: str, boot: str, netns: str | None = None) -> float:
     """From run_pod to the container's first output byte; the pod is left running."""
     read_end, write_end = os.pipe()
     started = time.monotonic()
     try:
-        api.run_pod(PodConfig(id=pod_id, boot=boot))
+        api.run_pod(PodConfig(id=pod_id, boot=boot, netns=netns))
         container = ContainerConfig(
             "c", rootfs, Cmd(("sh", "-c", "echo first; exec sleep 1000")), writable_layer=True
         )
@@ -139,6 +143,24 @@ def templated_starts(rootfs: Path, runs: int) -> list[float]:
             progress(f"templated pod start {index + 1}/{runs}: {times[-1]:.2f}s")
         finally:
             remove(pod_id)
+    return times
+
+
+def networked_starts(rootfs: Path, runs: int, boot: str) -> list[float]:
+    """Pod starts on a namespace of one interface (a veth of the bench's own)."""
+    times = []
+    spaces = Namespaces()
+    try:
+        for index in range(runs):
+            pair = spaces.pair()
+            pod_id = f"bench-net-{boot}-{os.getpid()}-{index}"
+            try:
+                times.append(pod_start_once(rootfs, pod_id, boot, pair.far_path))
+                progress(f"networked {boot} pod start {index + 1}/{runs}: {times[-1]:.2f}s")
+            finally:
+                remove(pod_id)
+    finally:
+        spaces.close()
     return times
 
 
@@ -183,6 +205,8 @@ def measure(rootfs: Path, runs: int, cold_starts: list[float]) -> dict[str, Any]
         templated = summary(templated_starts(rootfs, runs))
         pss_templated = idle_pss(rootfs, "template")
         pss_cold = idle_pss(rootfs, "cold")
+        net_templated = summary(networked_starts(rootfs, runs, "template"))
+    net_cold = summary(networked_starts(rootfs, runs, "cold"))
     cold = summary(cold_starts)
     return {
         "template_build_s": round(build, 2),
@@ -191,7 +215,12 @@ def measure(rootfs: Path, runs: int, cold_starts: list[float]) -> dict[str, Any]
         "templated_pod_start_to_first_output": templated,
         "idle_pss_per_pod_templated": pss_templated,
         "idle_pss_per_pod_cold": pss_cold,
+        "networked_pod_start_templated": net_templated,
+        "networked_pod_start_cold": net_cold,
         "ratios": {
+            "networked_templated_over_networked_cold": round(
+                net_templated["median_s"] / net_cold["median_s"], 2
+            ),
             "templated_start_over_cold_start": round(templated["median_s"] / cold["median_s"], 2),
             "templated_start_over_bare_restore": round(
                 templated["median_s"] / floor["median_s"], 2
@@ -218,4 +247,10 @@ def report(figures: dict[str, Any]) -> None:
     print(
         f"idle PSS per pod, 2 at once      templated {pss_t:.0f} MiB, cold {pss_c:.0f} MiB "
         f"({ratios['templated_pss_over_cold_pss']}x)"
+    )
+    net_t = figures["networked_pod_start_templated"]["median_s"]
+    net_c = figures["networked_pod_start_cold"]["median_s"]
+    print(
+        f"networked pod start to output    templated {net_t:.2f} s, cold {net_c:.2f} s "
+        f"({ratios['networked_templated_over_networked_cold']}x)"
     )
