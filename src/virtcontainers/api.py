@@ -19,13 +19,7 @@ from virtcontainers import calls, launcher, orphans, rpc
 from virtcontainers.agent.base import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.calls import InterfaceStatus
 from virtcontainers.cleanup import remove_pod_files
-from virtcontainers.config import (
-    Cmd,
-    ContainerConfig,
-    ImagePaths,
-    PodConfig,
-    validate_id,
-)
+from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.errors import (
     CorruptRecordError,
     DaemonError,
@@ -36,6 +30,7 @@ from virtcontainers.errors import (
 )
 from virtcontainers.events import Event
 from virtcontainers.hostproc import ProcessRef
+from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.orphans import GarbageReport, reconcile
 from virtcontainers.shareddir import SharedDir

@@ -19,9 +19,10 @@ from functools import cache
 from typing import Any, ClassVar, Generic, Self, TypeVar, get_type_hints
 
 from virtcontainers.agent.base import ContainerStats, ExitStatus, ProcessInfo
-from virtcontainers.config import Cmd, ContainerConfig, validate_id
+from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import ConfigError, DaemonError
 from virtcontainers.events import Event
+from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.store import ContainerRecord
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,11 @@ from typing import Any, ClassVar, NotRequired, Self, TypedDict
 from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
 from virtcontainers.hostcgroup import CgroupConfig, CgroupDict
+from virtcontainers.ids import validate_hostname, validate_id
 from virtcontainers.limits import Limits, LimitsDict
 from virtcontainers.volumes import MAX_VOLUMES, BlockVolume, BlockVolumeDict
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user", "time"})
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_MEMORY_MIB = 128
 MAX_SOCKET_PATH = 107
@@ -38,8 +37,6 @@ MAX_HOTPLUG_SLOTS = 16  # QEMU's root ports of one pod (hypervisor.base.MAX_HOTP
 # over while it runs, beyond those it found at boot.
 NET_HOTPLUG_SLOTS = 4
 
-
-HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 
 _ACCESS_FLAGS = (
     "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "nodiratime",
@@ -57,21 +54,6 @@ MOUNT_OPTIONS = frozenset(
 """What :attr:`Mount.options` may hold (the OCI names).  ``shared`` and
 ``rshared`` are not among them: mounts made in a container cannot reach the
 host across the VM boundary."""
-
-
-def validate_id(kind: str, value: object) -> str:
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
-        raise ConfigError(
-            f"{kind} id",
-            f"{value!r} must be 1-64 characters of letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
-        )
-    return value
-
-
-def validate_hostname(field: str, value: str | None) -> None:
-    if value is not None and not (isinstance(value, str) and HOSTNAME_PATTERN.match(value)):
-        raise ConfigError(field, f"{value!r} is not a valid hostname")
 
 
 def host_memory_mib() -> int:

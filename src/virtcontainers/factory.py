@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import shutil
 import stat
@@ -78,7 +77,6 @@ KEY_LENGTH = 16
 LOCK_FILE = "lock"
 RECORD_FILE = "template.json"
 Progress = Callable[[str], None]
-log = logging.getLogger(__name__)
 
 
 def factory_dir(root: Path | None = None) -> Path:
@@ -546,60 +544,3 @@ class Factory:
         with _flocked(path / LOCK_FILE, fcntl.LOCK_EX, create=True):
             path.rename(dead)
         shutil.rmtree(dead)
-
-
-@contextlib.contextmanager
-def template_for_pod(
-    config: PodConfig,
-    image: ImagePaths,
-    accelerator: Accelerator,
-    shared_fs: SharedFsKind,
-    root: Path | None = None,
-    nics: int = 0,
-) -> Iterator[Template | None]:
-    """The template a pod starts from, kept while its clone loads it; None: boot cold.
-
-    *root* is the factory directory (default: :func:`factory_dir`); *nics*
-    how many NICs the clone will be given (hot-plugged into its spare slots).
-
-    ``boot="auto"`` takes a matching template if there is one; ``"template"``
-    raises TemplateError when none can be used (with what there is and how to
-    make one); ``"cold"`` never looks.
-    """
-    if config.boot == "cold":
-        yield None
-        return
-    shape = TemplateShape.for_pod(config, image, accelerator, shared_fs)
-    reason = _unsupported(config, shared_fs, nics, shape.hotplug_ports)
-    key = ""
-    if reason is None:
-        try:
-            key = shape.key
-        except TemplateError as exc:
-            reason = str(exc)
-    if reason is not None:
-        if config.boot == "template":
-            raise TemplateError(f"pod {config.id!r} cannot start from a template: {reason}")
-        log.debug("pod %s boots cold: %s", config.id, reason)
-        yield None
-        return
-    factory = Factory(root)
-    with factory.lease(key) as template:
-        if template is None:
-            if config.boot == "template":
-                raise factory.missing(config.id, shape)
-            log.debug("pod %s boots cold: no template %s in %s", config.id, key, factory.root)
-        yield template
-
-
-def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
-    """Why a pod cannot be a clone at all, or None."""
-    needed = nics + config.hotplug_slots()
-    if needed > ports:
-        return (
-            f"it needs {needed} PCIe slots ({nics} NIC(s), {config.hotplug_slots()} spare) and "
-            f"a template has {ports}"
-        )
-    if shared_fs is not SharedFsKind.VIRTIO_9P:
-        return f"its shared directory is {shared_fs.value}, which QEMU cannot save"
-    return None

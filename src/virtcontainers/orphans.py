@@ -25,9 +25,9 @@ from pathlib import Path
 
 from virtcontainers import mounts
 from virtcontainers.cleanup import release_run_files
-from virtcontainers.config import ID_PATTERN
 from virtcontainers.errors import BusyError, CorruptRecordError, NotFoundError, VcError
 from virtcontainers.hostproc import ProcessRef
+from virtcontainers.ids import ID_PATTERN
 from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import PodState
 from virtcontainers.store import PodRecord, Store

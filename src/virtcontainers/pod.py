@@ -24,7 +24,7 @@ from virtcontainers.agent.base import Agent, ContainerStats, ExitStatus, Process
 from virtcontainers.agent.messages import OciResources
 from virtcontainers.calls import InterfaceStatus
 from virtcontainers.cleanup import release_run_files
-from virtcontainers.config import Cmd, ContainerConfig, validate_id
+from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.container import Container
 from virtcontainers.errors import (
     AgentError,
@@ -38,6 +38,7 @@ from virtcontainers.hostproc import ProcessRef
 from virtcontainers.hypervisor.base import (
     Hypervisor,
 )
+from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.logtail import tail
 from virtcontainers.podboot import VM_EXIT_GRACE, PodBoot

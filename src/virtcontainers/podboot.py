@@ -1,6 +1,8 @@
 """Booting a pod's VM: cold, or as a clone of a template; then its agent.
 
-The pod joins its host cgroup first (so QEMU starts in it), takes over its
+The template it starts from is picked here (:func:`template_for_pod`), from
+those the factory keeps (:mod:`virtcontainers.factory`).  The pod joins its
+host cgroup first (so QEMU starts in it), takes over its
 network namespace's interfaces, starts the VM, and waits for the agent.  A
 cold boot has its NICs from the start; a clone is given its identity, then
 its NICs are hot-plugged into the template's spare PCIe slots.  Used by
@@ -10,18 +12,23 @@ its NICs are hot-plugged into the template's spare PCIe slots.  Used by
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from virtcontainers.config import ImagePaths
+from virtcontainers.config import ImagePaths, PodConfig
 from virtcontainers.errors import (
     AgentError,
     ConfigError,
     HypervisorError,
+    TemplateError,
 )
-from virtcontainers.factory import Template, factory_dir, pod_devices, template_for_pod
+from virtcontainers.factory import Factory, Template, TemplateShape, factory_dir, pod_devices
 from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import (
@@ -39,9 +46,68 @@ from virtcontainers.store import (
 if TYPE_CHECKING:
     from virtcontainers.pod import Pod
 
+log = logging.getLogger(__name__)
+
 AGENT_CONNECT_TIMEOUT = 120.0
 VM_EXIT_GRACE = 3.0
 CLONE_SEED_BYTES = 64
+
+
+@contextlib.contextmanager
+def template_for_pod(
+    config: PodConfig,
+    image: ImagePaths,
+    accelerator: Accelerator,
+    shared_fs: SharedFsKind,
+    root: Path | None = None,
+    nics: int = 0,
+) -> Iterator[Template | None]:
+    """The template a pod starts from, kept while its clone loads it; None: boot cold.
+
+    *root* is the factory directory (default: :func:`factory_dir`); *nics*
+    how many NICs the clone will be given (hot-plugged into its spare slots).
+
+    ``boot="auto"`` takes a matching template if there is one; ``"template"``
+    raises TemplateError when none can be used (with what there is and how to
+    make one); ``"cold"`` never looks.
+    """
+    if config.boot == "cold":
+        yield None
+        return
+    shape = TemplateShape.for_pod(config, image, accelerator, shared_fs)
+    reason = _unsupported(config, shared_fs, nics, shape.hotplug_ports)
+    key = ""
+    if reason is None:
+        try:
+            key = shape.key
+        except TemplateError as exc:
+            reason = str(exc)
+    if reason is not None:
+        if config.boot == "template":
+            raise TemplateError(f"pod {config.id!r} cannot start from a template: {reason}")
+        log.debug("pod %s boots cold: %s", config.id, reason)
+        yield None
+        return
+    factory = Factory(root)
+    with factory.lease(key) as template:
+        if template is None:
+            if config.boot == "template":
+                raise factory.missing(config.id, shape)
+            log.debug("pod %s boots cold: no template %s in %s", config.id, key, factory.root)
+        yield template
+
+
+def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
+    """Why a pod cannot be a clone at all, or None."""
+    needed = nics + config.hotplug_slots()
+    if needed > ports:
+        return (
+            f"it needs {needed} PCIe slots ({nics} NIC(s), {config.hotplug_slots()} spare) and "
+            f"a template has {ports}"
+        )
+    if shared_fs is not SharedFsKind.VIRTIO_9P:
+        return f"its shared directory is {shared_fs.value}, which QEMU cannot save"
+    return None
 
 
 class PodBoot:

@@ -29,8 +29,9 @@ import shutil
 from pathlib import Path
 
 from virtcontainers import mounts
-from virtcontainers.config import ContainerConfig, validate_id
+from virtcontainers.config import ContainerConfig
 from virtcontainers.errors import ConfigError, VcError
+from virtcontainers.ids import validate_id
 from virtcontainers.store import PodPaths
 
 SKELETON_OPTIONS = "mode=0755,size=1m,nr_inodes=16384"

@@ -52,7 +52,6 @@ from virtcontainers.config import (
     ImagePathsDict,
     PodConfig,
     PodConfigDict,
-    validate_id,
 )
 from virtcontainers.errors import (
     BusyError,
@@ -62,6 +61,7 @@ from virtcontainers.errors import (
     NotFoundError,
 )
 from virtcontainers.hostproc import ProcessRecord, ProcessRef
+from virtcontainers.ids import validate_id
 from virtcontainers.states import ContainerState, PodState
 
 DEFAULT_RUN_ROOT = Path("/run/virtcontainers")

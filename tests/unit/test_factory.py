@@ -32,11 +32,11 @@ from virtcontainers.factory import (
     Template,
     TemplateShape,
     factory_dir,
-    template_for_pod,
 )
 from virtcontainers.hypervisor import Accelerator, QemuCommand, QemuHypervisor, VMConfig
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import MemoryFile, SharedFsKind
+from virtcontainers.podboot import template_for_pod
 from virtcontainers.sharedfs import choose_shared_fs
 
 TCG = Accelerator.TCG

@@ -81,8 +81,7 @@ def run(
     the pod's daemon stops and deletes a pod whose owner process is gone.
     """
     clock = Timings.since_process_start() if timings else None
-    if clock is not None:
-        clock.mark("command line parsed")
+    _mark(clock, "command line parsed")
     if pod_id is None:
         pod_id = f"run-{secrets.token_hex(4)}"
     try:
@@ -93,13 +92,9 @@ def run(
         run_container_config = dataclasses.replace(
             container_config(RUN_CONTAINER_ID, rootfs, cmd, mounts, limits), block_volumes=disks
         )
-        config = PodConfig(
-            id=pod_id,
-            # The container joins after boot: keep it a slot per disk.
-            resources=Resources(vcpus=vcpus, memory_mib=memory_mib, hotplug_slots=len(disks)),
-            netns=netns,
-            boot=boot,
-        )
+        # The container joins after boot: keep it a slot per disk.
+        resources = Resources(vcpus=vcpus, memory_mib=memory_mib, hotplug_slots=len(disks))
+        config = PodConfig(id=pod_id, resources=resources, netns=netns, boot=boot)
         ensure_image()
         owner = ProcessRef.of(os.getpid()) if remove else None
         with booting(pod_id):
@@ -128,19 +123,15 @@ def _run_container(
     use_tty: bool,
     clock: Timings | None = None,
 ) -> int:
-    def mark(step: str) -> None:
-        if clock is not None:
-            clock.mark(step)
-
     try:
         with (
             attached_stdio(interactive, use_tty) as stdio,
             _timed_output(stdio, clock, use_tty) as piped,
         ):
             api.create_container(pod_id, config, piped)
-            mark("container created")
+            _mark(clock, "container created")
             api.start_container(pod_id, config.id)
-            mark("container started")
+            _mark(clock, "container started")
             with (
                 forwarded_signals(lambda s: api.kill_container(pod_id, config.id, s)),
                 resize_on_winch(
@@ -148,7 +139,7 @@ def _run_container(
                 ),
             ):
                 status = api.wait_container(pod_id, config.id)
-            mark("container exited")
+            _mark(clock, "container exited")
         if status.error:  # ended with its VM, not on its own: say why
             stderr.print(f"[bold red]virtc:[/] pod {pod_id}: {status.error}", highlight=False)
         elif api.container_status(pod_id, config.id).oom_killed:
@@ -160,6 +151,11 @@ def _run_container(
     except VcError as exc:
         stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
         return 125
+
+
+def _mark(clock: Timings | None, step: str) -> None:
+    if clock is not None:
+        clock.mark(step)
 
 
 def _timed_output(

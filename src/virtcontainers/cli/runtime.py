@@ -35,9 +35,10 @@ from virtcontainers.cli.runtime_state import (
 )
 from virtcontainers.cli.shim import ShimRequest
 from virtcontainers.cli.signals import signal_number
-from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, validate_id
+from virtcontainers.config import DEFAULT_PATH_ENV, Cmd
 from virtcontainers.errors import NotFoundError, StateError, VcError
 from virtcontainers.hostcgroup import HostCgroup
+from virtcontainers.ids import validate_id
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState, PodState
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TypedDict
 
 from virtcontainers import api, hostproc
-from virtcontainers.config import validate_id
 from virtcontainers.errors import ConfigError, NotFoundError
 from virtcontainers.hostproc import ProcessRecord
+from virtcontainers.ids import validate_id
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.store import write_json_atomic
 

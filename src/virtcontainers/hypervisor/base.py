@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from virtcontainers import states
-from virtcontainers.config import ID_PATTERN, MAX_SOCKET_PATH
+from virtcontainers.config import MAX_SOCKET_PATH
 from virtcontainers.errors import ConfigError
+from virtcontainers.ids import ID_PATTERN
 
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 # How much of a VM's logs a launch error quotes, in bytes.

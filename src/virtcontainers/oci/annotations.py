@@ -29,7 +29,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from virtcontainers.config import ID_PATTERN, MAX_VCPUS, host_memory_mib
+from virtcontainers.config import MAX_VCPUS, host_memory_mib
+from virtcontainers.ids import ID_PATTERN
 from virtcontainers.oci._json import Loc, obj, type_name
 
 CONTAINERD_TYPE = "io.kubernetes.cri.container-type"

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from virtcontainers.agent.messages import OciUser
-from virtcontainers.config import HOSTNAME_PATTERN, MOUNT_OPTIONS, Cmd, Mount
+from virtcontainers.config import MOUNT_OPTIONS, Cmd, Mount
 from virtcontainers.errors import ConfigError
+from virtcontainers.ids import HOSTNAME_PATTERN
 from virtcontainers.oci._json import (
     Loc,
     boolean,
