@@ -45,8 +45,8 @@ VIRTIO_SERIAL_ID = "vc-vser"
 # The TCG translation buffer, MiB (QEMU's default is 1 GiB): what a pod's
 # guest translates fills it, and every page it filled stays in QEMU's PSS.
 # An idle pod had filled 82 MiB of it; at 32 MiB (QEMU's own default before
-# 5.2) it holds 31 MiB, with no measurable change in start time
-# (docs/measurements.md, density).
+# 5.2) it holds 31 MiB, and a cold start's first container comes ≈0.5 s
+# later (its crun is translated after the buffer filled; docs/measurements.md).
 TCG_TB_MIB = 32
 BALLOON_ID = "vc-balloon"
 BASE_KERNEL_PARAMS = (
