@@ -15,6 +15,8 @@
 - density (bench/density.py): PSS and CPU of 1, 5, 10, 20 idle pods at once,
   cold and templated, beside as many idle bare VMs (bench/bare.py); with
   plots in docs/ and a table in docs/measurements.md (bench/plots.py).
+- ksm (bench/ksm.py): idle cold pods' PSS without KSM and after it scanned
+  them (KSM turned on for the measurement only, its settings restored);
 - network (bench/network.py): TCP throughput and round trips from a client
   namespace to a container of a pod on a veth, against the same server in a
   plain namespace.
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import density
+import ksm
 import network
 import plots
 import templates
@@ -228,7 +231,8 @@ def run_density(args: argparse.Namespace, rootfs: Path, facts: dict[str, Any]) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=["network", "density"], help="run only this part")
+    parser.add_argument("--only", choices=["network", "density", "ksm"], help="run only this part")
+    parser.add_argument("--ksm-pods", type=int, default=5, help="idle cold pods for KSM")
     parser.add_argument("--runs", type=int, default=5, help="boots of each kind; network runs")
     parser.add_argument("--execs", type=int, default=20, help="exec round trips")
     parser.add_argument("--net-mib", type=int, default=64, help="MiB per throughput run")
@@ -267,6 +271,11 @@ def main() -> int:
     if args.only in (None, "density"):
         results["density"] = run_density(args, rootfs, facts)
         ratios.update({f"density_{k}": v for k, v in results["density"]["ratios"].items()})
+    if args.only in (None, "ksm") and ksm.available():
+        results["ksm"] = ksm.measure(rootfs, args.ksm_pods)
+        ratios["ksm_pss_with_over_without"] = results["ksm"]["ratio_with_over_without"]
+        for line in ksm.report(results["ksm"]):
+            print(line)
     results["machine"] = facts
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
