@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bare import BareVMs, bare_initrd
+from common import progress
 from templates import own_factory, pod_start_once, remove
 from virtcontainers import api
 from virtcontainers.config import Cmd
@@ -81,10 +81,6 @@ class Fleet(Protocol):
     def units(self) -> list[dict[str, list[int]]]: ...
 
     def meminfo(self) -> dict[str, int]: ...
-
-
-def progress(message: str) -> None:
-    print(f"» {message}", file=sys.stderr, flush=True)
 
 
 def meminfo_kib(text: str) -> dict[str, int]:

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common import progress
 from density import PodFleet, pss_kib, settle
-from templates import progress
 
 KSM = Path("/sys/kernel/mm/ksm")
 SCAN = {"pages_to_scan": "5000", "sleep_millisecs": "20"}

@@ -46,6 +46,7 @@ import network
 import plots
 import templates
 from bare import bare_boot_once, bare_initrd
+from common import progress, summary
 from templates import pod_start_once
 from virtcontainers import api
 from virtcontainers.config import Cmd
@@ -117,19 +118,6 @@ def image_lookups(runs: int) -> list[float]:
         find_image()
         times.append(time.monotonic() - started)
     return times
-
-
-def progress(message: str) -> None:
-    print(f"» {message}", file=sys.stderr, flush=True)
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    return {
-        "median_s": round(statistics.median(samples), 4),
-        "min_s": round(min(samples), 4),
-        "max_s": round(max(samples), 4),
-        "runs": len(samples),
-    }
 
 
 def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:

@@ -25,13 +25,13 @@ import contextlib
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common import progress, summary
 from network import Namespaces
 from virtcontainers import api
 from virtcontainers.agent.client import AgentClient
@@ -43,19 +43,6 @@ from virtcontainers.templatevm import init_template
 
 SETTLE = 3.0
 """Seconds idle pods are left before their memory is read."""
-
-
-def progress(message: str) -> None:
-    print(f"» {message}", file=sys.stderr, flush=True)
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    return {
-        "median_s": round(statistics.median(samples), 4),
-        "min_s": round(min(samples), 4),
-        "max_s": round(max(samples), 4),
-        "runs": len(samples),
-    }
 
 
 @contextlib.contextmanager

@@ -12,18 +12,18 @@ created: a stored config stays loadable when the host changes later.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NotRequired, Self, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
 from virtcontainers.hostcgroup import CgroupConfig, CgroupDict
 from virtcontainers.ids import validate_hostname, validate_id
 from virtcontainers.limits import Limits, LimitsDict
+from virtcontainers.plainconfig import Plain, reject_unknown
 from virtcontainers.volumes import MAX_VOLUMES, BlockVolume, BlockVolumeDict
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user", "time"})
@@ -32,7 +32,7 @@ MIN_MEMORY_MIB = 128
 MAX_SOCKET_PATH = 107
 """The longest unix socket path AF_UNIX takes (108 bytes with its NUL)."""
 MAX_VCPUS = 64
-MAX_HOTPLUG_SLOTS = 16  # QEMU's root ports of one pod (hypervisor.base.MAX_HOTPLUG_PORTS)
+MAX_HOTPLUG_SLOTS = 16  # empty PCIe root ports of one VM
 # Empty PCIe slots of a pod with a network namespace: interfaces it can take
 # over while it runs, beyond those it found at boot.
 NET_HOTPLUG_SLOTS = 4
@@ -77,15 +77,6 @@ def _check_str_tuple(where: str, values: object) -> tuple[str, ...]:
     for item in values:
         _check_type(where, item, str)
     return tuple(values)
-
-
-def _reject_unknown(kind: str, cls: type, data: Mapping[str, Any]) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(kind, f"expected an object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(kind, f"unknown field(s) {', '.join(map(repr, unknown))}")
 
 
 # --- JSON forms --------------------------------------------------------------------
@@ -150,19 +141,8 @@ class PodConfigDict(TypedDict):
     boot: str
 
 
-class _Plain:
-    """A config whose JSON form is its fields, as they are."""
-
-    KIND: ClassVar[str]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        _reject_unknown(cls.KIND, cls, data)
-        return cls(**data)
-
-
 @dataclass(frozen=True)
-class Resources(_Plain):
+class Resources(Plain):
     """VM size.  vCPUs and memory are the guest's, not a cgroup limit."""
 
     KIND = "resources"
@@ -207,7 +187,7 @@ class Resources(_Plain):
 
 
 @dataclass(frozen=True)
-class Mount(_Plain):
+class Mount(Plain):
     """A host directory or file made visible inside a container.
 
     ``options`` are the bind's options besides ro/rw, by their OCI names (see
@@ -277,7 +257,7 @@ class Mount(_Plain):
 
 
 @dataclass(frozen=True)
-class Cmd(_Plain):
+class Cmd(Plain):
     """A process to run: in a container, or in the VM outside containers."""
 
     KIND = "cmd"
@@ -437,7 +417,7 @@ class ContainerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ContainerConfig:
-        _reject_unknown("container", cls, data)
+        reject_unknown("container", cls, data)
         values = dict(data)
         if "cmd" not in values or "id" not in values or "rootfs" not in values:
             raise ConfigError("container", "'id', 'rootfs' and 'cmd' are required")
@@ -454,7 +434,7 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
-class ImagePaths(_Plain):
+class ImagePaths(Plain):
     """A guest image to boot instead of the default built one."""
 
     KIND = "image"
@@ -582,7 +562,7 @@ class PodConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PodConfig:
-        _reject_unknown("pod", cls, data)
+        reject_unknown("pod", cls, data)
         values = dict(data)
         if "id" not in values:
             raise ConfigError("pod", "'id' is required")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar
 
 from virtcontainers.errors import ConfigError
+from virtcontainers.plainconfig import reject_unknown
 
 T = TypeVar("T")
 MIN_MEMORY_BYTES = 6 << 20
@@ -104,12 +105,7 @@ class Limits:
 
     @classmethod
     def from_dict(cls, data: object) -> Limits:
-        if not isinstance(data, dict):
-            raise ConfigError("limits", f"expected an object, got {data!r}")
-        unknown = set(data) - {"memory_bytes", "pids", "cpus"}
-        if unknown:
-            raise ConfigError("limits", f"unknown field(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**reject_unknown("limits", cls, data))
 
 
 def parse_size(field: str, text: str) -> int:

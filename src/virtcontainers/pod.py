@@ -288,9 +288,11 @@ class Pod:
     async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
         io = ProcessIO(self.agent, stdio, self.executor)
         volumes = PodVolumes(self)
+        attached = False
         try:
             self.shared.share(container.config)
-            await volumes.attach(container.config)
+            await volumes.attach(container.config)  # undoes itself when it fails
+            attached = True
             bundle = spec.container_spec(
                 container.config, self.config.hostname or self.id, self._guest_pid
             )
@@ -300,7 +302,8 @@ class Pod:
             )
         except BaseException:
             await io.close()
-            await volumes.detach(container.config)
+            if attached:
+                await volumes.detach(container.config)
             self.shared.unshare(container.id)
             raise
         container.in_guest = True

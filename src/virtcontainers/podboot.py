@@ -99,10 +99,10 @@ def template_for_pod(
 
 def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
     """Why a pod cannot be a clone at all, or None."""
-    needed = nics + config.hotplug_slots()
-    if needed > ports:
+    spare = config.hotplug_slots()
+    if nics + spare > ports:
         return (
-            f"it needs {needed} PCIe slots ({nics} NIC(s), {config.hotplug_slots()} spare) and "
+            f"it needs {nics + spare} PCIe slots ({nics} NIC(s), {spare} spare) and "
             f"a template has {ports}"
         )
     if shared_fs is not SharedFsKind.VIRTIO_9P:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from virtcontainers.errors import ConfigError
+from virtcontainers.plainconfig import reject_unknown
 
 FORMATS = ("raw", "qcow2")
 FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "squashfs")
@@ -81,12 +82,10 @@ class BlockVolume:
 
     @classmethod
     def from_dict(cls, data: object) -> BlockVolume:
-        if not isinstance(data, dict) or not {"source", "destination"} <= set(data):
+        fields = reject_unknown("block_volume", cls, data)
+        if not {"source", "destination"} <= set(fields):
             raise ConfigError("block_volume", f"expected source and destination in {data!r}")
-        unknown = set(data) - set(BlockVolumeDict.__annotations__)
-        if unknown:
-            raise ConfigError("block_volume", f"unknown field(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**fields)
 
 
 def volume_id(container_id: str, index: int) -> str:

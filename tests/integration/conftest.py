@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -78,7 +79,19 @@ def run_exec(
     return out, results["err"], status.exit_code
 
 
-__all__ = ["api", "pod_with", "read_all", "run_exec", "shell"]
+def virtc(run_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The virtc command, run on the test's run root; its text output and status."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("virtc")), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "VC_RUN_DIR": str(run_root)},
+    )
+
+
+__all__ = ["api", "pod_with", "read_all", "run_exec", "shell", "virtc"]
 
 
 def wait_stopped(pod: str) -> api.PodStatus:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import run_exec, shell
+from tests.integration.conftest import run_exec, shell, virtc
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import ConfigError
@@ -119,23 +118,15 @@ def test_a_pod_without_slots_refuses_block_volumes_and_stays_healthy(
 
 def test_virtc_run_with_a_block_volume(run_root: Path, tmp_path: Path) -> None:
     raw = ext4_image(tmp_path / "data.raw", "read through virtc\n")
-    virtc = Path(sys.executable).with_name("virtc")
-    result = subprocess.run(
-        [
-            str(virtc),
-            "run",
-            "--rm",
-            "--block-volume",
-            f"{raw}:/data:ro",
-            "--",
-            "cat",
-            "/data/hello.txt",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "VC_RUN_DIR": str(run_root)},
+    result = virtc(
+        run_root,
+        "run",
+        "--rm",
+        "--block-volume",
+        f"{raw}:/data:ro",
+        "--",
+        "cat",
+        "/data/hello.txt",
     )
     assert (result.returncode, result.stdout) == (0, "read through virtc\n"), result.stderr
     assert not any((run_root / "pods").iterdir())

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import run_exec, shell
+from tests.integration.conftest import run_exec, shell, virtc
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.errors import ConfigError
@@ -23,16 +21,8 @@ FORK_BOMB = "bomb() { bomb | bomb & }; bomb; echo bombed; exec sleep 1000"
 
 
 def test_virtc_run_memory_limit_ends_an_unbounded_allocation_with_137(run_root: Path) -> None:
-    virtc = Path(sys.executable).with_name("virtc")
     # busybox tail keeps a line from /dev/zero in memory, and the line never ends.
-    result = subprocess.run(
-        [str(virtc), "run", "--rm", "--memory-limit", "64M", "--", "tail", "/dev/zero"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "VC_RUN_DIR": str(run_root)},
-    )
+    result = virtc(run_root, "run", "--rm", "--memory-limit", "64M", "--", "tail", "/dev/zero")
     assert result.returncode == 137, result.stderr
     assert "container main: killed for running out of memory" in result.stderr
     assert not any((run_root / "pods").iterdir())

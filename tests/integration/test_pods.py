@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shell_session_in_pty
-from tests.integration.conftest import pod_with, qemu_pids, run_exec, shell, wait_stopped
+from tests.integration.conftest import pod_with, qemu_pids, run_exec, shell, virtc, wait_stopped
 from virtcontainers import api, mounts
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.errors import HypervisorError, StateError
@@ -141,15 +141,7 @@ def test_stop_then_delete_leaves_nothing(run_root: Path, busybox_rootfs: Path) -
 
 
 def test_virtc_run_exit_status_and_streams(run_root: Path) -> None:
-    virtc = Path(sys.executable).with_name("virtc")
-    result = subprocess.run(
-        [str(virtc), "run", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "VC_RUN_DIR": str(run_root)},
-    )
+    result = virtc(run_root, "run", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert result.returncode == 3, result.stderr
     assert result.stdout == "out\n"
     assert result.stderr.splitlines()[-1] == "err"
@@ -157,9 +149,9 @@ def test_virtc_run_exit_status_and_streams(run_root: Path) -> None:
 
 
 def test_virtc_run_with_a_terminal(run_root: Path) -> None:
-    virtc = Path(sys.executable).with_name("virtc")
+    binary = Path(sys.executable).with_name("virtc")
     env = {**os.environ, "VC_RUN_DIR": str(run_root)}
-    code, output = shell_session_in_pty([str(virtc), "run", "--rm", "-it", "--", "sh"], env)
+    code, output = shell_session_in_pty([str(binary), "run", "--rm", "-it", "--", "sh"], env)
     assert code == 6
     assert b"/dev/pts/" in output
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import virtc
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
 
 def test_virtc_run_timings_lists_every_step_in_order(run_root: Path) -> None:
-    virtc = Path(sys.executable).with_name("virtc")
-    result = subprocess.run(
-        [str(virtc), "run", "--rm", "--boot", "cold", "--timings", "--", "echo", "hi"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "VC_RUN_DIR": str(run_root)},
-    )
+    result = virtc(run_root, "run", "--rm", "--boot", "cold", "--timings", "--", "echo", "hi")
     assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
     steps = [line.split(maxsplit=3)[3] for line in result.stderr.splitlines()[1:]]
     in_order = [

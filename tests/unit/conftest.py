@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from virtcontainers import api
+from virtcontainers.agent.mock import MockAgent
 from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig
+from virtcontainers.hypervisor.mock import MockHypervisor
+from virtcontainers.pod import Pod
+from virtcontainers.states import PodState
+from virtcontainers.store import Store
 
 
 @pytest.fixture
@@ -25,3 +31,16 @@ def rootfs(tmp_path: Path) -> Path:
 
 def mock_pod(pod_id: str, image: ImagePaths, *containers: ContainerConfig) -> PodConfig:
     return PodConfig(id=pod_id, hypervisor="mock", image=image, containers=containers)
+
+
+async def started_here(config: PodConfig, hypervisor: MockHypervisor, agent: MockAgent) -> Pod:
+    """A Pod on the record the API made, started in this process as its daemon
+    would start it, so that a test holds its mock VM and agent."""
+    api.create_pod(config)
+    store = Store()
+    record = store.load(config.id)
+    record.state = PodState.STARTING
+    store.save(record)
+    pod = Pod(store, record, hypervisor, agent)
+    await pod.start()
+    return pod

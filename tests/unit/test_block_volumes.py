@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from tests.unit.conftest import mock_pod
+from tests.unit.conftest import mock_pod, started_here
 from virtcontainers import api
 from virtcontainers.agent.mock import MockAgent
 from virtcontainers.cli.blockvolumes import parse_block_volume
@@ -19,10 +19,7 @@ from virtcontainers.errors import AgentError, ConfigError
 from virtcontainers.hypervisor import BlockDevice
 from virtcontainers.hypervisor.mock import MockHypervisor
 from virtcontainers.hypervisor.qemu_command import render_device
-from virtcontainers.pod import Pod
 from virtcontainers.spec import container_spec
-from virtcontainers.states import PodState
-from virtcontainers.store import Store
 from virtcontainers.volumes import BlockVolume, guest_path, volume_id
 
 
@@ -136,17 +133,6 @@ class UnmountableAgent(MockAgent):
         raise AgentError("mount_block", "mount", "mount: wrong fs type")
 
 
-async def started(image: ImagePaths, agent: MockAgent, hypervisor: MockHypervisor) -> Pod:
-    api.create_pod(mock_pod("vols", image))
-    store = Store()
-    record = store.load("vols")
-    record.state = PodState.STARTING
-    store.save(record)
-    pod = Pod(store, record, hypervisor, agent)
-    await pod.start()
-    return pod
-
-
 def test_a_container_s_volumes_are_plugged_mounted_then_unmounted_and_unplugged(
     run_root: Path, image: ImagePaths, rootfs: Path, disk: Path
 ) -> None:
@@ -156,7 +142,7 @@ def test_a_container_s_volumes_are_plugged_mounted_then_unmounted_and_unplugged(
     ids = [volume_id("c", 0), volume_id("c", 1)]
 
     async def scenario() -> None:
-        pod = await started(image, agent, hypervisor)
+        pod = await started_here(mock_pod("vols", image), hypervisor, agent)
         try:
             await pod.create_container(container, None)
             assert [d.id for d in hypervisor.hotplugged] == ids
@@ -187,7 +173,7 @@ def test_a_volume_the_guest_cannot_mount_is_unplugged_and_no_container_is_made(
     )
 
     async def scenario() -> None:
-        pod = await started(image, UnmountableAgent(), hypervisor)
+        pod = await started_here(mock_pod("vols", image), hypervisor, UnmountableAgent())
         try:
             with pytest.raises(AgentError, match="wrong fs type"):
                 await pod.create_container(container, None)

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.netlab import Lab, ip, snapshot, tun_links
-from tests.unit.conftest import mock_pod
+from tests.unit.conftest import mock_pod, started_here
 from tests.unit.test_pod_lifecycle_faults import wait_for
 from virtcontainers import api, calls
 from virtcontainers.agent.messages import NetInterface, NetRoute
@@ -203,15 +203,8 @@ class RefusingAgent(MockAgent):
 async def start_pod(
     path: str, image: ImagePaths, hypervisor: MockHypervisor, agent: MockAgent
 ) -> Pod:
-    """A Pod on the record the API made, started here, as its daemon would."""
-    api.create_pod(replace(mock_pod("inproc", image), netns=path))
-    store = Store()
-    record = store.load("inproc")
-    record.state = PodState.STARTING
-    store.save(record)
-    pod = Pod(store, record, hypervisor, agent)
-    await pod.start()
-    return pod
+    """Pod "inproc" on the namespace at ``path``, started in this process."""
+    return await started_here(replace(mock_pod("inproc", image), netns=path), hypervisor, agent)
 
 
 @pytest.mark.parametrize("failure", ["hypervisor", "agent"])

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from virtcontainers import states
-from virtcontainers.config import MAX_SOCKET_PATH
+from virtcontainers.config import MAX_HOTPLUG_SLOTS, MAX_SOCKET_PATH
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import ID_PATTERN
 
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 # How much of a VM's logs a launch error quotes, in bytes.
 OUTPUT_TAIL = 4096
-MAX_HOTPLUG_PORTS = 16
+MAX_HOTPLUG_PORTS = MAX_HOTPLUG_SLOTS  # a pod asks for its slots in its config
 DISK_FORMATS = ("raw", "qcow2")
 # virtio-blk carries at most 20 bytes of serial.
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
