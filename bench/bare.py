@@ -16,8 +16,8 @@ import signal
 import time
 from pathlib import Path
 
-from virtcontainers.hypervisor import HypervisorKind, VMConfig, new_hypervisor
-from virtcontainers.hypervisor.base import Hypervisor
+from virtcontainers.hypervisor import new_hypervisor
+from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind, VMConfig
 from virtcontainers.image.cpio import CpioWriter, write_gzip_cpio
 
 MARKER = "VC-BENCH-INIT"

@@ -50,7 +50,7 @@ from common import progress, summary
 from templates import pod_start_once
 from virtcontainers import api
 from virtcontainers.config import Cmd
-from virtcontainers.hypervisor import detect_accelerator
+from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.image import build_busybox_rootfs, find_image
 from virtcontainers.image.rootfs import AGENT_ZIP
 

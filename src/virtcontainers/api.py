@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 from virtcontainers import calls, launcher, orphans, rpc
-from virtcontainers.agent.base import ContainerStats, ExitStatus, ProcessInfo
+from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.calls import InterfaceStatus
 from virtcontainers.cleanup import remove_pod_files
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig

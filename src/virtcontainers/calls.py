@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import signal as signals
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, ClassVar, Generic, Self, TypeVar, get_type_hints
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast, get_type_hints
 
-from virtcontainers.agent.base import ContainerStats, ExitStatus, ProcessInfo
+from virtcontainers.agent.results import ContainerStats, ExitStatus, Parsed, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import ConfigError, DaemonError
 from virtcontainers.events import Event
@@ -27,6 +27,8 @@ from virtcontainers.limits import Limits
 from virtcontainers.store import ContainerRecord
 
 R = TypeVar("R")
+T = TypeVar("T")
+P = TypeVar("P", bound="Parsed")
 MAX_TERMINAL_SIZE = 65535
 MAX_STOP_TIMEOUT = 1 << 31  # seconds; beyond it asyncio's timers overflow
 MAX_EVENT_NUMBER = (1 << 63) - 1
@@ -116,6 +118,31 @@ class Request(Generic[R]):
         if not isinstance(data, dict):
             raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
         return data
+
+    def parse_answer(self, parse: Callable[[dict[str, object]], T], data: object) -> T:
+        """*data*, an object, read by *parse*, whose ValueError means a malformed answer."""
+        try:
+            return parse(self.answer_object(data))
+        except ValueError as exc:
+            raise DaemonError(f"{self.METHOD}: malformed answer: {exc}") from None
+
+    def answer_list(self, data: object) -> list[object]:
+        if not isinstance(data, list):
+            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
+        return data
+
+
+class AnswersWith(Request[P]):
+    """A request answered with one of the agent's results, sent as its fields."""
+
+    RESULT: ClassVar[type[Parsed]]
+
+    def encode_result(self, result: P) -> Any:
+        return dataclasses.asdict(result)
+
+    def decode_result(self, data: object) -> P:
+        # RESULT is P's class: a ClassVar cannot name a type variable.
+        return cast(P, self.parse_answer(self.RESULT.parse, data))
 
 
 class Answerless(Request[None]):
@@ -236,23 +263,10 @@ class SignalProcess(ProcessTarget, Answerless):
 
 
 @dataclass(frozen=True)
-class WaitProcess(ProcessTarget, Request[ExitStatus]):
+class WaitProcess(ProcessTarget, AnswersWith[ExitStatus]):
     METHOD = "wait"
     ACTION = "wait for a process in"
-
-    def encode_result(self, result: ExitStatus) -> Any:
-        return {"exit_code": result.exit_code, "signal": result.signal, "error": result.error}
-
-    def decode_result(self, data: object) -> ExitStatus:
-        data = self.answer_object(data)
-        code, signal, error = data.get("exit_code"), data.get("signal"), data.get("error")
-        if (
-            not isinstance(code, int)
-            or not (signal is None or isinstance(signal, int))
-            or not (error is None or isinstance(error, str))
-        ):
-            raise DaemonError(f"{self.METHOD}: malformed exit status {data!r}")
-        return ExitStatus(code, signal, error)
+    RESULT = ExitStatus
 
 
 @dataclass(frozen=True)
@@ -280,10 +294,8 @@ class ListProcesses(ContainerTarget, Request[list[ProcessInfo]]):
         return [{"pid": p.pid, "args": list(p.args)} for p in result]
 
     def decode_result(self, data: object) -> list[ProcessInfo]:
-        if not isinstance(data, list):
-            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
         processes = []
-        for item in data:
+        for item in self.answer_list(data):
             if not isinstance(item, dict) or not isinstance(item.get("pid"), int):
                 raise DaemonError(f"{self.METHOD}: malformed process {item!r}")
             processes.append(ProcessInfo(item["pid"], tuple(map(str, item.get("args") or ()))))
@@ -298,18 +310,10 @@ class UpdateContainer(OnContainer):
 
 
 @dataclass(frozen=True)
-class GetContainerStats(ContainerTarget, Request[ContainerStats]):
+class GetContainerStats(ContainerTarget, AnswersWith[ContainerStats]):
     METHOD = "container_stats"
     ACTION = "read the usage of a container in"
-
-    def encode_result(self, result: ContainerStats) -> Any:
-        return dataclasses.asdict(result)
-
-    def decode_result(self, data: object) -> ContainerStats:
-        try:
-            return ContainerStats.parse(self.answer_object(data))
-        except ValueError as exc:
-            raise DaemonError(f"{self.METHOD}: malformed answer: {exc}") from None
+    RESULT = ContainerStats
 
 
 MAX_EVENT_WAIT = 300
@@ -329,10 +333,8 @@ class WatchEvents(Request[list[Event]]):
         return [event.to_dict() for event in result]
 
     def decode_result(self, data: object) -> list[Event]:
-        if not isinstance(data, list):
-            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
         try:
-            return [Event.from_dict(item) for item in data]
+            return [Event.from_dict(item) for item in self.answer_list(data)]
         except ValueError as exc:
             raise DaemonError(f"{self.METHOD}: {exc}") from exc
 
@@ -388,13 +390,20 @@ def check_interface_name(where: str, name: str) -> str:
 
 
 @dataclass(frozen=True)
-class AddInterface(Request[InterfaceStatus]):
-    METHOD = "add_interface"
-    ACTION = "add an interface to"
+class InterfaceTarget:
+    """The interface of the pod's network namespace a request is about."""
+
+    METHOD: ClassVar[str]
     name: str
 
     def __post_init__(self) -> None:
         check_interface_name(f"{self.METHOD}.name", self.name)
+
+
+@dataclass(frozen=True)
+class AddInterface(InterfaceTarget, Request[InterfaceStatus]):
+    METHOD = "add_interface"
+    ACTION = "add an interface to"
 
     def encode_result(self, result: InterfaceStatus) -> Any:
         return result.to_dict()
@@ -404,13 +413,9 @@ class AddInterface(Request[InterfaceStatus]):
 
 
 @dataclass(frozen=True)
-class RemoveInterface(Answerless):
+class RemoveInterface(InterfaceTarget, Answerless):
     METHOD = "remove_interface"
     ACTION = "remove an interface from"
-    name: str
-
-    def __post_init__(self) -> None:
-        check_interface_name(f"{self.METHOD}.name", self.name)
 
 
 @dataclass(frozen=True)
@@ -422,9 +427,7 @@ class ListInterfaces(Request[list[InterfaceStatus]]):
         return [interface.to_dict() for interface in result]
 
     def decode_result(self, data: object) -> list[InterfaceStatus]:
-        if not isinstance(data, list):
-            raise DaemonError(f"{self.METHOD}: malformed answer {data!r}")
-        return [InterfaceStatus.from_dict(self.METHOD, item) for item in data]
+        return [InterfaceStatus.from_dict(self.METHOD, item) for item in self.answer_list(data)]
 
 
 REQUESTS: dict[str, type[Request[Any]]] = {

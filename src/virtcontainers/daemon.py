@@ -26,7 +26,8 @@ from virtcontainers.cleanup import remove_pod_files
 from virtcontainers.errors import ConfigError, DaemonError, NotFoundError, VcError
 from virtcontainers.fdwait import wait_readable
 from virtcontainers.hostproc import ProcessRef
-from virtcontainers.hypervisor import Hypervisor, HypervisorKind, new_hypervisor
+from virtcontainers.hypervisor import new_hypervisor
+from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind
 from virtcontainers.pod import Pod
 from virtcontainers.states import PodState
 from virtcontainers.stdio import NAMES as STDIO_NAMES

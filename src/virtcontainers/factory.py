@@ -44,15 +44,13 @@ from typing import Any
 from virtcontainers.config import ImagePaths, PodConfig
 from virtcontainers.errors import ConfigError, TemplateError
 from virtcontainers.hypervisor.accel import cached_host_tsc_khz
-from virtcontainers.hypervisor.base import (
-    Accelerator,
+from virtcontainers.hypervisor.base import Accelerator, MemoryFile, VMConfig
+from virtcontainers.hypervisor.devices import (
     BlockDevice,
     Device,
-    MemoryFile,
     SerialPortDevice,
     SharedFsDevice,
     SharedFsKind,
-    VMConfig,
 )
 from virtcontainers.hypervisor.qemu_command import DEFAULT_BINARY, DEFAULT_MACHINE, kernel_cmdline
 from virtcontainers.store import run_root

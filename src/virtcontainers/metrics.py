@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from virtcontainers import api
-from virtcontainers.agent.base import ContainerStats
+from virtcontainers.agent.results import ContainerStats
 from virtcontainers.errors import VcError
 from virtcontainers.states import ContainerState, PodState
 

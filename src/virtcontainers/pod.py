@@ -20,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from virtcontainers import spec
-from virtcontainers.agent.base import Agent, ContainerStats, ExitStatus, ProcessInfo, StdioStreams
+from virtcontainers.agent.base import Agent, StdioStreams
 from virtcontainers.agent.messages import OciResources
+from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.calls import InterfaceStatus
 from virtcontainers.cleanup import release_run_files
 from virtcontainers.config import Cmd, ContainerConfig
@@ -35,9 +36,7 @@ from virtcontainers.errors import (
 )
 from virtcontainers.eventlog import EventLog
 from virtcontainers.hostproc import ProcessRef
-from virtcontainers.hypervisor.base import (
-    Hypervisor,
-)
+from virtcontainers.hypervisor.base import Hypervisor
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.logtail import tail

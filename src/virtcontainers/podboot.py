@@ -31,12 +31,8 @@ from virtcontainers.errors import (
 from virtcontainers.factory import Factory, Template, TemplateShape, factory_dir, pod_devices
 from virtcontainers.hostcgroup import CgroupConfig, HostCgroup
 from virtcontainers.hypervisor.accel import detect_accelerator
-from virtcontainers.hypervisor.base import (
-    Accelerator,
-    NetDevice,
-    SharedFsKind,
-    VMConfig,
-)
+from virtcontainers.hypervisor.base import Accelerator, VMConfig
+from virtcontainers.hypervisor.devices import NetDevice, SharedFsKind
 from virtcontainers.podinterfaces import NIC_APPEAR_TIMEOUT
 from virtcontainers.sharedfs import choose_shared_fs
 from virtcontainers.store import (

@@ -24,10 +24,8 @@ from virtcontainers.states import PodState
 if TYPE_CHECKING:
     from virtcontainers.pod import Pod
 
-# How long the guest may take to show a hot-plugged NIC, and to let one go
-# (Linux waits 5 s after the unplug request before it powers the slot off).
+# How long the guest may take to show a hot-plugged NIC.
 NIC_APPEAR_TIMEOUT = 60.0
-NIC_UNPLUG_TIMEOUT = 60.0
 
 
 class PodInterfaces:
@@ -81,7 +79,7 @@ class PodInterfaces:
             self._require_netns("remove")
             nic = self.pod.network.nic(name)
             try:
-                await self.pod.hypervisor.unplug_device(nic.device_id, NIC_UNPLUG_TIMEOUT)
+                await self.pod.hypervisor.unplug_device(nic.device_id)
             except NotFoundError:
                 # Out of the VM already: an earlier remove failed after the unplug.
                 self.pod.log.info("%s of %s was unplugged already", nic.device_id, name)
@@ -104,7 +102,7 @@ class PodInterfaces:
     async def _unplug_quietly(self, nic: Nic) -> None:
         # The failure being raised is the one to report: this one is only logged.
         try:
-            await self.pod.hypervisor.unplug_device(nic.device_id, NIC_UNPLUG_TIMEOUT)
+            await self.pod.hypervisor.unplug_device(nic.device_id)
         except VcError as exc:
             self.pod.log.warning("undoing the hot-plug of %s: %s", nic.interface.name, exc)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from virtcontainers.agent.messages import NetInterface, NetRoute
 from virtcontainers.errors import ConfigError, NetworkError, NotFoundError
-from virtcontainers.hypervisor.base import NetDevice
+from virtcontainers.hypervisor.devices import NetDevice
 from virtcontainers.store import PodPaths, write_json_atomic
 
 if TYPE_CHECKING:

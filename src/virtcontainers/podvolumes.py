@@ -16,14 +16,12 @@ from typing import TYPE_CHECKING
 
 from virtcontainers.config import ContainerConfig
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError, VcError
-from virtcontainers.hypervisor import BlockDevice, VMState
+from virtcontainers.hypervisor.base import VMState
+from virtcontainers.hypervisor.devices import BlockDevice
 from virtcontainers.volumes import BlockVolume, volume_id
 
 if TYPE_CHECKING:
     from virtcontainers.pod import Pod
-
-# Linux waits 5 s after the unplug request before it powers a slot off.
-DISK_UNPLUG_TIMEOUT = 60.0
 
 
 class PodVolumes:
@@ -95,6 +93,6 @@ class PodVolumes:
     async def _unplug(self, ident: str) -> None:
         with contextlib.suppress(NotFoundError):
             try:
-                await self.pod.hypervisor.unplug_device(ident, DISK_UNPLUG_TIMEOUT)
+                await self.pod.hypervisor.unplug_device(ident)
             except HypervisorError as exc:
                 self.pod.log.warning("volume %s: unplug failed: %s", ident, exc)

@@ -19,7 +19,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from virtcontainers.agent.base import Agent, ExitStatus, StdioStreams, Stream
+from virtcontainers.agent.base import Agent, StdioStreams, Stream
+from virtcontainers.agent.results import ExitStatus
 from virtcontainers.errors import VcError
 from virtcontainers.fdwait import wait_readable
 from virtcontainers.sinks import Sink

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 
 from virtcontainers.errors import ConfigError
 from virtcontainers.hypervisor.accel import detect_accelerator
-from virtcontainers.hypervisor.base import Accelerator, SharedFsKind
+from virtcontainers.hypervisor.base import Accelerator
+from virtcontainers.hypervisor.devices import SharedFsKind
 from virtcontainers.hypervisor.virtiofsd import find_virtiofsd
 
 ENV = "VC_SHARED_FS"

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from virtcontainers.agent.base import GuestDetails
+from virtcontainers.agent.results import GuestDetails
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import ContainerRecord, PodRecord
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from virtcontainers.agent.base import ExitStatus, GuestDetails
+from virtcontainers.agent.results import ExitStatus, GuestDetails
 from virtcontainers.config import (
     MAX_SOCKET_PATH,
     ContainerConfig,

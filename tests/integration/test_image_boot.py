@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from virtcontainers.agent import protocol
-from virtcontainers.hypervisor import host_tsc_khz
+from virtcontainers.hypervisor.accel import host_tsc_khz
 from virtcontainers.image import GuestImage, build_image
 
 pytestmark = [

@@ -16,7 +16,7 @@ from virtcontainers.agent.mock import MockAgent
 from virtcontainers.cli.blockvolumes import parse_block_volume
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig, Resources
 from virtcontainers.errors import AgentError, ConfigError
-from virtcontainers.hypervisor import BlockDevice
+from virtcontainers.hypervisor.devices import BlockDevice
 from virtcontainers.hypervisor.mock import MockHypervisor
 from virtcontainers.hypervisor.qemu_command import render_device
 from virtcontainers.spec import container_spec

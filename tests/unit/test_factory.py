@@ -33,9 +33,11 @@ from virtcontainers.factory import (
     TemplateShape,
     factory_dir,
 )
-from virtcontainers.hypervisor import Accelerator, QemuCommand, QemuHypervisor, VMConfig
 from virtcontainers.hypervisor.accel import detect_accelerator
-from virtcontainers.hypervisor.base import MemoryFile, SharedFsKind
+from virtcontainers.hypervisor.base import Accelerator, MemoryFile, VMConfig
+from virtcontainers.hypervisor.devices import SharedFsKind
+from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.hypervisor.qemu_command import QemuCommand
 from virtcontainers.podboot import template_for_pod
 from virtcontainers.sharedfs import choose_shared_fs
 

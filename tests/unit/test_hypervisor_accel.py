@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from virtcontainers.errors import ConfigError
-from virtcontainers.hypervisor import Accelerator, detect_accelerator, host_tsc_khz
-from virtcontainers.hypervisor.accel import cpu_flags, parse_tsc_khz
+from virtcontainers.hypervisor.accel import (
+    cpu_flags,
+    detect_accelerator,
+    host_tsc_khz,
+    parse_tsc_khz,
+)
+from virtcontainers.hypervisor.base import Accelerator
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -8,19 +8,15 @@ from pathlib import Path
 import pytest
 
 from virtcontainers.errors import ConfigError, StateError
-from virtcontainers.hypervisor import (
-    Accelerator,
+from virtcontainers.hypervisor.base import Accelerator, MemoryFile, VMConfig, VMState
+from virtcontainers.hypervisor.devices import (
     BlockDevice,
     NetDevice,
-    QemuCommand,
-    QemuHypervisor,
     SerialPortDevice,
     SharedFsDevice,
-    VMConfig,
-    VMState,
 )
-from virtcontainers.hypervisor.base import MemoryFile
-from virtcontainers.hypervisor.qemu_command import TCG_TB_MIB, render_device
+from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.hypervisor.qemu_command import TCG_TB_MIB, QemuCommand, render_device
 
 
 def _config(tmp_path: Path, **kw: object) -> VMConfig:

@@ -21,15 +21,10 @@ import pytest
 
 from tests.unit import fake_qemu
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError
-from virtcontainers.hypervisor import (
-    Accelerator,
-    BlockDevice,
-    NetDevice,
-    QemuCommand,
-    QemuHypervisor,
-    SerialPortDevice,
-    VMConfig,
-)
+from virtcontainers.hypervisor.base import Accelerator, VMConfig
+from virtcontainers.hypervisor.devices import BlockDevice, NetDevice, SerialPortDevice
+from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.hypervisor.qemu_command import QemuCommand
 
 MAC = "02:00:00:00:00:01"
 OTHER_MAC = "02:00:00:00:00:02"

@@ -16,18 +16,11 @@ from virtcontainers.errors import (
     StateError,
     VMLaunchError,
 )
-from virtcontainers.hypervisor import (
-    BlockDevice,
-    Hypervisor,
-    HypervisorKind,
-    MockHypervisor,
-    NetDevice,
-    QemuHypervisor,
-    SerialPortDevice,
-    VMConfig,
-    VMState,
-    new_hypervisor,
-)
+from virtcontainers.hypervisor import new_hypervisor
+from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind, VMConfig, VMState
+from virtcontainers.hypervisor.devices import BlockDevice, NetDevice, SerialPortDevice
+from virtcontainers.hypervisor.mock import MockHypervisor
+from virtcontainers.hypervisor.qemu import QemuHypervisor
 
 
 @pytest.fixture

@@ -11,16 +11,10 @@ import pytest
 
 from virtcontainers import sharedfs
 from virtcontainers.errors import ConfigError, VMLaunchError
-from virtcontainers.hypervisor import (
-    Accelerator,
-    QemuCommand,
-    QemuHypervisor,
-    SharedFsDevice,
-    SharedFsKind,
-    VMConfig,
-    VMState,
-)
-from virtcontainers.hypervisor.qemu_command import render_device
+from virtcontainers.hypervisor.base import Accelerator, VMConfig, VMState
+from virtcontainers.hypervisor.devices import SharedFsDevice, SharedFsKind
+from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.hypervisor.qemu_command import QemuCommand, render_device
 from virtcontainers.hypervisor.virtiofsd import virtiofs_socket, virtiofsd_argv
 
 VIRTIO_FS = SharedFsKind.VIRTIO_FS

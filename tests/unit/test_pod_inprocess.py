@@ -44,8 +44,8 @@ from tests.unit.conftest import mock_pod
 from tests.unit.test_guest_agent import AGENT, ROOT, RUNC, runc_leftovers
 from virtcontainers import api, mounts, spec
 from virtcontainers.agent import protocol
-from virtcontainers.agent.base import ExitStatus
 from virtcontainers.agent.client import AgentClient
+from virtcontainers.agent.results import ExitStatus
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
 from virtcontainers.container import Container
 from virtcontainers.errors import AgentProtocolError, NotFoundError, StateError

@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.conftest import mock_pod
 from virtcontainers import api
-from virtcontainers.agent.base import ContainerStats
+from virtcontainers.agent.results import ContainerStats
 from virtcontainers.cli.runtime_resources import limits_from_flags, runc_stats
 from virtcontainers.cli.runtime_state import Options, RuntimeCommandError
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths

@@ -20,6 +20,7 @@ from virtcontainers.agent.messages import (
     OciResources,
     StdioArgs,
 )
+from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
 
 
 class AgentKind(enum.Enum):
@@ -27,68 +28,6 @@ class AgentKind(enum.Enum):
 
     VC = "vc"  # our guest agent, over the VM's agent port
     MOCK = "mock"  # in-process, for unit tests with the mock hypervisor
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How a process ended: ``exit_code`` is 128+N when killed by signal N.
-
-    ``error`` says why, when the process did not end on its own terms but
-    with its VM or its agent (the pod stopped, the VM died).
-    """
-
-    exit_code: int
-    signal: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class GuestDetails:
-    kernel: str
-    agent_version: str
-    python: str
-    cpus: int
-    memory_kib: int
-    runtime: str
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    args: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ContainerStats:
-    """A container's usage, read from its cgroup in the guest; limits are 0
-    where there is none.  The network figures are the pod's, shared by all its
-    containers.  These fields are also the agent's answer to container_stats,
-    by name."""
-
-    cpu_usage_ns: int
-    cpu_user_ns: int
-    cpu_system_ns: int
-    memory_bytes: int
-    memory_limit_bytes: int
-    memory_cache_bytes: int
-    pids: int
-    pids_limit: int
-    io_read_bytes: int
-    io_write_bytes: int
-    network_rx_bytes: int
-    network_tx_bytes: int
-
-    @classmethod
-    def parse(cls, data: Mapping[str, object]) -> ContainerStats:
-        """The figures of an answer (the guest's, or the daemon's); ValueError
-        naming the first that is missing or not an integer in 0..2^63."""
-        values = {}
-        for name in cls.__dataclass_fields__:
-            value = data.get(name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
-                raise ValueError(f"{name}={value!r} is not a usage figure")
-            values[name] = value
-        return cls(**values)
 
 
 @dataclass(frozen=True)

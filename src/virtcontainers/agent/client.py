@@ -19,14 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from virtcontainers.agent import protocol
-from virtcontainers.agent.base import (
-    ContainerStats,
-    EventHandler,
-    ExitStatus,
-    GuestDetails,
-    ProcessInfo,
-    StdioStreams,
-)
+from virtcontainers.agent.base import EventHandler, StdioStreams
 from virtcontainers.agent.messages import (
     Args,
     CloseOutputArgs,
@@ -48,6 +41,7 @@ from virtcontainers.agent.messages import (
     VolumeArgs,
 )
 from virtcontainers.agent.protocol import Frame, FrameType
+from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
 from virtcontainers.errors import AgentError, AgentProtocolError
 
 READ_SIZE = 256 * 1024

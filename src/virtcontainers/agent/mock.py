@@ -20,15 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtcontainers import rpc
-from virtcontainers.agent.base import (
-    ContainerStats,
-    EventHandler,
-    ExitStatus,
-    GuestDetails,
-    ProcessInfo,
-    StdioStreams,
-)
+from virtcontainers.agent.base import EventHandler, StdioStreams
 from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, OciResources
+from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
 from virtcontainers.errors import AgentError
 
 

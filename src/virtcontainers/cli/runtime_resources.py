@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from virtcontainers import api
-from virtcontainers.agent.base import ContainerStats
+from virtcontainers.agent.results import ContainerStats
 from virtcontainers.cli.runtime_state import Options, Record, RuntimeCommandError, log_event
 from virtcontainers.errors import ConfigError, VcError
 from virtcontainers.limits import Limits, parse_size

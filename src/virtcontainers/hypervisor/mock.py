@@ -15,15 +15,13 @@ from pathlib import Path
 
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError, VMLaunchError
 from virtcontainers.hypervisor.base import (
-    BlockDevice,
+    UNPLUG_TIMEOUT,
     Capabilities,
-    Device,
     Lifecycle,
-    NetDevice,
-    SerialPortDevice,
     VMConfig,
     VMState,
 )
+from virtcontainers.hypervisor.devices import BlockDevice, Device, NetDevice, SerialPortDevice
 
 
 class MockHypervisor:
@@ -123,7 +121,7 @@ class MockHypervisor:
         self.hotplugged.append(device)
         self._hold_tap(device)
 
-    async def unplug_device(self, device_id: str, timeout: float = 60) -> None:
+    async def unplug_device(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
         self._life.require("unplug a device from", VMState.RUNNING)
         self.calls.append(("unplug_device", device_id))
         device = self.plugged().get(device_id)

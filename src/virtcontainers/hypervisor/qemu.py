@@ -42,26 +42,28 @@ from virtcontainers.hypervisor import console
 from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
 from virtcontainers.hypervisor.base import (
     OUTPUT_TAIL,
-    BlockDevice,
+    UNPLUG_TIMEOUT,
     Capabilities,
-    Device,
     Lifecycle,
-    NetDevice,
+    VMConfig,
+    VMState,
+)
+from virtcontainers.hypervisor.confine import qemu_child_setup
+from virtcontainers.hypervisor.devices import (
+    Device,
     SerialPortDevice,
     SharedFsDevice,
     SharedFsKind,
-    VMConfig,
-    VMState,
     check_socket_path,
 )
-from virtcontainers.hypervisor.confine import qemu_child_setup
 from virtcontainers.hypervisor.qemu_command import (
     DEFAULT_BINARY,
     DEFAULT_MACHINE,
     MACHINES,
     QemuCommand,
+    render_device,
 )
-from virtcontainers.hypervisor.qemu_hotplug import UNPLUG_TIMEOUT, QemuHotplug
+from virtcontainers.hypervisor.qemu_hotplug import QemuHotplug
 from virtcontainers.hypervisor.qemu_state import QemuState
 from virtcontainers.hypervisor.virtiofsd import (
     Virtiofsd,
@@ -183,15 +185,8 @@ class QemuHypervisor:
     def _check_device(self, device: Device, run_dir: Path) -> None:
         if isinstance(device, SharedFsDevice) and device.kind is SharedFsKind.VIRTIO_FS:
             check_virtiofs_device(self.virtiofsd_binary(), device, run_dir)
-        match device:
-            case BlockDevice(path=path) if not path.exists():
-                raise ConfigError(f"device {device.id}", f"{path} does not exist")
-            case SharedFsDevice(host_path=path) if not path.is_dir():
-                raise ConfigError(f"device {device.id}", f"{path} is not a directory")
-            case BlockDevice() | SharedFsDevice() | SerialPortDevice() | NetDevice():
-                pass
-            case _:
-                raise ConfigError("device", f"{type(device).__name__} is not supported by QEMU")
+        device.check_host()
+        render_device(device, run_dir)  # ConfigError for a device type QEMU does not know
 
     def _check_saved_state(self, config: VMConfig) -> None:
         file = config.memory_file

@@ -14,17 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtcontainers.errors import ConfigError
-from virtcontainers.hypervisor.base import (
-    Accelerator,
+from virtcontainers.hypervisor.base import Accelerator, VMConfig
+from virtcontainers.hypervisor.confine import QEMU_SANDBOX
+from virtcontainers.hypervisor.devices import (
     BlockDevice,
     Device,
     NetDevice,
     SerialPortDevice,
     SharedFsDevice,
     SharedFsKind,
-    VMConfig,
 )
-from virtcontainers.hypervisor.confine import QEMU_SANDBOX
 from virtcontainers.hypervisor.virtiofsd import virtiofs_devices, virtiofs_socket
 
 DEFAULT_BINARY = "qemu-system-x86_64"

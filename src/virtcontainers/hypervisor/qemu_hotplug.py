@@ -17,20 +17,18 @@ from qemu.qmp import ExecuteError
 from qemu.qmp.message import Message
 
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError
-from virtcontainers.hypervisor.base import (
+from virtcontainers.hypervisor.base import UNPLUG_TIMEOUT, VMState
+from virtcontainers.hypervisor.devices import (
     BlockDevice,
     Device,
     NetDevice,
     SerialPortDevice,
-    VMState,
     check_socket_path,
 )
 from virtcontainers.hypervisor.qemu_command import VIRTIO_SERIAL_ID, blockdev_node
 
 if TYPE_CHECKING:
     from virtcontainers.hypervisor.qemu import QemuHypervisor, _Running
-
-UNPLUG_TIMEOUT = 60.0
 
 
 class QemuHotplug:

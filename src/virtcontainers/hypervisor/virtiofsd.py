@@ -23,16 +23,16 @@ from functools import cache
 from pathlib import Path
 
 from virtcontainers.errors import ConfigError, VMLaunchError
-from virtcontainers.hypervisor.base import (
-    OUTPUT_TAIL,
+from virtcontainers.hypervisor.base import OUTPUT_TAIL
+from virtcontainers.hypervisor.confine import (
+    VIRTIOFSD_DROPPED_CAPABILITIES,
+    virtiofsd_child_setup,
+)
+from virtcontainers.hypervisor.devices import (
     Device,
     SharedFsDevice,
     SharedFsKind,
     check_socket_path,
-)
-from virtcontainers.hypervisor.confine import (
-    VIRTIOFSD_DROPPED_CAPABILITIES,
-    virtiofsd_child_setup,
 )
 from virtcontainers.logtail import tail
 

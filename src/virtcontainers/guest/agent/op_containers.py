@@ -61,21 +61,15 @@ def create_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> 
         agent.containers.pop(cid, None)
         rmtree(bundle_dir)
 
-    try:
-        Launch(
-            agent,
-            reply,
-            proc,
-            args=["create", "--bundle", bundle_dir, "--pid-file", pid_file, cid],
-            pid_file=pid_file,
-            log_file=os.path.join(bundle_dir, "runtime.log"),
-            on_ok=on_ok,
-            on_fail=on_fail,
-        )
-    except BaseException:
-        agent.release_streams(streams)
-        on_fail()
-        raise
+    Launch(
+        reply,
+        proc,
+        args=["create", "--bundle", bundle_dir, "--pid-file", pid_file, cid],
+        pid_file=pid_file,
+        log_file=os.path.join(bundle_dir, "runtime.log"),
+        on_ok=on_ok,
+        on_fail=on_fail,
+    )
 
 
 def _check_bundle(args: Mapping[str, object]) -> tuple[dict[str, object], CheckedProcess, str]:

@@ -70,21 +70,15 @@ def exec_process(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None
         if container.execs.get(exec_id) is proc:
             del container.execs[exec_id]
 
-    try:
-        Launch(
-            agent,
-            reply,
-            proc,
-            args=[*argv, container.id],
-            pid_file=pid_file,
-            log_file=os.path.join(container.bundle_dir, f"exec-{exec_id}.log"),
-            on_ok=lambda pid: None,
-            on_fail=on_fail,
-        )
-    except BaseException:
-        agent.release_streams(streams)
-        on_fail()
-        raise
+    Launch(
+        reply,
+        proc,
+        args=[*argv, container.id],
+        pid_file=pid_file,
+        log_file=os.path.join(container.bundle_dir, f"exec-{exec_id}.log"),
+        on_ok=lambda pid: None,
+        on_fail=on_fail,
+    )
 
 
 def exec_guest(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:

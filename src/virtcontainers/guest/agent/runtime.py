@@ -209,11 +209,13 @@ class Launch:
     runtime's own stdio, which runc/crun pass through to the process.  A
     terminal process gets a console socket instead; the runtime sends the pty
     master over it (SCM_RIGHTS).
+
+    A launch that cannot start its runtime call undoes itself (the process's
+    streams released, ``on_fail`` run) and raises.
     """
 
     def __init__(
         self,
-        agent: Agent,
         reply: Reply,
         proc: Process,
         *,
@@ -223,13 +225,10 @@ class Launch:
         on_ok: Callable[[int], None],
         on_fail: Handler,
     ) -> None:
-        self.agent = agent
-        self.reply = reply
-        self.proc = proc
-        self.pid_file = pid_file
-        self.log_file = log_file
-        self.on_ok = on_ok
-        self.on_fail = on_fail
+        agent = self.agent = proc.agent
+        self.reply, self.proc = reply, proc
+        self.pid_file, self.log_file = pid_file, log_file
+        self.on_ok, self.on_fail = on_ok, on_fail
         self.console: ConsoleSocket | None = None
         self.ours: list[int] = []  # our ends: stdin writer, stdout reader, stderr reader
         child: list[int] = []
@@ -240,16 +239,7 @@ class Launch:
                 self.console = ConsoleSocket(agent, agent.console_path(bundle_dir))
                 args = [*args[:-1], "--console-socket", self.console.path, args[-1]]
             else:
-                for index, stream_id in enumerate(proc.streams):
-                    if stream_id is None:
-                        child.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
-                        self.ours.append(-1)
-                        continue
-                    rfd, wfd = os.pipe()
-                    child.append(rfd if index == 0 else wfd)
-                    self.ours.append(wfd if index == 0 else rfd)
-                    os.set_blocking(self.ours[-1], False)
-                stdio = (child[0], child[1], child[2])
+                stdio = self._pipes(child)
             unlink_quiet(pid_file)
             argv = agent.runtime_argv(*args, log_file=log_file)
             RuntimeCall(agent, argv, self.done, stdio)  # done() runs later, from the loop
@@ -257,10 +247,26 @@ class Launch:
             self.close_ours()
             if self.console is not None:
                 self.console.close()
+            agent.release_streams(proc.streams)
+            on_fail()
             raise
         finally:
             for fd in child:
                 close_fd(fd)
+
+    def _pipes(self, child: list[int]) -> tuple[int, int, int]:
+        """The runtime's stdio: a pipe per stream (/dev/null for none), the
+        child's ends appended to *child*, ours kept in ``ours``."""
+        for index, stream_id in enumerate(self.proc.streams):
+            if stream_id is None:
+                child.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+                self.ours.append(-1)
+                continue
+            rfd, wfd = os.pipe()
+            child.append(rfd if index == 0 else wfd)
+            self.ours.append(wfd if index == 0 else rfd)
+            os.set_blocking(self.ours[-1], False)
+        return (child[0], child[1], child[2])
 
     def close_ours(self) -> None:
         for fd in self.ours:
