@@ -3,6 +3,10 @@ command line as a pod's VM, to a trivial init (busybox in a tiny initrd).
 
 - :func:`bare_boot_once`: init prints a marker and powers off; the floor of
   a cold start is launch to QEMU's exit;
+- :func:`python_floor_initrd`: the guest image's own initrd and root, booted
+  as for a pod, except that ``/init`` ends in ``python3 -S`` printing the
+  marker instead of the agent: what the guest's language costs a cold start
+  before the agent does anything (booted with :func:`bare_boot_once` too);
 - :func:`bare_idle_vms`: init prints a marker and the guest's
   ``/proc/meminfo``, then sleeps: the floor of an idle pod's memory and CPU.
 """
@@ -13,11 +17,15 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind, VMConfig
+from virtcontainers.hypervisor.devices import BlockDevice, Device
 from virtcontainers.image.cpio import CpioWriter, write_gzip_cpio
 
 MARKER = "VC-BENCH-INIT"
@@ -51,15 +59,56 @@ def bare_initrd(path: Path, idle: bool = False) -> None:
     write_gzip_cpio(path, fill)
 
 
+AGENT_EXEC = 'exec switch_root "$NEWROOT" $AGENT\n'
+# Printed, then the VM powered off at once (as busybox poweroff -f would):
+# the same end as the bare floor's, from the first Python process.
+PYTHON_EXEC = (
+    'exec switch_root "$NEWROOT" /usr/bin/python3.11 -S -c '
+    f'\'print("{MARKER}", flush=True); open("/proc/sysrq-trigger", "w").write("o")\'\n'
+)
+
+
+def python_floor_initrd(image_initrd: Path, dest: Path) -> None:
+    """The image's initrd with its /init ending in ``python3 -S`` instead of
+    the agent.  Unpacked and packed again with cpio, as root (it holds
+    /dev/console)."""
+    with tempfile.TemporaryDirectory(prefix="vc-bench-initrd-") as tmp:
+        with image_initrd.open("rb") as packed:
+            gunzip = subprocess.Popen(["gzip", "-dc"], stdin=packed, stdout=subprocess.PIPE)
+            subprocess.run(["cpio", "-idm", "--quiet"], stdin=gunzip.stdout, cwd=tmp, check=True)
+            if gunzip.wait() != 0:
+                raise RuntimeError(f"{image_initrd}: not a gzip cpio")
+        init = Path(tmp, "init")
+        script = init.read_text()
+        if script.count(AGENT_EXEC) != 1:
+            raise RuntimeError(f"{image_initrd}: /init does not end in {AGENT_EXEC.strip()!r}")
+        init.write_text(script.replace(AGENT_EXEC, PYTHON_EXEC))
+        names = subprocess.run(["find", "."], cwd=tmp, check=True, capture_output=True).stdout
+        cpio = subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            input=names, cwd=tmp, check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        with dest.open("wb") as out:
+            subprocess.run(["gzip", "-1"], input=cpio, stdout=out, check=True)
+
+
 def console_text(hypervisor: Hypervisor) -> str:
     path = hypervisor.console_path()
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-async def bare_boot_once(kernel: Path, initrd: Path, run_dir: Path) -> float:
+async def bare_boot_once(
+    kernel: Path, initrd: Path, run_dir: Path, devices: Sequence[Device] = ()
+) -> float:
     hypervisor = new_hypervisor(HypervisorKind.QEMU)
     await hypervisor.create(
-        VMConfig(vm_id="bench-bare", kernel=kernel, initrd=initrd, run_dir=run_dir)
+        VMConfig(
+            vm_id="bench-bare",
+            kernel=kernel,
+            initrd=initrd,
+            run_dir=run_dir,
+            devices=tuple(devices),
+        )
     )
     started = time.monotonic()
     try:
@@ -81,6 +130,11 @@ async def _until_idle(hypervisor: Hypervisor, vm_id: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"bare VM {vm_id} did not reach its init in {BOOT_TIMEOUT:.0f}s")
         await asyncio.sleep(0.1)
+
+
+def root_disk(rootfs: Path) -> BlockDevice:
+    """The image's squashfs as the guest's /dev/vda, as a pod's VM has it."""
+    return BlockDevice("root", rootfs, read_only=True)
 
 
 def guest_meminfo_kib(hypervisor: Hypervisor) -> dict[str, int]:

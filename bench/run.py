@@ -45,7 +45,7 @@ import ksm
 import network
 import plots
 import templates
-from bare import bare_boot_once, bare_initrd
+from bare import bare_boot_once, bare_initrd, python_floor_initrd, root_disk
 from common import progress, summary
 from templates import pod_start_once
 from virtcontainers import api
@@ -75,6 +75,19 @@ def bare_boot(kernel: Path, runs: int) -> list[float]:
             run_dir = Path(tmp) / f"vm{index}"
             times.append(asyncio.run(bare_boot_once(kernel, initrd, run_dir)))
             progress(f"bare boot {index + 1}/{runs}: {times[-1]:.2f}s")
+    return times
+
+
+def python_floor_boots(kernel: Path, initrd: Path, rootfs: Path, runs: int) -> list[float]:
+    times = []
+    with tempfile.TemporaryDirectory(prefix="vc-bench-") as tmp:
+        floor_initrd = Path(tmp) / "initrd.img"
+        python_floor_initrd(initrd, floor_initrd)
+        for index in range(runs):
+            run_dir = Path(tmp) / f"vm{index}"
+            boot = bare_boot_once(kernel, floor_initrd, run_dir, [root_disk(rootfs)])
+            times.append(asyncio.run(boot))
+            progress(f"boot to python3 {index + 1}/{runs}: {times[-1]:.2f}s")
     return times
 
 
@@ -124,6 +137,7 @@ def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
     """Boots, pod starts, exec round trips, agent import, image lookup."""
     image = find_image()
     boots = bare_boot(image.kernel, args.runs)
+    pythons = python_floor_boots(image.kernel, image.initrd, image.rootfs, args.runs)
     lookups = image_lookups(args.runs)
     progress(f"image lookup median: {statistics.median(lookups) * 1000:.0f} ms")
     starts: list[float] = []
@@ -146,9 +160,12 @@ def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
                 api.delete_pod(pod_id)
 
     boot, start, rtt = summary(boots), summary(starts), summary(execs)
+    python = summary(pythons)
+    python_ratio = round(python["median_s"] / boot["median_s"], 2)
     agent_import = summary(imports)
     start_ratio = round(start["median_s"] / boot["median_s"], 2)
     print(f"bare boot to init (floor)   median {boot['median_s']:.2f} s")
+    print(f"image's boot to python3     median {python['median_s']:.2f} s ({python_ratio}x floor)")
     print(f"pod start to first output   median {start['median_s']:.2f} s ({start_ratio}x floor)")
     print(f"exec round trip             median {rtt['median_s'] * 1000:.0f} ms")
     print(f"agent import in the guest   median {agent_import['median_s'] * 1000:.0f} ms")
@@ -160,12 +177,14 @@ def core(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
     return {
         "templates": templated,
         "bare_boot_to_init": boot,
+        "image_boot_to_python": python,
         "pod_start_to_first_output": start,
         "exec_round_trip": rtt,
         "agent_import_in_guest": agent_import,
         "image_lookup": summary(lookups),
         "ratios": {
             "pod_start_over_bare_boot": start_ratio,
+            "image_boot_to_python_over_bare_boot": python_ratio,
             "exec_round_trip_over_bare_boot": round(rtt["median_s"] / boot["median_s"], 3),
         },
     }

@@ -17,6 +17,8 @@ from tests.integration.conftest import pod_with, qemu_pids, run_exec, shell, vir
 from virtcontainers import api, mounts
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.errors import HypervisorError, StateError
+from virtcontainers.hypervisor.accel import detect_accelerator
+from virtcontainers.hypervisor.base import Accelerator
 from virtcontainers.image import GuestImage
 from virtcontainers.states import ContainerState, PodState
 
@@ -91,6 +93,11 @@ def test_three_containers_in_one_pod(no_leaks: Path, busybox_rootfs: Path) -> No
     assert guest is not None and guest.kernel.startswith("6.") and guest.runtime
     processes = api.list_processes("three", "b")
     assert any(p.args[:2] == ("sleep", "1000") for p in processes)
+    idle, _, code = run_exec("three", "a", shell("cat /proc/sys/vm/compaction_proactiveness"))
+    assert code == 0
+    _, _, has_psi = run_exec("three", "a", shell("test -e /proc/pressure"))
+    if detect_accelerator()[0] is Accelerator.TCG:  # qemu_command.TCG_IDLE_PARAMS reached the guest
+        assert (idle, has_psi) == (b"0\n", 1)
     api.stop_container("three", "a", timeout=1)
     assert api.container_status("three", "a").state is ContainerState.STOPPED
     assert api.container_status("three", "b").state is ContainerState.RUNNING

@@ -16,7 +16,12 @@ from virtcontainers.hypervisor.devices import (
     SharedFsDevice,
 )
 from virtcontainers.hypervisor.qemu import QemuHypervisor
-from virtcontainers.hypervisor.qemu_command import TCG_TB_MIB, QemuCommand, render_device
+from virtcontainers.hypervisor.qemu_command import (
+    TCG_IDLE_PARAMS,
+    TCG_TB_MIB,
+    QemuCommand,
+    render_device,
+)
 
 
 def _config(tmp_path: Path, **kw: object) -> VMConfig:
@@ -275,6 +280,8 @@ def test_mitigations_are_off_only_under_tcg(tmp_path: Path) -> None:
         command = QemuCommand(config=config, accelerator=accelerator, machine="microvm", devices=())
         cmdline = command.kernel_cmdline()
         assert ("mitigations=off" in cmdline.split()) is expected
+        for param in TCG_IDLE_PARAMS:
+            assert (param in cmdline.split()) is expected
 
 
 def test_free_page_reporting_only_for_anonymous_guest_ram(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ VIRTIO_SERIAL_ID = "vc-vser"
 # later (its crun is translated after the buffer filled; docs/measurements.md).
 TCG_TB_MIB = 32
 BALLOON_ID = "vc-balloon"
+TCG_IDLE_PARAMS = ("sysctl.vm.compaction_proactiveness=0", "nowatchdog", "psi=0")
 BASE_KERNEL_PARAMS = (
     "console=ttyS0",
     "quiet",
@@ -239,6 +240,11 @@ def kernel_cmdline(accelerator: Accelerator, tsc_khz: int | None, extra: tuple[s
         # cost boot and run time without protecting anything (measured:
         # bare boot 3.21 s -> 2.96 s, median of 5). Under KVM they stay on.
         params.append("mitigations=off")
+        # Every guest wakeup is emulated: an idle guest's periodic kernel work
+        # is most of an idle pod's host CPU.  Off: proactive compaction's
+        # kcompactd (2 wakeups/s), the lockup watchdog, pressure (PSI)
+        # averaging.  Measured: 1.11% -> 0.71% of a core per idle pod.
+        params.extend(TCG_IDLE_PARAMS)
     params.extend(extra)
     return " ".join(params)
 
