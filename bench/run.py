@@ -12,6 +12,9 @@
 - agent import in the guest: what the start stub does before ``main()``
   (``import agent``: the package and the stdlib modules it needs), timed by
   the guest's Python after dropping the guest's page cache, as at boot.
+- timings (bench/timings.py): ``virtc run --rm --timings -- echo hi``, the
+  real CLI, cold and templated runs interleaved: each step's median increment
+  from the CLI's process start to the container's first output and exit.
 - density (bench/density.py): PSS and CPU of 1, 5, 10, 20 idle pods at once,
   cold and templated, beside as many idle bare VMs (bench/bare.py); with
   plots in docs/ and a table in docs/measurements.md (bench/plots.py).
@@ -21,8 +24,9 @@
   namespace to a container of a pod on a veth, against the same server in a
   plain namespace.
 
-Writes bench/results.json (``--only network`` or ``--only density`` updates
-those figures and keeps the rest).  This machine is noisy: read the ratios.
+Writes bench/results.json (``--only timings``, ``--only network`` or
+``--only density`` updates those figures and keeps the rest).  This machine
+is noisy: read the ratios.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import ksm
 import network
 import plots
 import templates
+import timings
 from bare import bare_boot_once, bare_initrd, python_floor_initrd, root_disk
 from common import progress, summary
 from templates import pod_start_once
@@ -238,7 +243,9 @@ def run_density(args: argparse.Namespace, rootfs: Path, facts: dict[str, Any]) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=["network", "density", "ksm"], help="run only this part")
+    parser.add_argument(
+        "--only", choices=["timings", "network", "density", "ksm"], help="run only this part"
+    )
     parser.add_argument("--ksm-pods", type=int, default=5, help="idle cold pods for KSM")
     parser.add_argument("--runs", type=int, default=5, help="boots of each kind; network runs")
     parser.add_argument("--execs", type=int, default=20, help="exec round trips")
@@ -270,6 +277,10 @@ def main() -> int:
     if args.only is None:
         results.update(core(args, rootfs))
         ratios = results["ratios"]
+    if args.only in (None, "timings"):
+        results["timings"] = timings.measure(args.runs)
+        ratios.update({f"timings_{k}": v for k, v in results["timings"]["ratios"].items()})
+        timings.report(results["timings"])
     if args.only in (None, "network"):
         results["network"] = network.measure(config, rootfs, progress)
         ratios.update({f"network_{k}": v for k, v in results["network"]["ratios"].items()})
