@@ -171,4 +171,4 @@ def _print_timings(pod_id: str, clock: Timings) -> None:
     with contextlib.suppress(VcError):  # the pod's steps are lost with its daemon
         clock.add_pod_events(api.pod_events(pod_id, after=0, timeout=0))
     for line in clock.render():
-        stderr.print(line, highlight=False)
+        stderr.print(line, highlight=False, markup=False, soft_wrap=True)  # a table: never wrapped
