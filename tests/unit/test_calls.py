@@ -1,12 +1,14 @@
-"""The daemon's network requests: their JSON form both ways, and what they refuse."""
+"""The daemon's requests: their JSON form both ways, and what they refuse."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from virtcontainers import calls
+from virtcontainers.agent.results import ContainerStats, ExitStatus
 from virtcontainers.errors import ConfigError, DaemonError
 
 STATUS = calls.InterfaceStatus(
@@ -65,3 +67,49 @@ def test_interface_names_linux_would_refuse_are_refused(name: str) -> None:
 def test_interface_names_linux_accepts_are_accepted() -> None:
     for name in ("eth0", "x" * 15, "veth-a.b_c@1", "é" * 7):
         assert calls.AddInterface(name).name == name
+
+
+STATS = ContainerStats(**{name: 7 for name in ContainerStats.__dataclass_fields__})
+
+
+@pytest.mark.parametrize(
+    ("request_", "result"),
+    [
+        (calls.WaitProcess("c", None), ExitStatus(137, 9, "the VM stopped")),
+        (calls.WaitProcess(None, "e1"), ExitStatus(0)),
+        (calls.GetContainerStats("c"), STATS),
+    ],
+    ids=["killed", "exited", "stats"],
+)
+def test_results_answers_round_trip(request_: calls.Request[object], result: object) -> None:
+    assert request_.decode_result(over_the_wire(request_.encode_result(result))) == result
+
+
+@pytest.mark.parametrize(
+    ("request_", "answer"),
+    [
+        (calls.WaitProcess("c", None), None),
+        (calls.WaitProcess("c", None), {"exit_code": "0"}),
+        (calls.WaitProcess("c", None), {"exit_code": 0, "signal": "KILL"}),
+        (calls.WaitProcess("c", None), {"exit_code": 0, "error": 1}),
+        (calls.GetContainerStats("c"), [1]),
+        (calls.GetContainerStats("c"), {**dataclasses.asdict(STATS), "pids": -1}),
+    ],
+)
+def test_a_malformed_result_is_a_daemon_error_naming_the_method(
+    request_: calls.Request[object], answer: object
+) -> None:
+    with pytest.raises(DaemonError, match=f"^{request_.METHOD}: malformed answer"):
+        request_.decode_result(answer)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [calls.ListProcesses("c"), calls.WatchEvents(0, 0), calls.ListInterfaces()],
+    ids=lambda r: r.METHOD,
+)
+def test_a_list_answer_that_is_not_a_list_is_a_daemon_error(
+    request_: calls.Request[object],
+) -> None:
+    with pytest.raises(DaemonError, match=f"^{request_.METHOD}: malformed answer"):
+        request_.decode_result({"not": "a list"})

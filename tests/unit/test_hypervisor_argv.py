@@ -293,3 +293,14 @@ def test_free_page_reporting_only_for_anonymous_guest_ram(tmp_path: Path) -> Non
         config = _config(tmp_path, memory_file=MemoryFile(tmp_path / "memory", shared=shared))
         cmd = QemuCommand(config=config, accelerator=Accelerator.TCG, machine="microvm", devices=())
         assert not any("balloon" in d for d in _pairs(cmd.argv(), "-device"))
+
+
+def test_devices_say_what_the_host_lacks(tmp_path: Path) -> None:
+    (tmp_path / "file").touch()
+    with pytest.raises(ConfigError, match=r"device d.*does not exist"):
+        BlockDevice("d", tmp_path / "missing").check_host()
+    with pytest.raises(ConfigError, match=r"device s.*is not a directory"):
+        SharedFsDevice("s", tmp_path / "file", "tag").check_host()
+    BlockDevice("d", tmp_path / "file").check_host()
+    SharedFsDevice("s", tmp_path, "tag").check_host()
+    SerialPortDevice("p", tmp_path / "p.sock", "port").check_host()  # made by QEMU itself
