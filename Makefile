@@ -47,7 +47,7 @@ unit: deps
 test: image lint
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --basetemp=/tmp/vc-pytest
 
-# All of it, density included (≈15 min here); bench-density is the density sweep alone.
+# All of it, density included (≈20 min here); bench-density is the density sweep alone.
 bench: image
 	$(BIN)/python bench/run.py
 

@@ -247,7 +247,7 @@ def main() -> int:
         "--only", choices=["timings", "network", "density", "ksm"], help="run only this part"
     )
     parser.add_argument("--ksm-pods", type=int, default=5, help="idle cold pods for KSM")
-    parser.add_argument("--runs", type=int, default=5, help="boots of each kind; network runs")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each figure")
     parser.add_argument("--execs", type=int, default=20, help="exec round trips")
     parser.add_argument("--net-mib", type=int, default=64, help="MiB per throughput run")
     parser.add_argument(
