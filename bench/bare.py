@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common import Closing, meminfo_kib
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind, VMConfig
 from virtcontainers.hypervisor.devices import BlockDevice, Device
@@ -140,18 +141,10 @@ def root_disk(rootfs: Path) -> BlockDevice:
 def guest_meminfo_kib(hypervisor: Hypervisor) -> dict[str, int]:
     """The guest's /proc/meminfo as its idle init printed it (kB)."""
     text = console_text(hypervisor)
-    start = text.find(MARKER)
-    end = text.find(MEMINFO_END)
-    fields: dict[str, int] = {}
-    for line in text[start:end].splitlines():
-        name, _, rest = line.partition(":")
-        value = rest.split()
-        if value and value[0].isdigit():
-            fields[name.strip()] = int(value[0])
-    return fields
+    return meminfo_kib(text[text.find(MARKER) : text.find(MEMINFO_END)])
 
 
-class BareVMs:
+class BareVMs(Closing):
     """Idle bare VMs, added one at a time and all stopped by :meth:`close`
     (also on failure or Ctrl-C: it is a context manager).
 
@@ -167,12 +160,6 @@ class BareVMs:
         self.vms: list[Hypervisor] = []
         self.lost: list[str] = []
         self.loop = asyncio.new_event_loop()
-
-    def __enter__(self) -> BareVMs:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def add(self) -> float:
         """Boot one more idle bare VM; returns launch to its init's output."""

@@ -45,12 +45,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bare import BareVMs, bare_initrd
-from common import progress
+from common import Closing, meminfo_kib, progress
 from templates import own_factory, pod_start_once, remove
 from virtcontainers import api
 from virtcontainers.config import Cmd
 from virtcontainers.errors import NotFoundError
 from virtcontainers.factory import Factory
+from virtcontainers.hostproc import CLOCK_TICKS, ProcessRef, pss_kib, stat_fields
 from virtcontainers.image import find_image
 from virtcontainers.templatevm import current_shape, init_template
 
@@ -59,7 +60,6 @@ SETTLE_WINDOW = 5.0
 SETTLE_MAX = 90.0
 SWEEP_CPU_WINDOW = 10.0
 TARGETS = {"cold_pss_over_bare": 1.15, "templated_pss_over_bare": 0.35, "idle_cpu_percent": 20.0}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -83,16 +83,6 @@ class Fleet(Protocol):
     def meminfo(self) -> dict[str, int]: ...
 
 
-def meminfo_kib(text: str) -> dict[str, int]:
-    fields: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        value = rest.split()
-        if value and value[0].isdigit():
-            fields[name.strip()] = int(value[0])
-    return fields
-
-
 def host_used_kib() -> int:
     info = meminfo_kib(Path("/proc/meminfo").read_text())
     return info["MemTotal"] - info["MemAvailable"]
@@ -102,9 +92,8 @@ def cpu_ticks(pids: Sequence[int]) -> int:
     """utime + stime of every thread of these processes (gone ones count 0)."""
     total = 0
     for pid in pids:
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
+        fields = stat_fields(pid)
+        if fields is not None:
             total += int(fields[11]) + int(fields[12])
     return total
 
@@ -113,7 +102,7 @@ def cpu_percent(pids: Sequence[int], seconds: float) -> float:
     """CPU used by *pids* over *seconds*, as % of one core."""
     before, started = cpu_ticks(pids), time.monotonic()
     time.sleep(seconds)
-    used = (cpu_ticks(pids) - before) / CLK_TCK
+    used = (cpu_ticks(pids) - before) / CLOCK_TICKS
     return 100.0 * used / (time.monotonic() - started)
 
 
@@ -142,7 +131,7 @@ def _mapping_kind(header: list[str], kernel: Path, guest_kib: int, size_kib: int
     return "files"
 
 
-_GUEST_RAM: dict[tuple[int, str], tuple[int, int]] = {}
+_GUEST_RAM: dict[ProcessRef, tuple[int, int]] = {}
 """Where each QEMU's guest RAM lies, once seen whole: discarding reported free
 pages may split its mapping, whose parts are then found by their addresses."""
 
@@ -169,8 +158,8 @@ def qemu_breakdown_kib(pid: int, kernel: Path, memory_mib: int) -> dict[str, int
     guest_kib = memory_mib * 1024
     mappings = _smaps(pid)
     ram: tuple[int, int] | None = None
-    with contextlib.suppress(OSError):
-        key = (pid, Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[19])
+    key = ProcessRef.of(pid)
+    if key is not None:
         for low, high, header, _ in mappings:
             if _mapping_kind(header, kernel, guest_kib, (high - low) // 1024) == "guest_ram":
                 _GUEST_RAM[key] = (low, high)
@@ -185,28 +174,19 @@ def qemu_breakdown_kib(pid: int, kernel: Path, memory_mib: int) -> dict[str, int
     return kinds
 
 
-def pss_kib(pid: int) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return 0
-
-
 def children(parent: int) -> list[int]:
     """Every process whose parent is *parent*."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-                found.append(int(entry.name))
+        fields = stat_fields(int(entry.name))
+        if fields is not None and int(fields[1]) == parent:
+            found.append(int(entry.name))
     return found
 
 
-class PodFleet:
+class PodFleet(Closing):
     """Idle pods, booted cold or cloned; every one is removed by :meth:`close`."""
 
     def __init__(self, rootfs: Path, boot: str) -> None:
@@ -215,12 +195,6 @@ class PodFleet:
         self.ids: list[str] = []
         self.lost: list[str] = []
         self.count = 0
-
-    def __enter__(self) -> PodFleet:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def add(self) -> float:
         pod_id = f"bench-dens-{self.boot}-{os.getpid()}-{self.count}"
@@ -331,7 +305,9 @@ def snapshot(
     units = fleet.units()
     if len(units) != n:
         progress(f"{label}: {len(units)} measured (the others are gone)")
-    per_unit = [sum(pss_kib(pid) for group in unit.values() for pid in group) for unit in units]
+    per_unit = [
+        sum((pss_kib(pid) or 0) for group in unit.values() for pid in group) for unit in units
+    ]
     breakdown: dict[str, float] = {}
     for unit in units:
         for pid in unit.get("qemu", []):
@@ -339,7 +315,7 @@ def snapshot(
                 breakdown[f"qemu_{kind}"] = breakdown.get(f"qemu_{kind}", 0) + kib
         for role in ("daemon", "other"):
             for pid in unit.get(role, []):
-                breakdown[role] = breakdown.get(role, 0) + pss_kib(pid)
+                breakdown[role] = breakdown.get(role, 0) + (pss_kib(pid) or 0)
     return {
         "n": n,
         "measured": len(units),

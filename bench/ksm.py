@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from common import progress
-from density import PodFleet, pss_kib, settle
+from density import PodFleet, settle
+from virtcontainers.hostproc import pss_kib
 
 KSM = Path("/sys/kernel/mm/ksm")
 SCAN = {"pages_to_scan": "5000", "sleep_millisecs": "20"}
@@ -68,7 +69,7 @@ def wait_for_scans(count: int) -> None:
 
 def fleet_pss_mib(fleet: PodFleet) -> float:
     pids = [pid for unit in fleet.units() for pids in unit.values() for pid in pids]
-    return sum(pss_kib(pid) for pid in pids) / 1024
+    return sum(pss_kib(pid) or 0 for pid in pids) / 1024
 
 
 def measure(rootfs: Path, pods: int) -> dict[str, Any]:

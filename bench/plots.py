@@ -88,6 +88,17 @@ def plot_breakdown(results: dict[str, Any], machine: str, path: Path = BREAKDOWN
     plt.close(figure)
 
 
+def _pss_rows(
+    block: dict[str, Any], floor: str, labels: tuple[str, str], targets: tuple[str, str]
+) -> list[str]:
+    """The cold and the templated row of one PSS figure."""
+    return [
+        f"| {label} | {block[f'{kind}_pod_mib']:.0f} MiB | {floor} "
+        f"| {block[f'{kind}_over_bare']}{TIMES} |{f' {target} ' if target else ' '}|"
+        for kind, label, target in zip(("cold", "templated"), labels, targets, strict=True)
+    ]
+
+
 def table(results: dict[str, Any], headline: dict[str, Any], when: str, machine: str) -> str:
     rows = [
         f"| figure ({when}, {machine}) | measured | its floor, same run | ratio | target |",
@@ -95,24 +106,22 @@ def table(results: dict[str, Any], headline: dict[str, Any], when: str, machine:
     ]
     if "pss" in headline:
         pss = headline["pss"]
-        floor = f"bare VM, {pss['n']} at once: {pss['bare_vm_mib']:.0f} MiB"
-        rows += [
-            f"| host PSS per idle pod, {pss['n']} at once, cold | {pss['cold_pod_mib']:.0f} MiB "
-            f"| {floor} | {pss['cold_over_bare']}{TIMES} | ≤ {pss['cold_target']}{TIMES} |",
-            f"| host PSS per idle pod, {pss['n']} at once, templated "
-            f"| {pss['templated_pod_mib']:.0f} MiB | {floor} | {pss['templated_over_bare']}{TIMES} "
-            f"| ≤ {pss['templated_target']}{TIMES} |",
-        ]
+        each = f"host PSS per idle pod, {pss['n']} at once"
+        rows += _pss_rows(
+            pss,
+            f"bare VM, {pss['n']} at once: {pss['bare_vm_mib']:.0f} MiB",
+            (f"{each}, cold", f"{each}, templated"),
+            (f"≤ {pss['cold_target']}{TIMES}", f"≤ {pss['templated_target']}{TIMES}"),
+        )
     if "pss_without_tcg_buffer" in headline:
         less = headline["pss_without_tcg_buffer"]
-        floor = f"bare VM: {less['bare_vm_mib']:.0f} MiB"
-        rows += [
-            f"| the same without QEMU's TCG translation buffer (KVM has none), cold "
-            f"| {less['cold_pod_mib']:.0f} MiB | {floor} | {less['cold_over_bare']}{TIMES} | |",
-            f"| the same without QEMU's TCG translation buffer, templated "
-            f"| {less['templated_pod_mib']:.0f} MiB | {floor} "
-            f"| {less['templated_over_bare']}{TIMES} | |",
-        ]
+        same = "the same without QEMU's TCG translation buffer"
+        rows += _pss_rows(
+            less,
+            f"bare VM: {less['bare_vm_mib']:.0f} MiB",
+            (f"{same} (KVM has none), cold", f"{same}, templated"),
+            ("", ""),
+        )
     cpu = headline["idle_cpu"]
     bare_cpu = results["bare"]["points"][-1]
     rows.append(

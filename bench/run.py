@@ -51,7 +51,7 @@ import plots
 import templates
 import timings
 from bare import bare_boot_once, bare_initrd, python_floor_initrd, root_disk
-from common import progress, summary
+from common import meminfo_kib, progress, summary
 from templates import pod_start_once
 from virtcontainers import api
 from virtcontainers.config import Cmd
@@ -210,7 +210,7 @@ def machine(accelerator: str) -> dict[str, Any]:
         (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
         platform.machine(),
     )
-    memory_kib = density.meminfo_kib(Path("/proc/meminfo").read_text())["MemTotal"]
+    memory_kib = meminfo_kib(Path("/proc/meminfo").read_text())["MemTotal"]
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,

@@ -33,7 +33,7 @@ from typing import Any
 
 from common import progress, summary
 from network import Namespaces
-from virtcontainers import api
+from virtcontainers import api, hostproc
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.errors import NotFoundError, StateError
@@ -152,12 +152,7 @@ def networked_starts(rootfs: Path, runs: int, boot: str) -> list[float]:
 
 
 def pss_kib(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+    return 0 if pid is None else hostproc.pss_kib(pid) or 0
 
 
 def idle_pss(rootfs: Path, boot: str, pods: int = 2) -> dict[str, float]:

@@ -15,9 +15,13 @@ import signal
 from dataclasses import dataclass
 from typing import TypedDict
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+"""The unit of /proc/<pid>/stat's times."""
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name, or None if it is gone."""
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None if it is gone
+    (field N of proc(5) is at index N - 3: utime 11, stime 12, start time 19)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
@@ -25,6 +29,15 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # The command name is in parentheses and may hold anything, spaces and ')' too.
     return data[data.rindex(b")") + 2 :].decode().split()
+
+
+def pss_kib(pid: int) -> int | None:
+    """A process's proportional set size in KiB, or None if it is gone (or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
 
 
 class ProcessRecord(TypedDict):
@@ -44,7 +57,7 @@ class ProcessRef:
     @classmethod
     def of(cls, pid: int) -> ProcessRef | None:
         """The process that holds ``pid`` now (None if there is none)."""
-        fields = _stat_fields(pid)
+        fields = stat_fields(pid)
         return None if fields is None else cls(pid, int(fields[19]))
 
     @classmethod
@@ -61,7 +74,7 @@ class ProcessRef:
         return {"pid": self.pid, "start_time": self.start_time}
 
     def _is_running(self) -> bool:
-        fields = _stat_fields(self.pid)
+        fields = stat_fields(self.pid)
         return fields is not None and fields[0] not in "ZX" and int(fields[19]) == self.start_time
 
     def open(self) -> int | None:

@@ -9,7 +9,6 @@ Prometheus metrics are made from the same figures at every scrape.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -21,9 +20,8 @@ from prometheus_client.registry import Collector
 from virtcontainers import api
 from virtcontainers.agent.results import ContainerStats
 from virtcontainers.errors import VcError
+from virtcontainers.hostproc import CLOCK_TICKS, pss_kib, stat_fields
 from virtcontainers.states import ContainerState, PodState
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class ProcessUsage(NamedTuple):
@@ -51,14 +49,13 @@ def process_usage(pid: int | None) -> ProcessUsage | None:
     """PSS and CPU time of a process, or None if it is gone (or not ours to read)."""
     if pid is None:
         return None
+    pss = pss_kib(pid)
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            pss_kib = next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
-        with open(f"/proc/{pid}/stat") as stat:
-            # Fields after the command (which may hold spaces): utime and stime are 12 and 13.
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return ProcessUsage(pss_kib * 1024, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
-    except (OSError, StopIteration, IndexError, ValueError):
+        fields = stat_fields(pid)
+        if pss is None or fields is None:
+            return None
+        return ProcessUsage(pss * 1024, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    except (OSError, IndexError, ValueError):
         return None
 
 

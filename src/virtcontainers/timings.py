@@ -13,11 +13,9 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from virtcontainers.events import Event
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from virtcontainers.hostproc import CLOCK_TICKS, ProcessRef
 
 
 @dataclass(frozen=True)
@@ -31,10 +29,10 @@ class Step:
 
 def process_started(pid: int | None = None) -> float:
     """The wall-clock time a process started (this one by default), to 1/CLK_TCK s."""
-    stat = Path(f"/proc/{pid or 'self'}/stat").read_text()
-    # Field 22, counted after the command name, which may hold spaces.
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])
-    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / CLOCK_TICKS
+    process = ProcessRef.of(pid or os.getpid())
+    if process is None:
+        raise ProcessLookupError(f"no process {pid}")
+    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - process.start_time / CLOCK_TICKS
     return time.time() - since_boot
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+import common
 import density
 import plots
 
@@ -57,7 +58,7 @@ def test_mappings_are_counted_by_kind() -> None:
 
 def test_meminfo_is_parsed_in_kib() -> None:
     text = "MemTotal:       24684000 kB\nMemAvailable:   20000000 kB\nHugePages_Total:       0\n"
-    info = density.meminfo_kib(text)
+    info = common.meminfo_kib(text)
     assert info == {"MemTotal": 24684000, "MemAvailable": 20000000, "HugePages_Total": 0}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from virtcontainers.config import MAX_HOTPLUG_SLOTS
 from virtcontainers.errors import ConfigError
 from virtcontainers.volumes import FILESYSTEMS, FORMATS, BlockVolume
 
@@ -29,7 +30,7 @@ def block_volume_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def hotplug_slots_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--hotplug-slots",
-        type=click.IntRange(0, 16),
+        type=click.IntRange(0, MAX_HOTPLUG_SLOTS),
         default=0,
         show_default=True,
         help="Empty PCIe slots for devices added while the pod runs (block volumes).",

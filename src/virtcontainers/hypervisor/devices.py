@@ -14,9 +14,9 @@ from pathlib import Path
 from virtcontainers.config import MAX_SOCKET_PATH
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import ID_PATTERN
+from virtcontainers.volumes import FORMATS as DISK_FORMATS
 
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
-DISK_FORMATS = ("raw", "qcow2")
 # virtio-blk carries at most 20 bytes of serial.
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 

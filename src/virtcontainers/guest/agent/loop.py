@@ -64,6 +64,23 @@ class Loop:
         self.timers.append(timer)
         return timer
 
+    def poll(
+        self, attempt: Callable[[], bool], wait: float, interval: float, gave_up: Handler
+    ) -> None:
+        """Call *attempt* now, and every *interval* s while it returns False (it
+        has not found what it waits for), for up to *wait* s; then *gave_up*."""
+        deadline = time.monotonic() + wait
+
+        def again() -> None:
+            if attempt():
+                return
+            if time.monotonic() < deadline:
+                self.call_later(interval, again)
+            else:
+                gave_up()
+
+        again()
+
     @staticmethod
     def guarded(callback: Handler) -> None:
         try:

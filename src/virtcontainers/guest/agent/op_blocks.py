@@ -10,7 +10,6 @@ mounted over.  ``unmount_block`` undoes it before the host unplugs the disk.
 from __future__ import annotations
 
 import os
-import time
 
 from .args import AgentError, arg_id, check_keys, invalid
 from .osutil import find_sysfs_entry
@@ -50,20 +49,19 @@ def mount_block(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
         raise AgentError("exists", f"volume {volume_id!r} is mounted already")
     os.makedirs(target, mode=0o755, exist_ok=True)
     options = ["-o", "ro"] if read_only else []
-    deadline = time.monotonic() + WAIT_SECONDS
 
-    def attempt() -> None:
+    def mount() -> bool:
         disk = find_disk(serial)
         if disk is None:
-            if time.monotonic() > deadline:
-                reply.error("not_found", f"no disk with serial {serial!r} appeared")
-                return
-            agent.loop.call_later(POLL_SECONDS, attempt)
-            return
+            return False
         argv = ["mount", "-t", str(fstype), *options, f"/dev/{disk}", target]
         RuntimeCall(agent, argv, lambda call: _answer(reply, call, argv))
+        return True
 
-    attempt()
+    def gave_up() -> None:
+        reply.error("not_found", f"no disk with serial {serial!r} appeared")
+
+    agent.loop.poll(mount, WAIT_SECONDS, POLL_SECONDS, gave_up)
 
 
 def unmount_block(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:

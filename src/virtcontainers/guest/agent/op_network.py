@@ -20,7 +20,6 @@ PCIe hot-plug driver powers its slot on, then virtio_net probes it): with
 from __future__ import annotations
 
 import os
-import time
 
 from .args import AgentError, invalid
 from .osutil import read_text, write_file
@@ -88,28 +87,32 @@ def configure_network(agent: Agent, reply: Reply, args: Mapping[str, object]) ->
         raise invalid("interfaces must have distinct MACs")
     items = _list(args["routes"], "routes", MAX_ROUTES)
     routes = [_route(item, f"routes[{i}]", macs) for i, item in enumerate(items)]
-    deadline = time.monotonic() + wait
+    missing: list[AgentError] = []  # the last "not found", said when the wait is over
 
-    def attempt() -> None:
+    def configure() -> bool:
         try:
             names = find_interfaces(macs)
         except AgentError as exc:
-            if exc.kind == "not_found" and time.monotonic() < deadline:
-                agent.loop.call_later(POLL_INTERVAL, attempt)
-                return
-            waited = f" (after waiting {wait:g}s for it)" if wait else ""
-            reply.error(exc.kind, exc.message + waited)
-            return
+            if exc.kind == "not_found":
+                missing[:] = [exc]
+                return False
+            reply.error(exc.kind, exc.message)
+            return True
         try:
             for nic in interfaces:
                 if any(version == 6 for version, _ in nic.addresses):
                     _skip_dad(names[nic.mac])
         except AgentError as exc:
             reply.error(exc.kind, exc.message)
-            return
+            return True
         run_in_turn(agent, reply, ip_commands(interfaces, routes, names))
+        return True
 
-    attempt()
+    def gave_up() -> None:
+        waited = f" (after waiting {wait:g}s for it)" if wait else ""
+        reply.error("not_found", missing[-1].message + waited)
+
+    agent.loop.poll(configure, wait, POLL_INTERVAL, gave_up)
 
 
 # ------------------------------------------------------------------- validation
