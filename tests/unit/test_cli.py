@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from virtcontainers import api
+from virtcontainers.cli import common
 from virtcontainers.cli.runtime import cli as runtime_cli
 from virtcontainers.cli.runtime import parse_signal as runtime_signal
 from virtcontainers.cli.virtc import cli as virtc_cli
@@ -110,3 +111,15 @@ def test_a_run_dir_too_long_for_sockets_is_refused_naming_it(
         api.create_pod(PodConfig(id="p", hypervisor="mock"))
     assert caught.value.field == "VC_RUN_DIR" and str(long_root) in str(caught.value)
     assert not (long_root / "pods" / "p").exists()
+
+
+def test_virtc_prints_data_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """A MAC with ":ab:" in it once came out as "02🆎cd:..." (rich's emoji codes)."""
+    common.stdout.print("eth1 02:ab:cd:00:11:22 [not a style]")
+    common.progress("copying /srv/[x]/:cd:")
+    with pytest.raises(SystemExit):
+        common.fail("no file /a/[bold]b[/] :ab:")
+    out, err = capsys.readouterr()
+    assert "eth1 02:ab:cd:00:11:22 [not a style]" in out
+    assert "» copying /srv/[x]/:cd:" in err
+    assert "virtc: error: no file /a/[bold]b[/] :ab:" in err

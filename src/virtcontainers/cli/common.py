@@ -8,20 +8,29 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from virtcontainers.errors import VcError
 
-stderr = Console(stderr=True)
-stdout = Console()
+# What virtc prints is data: a MAC such as 02:ab:cd:... must not become
+# "02🆎cd:..." (rich's :emoji: codes), nor a "[...]" in a path or an error a
+# style.  stdout has no markup at all; on stderr only our own prefixes do.
+stderr = Console(stderr=True, emoji=False)
+stdout = Console(emoji=False, markup=False)
+
+
+def error(message: str, prefix: str = "virtc: error:") -> None:
+    """One red-prefixed line on stderr; *message* is printed as it is."""
+    stderr.print(f"[bold red]{prefix}[/] {escape(message)}", highlight=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    stderr.print(f"[bold red]virtc: error:[/] {message}", highlight=False)
+    error(message)
     sys.exit(code)
 
 
 def progress(message: str) -> None:
-    stderr.print(f"[dim]» {message}[/]", highlight=False)
+    stderr.print(f"[dim]» {escape(message)}[/]", highlight=False)
 
 
 class VcGroup(click.Group):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from virtcontainers.cli.common import VcGroup, ensure_image, progress, query, stderr, stdout
@@ -69,7 +70,10 @@ def factory_status(as_json: bool) -> None:
     else:
         stdout.print("no templates: `virtc factory init` makes one")
     for path in made.broken():
-        stderr.print(f"virtc: {path} is not a usable template (`virtc factory destroy` removes it)")
+        stderr.print(
+            f"virtc: {escape(str(path))} is not a usable template "
+            "(`virtc factory destroy` removes it)"
+        )
 
 
 @factory.command("destroy")

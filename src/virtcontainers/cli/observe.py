@@ -9,9 +9,10 @@ import threading
 import time
 
 import click
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from virtcontainers.cli.common import stdout
 
 MIB = 1 << 20
 
@@ -41,7 +42,7 @@ def metrics(listen: str | None) -> None:
 @click.option("--once", is_flag=True, help="Print one view and exit.")
 def top(interval: float, once: bool) -> None:
     """A live view of pods and containers: their CPU and memory (Ctrl-C ends it)."""
-    console = Console()
+    console = stdout
     sampler = _Sampler()
     if once:
         console.print(sampler.table())

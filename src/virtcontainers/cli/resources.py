@@ -8,11 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from virtcontainers import api
-from virtcontainers.cli.common import query
+from virtcontainers.cli.common import query, stdout
 from virtcontainers.limits import Limits, parse_size
 
 
@@ -62,7 +61,7 @@ def container_stats(pod_id: str, container_id: str, as_json: bool) -> None:
     table = Table("figure", "value")
     for name, value in dataclasses.asdict(stats).items():
         table.add_row(name, _readable(name, value))
-    Console().print(table)
+    stdout.print(table)
 
 
 def _readable(name: str, value: int) -> str:

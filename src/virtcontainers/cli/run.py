@@ -19,7 +19,7 @@ from virtcontainers.cli.attach import (
     resize_on_winch,
 )
 from virtcontainers.cli.blockvolumes import block_volume_option, parse_block_volume
-from virtcontainers.cli.common import ensure_image, fail, stderr
+from virtcontainers.cli.common import ensure_image, error, fail, stderr
 from virtcontainers.cli.options import boot_option, container_config, parse_mount
 from virtcontainers.cli.resources import limit_options, limits_from
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, ContainerConfig, PodConfig, Resources
@@ -112,7 +112,7 @@ def run(
             try:
                 api.delete_pod(pod_id)
             except VcError as exc:
-                stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
+                error(str(exc))
     sys.exit(code)
 
 
@@ -141,15 +141,12 @@ def _run_container(
                 status = api.wait_container(pod_id, config.id)
             _mark(clock, "container exited")
         if status.error:  # ended with its VM, not on its own: say why
-            stderr.print(f"[bold red]virtc:[/] pod {pod_id}: {status.error}", highlight=False)
+            error(f"pod {pod_id}: {status.error}", "virtc:")
         elif api.container_status(pod_id, config.id).oom_killed:
-            stderr.print(
-                f"[bold red]virtc:[/] container {config.id}: killed for running out of memory",
-                highlight=False,
-            )
+            error(f"container {config.id}: killed for running out of memory", "virtc:")
         return status.exit_code
     except VcError as exc:
-        stderr.print(f"[bold red]virtc: error:[/] {exc}", highlight=False)
+        error(str(exc))
         return 125
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from virtcontainers import api
@@ -184,7 +185,7 @@ def pod_list(as_json: bool) -> None:
         )
     stdout.print(table)
     for error in api.list_pod_errors():
-        stderr.print(f"virtc: {error}")
+        stderr.print(f"virtc: {escape(str(error))}")
 
 
 @pod.command("status")
