@@ -50,10 +50,10 @@ from templates import own_factory, pod_start_once, remove
 from virtcontainers import api
 from virtcontainers.config import Cmd
 from virtcontainers.errors import NotFoundError
-from virtcontainers.factory import Factory
-from virtcontainers.hostproc import CLOCK_TICKS, ProcessRef, pss_kib, stat_fields
+from virtcontainers.factory.maker import current_shape, init_template
+from virtcontainers.factory.templates import Factory
+from virtcontainers.host.proc import CLOCK_TICKS, ProcessRef, pss_kib, stat_fields
 from virtcontainers.image import find_image
-from virtcontainers.templatevm import current_shape, init_template
 
 CHECKPOINTS = (1, 5, 10, 20)
 SETTLE_WINDOW = 5.0

@@ -19,7 +19,7 @@ from typing import Any
 
 from common import progress
 from density import PodFleet, settle
-from virtcontainers.hostproc import pss_kib
+from virtcontainers.host.proc import pss_kib
 
 KSM = Path("/sys/kernel/mm/ksm")
 SCAN = {"pages_to_scan": "5000", "sleep_millisecs": "20"}

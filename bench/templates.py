@@ -33,13 +33,14 @@ from typing import Any
 
 from common import progress, summary
 from network import Namespaces
-from virtcontainers import api, hostproc
+from virtcontainers import api
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.errors import NotFoundError, StateError
-from virtcontainers.factory import ENV_FACTORY_DIR, Factory, Template
-from virtcontainers.hypervisor.qemu import QemuHypervisor
-from virtcontainers.templatevm import init_template
+from virtcontainers.factory.maker import init_template
+from virtcontainers.factory.templates import ENV_FACTORY_DIR, Factory, Template
+from virtcontainers.host import proc as hostproc
+from virtcontainers.hypervisor.qemu.driver import QemuHypervisor
 
 SETTLE = 3.0
 """Seconds idle pods are left before their memory is read."""

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from virtcontainers import api, mounts
+from virtcontainers import api
+from virtcontainers.storage import mounts
 
 
 def remove_all_pods() -> None:

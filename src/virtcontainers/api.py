@@ -15,11 +15,10 @@ import time
 from collections.abc import Iterator
 from typing import TypeVar
 
-from virtcontainers import calls, launcher, orphans, rpc
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
-from virtcontainers.calls import InterfaceStatus
-from virtcontainers.cleanup import remove_pod_files
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
+from virtcontainers.daemon import calls, launcher, rpc
+from virtcontainers.daemon.calls import InterfaceStatus
 from virtcontainers.errors import (
     CorruptRecordError,
     DaemonError,
@@ -29,14 +28,16 @@ from virtcontainers.errors import (
     VcError,
 )
 from virtcontainers.events import Event
-from virtcontainers.hostproc import ProcessRef
+from virtcontainers.host import orphans
+from virtcontainers.host.cleanup import remove_pod_files
+from virtcontainers.host.orphans import GarbageReport, reconcile
+from virtcontainers.host.proc import ProcessRef
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
-from virtcontainers.orphans import GarbageReport, reconcile
-from virtcontainers.shareddir import SharedDir
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.status import ContainerStatus, PodStatus, ProcessHandle
 from virtcontainers.stdio import Stdio
+from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import ContainerRecord, PodRecord, Store
 
 __all__ = [
@@ -321,7 +322,7 @@ def _all_pods() -> list[PodStatus | CorruptRecordError]:
 def collect_garbage() -> GarbageReport:
     """Remove what pods left behind: dead daemons' VMs, stale mounts and sockets,
     deleted containers' layers, half-created pods, stray processes.  Safe beside
-    live pods (see :mod:`virtcontainers.orphans`)."""
+    live pods (see :mod:`virtcontainers.host.orphans`)."""
     return orphans.collect(_store())
 
 

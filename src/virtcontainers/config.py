@@ -20,7 +20,7 @@ from typing import Any, NotRequired, TypedDict
 
 from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.errors import ConfigError
-from virtcontainers.hostcgroup import CgroupConfig, CgroupDict
+from virtcontainers.host.cgroup import CgroupConfig, CgroupDict
 from virtcontainers.ids import validate_hostname, validate_id
 from virtcontainers.limits import Limits, LimitsDict
 from virtcontainers.plainconfig import Plain, reject_unknown

@@ -34,7 +34,7 @@ class VcError(Exception):
     """Root of every virtcontainers error.
 
     ``FIELDS`` names a subclass's structured attributes: they cross from the
-    pod daemon to its caller with the message (see :mod:`virtcontainers.rpc`).
+    pod daemon to its caller with the message (see :mod:`virtcontainers.daemon.rpc`).
     """
 
     FIELDS: ClassVar[tuple[str, ...]] = ()

@@ -1,7 +1,7 @@
 """What happens in a pod, as a numbered stream that callers can follow.
 
 The pod daemon keeps the last events in memory
-(:class:`~virtcontainers.eventlog.EventLog`); a caller asks for those after
+(:class:`~virtcontainers.pod.eventlog.EventLog`); a caller asks for those after
 the last number it saw and waits, bounded, for new ones.
 Kinds:
 

@@ -20,7 +20,7 @@ Every pod has a directory under the run root (``$VC_RUN_DIR``, default
                                  before its VM starts until that is released
         cgroup.json              the host cgroup its VM runs in, the same way
 
-The shared directory is laid out by :mod:`virtcontainers.shareddir`.
+The shared directory is laid out by :mod:`virtcontainers.storage.shareddir`.
 
 Any process on the host can list and read pods; only the pod's daemon
 writes the record while the pod's VM runs, and API calls write it otherwise.
@@ -60,7 +60,7 @@ from virtcontainers.errors import (
     DaemonError,
     NotFoundError,
 )
-from virtcontainers.hostproc import ProcessRecord, ProcessRef
+from virtcontainers.host.proc import ProcessRecord, ProcessRef
 from virtcontainers.ids import validate_id
 from virtcontainers.states import ContainerState, PodState
 

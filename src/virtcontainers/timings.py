@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from virtcontainers.events import Event
-from virtcontainers.hostproc import CLOCK_TICKS, ProcessRef
+from virtcontainers.host.proc import CLOCK_TICKS, ProcessRef
 
 
 @dataclass(frozen=True)

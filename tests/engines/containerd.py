@@ -144,6 +144,6 @@ def _end_shims(address: str) -> None:
 
 def unmount_under(path: Path) -> None:
     """containerd leaves its snapshot and rootfs mounts behind when killed."""
-    from virtcontainers import mounts
+    from virtcontainers.storage import mounts
 
     mounts.detach_all_under(path)

@@ -34,8 +34,9 @@ from tests.engines.conftest import VC_RUNTIME
 from tests.engines.containerd import Containerd, running_containerd, unmount_under
 from tests.engines.images import oci_layout_tar
 from tests.netlab import Lab, inside, ip, tun_links
-from virtcontainers import api, mounts
+from virtcontainers import api
 from virtcontainers.network.netns import run_in_netns
+from virtcontainers.storage import mounts
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import qemu_pids
-from virtcontainers import api, mounts
+from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.errors import NotFoundError, VcError
-from virtcontainers.hostproc import ProcessRef
+from virtcontainers.host.proc import ProcessRef
 from virtcontainers.states import PodState
+from virtcontainers.storage import mounts
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 POD = "fault"

@@ -11,9 +11,10 @@ import pytest
 
 from tests.integration.conftest import read_all, shell
 from tests.integration.test_sharedfs import KINDS, virtiofsd_pids
-from virtcontainers import api, mounts
+from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig
-from virtcontainers.hypervisor.confine import QEMU_CAPABILITIES
+from virtcontainers.hypervisor.qemu.confine import QEMU_CAPABILITIES
+from virtcontainers.storage import mounts
 
 CAP_MKNOD = 27
 CAP_SETFCAP = 31

@@ -14,13 +14,14 @@ import pytest
 
 from tests.conftest import shell_session_in_pty
 from tests.integration.conftest import pod_with, qemu_pids, run_exec, shell, virtc, wait_stopped
-from virtcontainers import api, mounts
+from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.errors import HypervisorError, StateError
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator
 from virtcontainers.image import GuestImage
 from virtcontainers.states import ContainerState, PodState
+from virtcontainers.storage import mounts
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

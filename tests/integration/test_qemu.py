@@ -22,7 +22,7 @@ from virtcontainers.errors import ConfigError, HypervisorError, VMLaunchError
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import HypervisorKind, VMConfig, VMState
 from virtcontainers.hypervisor.devices import BlockDevice, SerialPortDevice
-from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.hypervisor.qemu.driver import QemuHypervisor
 from virtcontainers.image import GuestImage
 from virtcontainers.image.cpio import CpioWriter, write_gzip_cpio
 
@@ -209,7 +209,7 @@ def test_qemu_dies_with_its_parent(kernel: Path, idle_initrd: Path, run_dir: Pat
     program = f"""
 import asyncio, os, sys
 from pathlib import Path
-from virtcontainers.hypervisor.qemu import QemuHypervisor
+from virtcontainers.hypervisor.qemu.driver import QemuHypervisor
 from virtcontainers.hypervisor.base import VMConfig
 async def main():
     vm = QemuHypervisor()

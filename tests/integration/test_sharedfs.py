@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import pod_with, qemu_pids, read_all, shell, wait_stopped
-from virtcontainers import api, mounts
+from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig
-from virtcontainers.hypervisor.virtiofsd import find_virtiofsd
+from virtcontainers.hypervisor.qemu.virtiofsd import find_virtiofsd
+from virtcontainers.storage import mounts
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

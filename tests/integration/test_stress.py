@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import qemu_pids
-from virtcontainers import api, errors, mounts
+from virtcontainers import api, errors
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.states import ContainerState, PodState
+from virtcontainers.storage import mounts
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 PODS = ("s0", "s1", "s2", "s3")

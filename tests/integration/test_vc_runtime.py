@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from virtcontainers import api, mounts, oci
+from virtcontainers import api, oci
+from virtcontainers.storage import mounts
 
 VC_RUNTIME = str(Path(sys.executable).with_name("vc-runtime"))
 CRI_TYPE = "io.kubernetes.cri.container-type"

@@ -10,7 +10,7 @@ from virtcontainers import api
 from virtcontainers.agent.mock import MockAgent
 from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.hypervisor.mock import MockHypervisor
-from virtcontainers.pod import Pod
+from virtcontainers.pod.pod import Pod
 from virtcontainers.states import PodState
 from virtcontainers.store import Store
 

@@ -21,11 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.conftest import mock_pod
-from virtcontainers import api, calls, errors, rpc
+from virtcontainers import api, errors
 from virtcontainers.agent import protocol
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.agent.protocol import FrameDecoder, FrameType, ProtocolError
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
+from virtcontainers.daemon import calls, rpc
 from virtcontainers.errors import AgentError, NotFoundError, VcError
 from virtcontainers.states import PodState
 

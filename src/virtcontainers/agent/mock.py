@@ -5,7 +5,7 @@ to stdout), ``spew N`` (prints N bytes), ``sleep`` (runs until signalled),
 ``fail N`` (exits N), and anything else exits 0.  Every call is recorded in ``calls``.
 
 An exec of ``raise ERROR`` fails with ERROR (an error in the JSON form of
-:func:`virtcontainers.rpc.error_to_dict`), and ``crash`` with a KeyError, so
+:func:`virtcontainers.daemon.rpc.error_to_dict`), and ``crash`` with a KeyError, so
 tests can send any error through a real pod daemon.
 """
 
@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from virtcontainers import rpc
 from virtcontainers.agent.base import EventHandler, StdioStreams
 from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, OciResources
 from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.daemon import rpc
 from virtcontainers.errors import AgentError
 
 

@@ -16,8 +16,8 @@ def new_hypervisor(kind: HypervisorKind, *, binary: str | None = None) -> Hyperv
     """
     # Each driver is imported when chosen: a pod daemon never loads the mock.
     if kind is HypervisorKind.QEMU:
-        from virtcontainers.hypervisor.qemu import QemuHypervisor
-        from virtcontainers.hypervisor.qemu_command import DEFAULT_BINARY
+        from virtcontainers.hypervisor.qemu.command import DEFAULT_BINARY
+        from virtcontainers.hypervisor.qemu.driver import QemuHypervisor
 
         return QemuHypervisor(binary or DEFAULT_BINARY)
     if kind is HypervisorKind.MOCK:

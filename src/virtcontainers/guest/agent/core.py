@@ -10,19 +10,17 @@ from __future__ import annotations
 import os
 import signal
 
-from . import (
-    op_blocks,
-    op_clone,
-    op_containers,
-    op_guest,
-    op_network,
-    op_processes,
-    op_resources,
-)
 from .args import AgentError, arg_id, arg_opt_id, invalid
 from .log import describe_exception, log
 from .loop import Loop
 from .model import Container, Reply
+from .ops import blocks as op_blocks
+from .ops import clone as op_clone
+from .ops import containers as op_containers
+from .ops import guest as op_guest
+from .ops import network as op_network
+from .ops import processes as op_processes
+from .ops import resources as op_resources
 from .runtime import RuntimeCall
 from .wire import AGENT_VERSION, protocol
 

@@ -1,0 +1,129 @@
+"""Making a VM template: boot the template VM, wait for its agent, save it, stop it.
+
+:mod:`virtcontainers.factory.templates` keeps templates and picks one for a pod; this
+is the one place that boots one (``virtc factory init`` calls
+:func:`init_template`), and it is imported only to make one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
+from virtcontainers.agent.client import AgentClient
+from virtcontainers.config import ImagePaths, PodConfig, Resources
+from virtcontainers.errors import TemplateError, VcError
+from virtcontainers.factory.templates import (
+    LOCK_FILE,
+    SAVE_TIMEOUT,
+    TEMPLATE_VM_ID,
+    Factory,
+    Progress,
+    Template,
+    TemplateShape,
+)
+from virtcontainers.host.logtail import tail
+from virtcontainers.hypervisor.accel import detect_accelerator
+from virtcontainers.hypervisor.base import Hypervisor, MemoryFile
+
+
+async def make_template(
+    shape: TemplateShape, key: str, staging: Path, progress: Progress | None, timeout: float
+) -> Template:
+    """Boot the template VM in *staging*, wait for its agent, save it, stop it."""
+    from virtcontainers.hypervisor.qemu.driver import QemuHypervisor  # QMP: only to make one
+
+    say = progress or (lambda _message: None)
+    vm_dir = staging / "vm"
+    export = vm_dir / "shared"  # the share exists, empty; the template never mounts it
+    export.mkdir(parents=True, mode=0o700)
+    (staging / LOCK_FILE).touch(mode=0o600)
+    memory = MemoryFile(staging / "memory", shared=True)
+    config = shape.vm_config(TEMPLATE_VM_ID, vm_dir, vm_dir / "agent.sock", export, memory)
+    hypervisor = QemuHypervisor()
+    agent = AgentClient(TEMPLATE_VM_ID)
+    identity = shape.identity()
+    await hypervisor.create(config)
+    say(f"booting the template VM ({shape.describe()})")
+    started = time.monotonic()
+    await hypervisor.start()
+    try:
+        await await_agent(hypervisor, agent, timeout)
+        boot_seconds = time.monotonic() - started
+        # Warms what the first container needs: crun and its libraries land in
+        # the guest's page cache, and the agent caches its version.  Clones
+        # inherit both.
+        await agent.guest_details()
+        await agent.close()
+        say(f"agent up after {boot_seconds:.1f}s; saving the template")
+        await hypervisor.save_state(staging / "state", SAVE_TIMEOUT)
+        memory.path.chmod(0o600)  # QEMU made it under its umask
+    finally:
+        await agent.close()
+        await hypervisor.stop()
+        with contextlib.suppress(OSError):
+            shutil.copyfile(hypervisor.console_path(), staging / "console.log")
+        shutil.rmtree(vm_dir, ignore_errors=True)
+    return Template(staging, key, shape, time.time(), round(boot_seconds, 3), identity)
+
+
+async def await_agent(hypervisor: Hypervisor, agent: AgentClient, timeout: float) -> None:
+    """Connect to the template VM's agent; a VM that dies first is a TemplateError
+    with its console."""
+    vm_exit = asyncio.ensure_future(hypervisor.wait())
+    connect = asyncio.ensure_future(agent.connect(hypervisor.agent_socket_path(), timeout))
+    try:
+        await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
+        if connect.done() and connect.exception() is None:
+            return
+        await asyncio.wait({vm_exit}, timeout=3)
+        why = f"exited with code {vm_exit.result()}" if vm_exit.done() else "lost its agent"
+        console = tail(hypervisor.console_path(), 2048) or "(no console output)"
+        error = connect.exception() if connect.done() else None
+        raise TemplateError(
+            f"the template VM {why} before its agent answered ({error}); "
+            f"its console ended with:\n{console}"
+        ) from error
+    finally:
+        vm_exit.cancel()
+        if not connect.done():
+            connect.cancel()
+        with contextlib.suppress(asyncio.CancelledError, VcError, OSError):
+            await connect
+
+
+def current_shape(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...]) -> TemplateShape:
+    """The shape of a pod of this size on the built image, this host's accelerator
+    and shared filesystem.  Raises ConfigError, ImageNotBuiltError, TemplateError."""
+    from virtcontainers.image import find_image
+    from virtcontainers.storage.sharedfs import choose_shared_fs
+
+    config = PodConfig(
+        id="template", resources=Resources(vcpus, memory_mib), kernel_params=kernel_params
+    )
+    image = find_image()
+    accelerator, _reason = detect_accelerator()
+    shared_fs = choose_shared_fs(None, accelerator)
+    paths = ImagePaths(image.kernel, image.initrd, image.rootfs)
+    return TemplateShape.for_pod(config, paths, accelerator, shared_fs)
+
+
+def init_template(
+    vcpus: int = 1,
+    memory_mib: int = 512,
+    kernel_params: tuple[str, ...] = (),
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    factory: Factory | None = None,
+) -> tuple[Template, list[str]]:
+    """Make (or find) the template that pods of this size start from, then remove
+    the stale ones (made of an image or a QEMU that changed since).  Returns the
+    template and the keys removed."""
+    shape = current_shape(vcpus, memory_mib, kernel_params)
+    factory = factory or Factory()
+    template = asyncio.run(factory.build(shape, force=force, progress=progress))
+    return template, factory.prune()

@@ -1,0 +1,237 @@
+"""Hot-plug for the QEMU driver: devices added to and removed from a running VM.
+
+NICs go into empty PCIe root ports (``VMConfig.hotplug_ports``), their tap fd
+passed over QMP; disks go into root ports as well; serial ports plug
+anywhere.  Unplugging waits for the guest to let the device go.  Used by
+:class:`~virtcontainers.hypervisor.qemu.driver.QemuHypervisor`, whose QMP connection
+and running state it works on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from qemu.qmp import ExecuteError
+from qemu.qmp.message import Message
+
+from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError
+from virtcontainers.hypervisor.base import UNPLUG_TIMEOUT, VMState
+from virtcontainers.hypervisor.devices import (
+    BlockDevice,
+    Device,
+    NetDevice,
+    SerialPortDevice,
+    check_socket_path,
+)
+from virtcontainers.hypervisor.qemu.command import VIRTIO_SERIAL_ID, blockdev_node
+
+if TYPE_CHECKING:
+    from virtcontainers.hypervisor.qemu.driver import QemuHypervisor, _Running
+
+
+class QemuHotplug:
+    """Hot-plug and unplug on one QEMU VM, through its driver's QMP connection."""
+
+    def __init__(self, vm: QemuHypervisor) -> None:
+        self.vm = vm
+
+    async def plug(self, device: Device) -> None:
+        """Attach *device* to the running VM.
+
+        Supported: SerialPortDevice (any machine), NetDevice (into a free
+        PCIe root port: a VM created with ``hotplug_ports``, or q35) and
+        BlockDevice (likewise).  A NetDevice's ``tap_fd`` is
+        passed to QEMU over QMP (SCM_RIGHTS); the caller keeps its own.
+        Raises HypervisorError for anything else, when no root port is free,
+        or when QEMU refuses; ConfigError for an invalid device or an id in
+        use; StateError unless running or paused.
+        """
+        self.vm._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
+        run = self.vm._run
+        assert run is not None
+        self.vm._check_device(device, self.vm.config.run_dir)
+        if device.id in self._plugged(run):
+            raise ConfigError("device id", f"{device.id!r} is already used in {self.vm._life.what}")
+        command = self.vm.command()
+        match device:
+            case SerialPortDevice():
+                check_socket_path("socket_path", device.socket_path)
+                await self._hotplug_serial(device)
+            case NetDevice() if command.port_ids():
+                await self._hotplug_net(device, run)
+            case BlockDevice() if command.port_ids():
+                await self._hotplug_block(device, run)
+            case _:
+                raise HypervisorError(
+                    f"hot-plug of {type(device).__name__} {device.id!r} is not supported on "
+                    f"{command.machine} ({self.vm._life.what}) without hot-plug ports; cold-plug "
+                    "it with add_device before start"
+                )
+        run.hotplugged[device.id] = device
+        run.unplugged.discard(device.id)
+
+    def _plugged(self, run: _Running) -> dict[str, Device]:
+        """Every device the VM has now, by id."""
+        cold = {d.id: d for d in self.vm._all_devices() if d.id not in run.unplugged}
+        return cold | run.hotplugged
+
+    def _free_port(self, run: _Running) -> str:
+        ports = self.vm.command().port_ids()
+        used = set(run.ports.values())
+        for port in ports:
+            if port not in used:
+                return port
+        raise HypervisorError(
+            f"{self.vm._life.what} has no free hot-plug slot (all {len(ports)} PCIe root ports "
+            "in use); unplug a device first"
+        )
+
+    async def _hotplug_net(self, device: NetDevice, run: _Running) -> None:
+        port = self._free_port(run)
+        backend: dict[str, object] = {"type": "tap", "id": device.id, "vhost": False}
+        fd_name = f"{device.id}-tap"
+        if device.tap_fd is not None:
+            await self.vm._pass_fd(run, device.tap_fd, fd_name)
+            backend["fd"] = fd_name
+        else:
+            backend |= {"ifname": device.tap_name, "script": "no", "downscript": "no"}
+        try:
+            await self.vm._execute("netdev_add", backend)
+        except HypervisorError:
+            if device.tap_fd is not None:
+                with contextlib.suppress(HypervisorError):
+                    await self.vm._execute("closefd", {"fdname": fd_name})
+            raise
+        nic = {"driver": "virtio-net-pci", "netdev": device.id, "mac": device.mac}
+        try:
+            await self.vm._execute("device_add", {**nic, "id": device.id, "bus": port})
+        except HypervisorError:
+            with contextlib.suppress(HypervisorError):
+                await self.vm._execute("netdev_del", {"id": device.id})
+            raise
+        run.ports[device.id] = port
+
+    async def unplug(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
+        """Unplug a NIC or disk in a root port (hot-plugged, or a NIC
+        cold-plugged into a VM with hot-plug ports), wait for the guest to
+        release it, then free its backend (netdev or block node).
+
+        Raises NotFoundError, HypervisorError (not a NIC in a root port, QEMU
+        refused, or no release within *timeout* seconds: the device stays),
+        StateError unless running.
+        """
+        self.vm._life.require("unplug a device from", VMState.RUNNING)
+        run = self.vm._run
+        assert run is not None
+        device = self._plugged(run).get(device_id)
+        if device is None:
+            raise NotFoundError("device", device_id, f"in {self.vm._life.what}")
+        if not isinstance(device, NetDevice | BlockDevice) or device_id not in run.ports:
+            raise HypervisorError(
+                f"{type(device).__name__} {device_id!r} of {self.vm._life.what} cannot be "
+                "unplugged: only NICs and disks in a PCIe root port can (create the VM with "
+                "hotplug_ports)"
+            )
+        await self._device_del(run, device_id, timeout)
+        run.hotplugged.pop(device_id, None)
+        run.unplugged.add(device_id)
+        del run.ports[device_id]
+        if isinstance(device, NetDevice):
+            await self._free_backend("netdev_del", {"id": device_id}, device_id)
+        else:
+            await self._free_backend("blockdev-del", {"node-name": device_id}, device_id)
+
+    async def _free_backend(self, command: str, args: dict[str, object], device_id: str) -> None:
+        try:
+            await self.vm._execute(command, args)
+        except HypervisorError as exc:
+            if _error_class(exc) != "DeviceNotFound":
+                # The device is gone, which is what was asked; its backend keeps
+                # the tap or image open until QEMU exits.
+                self.vm._log.warning(
+                    "device %s unplugged, but its backend stays: %s", device_id, exc
+                )
+
+    async def _device_del(self, run: _Running, device_id: str, timeout: float) -> None:
+        """device_del, then wait for its DEVICE_DELETED (the guest let go of it)."""
+        assert run.qmp is not None
+
+        def this_device(event: Message) -> bool:
+            data = event.get("data")
+            return isinstance(data, dict) and data.get("device") == device_id
+
+        with run.qmp.listener("DEVICE_DELETED", this_device) as listener:
+            try:
+                await self.vm._execute("device_del", {"id": device_id})
+            except HypervisorError as exc:
+                if _error_class(exc) == "DeviceNotFound":
+                    return  # released meanwhile (an earlier unplug that timed out)
+                if "process of unplug" not in str(exc):
+                    raise
+                # Asked already, and the guest's 5 s grace is not over: keep waiting.
+            deleted = asyncio.ensure_future(listener.get())
+            waits: set[asyncio.Future[Any]] = {deleted, run.exited}
+            try:
+                done, _ = await asyncio.wait(
+                    waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                deleted.cancel()
+            if deleted in done:
+                return
+            if run.exited.done():
+                raise HypervisorError(f"{self.vm._life.what} exited while unplugging {device_id}")
+            raise HypervisorError(
+                f"the guest of {self.vm._life.what} did not release device {device_id} within "
+                f"{timeout:g}s; it is still plugged: try again, or stop the pod"
+            )
+
+    async def _hotplug_serial(self, device: SerialPortDevice) -> None:
+        if not any(isinstance(d, SerialPortDevice) for d in self.vm._all_devices()):
+            raise HypervisorError(f"{self.vm._life.what} has no virtio-serial bus")
+        backend = {
+            "type": "socket",
+            "data": {
+                "addr": {"type": "unix", "data": {"path": str(device.socket_path)}},
+                "server": True,
+                "wait": False,
+            },
+        }
+        await self.vm._execute("chardev-add", {"id": device.id, "backend": backend})
+        try:
+            await self.vm._execute(
+                "device_add",
+                {
+                    "driver": "virtserialport",
+                    "bus": f"{VIRTIO_SERIAL_ID}.0",
+                    "chardev": device.id,
+                    "name": device.name,
+                    "id": device.id,
+                },
+            )
+        except HypervisorError:
+            with contextlib.suppress(HypervisorError):
+                await self.vm._execute("chardev-remove", {"id": device.id})
+            raise
+
+    async def _hotplug_block(self, device: BlockDevice, run: _Running) -> None:
+        port = self._free_port(run)
+        await self.vm._execute("blockdev-add", blockdev_node(device))
+        disk = {"driver": "virtio-blk-pci", "drive": device.id, "id": device.id, "bus": port}
+        if device.serial:
+            disk["serial"] = device.serial
+        try:
+            await self.vm._execute("device_add", disk)
+        except HypervisorError:
+            with contextlib.suppress(HypervisorError):
+                await self.vm._execute("blockdev-del", {"node-name": device.id})
+            raise
+        run.ports[device.id] = port
+
+
+def _error_class(exc: HypervisorError) -> str | None:
+    """The QMP error class behind a failed command ("DeviceNotFound", ...)."""
+    cause = exc.__cause__
+    return cause.error_class if isinstance(cause, ExecuteError) else None

@@ -1,0 +1,269 @@
+"""Booting a pod's VM: cold, or as a clone of a template; then its agent.
+
+The template it starts from is picked here (:func:`template_for_pod`), from
+those the factory keeps (:mod:`virtcontainers.factory.templates`).  The pod joins its
+host cgroup first (so QEMU starts in it), takes over its
+network namespace's interfaces, starts the VM, and waits for the agent.  A
+cold boot has its NICs from the start; a clone is given its identity, then
+its NICs are hot-plugged into the template's spare PCIe slots.  Used by
+:meth:`virtcontainers.pod.pod.Pod.start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from virtcontainers.config import ImagePaths, PodConfig
+from virtcontainers.errors import (
+    AgentError,
+    ConfigError,
+    HypervisorError,
+    TemplateError,
+)
+from virtcontainers.factory.templates import (
+    Factory,
+    Template,
+    TemplateShape,
+    factory_dir,
+    pod_devices,
+)
+from virtcontainers.host.cgroup import CgroupConfig, HostCgroup
+from virtcontainers.hypervisor.accel import detect_accelerator
+from virtcontainers.hypervisor.base import Accelerator, VMConfig
+from virtcontainers.hypervisor.devices import NetDevice, SharedFsKind
+from virtcontainers.pod.interfaces import NIC_APPEAR_TIMEOUT
+from virtcontainers.storage.sharedfs import choose_shared_fs
+from virtcontainers.store import (
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from virtcontainers.pod.pod import Pod
+
+log = logging.getLogger(__name__)
+
+AGENT_CONNECT_TIMEOUT = 120.0
+VM_EXIT_GRACE = 3.0
+CLONE_SEED_BYTES = 64
+
+
+@contextlib.contextmanager
+def template_for_pod(
+    config: PodConfig,
+    image: ImagePaths,
+    accelerator: Accelerator,
+    shared_fs: SharedFsKind,
+    root: Path | None = None,
+    nics: int = 0,
+) -> Iterator[Template | None]:
+    """The template a pod starts from, kept while its clone loads it; None: boot cold.
+
+    *root* is the factory directory (default: :func:`factory_dir`); *nics*
+    how many NICs the clone will be given (hot-plugged into its spare slots).
+
+    ``boot="auto"`` takes a matching template if there is one; ``"template"``
+    raises TemplateError when none can be used (with what there is and how to
+    make one); ``"cold"`` never looks.
+    """
+    if config.boot == "cold":
+        yield None
+        return
+    shape = TemplateShape.for_pod(config, image, accelerator, shared_fs)
+    reason = _unsupported(config, shared_fs, nics, shape.hotplug_ports)
+    key = ""
+    if reason is None:
+        try:
+            key = shape.key
+        except TemplateError as exc:
+            reason = str(exc)
+    if reason is not None:
+        if config.boot == "template":
+            raise TemplateError(f"pod {config.id!r} cannot start from a template: {reason}")
+        log.debug("pod %s boots cold: %s", config.id, reason)
+        yield None
+        return
+    factory = Factory(root)
+    with factory.lease(key) as template:
+        if template is None:
+            if config.boot == "template":
+                raise factory.missing(config.id, shape)
+            log.debug("pod %s boots cold: no template %s in %s", config.id, key, factory.root)
+        yield template
+
+
+def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
+    """Why a pod cannot be a clone at all, or None."""
+    spare = config.hotplug_slots()
+    if nics + spare > ports:
+        return (
+            f"it needs {nics + spare} PCIe slots ({nics} NIC(s), {spare} spare) and "
+            f"a template has {ports}"
+        )
+    if shared_fs is not SharedFsKind.VIRTIO_9P:
+        return f"its shared directory is {shared_fs.value}, which QEMU cannot save"
+    return None
+
+
+class PodBoot:
+    """One start of a pod's VM."""
+
+    def __init__(self, pod: Pod) -> None:
+        self.pod = pod
+
+    def _step(self, name: str) -> None:
+        self.pod.events.emit("boot", step=name)
+
+    async def boot(self) -> None:
+        self._step("the daemon starts the VM")
+        self.pod.paths.vm.mkdir(mode=0o700, exist_ok=True)
+        self.pod.shared.prepare()
+        # Detected once here: the shared filesystem's choice depends on it too.
+        accelerator, reason = detect_accelerator()
+        self.pod.log.info("accelerator %s: %s", accelerator.value, reason)
+        shared_fs = choose_shared_fs(None, accelerator)
+        image = self.pod.record.image
+        if image is None:
+            raise ConfigError("pod.image", f"pod {self.pod.id!r} has no guest image recorded")
+        if self.pod.config.cgroup is not None:
+            self._join_host_cgroup(self.pod.config.cgroup)
+            self._step("host cgroup joined")
+        try:
+            nics = await self._attach_network()
+            template = await self._start_vm(image, accelerator, shared_fs, nics)
+            self._step("VM launched" if template is None else "VM restored from its template")
+            await self._connect_agent()
+            self._step("agent answered")
+            if template is not None:
+                await self._init_clone(shared_fs)
+                # A clone has its template's devices only: its NICs come now.
+                for nic in nics:
+                    await self.pod.hypervisor.hotplug_device(nic)
+                self._step("clone given its identity and NICs")
+        finally:
+            self.pod.network.close_fds()  # QEMU has its own copies, or failed
+        if nics:
+            wait = NIC_APPEAR_TIMEOUT if template is not None else 0.0
+            await self.pod.agent.configure_network(*self.pod.network.guest_settings(), wait)
+            self._step("network configured in the guest")
+        self.pod._spawn(self.pod._watch_vm())
+        # Nothing waits for the details (the agent runs `crun --version` for them,
+        # ≈0.2 s under TCG): they are recorded when they arrive.
+        self.pod._spawn(self.pod._fetch_details())
+
+    async def _attach_network(self) -> list[NetDevice]:
+        """The NICs for the interfaces of the pod's network namespace (none without one)."""
+        netns = self.pod.config.netns
+        if netns is None:
+            return []
+        nics = await self.pod.network.attach(netns, self.pod.id)
+        self.pod.log.info("network: %d interface(s) from %s", len(nics), netns)
+        self._step(f"{len(nics)} interface(s) tapped")
+        return nics
+
+    async def _start_vm(
+        self,
+        image: ImagePaths,
+        accelerator: Accelerator,
+        shared_fs: SharedFsKind,
+        nics: list[NetDevice],
+    ) -> Template | None:
+        """Start the VM, cloned from a template that fits or booted cold with
+        its NICs; returns the template it was cloned from."""
+        root = factory_dir(self.pod.store.root)
+        config = self.pod.config
+        with template_for_pod(config, image, accelerator, shared_fs, root, len(nics)) as template:
+            if template is not None:
+                self.pod.log.info("starting from template %s", template.key)
+                vm = template.clone_config(
+                    self.pod.id,
+                    self.pod.paths.vm,
+                    self.pod.paths.vm / "agent.sock",
+                    self.pod.shared.export,
+                )
+            else:
+                vm = self._cold_vm(image, accelerator, shared_fs, nics)
+            await self.pod.hypervisor.create(vm)
+            await self.pod.hypervisor.start()
+        self.pod.record.template = template.key if template is not None else None
+        self.pod.record.started_at = time.time()
+        self.pod.persist()
+        return template
+
+    def _cold_vm(
+        self,
+        image: ImagePaths,
+        accelerator: Accelerator,
+        shared_fs: SharedFsKind,
+        nics: list[NetDevice],
+    ) -> VMConfig:
+        """The VM of a pod that boots (not cloned), with its NICs."""
+        agent_socket = self.pod.paths.vm / "agent.sock"
+        hostname = self.pod.config.hostname or self.pod.id
+        return VMConfig(
+            vm_id=self.pod.id,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            run_dir=self.pod.paths.vm,
+            vcpus=self.pod.config.resources.vcpus,
+            memory_mib=self.pod.config.resources.memory_mib,
+            kernel_params=(f"vc.hostname={hostname}", *self.pod.config.kernel_params),
+            accelerator=accelerator,
+            hotplug_ports=self.pod.config.hotplug_slots() or None,
+            devices=(
+                *pod_devices(image.rootfs, agent_socket, self.pod.shared.export, shared_fs),
+                *nics,
+            ),
+        )
+
+    async def _connect_agent(self) -> None:
+        """Handshake with the agent; a VM that dies first is a HypervisorError with its console."""
+        vm_exit = asyncio.ensure_future(self.pod.hypervisor.wait())
+        connect = asyncio.ensure_future(
+            self.pod.agent.connect(self.pod.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
+        )
+        await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
+        if not connect.done() or connect.exception() is not None:
+            # A dying VM usually resets the agent channel first: give QEMU a moment
+            # to exit, so the error says why (its console) rather than "reset".
+            await asyncio.wait({vm_exit}, timeout=VM_EXIT_GRACE)
+        if vm_exit.done():
+            connect.cancel()
+            # The run directory goes with the teardown: quote the console here.
+            raise HypervisorError(
+                f"pod {self.pod.id!r}: the VM exited (code {vm_exit.result()}) before its agent "
+                f"answered; its console ended with:\n{self.pod._console_tail()}"
+            )
+        vm_exit.cancel()
+        try:
+            connect.result()
+        except OSError as exc:
+            raise AgentError("connect", "channel", f"pod {self.pod.id!r}: {exc}") from exc
+        self.pod.log.info("agent up")
+
+    async def _init_clone(self, shared_fs: SharedFsKind) -> None:
+        """The clone woke as its template: give it this pod's name, clock, random
+        state and shared directory."""
+        reseeded = await self.pod.agent.init_clone(
+            self.pod.config.hostname or self.pod.id,
+            secrets.token_bytes(CLONE_SEED_BYTES),
+            time.time_ns(),
+            shared_fs.value,
+        )
+        if not reseeded:
+            self.pod.log.warning("the clone's random state was mixed with a seed, not reseeded")
+
+    def _join_host_cgroup(self, config: CgroupConfig) -> None:
+        """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""
+        write_json_atomic(self.pod.paths.cgroup, config.to_dict())  # removed with the run files
+        cgroup = HostCgroup(config)
+        cgroup.create(self.pod.config.resources.memory_mib)
+        cgroup.enter(os.getpid())
+        self.pod.log.info("in host cgroup %s", cgroup.relative)
