@@ -12,7 +12,7 @@ Kinds:
 - ``stopped``: the pod stopped (``error`` says why when it was not asked to:
   the VM died, say).  It is the last event of a pod's run;
 - ``boot``: a step of the pod's start (``step``: "VM launched", "agent
-  answered", ...), for timing it (:mod:`virtcontainers.timings`).
+  answered", ...), for timing it (:mod:`virtcontainers.cli.virtc.timings`).
 """
 
 from __future__ import annotations

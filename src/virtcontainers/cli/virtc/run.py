@@ -22,10 +22,10 @@ from virtcontainers.cli.virtc.blockvolumes import block_volume_option, parse_blo
 from virtcontainers.cli.virtc.common import ensure_image, error, fail, stderr
 from virtcontainers.cli.virtc.options import boot_option, container_config, parse_mount
 from virtcontainers.cli.virtc.resources import limit_options, limits_from
+from virtcontainers.cli.virtc.timings import Timings
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import VcError
 from virtcontainers.host.proc import ProcessRef
-from virtcontainers.timings import Timings
 
 RUN_CONTAINER_ID = "main"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from virtcontainers.cli.virtc.timings import Step, Timings, process_started
 from virtcontainers.events import Event
-from virtcontainers.timings import Step, Timings, process_started
 
 
 def test_this_process_started_before_now_and_after_its_parent() -> None:
