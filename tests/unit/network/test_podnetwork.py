@@ -17,6 +17,7 @@ import select
 import socket
 import stat
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -225,6 +226,7 @@ def test_release_leaves_alone_a_new_namespace_at_the_same_path(lab: Lab) -> None
     lab.fds.remove(endpoint.tap_fd)
     os.close(endpoint.tap_fd)
     ip("netns", "del", pod.name)
+    wait_until_gone(pod.peer, "eth0")  # the kernel tears the old pair down asynchronously
     ip("netns", "add", pod.name)  # someone else's namespace, same name, its own tc setup
     lab.veth(pod, "eth0", "192.0.2.2/24", "192.0.2.1/24")
     with netlink(pod.path) as ipr:
@@ -234,6 +236,16 @@ def test_release_leaves_alone_a_new_namespace_at_the_same_path(lab: Lab) -> None
     release(description)
 
     assert snapshot(pod.path, "eth0") == before
+
+
+def wait_until_gone(netns: str, ifname: str, timeout: float = 10.0) -> None:
+    """Poll until `ifname` has left `netns`: a deleted namespace's veths, and so
+    their peers elsewhere, are destroyed by the kernel after `ip netns del` returns."""
+    deadline = time.monotonic() + timeout
+    show = ["ip", "-n", netns, "link", "show", ifname]
+    while subprocess.run(show, check=False, capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, f"{ifname} still in {netns} after {timeout} s"
+        time.sleep(0.05)
 
 
 def test_a_failed_attach_undoes_what_it_did(lab: Lab) -> None:
