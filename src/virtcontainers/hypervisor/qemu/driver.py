@@ -79,7 +79,6 @@ from virtcontainers.hypervisor.qemu.virtiofsd import (
 CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
 AGENT_DEVICE_ID = "vc-agent"
-"""How often a restore or a save is polled for its end (QMP query-status/-migrate)."""
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ from virtcontainers.hypervisor.base import VMConfig
 from virtcontainers.hypervisor.qemu.session import QmpSession
 
 RESTORE_POLL = 0.01
+"""How often a restore or a save is polled for its end (QMP query-status/-migrate)."""
 SAVED_STATE_FD = "vc-state"
 
 
