@@ -50,8 +50,7 @@ from templates import own_factory, pod_start_once, remove
 from virtcontainers import api
 from virtcontainers.config import Cmd
 from virtcontainers.errors import NotFoundError
-from virtcontainers.factory.maker import current_shape, init_template
-from virtcontainers.factory.templates import Factory
+from virtcontainers.factory.templates import Factory, current_shape, init_template
 from virtcontainers.host.proc import CLOCK_TICKS, ProcessRef, pss_kib, stat_fields
 from virtcontainers.image import find_image
 

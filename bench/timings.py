@@ -28,7 +28,7 @@ from typing import Any
 
 from common import progress, summary
 from templates import own_factory
-from virtcontainers.factory.maker import init_template
+from virtcontainers.factory.templates import init_template
 
 BOOTS = {"cold": "cold", "templated": "template"}
 """The result's name for each boot mode, and its ``--boot`` value."""

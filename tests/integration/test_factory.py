@@ -22,8 +22,8 @@ from tests.netlab import Lab, snapshot, tun_links
 from virtcontainers import api
 from virtcontainers.config import ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import TemplateError
-from virtcontainers.factory.maker import init_template
-from virtcontainers.factory.templates import Factory, Template
+from virtcontainers.factory.template import Template
+from virtcontainers.factory.templates import Factory, init_template
 from virtcontainers.volumes import BlockVolume
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]

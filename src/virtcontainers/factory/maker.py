@@ -1,8 +1,10 @@
 """Making a VM template: boot the template VM, wait for its agent, save it, stop it.
 
-:mod:`virtcontainers.factory.templates` keeps templates and picks one for a pod; this
-is the one place that boots one (``virtc factory init`` calls
-:func:`init_template`), and it is imported only to make one.
+The VM and its agent connection come from their rooms' factories
+(:func:`~virtcontainers.hypervisor.new_hypervisor`, ``new_agent``): this
+module talks to the Hypervisor and Agent interfaces only.  The
+:class:`~virtcontainers.factory.templates.Factory` calls :func:`make_template`
+in a staging directory that it then keeps or removes.
 """
 
 from __future__ import annotations
@@ -13,29 +15,27 @@ import shutil
 import time
 from pathlib import Path
 
-from virtcontainers.agent.client import AgentClient
-from virtcontainers.config import ImagePaths, PodConfig, Resources
+from virtcontainers.agent.base import Agent, AgentKind, new_agent
 from virtcontainers.errors import TemplateError, VcError
-from virtcontainers.factory.templates import (
+from virtcontainers.factory.template import (
+    HYPERVISOR,
     LOCK_FILE,
-    SAVE_TIMEOUT,
-    TEMPLATE_VM_ID,
-    Factory,
     Progress,
     Template,
     TemplateShape,
 )
 from virtcontainers.host.logtail import tail
-from virtcontainers.hypervisor.accel import detect_accelerator
+from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, MemoryFile
+
+TEMPLATE_VM_ID = "vc-template"
+SAVE_TIMEOUT = 120.0
 
 
 async def make_template(
     shape: TemplateShape, key: str, staging: Path, progress: Progress | None, timeout: float
 ) -> Template:
     """Boot the template VM in *staging*, wait for its agent, save it, stop it."""
-    from virtcontainers.hypervisor.qemu.driver import QemuHypervisor  # QMP: only to make one
-
     say = progress or (lambda _message: None)
     vm_dir = staging / "vm"
     export = vm_dir / "shared"  # the share exists, empty; the template never mounts it
@@ -43,8 +43,8 @@ async def make_template(
     (staging / LOCK_FILE).touch(mode=0o600)
     memory = MemoryFile(staging / "memory", shared=True)
     config = shape.vm_config(TEMPLATE_VM_ID, vm_dir, vm_dir / "agent.sock", export, memory)
-    hypervisor = QemuHypervisor()
-    agent = AgentClient(TEMPLATE_VM_ID)
+    hypervisor = new_hypervisor(HYPERVISOR)
+    agent = new_agent(AgentKind.VC, TEMPLATE_VM_ID)
     identity = shape.identity()
     await hypervisor.create(config)
     say(f"booting the template VM ({shape.describe()})")
@@ -70,7 +70,7 @@ async def make_template(
     return Template(staging, key, shape, time.time(), round(boot_seconds, 3), identity)
 
 
-async def await_agent(hypervisor: Hypervisor, agent: AgentClient, timeout: float) -> None:
+async def await_agent(hypervisor: Hypervisor, agent: Agent, timeout: float) -> None:
     """Connect to the template VM's agent; a VM that dies first is a TemplateError
     with its console."""
     vm_exit = asyncio.ensure_future(hypervisor.wait())
@@ -93,37 +93,3 @@ async def await_agent(hypervisor: Hypervisor, agent: AgentClient, timeout: float
             connect.cancel()
         with contextlib.suppress(asyncio.CancelledError, VcError, OSError):
             await connect
-
-
-def current_shape(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...]) -> TemplateShape:
-    """The shape of a pod of this size on the built image, this host's accelerator
-    and shared filesystem.  Raises ConfigError, ImageNotBuiltError, TemplateError."""
-    from virtcontainers.image import find_image
-    from virtcontainers.storage.sharedfs import choose_shared_fs
-
-    config = PodConfig(
-        id="template", resources=Resources(vcpus, memory_mib), kernel_params=kernel_params
-    )
-    image = find_image()
-    accelerator, _reason = detect_accelerator()
-    shared_fs = choose_shared_fs(None, accelerator)
-    paths = ImagePaths(image.kernel, image.initrd, image.rootfs)
-    return TemplateShape.for_pod(config, paths, accelerator, shared_fs)
-
-
-def init_template(
-    vcpus: int = 1,
-    memory_mib: int = 512,
-    kernel_params: tuple[str, ...] = (),
-    *,
-    force: bool = False,
-    progress: Progress | None = None,
-    factory: Factory | None = None,
-) -> tuple[Template, list[str]]:
-    """Make (or find) the template that pods of this size start from, then remove
-    the stale ones (made of an image or a QEMU that changed since).  Returns the
-    template and the keys removed."""
-    shape = current_shape(vcpus, memory_mib, kernel_params)
-    factory = factory or Factory()
-    template = asyncio.run(factory.build(shape, force=force, progress=progress))
-    return template, factory.prune()

@@ -14,6 +14,11 @@ image, VM size, kernel command line, accelerator or QEMU binary finds no
 template and boots cold (``boot="auto"``), or fails clearly
 (``boot="template"``).  See docs/factory.md.
 
+What a template is lives in :mod:`virtcontainers.factory.template`, how one is
+made in :mod:`virtcontainers.factory.maker`; this module keeps them: the
+:class:`Factory` of one directory, and :func:`init_template` for
+``virtc factory init``.
+
 Layout of the factory directory (``$VC_FACTORY_DIR``, else ``<run root>/factory``)::
 
     .lock                  flock: one builder (or destroyer) at a time
@@ -29,52 +34,32 @@ Layout of the factory directory (``$VC_FACTORY_DIR``, else ``<run root>/factory`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from virtcontainers.config import ImagePaths, PodConfig
-from virtcontainers.errors import ConfigError, TemplateError
-from virtcontainers.hypervisor.accel import cached_host_tsc_khz
-from virtcontainers.hypervisor.base import Accelerator, MemoryFile, VMConfig
-from virtcontainers.hypervisor.devices import (
-    BlockDevice,
-    Device,
-    SerialPortDevice,
-    SharedFsDevice,
-    SharedFsKind,
+from virtcontainers.config import ImagePaths, PodConfig, Resources
+from virtcontainers.errors import TemplateError
+from virtcontainers.factory.maker import make_template
+from virtcontainers.factory.template import (
+    LOCK_FILE,
+    RECORD_FILE,
+    Progress,
+    Template,
+    TemplateShape,
 )
-from virtcontainers.hypervisor.qemu.command import DEFAULT_BINARY, DEFAULT_MACHINE, kernel_cmdline
+from virtcontainers.hypervisor.accel import detect_accelerator
+from virtcontainers.hypervisor.devices import SharedFsKind
 from virtcontainers.store import run_root
 
-FORMAT = 2
-"""Bumped when what a template holds, or how a clone starts from it, changes."""
-TEMPLATE_HOTPLUG_PORTS = 8
-"""Empty PCIe slots of every template VM, hence of its clones: a clone's NICs
-are hot-plugged into them after its restore, and its block volumes later.
-Enough for a network namespace of 4 interfaces plus the 4 spare slots a pod
-with one keeps; the guest loads the NIC and ext4 modules for them at boot."""
 ENV_FACTORY_DIR = "VC_FACTORY_DIR"
-TEMPLATE_PARAM = "vc.template"
-"""On the template VM's kernel command line: init.sh leaves the shared directory
-unmounted (a guest that has mounted a 9p share cannot be saved)."""
-AGENT_PORT_NAME = "agent"
-SHARED_FS_TAG = "vcshared"
-TEMPLATE_VM_ID = "vc-template"
 BUILD_TIMEOUT = 300.0
-SAVE_TIMEOUT = 120.0
-KEY_LENGTH = 16
-LOCK_FILE = "lock"
-RECORD_FILE = "template.json"
-Progress = Callable[[str], None]
 
 
 def factory_dir(root: Path | None = None) -> Path:
@@ -83,234 +68,6 @@ def factory_dir(root: Path | None = None) -> Path:
     if env:
         return Path(env)
     return (root if root is not None else run_root()) / "factory"
-
-
-def pod_devices(
-    rootfs: Path, agent_socket: Path, shared_dir: Path, shared_fs: SharedFsKind
-) -> tuple[Device, ...]:
-    """The devices of every pod VM, in this order: booted cold, made a template,
-    or cloned (a clone must have its template's devices; their host ends differ)."""
-    return (
-        BlockDevice("root", rootfs, read_only=True),
-        SerialPortDevice("agent", agent_socket, AGENT_PORT_NAME),
-        SharedFsDevice("shared", shared_dir, SHARED_FS_TAG, shared_fs),
-    )
-
-
-def _file_identity(what: str, path: Path) -> dict[str, object]:
-    """A file as a template depends on it: a new build or upgrade changes one of these."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise TemplateError(f"the {what} {path} cannot be read: {exc.strerror}") from None
-    return {
-        "path": str(path),
-        "size": info.st_size,
-        "mtime_ns": info.st_mtime_ns,
-        "ino": info.st_ino,
-    }
-
-
-def _qemu_binary() -> Path:
-    found = shutil.which(DEFAULT_BINARY)
-    if found is None:
-        raise TemplateError(f"{DEFAULT_BINARY} not found; install QEMU")
-    return Path(found).resolve()
-
-
-@dataclass(frozen=True)
-class TemplateShape:
-    """Everything that shapes a pod VM, hence a template of it.
-
-    Its :attr:`key` hashes these with the kernel command line as the QEMU
-    driver renders it (the host's TSC frequency included) and the identity
-    (path, size, mtime, inode) of every file the VM is made of: kernel,
-    initrd, root image and the QEMU binary.
-    """
-
-    image: ImagePaths
-    vcpus: int
-    memory_mib: int
-    kernel_params: tuple[str, ...]
-    accelerator: Accelerator
-    shared_fs: SharedFsKind = SharedFsKind.VIRTIO_9P
-    machine: str = DEFAULT_MACHINE
-    hotplug_ports: int = TEMPLATE_HOTPLUG_PORTS
-
-    @classmethod
-    def for_pod(
-        cls,
-        config: PodConfig,
-        image: ImagePaths,
-        accelerator: Accelerator,
-        shared_fs: SharedFsKind,
-    ) -> TemplateShape:
-        return cls(
-            image=image,
-            vcpus=config.resources.vcpus,
-            memory_mib=config.resources.memory_mib,
-            kernel_params=tuple(config.kernel_params),
-            accelerator=accelerator,
-            shared_fs=shared_fs,
-        )
-
-    @property
-    def vm_kernel_params(self) -> tuple[str, ...]:
-        """The template VM's own kernel parameters (a clone keeps them)."""
-        return (TEMPLATE_PARAM, *self.kernel_params)
-
-    def identity(self) -> dict[str, object]:
-        """What the key hashes.  Raises TemplateError when a file is missing."""
-        return {
-            "format": FORMAT,
-            "machine": self.machine,
-            "hotplug_ports": self.hotplug_ports,
-            "accelerator": self.accelerator.value,
-            "vcpus": self.vcpus,
-            "memory_mib": self.memory_mib,
-            "cmdline": kernel_cmdline(
-                self.accelerator, cached_host_tsc_khz(), self.vm_kernel_params
-            ),
-            "shared_fs": self.shared_fs.value,
-            "devices": [d.id for d in pod_devices(Path(), Path(), Path(), self.shared_fs)],
-            "files": {
-                "kernel": _file_identity("kernel", self.image.kernel),
-                "initrd": _file_identity("initrd", self.image.initrd),
-                "rootfs": _file_identity("root image", self.image.rootfs),
-                "qemu": _file_identity("QEMU binary", _qemu_binary()),
-            },
-        }
-
-    @property
-    def key(self) -> str:
-        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
-
-    def describe(self) -> str:
-        params = " ".join(self.kernel_params) or "none"
-        return (
-            f"{self.vcpus} vCPU, {self.memory_mib} MiB, kernel params: {params}, "
-            f"image {self.image.rootfs.parent}, {self.accelerator.value}, {self.shared_fs.value}"
-        )
-
-    def vm_config(
-        self,
-        vm_id: str,
-        run_dir: Path,
-        agent_socket: Path,
-        shared_dir: Path,
-        memory_file: MemoryFile,
-        incoming: Path | None = None,
-    ) -> VMConfig:
-        """A VM of this shape: the template's (RAM shared into *memory_file*), or
-        a clone's (RAM mapped copy-on-write from it, state loaded from *incoming*)."""
-        return VMConfig(
-            vm_id=vm_id,
-            kernel=self.image.kernel,
-            initrd=self.image.initrd,
-            run_dir=run_dir,
-            vcpus=self.vcpus,
-            memory_mib=self.memory_mib,
-            kernel_params=self.vm_kernel_params,
-            machine=self.machine,
-            accelerator=self.accelerator,
-            hotplug_ports=self.hotplug_ports,
-            devices=pod_devices(self.image.rootfs, agent_socket, shared_dir, self.shared_fs),
-            memory_file=memory_file,
-            incoming=incoming,
-        )
-
-
-@dataclass(frozen=True)
-class Template:
-    """A template on disk, as ``template.json`` describes it."""
-
-    path: Path
-    key: str
-    shape: TemplateShape
-    created_at: float
-    boot_seconds: float
-    """From the template VM's launch until its agent answered."""
-    identity: Mapping[str, object] = field(default_factory=dict)
-
-    @property
-    def memory(self) -> Path:
-        return self.path / "memory"
-
-    @property
-    def state(self) -> Path:
-        return self.path / "state"
-
-    def current(self) -> bool:
-        """True while a pod of this shape would start from it (nothing it was
-        made of has changed since)."""
-        try:
-            return self.shape.key == self.key
-        except TemplateError:
-            return False
-
-    def disk_bytes(self) -> int:
-        """What the template's files take (the memory file is sparse)."""
-        total = 0
-        for entry in (self.memory, self.state):
-            with contextlib.suppress(OSError):
-                total += entry.stat().st_blocks * 512
-        return total
-
-    def clone_config(
-        self, vm_id: str, run_dir: Path, agent_socket: Path, shared_dir: Path
-    ) -> VMConfig:
-        """The VM of a pod that starts from this template."""
-        memory = MemoryFile(self.memory, shared=False)
-        return self.shape.vm_config(
-            vm_id, run_dir, agent_socket, shared_dir, memory, incoming=self.state
-        )
-
-    def to_json(self) -> dict[str, object]:
-        shape = self.shape
-        return {
-            "format": FORMAT,
-            "key": self.key,
-            "image": shape.image.to_dict(),
-            "vcpus": shape.vcpus,
-            "memory_mib": shape.memory_mib,
-            "kernel_params": list(shape.kernel_params),
-            "accelerator": shape.accelerator.value,
-            "shared_fs": shape.shared_fs.value,
-            "machine": shape.machine,
-            "hotplug_ports": shape.hotplug_ports,
-            "created_at": self.created_at,
-            "boot_seconds": self.boot_seconds,
-            "identity": dict(self.identity),
-        }
-
-    @classmethod
-    def load(cls, path: Path) -> Template:
-        """Read ``<path>/template.json``.  Raises TemplateError if it is unusable."""
-        try:
-            data = json.loads((path / RECORD_FILE).read_text())
-            if data.get("format") != FORMAT or data.get("key") != path.name:
-                raise ValueError(f"format {data.get('format')!r}, key {data.get('key')!r}")
-            shape = TemplateShape(
-                image=ImagePaths.from_dict(data["image"]),
-                vcpus=_typed(data, "vcpus", int),
-                memory_mib=_typed(data, "memory_mib", int),
-                kernel_params=_strings(data, "kernel_params"),
-                accelerator=Accelerator(data["accelerator"]),
-                shared_fs=SharedFsKind(data["shared_fs"]),
-                machine=_typed(data, "machine", str),
-                hotplug_ports=_typed(data, "hotplug_ports", int),
-            )
-            return cls(
-                path=path,
-                key=path.name,
-                shape=shape,
-                created_at=float(data["created_at"]),
-                boot_seconds=float(data["boot_seconds"]),
-                identity=_typed(data, "identity", dict),
-            )
-        except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
-            raise TemplateError(f"template {path} is unusable ({exc}); remove it") from None
 
 
 def _check_private(root: Path) -> None:
@@ -325,20 +82,6 @@ def _check_private(root: Path) -> None:
             f"the factory directory {root} belongs to uid {info.st_uid} or others may "
             "write to it: refusing templates that someone else could replace"
         )
-
-
-def _typed(data: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = data[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{name} is {value!r}")
-    return value
-
-
-def _strings(data: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    values = _typed(data, name, list)
-    if not all(isinstance(v, str) for v in values):
-        raise ValueError(f"{name} is {values!r}")
-    return tuple(values)
 
 
 @contextlib.contextmanager
@@ -485,8 +228,6 @@ class Factory:
             staging = self.root / f".build-{key}-{os.getpid()}"
             staging.mkdir(mode=0o700)
             try:
-                from virtcontainers.factory.maker import make_template  # QEMU, QMP: only here
-
                 template = await make_template(shape, key, staging, progress, timeout)
                 (staging / RECORD_FILE).write_text(json.dumps(template.to_json(), indent=1))
                 if existing is not None:
@@ -542,3 +283,37 @@ class Factory:
         with _flocked(path / LOCK_FILE, fcntl.LOCK_EX, create=True):
             path.rename(dead)
         shutil.rmtree(dead)
+
+
+def current_shape(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...]) -> TemplateShape:
+    """The shape of a pod of this size on the built image, this host's accelerator
+    and shared filesystem.  Raises ConfigError, ImageNotBuiltError, TemplateError."""
+    from virtcontainers.image import find_image
+    from virtcontainers.storage.sharedfs import choose_shared_fs
+
+    config = PodConfig(
+        id="template", resources=Resources(vcpus, memory_mib), kernel_params=kernel_params
+    )
+    image = find_image()
+    accelerator, _reason = detect_accelerator()
+    shared_fs = choose_shared_fs(None, accelerator)
+    paths = ImagePaths(image.kernel, image.initrd, image.rootfs)
+    return TemplateShape.for_pod(config, paths, accelerator, shared_fs)
+
+
+def init_template(
+    vcpus: int = 1,
+    memory_mib: int = 512,
+    kernel_params: tuple[str, ...] = (),
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    factory: Factory | None = None,
+) -> tuple[Template, list[str]]:
+    """Make (or find) the template that pods of this size start from, then remove
+    the stale ones (made of an image or a QEMU that changed since).  Returns the
+    template and the keys removed."""
+    shape = current_shape(vcpus, memory_mib, kernel_params)
+    factory = factory or Factory()
+    template = asyncio.run(factory.build(shape, force=force, progress=progress))
+    return template, factory.prune()

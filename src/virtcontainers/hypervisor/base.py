@@ -64,7 +64,7 @@ states.register(
 
 @dataclass(frozen=True)
 class MemoryFile:
-    """Guest RAM kept in a file, as a VM template's is (see factory.py).
+    """Guest RAM kept in a file, as a VM template's is (see factory/).
 
     ``shared``: the VM's writes reach the file, which then holds its RAM when
     it stops (a template being made).  Otherwise the file is mapped

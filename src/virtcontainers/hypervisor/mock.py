@@ -23,6 +23,8 @@ from virtcontainers.hypervisor.base import (
 )
 from virtcontainers.hypervisor.devices import BlockDevice, Device, NetDevice, SerialPortDevice
 
+MOCK_MACHINE = "mock"
+
 
 class MockHypervisor:
     """A :class:`~virtcontainers.hypervisor.base.Hypervisor` that records calls."""
@@ -171,7 +173,7 @@ class MockHypervisor:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            machine="mock",
+            machine=MOCK_MACHINE,
             accelerator=None,
             hotplug_block=self._hotplug,
             hotplug_cpu=False,

@@ -28,13 +28,8 @@ from virtcontainers.errors import (
     HypervisorError,
     TemplateError,
 )
-from virtcontainers.factory.templates import (
-    Factory,
-    Template,
-    TemplateShape,
-    factory_dir,
-    pod_devices,
-)
+from virtcontainers.factory.template import Template, TemplateShape, pod_devices
+from virtcontainers.factory.templates import Factory, factory_dir
 from virtcontainers.host.cgroup import CgroupConfig, HostCgroup
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator, VMConfig

@@ -26,13 +26,8 @@ from virtcontainers.agent.protocol import FrameDecoder
 from virtcontainers.cli.virtc.main import cli as virtc_cli
 from virtcontainers.config import ImagePaths, PodConfig, Resources
 from virtcontainers.errors import AgentProtocolError, ConfigError, NotFoundError, TemplateError
-from virtcontainers.factory.templates import (
-    TEMPLATE_PARAM,
-    Factory,
-    Template,
-    TemplateShape,
-    factory_dir,
-)
+from virtcontainers.factory.template import TEMPLATE_PARAM, Template, TemplateShape
+from virtcontainers.factory.templates import Factory, factory_dir
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator, MemoryFile, VMConfig
 from virtcontainers.hypervisor.devices import SharedFsKind
@@ -175,6 +170,16 @@ def test_a_missing_image_file_is_named(image: ImagePaths) -> None:
     image.initrd.unlink()
     with pytest.raises(TemplateError, match=f"initrd {image.initrd} cannot be read"):
         _ = shape_of(image).key
+
+
+def test_a_host_without_qemu_has_no_current_template(
+    tmp_path: Path, image: ImagePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = fake_template(tmp_path / "factory", shape_of(image))
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(TemplateError, match="qemu-system-x86_64 not found; install QEMU"):
+        _ = shape_of(image).key
+    assert not made.current()
 
 
 # --- the factory directory ------------------------------------------------------------

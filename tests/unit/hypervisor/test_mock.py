@@ -1,4 +1,5 @@
-"""The mock hypervisor's lifecycle rules and the factory."""
+"""The mock hypervisor's lifecycle rules, the factory, and what a VM of each
+kind boots with on this host."""
 
 from __future__ import annotations
 
@@ -16,10 +17,23 @@ from virtcontainers.errors import (
     StateError,
     VMLaunchError,
 )
-from virtcontainers.hypervisor import new_hypervisor
-from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind, VMConfig, VMState
+from virtcontainers.hypervisor import (
+    default_machine,
+    guest_kernel_cmdline,
+    hypervisor_binary,
+    new_hypervisor,
+)
+from virtcontainers.hypervisor.accel import cached_host_tsc_khz
+from virtcontainers.hypervisor.base import (
+    Accelerator,
+    Hypervisor,
+    HypervisorKind,
+    VMConfig,
+    VMState,
+)
 from virtcontainers.hypervisor.devices import BlockDevice, NetDevice, SerialPortDevice
 from virtcontainers.hypervisor.mock import MockHypervisor
+from virtcontainers.hypervisor.qemu.command import kernel_cmdline
 from virtcontainers.hypervisor.qemu.driver import QemuHypervisor
 
 
@@ -38,6 +52,27 @@ def test_factory() -> None:
     assert isinstance(new_hypervisor(HypervisorKind.MOCK), Hypervisor)
     with pytest.raises(ConfigError):
         new_hypervisor(HypervisorKind.MOCK, binary="qemu")
+
+
+def test_what_a_vm_of_each_kind_boots_with_on_this_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert default_machine(HypervisorKind.QEMU) == "microvm"
+    assert default_machine(HypervisorKind.MOCK) == MockHypervisor().capabilities().machine
+    cmdline = guest_kernel_cmdline(HypervisorKind.QEMU, Accelerator.TCG, ("vc.x",))
+    assert cmdline == kernel_cmdline(Accelerator.TCG, cached_host_tsc_khz(), ("vc.x",))
+    assert guest_kernel_cmdline(HypervisorKind.MOCK, Accelerator.TCG, ("a", "b")) == "a b"
+    real = tmp_path / "qemu-7.2"
+    real.write_bytes(b"")
+    real.chmod(0o755)
+    (tmp_path / "qemu-system-x86_64").symlink_to(real)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert hypervisor_binary(HypervisorKind.QEMU) == real
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="qemu-system-x86_64 not found; install QEMU"):
+        hypervisor_binary(HypervisorKind.QEMU)
+    with pytest.raises(ConfigError, match="runs no binary"):
+        hypervisor_binary(HypervisorKind.MOCK)
 
 
 def test_lifecycle(config: VMConfig) -> None:

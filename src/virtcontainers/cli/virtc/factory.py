@@ -23,7 +23,7 @@ def factory() -> None:
 @click.option("--force", is_flag=True, help="Make it again even if it exists.")
 def factory_init(vcpus: int, memory_mib: int, kernel_params: tuple[str, ...], force: bool) -> None:
     """Make the template that pods of this size start from; drop stale ones."""
-    from virtcontainers.factory.maker import init_template
+    from virtcontainers.factory.templates import init_template
 
     ensure_image()
     template, removed = init_template(

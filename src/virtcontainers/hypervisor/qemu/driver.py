@@ -27,10 +27,7 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Mapping
 from pathlib import Path
-
-from qemu.qmp import QMPClient, QMPError
 
 from virtcontainers.errors import (
     ConfigError,
@@ -64,7 +61,8 @@ from virtcontainers.hypervisor.qemu.command import (
     render_device,
 )
 from virtcontainers.hypervisor.qemu.confine import qemu_child_setup
-from virtcontainers.hypervisor.qemu.hotplug import QemuHotplug
+from virtcontainers.hypervisor.qemu.hotplug import PluggedDevices, QemuHotplug
+from virtcontainers.hypervisor.qemu.session import QmpSession, open_session
 from virtcontainers.hypervisor.qemu.state import QemuState
 from virtcontainers.hypervisor.qemu.virtiofsd import (
     Virtiofsd,
@@ -81,7 +79,6 @@ from virtcontainers.hypervisor.qemu.virtiofsd import (
 CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
 AGENT_DEVICE_ID = "vc-agent"
-"""How often a restore or a save is polled for its end (QMP query-status/-migrate)."""
 
 
 @dataclasses.dataclass
@@ -92,10 +89,8 @@ class _Running:
     exited: asyncio.Future[int]
     console: asyncio.Task[None]
     reaper: asyncio.Task[None] | None = None
-    qmp: QMPClient | None = None
-    hotplugged: dict[str, Device] = dataclasses.field(default_factory=dict)
-    unplugged: set[str] = dataclasses.field(default_factory=set)  # cold-plugged, since removed
-    ports: dict[str, str] = dataclasses.field(default_factory=dict)  # device id -> its root port
+    session: QmpSession | None = None
+    plugged: PluggedDevices = dataclasses.field(default_factory=PluggedDevices)
     virtiofsds: list[Virtiofsd] = dataclasses.field(default_factory=list)
     watchers: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
@@ -277,7 +272,7 @@ class QemuHypervisor:
         if self._run is not None:
             socks += [
                 d.socket_path
-                for d in self._run.hotplugged.values()
+                for d in self._run.plugged.hotplugged.values()
                 if isinstance(d, SerialPortDevice)
             ]
         return socks
@@ -336,16 +331,13 @@ class QemuHypervisor:
             log=self._log,
         )
         run = await self._launch(argv, command.passed_fds(), virtiofsds)
-        run.ports = command.cold_ports()
+        run.plugged.ports = command.cold_ports()
         self._run = run
         self._log.info("QEMU started, pid %d", run.proc.pid)
         try:
-            run.qmp = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
+            run.session = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
             if state_fd is not None:
-                state = QemuState(self)
-                await state.set_ignore_shared()
-                await self._execute("migrate-incoming", {"uri": command.incoming_uri})
-                await state.await_restore(run, deadline, argv)
+                await self._restore(run, run.session, command, deadline, argv)
         except BaseException:
             await self._kill(run)
             await self._cleanup(run)
@@ -400,42 +392,53 @@ class QemuHypervisor:
 
     async def _connect_qmp(
         self, run: _Running, sock: Path, deadline: float, argv: list[str]
-    ) -> QMPClient:
+    ) -> QmpSession:
         while True:
             if run.exited.done():
-                await asyncio.wait({run.console}, timeout=1)
-                raise VMLaunchError(
+                raise await self._launch_error(
+                    run,
+                    argv,
                     f"QEMU for {self._life.what} exited with code {run.exited.result()} "
                     "before its monitor answered; see the output below",
-                    argv,
-                    self._output_tail(),
                 )
             if sock.exists():
-                qmp = QMPClient(f"vc-{self.config.vm_id}")
-                try:
-                    remaining = max(0.1, deadline - time.monotonic())
-                    await asyncio.wait_for(qmp.connect(str(sock)), remaining)
-                except (QMPError, OSError, TimeoutError) as exc:
-                    self._log.debug("QMP connect failed: %s", exc)
-                    await self._close_qmp(qmp)
-                else:
-                    self._log.debug("QMP connected on %s", sock)
-                    return qmp
+                remaining = max(0.1, deadline - time.monotonic())
+                session = await open_session(
+                    sock, self.config.vm_id, self._life.what, run.exited, remaining, self._log
+                )
+                if session is not None:
+                    return session
             if time.monotonic() >= deadline:
-                raise VMLaunchError(
+                raise await self._launch_error(
+                    run,
+                    argv,
                     f"QEMU for {self._life.what} did not answer on {sock} in time; "
                     "the host may be overloaded",
-                    argv,
-                    self._output_tail(),
                 )
             await asyncio.wait({run.exited}, timeout=0.02)
 
-    async def _close_qmp(self, qmp: QMPClient) -> None:
-        # disconnect() re-raises what ended the session (EOFError when QEMU exits).
-        try:
-            await qmp.disconnect()
-        except Exception as exc:
-            self._log.debug("QMP session ended: %r", exc)
+    async def _restore(
+        self,
+        run: _Running,
+        session: QmpSession,
+        command: QemuCommand,
+        deadline: float,
+        argv: list[str],
+    ) -> None:
+        """Load the saved state that QEMU was launched to resume, and run it."""
+        state = QemuState(session, self.config)
+        await state.set_ignore_shared()
+        await session.execute("migrate-incoming", {"uri": command.incoming_uri})
+        failure = await state.await_restore(deadline)
+        if failure is not None:
+            raise await self._launch_error(run, argv, failure)
+
+    async def _launch_error(self, run: _Running, argv: list[str], message: str) -> VMLaunchError:
+        """The error of a launch that failed, with the end of the VM's output
+        (all of it once QEMU has exited, when its console pipe drains)."""
+        if run.exited.done():
+            await asyncio.wait({run.console}, timeout=1)
+        return VMLaunchError(message, argv, self._output_tail())
 
     async def _kill(self, run: _Running) -> None:
         """SIGKILL QEMU (if alive) and reap it."""
@@ -453,8 +456,8 @@ class QemuHypervisor:
             await asyncio.wait({run.console}, timeout=5)
             if not run.console.done():
                 run.console.cancel()
-            if run.qmp is not None:
-                await self._close_qmp(run.qmp)
+            if run.session is not None:
+                await run.session.close()
         finally:
             self._remove_sockets()
             self._exit_code = run.exited.result()
@@ -477,10 +480,10 @@ class QemuHypervisor:
         run = self._run
         assert run is not None and run.reaper is not None
         try:
-            if run.qmp is not None and not run.exited.done():
+            if run.session is not None and not run.exited.done():
                 try:
-                    await asyncio.wait_for(run.qmp.execute("quit"), timeout)
-                except (QMPError, OSError, TimeoutError) as exc:
+                    await asyncio.wait_for(run.session.execute("quit"), timeout)
+                except (HypervisorError, TimeoutError) as exc:
                     self._log.debug("QMP quit: %s", exc)
             await asyncio.wait({run.exited}, timeout=timeout)
             if not run.exited.done():
@@ -503,52 +506,63 @@ class QemuHypervisor:
         assert self._exit_code is not None
         return self._exit_code
 
-    async def _pass_fd(self, run: _Running, fd: int, name: str) -> None:
-        """Hand *fd* to QEMU under *name* (QMP ``getfd`` with SCM_RIGHTS)."""
-        if run.qmp is None:
-            raise HypervisorError(f"{self._life.what} has no monitor connection")
-        try:
-            run.qmp.send_fd_scm(fd)
-        except (QMPError, OSError) as exc:
-            raise HypervisorError(f"passing a file to {self._life.what} failed: {exc}") from exc
-        await self._execute("getfd", {"fdname": name})
-
-    async def _execute(self, cmd: str, args: Mapping[str, object] | None = None) -> object:
+    def _session(self) -> QmpSession:
         run = self._run
-        if run is None or run.qmp is None:
+        if run is None or run.session is None:
             raise HypervisorError(f"{self._life.what} has no monitor connection")
-        self._log.debug("QMP %s %s", cmd, args or "")
-        try:
-            return await run.qmp.execute(cmd, args)
-        except (QMPError, OSError) as exc:
-            raise HypervisorError(f"QMP {cmd} failed on {self._life.what}: {exc}") from exc
+        return run.session
 
     async def query_status(self) -> str:
         """The QMP run status (``running``, ``paused``, ...)."""
-        reply = await self._execute("query-status")
+        reply = await self._session().execute("query-status")
         assert isinstance(reply, dict)
         return str(reply["status"])
 
     async def pause(self) -> None:
         self._life.require("pause", VMState.RUNNING)
-        await self._execute("stop")
+        await self._session().execute("stop")
         self._life.move(VMState.PAUSED)
 
     async def resume(self) -> None:
         self._life.require("resume", VMState.PAUSED)
-        await self._execute("cont")
+        await self._session().execute("cont")
         self._life.move(VMState.RUNNING)
 
-    # -- hot-plug (qemu_hotplug.py) -------------------------------------------
+    # -- hot-plug (hotplug.py) and saved states (state.py) --------------------
+
+    def _hotplug(self) -> QemuHotplug:
+        run = self._run
+        assert run is not None
+        run_dir = self.config.run_dir
+        return QemuHotplug(
+            self._session(),
+            self.command(),
+            run.plugged,
+            lambda device: self._check_device(device, run_dir),
+        )
 
     async def hotplug_device(self, device: Device) -> None:
-        """Attach *device* to the running VM (see :meth:`QemuHotplug.plug`)."""
-        await QemuHotplug(self).plug(device)
+        """Attach *device* to the running VM (see :meth:`QemuHotplug.plug`).
+
+        Raises StateError unless running or paused.
+        """
+        self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
+        await self._hotplug().plug(device)
 
     async def unplug_device(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
-        """Detach a device from the running VM (see :meth:`QemuHotplug.unplug`)."""
-        await QemuHotplug(self).unplug(device_id, timeout)
+        """Detach a device from the running VM (see :meth:`QemuHotplug.unplug`).
+
+        Raises StateError unless running.
+        """
+        self._life.require("unplug a device from", VMState.RUNNING)
+        await self._hotplug().unplug(device_id, timeout)
 
     async def save_state(self, path: Path, timeout: float = 60) -> None:
-        """Pause the VM and save its device state to *path* (see :meth:`QemuState.save`)."""
-        await QemuState(self).save(path, timeout)
+        """Pause the VM and save its device state to *path* (see :meth:`QemuState.save`).
+
+        Raises StateError unless running or paused.
+        """
+        self._life.require("save the state of", VMState.RUNNING, VMState.PAUSED)
+        if self._life.state is VMState.RUNNING:
+            await self.pause()
+        await QemuState(self._session(), self.config).save(path, timeout)

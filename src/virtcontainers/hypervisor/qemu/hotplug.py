@@ -2,22 +2,24 @@
 
 NICs go into empty PCIe root ports (``VMConfig.hotplug_ports``), their tap fd
 passed over QMP; disks go into root ports as well; serial ports plug
-anywhere.  Unplugging waits for the guest to let the device go.  Used by
-:class:`~virtcontainers.hypervisor.qemu.driver.QemuHypervisor`, whose QMP connection
-and running state it works on.
+anywhere.  Unplugging waits for the guest to let the device go.  The driver
+(:class:`~virtcontainers.hypervisor.qemu.driver.QemuHypervisor`) hands it the
+VM's QMP session, command and :class:`PluggedDevices`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from qemu.qmp import ExecuteError
 from qemu.qmp.message import Message
 
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError
-from virtcontainers.hypervisor.base import UNPLUG_TIMEOUT, VMState
+from virtcontainers.hypervisor.base import UNPLUG_TIMEOUT
 from virtcontainers.hypervisor.devices import (
     BlockDevice,
     Device,
@@ -25,17 +27,39 @@ from virtcontainers.hypervisor.devices import (
     SerialPortDevice,
     check_socket_path,
 )
-from virtcontainers.hypervisor.qemu.command import VIRTIO_SERIAL_ID, blockdev_node
+from virtcontainers.hypervisor.qemu.command import VIRTIO_SERIAL_ID, QemuCommand, blockdev_node
+from virtcontainers.hypervisor.qemu.session import QmpSession
 
-if TYPE_CHECKING:
-    from virtcontainers.hypervisor.qemu.driver import QemuHypervisor, _Running
+
+@dataclasses.dataclass
+class PluggedDevices:
+    """How a running VM's devices differ from its command line, and which
+    PCIe root port each device in one holds."""
+
+    hotplugged: dict[str, Device] = dataclasses.field(default_factory=dict)
+    unplugged: set[str] = dataclasses.field(default_factory=set)  # cold-plugged, since removed
+    ports: dict[str, str] = dataclasses.field(default_factory=dict)  # device id -> its root port
 
 
 class QemuHotplug:
-    """Hot-plug and unplug on one QEMU VM, through its driver's QMP connection."""
+    """Hot-plug and unplug on one running QEMU VM.
 
-    def __init__(self, vm: QemuHypervisor) -> None:
-        self.vm = vm
+    *command* is what the VM was launched with (its cold-plugged devices, its
+    root ports); *check_device* raises ConfigError for a device this VM
+    cannot be given.  The caller checks that the VM runs.
+    """
+
+    def __init__(
+        self,
+        session: QmpSession,
+        command: QemuCommand,
+        plugged: PluggedDevices,
+        check_device: Callable[[Device], None],
+    ) -> None:
+        self.session = session
+        self.command = command
+        self.plugged = plugged
+        self.check_device = check_device
 
     async def plug(self, device: Device) -> None:
         """Attach *device* to the running VM.
@@ -46,72 +70,69 @@ class QemuHotplug:
         passed to QEMU over QMP (SCM_RIGHTS); the caller keeps its own.
         Raises HypervisorError for anything else, when no root port is free,
         or when QEMU refuses; ConfigError for an invalid device or an id in
-        use; StateError unless running or paused.
+        use.
         """
-        self.vm._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
-        run = self.vm._run
-        assert run is not None
-        self.vm._check_device(device, self.vm.config.run_dir)
-        if device.id in self._plugged(run):
-            raise ConfigError("device id", f"{device.id!r} is already used in {self.vm._life.what}")
-        command = self.vm.command()
+        self.check_device(device)
+        if device.id in self._present():
+            raise ConfigError("device id", f"{device.id!r} is already used in {self.session.what}")
+        command = self.command
         match device:
             case SerialPortDevice():
                 check_socket_path("socket_path", device.socket_path)
                 await self._hotplug_serial(device)
             case NetDevice() if command.port_ids():
-                await self._hotplug_net(device, run)
+                await self._hotplug_net(device)
             case BlockDevice() if command.port_ids():
-                await self._hotplug_block(device, run)
+                await self._hotplug_block(device)
             case _:
                 raise HypervisorError(
                     f"hot-plug of {type(device).__name__} {device.id!r} is not supported on "
-                    f"{command.machine} ({self.vm._life.what}) without hot-plug ports; cold-plug "
+                    f"{command.machine} ({self.session.what}) without hot-plug ports; cold-plug "
                     "it with add_device before start"
                 )
-        run.hotplugged[device.id] = device
-        run.unplugged.discard(device.id)
+        self.plugged.hotplugged[device.id] = device
+        self.plugged.unplugged.discard(device.id)
 
-    def _plugged(self, run: _Running) -> dict[str, Device]:
+    def _present(self) -> dict[str, Device]:
         """Every device the VM has now, by id."""
-        cold = {d.id: d for d in self.vm._all_devices() if d.id not in run.unplugged}
-        return cold | run.hotplugged
+        cold = {d.id: d for d in self.command.devices if d.id not in self.plugged.unplugged}
+        return cold | self.plugged.hotplugged
 
-    def _free_port(self, run: _Running) -> str:
-        ports = self.vm.command().port_ids()
-        used = set(run.ports.values())
+    def _free_port(self) -> str:
+        ports = self.command.port_ids()
+        used = set(self.plugged.ports.values())
         for port in ports:
             if port not in used:
                 return port
         raise HypervisorError(
-            f"{self.vm._life.what} has no free hot-plug slot (all {len(ports)} PCIe root ports "
+            f"{self.session.what} has no free hot-plug slot (all {len(ports)} PCIe root ports "
             "in use); unplug a device first"
         )
 
-    async def _hotplug_net(self, device: NetDevice, run: _Running) -> None:
-        port = self._free_port(run)
+    async def _hotplug_net(self, device: NetDevice) -> None:
+        port = self._free_port()
         backend: dict[str, object] = {"type": "tap", "id": device.id, "vhost": False}
         fd_name = f"{device.id}-tap"
         if device.tap_fd is not None:
-            await self.vm._pass_fd(run, device.tap_fd, fd_name)
+            await self.session.pass_fd(device.tap_fd, fd_name)
             backend["fd"] = fd_name
         else:
             backend |= {"ifname": device.tap_name, "script": "no", "downscript": "no"}
         try:
-            await self.vm._execute("netdev_add", backend)
+            await self.session.execute("netdev_add", backend)
         except HypervisorError:
             if device.tap_fd is not None:
                 with contextlib.suppress(HypervisorError):
-                    await self.vm._execute("closefd", {"fdname": fd_name})
+                    await self.session.execute("closefd", {"fdname": fd_name})
             raise
         nic = {"driver": "virtio-net-pci", "netdev": device.id, "mac": device.mac}
         try:
-            await self.vm._execute("device_add", {**nic, "id": device.id, "bus": port})
+            await self.session.execute("device_add", {**nic, "id": device.id, "bus": port})
         except HypervisorError:
             with contextlib.suppress(HypervisorError):
-                await self.vm._execute("netdev_del", {"id": device.id})
+                await self.session.execute("netdev_del", {"id": device.id})
             raise
-        run.ports[device.id] = port
+        self.plugged.ports[device.id] = port
 
     async def unplug(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
         """Unplug a NIC or disk in a root port (hot-plugged, or a NIC
@@ -119,25 +140,22 @@ class QemuHotplug:
         release it, then free its backend (netdev or block node).
 
         Raises NotFoundError, HypervisorError (not a NIC in a root port, QEMU
-        refused, or no release within *timeout* seconds: the device stays),
-        StateError unless running.
+        refused, or no release within *timeout* seconds: the device stays).
+        The caller checks that the VM runs.
         """
-        self.vm._life.require("unplug a device from", VMState.RUNNING)
-        run = self.vm._run
-        assert run is not None
-        device = self._plugged(run).get(device_id)
+        device = self._present().get(device_id)
         if device is None:
-            raise NotFoundError("device", device_id, f"in {self.vm._life.what}")
-        if not isinstance(device, NetDevice | BlockDevice) or device_id not in run.ports:
+            raise NotFoundError("device", device_id, f"in {self.session.what}")
+        if not isinstance(device, NetDevice | BlockDevice) or device_id not in self.plugged.ports:
             raise HypervisorError(
-                f"{type(device).__name__} {device_id!r} of {self.vm._life.what} cannot be "
+                f"{type(device).__name__} {device_id!r} of {self.session.what} cannot be "
                 "unplugged: only NICs and disks in a PCIe root port can (create the VM with "
                 "hotplug_ports)"
             )
-        await self._device_del(run, device_id, timeout)
-        run.hotplugged.pop(device_id, None)
-        run.unplugged.add(device_id)
-        del run.ports[device_id]
+        await self._device_del(device_id, timeout)
+        self.plugged.hotplugged.pop(device_id, None)
+        self.plugged.unplugged.add(device_id)
+        del self.plugged.ports[device_id]
         if isinstance(device, NetDevice):
             await self._free_backend("netdev_del", {"id": device_id}, device_id)
         else:
@@ -145,26 +163,26 @@ class QemuHotplug:
 
     async def _free_backend(self, command: str, args: dict[str, object], device_id: str) -> None:
         try:
-            await self.vm._execute(command, args)
+            await self.session.execute(command, args)
         except HypervisorError as exc:
             if _error_class(exc) != "DeviceNotFound":
                 # The device is gone, which is what was asked; its backend keeps
                 # the tap or image open until QEMU exits.
-                self.vm._log.warning(
+                self.session.log.warning(
                     "device %s unplugged, but its backend stays: %s", device_id, exc
                 )
 
-    async def _device_del(self, run: _Running, device_id: str, timeout: float) -> None:
+    async def _device_del(self, device_id: str, timeout: float) -> None:
         """device_del, then wait for its DEVICE_DELETED (the guest let go of it)."""
-        assert run.qmp is not None
 
         def this_device(event: Message) -> bool:
             data = event.get("data")
             return isinstance(data, dict) and data.get("device") == device_id
 
-        with run.qmp.listener("DEVICE_DELETED", this_device) as listener:
+        exited = self.session.exited
+        with self.session.listener("DEVICE_DELETED", this_device) as listener:
             try:
-                await self.vm._execute("device_del", {"id": device_id})
+                await self.session.execute("device_del", {"id": device_id})
             except HypervisorError as exc:
                 if _error_class(exc) == "DeviceNotFound":
                     return  # released meanwhile (an earlier unplug that timed out)
@@ -172,7 +190,7 @@ class QemuHotplug:
                     raise
                 # Asked already, and the guest's 5 s grace is not over: keep waiting.
             deleted = asyncio.ensure_future(listener.get())
-            waits: set[asyncio.Future[Any]] = {deleted, run.exited}
+            waits: set[asyncio.Future[Any]] = {deleted, exited}
             try:
                 done, _ = await asyncio.wait(
                     waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -181,16 +199,16 @@ class QemuHotplug:
                 deleted.cancel()
             if deleted in done:
                 return
-            if run.exited.done():
-                raise HypervisorError(f"{self.vm._life.what} exited while unplugging {device_id}")
+            if exited.done():
+                raise HypervisorError(f"{self.session.what} exited while unplugging {device_id}")
             raise HypervisorError(
-                f"the guest of {self.vm._life.what} did not release device {device_id} within "
+                f"the guest of {self.session.what} did not release device {device_id} within "
                 f"{timeout:g}s; it is still plugged: try again, or stop the pod"
             )
 
     async def _hotplug_serial(self, device: SerialPortDevice) -> None:
-        if not any(isinstance(d, SerialPortDevice) for d in self.vm._all_devices()):
-            raise HypervisorError(f"{self.vm._life.what} has no virtio-serial bus")
+        if not any(isinstance(d, SerialPortDevice) for d in self.command.devices):
+            raise HypervisorError(f"{self.session.what} has no virtio-serial bus")
         backend = {
             "type": "socket",
             "data": {
@@ -199,9 +217,9 @@ class QemuHotplug:
                 "wait": False,
             },
         }
-        await self.vm._execute("chardev-add", {"id": device.id, "backend": backend})
+        await self.session.execute("chardev-add", {"id": device.id, "backend": backend})
         try:
-            await self.vm._execute(
+            await self.session.execute(
                 "device_add",
                 {
                     "driver": "virtserialport",
@@ -213,22 +231,22 @@ class QemuHotplug:
             )
         except HypervisorError:
             with contextlib.suppress(HypervisorError):
-                await self.vm._execute("chardev-remove", {"id": device.id})
+                await self.session.execute("chardev-remove", {"id": device.id})
             raise
 
-    async def _hotplug_block(self, device: BlockDevice, run: _Running) -> None:
-        port = self._free_port(run)
-        await self.vm._execute("blockdev-add", blockdev_node(device))
+    async def _hotplug_block(self, device: BlockDevice) -> None:
+        port = self._free_port()
+        await self.session.execute("blockdev-add", blockdev_node(device))
         disk = {"driver": "virtio-blk-pci", "drive": device.id, "id": device.id, "bus": port}
         if device.serial:
             disk["serial"] = device.serial
         try:
-            await self.vm._execute("device_add", disk)
+            await self.session.execute("device_add", disk)
         except HypervisorError:
             with contextlib.suppress(HypervisorError):
-                await self.vm._execute("blockdev-del", {"node-name": device.id})
+                await self.session.execute("blockdev-del", {"node-name": device.id})
             raise
-        run.ports[device.id] = port
+        self.plugged.ports[device.id] = port
 
 
 def _error_class(exc: HypervisorError) -> str | None:
