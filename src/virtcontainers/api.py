@@ -18,7 +18,6 @@ from typing import TypeVar
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.daemon import calls, launcher, rpc
-from virtcontainers.daemon.calls import InterfaceStatus
 from virtcontainers.errors import (
     CorruptRecordError,
     DaemonError,
@@ -35,7 +34,7 @@ from virtcontainers.host.proc import ProcessRef
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.status import ContainerStatus, PodStatus, ProcessHandle
+from virtcontainers.status import ContainerStatus, InterfaceStatus, PodStatus, ProcessHandle
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import ContainerRecord, PodRecord, Store

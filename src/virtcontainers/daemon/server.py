@@ -37,6 +37,7 @@ from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind
 from virtcontainers.pod.pod import Pod
 from virtcontainers.states import PodState
+from virtcontainers.status import InterfaceStatus
 from virtcontainers.stdio import NAMES as STDIO_NAMES
 from virtcontainers.stdio import Stdio
 from virtcontainers.store import PodRecord, Store
@@ -211,7 +212,7 @@ class Daemon:
 
     async def _list_interfaces(
         self, request: calls.ListInterfaces, stdio: Stdio
-    ) -> list[calls.InterfaceStatus]:
+    ) -> list[InterfaceStatus]:
         return self.pod.list_interfaces()
 
 

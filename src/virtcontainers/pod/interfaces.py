@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from virtcontainers.daemon.calls import InterfaceStatus
 from virtcontainers.errors import (
     ConfigError,
     NetworkError,
@@ -20,6 +19,7 @@ from virtcontainers.errors import (
 )
 from virtcontainers.pod.nics import Nic, guest_settings
 from virtcontainers.states import PodState
+from virtcontainers.status import InterfaceStatus
 
 if TYPE_CHECKING:
     from virtcontainers.pod.pod import Pod

@@ -24,7 +24,6 @@ from virtcontainers.agent.base import Agent, StdioStreams
 from virtcontainers.agent.messages import OciResources
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig
-from virtcontainers.daemon.calls import InterfaceStatus
 from virtcontainers.errors import (
     AgentError,
     ExistsError,
@@ -46,6 +45,7 @@ from virtcontainers.pod.nics import PodNetworkLink
 from virtcontainers.pod.process import GuestProcess, ProcessIO
 from virtcontainers.pod.volumes import PodVolumes
 from virtcontainers.states import ContainerState, PodState
+from virtcontainers.status import InterfaceStatus
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import (
