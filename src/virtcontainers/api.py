@@ -33,11 +33,12 @@ from virtcontainers.host.orphans import GarbageReport, reconcile
 from virtcontainers.host.proc import ProcessRef
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
+from virtcontainers.records import ContainerRecord, PodRecord
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.status import ContainerStatus, InterfaceStatus, PodStatus, ProcessHandle
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage.shareddir import SharedDir
-from virtcontainers.store import ContainerRecord, PodRecord, Store
+from virtcontainers.store import Store
 
 __all__ = [
     "ContainerStats",

@@ -9,8 +9,8 @@ from typing import Any
 
 from virtcontainers.agent.results import GuestDetails
 from virtcontainers.errors import DaemonError
+from virtcontainers.records import ContainerRecord, PodRecord
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.store import ContainerRecord, PodRecord
 
 
 @dataclass(frozen=True)

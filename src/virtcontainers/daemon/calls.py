@@ -24,8 +24,8 @@ from virtcontainers.errors import ConfigError, DaemonError
 from virtcontainers.events import Event
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
+from virtcontainers.records import ContainerRecord
 from virtcontainers.status import InterfaceStatus
-from virtcontainers.store import ContainerRecord
 
 R = TypeVar("R")
 T = TypeVar("T")

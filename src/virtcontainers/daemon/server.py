@@ -36,11 +36,12 @@ from virtcontainers.host.proc import ProcessRef
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind
 from virtcontainers.pod.pod import Pod
+from virtcontainers.records import PodRecord
 from virtcontainers.states import PodState
 from virtcontainers.status import InterfaceStatus
 from virtcontainers.stdio import NAMES as STDIO_NAMES
 from virtcontainers.stdio import Stdio
-from virtcontainers.store import PodRecord, Store
+from virtcontainers.store import Store
 
 log = logging.getLogger("virtcontainers.daemon")
 OWNER_REMOVE_TIMEOUT = 30.0

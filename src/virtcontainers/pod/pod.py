@@ -44,17 +44,12 @@ from virtcontainers.pod.interfaces import PodInterfaces
 from virtcontainers.pod.nics import PodNetworkLink
 from virtcontainers.pod.process import GuestProcess, ProcessIO
 from virtcontainers.pod.volumes import PodVolumes
+from virtcontainers.records import KILLED, PodRecord, end_with_vm
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.status import InterfaceStatus
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage.shareddir import SharedDir
-from virtcontainers.store import (
-    KILLED,
-    PodPaths,
-    PodRecord,
-    Store,
-    end_with_vm,
-)
+from virtcontainers.store import PodPaths, Store
 
 SHUTDOWN_TIMEOUT = 5.0
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
