@@ -161,6 +161,11 @@ def create_pod(config: PodConfig) -> PodStatus:
     guest image) once, here.  Raises ExistsError if the id is taken, ConfigError.
     """
     config.check_host()
+    if config.netns is not None:
+        # Opened to be checked: ctypes (for setns) loads only for pods that have one.
+        from virtcontainers.network.netns import check_netns
+
+        check_netns(config.netns)
     image = config.image or _default_image(config)
     store = _store()
     store.paths(config.id).check_socket_lengths()

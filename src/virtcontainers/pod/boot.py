@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from virtcontainers.cgroupconfig import CgroupConfig
 from virtcontainers.config import ImagePaths, PodConfig
 from virtcontainers.errors import (
     AgentError,
@@ -35,7 +36,7 @@ from virtcontainers.factory.templates import (
     factory_dir,
     pod_devices,
 )
-from virtcontainers.host.cgroup import CgroupConfig, HostCgroup
+from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator, VMConfig
 from virtcontainers.hypervisor.devices import NetDevice, SharedFsKind
