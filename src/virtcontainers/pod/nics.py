@@ -5,7 +5,7 @@ The host half (taps and tc redirects in the caller's namespace) is
 ``configure_network``.  This module joins them for :class:`~virtcontainers.pod.pod.Pod`:
 attach before the VM starts, hand the tap fds to the hypervisor, then tell
 the guest what each NIC is; later, take one more interface over
-(:meth:`PodNetworkLink.plug`) or give one back (:meth:`PodNetworkLink.unplug`).
+(:meth:`PodNics.plug`) or give one back (:meth:`PodNics.unplug`).
 What is attached is written to the pod's ``network.json`` after every change,
 so whoever cleans the pod up (its daemon, or a caller that finds the daemon
 dead) releases exactly that, through :func:`~virtcontainers.host.cleanup.release_network`.
@@ -41,7 +41,7 @@ class Nic:
     hotplugged: bool
 
 
-class PodNetworkLink:
+class PodNics:
     """The interfaces of one pod's network namespace, carried into its VM."""
 
     def __init__(self, paths: PodPaths) -> None:

@@ -41,7 +41,7 @@ from virtcontainers.pod.boot import VM_EXIT_GRACE, PodBoot
 from virtcontainers.pod.container import Container
 from virtcontainers.pod.eventlog import EventLog
 from virtcontainers.pod.interfaces import PodInterfaces
-from virtcontainers.pod.nics import PodNetworkLink
+from virtcontainers.pod.nics import PodNics
 from virtcontainers.pod.process import GuestProcess, ProcessIO
 from virtcontainers.pod.volumes import PodVolumes
 from virtcontainers.records import KILLED, PodRecord, end_with_vm
@@ -70,7 +70,7 @@ class Pod:
         self.hypervisor = hypervisor
         self.agent = agent
         self.shared = SharedDir(self.paths)
-        self.network = PodNetworkLink(self.paths)
+        self.network = PodNics(self.paths)
         self.events = EventLog()
         self.containers = {
             cid: Container.from_record(entry) for cid, entry in record.containers.items()
