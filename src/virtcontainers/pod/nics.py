@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+NIC_APPEAR_TIMEOUT = 60.0
+"""How long the guest may take to show a hot-plugged NIC (a clone's, or one added)."""
+
 
 @dataclass(frozen=True)
 class Nic:

@@ -38,7 +38,7 @@ from virtcontainers.errors import (
     StateError,
 )
 from virtcontainers.hypervisor.mock import MockHypervisor
-from virtcontainers.pod.interfaces import NIC_APPEAR_TIMEOUT
+from virtcontainers.pod.nics import NIC_APPEAR_TIMEOUT
 from virtcontainers.pod.pod import Pod
 from virtcontainers.states import PodState
 from virtcontainers.status import InterfaceStatus
