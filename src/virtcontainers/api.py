@@ -18,7 +18,6 @@ from typing import TypeVar
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.daemon import calls, launcher, rpc
-from virtcontainers.daemon.calls import InterfaceStatus
 from virtcontainers.errors import (
     CorruptRecordError,
     DaemonError,
@@ -34,11 +33,12 @@ from virtcontainers.host.orphans import GarbageReport, reconcile
 from virtcontainers.host.proc import ProcessRef
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
+from virtcontainers.records import ContainerRecord, PodRecord
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.status import ContainerStatus, PodStatus, ProcessHandle
+from virtcontainers.status import ContainerStatus, InterfaceStatus, PodStatus, ProcessHandle
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage.shareddir import SharedDir
-from virtcontainers.store import ContainerRecord, PodRecord, Store
+from virtcontainers.store import Store
 
 __all__ = [
     "ContainerStats",
@@ -161,6 +161,11 @@ def create_pod(config: PodConfig) -> PodStatus:
     guest image) once, here.  Raises ExistsError if the id is taken, ConfigError.
     """
     config.check_host()
+    if config.netns is not None:
+        # Opened to be checked: ctypes (for setns) loads only for pods that have one.
+        from virtcontainers.network.netns import check_netns
+
+        check_netns(config.netns)
     image = config.image or _default_image(config)
     store = _store()
     store.paths(config.id).check_socket_lengths()

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from virtcontainers.agent.messages import OciProcess, OciUser
+from virtcontainers.cgroupconfig import CgroupConfig, CgroupDict
 from virtcontainers.errors import ConfigError
-from virtcontainers.host.cgroup import CgroupConfig, CgroupDict
 from virtcontainers.ids import validate_hostname, validate_id
 from virtcontainers.limits import Limits, LimitsDict
 from virtcontainers.plainconfig import Plain, reject_unknown
@@ -485,7 +485,7 @@ class PodConfig:
     """A network namespace (by path) that the caller set up: the pod's VM gets
     its interfaces, addresses and routes.  None: loopback only."""
     cgroup: CgroupConfig | None = None
-    """The host cgroup the pod's QEMU, helpers and daemon run in (hostcgroup.py)."""
+    """The host cgroup the pod's QEMU, helpers and daemon run in (host/cgroup.py)."""
     boot: str = "auto"
     """How the VM starts: ``cold`` boots it; ``template`` clones the VM
     template that matches the pod (factory.py) and fails without one;
@@ -553,10 +553,6 @@ class PodConfig:
         self.resources.check_host()
         if self.image is not None:
             self.image.check_host()
-        if self.netns is not None:
-            from virtcontainers.network.netns import check_netns  # ctypes: loaded when needed
-
-            check_netns(self.netns)
         for container in self.containers:
             container.check_host()
 

@@ -22,19 +22,23 @@ which pod or container, and what to do about it.  The hierarchy::
     ├── BusyError                another call holds the pod (pod_id, operation)
     ├── CorruptRecordError       a pod's state file cannot be read (pod_id, path)
     └── RuntimeSpecError         an OCI bundle or config.json cannot be used
+
+An error crosses to another process (the pod daemon's answer, vc-runtime's
+shim's report) as a dict, :func:`error_to_dict`, and arrives as the class it was
+raised as, with its fields, through :func:`error_from_dict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypedDict
 
 
 class VcError(Exception):
     """Root of every virtcontainers error.
 
     ``FIELDS`` names a subclass's structured attributes: they cross from the
-    pod daemon to its caller with the message (see :mod:`virtcontainers.daemon.rpc`).
+    pod daemon to its caller with the message (see :func:`error_to_dict`).
     """
 
     FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -179,3 +183,29 @@ class CorruptRecordError(VcError):
 
 class RuntimeSpecError(VcError):
     """An OCI bundle or config.json cannot be used."""
+
+
+class ErrorDict(TypedDict):
+    """An error as it crosses to another process (:func:`error_to_dict`)."""
+
+    type: str  # the name of its VcError subclass
+    message: str
+    fields: dict[str, object]  # its FIELDS
+
+
+def error_to_dict(exc: BaseException) -> ErrorDict:
+    if not isinstance(exc, VcError):
+        return {"type": "VcError", "message": str(exc), "fields": {}}
+    return {"type": type(exc).__name__, "message": str(exc), "fields": exc.fields()}
+
+
+def error_from_dict(error: object) -> VcError:
+    """The error :func:`error_to_dict` wrote, as its own class (VcError for a name
+    this module does not define)."""
+    if not isinstance(error, dict):
+        return DaemonError(f"malformed error from the pod daemon: {error!r}")
+    cls = globals().get(str(error.get("type")), VcError)
+    if not (isinstance(cls, type) and issubclass(cls, VcError)):
+        cls = VcError
+    fields = error.get("fields")
+    return cls.rebuild(str(error.get("message")), fields if isinstance(fields, dict) else {})

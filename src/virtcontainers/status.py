@@ -1,4 +1,5 @@
-"""What the API answers about pods, containers and processes: snapshots of their records."""
+"""What the API answers about pods, containers, processes and interfaces: snapshots
+of their records."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from virtcontainers.agent.results import GuestDetails
+from virtcontainers.errors import DaemonError
+from virtcontainers.records import ContainerRecord, PodRecord
 from virtcontainers.states import ContainerState, PodState
-from virtcontainers.store import ContainerRecord, PodRecord
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,34 @@ class ProcessHandle:
     container_id: str | None  # None: a process in the VM, outside containers
     exec_id: str
     pid: int
+
+
+@dataclass(frozen=True)
+class InterfaceStatus:
+    """An interface of the pod's namespace that its VM carries, as it was attached."""
+
+    name: str
+    mac: str
+    mtu: int
+    addresses: tuple[str, ...]  # CIDR, IPv4 first
+    hotplugged: bool  # added to the running pod, not found at boot
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "addresses": list(self.addresses)}
+
+    @classmethod
+    def from_dict(cls, method: str, data: object) -> InterfaceStatus:
+        """Raises DaemonError for an answer that is not an interface."""
+        if isinstance(data, dict):
+            name, mac, mtu = data.get("name"), data.get("mac"), data.get("mtu")
+            addresses, hotplugged = data.get("addresses"), data.get("hotplugged")
+            if (
+                isinstance(name, str)
+                and isinstance(mac, str)
+                and isinstance(mtu, int)
+                and isinstance(addresses, list)
+                and all(isinstance(a, str) for a in addresses)
+                and isinstance(hotplugged, bool)
+            ):
+                return cls(name, mac, mtu, tuple(addresses), hotplugged)
+        raise DaemonError(f"{method}: malformed interface {data!r}")

@@ -24,9 +24,11 @@ The shared directory is laid out by :mod:`virtcontainers.storage.shareddir`.
 
 Any process on the host can list and read pods; only the pod's daemon
 writes the record while the pod's VM runs, and API calls write it otherwise.
-The record is a :class:`PodRecord` with a :class:`ContainerRecord` per
-container, written and read here only.  Loading parses the JSON and checks its
-shape, never the host: a record stays loadable when the host changes.
+The record is a :class:`~virtcontainers.records.PodRecord` with a
+:class:`~virtcontainers.records.ContainerRecord` per container
+(:mod:`virtcontainers.records`), written and read here only.  Loading parses
+the JSON and checks its shape, never the host: a record stays loadable when
+the host changes.
 """
 
 from __future__ import annotations
@@ -35,42 +37,27 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-from virtcontainers.agent.results import ExitStatus, GuestDetails
-from virtcontainers.config import (
-    MAX_SOCKET_PATH,
-    ContainerConfig,
-    ContainerConfigDict,
-    ImagePaths,
-    ImagePathsDict,
-    PodConfig,
-    PodConfigDict,
-)
+from virtcontainers.config import MAX_SOCKET_PATH
 from virtcontainers.errors import (
     BusyError,
     ConfigError,
     CorruptRecordError,
-    DaemonError,
     NotFoundError,
 )
-from virtcontainers.host.proc import ProcessRecord, ProcessRef
 from virtcontainers.ids import validate_id
-from virtcontainers.states import ContainerState, PodState
+from virtcontainers.records import PodRecord
 
 DEFAULT_RUN_ROOT = Path("/run/virtcontainers")
 LOCK_TIMEOUT = 300.0
 """How long a call waits for another call's hold on a pod (a cold start takes ≈10 s)."""
 LOCK_POLL = 0.05
-STATE_VERSION = 2
-KILLED = ExitStatus(128 + signal.SIGKILL, signal.SIGKILL)
-"""What a process that went down with its VM (or lost its agent) reports."""
 
 
 def run_root() -> Path:
@@ -95,196 +82,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path) as source:
         return json.load(source)
-
-
-def _integer(data: Mapping[str, Any], name: str) -> int | None:
-    value = data.get(name)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ConfigError(name, f"expected an integer, got {value!r}")
-    return value
-
-
-def _number(data: Mapping[str, Any], name: str) -> float | None:
-    value = data.get(name)
-    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-        raise ConfigError(name, f"expected a number, got {value!r}")
-    return None if value is None else float(value)
-
-
-def _text(data: Mapping[str, Any], name: str) -> str | None:
-    value = data.get(name)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(name, f"expected a string, got {value!r}")
-    return value
-
-
-class ContainerRecordJson(TypedDict):
-    config: ContainerConfigDict
-    state: str
-    pid: int | None
-    exit_code: int | None
-    signal: int | None
-    oom_killed: bool
-
-
-@dataclass
-class ContainerRecord:
-    """What the store keeps of a container: its config, state and last exit."""
-
-    config: ContainerConfig
-    state: ContainerState = ContainerState.CREATED
-    pid: int | None = None
-    exit: ExitStatus | None = None
-    oom_killed: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.config.id
-
-    def to_json(self) -> ContainerRecordJson:
-        return {
-            "config": self.config.to_dict(),
-            "state": self.state.value,
-            "pid": self.pid,
-            "exit_code": self.exit.exit_code if self.exit else None,
-            "signal": self.exit.signal if self.exit else None,
-            "oom_killed": self.oom_killed,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> ContainerRecord:
-        """Parse a record (ConfigError naming the field when it is malformed)."""
-        if not isinstance(data, dict):
-            raise ConfigError("container record", f"expected an object, got {data!r}")
-        try:
-            state = ContainerState(data.get("state"))
-        except ValueError:
-            raise ConfigError("container.state", f"unknown state {data.get('state')!r}") from None
-        exit_code = _integer(data, "exit_code")
-        return cls(
-            config=ContainerConfig.from_dict(data.get("config") or {}),
-            state=state,
-            pid=_integer(data, "pid"),
-            exit=ExitStatus(exit_code, _integer(data, "signal")) if exit_code is not None else None,
-            oom_killed=bool(data.get("oom_killed")),
-        )
-
-
-def end_with_vm(containers: Iterable[ContainerRecord]) -> None:
-    """Containers whose VM went away: the running ones stopped, killed."""
-    for container in containers:
-        if container.state in (ContainerState.RUNNING, ContainerState.PAUSED):
-            container.state = container.state.moved_to(container.id, ContainerState.STOPPED)
-            container.exit = container.exit or KILLED
-
-
-class PodRecordJson(TypedDict):
-    """``state.json``."""
-
-    version: int
-    config: PodConfigDict
-    state: str
-    containers: dict[str, ContainerRecordJson]
-    image: ImagePathsDict | None
-    created_at: float
-    started_at: float | None
-    daemon: ProcessRecord | None
-    vm: ProcessRecord | None
-    error: str | None
-    guest: dict[str, object] | None  # the fields of GuestDetails
-    template: str | None
-
-
-@dataclass
-class PodRecord:
-    """What the store keeps of a pod (``state.json``)."""
-
-    config: PodConfig
-    state: PodState = PodState.CREATED
-    containers: dict[str, ContainerRecord] = field(default_factory=dict)
-    image: ImagePaths | None = None
-    created_at: float = 0.0
-    started_at: float | None = None
-    daemon: ProcessRef | None = None
-    vm: ProcessRef | None = None
-    error: str | None = None
-    guest: GuestDetails | None = None
-    template: str | None = None
-    """The key of the VM template that the pod's last VM was cloned from (None: booted cold)."""
-
-    @property
-    def id(self) -> str:
-        return self.config.id
-
-    def wait_daemon_gone(self, timeout: float) -> None:
-        """Wait until the pod's daemon has exited (DaemonError after ``timeout`` s)."""
-        deadline = time.monotonic() + timeout
-        while self.daemon is not None and self.daemon.alive():
-            if time.monotonic() > deadline:
-                raise DaemonError(
-                    f"pod {self.id!r}: daemon {self.daemon.pid} did not exit in {timeout:.0f}s"
-                )
-            time.sleep(0.02)
-
-    def mark_stopped(self, error: str | None) -> None:
-        """The pod's VM is gone, and with it every process of its containers."""
-        if self.state is not PodState.STOPPED:
-            self.state = self.state.moved_to(self.id, PodState.STOPPED)
-        end_with_vm(self.containers.values())
-        self.daemon = self.vm = None
-        self.error = self.error or error
-
-    def to_json(self) -> PodRecordJson:
-        return {
-            "version": STATE_VERSION,
-            "config": self.config.to_dict(),
-            "state": self.state.value,
-            "containers": {cid: c.to_json() for cid, c in self.containers.items()},
-            "image": self.image.to_dict() if self.image else None,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "daemon": self.daemon.to_record() if self.daemon else None,
-            "vm": self.vm.to_record() if self.vm else None,
-            "error": self.error,
-            "guest": self.guest.__dict__ if self.guest else None,
-            "template": self.template,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> PodRecord:
-        """Parse a record (ConfigError naming the field when it is malformed)."""
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            raise ConfigError("version", f"expected a version {STATE_VERSION} record")
-        try:
-            state = PodState(data.get("state"))
-        except ValueError:
-            raise ConfigError("state", f"unknown state {data.get('state')!r}") from None
-        containers = data.get("containers")
-        if not isinstance(containers, dict):
-            raise ConfigError("containers", f"expected an object, got {containers!r}")
-        image = data.get("image")
-        return cls(
-            config=PodConfig.from_dict(data.get("config") or {}),
-            state=state,
-            containers={cid: ContainerRecord.from_json(c) for cid, c in containers.items()},
-            image=ImagePaths.from_dict(image) if isinstance(image, dict) else None,
-            created_at=_number(data, "created_at") or 0.0,
-            started_at=_number(data, "started_at"),
-            daemon=ProcessRef.from_record(data.get("daemon")),
-            vm=ProcessRef.from_record(data.get("vm")),
-            error=_text(data, "error"),
-            guest=_guest_details(data.get("guest")),
-            template=_text(data, "template"),
-        )
-
-
-def _guest_details(data: object) -> GuestDetails | None:
-    if not isinstance(data, dict):
-        return None
-    try:
-        return GuestDetails(**data)
-    except TypeError:
-        raise ConfigError("guest", f"malformed guest details {data!r}") from None
 
 
 class _InPodDir:

@@ -178,7 +178,7 @@ def test_the_daemon_answers_any_request_clearly_and_keeps_serving(
         if not reply["ok"]:
             error = reply.get("error")
             assert isinstance(error, dict) and error.get("type") in vars(errors)
-            assert isinstance(rpc.error_from_dict(error), VcError)
+            assert isinstance(errors.error_from_dict(error), VcError)
     assert api.pod_status("fuzz").state is PodState.RUNNING
     with pytest.raises(NotFoundError):
         api.wait_process("fuzz", "c", "no-such-exec")

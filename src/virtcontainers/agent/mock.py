@@ -5,7 +5,7 @@ to stdout), ``spew N`` (prints N bytes), ``sleep`` (runs until signalled),
 ``fail N`` (exits N), and anything else exits 0.  Every call is recorded in ``calls``.
 
 An exec of ``raise ERROR`` fails with ERROR (an error in the JSON form of
-:func:`virtcontainers.daemon.rpc.error_to_dict`), and ``crash`` with a KeyError, so
+:func:`virtcontainers.errors.error_to_dict`), and ``crash`` with a KeyError, so
 tests can send any error through a real pod daemon.
 """
 
@@ -22,8 +22,7 @@ from pathlib import Path
 from virtcontainers.agent.base import EventHandler, StdioStreams
 from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, OciResources
 from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
-from virtcontainers.daemon import rpc
-from virtcontainers.errors import AgentError
+from virtcontainers.errors import AgentError, error_from_dict
 
 
 def _argv(op: str, process: object) -> list[str]:
@@ -36,7 +35,7 @@ def _argv(op: str, process: object) -> list[str]:
 
 def _raise_on_request(args: list[str]) -> None:
     if args[:1] == ["raise"] and len(args) == 2:
-        raise rpc.error_from_dict(json.loads(args[1]))
+        raise error_from_dict(json.loads(args[1]))
     if args == ["crash"]:
         raise KeyError("crash")
 

@@ -24,7 +24,8 @@ from virtcontainers.errors import ConfigError, DaemonError
 from virtcontainers.events import Event
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
-from virtcontainers.store import ContainerRecord
+from virtcontainers.records import ContainerRecord
+from virtcontainers.status import InterfaceStatus
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -337,37 +338,6 @@ class WatchEvents(Request[list[Event]]):
             return [Event.from_dict(item) for item in self.answer_list(data)]
         except ValueError as exc:
             raise DaemonError(f"{self.METHOD}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class InterfaceStatus:
-    """An interface of the pod's namespace that its VM carries, as it was attached."""
-
-    name: str
-    mac: str
-    mtu: int
-    addresses: tuple[str, ...]  # CIDR, IPv4 first
-    hotplugged: bool  # added to the running pod, not found at boot
-
-    def to_dict(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "addresses": list(self.addresses)}
-
-    @classmethod
-    def from_dict(cls, method: str, data: object) -> InterfaceStatus:
-        """Raises DaemonError for an answer that is not an interface."""
-        if isinstance(data, dict):
-            name, mac, mtu = data.get("name"), data.get("mac"), data.get("mtu")
-            addresses, hotplugged = data.get("addresses"), data.get("hotplugged")
-            if (
-                isinstance(name, str)
-                and isinstance(mac, str)
-                and isinstance(mtu, int)
-                and isinstance(addresses, list)
-                and all(isinstance(a, str) for a in addresses)
-                and isinstance(hotplugged, bool)
-            ):
-                return cls(name, mac, mtu, tuple(addresses), hotplugged)
-        raise DaemonError(f"{method}: malformed interface {data!r}")
 
 
 def check_interface_name(where: str, name: str) -> str:

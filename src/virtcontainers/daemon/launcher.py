@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtcontainers.daemon import rpc
-from virtcontainers.errors import DaemonError
+from virtcontainers.errors import DaemonError, error_from_dict
 from virtcontainers.host.logtail import tail
 from virtcontainers.host.proc import ProcessRef
 from virtcontainers.store import PodLock, Store
@@ -127,7 +127,7 @@ def spawn(store: Store, lock: PodLock, timeout: float, owner: ProcessRef | None)
     if answer is None:
         raise DaemonError(f"pod {pod_id!r}: the daemon died while starting\n{tail(paths.log)}")
     if answer.get("ok") is not True:
-        raise rpc.error_from_dict(answer.get("error"))
+        raise error_from_dict(answer.get("error"))
 
 
 def report_ready(ready_fd: int | None, message: rpc.Succeeded | rpc.Failed) -> bool:

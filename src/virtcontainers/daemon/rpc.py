@@ -21,20 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, TypedDict
 
-from virtcontainers import errors
-from virtcontainers.errors import DaemonError, VcError
+from virtcontainers.errors import DaemonError, ErrorDict, error_from_dict
 
 LENGTH = struct.Struct("!I")
 MAX_MESSAGE = 4 << 20
 MAX_FDS = 4
-
-
-class ErrorDict(TypedDict):
-    """An error as it crosses to another process (:func:`error_to_dict`)."""
-
-    type: str  # the name of its VcError subclass
-    message: str
-    fields: dict[str, object]  # its FIELDS
 
 
 class Succeeded(TypedDict):
@@ -92,22 +83,6 @@ class FrameReader:
         if len(self.buffer) < end:
             return None
         return decode(bytes(self.buffer[LENGTH.size : end]))
-
-
-def error_to_dict(exc: BaseException) -> ErrorDict:
-    if not isinstance(exc, VcError):
-        return {"type": "VcError", "message": str(exc), "fields": {}}
-    return {"type": type(exc).__name__, "message": str(exc), "fields": exc.fields()}
-
-
-def error_from_dict(error: object) -> VcError:
-    if not isinstance(error, dict):
-        return DaemonError(f"malformed error from the pod daemon: {error!r}")
-    cls = getattr(errors, str(error.get("type")), VcError)
-    if not (isinstance(cls, type) and issubclass(cls, VcError)):
-        cls = VcError
-    fields = error.get("fields")
-    return cls.rebuild(str(error.get("message")), fields if isinstance(fields, dict) else {})
 
 
 def call(

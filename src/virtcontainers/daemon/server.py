@@ -22,17 +22,26 @@ from typing import Any
 
 from virtcontainers.agent.base import Agent, AgentKind, new_agent
 from virtcontainers.daemon import calls, launcher, rpc
-from virtcontainers.errors import ConfigError, DaemonError, NotFoundError, VcError
+from virtcontainers.errors import (
+    ConfigError,
+    DaemonError,
+    ErrorDict,
+    NotFoundError,
+    VcError,
+    error_to_dict,
+)
 from virtcontainers.host.cleanup import remove_pod_files
 from virtcontainers.host.fdwait import wait_readable
 from virtcontainers.host.proc import ProcessRef
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind
 from virtcontainers.pod.pod import Pod
+from virtcontainers.records import PodRecord
 from virtcontainers.states import PodState
+from virtcontainers.status import InterfaceStatus
 from virtcontainers.stdio import NAMES as STDIO_NAMES
 from virtcontainers.stdio import Stdio
-from virtcontainers.store import PodRecord, Store
+from virtcontainers.store import Store
 
 log = logging.getLogger("virtcontainers.daemon")
 OWNER_REMOVE_TIMEOUT = 30.0
@@ -149,14 +158,14 @@ class Daemon:
                 result = await self._answer(method, message.get("params"), fds)
                 reply = {"ok": True, "result": result}
             except VcError as exc:
-                reply = {"ok": False, "error": rpc.error_to_dict(exc)}
+                reply = {"ok": False, "error": error_to_dict(exc)}
             except Exception as exc:
                 log.exception("RPC %s failed", method)
                 error = DaemonError(
                     f"pod {self.pod.id!r}: {method} failed unexpectedly: "
                     f"{type(exc).__name__}: {exc}; see {self.pod.paths.log}"
                 )
-                reply = {"ok": False, "error": rpc.error_to_dict(error)}
+                reply = {"ok": False, "error": error_to_dict(error)}
             with contextlib.suppress(OSError):
                 await send_reply(conn, reply)
 
@@ -204,7 +213,7 @@ class Daemon:
 
     async def _list_interfaces(
         self, request: calls.ListInterfaces, stdio: Stdio
-    ) -> list[calls.InterfaceStatus]:
+    ) -> list[InterfaceStatus]:
         return self.pod.list_interfaces()
 
 
@@ -228,14 +237,14 @@ async def run(store: Store, args: launcher.DaemonArgs) -> int:
     paths = store.paths(args.pod_id)
     listener: socket.socket | None = None
     pod: Pod | None = None
-    failure: rpc.ErrorDict | None = None
+    failure: ErrorDict | None = None
     try:
         record = _claim(store, args.pod_id)
         pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
         listener = _listen(paths.socket)
         await pod.start()
     except BaseException as exc:
-        failure = rpc.error_to_dict(exc)
+        failure = error_to_dict(exc)
         _record_failed_start(store, args.pod_id, str(exc))
     finally:
         # The boot is over and its outcome recorded: calls may hold the pod again.

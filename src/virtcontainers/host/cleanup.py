@@ -14,8 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+from virtcontainers.cgroupconfig import CgroupConfig
 from virtcontainers.errors import VcError
-from virtcontainers.host.cgroup import CgroupConfig, HostCgroup
+from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.storage import mounts
 from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import PodPaths

@@ -27,10 +27,11 @@ from virtcontainers.errors import BusyError, CorruptRecordError, NotFoundError, 
 from virtcontainers.host.cleanup import release_run_files
 from virtcontainers.host.proc import ProcessRef
 from virtcontainers.ids import ID_PATTERN
+from virtcontainers.records import PodRecord
 from virtcontainers.states import PodState
 from virtcontainers.storage import mounts
 from virtcontainers.storage.shareddir import SharedDir
-from virtcontainers.store import PodRecord, Store
+from virtcontainers.store import Store
 
 ACTIVE = (PodState.STARTING, PodState.RUNNING, PodState.PAUSED)
 HALF_CREATED_AGE = 60.0

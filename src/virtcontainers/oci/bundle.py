@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtcontainers.cgroupconfig import CgroupConfig
 from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources
 from virtcontainers.errors import ConfigError, RuntimeSpecError
-from virtcontainers.host.cgroup import CgroupConfig
 from virtcontainers.ids import validate_id
 from virtcontainers.oci._json import Loc, obj
 from virtcontainers.oci.annotations import DEFAULT_CPU_PERIOD, PodRole, pod_role, vm_size

@@ -6,7 +6,8 @@ host cgroup first (so QEMU starts in it), takes over its
 network namespace's interfaces, starts the VM, and waits for the agent.  A
 cold boot has its NICs from the start; a clone is given its identity, then
 its NICs are hot-plugged into the template's spare PCIe slots.  Used by
-:meth:`virtcontainers.pod.pod.Pod.start`.
+:meth:`virtcontainers.pod.pod.Pod.start`, which hands over the parts a boot
+needs and is told when the VM has started, so that it records the VM.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from virtcontainers.cgroupconfig import CgroupConfig
 from virtcontainers.config import ImagePaths, PodConfig
 from virtcontainers.errors import (
     AgentError,
@@ -30,18 +31,17 @@ from virtcontainers.errors import (
 )
 from virtcontainers.factory.template import Template, TemplateShape, pod_devices
 from virtcontainers.factory.templates import Factory, factory_dir
-from virtcontainers.host.cgroup import CgroupConfig, HostCgroup
+from virtcontainers.host.cgroup import HostCgroup
+from virtcontainers.host.logtail import tail
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator, VMConfig
 from virtcontainers.hypervisor.devices import NetDevice, SharedFsKind
-from virtcontainers.pod.interfaces import NIC_APPEAR_TIMEOUT
+from virtcontainers.pod.eventlog import EventLog
+from virtcontainers.pod.nics import NIC_APPEAR_TIMEOUT, PodNics
+from virtcontainers.pod.vm import PodVM
+from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.storage.sharedfs import choose_shared_fs
-from virtcontainers.store import (
-    write_json_atomic,
-)
-
-if TYPE_CHECKING:
-    from virtcontainers.pod.pod import Pod
+from virtcontainers.store import PodPaths, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -108,27 +108,55 @@ def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: i
 
 
 class PodBoot:
-    """One start of a pod's VM."""
+    """One start of a pod's VM.
 
-    def __init__(self, pod: Pod) -> None:
-        self.pod = pod
+    ``vm_started`` is called with the key of the template the VM was cloned
+    from (None: booted cold) once the VM runs, before its agent answers.
+    """
+
+    def __init__(
+        self,
+        vm: PodVM,
+        config: PodConfig,
+        image: ImagePaths | None,
+        *,
+        paths: PodPaths,
+        shared: SharedDir,
+        nics: PodNics,
+        events: EventLog,
+        store_root: Path,
+        vm_started: Callable[[str | None], None],
+    ) -> None:
+        self.vm = vm
+        self.config = config
+        self.image = image
+        self.paths = paths
+        self.shared = shared
+        self.nics = nics
+        self.events = events
+        self.store_root = store_root
+        self.vm_started = vm_started
 
     def _step(self, name: str) -> None:
-        self.pod.events.emit("boot", step=name)
+        self.events.emit("boot", step=name)
 
     async def boot(self) -> None:
+        """Start the VM, connect its agent and give the guest its network.
+
+        What was started when this raises is the caller's to tear down.
+        """
         self._step("the daemon starts the VM")
-        self.pod.paths.vm.mkdir(mode=0o700, exist_ok=True)
-        self.pod.shared.prepare()
+        self.paths.vm.mkdir(mode=0o700, exist_ok=True)
+        self.shared.prepare()
         # Detected once here: the shared filesystem's choice depends on it too.
         accelerator, reason = detect_accelerator()
-        self.pod.log.info("accelerator %s: %s", accelerator.value, reason)
+        self.vm.log.info("accelerator %s: %s", accelerator.value, reason)
         shared_fs = choose_shared_fs(None, accelerator)
-        image = self.pod.record.image
+        image = self.image
         if image is None:
-            raise ConfigError("pod.image", f"pod {self.pod.id!r} has no guest image recorded")
-        if self.pod.config.cgroup is not None:
-            self._join_host_cgroup(self.pod.config.cgroup)
+            raise ConfigError("pod.image", f"pod {self.vm.pod_id!r} has no guest image recorded")
+        if self.config.cgroup is not None:
+            self._join_host_cgroup(self.config.cgroup)
             self._step("host cgroup joined")
         try:
             nics = await self._attach_network()
@@ -140,26 +168,22 @@ class PodBoot:
                 await self._init_clone(shared_fs)
                 # A clone has its template's devices only: its NICs come now.
                 for nic in nics:
-                    await self.pod.hypervisor.hotplug_device(nic)
+                    await self.vm.hypervisor.hotplug_device(nic)
                 self._step("clone given its identity and NICs")
         finally:
-            self.pod.network.close_fds()  # QEMU has its own copies, or failed
+            self.nics.close_fds()  # QEMU has its own copies, or failed
         if nics:
             wait = NIC_APPEAR_TIMEOUT if template is not None else 0.0
-            await self.pod.agent.configure_network(*self.pod.network.guest_settings(), wait)
+            await self.vm.agent.configure_network(*self.nics.guest_settings(), wait)
             self._step("network configured in the guest")
-        self.pod._spawn(self.pod._watch_vm())
-        # Nothing waits for the details (the agent runs `crun --version` for them,
-        # ≈0.2 s under TCG): they are recorded when they arrive.
-        self.pod._spawn(self.pod._fetch_details())
 
     async def _attach_network(self) -> list[NetDevice]:
         """The NICs for the interfaces of the pod's network namespace (none without one)."""
-        netns = self.pod.config.netns
+        netns = self.config.netns
         if netns is None:
             return []
-        nics = await self.pod.network.attach(netns, self.pod.id)
-        self.pod.log.info("network: %d interface(s) from %s", len(nics), netns)
+        nics = await self.nics.attach(netns, self.vm.pod_id)
+        self.vm.log.info("network: %d interface(s) from %s", len(nics), netns)
         self._step(f"{len(nics)} interface(s) tapped")
         return nics
 
@@ -172,24 +196,22 @@ class PodBoot:
     ) -> Template | None:
         """Start the VM, cloned from a template that fits or booted cold with
         its NICs; returns the template it was cloned from."""
-        root = factory_dir(self.pod.store.root)
-        config = self.pod.config
+        root = factory_dir(self.store_root)
+        config = self.config
         with template_for_pod(config, image, accelerator, shared_fs, root, len(nics)) as template:
             if template is not None:
-                self.pod.log.info("starting from template %s", template.key)
+                self.vm.log.info("starting from template %s", template.key)
                 vm = template.clone_config(
-                    self.pod.id,
-                    self.pod.paths.vm,
-                    self.pod.paths.vm / "agent.sock",
-                    self.pod.shared.export,
+                    self.vm.pod_id,
+                    self.paths.vm,
+                    self.paths.vm / "agent.sock",
+                    self.shared.export,
                 )
             else:
                 vm = self._cold_vm(image, accelerator, shared_fs, nics)
-            await self.pod.hypervisor.create(vm)
-            await self.pod.hypervisor.start()
-        self.pod.record.template = template.key if template is not None else None
-        self.pod.record.started_at = time.time()
-        self.pod.persist()
+            await self.vm.hypervisor.create(vm)
+            await self.vm.hypervisor.start()
+        self.vm_started(template.key if template is not None else None)
         return template
 
     def _cold_vm(
@@ -200,29 +222,29 @@ class PodBoot:
         nics: list[NetDevice],
     ) -> VMConfig:
         """The VM of a pod that boots (not cloned), with its NICs."""
-        agent_socket = self.pod.paths.vm / "agent.sock"
-        hostname = self.pod.config.hostname or self.pod.id
+        agent_socket = self.paths.vm / "agent.sock"
+        hostname = self.config.hostname or self.vm.pod_id
         return VMConfig(
-            vm_id=self.pod.id,
+            vm_id=self.vm.pod_id,
             kernel=image.kernel,
             initrd=image.initrd,
-            run_dir=self.pod.paths.vm,
-            vcpus=self.pod.config.resources.vcpus,
-            memory_mib=self.pod.config.resources.memory_mib,
-            kernel_params=(f"vc.hostname={hostname}", *self.pod.config.kernel_params),
+            run_dir=self.paths.vm,
+            vcpus=self.config.resources.vcpus,
+            memory_mib=self.config.resources.memory_mib,
+            kernel_params=(f"vc.hostname={hostname}", *self.config.kernel_params),
             accelerator=accelerator,
-            hotplug_ports=self.pod.config.hotplug_slots() or None,
+            hotplug_ports=self.config.hotplug_slots() or None,
             devices=(
-                *pod_devices(image.rootfs, agent_socket, self.pod.shared.export, shared_fs),
+                *pod_devices(image.rootfs, agent_socket, self.shared.export, shared_fs),
                 *nics,
             ),
         )
 
     async def _connect_agent(self) -> None:
         """Handshake with the agent; a VM that dies first is a HypervisorError with its console."""
-        vm_exit = asyncio.ensure_future(self.pod.hypervisor.wait())
+        vm_exit = asyncio.ensure_future(self.vm.hypervisor.wait())
         connect = asyncio.ensure_future(
-            self.pod.agent.connect(self.pod.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
+            self.vm.agent.connect(self.vm.hypervisor.agent_socket_path(), AGENT_CONNECT_TIMEOUT)
         )
         await asyncio.wait({vm_exit, connect}, return_when=asyncio.FIRST_COMPLETED)
         if not connect.done() or connect.exception() is not None:
@@ -233,32 +255,35 @@ class PodBoot:
             connect.cancel()
             # The run directory goes with the teardown: quote the console here.
             raise HypervisorError(
-                f"pod {self.pod.id!r}: the VM exited (code {vm_exit.result()}) before its agent "
-                f"answered; its console ended with:\n{self.pod._console_tail()}"
+                f"pod {self.vm.pod_id!r}: the VM exited (code {vm_exit.result()}) before its agent "
+                f"answered; its console ended with:\n{self._console_tail()}"
             )
         vm_exit.cancel()
         try:
             connect.result()
         except OSError as exc:
-            raise AgentError("connect", "channel", f"pod {self.pod.id!r}: {exc}") from exc
-        self.pod.log.info("agent up")
+            raise AgentError("connect", "channel", f"pod {self.vm.pod_id!r}: {exc}") from exc
+        self.vm.log.info("agent up")
+
+    def _console_tail(self, limit: int = 2048) -> str:
+        return tail(self.vm.hypervisor.console_path(), limit) or "(no console output)"
 
     async def _init_clone(self, shared_fs: SharedFsKind) -> None:
         """The clone woke as its template: give it this pod's name, clock, random
         state and shared directory."""
-        reseeded = await self.pod.agent.init_clone(
-            self.pod.config.hostname or self.pod.id,
+        reseeded = await self.vm.agent.init_clone(
+            self.config.hostname or self.vm.pod_id,
             secrets.token_bytes(CLONE_SEED_BYTES),
             time.time_ns(),
             shared_fs.value,
         )
         if not reseeded:
-            self.pod.log.warning("the clone's random state was mixed with a seed, not reseeded")
+            self.vm.log.warning("the clone's random state was mixed with a seed, not reseeded")
 
     def _join_host_cgroup(self, config: CgroupConfig) -> None:
         """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""
-        write_json_atomic(self.pod.paths.cgroup, config.to_dict())  # removed with the run files
+        write_json_atomic(self.paths.cgroup, config.to_dict())  # removed with the run files
         cgroup = HostCgroup(config)
-        cgroup.create(self.pod.config.resources.memory_mib)
+        cgroup.create(self.config.resources.memory_mib)
         cgroup.enter(os.getpid())
-        self.pod.log.info("in host cgroup %s", cgroup.relative)
+        self.vm.log.info("in host cgroup %s", cgroup.relative)

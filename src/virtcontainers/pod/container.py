@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from virtcontainers.errors import NotFoundError
 from virtcontainers.pod.process import GuestProcess
+from virtcontainers.records import ContainerRecord
 from virtcontainers.states import ContainerState
-from virtcontainers.store import ContainerRecord
 
 MAX_FINISHED_EXECS = 256
 

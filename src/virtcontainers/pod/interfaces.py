@@ -3,36 +3,45 @@
 The caller puts an interface in the pod's namespace; it is tapped and
 redirected (:mod:`virtcontainers.pod.nics`), hot-plugged as a NIC, and
 configured in the guest like those of boot.  Used by
-:class:`virtcontainers.pod.pod.Pod`, one change at a time.
+:class:`virtcontainers.pod.pod.Pod`, which hands over its VM, its NICs and a
+check of its state; one change at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from virtcontainers.daemon.calls import InterfaceStatus
 from virtcontainers.errors import (
     ConfigError,
     NetworkError,
     NotFoundError,
     VcError,
 )
-from virtcontainers.pod.nics import Nic, guest_settings
+from virtcontainers.pod.nics import NIC_APPEAR_TIMEOUT, Nic, PodNics, guest_settings
+from virtcontainers.pod.vm import PodVM
 from virtcontainers.states import PodState
+from virtcontainers.status import InterfaceStatus
 
-if TYPE_CHECKING:
-    from virtcontainers.pod.pod import Pod
 
-# How long the guest may take to show a hot-plugged NIC.
-NIC_APPEAR_TIMEOUT = 60.0
+class StateCheck(Protocol):
+    """Raises StateError unless the pod is in one of ``allowed`` for ``operation``."""
+
+    def __call__(self, operation: str, *allowed: PodState) -> None: ...
 
 
 class PodInterfaces:
     """The hot-plugged interfaces of one pod."""
 
-    def __init__(self, pod: Pod) -> None:
-        self.pod = pod
+    def __init__(
+        self, vm: PodVM, netns: str | None, nics: PodNics, require_state: StateCheck
+    ) -> None:
+        self.vm = vm
+        self.netns = netns
+        self.nics = nics
+        self.require_state = require_state
+        self._lock = asyncio.Lock()
 
     async def add(self, name: str) -> InterfaceStatus:
         """Carry interface ``name`` of the pod's namespace into the running VM.
@@ -43,26 +52,26 @@ class PodInterfaces:
         namespace; an interface that cannot be carried), NotFoundError,
         ExistsError, NetworkError, HypervisorError (no free slot), AgentError.
         """
-        async with self.pod._network_lock:
-            self.pod._require_running("add an interface to")
+        async with self._lock:
+            self.require_state("add an interface to", PodState.RUNNING)
             self._require_netns("add")
-            nic, device = await self.pod.network.plug(name)
+            nic, device = await self.nics.plug(name)
             try:
                 try:
-                    await self.pod.hypervisor.hotplug_device(device)
+                    await self.vm.hypervisor.hotplug_device(device)
                 finally:
                     assert device.tap_fd is not None
                     os.close(device.tap_fd)  # QEMU has its own copy, or failed
                 try:
                     nics, routes = guest_settings([nic.interface])
-                    await self.pod.agent.configure_network(nics, routes, NIC_APPEAR_TIMEOUT)
+                    await self.vm.agent.configure_network(nics, routes, NIC_APPEAR_TIMEOUT)
                 except BaseException:
                     await self._unplug_quietly(nic)
                     raise
             except BaseException:
                 await self._give_back_quietly(name)
                 raise
-            self.pod.log.info("interface %s added as %s", name, nic.device_id)
+            self.vm.log.info("interface %s added as %s", name, nic.device_id)
             return _interface_status(nic)
 
     async def remove(self, name: str) -> None:
@@ -74,43 +83,43 @@ class PodInterfaces:
         NotFoundError (not attached), HypervisorError (the guest did not
         release it: it stays attached), NetworkError.
         """
-        async with self.pod._network_lock:
-            self.pod._require_running("remove an interface from")
+        async with self._lock:
+            self.require_state("remove an interface from", PodState.RUNNING)
             self._require_netns("remove")
-            nic = self.pod.network.nic(name)
+            nic = self.nics.nic(name)
             try:
-                await self.pod.hypervisor.unplug_device(nic.device_id)
+                await self.vm.hypervisor.unplug_device(nic.device_id)
             except NotFoundError:
                 # Out of the VM already: an earlier remove failed after the unplug.
-                self.pod.log.info("%s of %s was unplugged already", nic.device_id, name)
-            await self.pod.network.unplug(name)
-            self.pod.log.info("interface %s removed (was %s)", name, nic.device_id)
+                self.vm.log.info("%s of %s was unplugged already", nic.device_id, name)
+            await self.nics.unplug(name)
+            self.vm.log.info("interface %s removed (was %s)", name, nic.device_id)
 
     def list(self) -> list[InterfaceStatus]:
         """The interfaces the VM carries: those of boot, then those added."""
-        self.pod._require("list the interfaces of", PodState.RUNNING, PodState.PAUSED)
-        return [_interface_status(nic) for nic in self.pod.network.nics]
+        self.require_state("list the interfaces of", PodState.RUNNING, PodState.PAUSED)
+        return [_interface_status(nic) for nic in self.nics.nics]
 
     def _require_netns(self, action: str) -> None:
-        if self.pod.config.netns is None:
+        if self.netns is None:
             raise ConfigError(
                 "pod.netns",
-                f"pod {self.pod.id!r} has no network namespace, so no interfaces to {action}: "
+                f"pod {self.vm.pod_id!r} has no network namespace, so no interfaces to {action}: "
                 "create the pod with one (PodConfig.netns, virtc pod create --netns)",
             )
 
     async def _unplug_quietly(self, nic: Nic) -> None:
         # The failure being raised is the one to report: this one is only logged.
         try:
-            await self.pod.hypervisor.unplug_device(nic.device_id)
+            await self.vm.hypervisor.unplug_device(nic.device_id)
         except VcError as exc:
-            self.pod.log.warning("undoing the hot-plug of %s: %s", nic.interface.name, exc)
+            self.vm.log.warning("undoing the hot-plug of %s: %s", nic.interface.name, exc)
 
     async def _give_back_quietly(self, name: str) -> None:
         try:
-            await self.pod.network.unplug(name)
+            await self.nics.unplug(name)
         except (NetworkError, NotFoundError) as exc:
-            self.pod.log.warning("undoing the attach of %s: %s", name, exc)
+            self.vm.log.warning("undoing the attach of %s: %s", name, exc)
 
 
 def _interface_status(nic: Nic) -> InterfaceStatus:

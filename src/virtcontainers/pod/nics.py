@@ -5,7 +5,7 @@ The host half (taps and tc redirects in the caller's namespace) is
 ``configure_network``.  This module joins them for :class:`~virtcontainers.pod.pod.Pod`:
 attach before the VM starts, hand the tap fds to the hypervisor, then tell
 the guest what each NIC is; later, take one more interface over
-(:meth:`PodNetworkLink.plug`) or give one back (:meth:`PodNetworkLink.unplug`).
+(:meth:`PodNics.plug`) or give one back (:meth:`PodNics.unplug`).
 What is attached is written to the pod's ``network.json`` after every change,
 so whoever cleans the pod up (its daemon, or a caller that finds the daemon
 dead) releases exactly that, through :func:`~virtcontainers.host.cleanup.release_network`.
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+NIC_APPEAR_TIMEOUT = 60.0
+"""How long the guest may take to show a hot-plugged NIC (a clone's, or one added)."""
+
 
 @dataclass(frozen=True)
 class Nic:
@@ -41,7 +44,7 @@ class Nic:
     hotplugged: bool
 
 
-class PodNetworkLink:
+class PodNics:
     """The interfaces of one pod's network namespace, carried into its VM."""
 
     def __init__(self, paths: PodPaths) -> None:

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -24,7 +25,6 @@ from virtcontainers.agent.base import Agent, StdioStreams
 from virtcontainers.agent.messages import OciResources
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig
-from virtcontainers.daemon.calls import InterfaceStatus
 from virtcontainers.errors import (
     AgentError,
     ExistsError,
@@ -33,7 +33,6 @@ from virtcontainers.errors import (
     VcError,
 )
 from virtcontainers.host.cleanup import release_run_files
-from virtcontainers.host.logtail import tail
 from virtcontainers.host.proc import ProcessRef
 from virtcontainers.hypervisor.base import Hypervisor
 from virtcontainers.ids import validate_id
@@ -42,19 +41,16 @@ from virtcontainers.pod.boot import VM_EXIT_GRACE, PodBoot
 from virtcontainers.pod.container import Container
 from virtcontainers.pod.eventlog import EventLog
 from virtcontainers.pod.interfaces import PodInterfaces
-from virtcontainers.pod.nics import PodNetworkLink
+from virtcontainers.pod.nics import PodNics
 from virtcontainers.pod.process import GuestProcess, ProcessIO
+from virtcontainers.pod.vm import PodVM
 from virtcontainers.pod.volumes import PodVolumes
+from virtcontainers.records import KILLED, PodRecord, end_with_vm
 from virtcontainers.states import ContainerState, PodState
+from virtcontainers.status import InterfaceStatus
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage.shareddir import SharedDir
-from virtcontainers.store import (
-    KILLED,
-    PodPaths,
-    PodRecord,
-    Store,
-    end_with_vm,
-)
+from virtcontainers.store import PodPaths, Store
 
 SHUTDOWN_TIMEOUT = 5.0
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
@@ -75,8 +71,11 @@ class Pod:
         self.hypervisor = hypervisor
         self.agent = agent
         self.shared = SharedDir(self.paths)
-        self.network = PodNetworkLink(self.paths)
+        self.network = PodNics(self.paths)
         self.events = EventLog()
+        self.vm = PodVM(self.id, hypervisor, agent, self.log)
+        self.interfaces = PodInterfaces(self.vm, self.config.netns, self.network, self._require)
+        self.volumes = PodVolumes(self.vm)
         self.containers = {
             cid: Container.from_record(entry) for cid, entry in record.containers.items()
         }
@@ -86,7 +85,6 @@ class Pod:
         self._watchers: set[asyncio.Task[None]] = set()
         self.guest_execs: dict[str, GuestProcess] = {}
         self._container_locks: dict[str, asyncio.Lock] = {}
-        self._network_lock = asyncio.Lock()
         self._guest_exec_numbers = itertools.count(1)
         self.agent.on_event(self._on_agent_event)
 
@@ -132,7 +130,11 @@ class Pod:
         self.state.moved_to(self.id, PodState.RUNNING)
         self.log.info("starting pod")
         try:
-            await PodBoot(self).boot()
+            await self._boot().boot()
+            self._spawn(self._watch_vm())
+            # Nothing waits for the details (the agent runs `crun --version` for them,
+            # ≈0.2 s under TCG): they are recorded when they arrive.
+            self._spawn(self._fetch_details())
             for container in self.containers.values():
                 if container.state is not ContainerState.CREATED:
                     container.move_to(ContainerState.CREATED)
@@ -147,8 +149,25 @@ class Pod:
         self._move_to(PodState.RUNNING)
         self.events.emit("boot", step="pod running")
 
-    def _console_tail(self, limit: int = 2048) -> str:
-        return tail(self.hypervisor.console_path(), limit) or "(no console output)"
+    def _boot(self) -> PodBoot:
+        return PodBoot(
+            self.vm,
+            self.config,
+            self.record.image,
+            paths=self.paths,
+            shared=self.shared,
+            nics=self.network,
+            events=self.events,
+            store_root=self.store.root,
+            vm_started=self._vm_started,
+        )
+
+    def _vm_started(self, template: str | None) -> None:
+        """Record the VM at once: if the daemon dies before the agent answers,
+        whoever cleans the pod up finds the VM to kill."""
+        self.record.template = template
+        self.record.started_at = time.time()
+        self.persist()
 
     async def _fetch_details(self) -> None:
         try:
@@ -247,16 +266,16 @@ class Pod:
             raise StateError(what, operation, "stopping", [s.value for s in allowed])
         self.state.require(self.id, operation, *allowed)
 
-    # --- network (podinterfaces.py) ------------------------------------------------
+    # --- network (interfaces.py) ------------------------------------------------------
 
     async def add_interface(self, name: str) -> InterfaceStatus:
-        return await PodInterfaces(self).add(name)
+        return await self.interfaces.add(name)
 
     async def remove_interface(self, name: str) -> None:
-        await PodInterfaces(self).remove(name)
+        await self.interfaces.remove(name)
 
     def list_interfaces(self) -> list[InterfaceStatus]:
-        return PodInterfaces(self).list()
+        return self.interfaces.list()
 
     # --- containers ---------------------------------------------------------------------
 
@@ -286,11 +305,10 @@ class Pod:
 
     async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
         io = ProcessIO(self.agent, stdio, self.executor)
-        volumes = PodVolumes(self)
         attached = False
         try:
             self.shared.share(container.config)
-            await volumes.attach(container.config)  # undoes itself when it fails
+            await self.volumes.attach(container.config)  # undoes itself when it fails
             attached = True
             bundle = spec.container_spec(
                 container.config, self.config.hostname or self.id, self._guest_pid
@@ -302,7 +320,7 @@ class Pod:
         except BaseException:
             await io.close()
             if attached:
-                await volumes.detach(container.config)
+                await self.volumes.detach(container.config)
             self.shared.unshare(container.id)
             raise
         container.in_guest = True
@@ -400,7 +418,7 @@ class Pod:
                 await self.agent.remove_container(container_id)
                 container.in_guest = False
             await self._end_processes(container)
-            await PodVolumes(self).detach(container.config)
+            await self.volumes.detach(container.config)
             self.shared.unshare(container_id)
             self.shared.remove_layer(container_id)
             del self.containers[container_id]

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 from virtcontainers.config import ContainerConfig
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError, VcError
 from virtcontainers.hypervisor.base import VMState
 from virtcontainers.hypervisor.devices import BlockDevice
+from virtcontainers.pod.vm import PodVM
 from virtcontainers.volumes import BlockVolume, volume_id
-
-if TYPE_CHECKING:
-    from virtcontainers.pod.pod import Pod
 
 
 class PodVolumes:
     """The block volumes of one pod's containers."""
 
-    def __init__(self, pod: Pod) -> None:
-        self.pod = pod
+    def __init__(self, vm: PodVM) -> None:
+        self.vm = vm
 
     async def attach(self, config: ContainerConfig) -> None:
         """Plug and mount every volume of the container, or none of them.
@@ -37,10 +34,10 @@ class PodVolumes:
         (no free slot left; QEMU refused the image) or AgentError (the guest
         could not mount it), after undoing what was done.
         """
-        if config.block_volumes and not self.pod.hypervisor.capabilities().hotplug_block:
+        if config.block_volumes and not self.vm.hypervisor.capabilities().hotplug_block:
             raise ConfigError(
                 "container.block_volumes",
-                f"pod {self.pod.id!r} has no hot-plug slots for the block volumes of container "
+                f"pod {self.vm.pod_id!r} has no hot-plug slots for the block volumes of container "
                 f"{config.id!r}: create the pod with resources.hotplug_slots "
                 "(virtc pod create --hotplug-slots N)",
             )
@@ -56,7 +53,7 @@ class PodVolumes:
     async def detach(self, config: ContainerConfig) -> None:
         """Unmount and unplug the container's volumes; what is gone already is
         skipped, and a VM that is not running took its disks with it."""
-        if config.block_volumes and self.pod.hypervisor.state is VMState.RUNNING:
+        if config.block_volumes and self.vm.hypervisor.state is VMState.RUNNING:
             await self._detach(config.id, list(range(len(config.block_volumes))))
 
     async def _attach_one(self, container_id: str, index: int, volume: BlockVolume) -> None:
@@ -65,34 +62,34 @@ class PodVolumes:
             ident, volume.source, volume.read_only, format=volume.format, serial=ident
         )
         try:
-            await self.pod.hypervisor.hotplug_device(device)
+            await self.vm.hypervisor.hotplug_device(device)
         except HypervisorError as exc:
             raise HypervisorError(
-                f"pod {self.pod.id!r}: cannot plug block volume {volume.source} of container "
+                f"pod {self.vm.pod_id!r}: cannot plug block volume {volume.source} of container "
                 f"{container_id!r}: {exc}"
             ) from exc
         try:
-            await self.pod.agent.mount_block(ident, ident, volume.fstype, volume.read_only)
+            await self.vm.agent.mount_block(ident, ident, volume.fstype, volume.read_only)
         except BaseException:
             await self._unplug(ident)
             raise
-        self.pod.log.info("container %s: %s mounted from disk %s", container_id, volume, ident)
+        self.vm.log.info("container %s: %s mounted from disk %s", container_id, volume, ident)
 
     async def _detach(self, container_id: str, indexes: list[int]) -> None:
         idents = [volume_id(container_id, index) for index in indexes]
         for ident in idents:
             try:
-                await self.pod.agent.unmount_block(ident)
+                await self.vm.agent.unmount_block(ident)
             except VcError as exc:
                 # Unplugging a mounted disk still frees the host's side; the
                 # guest's kernel then fails the mount's I/O.
-                self.pod.log.warning("volume %s: unmount in the guest failed: %s", ident, exc)
+                self.vm.log.warning("volume %s: unmount in the guest failed: %s", ident, exc)
         # Each unplug waits out the guest's 5 s grace: wait for them together.
         await asyncio.gather(*(self._unplug(ident) for ident in idents))
 
     async def _unplug(self, ident: str) -> None:
         with contextlib.suppress(NotFoundError):
             try:
-                await self.pod.hypervisor.unplug_device(ident)
+                await self.vm.hypervisor.unplug_device(ident)
             except HypervisorError as exc:
-                self.pod.log.warning("volume %s: unplug failed: %s", ident, exc)
+                self.vm.log.warning("volume %s: unplug failed: %s", ident, exc)

@@ -10,8 +10,9 @@ import pytest
 from virtcontainers.agent.results import ContainerStats, ExitStatus
 from virtcontainers.daemon import calls
 from virtcontainers.errors import ConfigError, DaemonError
+from virtcontainers.status import InterfaceStatus
 
-STATUS = calls.InterfaceStatus(
+STATUS = InterfaceStatus(
     "eth1", "02:00:00:00:00:01", 1400, ("203.0.113.2/24", "2001:db8::2/64"), True
 )
 

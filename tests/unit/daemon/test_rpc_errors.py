@@ -51,7 +51,7 @@ def test_errors_round_trip_through_a_daemon(
     sample: VcError,
 ) -> None:
     api.run_pod(mock_pod("errs", image, ContainerConfig("c", rootfs, Cmd(("sleep",)))))
-    wire = json.dumps(rpc.error_to_dict(sample))
+    wire = json.dumps(errors.error_to_dict(sample))
     with pytest.raises(VcError) as caught:
         api.enter_container("errs", "c", Cmd(("raise", wire)))
     received = caught.value

@@ -1,4 +1,4 @@
-"""The pod's host cgroup: path styles, the host's hierarchies, and a real cgroup."""
+"""The pod's host cgroup: the host's hierarchies, and a real cgroup."""
 
 from __future__ import annotations
 
@@ -11,48 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from virtcontainers.errors import ConfigError, VcError
-from virtcontainers.host.cgroup import (
-    VM_OVERHEAD_MIB,
-    CgroupConfig,
-    HostCgroup,
-    hierarchies,
-    relative_path,
-)
-
-
-@pytest.mark.parametrize(
-    ("path", "relative"),
-    [
-        ("/libpod_parent/libpod-3f5a", "libpod_parent/libpod-3f5a"),
-        ("machine.slice:libpod:3f5a", "machine.slice/libpod-3f5a.scope"),
-        (
-            "kubepods-burstable-pod12.slice:cri-containerd:ab12",
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice/"
-            "cri-containerd-ab12.scope",
-        ),
-        ("-.slice:docker:x", "docker-x.scope"),
-        ("vc/pod", "vc/pod"),
-    ],
-)
-def test_both_path_styles(path: str, relative: str) -> None:
-    assert relative_path(path) == Path(relative)
-
-
-@pytest.mark.parametrize(
-    ("path", "reason"),
-    [
-        ("", "not a cgroup path"),
-        ("/", "root cgroup"),
-        ("/a/../b", "'..' is not a cgroup name"),
-        ("/a/b c", "not a cgroup name"),
-        ("machine:libpod:x", "not a systemd slice"),
-        ("a--b.slice:p:x", "not a systemd slice"),
-    ],
-)
-def test_bad_paths_are_refused(path: str, reason: str) -> None:
-    with pytest.raises(ConfigError, match=reason):
-        CgroupConfig(path)
+from virtcontainers.cgroupconfig import CgroupConfig
+from virtcontainers.errors import VcError
+from virtcontainers.host.cgroup import VM_OVERHEAD_MIB, HostCgroup, hierarchies
 
 
 def test_hierarchies_of_a_hybrid_host(tmp_path: Path) -> None:

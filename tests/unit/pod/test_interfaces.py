@@ -28,7 +28,6 @@ from virtcontainers.agent.messages import NetInterface, NetRoute
 from virtcontainers.agent.mock import MockAgent
 from virtcontainers.cli.virtc.main import cli as virtc_cli
 from virtcontainers.config import ImagePaths
-from virtcontainers.daemon import calls
 from virtcontainers.errors import (
     AgentError,
     ConfigError,
@@ -39,9 +38,10 @@ from virtcontainers.errors import (
     StateError,
 )
 from virtcontainers.hypervisor.mock import MockHypervisor
-from virtcontainers.pod.interfaces import NIC_APPEAR_TIMEOUT
+from virtcontainers.pod.nics import NIC_APPEAR_TIMEOUT
 from virtcontainers.pod.pod import Pod
 from virtcontainers.states import PodState
+from virtcontainers.status import InterfaceStatus
 from virtcontainers.store import Store
 
 pytestmark = pytest.mark.skipif(
@@ -75,7 +75,7 @@ def test_an_interface_is_added_listed_and_removed(
     added = api.add_interface("net", "eth1")
 
     mac = mac_of(pair.path, "eth1")
-    assert added == calls.InterfaceStatus("eth1", mac, 1400, ("203.0.113.2/24",), True)
+    assert added == InterfaceStatus("eth1", mac, 1400, ("203.0.113.2/24",), True)
     assert api.list_interfaces("net") == [eth0, added]
     assert len(tun_links(pair.path)) == 2  # the "VM" holds both taps
     assert [i["name"] for i in network_json("net")["ingress"]] == ["eth0", "eth1"]  # type: ignore[attr-defined]

@@ -52,10 +52,11 @@ from virtcontainers.hypervisor.mock import MockHypervisor
 from virtcontainers.pod.container import Container
 from virtcontainers.pod.pod import Pod
 from virtcontainers.pod.process import GuestProcess
+from virtcontainers.records import KILLED
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage import mounts
-from virtcontainers.store import KILLED, PodPaths, Store
+from virtcontainers.store import PodPaths, Store
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runc and the pod's mounts need root"),

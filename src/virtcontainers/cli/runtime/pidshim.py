@@ -36,7 +36,7 @@ from typing import NotRequired, TypedDict
 from virtcontainers import api
 from virtcontainers.config import Cmd, CmdDict, ContainerConfig, ContainerConfigDict
 from virtcontainers.daemon import rpc
-from virtcontainers.errors import VcError
+from virtcontainers.errors import VcError, error_to_dict
 
 
 class ExecTarget(TypedDict):
@@ -143,7 +143,7 @@ def run(request_fd: int, ready_fd: int, tty_fd: int | None) -> int:
     try:
         target = _start(_read_request(request_fd))
     except VcError as exc:
-        _report(ready_fd, {"ok": False, "error": rpc.error_to_dict(exc)})
+        _report(ready_fd, {"ok": False, "error": error_to_dict(exc)})
         return 1
     _report(ready_fd, {"ok": True})
     _detach_stdio()

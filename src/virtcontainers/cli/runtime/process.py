@@ -19,6 +19,7 @@ from pathlib import Path
 from virtcontainers.cli.runtime.pidshim import ShimRequest
 from virtcontainers.cli.runtime.state import RuntimeCommandError
 from virtcontainers.daemon.launcher import package_env
+from virtcontainers.errors import error_from_dict
 
 
 def write_pid_file(path: Path, pid: int) -> None:
@@ -81,8 +82,6 @@ def start_shim(request: ShimRequest, console_socket: Path | None) -> subprocess.
         raise RuntimeCommandError("the container process exited before it was created") from None
     if message.get("ok") is not True:
         shim.wait()
-        from virtcontainers.daemon.rpc import error_from_dict
-
         raise error_from_dict(message.get("error"))
     return shim
 
