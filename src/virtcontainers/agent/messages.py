@@ -76,8 +76,9 @@ class ContainerArgs(TypedDict):
 
 
 class CreateContainerArgs(ContainerArgs, StdioArgs):
-    bundle: Mapping[str, object]  # an OCI runtime-spec config.json object
-    rootfs: str  # the guest path of the container's root filesystem
+    # An OCI runtime-spec config.json object; its root.path is the guest path
+    # of the container's root filesystem.
+    bundle: Mapping[str, object]
 
 
 class ExecProcessArgs(ContainerArgs, StdioArgs):

@@ -296,9 +296,7 @@ class Pod:
                 container.config, self.config.hostname or self.id, self._guest_pid
             )
             streams = io.open()
-            container.pid = await self.agent.create_container(
-                container.id, bundle, spec.guest_rootfs(container.id), streams
-            )
+            container.pid = await self.agent.create_container(container.id, bundle, streams)
         except BaseException:
             await io.close()
             if attached:
