@@ -40,10 +40,11 @@ class OciUser(TypedDict):
 
 
 class OciProcess(TypedDict):
-    """The runtime-spec process settings a :class:`~virtcontainers.config.Cmd` sets.
+    """The runtime-spec process fields that are a :class:`~virtcontainers.config.Cmd`'s.
 
-    ``exec_guest`` takes just these; a container's process is its spec's
-    process object (capabilities, rlimits, ...) with these laid over it.
+    ``exec_guest`` takes just these; a container's process object, and an
+    exec's in a container, has the container's runtime settings beside them
+    (capabilities, rlimits, ...: ``Cmd.runtime_settings``).
     """
 
     terminal: bool
@@ -83,7 +84,7 @@ class CreateContainerArgs(ContainerArgs, StdioArgs):
 
 class ExecProcessArgs(ContainerArgs, StdioArgs):
     exec_id: str
-    process: Mapping[str, object]  # the container's process object, an OciProcess laid over
+    process: Mapping[str, object]  # an OciProcess with its container's runtime settings
 
 
 class ExecGuestArgs(StdioArgs):

@@ -436,7 +436,7 @@ class Pod:
         exec_id = validate_id("exec", exec_id) if exec_id else container.new_exec_id()
         if exec_id in container.execs:
             raise ExistsError("exec", f"{container_id}/{exec_id}")
-        process_spec = spec.process_spec(container.config, cmd.to_oci_process())
+        process_spec = spec.process_spec(container.config, cmd)
         io, pid = await self._launch(
             ProcessIO(self.agent, stdio, self.executor),
             lambda streams: self.agent.exec_process(container_id, exec_id, process_spec, streams),
@@ -452,7 +452,7 @@ class Pod:
         exec_id = f"guest-{next(self._guest_exec_numbers)}"
         io, pid = await self._launch(
             ProcessIO(self.agent, stdio, self.executor),
-            lambda streams: self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams),
+            lambda streams: self.agent.exec_guest(exec_id, spec.oci_process(cmd), streams),
         )
         process = GuestProcess(None, exec_id, io, pid=pid)
         self.guest_execs[exec_id] = process
