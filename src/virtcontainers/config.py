@@ -12,13 +12,13 @@ created: a stored config stays loadable when the host changes later.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
-from virtcontainers.agent.messages import OciProcess, OciUser
 from virtcontainers.cgroupconfig import CgroupConfig, CgroupDict
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import validate_hostname, validate_id
@@ -32,6 +32,8 @@ MIN_MEMORY_MIB = 128
 MAX_SOCKET_PATH = 107
 """The longest unix socket path AF_UNIX takes (108 bytes with its NUL)."""
 MAX_VCPUS = 64
+MAX_ID = 2**32 - 2
+"""The largest uid or gid (2^32-1 is the kernel's "no id")."""
 MAX_HOTPLUG_SLOTS = 16  # empty PCIe root ports of one VM
 # Empty PCIe slots of a pod with a network namespace: interfaces it can take
 # over while it runs, beyond those it found at boot.
@@ -97,12 +99,19 @@ class MountDict(TypedDict):
     options: list[str]
 
 
+class UserDict(TypedDict):
+    uid: int
+    gid: int
+    additional_gids: list[int]
+
+
 class CmdDict(TypedDict):
     args: list[str]
     env: list[str]
     cwd: str
-    user: str
+    user: UserDict
     terminal: bool
+    runtime_settings: dict[str, Any] | None
 
 
 class ContainerConfigDict(TypedDict):
@@ -256,17 +265,70 @@ class Mount(Plain):
             raise ConfigError("mount.source", f"{self.source} does not exist")
 
 
-@dataclass(frozen=True)
-class Cmd(Plain):
-    """A process to run: in a container, or in the VM outside containers."""
+def _check_id(where: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise ConfigError(where, f"{value!r} is not a valid id (an integer 0..{MAX_ID})")
+    return value
 
-    KIND = "cmd"
+
+@dataclass(frozen=True)
+class User(Plain):
+    """Who a process runs as, by numeric ids: names are not resolved in the guest."""
+
+    KIND = "cmd.user"
+
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_id("cmd.user.uid", self.uid)
+        _check_id("cmd.user.gid", self.gid)
+        gids = self.additional_gids
+        if not isinstance(gids, list | tuple):
+            raise ConfigError("cmd.user.additional_gids", f"expected a list, got {gids!r}")
+        object.__setattr__(
+            self, "additional_gids", tuple(_check_id("cmd.user.additional_gids", g) for g in gids)
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> User:
+        """A user as one is typed: ``UID[:GID[:GID,GID...]]`` (GID defaults to UID)."""
+        parts = text.split(":")
+        try:
+            uid = int(parts[0])
+            gid = int(parts[1]) if len(parts) > 1 and parts[1] else uid
+            extra = tuple(int(g) for g in parts[2].split(",")) if len(parts) > 2 else ()
+        except ValueError:
+            raise ConfigError("cmd.user", f"{text!r} is not UID[:GID[:GIDS]]") from None
+        if len(parts) > 3:
+            raise ConfigError("cmd.user", f"{text!r} is not UID[:GID[:GIDS]]")
+        return cls(uid, gid, extra)
+
+    def to_dict(self) -> UserDict:
+        return {"uid": self.uid, "gid": self.gid, "additional_gids": list(self.additional_gids)}
+
+
+PROCESS_FIELDS = frozenset({"args", "env", "cwd", "user", "terminal"})
+"""The keys of an OCI process object that are fields of :class:`Cmd`."""
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """A process to run: in a container, or in the VM outside containers."""
 
     args: tuple[str, ...]
     env: tuple[str, ...] = (DEFAULT_PATH_ENV,)
     cwd: str = "/"
-    user: str = "0:0"
+    user: User = User()
     terminal: bool = False
+    runtime_settings: Mapping[str, Any] | None = None
+    """The rest of a container's OCI process object, for the guest's runtime:
+    capabilities, rlimits, noNewPrivileges, oomScoreAdj, ...; never one of
+    :data:`PROCESS_FIELDS`, which are the fields above.  None: the library's
+    defaults (:func:`virtcontainers.spec.default_runtime_settings`).  Only a
+    container's own process has them: an exec in a container runs with its
+    container's, and a process in the VM outside containers with none."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "args", _check_str_tuple("cmd.args", self.args))
@@ -279,45 +341,40 @@ class Cmd(Plain):
         _check_type("cmd.cwd", self.cwd, str)
         if not os.path.isabs(self.cwd):
             raise ConfigError("cmd.cwd", f"{self.cwd!r} is not absolute")
+        _check_type("cmd.user", self.user, User)
         _check_type("cmd.terminal", self.terminal, bool)
-        self.uid_gid()
-
-    def uid_gid(self) -> tuple[int, int, tuple[int, ...]]:
-        """Parse ``user`` as ``UID[:GID[:GID,GID...]]`` (numeric, as in the guest)."""
-        _check_type("cmd.user", self.user, str)
-        parts = self.user.split(":")
-        try:
-            uid = int(parts[0])
-            gid = int(parts[1]) if len(parts) > 1 and parts[1] else uid
-            extra = tuple(int(g) for g in parts[2].split(",")) if len(parts) > 2 else ()
-        except ValueError:
-            raise ConfigError("cmd.user", f"{self.user!r} is not UID[:GID[:GIDS]]") from None
-        if len(parts) > 3 or min((uid, gid, *extra)) < 0:
-            raise ConfigError("cmd.user", f"{self.user!r} is not UID[:GID[:GIDS]]")
-        return uid, gid, extra
-
-    def to_oci_process(self) -> OciProcess:
-        uid, gid, extra = self.uid_gid()
-        user: OciUser = {"uid": uid, "gid": gid}
-        if extra:
-            user["additionalGids"] = list(extra)
-        return {
-            "terminal": self.terminal,
-            "user": user,
-            "args": list(self.args),
-            "env": list(self.env),
-            "cwd": self.cwd,
-        }
+        if self.runtime_settings is not None:
+            _check_type("cmd.runtime_settings", self.runtime_settings, Mapping)
+            for key in self.runtime_settings:
+                _check_type("cmd.runtime_settings", key, str)
+                if key in PROCESS_FIELDS:
+                    raise ConfigError(
+                        "cmd.runtime_settings", f"{key!r} is a field of the Cmd, not a setting"
+                    )
 
     def to_dict(self) -> CmdDict:
         """The JSON form (lists for tuples), as ``from_dict`` takes it back."""
+        settings = self.runtime_settings
         return {
             "args": list(self.args),
             "env": list(self.env),
             "cwd": self.cwd,
-            "user": self.user,
+            "user": self.user.to_dict(),
             "terminal": self.terminal,
+            "runtime_settings": dict(settings) if settings is not None else None,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cmd:
+        values = dict(reject_unknown("cmd", cls, data))
+        user = values.get("user")
+        if isinstance(user, str):
+            # Records stored before User existed hold "UID:GID:G1,G2"; read
+            # once here, so that the pods of a host survive the upgrade.
+            values["user"] = User.parse(user)
+        elif user is not None:
+            values["user"] = User.from_dict(user)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -326,8 +383,9 @@ class ContainerConfig:
 
     ``oci`` is an optional OCI runtime-spec config used as the base of the
     container's spec in the guest (what a runtime such as vc-runtime
-    translated); its ``process`` and ``root`` are replaced by ``cmd`` and the
-    rootfs.  Without it the library makes a default spec.
+    translated), without a ``process``: ``cmd`` is the container's process;
+    its ``root`` is replaced by the rootfs.  Without it the library makes a
+    default spec.
 
     ``writable_layer``: the rootfs is a base that other containers share, so
     it is kept read-only and this container writes to a layer of its own
@@ -382,6 +440,10 @@ class ContainerConfig:
             _check_type("container.annotations", value, str)
         if self.oci is not None:
             _check_type("container.oci", self.oci, Mapping)
+            if "process" in self.oci:
+                raise ConfigError(
+                    "container.oci", "holds a 'process': the container's process is its cmd"
+                )
         _check_type("container.limits", self.limits, Limits)
         object.__setattr__(self, "block_volumes", tuple(self.block_volumes))
         for volume in self.block_volumes:
@@ -421,7 +483,7 @@ class ContainerConfig:
         values = dict(data)
         if "cmd" not in values or "id" not in values or "rootfs" not in values:
             raise ConfigError("container", "'id', 'rootfs' and 'cmd' are required")
-        values["cmd"] = Cmd.from_dict(values["cmd"])
+        values["cmd"], values["oci"] = _cmd_and_oci(values["cmd"], values.get("oci"))
         values["mounts"] = tuple(Mount.from_dict(m) for m in values.get("mounts") or ())
         values["rootfs"] = Path(values["rootfs"])
         values["annotations"] = dict(values.get("annotations") or {})
@@ -431,6 +493,23 @@ class ContainerConfig:
             BlockVolume.from_dict(v) for v in values.get("block_volumes") or ()
         )
         return cls(**values)
+
+
+def _cmd_and_oci(cmd: object, oci: object) -> tuple[Cmd, object]:
+    """A stored container's Cmd and OCI spec.  Records stored before the Cmd
+    carried its runtime settings (they have no ``runtime_settings``) kept
+    them in the spec's process, read once here so that the pods of a host
+    survive the upgrade; such a record with a spec had no default settings."""
+    if not isinstance(cmd, Mapping):
+        raise ConfigError("container.cmd", f"expected an object, got {type(cmd).__name__}")
+    if "runtime_settings" in cmd or not isinstance(oci, Mapping):
+        return Cmd.from_dict(cmd), oci
+    rest = dict(oci)
+    process = rest.pop("process", None) or {}
+    if not isinstance(process, Mapping):
+        raise ConfigError("container.oci", f"its process is not an object: {process!r}")
+    settings = {key: value for key, value in process.items() if key not in PROCESS_FIELDS}
+    return dataclasses.replace(Cmd.from_dict(cmd), runtime_settings=settings), rest
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NotRequired, TypedDict
 
 from virtcontainers import volumes
-from virtcontainers.agent.messages import OciProcess
-from virtcontainers.config import RECURSIVE_MOUNT_FLAGS, ContainerConfig, Mount
+from virtcontainers.agent.messages import OciProcess, OciUser
+from virtcontainers.config import RECURSIVE_MOUNT_FLAGS, Cmd, ContainerConfig, Mount, User
 
 GUEST_SHARED_DIR = "/run/vc/shared"
 OCI_VERSION = "1.1.0"
@@ -79,10 +79,21 @@ def default_mounts() -> list[OciMount]:
     return mounts
 
 
-def default_spec(hostname: str) -> dict[str, Any]:
-    """The one default container spec: what a container engine gives a container
-    that asks for nothing (Docker's capability set, masked and read-only paths)."""
+def default_runtime_settings() -> dict[str, Any]:
+    """The process settings a container gets when its Cmd has none: what a
+    container engine gives (Docker's capability set, 1024 open files, no new
+    privileges)."""
     caps = list(DEFAULT_CAPABILITIES)
+    return {
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": True,
+    }
+
+
+def default_spec(hostname: str) -> dict[str, Any]:
+    """The one default container spec, less its process: what a container
+    engine gives a container that asks for nothing (masked and read-only paths)."""
     return {
         "ociVersion": OCI_VERSION,
         "hostname": hostname,
@@ -109,11 +120,6 @@ def default_spec(hostname: str) -> dict[str, Any]:
                 "/proc/sysrq-trigger",
             ],
         },
-        "process": {
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
-        },
     }
 
 
@@ -128,7 +134,7 @@ def container_spec(
     for the namespaces this container joins.
     """
     spec = copy.deepcopy(dict(config.oci)) if config.oci is not None else default_spec(pod_hostname)
-    spec["process"] = _process(spec, config.cmd.to_oci_process())
+    spec["process"] = container_process(config.cmd)
     spec["root"] = {"path": guest_rootfs(config.id), "readonly": config.read_only_rootfs}
     if config.hostname is not None:
         spec["hostname"] = config.hostname
@@ -200,12 +206,35 @@ def _join_namespaces(
         spec.pop("hostname", None)
 
 
-def _process(spec: Mapping[str, Any], overlay: OciProcess) -> dict[str, object]:
-    """The spec's process settings (capabilities, rlimits, ...) overlaid with ``overlay``."""
-    return {**copy.deepcopy(dict(spec.get("process") or {})), **overlay}
+def oci_process(cmd: Cmd) -> OciProcess:
+    """The process object of ``cmd``, as exec_guest takes it."""
+    return {
+        "terminal": cmd.terminal,
+        "user": _oci_user(cmd.user),
+        "args": list(cmd.args),
+        "env": list(cmd.env),
+        "cwd": cmd.cwd,
+    }
 
 
-def process_spec(config: ContainerConfig, args: OciProcess) -> dict[str, object]:
-    """An exec's process: the container's process settings overlaid with the exec's."""
-    base = config.oci if config.oci is not None else default_spec("")
-    return _process(base, args)
+def _oci_user(user: User) -> OciUser:
+    oci: OciUser = {"uid": user.uid, "gid": user.gid}
+    if user.additional_gids:
+        oci["additionalGids"] = list(user.additional_gids)
+    return oci
+
+
+def container_process(cmd: Cmd) -> dict[str, object]:
+    """The process object of a container whose process is ``cmd``."""
+    return _process(cmd.runtime_settings, cmd)
+
+
+def _process(settings: Mapping[str, Any] | None, cmd: Cmd) -> dict[str, object]:
+    """``cmd`` as a container's process object, with ``settings`` for the runtime."""
+    base = default_runtime_settings() if settings is None else copy.deepcopy(dict(settings))
+    return {**base, **oci_process(cmd)}
+
+
+def process_spec(config: ContainerConfig, cmd: Cmd) -> dict[str, object]:
+    """An exec's process: ``cmd`` with its container's runtime settings."""
+    return _process(config.cmd.runtime_settings, cmd)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from virtcontainers import api
-from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources
+from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources, User
 from virtcontainers.errors import ConfigError
 
 
@@ -24,7 +24,17 @@ from virtcontainers.errors import ConfigError
         (lambda root: Cmd(()), "cmd.args"),
         (lambda root: Cmd(("sh",), env=("NOEQUALS",)), "cmd.env"),
         (lambda root: Cmd(("sh",), cwd="relative"), "cmd.cwd"),
-        (lambda root: Cmd(("sh",), user="root"), "cmd.user"),
+        (lambda root: Cmd(("sh",), user="root"), "cmd.user"),  # type: ignore[arg-type]
+        (lambda root: User(uid=-1), "cmd.user.uid"),
+        (lambda root: User(gid=2**32 - 1), "cmd.user.gid"),
+        (lambda root: User(additional_gids=(1, True)), "cmd.user.additional_gids"),
+        (lambda root: User.parse("root"), "cmd.user"),
+        (lambda root: User.parse("1:2:3:4"), "cmd.user"),
+        (lambda root: Cmd(("sh",), runtime_settings={"args": ["x"]}), "cmd.runtime_settings"),
+        (
+            lambda root: ContainerConfig("c", root, Cmd(("sh",)), oci={"process": {}}),
+            "container.oci",
+        ),
         (
             lambda root: ContainerConfig("c", root / "missing", Cmd(("sh",))).check_host(),
             "container.rootfs",
@@ -58,13 +68,45 @@ def test_round_trip_through_dicts(tmp_path: Path) -> None:
     container = ContainerConfig(
         "c",
         tmp_path,
-        Cmd(("sh", "-c", "true"), env=("A=1",), user="1:2:3,4", terminal=True),
+        Cmd(
+            ("sh", "-c", "true"),
+            env=("A=1",),
+            user=User(1, 2, (3, 4)),
+            terminal=True,
+            runtime_settings={"noNewPrivileges": True},
+        ),
         mounts=(Mount(str(tmp_path), "/data", read_only=True),),
         annotations={"k": "v"},
     )
     pod = PodConfig(id="p", resources=Resources(2, 1024), containers=(container,), hostname="h")
     assert PodConfig.from_dict(pod.to_dict()) == pod
-    assert container.cmd.uid_gid() == (1, 2, (3, 4))
+    assert container.to_dict()["cmd"]["user"] == {"uid": 1, "gid": 2, "additional_gids": [3, 4]}
+
+
+def test_a_user_is_parsed_as_typed() -> None:
+    assert User.parse("1000") == User(1000, 1000)
+    assert User.parse("1000:") == User(1000, 1000)
+    assert User.parse("1000:10") == User(1000, 10)
+    assert User.parse("0:0:4,27") == User(0, 0, (4, 27))
+
+
+def test_a_container_stored_before_cmd_had_runtime_settings_loads(tmp_path: Path) -> None:
+    """Its user was text and its process settings were in its spec's process."""
+    process = {"args": ["sh"], "user": {"uid": 1, "gid": 2}, "noNewPrivileges": False}
+    stored = {
+        "id": "c",
+        "rootfs": str(tmp_path),
+        "cmd": {"args": ["sh"], "env": [], "cwd": "/", "user": "1:2:3,4", "terminal": False},
+        "oci": {"hostname": "h", "process": process},
+    }
+    config = ContainerConfig.from_dict(stored)
+    assert config.cmd.user == User(1, 2, (3, 4))
+    assert config.cmd.runtime_settings == {"noNewPrivileges": False}
+    assert config.oci == {"hostname": "h"}
+    without_process = ContainerConfig.from_dict({**stored, "oci": {"hostname": "h"}})
+    assert without_process.cmd.runtime_settings == {}  # it had none, not the defaults
+    without_spec = ContainerConfig.from_dict({**stored, "oci": None})
+    assert without_spec.cmd.runtime_settings is None
 
 
 def test_a_bad_config_leaves_nothing_behind(run_root: Path, tmp_path: Path) -> None:

@@ -359,11 +359,9 @@ class AgentClient:
         )
 
     async def create_container(
-        self, container_id: str, bundle: Mapping[str, object], rootfs: str, stdio: StdioStreams
+        self, container_id: str, bundle: Mapping[str, object], stdio: StdioStreams
     ) -> int:
-        args = CreateContainerArgs(
-            container_id=container_id, bundle=bundle, rootfs=rootfs, **stdio.to_args()
-        )
+        args = CreateContainerArgs(container_id=container_id, bundle=bundle, **stdio.to_args())
         return await self._start("create_container", args)
 
     async def start_container(self, container_id: str) -> None:

@@ -40,10 +40,11 @@ class OciUser(TypedDict):
 
 
 class OciProcess(TypedDict):
-    """The runtime-spec process settings a :class:`~virtcontainers.config.Cmd` sets.
+    """The runtime-spec process fields that are a :class:`~virtcontainers.config.Cmd`'s.
 
-    ``exec_guest`` takes just these; a container's process is its spec's
-    process object (capabilities, rlimits, ...) with these laid over it.
+    ``exec_guest`` takes just these; a container's process object, and an
+    exec's in a container, has the container's runtime settings beside them
+    (capabilities, rlimits, ...: ``Cmd.runtime_settings``).
     """
 
     terminal: bool
@@ -76,13 +77,14 @@ class ContainerArgs(TypedDict):
 
 
 class CreateContainerArgs(ContainerArgs, StdioArgs):
-    bundle: Mapping[str, object]  # an OCI runtime-spec config.json object
-    rootfs: str  # the guest path of the container's root filesystem
+    # An OCI runtime-spec config.json object; its root.path is the guest path
+    # of the container's root filesystem.
+    bundle: Mapping[str, object]
 
 
 class ExecProcessArgs(ContainerArgs, StdioArgs):
     exec_id: str
-    process: Mapping[str, object]  # the container's process object, an OciProcess laid over
+    process: Mapping[str, object]  # an OciProcess with its container's runtime settings
 
 
 class ExecGuestArgs(StdioArgs):

@@ -151,9 +151,9 @@ class MockAgent:
             raise AgentError("process", "not_found", f"{container_id}/{exec_id}") from None
 
     async def create_container(
-        self, container_id: str, bundle: Mapping[str, object], rootfs: str, stdio: StdioStreams
+        self, container_id: str, bundle: Mapping[str, object], stdio: StdioStreams
     ) -> int:
-        self._record("create_container", container_id=container_id, bundle=bundle, rootfs=rootfs)
+        self._record("create_container", container_id=container_id, bundle=bundle)
         argv = _argv("create_container", bundle.get("process"))
         return self._spawn((container_id, None), argv, stdio)
 

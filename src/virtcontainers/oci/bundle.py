@@ -35,7 +35,7 @@ class Bundle:
 
     ``spec`` is config.json as read (hooks included: the runtime passes it to
     :func:`~virtcontainers.oci.run_hooks`).  ``guest_spec`` is what the guest's
-    crun will get, less root, process user overlay and cgroupsPath, which
+    crun will get, less root, process (``cmd``) and cgroupsPath, which
     :meth:`container_config` and the library fill in.
     """
 
@@ -212,15 +212,15 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     )
 
 
-def process_from_json(process: Mapping[str, Any], where: str) -> tuple[Cmd, dict[str, Any]]:
-    """A process object (``exec --process FILE``) as a Cmd and the translated OCI process.
+def process_from_json(process: Mapping[str, Any], where: str) -> Cmd:
+    """A process object (``exec --process FILE``) as a Cmd.
 
     ``where`` labels errors, e.g. the file name: ``"process.json: args: ..."``.
     Dropped fields are logged as warnings (logger ``virtcontainers.oci``).
     """
     loc = Loc(where)
     warnings: list[str] = []
-    result = translate_process(obj(process, loc), loc, warnings)
+    cmd = translate_process(obj(process, loc), loc, warnings)
     for warning in warnings:
         log.warning("%s", warning)
-    return result
+    return cmd

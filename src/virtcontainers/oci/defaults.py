@@ -7,7 +7,7 @@ from importlib import metadata
 from typing import Any
 
 from virtcontainers import spec
-from virtcontainers.config import DEFAULT_PATH_ENV
+from virtcontainers.config import DEFAULT_PATH_ENV, Cmd
 from virtcontainers.oci.hooks import STAGES
 from virtcontainers.oci.translate import NAMESPACE_TYPES
 
@@ -78,20 +78,15 @@ a bind of a host path refuses them (translate.py)."""
 def default_spec(rootless: bool = False) -> dict[str, Any]:
     """A starting config.json, as ``runc spec`` writes one: the library's default
     container spec (:func:`virtcontainers.spec.default_spec`) with a shell as its
-    process and ``rootfs`` as its root.
+    process, with the default settings, and ``rootfs`` as its root.
 
     Unlike runc's there is no network namespace: the VM is the network boundary
     (a new network namespace would leave the container with loopback only).
     ``rootless`` adds a user namespace mapping the caller's uid/gid to root.
     """
     document = spec.default_spec("vc")
-    document["process"].update(
-        terminal=True,
-        user={"uid": 0, "gid": 0},
-        args=["sh"],
-        env=[DEFAULT_PATH_ENV, "TERM=xterm"],
-        cwd="/",
-    )
+    shell = Cmd(("sh",), env=(DEFAULT_PATH_ENV, "TERM=xterm"), terminal=True)
+    document["process"] = spec.container_process(shell)
     document["root"] = {"path": "rootfs", "readonly": True}
     linux = document["linux"]
     if rootless:

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtcontainers.agent.messages import OciUser
-from virtcontainers.config import MOUNT_OPTIONS, Cmd, Mount
+from virtcontainers.config import MAX_ID, MOUNT_OPTIONS, PROCESS_FIELDS, Cmd, Mount, User
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import HOSTNAME_PATTERN
 from virtcontainers.oci._json import (
@@ -53,7 +52,6 @@ _READ_ONLY_OPTIONS = {"ro": True, "rro": True, "rw": False, "rrw": False}
 DEVICE_TYPES = ("c", "b", "u", "p")
 #: Host kernel views: a bind of these is served from the guest's own.
 _GUEST_KERNEL_TREES = ("/proc", "/sys")
-_MAX_ID = 2**32 - 2
 _OCI_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+].*)?$")
 
 
@@ -62,6 +60,7 @@ class Translation:
     """A spec as the guest will get it, and the parts that become config values."""
 
     guest: dict[str, Any]
+    """Less its root (``rootfs``) and its process (``cmd``)."""
     cmd: Cmd | None
     mounts: list[Mount]
     rootfs: Path
@@ -95,7 +94,7 @@ def _drop_meaningless(
             warnings.append(loc.key(key).note(f"{shown}dropped: {reason}"))
 
 
-def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> tuple[str, OciUser]:
+def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> User:
     uid = integer(user.get("uid", 0), loc.key("uid"), minimum=0)
     gid = integer(user.get("gid", 0), loc.key("gid"), minimum=0)
     extra_raw = user.get("additionalGids")
@@ -108,8 +107,8 @@ def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> tuple[str, 
         where = loc.key("additionalGids")
         extra = [integer(g, where.index(i), minimum=0) for i, g in enumerate(extra_raw)]
     for name, value in (("uid", uid), ("gid", gid), *(("additionalGids", g) for g in extra)):
-        if value > _MAX_ID:
-            raise loc.key(name).error(f"{value} is not a valid id (at most {_MAX_ID})")
+        if value > MAX_ID:
+            raise loc.key(name).error(f"{value} is not a valid id (at most {MAX_ID})")
     username = user.get("username")
     if username:
         warnings.append(
@@ -121,18 +120,12 @@ def _user(user: Mapping[str, Any], loc: Loc, warnings: list[str]) -> tuple[str, 
         warnings.append(
             loc.key("umask").note("dropped: the guest process gets the default umask (0022)")
         )
-    text = f"{uid}:{gid}" + (":" + ",".join(map(str, extra)) if extra else "")
-    translated: OciUser = {"uid": uid, "gid": gid}
-    if extra:
-        translated["additionalGids"] = extra
-    return text, translated
+    return User(uid, gid, tuple(extra))
 
 
-def translate_process(
-    process: Mapping[str, Any], loc: Loc, warnings: list[str]
-) -> tuple[Cmd, dict[str, Any]]:
-    """The Cmd of an OCI process object, and the process as the guest gets it."""
-    out = copy.deepcopy(dict(process))
+def translate_process(process: Mapping[str, Any], loc: Loc, warnings: list[str]) -> Cmd:
+    """The Cmd of an OCI process object: what is not one of its fields becomes
+    its runtime settings, less what means nothing in a VM."""
     args = str_list(process.get("args"), loc.key("args"), non_empty=True)
     env: list[str] = []
     if process.get("env") is not None:
@@ -146,9 +139,12 @@ def translate_process(
     if not cwd.startswith("/"):
         raise loc.key("cwd").error(f"must be an absolute path, got {cwd!r}")
     terminal = boolean(process.get("terminal", False), loc.key("terminal"))
-    user_text, user = _user(opt_obj(process, "user", loc), loc.key("user"), warnings)
+    user = _user(opt_obj(process, "user", loc), loc.key("user"), warnings)
+    settings = {
+        key: copy.deepcopy(value) for key, value in process.items() if key not in PROCESS_FIELDS
+    }
     _drop_meaningless(
-        out,
+        settings,
         loc,
         warnings,
         show_value=True,
@@ -156,12 +152,17 @@ def translate_process(
         selinuxLabel="the guest kernel has no SELinux",
         commandLine="it is for Windows",
     )
-    out.update({"args": args, "env": env, "cwd": cwd, "terminal": terminal, "user": user})
     try:
-        cmd = Cmd(args=tuple(args), env=tuple(env), cwd=cwd, user=user_text, terminal=terminal)
+        return Cmd(
+            args=tuple(args),
+            env=tuple(env),
+            cwd=cwd,
+            user=user,
+            terminal=terminal,
+            runtime_settings=settings,
+        )
     except ConfigError as error:
         raise _config_error(loc, error) from None
-    return cmd, out
 
 
 # --- mounts ------------------------------------------------------------------
@@ -365,8 +366,8 @@ def _devices(value: object, loc: Loc) -> list[dict[str, Any]]:
         for key in ("uid", "gid"):
             if device.get(key) is not None:
                 value_ = integer(device[key], where.key(key), minimum=0)
-                if value_ > _MAX_ID:
-                    raise where.key(key).error(f"{value_} is not a valid id (at most {_MAX_ID})")
+                if value_ > MAX_ID:
+                    raise where.key(key).error(f"{value_} is not a valid id (at most {MAX_ID})")
         kept.append(dict(device))
     return kept
 
@@ -498,14 +499,12 @@ def translate_spec(spec: Mapping[str, Any], loc: Loc, bundle_dir: Path) -> Trans
     hostname = _hostname(spec, loc)
     validate_hooks(spec, loc)
     guest = copy.deepcopy(dict(spec))
-    guest.pop("root", None)
-    guest.pop("hooks", None)
+    for key in ("root", "hooks", "process"):
+        guest.pop(key, None)
     cmd = None
     if spec.get("process") is not None:
         process = obj(spec["process"], loc.key("process"))
-        cmd, guest["process"] = translate_process(process, loc.key("process"), warnings)
-    else:
-        guest.pop("process", None)
+        cmd = translate_process(process, loc.key("process"), warnings)
     mounts: list[Mount] = []
     devices: list[dict[str, Any]] = []
     if spec.get("mounts") is not None:

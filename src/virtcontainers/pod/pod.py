@@ -314,9 +314,7 @@ class Pod:
                 container.config, self.config.hostname or self.id, self._guest_pid
             )
             streams = io.open()
-            container.pid = await self.agent.create_container(
-                container.id, bundle, spec.guest_rootfs(container.id), streams
-            )
+            container.pid = await self.agent.create_container(container.id, bundle, streams)
         except BaseException:
             await io.close()
             if attached:
@@ -456,7 +454,7 @@ class Pod:
         exec_id = validate_id("exec", exec_id) if exec_id else container.new_exec_id()
         if exec_id in container.execs:
             raise ExistsError("exec", f"{container_id}/{exec_id}")
-        process_spec = spec.process_spec(container.config, cmd.to_oci_process())
+        process_spec = spec.process_spec(container.config, cmd)
         io, pid = await self._launch(
             ProcessIO(self.agent, stdio, self.executor),
             lambda streams: self.agent.exec_process(container_id, exec_id, process_spec, streams),
@@ -472,7 +470,7 @@ class Pod:
         exec_id = f"guest-{next(self._guest_exec_numbers)}"
         io, pid = await self._launch(
             ProcessIO(self.agent, stdio, self.executor),
-            lambda streams: self.agent.exec_guest(exec_id, cmd.to_oci_process(), streams),
+            lambda streams: self.agent.exec_guest(exec_id, spec.oci_process(cmd), streams),
         )
         process = GuestProcess(None, exec_id, io, pid=pid)
         self.guest_execs[exec_id] = process

@@ -197,15 +197,15 @@ def test_create_container_sends_stream_ids(tmp_path: Path) -> None:
         await reader.read()
 
     async def body(client: AgentClient) -> None:
-        pid = await client.create_container("c", {"process": {}}, "/r", StdioStreams(None, 3, 4))
+        bundle = {"process": {}, "root": {"path": "/r"}}
+        pid = await client.create_container("c", bundle, StdioStreams(None, 3, 4))
         assert pid == 42
 
     run(with_guest(tmp_path, guest, body))
     assert seen["op"] == "create_container"
     assert seen["args"] == {
         "container_id": "c",
-        "bundle": {"process": {}},
-        "rootfs": "/r",
+        "bundle": {"process": {}, "root": {"path": "/r"}},
         "stdin": None,
         "stdout": 3,
         "stderr": 4,

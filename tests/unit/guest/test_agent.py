@@ -262,7 +262,7 @@ def new_id() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
-def make_spec(args: list[str], terminal: bool = False) -> dict[str, Any]:
+def make_spec(args: list[str], rootfs: str, terminal: bool = False) -> dict[str, Any]:
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -272,7 +272,7 @@ def make_spec(args: list[str], terminal: bool = False) -> dict[str, Any]:
             "env": ["PATH=/bin", "TERM=xterm"],
             "cwd": "/",
         },
-        "root": {"path": "rootfs", "readonly": False},
+        "root": {"path": rootfs, "readonly": False},
         "hostname": "agent-test",
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -315,8 +315,7 @@ def create(
     result = client.call(
         "create_container",
         container_id=cid,
-        bundle=make_spec(args, terminal),
-        rootfs=rootfs,
+        bundle=make_spec(args, rootfs, terminal),
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
@@ -531,18 +530,47 @@ def test_pause_resume_and_signal_all(agent: AgentClient, agent_rootfs: str) -> N
         ("container_state", {"container_id": "-bad"}),
         ("container_state", {"container_id": "a" * 65}),
         ("container_state", {"container_id": 7}),
-        ("create_container", {"container_id": "x", "bundle": [], "rootfs": "/"}),
-        ("create_container", {"container_id": "x", "bundle": {}, "rootfs": "/"}),
+        ("create_container", {"container_id": "x", "bundle": []}),
+        ("create_container", {"container_id": "x", "bundle": {"root": {"path": "/"}}}),
+        ("create_container", {"container_id": "x", "bundle": {"process": {"args": ["sh"]}}}),
         (
             "create_container",
-            {"container_id": "x", "bundle": {"process": {"args": ["sh"]}}, "rootfs": "rel"},
+            {"container_id": "x", "bundle": {"process": {"args": ["sh"]}, "root": "/"}},
         ),
         (
             "create_container",
             {
                 "container_id": "x",
-                "bundle": {"process": {"args": ["sh"]}},
+                "bundle": {"process": {"args": ["sh"]}, "root": {"path": "rel"}},
+            },
+        ),
+        (
+            "create_container",
+            {
+                "container_id": "x",
+                "bundle": {"process": {"args": ["sh"]}, "root": {"path": "/\0"}},
+            },
+        ),
+        (
+            "create_container",
+            {
+                "container_id": "x",
+                "bundle": {"process": {"args": ["sh"]}, "root": {"path": "/nowhere"}},
+            },
+        ),
+        (
+            "create_container",
+            {
+                "container_id": "x",
+                "bundle": {"process": {"args": ["sh"]}, "root": {"path": "/"}},
                 "rootfs": "/",
+            },
+        ),
+        (
+            "create_container",
+            {
+                "container_id": "x",
+                "bundle": {"process": {"args": ["sh"]}, "root": {"path": "/"}},
                 "stdout": 0,
             },
         ),
@@ -550,8 +578,7 @@ def test_pause_resume_and_signal_all(agent: AgentClient, agent_rootfs: str) -> N
             "create_container",
             {
                 "container_id": "x",
-                "bundle": {"process": {"args": ["sh"]}},
-                "rootfs": "/",
+                "bundle": {"process": {"args": ["sh"]}, "root": {"path": "/"}},
                 "stdout": 5,
                 "stderr": 5,
             },
@@ -572,10 +599,10 @@ def test_a_cpuset_naming_cpus_the_vm_lacks_is_refused_plainly(
 ) -> None:
     """Not crun's "Numerical result out of range": the agent names the CPU."""
     online = Path("/sys/devices/system/cpu/online").read_text().strip()
-    spec = make_spec(["true"])
+    spec = make_spec(["true"], agent_rootfs)
     spec.setdefault("linux", {})["resources"] = {"cpu": {"cpus": "0,4095"}}
     with pytest.raises(AgentCallError) as info:
-        agent.call("create_container", container_id=new_id(), bundle=spec, rootfs=agent_rootfs)
+        agent.call("create_container", container_id=new_id(), bundle=spec)
     assert (info.value.kind, info.value.message) == (
         "invalid",
         f"linux.resources.cpu.cpus names CPU 4095, which this VM does not have (its CPUs: "
@@ -618,8 +645,7 @@ def test_unknown_exec_exists_and_runtime_errors(agent: AgentClient, agent_rootfs
         agent.call(
             "create_container",
             container_id=cid,
-            bundle=make_spec(["true"]),
-            rootfs=agent_rootfs,
+            bundle=make_spec(["true"], agent_rootfs),
         )
     assert info.value.kind == "exists"
     with pytest.raises(AgentCallError) as info:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from virtcontainers import spec as guest_spec
-from virtcontainers.config import Cmd, Mount
+from virtcontainers.config import Cmd, Mount, User
 from virtcontainers.oci import Bundle, PodRole, load_bundle
 from virtcontainers.oci.namespaces import Peer
 
@@ -140,10 +140,15 @@ def test_podman_process(podman: Bundle) -> None:
         args=("/bin/sh", "-c", "echo hi"),
         env=("PATH=/usr/bin:/bin", "TERM=xterm", "container=podman", "HOME=/home/u"),
         cwd="/home/u",
-        user="1000:1000:10,20",
+        user=User(1000, 1000, (10, 20)),
         terminal=True,
+        runtime_settings=podman.process_cmd().runtime_settings,
     )
-    process = podman.container_config("c1").oci["process"]  # type: ignore[index]
+    config = podman.container_config("c1")
+    assert config.oci is not None and "process" not in config.oci
+    process = config.cmd.runtime_settings
+    assert process is not None
+    assert set(process) == {"capabilities", "rlimits", "noNewPrivileges", "oomScoreAdj"}
     assert process["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     assert process["capabilities"]["bounding"] == CAPS
     assert process["noNewPrivileges"] is True
@@ -224,7 +229,7 @@ def test_the_network_namespace_becomes_the_pods(podman: Bundle) -> None:
 
 
 def test_podman_guest_spec_through_library(podman: Bundle) -> None:
-    """spec.container_spec overlays Cmd on the translated process and keeps the rest."""
+    """spec.container_spec makes the process of the Cmd and its runtime settings."""
     config = podman.container_config("c1")
     final = guest_spec.container_spec(config, "pod")
     process = final["process"]
@@ -327,7 +332,7 @@ def test_containerd_container(tmp_path: Path) -> None:
     assert bundle.sandbox_id == SANDBOX_ID
     assert bundle.rootfs == tmp_path / "b" / "rootfs"  # relative to the bundle
     cmd = bundle.process_cmd()
-    assert cmd.user == "0:0:0,1,2,3,4,6,10,11,20,26,27"
+    assert cmd.user == User(0, 0, (0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27))
     assert cmd.terminal is False
     assert [(ns.kind, ns.pid) for ns in bundle.namespace_paths] == [
         ("ipc", 4242), ("uts", 4242), ("network", 4242),
@@ -405,7 +410,8 @@ def test_minimal_bundle(tmp_path: Path) -> None:
     bundle = load_bundle(write_bundle(tmp_path / "b", minimal_spec()))
     assert bundle.warnings == ()
     cmd = bundle.process_cmd()
-    assert (cmd.args, cmd.env, cmd.user, cmd.terminal) == (("true",), (), "0:0", False)
+    assert (cmd.args, cmd.env, cmd.user, cmd.terminal) == (("true",), (), User(), False)
+    assert cmd.runtime_settings == {}  # the spec's: none, not the library's defaults
     config = bundle.container_config("c")
     assert config.oci is not None
     assert config.oci["linux"] == {"cgroupsPath": "/vc/c"}

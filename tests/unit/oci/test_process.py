@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from virtcontainers.config import Cmd
+from virtcontainers.config import Cmd, User
 from virtcontainers.errors import RuntimeSpecError
 from virtcontainers.oci import default_spec, features, load_bundle, process_from_json
 
@@ -25,26 +25,30 @@ def test_process_from_json() -> None:
         "capabilities": {"bounding": ["CAP_KILL"]},
         "noNewPrivileges": True,
     }
-    cmd, translated = process_from_json(process, "process.json")
+    cmd = process_from_json(process, "process.json")
     assert cmd == Cmd(
         args=("ps", "aux"),
         env=("PATH=/bin", "TERM=xterm"),
         cwd="/var/www",
-        user="33:33:4",
+        user=User(33, 33, (4,)),
         terminal=True,
+        runtime_settings={
+            "consoleSize": {"height": 24, "width": 80},
+            "capabilities": {"bounding": ["CAP_KILL"]},
+            "noNewPrivileges": True,
+        },
     )
-    assert translated == process
-    assert translated is not process
+    assert cmd.runtime_settings is not None
+    assert cmd.runtime_settings["capabilities"] is not process["capabilities"]
 
 
 def test_process_from_json_drops_with_warning(caplog: pytest.LogCaptureFixture) -> None:
     process = {"args": ["id"], "cwd": "/", "user": {"uid": 0, "gid": 0, "username": "root"},
                "apparmorProfile": "unconfined"}  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="virtcontainers.oci"):
-        cmd, translated = process_from_json(process, "/tmp/p.json")
-    assert cmd.user == "0:0"
-    assert translated["user"] == {"uid": 0, "gid": 0}
-    assert "apparmorProfile" not in translated
+        cmd = process_from_json(process, "/tmp/p.json")
+    assert cmd.user == User()
+    assert cmd.runtime_settings == {}
     assert "/tmp/p.json: user.username: 'root' dropped" in caplog.text
     assert "/tmp/p.json: apparmorProfile: 'unconfined' dropped" in caplog.text
 

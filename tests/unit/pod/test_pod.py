@@ -11,7 +11,7 @@ of a VM that a Pod relies on:
   and relays the Pod's AgentClient connection to the agent's socketpair.
 * The guest's mount of the pod's shared directory at /run/vc/shared: the Pod
   names a container's rootfs by its guest path (``spec.guest_rootfs``), so
-  the port rewrites the ``rootfs`` of each create_container request to the
+  the port rewrites the ``root.path`` of each create_container bundle to the
   same place in the pod's shared directory on the host.  runc then runs the
   rootfs the Pod really mounted there (an overlay on the busybox base).
   Nothing on the host can stand in for /run/vc/shared instead: a bind mount
@@ -138,7 +138,7 @@ def host_agent(run_root: Path) -> Iterator[HostAgent]:
 class AgentPort:
     """The VM's end of the agent channel, with the guest's view of the shared directory.
 
-    Host to agent, frames are decoded and re-encoded (create_container's rootfs
+    Host to agent, frames are decoded and re-encoded (create_container's root.path
     translated, see the module docstring); agent to host, bytes pass untouched.
     Either side ending (or failing) ends the other, as when the VM or the host goes away.
     """
@@ -202,11 +202,12 @@ class AgentPort:
         args = message["args"]
         if message["op"] != "create_container" or not isinstance(args, dict):
             return frame.encode()
-        guest_path = PurePosixPath(args["rootfs"])
+        root = args["bundle"]["root"]
+        guest_path = PurePosixPath(root["path"])
         self.rootfs_requested.append(str(guest_path))
         # A path outside the shared mount is passed on as is, for the agent to refuse.
         if guest_path.is_relative_to(spec.GUEST_SHARED_DIR):
-            args["rootfs"] = str(self.shared_dir / guest_path.relative_to(spec.GUEST_SHARED_DIR))
+            root["path"] = str(self.shared_dir / guest_path.relative_to(spec.GUEST_SHARED_DIR))
         return protocol.request(frame.stream, str(message["op"]), args)
 
 

@@ -35,7 +35,7 @@ from virtcontainers.cli.runtime.state import (
     state_document,
 )
 from virtcontainers.cli.signals import signal_number
-from virtcontainers.config import DEFAULT_PATH_ENV, Cmd
+from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, User
 from virtcontainers.errors import NotFoundError, StateError, VcError
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cgroup import HostCgroup
@@ -549,15 +549,14 @@ def _exec_cmd(
             process = json.loads(process_file.read_text())
         except (OSError, ValueError, RecursionError) as exc:
             raise RuntimeCommandError(f"{process_file}: {exc}") from exc
-        cmd, _ = oci.process_from_json(process, str(process_file))
-        return cmd
+        return oci.process_from_json(process, str(process_file))
     if not command:
         raise RuntimeCommandError("exec needs a command, or --process")
     return Cmd(
         tuple(command),
         env=(DEFAULT_PATH_ENV, *env),
         cwd=cwd or "/",
-        user=user or "0:0",
+        user=User.parse(user) if user else User(),
         terminal=tty,
     )
 

@@ -28,8 +28,8 @@ _STATUSES = ("created", "running", "paused", "stopped")
 def create_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     check_keys(
         args,
-        {"container_id", "bundle", "rootfs", "stdin", "stdout", "stderr"},
-        {"container_id", "bundle", "rootfs"},
+        {"container_id", "bundle", "stdin", "stdout", "stderr"},
+        {"container_id", "bundle"},
     )
     cid = arg_id(args, "container_id")
     config, process, rootfs = _check_bundle(args)
@@ -37,7 +37,7 @@ def create_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> 
     if cid in agent.containers:
         raise AgentError("exists", f"container {cid!r} already exists")
     if not os.path.isdir(rootfs):
-        raise invalid(f"rootfs {rootfs} is not a directory")
+        raise invalid(f"bundle.root.path {rootfs} is not a directory")
     agent.claim_streams(streams)
     bundle_dir = os.path.join(agent.bundles, cid)
     try:
@@ -73,20 +73,20 @@ def create_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> 
 
 
 def _check_bundle(args: Mapping[str, object]) -> tuple[dict[str, object], CheckedProcess, str]:
-    """(config.json for the runtime, bundle.process, rootfs) of a create_container
-    request, checked: the config is the bundle with ``root.path`` set to rootfs."""
+    """(config.json for the runtime, bundle.process, bundle.root.path) of a
+    create_container request, checked."""
     bundle = args["bundle"]
     if not isinstance(bundle, dict):
         raise invalid("bundle must be an OCI runtime-spec object")
-    rootfs = args["rootfs"]
-    if not isinstance(rootfs, str) or not rootfs.startswith("/") or "\0" in rootfs:
-        raise invalid("rootfs must be an absolute path")
-    process = check_process(bundle.get("process"), "bundle.process")
-    _check_cpuset(bundle)
-    root = bundle.get("root", {})
+    root = bundle.get("root")
     if not isinstance(root, dict):
         raise invalid("bundle.root must be an object")
-    return dict(bundle, root=dict(root, path=rootfs)), process, rootfs
+    rootfs = root.get("path")
+    if not isinstance(rootfs, str) or not rootfs.startswith("/") or "\0" in rootfs:
+        raise invalid("bundle.root.path must be an absolute path")
+    process = check_process(bundle.get("process"), "bundle.process")
+    _check_cpuset(bundle)
+    return bundle, process, rootfs
 
 
 def _check_cpuset(bundle: Mapping[str, object]) -> None:
