@@ -869,7 +869,8 @@ def test_port_hangup_polls_again_without_spinning(tmp_path: Path) -> None:
 import socket, sys, time
 from virtcontainers.guest.agent.channel import Channel
 from virtcontainers.guest.agent.core import Agent
-a = Agent("runc", sys.argv[1], pid1=False)
+from virtcontainers.guest.agent.ops import HANDLERS
+a = Agent("runc", sys.argv[1], pid1=False, handlers=HANDLERS)
 ours, theirs = socket.socketpair()
 channel = Channel(a, ours.fileno(), is_port=True)
 a.attach(channel)
