@@ -7,7 +7,6 @@ agent, over a virtio-serial port or vsock) and
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,6 @@ from virtcontainers.agent.messages import (
     StdioArgs,
 )
 from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
-
-
-class AgentKind(enum.Enum):
-    """Which agent a pod talks to (``PodConfig.agent``)."""
-
-    VC = "vc"  # our guest agent, over the VM's agent port
-    MOCK = "mock"  # in-process, for unit tests with the mock hypervisor
 
 
 @dataclass(frozen=True)
@@ -149,15 +141,3 @@ class Agent(Protocol):
         in).  Raises AgentError: "invalid", "state", "clone" (a step failed)."""
 
     async def shutdown(self) -> None: ...
-
-
-def new_agent(kind: AgentKind, pod_id: str) -> Agent:
-    """A fresh agent connection of *kind* for one pod (imported on demand:
-    the client pulls in asyncio, which API callers do not need)."""
-    if kind is AgentKind.VC:
-        from virtcontainers.agent.client import AgentClient
-
-        return AgentClient(pod_id)
-    from virtcontainers.agent.mock import MockAgent
-
-    return MockAgent()

@@ -16,16 +16,17 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from virtcontainers.agent import protocol
+from virtcontainers.agent import contract, protocol
 from virtcontainers.agent.base import EventHandler, StdioStreams
+from virtcontainers.agent.contract import AgentOp
 from virtcontainers.agent.messages import (
-    Args,
     CloseOutputArgs,
     ConfigureNetworkArgs,
     ContainerArgs,
     CreateContainerArgs,
+    Empty,
     ExecGuestArgs,
     ExecProcessArgs,
     InitCloneArgs,
@@ -51,6 +52,7 @@ under TCG takes well under a second; waits for process exit are unbounded)."""
 MAX_PROCESSES = 65536
 MAX_ERROR_TEXT = 4096
 T = TypeVar("T")
+A = TypeVar("A", bound=Mapping[str, object])
 
 
 def _field(result: Mapping[str, object], name: str, kind: type[T], op: str) -> T:
@@ -302,12 +304,13 @@ class AgentClient:
             handler(name, message)
 
     async def call(
-        self, op: str, args: Args, timeout: float | None = REQUEST_TIMEOUT
+        self, agent_op: AgentOp[A, Any], args: A, timeout: float | None = REQUEST_TIMEOUT
     ) -> dict[str, object]:
         """Send one request; its result is unchecked.  Raises AgentError if the
         guest refuses it or stays silent."""
         if self.failure is not None:
             raise self.failure
+        op = agent_op.name
         request_id = next(self._request_ids)
         future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (op, future)
@@ -325,10 +328,10 @@ class AgentClient:
         self.log.debug("response %d %s %s", request_id, op, result)
         return result
 
-    async def _start(self, op: str, args: Args) -> int:
+    async def _start(self, agent_op: AgentOp[A, Any], args: A) -> int:
         """Send a request that starts a process; the process's pid in the guest."""
-        result = await self.call(op, args)
-        return _field(result, "pid", int, op)
+        result = await self.call(agent_op, args)
+        return _field(result, "pid", int, agent_op.name)
 
     # --- streams ------------------------------------------------------------------
 
@@ -345,16 +348,17 @@ class AgentClient:
     # --- operations -----------------------------------------------------------------
 
     async def ping(self) -> None:
-        await self.call("ping", {})
+        await self.call(contract.PING, Empty())
 
     async def guest_details(self) -> GuestDetails:
-        result = await self.call("guest_details", {})
+        result = await self.call(contract.GUEST_DETAILS, Empty())
+        op = contract.GUEST_DETAILS.name
         return GuestDetails(
-            kernel=_bounded(_field(result, "kernel", str, "guest_details")),
-            agent_version=_bounded(_field(result, "agent_version", str, "guest_details")),
-            python=_bounded(_field(result, "python", str, "guest_details")),
-            cpus=_field(result, "cpus", int, "guest_details"),
-            memory_kib=_field(result, "memory_kib", int, "guest_details"),
+            kernel=_bounded(_field(result, "kernel", str, op)),
+            agent_version=_bounded(_field(result, "agent_version", str, op)),
+            python=_bounded(_field(result, "python", str, op)),
+            cpus=_field(result, "cpus", int, op),
+            memory_kib=_field(result, "memory_kib", int, op),
             runtime=_bounded(result.get("runtime", "")),
         )
 
@@ -362,10 +366,10 @@ class AgentClient:
         self, container_id: str, bundle: Mapping[str, object], stdio: StdioStreams
     ) -> int:
         args = CreateContainerArgs(container_id=container_id, bundle=bundle, **stdio.to_args())
-        return await self._start("create_container", args)
+        return await self._start(contract.CREATE_CONTAINER, args)
 
     async def start_container(self, container_id: str) -> None:
-        await self.call("start_container", ContainerArgs(container_id=container_id))
+        await self.call(contract.START_CONTAINER, ContainerArgs(container_id=container_id))
 
     async def exec_process(
         self, container_id: str, exec_id: str, process: Mapping[str, object], stdio: StdioStreams
@@ -373,7 +377,7 @@ class AgentClient:
         args = ExecProcessArgs(
             container_id=container_id, exec_id=exec_id, process=process, **stdio.to_args()
         )
-        return await self._start("exec_process", args)
+        return await self._start(contract.EXEC_PROCESS, args)
 
     async def signal_process(
         self, container_id: str | None, exec_id: str | None, sig: int, all_processes: bool = False
@@ -381,55 +385,58 @@ class AgentClient:
         args = SignalProcessArgs(
             container_id=container_id, exec_id=exec_id, signal=sig, all=all_processes
         )
-        await self.call("signal_process", args)
+        await self.call(contract.SIGNAL_PROCESS, args)
 
     async def wait_process(self, container_id: str | None, exec_id: str | None) -> ExitStatus:
         args = ProcessArgs(container_id=container_id, exec_id=exec_id)
-        result = await self.call("wait_process", args, timeout=None)
-        code = _field(result, "exit_code", int, "wait_process")
+        result = await self.call(contract.WAIT_PROCESS, args, timeout=None)
+        code = _field(result, "exit_code", int, contract.WAIT_PROCESS.name)
         signal = result.get("signal")
         if not 0 <= code <= 255 or not (
             signal is None or (isinstance(signal, int) and 0 < signal < 128)
         ):
-            raise AgentProtocolError(f"wait_process answer out of range: {result!r}")
+            raise AgentProtocolError(
+                f"{contract.WAIT_PROCESS.name} answer out of range: {result!r}"
+            )
         return ExitStatus(code, signal)
 
     async def resize_terminal(
         self, container_id: str | None, exec_id: str | None, rows: int, cols: int
     ) -> None:
         args = ResizeTerminalArgs(container_id=container_id, exec_id=exec_id, rows=rows, cols=cols)
-        await self.call("resize_terminal", args)
+        await self.call(contract.RESIZE_TERMINAL, args)
 
     async def close_output(self, stream_id: int) -> None:
-        await self.call("close_output", CloseOutputArgs(stream=stream_id))
+        await self.call(contract.CLOSE_OUTPUT, CloseOutputArgs(stream=stream_id))
 
     async def list_processes(self, container_id: str) -> list[ProcessInfo]:
-        result = await self.call("list_processes", ContainerArgs(container_id=container_id))
-        entries = _field(result, "processes", list, "list_processes")
+        result = await self.call(contract.LIST_PROCESSES, ContainerArgs(container_id=container_id))
+        op = contract.LIST_PROCESSES.name
+        entries = _field(result, "processes", list, op)
         if len(entries) > MAX_PROCESSES:
-            raise AgentProtocolError(f"list_processes returned {len(entries)} processes")
+            raise AgentProtocolError(f"{op} returned {len(entries)} processes")
         processes = []
         for entry in entries:
             if not isinstance(entry, dict):
-                raise AgentProtocolError("list_processes entry is not an object")
-            pid = _field(entry, "pid", int, "list_processes")
-            args = _field(entry, "args", list, "list_processes")
+                raise AgentProtocolError(f"{op} entry is not an object")
+            pid = _field(entry, "pid", int, op)
+            args = _field(entry, "args", list, op)
             processes.append(ProcessInfo(pid, tuple(_bounded(a) for a in args)))
         return processes
 
     async def pause_container(self, container_id: str) -> None:
-        await self.call("pause_container", ContainerArgs(container_id=container_id))
+        await self.call(contract.PAUSE_CONTAINER, ContainerArgs(container_id=container_id))
 
     async def resume_container(self, container_id: str) -> None:
-        await self.call("resume_container", ContainerArgs(container_id=container_id))
+        await self.call(contract.RESUME_CONTAINER, ContainerArgs(container_id=container_id))
 
     async def remove_container(self, container_id: str) -> None:
-        await self.call("remove_container", ContainerArgs(container_id=container_id))
+        await self.call(contract.REMOVE_CONTAINER, ContainerArgs(container_id=container_id))
 
     async def exec_guest(self, exec_id: str, process: OciProcess, stdio: StdioStreams) -> int:
         """Run a process in the VM itself, outside every container."""
         args = ExecGuestArgs(exec_id=exec_id, process=process, **stdio.to_args())
-        return await self._start("exec_guest", args)
+        return await self._start(contract.EXEC_GUEST, args)
 
     async def configure_network(
         self, interfaces: Sequence[NetInterface], routes: Sequence[NetRoute], wait: float = 0.0
@@ -437,27 +444,27 @@ class AgentClient:
         args = ConfigureNetworkArgs(interfaces=list(interfaces), routes=list(routes))
         if wait:
             args["wait"] = wait
-        await self.call("configure_network", args)
+        await self.call(contract.CONFIGURE_NETWORK, args)
 
     async def update_container(self, container_id: str, resources: OciResources) -> None:
         args = UpdateContainerArgs(container_id=container_id, resources=resources)
-        await self.call("update_container", args)
+        await self.call(contract.UPDATE_CONTAINER, args)
 
     async def container_stats(self, container_id: str) -> ContainerStats:
-        result = await self.call("container_stats", ContainerArgs(container_id=container_id))
+        result = await self.call(contract.CONTAINER_STATS, ContainerArgs(container_id=container_id))
         try:
             return ContainerStats.parse(result)
         except ValueError as exc:
-            raise AgentProtocolError(f"container_stats answer has {exc}") from None
+            raise AgentProtocolError(f"{contract.CONTAINER_STATS.name} answer has {exc}") from None
 
     async def mount_block(self, volume_id: str, serial: str, fstype: str, read_only: bool) -> None:
         args = MountBlockArgs(
             volume_id=volume_id, serial=serial, fstype=fstype, read_only=read_only
         )
-        await self.call("mount_block", args)
+        await self.call(contract.MOUNT_BLOCK, args)
 
     async def unmount_block(self, volume_id: str) -> None:
-        await self.call("unmount_block", VolumeArgs(volume_id=volume_id))
+        await self.call(contract.UNMOUNT_BLOCK, VolumeArgs(volume_id=volume_id))
 
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
@@ -465,8 +472,8 @@ class AgentClient:
         args = InitCloneArgs(
             hostname=hostname, seed=seed.hex(), time_ns=time_ns, shared_fs=shared_fs
         )
-        result = await self.call("init_clone", args)
-        return _field(result, "reseeded", bool, "init_clone")
+        result = await self.call(contract.INIT_CLONE, args)
+        return _field(result, "reseeded", bool, contract.INIT_CLONE.name)
 
     async def shutdown(self) -> None:
-        await self.call("shutdown", {})
+        await self.call(contract.SHUTDOWN, Empty())

@@ -2,11 +2,12 @@
 
 docs/protocol.md lists the operations; here each one's arguments and result
 are declared as a TypedDict (a JSON object on the wire), with the HELLO
-messages and the events.  The host's client builds its requests from these
-types, and the guest agent builds its results and events from them.  Neither
-end trusts what it receives: each checks the other's messages field by field
-(the guest in ``guest/agent/args.py``, the host in ``client.py``), so a
-received message is a ``Mapping[str, object]`` until it has been checked.
+messages and the events; ``contract.py`` pairs each op with its two.  The
+host's client builds its requests from these types, and the guest agent
+builds its results and events from them.  Neither end trusts what it
+receives: each checks the other's messages field by field (the guest in
+``guest/agent/args.py``, the host in ``client.py``), so a received message is
+a ``Mapping[str, object]`` until it has been checked.
 
 The guest agent imports this module only under ``TYPE_CHECKING``: typing
 costs it start-up time under emulation, and the module is not in the guest
@@ -169,25 +170,6 @@ class InitCloneArgs(TypedDict):
     shared_fs: str | None  # "virtio-9p" or "virtio-fs": mount the pod's shared directory
 
 
-Args = (
-    Empty
-    | ContainerArgs
-    | CreateContainerArgs
-    | ExecProcessArgs
-    | ExecGuestArgs
-    | ProcessArgs
-    | SignalProcessArgs
-    | ResizeTerminalArgs
-    | CloseOutputArgs
-    | ConfigureNetworkArgs
-    | UpdateContainerArgs
-    | InitCloneArgs
-    | MountBlockArgs
-    | VolumeArgs
-)
-"""The arguments of any operation."""
-
-
 # --- results, as the guest sends them ------------------------------------------------
 
 
@@ -224,7 +206,7 @@ class ProcessListResult(TypedDict):
 
 ContainerStatsResult = dict[str, int]
 """A container's usage, from its cgroup in the guest: one integer per field of
-:class:`virtcontainers.agent.base.ContainerStats`, which lists them once and
+:class:`virtcontainers.agent.results.ContainerStats`, which lists them once and
 parses the answer (0 where not limited)."""
 
 

@@ -17,7 +17,8 @@ HELLO, REQUEST, RESPONSE and EVENT payloads are UTF-8 JSON objects.  DATA
 payloads are raw bytes of one I/O stream; CREDIT payloads are a 4-byte big
 endian count of bytes the receiver is ready to accept on that stream.
 
-docs/protocol.md describes the conversation; this module only frames it.
+docs/protocol.md describes the conversation; this module frames it and names
+its operations.
 """
 
 from __future__ import annotations
@@ -58,6 +59,38 @@ class FrameType(enum.IntEnum):
     EVENT = 4
     DATA = 5
     CREDIT = 6
+
+
+class Op:
+    """The operations the agent serves, by the name a REQUEST gives in "op".
+
+    The host's client and the guest agent's dispatch table both name an op
+    through these constants, never by a literal.  Plain strings, not an enum:
+    the guest builds this class at every boot.
+    """
+
+    PING = "ping"
+    GUEST_DETAILS = "guest_details"
+    CREATE_CONTAINER = "create_container"
+    START_CONTAINER = "start_container"
+    EXEC_PROCESS = "exec_process"
+    EXEC_GUEST = "exec_guest"
+    SIGNAL_PROCESS = "signal_process"
+    WAIT_PROCESS = "wait_process"
+    RESIZE_TERMINAL = "resize_terminal"
+    CLOSE_OUTPUT = "close_output"
+    LIST_PROCESSES = "list_processes"
+    PAUSE_CONTAINER = "pause_container"
+    RESUME_CONTAINER = "resume_container"
+    CONTAINER_STATE = "container_state"
+    REMOVE_CONTAINER = "remove_container"
+    CONFIGURE_NETWORK = "configure_network"
+    UPDATE_CONTAINER = "update_container"
+    CONTAINER_STATS = "container_stats"
+    MOUNT_BLOCK = "mount_block"
+    UNMOUNT_BLOCK = "unmount_block"
+    INIT_CLONE = "init_clone"
+    SHUTDOWN = "shutdown"
 
 
 class ProtocolError(Exception):

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from virtcontainers.agent.base import Agent, AgentKind, new_agent
+from virtcontainers.agent import AgentKind, new_agent
+from virtcontainers.agent.base import Agent
 from virtcontainers.daemon import calls, launcher, rpc
 from virtcontainers.errors import (
     ConfigError,

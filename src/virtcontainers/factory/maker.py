@@ -15,7 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
-from virtcontainers.agent.base import Agent, AgentKind, new_agent
+from virtcontainers.agent import AgentKind, new_agent
+from virtcontainers.agent.base import Agent
 from virtcontainers.errors import TemplateError, VcError
 from virtcontainers.factory.template import (
     HYPERVISOR,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from virtcontainers.agent import protocol
+from virtcontainers.agent import contract, protocol
 from virtcontainers.agent.base import StdioStreams
 from virtcontainers.agent.client import AgentClient
-from virtcontainers.agent.messages import NetInterface, NetRoute
+from virtcontainers.agent.messages import Empty, NetInterface, NetRoute
 from virtcontainers.agent.protocol import FrameDecoder, FrameType
 from virtcontainers.errors import AgentError, AgentProtocolError
 
@@ -220,7 +220,7 @@ def test_a_silent_guest_times_out_the_request(tmp_path: Path) -> None:
 
     async def body(client: AgentClient) -> None:
         with pytest.raises(AgentError, match="timeout"):
-            await client.call("ping", {}, timeout=0.2)
+            await client.call(contract.PING, Empty(), timeout=0.2)
         assert not client._pending
 
     run(with_guest(tmp_path, guest, body))

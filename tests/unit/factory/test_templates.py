@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from tests.unit.agent.test_client import next_frame, with_guest
 from tests.unit.conftest import mock_pod
-from tests.unit.guest.test_agent import AgentCallError, spawn_agent
+from tests.unit.guest.harness import AgentCallError, spawn_agent
 from virtcontainers import api
 from virtcontainers.agent import protocol
 from virtcontainers.agent.client import AgentClient

@@ -2,7 +2,7 @@
 
 No daemon process and no VM: each test drives :class:`Pod` in its own event
 loop.  The guest agent runs on the host as a subprocess with runc, started as
-test_guest_agent.py starts it (``--fd``: one end of a socketpair).
+tests/unit/guest/harness.py starts it (``--fd``: one end of a socketpair).
 
 The mock hypervisor boots nothing, so :class:`AgentPort` plays the two parts
 of a VM that a Pod relies on:
@@ -41,7 +41,7 @@ import pytest
 
 from tests.conftest import short_temp_dir
 from tests.unit.conftest import mock_pod
-from tests.unit.guest.test_agent import AGENT, ROOT, RUNC, runc_leftovers
+from tests.unit.guest.harness import AGENT, ROOT, RUNC, runc_leftovers
 from virtcontainers import api, spec
 from virtcontainers.agent import protocol
 from virtcontainers.agent.client import AgentClient

@@ -22,8 +22,11 @@ bounds on what the agent sends), ``log``, ``args`` (request validation),
 ``osutil`` (files and child processes without shutil or subprocess), ``loop``,
 ``channel``, ``streams``, ``model`` (replies, containers, processes),
 ``runtime`` (OCI runtime calls), ``core`` (the ``Agent``: frames, reaping,
-lookups), the operations ``op_containers``, ``op_processes``, ``op_guest``,
-``op_network`` and ``op_clone``, and ``startup`` (the command line and ``main``).
+lookups, dispatch), the package ``ops`` (the operations, one module per
+family, and ``HANDLERS``, their table by op name), and ``startup`` (the command
+line and ``main``, which gives the agent that table).  No module imports one
+above it, not even for typing: a module that needs something of the agent
+declares it as a ``typing.Protocol`` under ``TYPE_CHECKING``.
 
 Usage (on the host; ``--help`` lists the options)::
 

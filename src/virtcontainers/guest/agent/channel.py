@@ -10,7 +10,19 @@ from .wire import protocol
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
-    from .core import Agent
+    from typing import Protocol
+
+    from .loop import Loop
+
+    class ChannelOwner(Protocol):
+        """What the channel needs of the agent: its loop, whether it is PID 1
+        (then it never exits), and where incoming frames go."""
+
+        loop: Loop
+        pid1: bool
+
+        def on_frame(self, frame: protocol.Frame) -> None: ...
+
 
 HUP_DELAY = 0.05
 """Pause before polling a hung-up virtio-serial port again."""
@@ -19,7 +31,7 @@ HUP_DELAY = 0.05
 class Channel:
     """The byte stream to the host: a virtio-serial port or a socket."""
 
-    def __init__(self, agent: Agent, fd: int, is_port: bool) -> None:
+    def __init__(self, agent: ChannelOwner, fd: int, is_port: bool) -> None:
         self.agent = agent
         self.loop = agent.loop
         self.fd = fd

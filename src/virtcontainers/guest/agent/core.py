@@ -1,8 +1,8 @@
 """The Agent: its state, SIGCHLD reaping, incoming frames and request dispatch.
 
-The operations themselves live in ``op_containers``, ``op_processes``,
-``op_guest``, ``op_network`` and ``op_clone``; ``OPS`` maps each op name of the wire
-protocol to one of them.
+The operations themselves live in the ``ops`` package, above this module: the
+agent is given their table (``ops.HANDLERS``, keyed by the protocol's op
+names), so that the operations can use the agent without it importing them.
 """
 
 from __future__ import annotations
@@ -14,13 +14,6 @@ from .args import AgentError, arg_id, arg_opt_id, invalid
 from .log import describe_exception, log
 from .loop import Loop
 from .model import Container, Reply
-from .ops import blocks as op_blocks
-from .ops import clone as op_clone
-from .ops import containers as op_containers
-from .ops import guest as op_guest
-from .ops import network as op_network
-from .ops import processes as op_processes
-from .ops import resources as op_resources
 from .runtime import RuntimeCall
 from .wire import AGENT_VERSION, protocol
 
@@ -39,12 +32,15 @@ UNCLAIMED_LIMIT = 4096
 
 
 class Agent:
-    def __init__(self, runtime: str, state_dir: str, pid1: bool) -> None:
+    def __init__(
+        self, runtime: str, state_dir: str, pid1: bool, handlers: Mapping[str, OpHandler]
+    ) -> None:
         self.runtime = runtime
         self.state_dir = state_dir
         self.bundles = os.path.join(state_dir, "bundles")
         self.runtime_root = os.path.join(state_dir, "runtime")
         self.pid1 = pid1
+        self.handlers = handlers
         self.loop = Loop()
         self.channel: Channel | None = None
         self.generation = 0
@@ -232,7 +228,7 @@ class Agent:
                 raise invalid("op must be a string")
             if not isinstance(args, dict):
                 raise invalid("args must be an object")
-            handler = OPS.get(op)
+            handler = self.handlers.get(op)
             if handler is None:
                 raise invalid(f"unknown op {op!r}")
             handler(self, reply, args)
@@ -289,27 +285,7 @@ class Agent:
         return path
 
 
-OPS: dict[str, Callable[[Agent, Reply, Mapping[str, object]], None]] = {
-    "ping": op_guest.ping,
-    "guest_details": op_guest.guest_details,
-    "create_container": op_containers.create_container,
-    "start_container": op_containers.start_container,
-    "exec_process": op_processes.exec_process,
-    "exec_guest": op_processes.exec_guest,
-    "signal_process": op_processes.signal_process,
-    "wait_process": op_processes.wait_process,
-    "resize_terminal": op_processes.resize_terminal,
-    "close_output": op_processes.close_output,
-    "list_processes": op_containers.list_processes,
-    "pause_container": op_containers.pause_container,
-    "resume_container": op_containers.resume_container,
-    "container_state": op_containers.container_state,
-    "remove_container": op_containers.remove_container,
-    "configure_network": op_network.configure_network,
-    "update_container": op_resources.update_container,
-    "container_stats": op_resources.container_stats,
-    "mount_block": op_blocks.mount_block,
-    "unmount_block": op_blocks.unmount_block,
-    "init_clone": op_clone.init_clone,
-    "shutdown": op_guest.shutdown,
-}
+if TYPE_CHECKING:
+    OpHandler = Callable[[Agent, Reply, Mapping[str, object]], None]
+    """An operation: it checks its arguments and answers through the reply,
+    at once or later from the loop."""

@@ -10,10 +10,20 @@ from .wire import bounded, protocol
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from virtcontainers.agent.messages import ExitEvent, OomEvent, Result
 
-    from .core import Agent
     from .loop import Handler, Timer
+    from .streams import StreamOwner
+
+    class ProcessOwner(StreamOwner, Protocol):
+        """What replies and processes need of the agent: the connection a
+        request came on, and the table of processes by pid."""
+
+        generation: int
+        pids: dict[int, Process]
+
 
 EXIT_DRAIN_DELAY = 0.2
 """After a process exits, wait this long for its output EOFs before reporting."""
@@ -22,7 +32,7 @@ EXIT_DRAIN_DELAY = 0.2
 class Reply:
     """Answers one request exactly once, and only on the connection it came on."""
 
-    def __init__(self, agent: Agent, request_id: int) -> None:
+    def __init__(self, agent: ProcessOwner, request_id: int) -> None:
         self.agent = agent
         self.request_id = request_id
         self.generation = agent.generation
@@ -81,7 +91,7 @@ class Container:
 class Process:
     def __init__(
         self,
-        agent: Agent,
+        agent: ProcessOwner,
         container: Container,
         exec_id: str | None,
         terminal: bool,

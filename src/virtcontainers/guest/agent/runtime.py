@@ -19,10 +19,34 @@ from .wire import ERROR_LIMIT, bounded
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Protocol
 
-    from .core import Agent
-    from .loop import Handler, Timer
+    from .loop import Handler, Loop, Timer
     from .model import Process, Reply
+
+    class CallOwner(Protocol):
+        """What a runtime call needs of the agent: its loop, and the table of
+        calls by pid that its reaper completes them from."""
+
+        loop: Loop
+        calls: dict[int, RuntimeCall]
+
+    class LaunchOwner(CallOwner, Protocol):
+        """What a launch needs of the agent besides: the runtime's command
+        line, a console socket's path, the release of the process's stream ids
+        if it fails, the connection the request came on, and the exits reaped
+        before the process's pid was known."""
+
+        generation: int
+        pids: dict[int, Process]
+        unclaimed: dict[int, int]
+
+        def runtime_argv(self, *args: str, log_file: str | None = None) -> list[str]: ...
+
+        def console_path(self, bundle_dir: str) -> str: ...
+
+        def release_streams(self, streams: tuple[int | None, int | None, int | None]) -> None: ...
+
 
 CAPTURE_LIMIT = 4 << 20
 """Bound on a runtime command's captured stdout (e.g. ``ps --format json``)."""
@@ -56,7 +80,7 @@ class RuntimeCall:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: CallOwner,
         argv: list[str],
         done: Callable[[RuntimeCall], None],
         stdio: tuple[int, int, int] | None = None,
@@ -150,8 +174,8 @@ class RuntimeCall:
 class ConsoleSocket:
     """A listening unix socket for ``--console-socket``: receives the pty master."""
 
-    def __init__(self, agent: Agent, path: str) -> None:
-        self.agent = agent
+    def __init__(self, loop: Loop, path: str) -> None:
+        self.loop = loop
         self.path = path
         self.master = -1
         unlink_quiet(path)
@@ -159,7 +183,7 @@ class ConsoleSocket:
         self.sock.bind(path)
         self.sock.listen(1)
         self.sock.setblocking(False)
-        agent.loop.set_reader(self.sock.fileno(), self.poll)
+        loop.set_reader(self.sock.fileno(), self.poll)
 
     def poll(self) -> None:
         if self.master >= 0 or self.sock.fileno() < 0:
@@ -194,7 +218,7 @@ class ConsoleSocket:
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
-            self.agent.loop.forget(self.sock.fileno())
+            self.loop.forget(self.sock.fileno())
             self.sock.close()
         unlink_quiet(self.path)
         if self.master >= 0:
@@ -216,6 +240,7 @@ class Launch:
 
     def __init__(
         self,
+        agent: LaunchOwner,
         reply: Reply,
         proc: Process,
         *,
@@ -225,7 +250,7 @@ class Launch:
         on_ok: Callable[[int], None],
         on_fail: Handler,
     ) -> None:
-        agent = self.agent = proc.agent
+        self.agent = agent
         self.reply, self.proc = reply, proc
         self.pid_file, self.log_file = pid_file, log_file
         self.on_ok, self.on_fail = on_ok, on_fail
@@ -236,7 +261,7 @@ class Launch:
             stdio: tuple[int, int, int] | None = None
             if proc.terminal:
                 bundle_dir = os.path.dirname(pid_file)
-                self.console = ConsoleSocket(agent, agent.console_path(bundle_dir))
+                self.console = ConsoleSocket(agent.loop, agent.console_path(bundle_dir))
                 args = [*args[:-1], "--console-socket", self.console.path, args[-1]]
             else:
                 stdio = self._pipes(child)

@@ -11,6 +11,7 @@ import time
 from .channel import Channel
 from .core import Agent
 from .log import describe_exception, log, log_to
+from .ops import HANDLERS
 from .osutil import DEFAULT_PATH, find_sysfs_entry
 
 USAGE = """usage: agent.py [--fd N | --connect PATH] [--runtime PATH] [--state-dir DIR]
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         agent: Agent | None = None
         try:
-            agent = Agent(opts.runtime, opts.state_dir, pid1)
+            agent = Agent(opts.runtime, opts.state_dir, pid1, HANDLERS)
             fd, is_port, sock = open_channel(opts)
             agent.attach(Channel(agent, fd, is_port))
             agent.keepalive = sock

@@ -11,8 +11,25 @@ from .wire import CHUNK, WINDOW, protocol
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
-    from .core import Agent
-    from .model import Process
+    from typing import Protocol
+
+    from .loop import Loop
+
+    class StreamOwner(Protocol):
+        """What a stream needs of the agent: its loop, the channel to the host,
+        and the tables of bound stream ids."""
+
+        loop: Loop
+        outs: dict[int, OutStream]
+        ins: dict[int, InStream]
+        busy_streams: set[int]
+
+        def send(self, frame: bytes) -> None: ...
+
+    class StreamUser(Protocol):
+        """The process an output stream belongs to."""
+
+        def on_stream_done(self) -> None: ...
 
 
 class OutStream:
@@ -22,7 +39,7 @@ class OutStream:
     terminal whose host passed stdout=null must still be drained).
     """
 
-    def __init__(self, agent: Agent, stream_id: int, fd: int, proc: Process) -> None:
+    def __init__(self, agent: StreamOwner, stream_id: int, fd: int, proc: StreamUser) -> None:
         self.agent = agent
         self.stream_id = stream_id
         self.fd = fd
@@ -110,7 +127,7 @@ class InStream:
     cannot read any more), so the host never blocks on a dead process.
     """
 
-    def __init__(self, agent: Agent, stream_id: int, fd: int) -> None:
+    def __init__(self, agent: StreamOwner, stream_id: int, fd: int) -> None:
         self.agent = agent
         self.stream_id = stream_id
         self.fd = fd

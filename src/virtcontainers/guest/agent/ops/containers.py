@@ -62,6 +62,7 @@ def create_container(agent: Agent, reply: Reply, args: Mapping[str, object]) -> 
         rmtree(bundle_dir)
 
     Launch(
+        agent,
         reply,
         proc,
         args=["create", "--bundle", bundle_dir, "--pid-file", pid_file, cid],

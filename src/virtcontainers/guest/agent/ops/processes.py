@@ -71,6 +71,7 @@ def exec_process(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None
             del container.execs[exec_id]
 
     Launch(
+        agent,
         reply,
         proc,
         args=[*argv, container.id],
