@@ -19,6 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from virtcontainers.cgroupconfig import CgroupConfig
@@ -107,6 +108,7 @@ def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: i
     return None
 
 
+@dataclass
 class PodBoot:
     """One start of a pod's VM.
 
@@ -114,28 +116,16 @@ class PodBoot:
     from (None: booted cold) once the VM runs, before its agent answers.
     """
 
-    def __init__(
-        self,
-        vm: PodVM,
-        config: PodConfig,
-        image: ImagePaths | None,
-        *,
-        paths: PodPaths,
-        shared: SharedDir,
-        nics: PodNics,
-        events: EventLog,
-        store_root: Path,
-        vm_started: Callable[[str | None], None],
-    ) -> None:
-        self.vm = vm
-        self.config = config
-        self.image = image
-        self.paths = paths
-        self.shared = shared
-        self.nics = nics
-        self.events = events
-        self.store_root = store_root
-        self.vm_started = vm_started
+    vm: PodVM
+    config: PodConfig
+    image: ImagePaths | None
+    _: KW_ONLY
+    paths: PodPaths
+    shared: SharedDir
+    nics: PodNics
+    events: EventLog
+    store_root: Path
+    vm_started: Callable[[str | None], None]
 
     def _step(self, name: str) -> None:
         self.events.emit("boot", step=name)
