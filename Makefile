@@ -10,11 +10,12 @@ APT_PACKAGES := qemu-system-x86 busybox-static squashfs-tools crun runc kmod cpi
 APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 VENV_STAMP := $(VENV)/.installed
 IMAGE_STAMP := $(VENV)/.image
+PROTO_STAMP := src/virtcontainers/shim/_gen/.stamp
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint unit bench bench-density deps image clean
 
-deps: $(APT_STAMP) $(VENV_STAMP)
+deps: $(APT_STAMP) $(VENV_STAMP) $(PROTO_STAMP)
 
 $(APT_STAMP):
 	@scripts/install-apt.sh $(APT_PACKAGES)
@@ -24,6 +25,12 @@ $(VENV_STAMP): pyproject.toml | $(APT_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# The shim's containerd messages, generated from containerd's own .proto files
+# (fetched from Debian's packages, cached by version); never committed.
+$(PROTO_STAMP): scripts/gen-shim-protos.sh | $(VENV_STAMP)
+	scripts/gen-shim-protos.sh $(BIN)/python src
 	touch $@
 
 # The image is cached by a hash of its inputs: this is a no-op when nothing changed.
@@ -55,4 +62,4 @@ bench-density: image
 	$(BIN)/python bench/run.py --only density
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache src/virtcontainers/shim/_gen
