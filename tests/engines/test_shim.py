@@ -26,6 +26,7 @@ from tests.engines.containerd import (
 from tests.engines.images import oci_layout_tar
 from tests.integration.conftest import qemu_pids
 from virtcontainers import api
+from virtcontainers.shim import main
 from virtcontainers.storage import mounts
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -107,11 +108,14 @@ def test_a_killed_shim_is_cleaned_up_by_containerds_delete(shim_containerd: Cont
     started = ctr("run", "-d", "--runtime", VC_SHIM_RUNTIME, CTR_IMAGE, "s3", "sleep", "1000")
     assert started.returncode == 0, started.stderr + shim_containerd.log_tail()
     [shim] = shim_pids(shim_containerd.address)
+    socket = main.socket_path(shim_containerd.address, shim_containerd.namespace, "s3")
+    assert socket.is_socket()
     os.kill(shim, signal.SIGKILL)
     # containerd sees the shim's connection end and runs `containerd-shim-vc-v2 delete`.
     deadline = time.monotonic() + 120
     while api.list_pods() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert api.list_pods() == [], shim_containerd.log_tail()
+    assert not socket.exists()
     ctr("tasks", "delete", "s3")  # gone already, or stopped: either way not there after it
     assert ctr("containers", "delete", "s3").returncode == 0

@@ -182,9 +182,17 @@ def delete(flags: Flags) -> bytes:
         log.warning("%s: cannot read the bundle to clean up after it: %s", flags.id, exc)
     else:
         _remove_from_pod(flags.id, bundle)
+        if bundle.role is not oci.PodRole.CONTAINER:
+            _remove_dead_socket(socket_path(flags.address, flags.namespace, flags.id))
     unmount_rootfs(flags.bundle)
     response = task.DeleteResponse(exit_status=KILLED_EXIT, exited_at=timestamp(time.time_ns()))
     return response.SerializeToString()
+
+
+def _remove_dead_socket(path: Path) -> None:
+    """The socket a killed shim could not remove (a live shim's stays)."""
+    if not _listening(path):
+        path.unlink(missing_ok=True)
 
 
 def _remove_from_pod(container_id: str, bundle: oci.Bundle) -> None:
