@@ -10,11 +10,14 @@ APT_PACKAGES := qemu-system-x86 busybox-static squashfs-tools crun runc kmod cpi
 APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 VENV_STAMP := $(VENV)/.installed
 IMAGE_STAMP := $(VENV)/.image
+PROTO_STAMP := src/virtcontainers/shim/_gen/.stamp
+# containerd finds the shim of runtime io.containerd.vc.v2 by this name on its PATH.
+SHIM_LINK := /usr/local/bin/containerd-shim-vc-v2
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint unit bench bench-density deps image clean
+.PHONY: demo test lint unit bench bench-density deps image clean shim-link
 
-deps: $(APT_STAMP) $(VENV_STAMP)
+deps: $(APT_STAMP) $(VENV_STAMP) $(PROTO_STAMP) shim-link
 
 $(APT_STAMP):
 	@scripts/install-apt.sh $(APT_PACKAGES)
@@ -25,6 +28,16 @@ $(VENV_STAMP): pyproject.toml | $(APT_STAMP)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
+
+# The shim's containerd messages, generated from containerd's own .proto files
+# (fetched from Debian's packages, cached by version); never committed.
+$(PROTO_STAMP): scripts/gen-shim-protos.sh | $(VENV_STAMP)
+	scripts/gen-shim-protos.sh $(BIN)/python src
+	touch $@
+
+# Always made again: it points at this checkout's virtualenv.
+shim-link: | $(VENV_STAMP)
+	ln -sfn $(abspath $(BIN))/containerd-shim-vc-v2 $(SHIM_LINK)
 
 # The image is cached by a hash of its inputs: this is a no-op when nothing changed.
 # Stale apt lists can name a kernel the mirror no longer has: refresh them once and retry.
@@ -55,4 +68,4 @@ bench-density: image
 	$(BIN)/python bench/run.py --only density
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache src/virtcontainers/shim/_gen

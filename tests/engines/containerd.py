@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -128,8 +129,20 @@ def _remove_tasks(engine: Containerd) -> None:
         engine.ctr("containers", "delete", container)
 
 
-def _end_shims(address: str) -> None:
-    """The runc shims this containerd started (they outlive it): ended by pid."""
+VC_SHIM = "containerd-shim-vc-v2"
+VC_SHIM_RUNTIME = "io.containerd.vc.v2"
+"""The runtime name containerd turns into the shim's binary name."""
+
+
+def with_vc_shim(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the virtualenv's bin first on PATH, where containerd looks for
+    containerd-shim-vc-v2 (the package's console script)."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', os.defpath)}"}
+
+
+def shim_pids(address: str) -> list[int]:
+    """The shims this containerd started, runc's and ours (they outlive it)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -137,9 +150,17 @@ def _end_shims(address: str) -> None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"containerd-shim-runc-v2" in argv[0] and address.encode() in argv:
-            with suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+        ours = argv[1:3] == [b"-m", b"virtcontainers.shim"]
+        if (ours or b"containerd-shim-runc-v2" in argv[0]) and address.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def _end_shims(address: str) -> None:
+    """The shims this containerd started: ended by pid."""
+    for pid in shim_pids(address):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def unmount_under(path: Path) -> None:

@@ -1,0 +1,4 @@
+"""containerd's shim v2 for virtcontainers: ttrpc, the task service, events.
+
+May import the public api, oci/ and the vocabulary at the root; nothing of cli/.
+"""

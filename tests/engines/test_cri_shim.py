@@ -1,0 +1,193 @@
+"""containerd's CRI plugin (Debian's containerd 1.6) driving a pod through containerd-shim-vc-v2.
+
+The kubelet's view, as in test_cri.py, but the handler's ``runtime_type`` is
+``io.containerd.vc.v2``: containerd starts our shim, one per pod, and no
+runc shim or vc-runtime is in the path.  The network, the images and the
+clean-up are test_cri.py's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import grpc
+import pytest
+
+from tests.conftest import remove_all_pods, short_temp_dir
+from tests.cri.client import Cri, generate_stubs
+from tests.engines.containerd import (
+    VC_SHIM_RUNTIME,
+    Containerd,
+    running_containerd,
+    shim_pids,
+    unmount_under,
+    with_vc_shim,
+)
+from tests.engines.images import oci_layout_tar
+from tests.engines.test_cri import (
+    BUSYBOX_IMAGE,
+    CNI_PLUGINS,
+    HANDLER,
+    PAUSE_IMAGE,
+    CriEnv,
+    _assert_nothing_left,
+    _cgroup_dirs,
+    _container_config,
+    _exec_sync,
+    _missing,
+    _remove_cgroup,
+    _remove_netns,
+    _remove_sandboxes,
+    _run_sandbox,
+    _sandbox_config,
+    _wait_for_log,
+    cni_conflist,
+)
+from tests.netlab import Lab, ip
+from virtcontainers import api
+
+pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+
+
+def shim_plugin_toml(cni_conf: Path) -> str:
+    """The CRI plugin's settings with the vc handler on our shim (docs/shim.md)."""
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return f"""\
+    sandbox_image = "{PAUSE_IMAGE}"
+    disable_apparmor = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [{cri}.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [{cri}.containerd.runtimes.{HANDLER}]
+    runtime_type = "{VC_SHIM_RUNTIME}"
+  [{cri}.cni]
+    bin_dir = "{CNI_PLUGINS}"
+    conf_dir = "{cni_conf}"
+"""
+
+
+@pytest.fixture(scope="session")
+def cri_stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
+    return generate_stubs(tmp_path_factory.mktemp("cri-stubs"))
+
+
+@pytest.fixture
+def shim_cri_env(
+    run_root: Path,
+    busybox_rootfs: Path,
+    lab: Lab,
+    cri_stubs: tuple[ModuleType, ModuleType],
+) -> Iterator[CriEnv]:
+    missing = _missing()
+    if missing:
+        pytest.skip(missing)
+    work = short_temp_dir("vcshc-")
+    cgroup_parent = f"/{work.name}"
+    netns_name, netns = lab.netns()
+    ip("-n", netns_name, "link", "set", "lo", "up")
+    (work / "cni").mkdir()
+    (work / "cni" / "10-vc-cri-test.conflist").write_text(cni_conflist(work / "ipam"))
+    env = with_vc_shim({**os.environ, "VC_RUN_DIR": str(run_root)})
+    holder: list[CriEnv] = []
+
+    def remove_sandboxes(_: Containerd) -> None:
+        if holder:
+            _remove_sandboxes(holder[0])
+
+    try:
+        with running_containerd(
+            env,
+            shim_plugin_toml(work / "cni"),
+            netns=netns,
+            namespace="k8s.io",
+            before_stop=remove_sandboxes,
+            cgroups=True,
+        ) as containerd:
+            for ref, cmd in ((PAUSE_IMAGE, ("sleep", "1000000000")), (BUSYBOX_IMAGE, ("sh",))):
+                tar = oci_layout_tar(busybox_rootfs, work / "image.tar", ref, cmd)
+                imported = containerd.ctr("images", "import", "--digests=false", str(tar))
+                assert imported.returncode == 0, imported.stderr
+            cri = Cri(containerd.address, cri_stubs)
+            holder.append(CriEnv(cri, containerd, netns, work / "logs", cgroup_parent))
+            yield holder[0]
+    finally:
+        remove_all_pods()
+        _remove_cgroup(cgroup_parent)
+        if holder:
+            holder[0].cri.close()
+        for path in holder[0].pod_netns if holder else []:
+            _remove_netns(path)
+        unmount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_cri_pod_of_two_containers_in_one_vm_through_the_shim(shim_cri_env: CriEnv) -> None:
+    cri, pb = shim_cri_env.cri, shim_cri_env.cri.pb
+    sandbox_config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
+    sandbox_id, _pod_ip = _run_sandbox(shim_cri_env, sandbox_config)
+    ids = [
+        cri.call(
+            "CreateContainer",
+            pb.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id,
+                config=_container_config(pb, name, script),
+                sandbox_config=sandbox_config,
+            ),
+        ).container_id
+        for name, script in (
+            # /dev is a tmpfs of the guest's, charged to the container's cgroup
+            # (the CRI's /dev/shm is a host directory shared into the VM).
+            ("holder", "head -c 40000000 /dev/zero > /dev/ballast; exec sleep 1000000"),
+            ("worker", "echo worker up; exec sleep 1000000"),
+        )
+    ]
+    for container_id in ids:
+        cri.call("StartContainer", pb.StartContainerRequest(container_id=container_id))
+    [pod] = api.list_pods()
+    assert sorted(c.id for c in pod.containers) == sorted([sandbox_id, *ids])
+    assert len(shim_pids(shim_cri_env.containerd.address)) == 1  # one shim for the pod
+
+    executed = _exec_sync(cri, ids[1], "echo out; echo err >&2; hostname")
+    assert (executed.exit_code, executed.stdout, executed.stderr) == (0, b"out\nvc-pod\n", b"err\n")
+    assert _exec_sync(cri, ids[1], "exit 7").exit_code == 7
+    assert _wait_for_log(shim_cri_env.logs / "worker.log", " stdout F worker up\n")
+
+    # The container's own numbers, from its cgroup in the guest.
+    filled = 'until [ "$(wc -c < /dev/ballast)" = 40000000 ]; do sleep 0.2; done'
+    assert _exec_sync(cri, ids[0], filled).exit_code == 0
+    stats = cri.call("ContainerStats", pb.ContainerStatsRequest(container_id=ids[0])).stats
+    guest = api.container_stats(sandbox_id, ids[0])
+    assert stats.memory.working_set_bytes.value > 40_000_000, stats
+    assert abs(stats.memory.working_set_bytes.value - guest.memory_bytes) < guest.memory_bytes / 10
+
+    _check_exec_timeout(cri, ids[1])
+
+    for container_id in ids:
+        cri.call("StopContainer", pb.StopContainerRequest(container_id=container_id, timeout=5))
+        status = cri.call("ContainerStatus", pb.ContainerStatusRequest(container_id=container_id))
+        assert status.status.state == pb.CONTAINER_EXITED
+        cri.call("RemoveContainer", pb.RemoveContainerRequest(container_id=container_id))
+    cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    _assert_nothing_left(shim_cri_env, pod.vm_pid)
+    assert _cgroup_dirs(f"{shim_cri_env.cgroup_parent}/{sandbox_id}") == []
+    assert shim_pids(shim_cri_env.containerd.address) == []
+
+
+def _check_exec_timeout(cri: Cri, container_id: str) -> None:
+    """An ExecSync that outlives its timeout returns then, and its process is
+    killed in the guest (containerd's Kill of the exec reaches it)."""
+    request = cri.pb.ExecSyncRequest(container_id=container_id, cmd=["sleep", "4321"], timeout=2)
+    began = time.monotonic()
+    with pytest.raises(grpc.RpcError) as raised:
+        cri.call("ExecSync", request)
+    assert time.monotonic() - began < 10, raised.value
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    left = _exec_sync(cri, container_id, "ps -o args | grep -c '^sleep 4321' || true")
+    assert left.stdout == b"0\n", left
