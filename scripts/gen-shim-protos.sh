@@ -13,7 +13,7 @@
 # so that the generated modules import each other inside our package; the
 # protobuf package names, and so the type URLs on the wire, stay containerd's.
 set -euo pipefail
-python=$1
+python=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")  # absolute, not resolved: a venv's python is a link
 out_root=$(realpath -m "$2")
 cache=${VC_PROTO_CACHE:-/var/cache/virtcontainers/protos}
 gen=virtcontainers/shim/_gen

@@ -35,8 +35,7 @@ def _document(packed: any_pb2.Any, expected: str) -> Mapping[str, Any]:
 
 def exec_cmd(packed: any_pb2.Any) -> Cmd:
     """The Cmd of an Exec's process spec; RuntimeSpecError naming what is wrong."""
-    cmd, _process = oci.process_from_json(_document(packed, PROCESS_URL), "exec process")
-    return cmd
+    return oci.process_from_json(_document(packed, PROCESS_URL), "exec process")
 
 
 def _positive(value: object) -> int | None:
