@@ -51,8 +51,9 @@ from virtcontainers import api
 from virtcontainers.config import Cmd
 from virtcontainers.errors import NotFoundError
 from virtcontainers.factory.templates import Factory, current_shape, init_template
-from virtcontainers.host.proc import CLOCK_TICKS, ProcessRef, pss_kib, stat_fields
+from virtcontainers.host import proc as hostproc
 from virtcontainers.image import find_image
+from virtcontainers.records import ProcessRef
 
 CHECKPOINTS = (1, 5, 10, 20)
 SETTLE_WINDOW = 5.0
@@ -91,7 +92,7 @@ def cpu_ticks(pids: Sequence[int]) -> int:
     """utime + stime of every thread of these processes (gone ones count 0)."""
     total = 0
     for pid in pids:
-        fields = stat_fields(pid)
+        fields = hostproc.stat_fields(pid)
         if fields is not None:
             total += int(fields[11]) + int(fields[12])
     return total
@@ -101,7 +102,7 @@ def cpu_percent(pids: Sequence[int], seconds: float) -> float:
     """CPU used by *pids* over *seconds*, as % of one core."""
     before, started = cpu_ticks(pids), time.monotonic()
     time.sleep(seconds)
-    used = (cpu_ticks(pids) - before) / CLOCK_TICKS
+    used = (cpu_ticks(pids) - before) / hostproc.CLOCK_TICKS
     return 100.0 * used / (time.monotonic() - started)
 
 
@@ -157,7 +158,7 @@ def qemu_breakdown_kib(pid: int, kernel: Path, memory_mib: int) -> dict[str, int
     guest_kib = memory_mib * 1024
     mappings = _smaps(pid)
     ram: tuple[int, int] | None = None
-    key = ProcessRef.of(pid)
+    key = hostproc.of(pid)
     if key is not None:
         for low, high, header, _ in mappings:
             if _mapping_kind(header, kernel, guest_kib, (high - low) // 1024) == "guest_ram":
@@ -179,7 +180,7 @@ def children(parent: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        fields = stat_fields(int(entry.name))
+        fields = hostproc.stat_fields(int(entry.name))
         if fields is not None and int(fields[1]) == parent:
             found.append(int(entry.name))
     return found
@@ -305,7 +306,8 @@ def snapshot(
     if len(units) != n:
         progress(f"{label}: {len(units)} measured (the others are gone)")
     per_unit = [
-        sum((pss_kib(pid) or 0) for group in unit.values() for pid in group) for unit in units
+        sum((hostproc.pss_kib(pid) or 0) for group in unit.values() for pid in group)
+        for unit in units
     ]
     breakdown: dict[str, float] = {}
     for unit in units:
@@ -314,7 +316,7 @@ def snapshot(
                 breakdown[f"qemu_{kind}"] = breakdown.get(f"qemu_{kind}", 0) + kib
         for role in ("daemon", "other"):
             for pid in unit.get(role, []):
-                breakdown[role] = breakdown.get(role, 0) + (pss_kib(pid) or 0)
+                breakdown[role] = breakdown.get(role, 0) + (hostproc.pss_kib(pid) or 0)
     return {
         "n": n,
         "measured": len(units),

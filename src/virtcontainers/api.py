@@ -28,12 +28,12 @@ from virtcontainers.errors import (
 )
 from virtcontainers.events import Event
 from virtcontainers.host import orphans
+from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import remove_pod_files
 from virtcontainers.host.orphans import GarbageReport, reconcile
-from virtcontainers.host.proc import ProcessRef
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
-from virtcontainers.records import ContainerRecord, PodRecord
+from virtcontainers.records import ContainerRecord, PodRecord, ProcessRef
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.status import ContainerStatus, InterfaceStatus, PodStatus, ProcessHandle
 from virtcontainers.stdio import Stdio
@@ -237,7 +237,7 @@ def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT, force: bool = False) ->
         else:
             record.state.require(pod_id, "stop", *LIVE)
             _call_daemon(store, record, calls.StopPod(), timeout=timeout)
-            record.wait_daemon_gone(timeout)
+            _wait_daemon_gone(record, timeout)
     return pod_status(pod_id)
 
 
@@ -250,18 +250,29 @@ def _force_stop(store: Store, pod_id: str) -> None:
             pass  # hung or gone: killed below
         else:
             with contextlib.suppress(DaemonError):
-                record.wait_daemon_gone(FORCE_GRACE)
+                _wait_daemon_gone(record, FORCE_GRACE)
     if record.daemon is not None:
-        record.daemon.kill()  # SIGKILL reaches a stopped process too; QEMU dies with it
+        hostproc.kill(record.daemon)  # SIGKILL reaches a stopped process too; QEMU dies with it
     if record.vm is not None:
-        record.vm.kill()
+        hostproc.kill(record.vm)
     with contextlib.suppress(DaemonError):
-        record.wait_daemon_gone(FORCE_GRACE)
+        _wait_daemon_gone(record, FORCE_GRACE)
     with store.locked(pod_id, "stop", FORCE_GRACE):
         record = reconcile(store, pod_id, held=True)
         if record.state is PodState.CREATED:
             record.state = record.state.moved_to(pod_id, PodState.STOPPED)
             store.save(record)
+
+
+def _wait_daemon_gone(record: PodRecord, timeout: float) -> None:
+    """Wait until the pod's daemon has exited (DaemonError after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while record.daemon is not None and hostproc.alive(record.daemon):
+        if time.monotonic() > deadline:
+            raise DaemonError(
+                f"pod {record.id!r}: daemon {record.daemon.pid} did not exit in {timeout:.0f}s"
+            )
+        time.sleep(0.02)
 
 
 def delete_pod(pod_id: str, force: bool = False) -> None:
@@ -283,7 +294,7 @@ def delete_pod(pod_id: str, force: bool = False) -> None:
         else:
             record.state.require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
             # A daemon whose VM died may still be writing its last record.
-            record.wait_daemon_gone(DAEMON_EXIT_WAIT)
+            _wait_daemon_gone(record, DAEMON_EXIT_WAIT)
         remove_pod_files(lock.paths)
 
 
@@ -537,7 +548,7 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
             # A daemon being killed may answer for a moment: wait it out, so the
             # record is reconciled before it is read.
             with contextlib.suppress(DaemonError):
-                _store().load(pod_id).wait_daemon_gone(DAEMON_EXIT_WAIT)
+                _wait_daemon_gone(_store().load(pod_id), DAEMON_EXIT_WAIT)
             status = pod_status(pod_id)
             yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
             return

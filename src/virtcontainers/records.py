@@ -2,14 +2,15 @@
 
 A :class:`PodRecord` is ``state.json`` (:mod:`virtcontainers.store` writes and
 reads it); it holds the pod's config, state and VM, and a
-:class:`ContainerRecord` per container.  ``from_json`` checks the shape of
-what it parses, never the host: a record stays loadable when the host changes.
+:class:`ContainerRecord` per container; its daemon and VM are each a
+:class:`ProcessRef`.  ``from_json`` checks the shape of what it parses, never
+the host: a record stays loadable when the host changes
+(:mod:`virtcontainers.host.proc` asks the host about a process).
 """
 
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -23,8 +24,7 @@ from virtcontainers.config import (
     PodConfig,
     PodConfigDict,
 )
-from virtcontainers.errors import ConfigError, DaemonError
-from virtcontainers.host.proc import ProcessRecord, ProcessRef
+from virtcontainers.errors import ConfigError
 from virtcontainers.states import ContainerState, PodState
 
 STATE_VERSION = 2
@@ -51,6 +51,39 @@ def _text(data: Mapping[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(name, f"expected a string, got {value!r}")
     return value
+
+
+class ProcessRecord(TypedDict):
+    """A :class:`ProcessRef` as the store keeps it."""
+
+    pid: int
+    start_time: int
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """One process, for as long as it lives: its pid and start time.
+
+    A pid alone names whichever process holds it now (the kernel hands the pid
+    of an exited process to another); the start time (field 22 of
+    ``/proc/<pid>/stat``, clock ticks after boot) tells the two apart.
+    """
+
+    pid: int
+    start_time: int
+
+    @classmethod
+    def from_record(cls, data: object) -> ProcessRef | None:
+        """Parse ``{"pid": int, "start_time": int}``; anything else is None."""
+        if not isinstance(data, dict):
+            return None
+        pid, start = data.get("pid"), data.get("start_time")
+        if type(pid) is not int or type(start) is not int or pid <= 0:
+            return None
+        return cls(pid, start)
+
+    def to_record(self) -> ProcessRecord:
+        return {"pid": self.pid, "start_time": self.start_time}
 
 
 class ContainerRecordJson(TypedDict):
@@ -150,16 +183,6 @@ class PodRecord:
     @property
     def id(self) -> str:
         return self.config.id
-
-    def wait_daemon_gone(self, timeout: float) -> None:
-        """Wait until the pod's daemon has exited (DaemonError after ``timeout`` s)."""
-        deadline = time.monotonic() + timeout
-        while self.daemon is not None and self.daemon.alive():
-            if time.monotonic() > deadline:
-                raise DaemonError(
-                    f"pod {self.id!r}: daemon {self.daemon.pid} did not exit in {timeout:.0f}s"
-                )
-            time.sleep(0.02)
 
     def mark_stopped(self, error: str | None) -> None:
         """The pod's VM is gone, and with it every process of its containers."""

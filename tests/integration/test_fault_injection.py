@@ -22,7 +22,7 @@ from tests.integration.conftest import qemu_pids
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.errors import NotFoundError, VcError
-from virtcontainers.host.proc import ProcessRef
+from virtcontainers.host import proc as hostproc
 from virtcontainers.states import PodState
 from virtcontainers.storage import mounts
 
@@ -83,10 +83,10 @@ def test_a_pod_process_faulted_during_a_call(
 ) -> None:
     container = ContainerConfig("c", busybox_rootfs, Cmd(("sleep", "300")), writable_layer=True)
     api.run_pod(PodConfig(id=POD, containers=(container,)))
-    ref = ProcessRef.of(pid_of(victim))
-    assert ref is not None
+    process = hostproc.of(pid_of(victim))
+    assert process is not None
     thread, _failures = call_in_thread(operation(point, busybox_rootfs))
-    ref.kill(signum)
+    hostproc.kill(process, signum)
     try:
         if signum == signal.SIGSTOP:
             time.sleep(1)  # let the call run into the stopped process
@@ -95,7 +95,7 @@ def test_a_pod_process_faulted_during_a_call(
         thread.join(timeout=180)
         assert not thread.is_alive(), "the call hung"
     finally:
-        ref.kill(signal.SIGCONT)
+        hostproc.kill(process, signal.SIGCONT)
     settle_and_clean(no_leaks)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from virtcontainers.daemon import rpc
 from virtcontainers.errors import DaemonError, error_from_dict
 from virtcontainers.host.logtail import tail
-from virtcontainers.host.proc import ProcessRef
+from virtcontainers.records import ProcessRef
 from virtcontainers.store import PodLock, Store
 
 

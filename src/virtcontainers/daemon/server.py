@@ -31,13 +31,13 @@ from virtcontainers.errors import (
     VcError,
     error_to_dict,
 )
+from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import remove_pod_files
 from virtcontainers.host.fdwait import wait_readable
-from virtcontainers.host.proc import ProcessRef
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind
 from virtcontainers.pod.pod import Pod
-from virtcontainers.records import PodRecord
+from virtcontainers.records import PodRecord, ProcessRef
 from virtcontainers.states import PodState
 from virtcontainers.status import InterfaceStatus
 from virtcontainers.stdio import NAMES as STDIO_NAMES
@@ -271,7 +271,7 @@ def _claim(store: Store, pod_id: str) -> PodRecord:
     """The record of the pod this daemon boots, now naming this process."""
     record = store.load(pod_id)
     record.state.require(pod_id, "boot", PodState.STARTING)
-    record.daemon = ProcessRef.of(os.getpid())
+    record.daemon = hostproc.current()
     record.error = None
     store.save(record)
     return record
@@ -335,7 +335,7 @@ def _watch_owner(owner: ProcessRef | None) -> asyncio.Event:
     gone = asyncio.Event()
     if owner is None:
         return gone
-    pidfd = owner.open()
+    pidfd = hostproc.pidfd(owner)
     if pidfd is None:
         gone.set()
         return gone

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtcontainers.errors import BusyError, CorruptRecordError, NotFoundError, VcError
+from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import release_run_files
-from virtcontainers.host.proc import ProcessRef
 from virtcontainers.ids import ID_PATTERN
 from virtcontainers.records import PodRecord
 from virtcontainers.states import PodState
@@ -70,7 +70,7 @@ def _collect_pod(store: Store, pod_dir: Path, report: GarbageReport) -> None:
                 _remove_stale_layers(store, record, report)
                 return
             if record.state in ACTIVE:
-                if record.vm is not None and record.vm.kill():
+                if record.vm is not None and hostproc.kill(record.vm):
                     report.removed.append(f"pod {pod_id}: VM {record.vm.pid} of a dead daemon")
                 record.mark_stopped("the pod daemon exited unexpectedly")
                 store.save(record)
@@ -108,7 +108,7 @@ def orphaned(record: PodRecord) -> bool:
 
 def release_orphan(store: Store, record: PodRecord) -> PodRecord:
     if record.vm is not None:
-        record.vm.kill()
+        hostproc.kill(record.vm)
     release_run_files(store.paths(record.id))
     record.mark_stopped("the pod daemon exited unexpectedly")
     store.save(record)
@@ -117,7 +117,7 @@ def release_orphan(store: Store, record: PodRecord) -> PodRecord:
 
 def _live(record: PodRecord) -> bool:
     """A pod with a daemon that runs: nothing of it is garbage but deleted layers."""
-    return record.state in ACTIVE and record.daemon is not None and record.daemon.alive()
+    return record.state in ACTIVE and record.daemon is not None and hostproc.alive(record.daemon)
 
 
 def _release(store: Store, pod_id: str, report: GarbageReport) -> None:
@@ -165,8 +165,8 @@ def _kill_stray_processes(store: Store, report: GarbageReport) -> None:
         pod_id = _pod_of(argv, store)
         if pod_id is None or pid == os.getpid():
             continue
-        ref = ProcessRef.of(pid)
-        if ref is not None and _stray(store, pod_id) and ref.kill():
+        process = hostproc.of(pid)
+        if process is not None and _stray(store, pod_id) and hostproc.kill(process):
             name = os.path.basename(argv[0].decode(errors="replace"))
             report.removed.append(f"pod {pod_id}: stray process {pid} ({name})")
 

@@ -32,8 +32,8 @@ from virtcontainers.errors import (
     StateError,
     VcError,
 )
+from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import release_run_files
-from virtcontainers.host.proc import ProcessRef
 from virtcontainers.hypervisor.base import Hypervisor
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
@@ -101,7 +101,7 @@ class Pod:
         if pid is None:
             self.record.vm = None
         elif self.record.vm is None or self.record.vm.pid != pid:
-            self.record.vm = ProcessRef.of(pid)
+            self.record.vm = hostproc.of(pid)
         self.store.save(self.record)
 
     def _move_to(self, target: PodState) -> None:

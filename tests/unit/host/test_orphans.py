@@ -14,7 +14,7 @@ from tests.unit.conftest import mock_pod
 from virtcontainers import api
 from virtcontainers.cli.virtc.main import cli as virtc_cli
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
-from virtcontainers.host.proc import ProcessRef
+from virtcontainers.host import proc as hostproc
 from virtcontainers.states import PodState
 from virtcontainers.storage import mounts
 
@@ -25,7 +25,7 @@ def test_gc_removes_leftovers_and_spares_a_live_pod(
     pods = run_root / "pods"
     live = api.run_pod(mock_pod("live", image, ContainerConfig("c", rootfs, Cmd(("sleep",)))))
     assert live.daemon_pid is not None
-    live_daemon = ProcessRef.of(live.daemon_pid)
+    live_daemon = hostproc.of(live.daemon_pid)
     # A pod whose daemon died (killed with SIGKILL: it could not clean up).
     dead = api.run_pod(mock_pod("dead", image, ContainerConfig("c", rootfs, Cmd(("sleep",)))))
     assert dead.daemon_pid is not None
@@ -63,7 +63,7 @@ def test_gc_removes_leftovers_and_spares_a_live_pod(
     assert not (pods / "stale" / "layers" / "gone").exists()
     assert not half.exists()
     # The live pod is untouched.
-    assert live_daemon is not None and live_daemon.alive()
+    assert live_daemon is not None and hostproc.alive(live_daemon)
     assert api.pod_status("live").state is PodState.RUNNING
     assert mounts.mounts_under(pods / "live")
     second = api.collect_garbage()

@@ -15,7 +15,7 @@ from tests.unit.test_api_mock import read_all
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
 from virtcontainers.errors import BusyError, DaemonError, StateError
-from virtcontainers.host.proc import ProcessRef
+from virtcontainers.host import proc as hostproc
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import Store
 
@@ -43,17 +43,17 @@ def test_a_hung_daemon_is_stopped_by_force(run_root: Path, image: ImagePaths, ro
     container = ContainerConfig("c", rootfs, Cmd(("sleep",)))
     status = api.run_pod(mock_pod("hung", image, container))
     assert status.daemon_pid is not None
-    daemon = ProcessRef.of(status.daemon_pid)
+    daemon = hostproc.of(status.daemon_pid)
     assert daemon is not None
     os.kill(status.daemon_pid, signal.SIGSTOP)
     try:
         stopped = api.stop_pod("hung", force=True)
     finally:
-        daemon.kill(signal.SIGCONT)
+        hostproc.kill(daemon, signal.SIGCONT)
     assert stopped.state is PodState.STOPPED
     assert stopped.containers[0].state is ContainerState.STOPPED
     assert stopped.containers[0].exit_code == 137
-    assert not daemon.alive()
+    assert not hostproc.alive(daemon)
     api.delete_pod("hung")
     assert api.list_pods() == []
 
@@ -77,7 +77,7 @@ def test_a_pod_dies_with_its_owner(run_root: Path, image: ImagePaths, rootfs: Pa
         finally:
             os._exit(0)
     try:
-        owner = ProcessRef.of(owner_pid)
+        owner = hostproc.of(owner_pid)
         assert owner is not None
         api.run_pod(
             mock_pod("owned", image, ContainerConfig("c", rootfs, Cmd(("sleep",)))), owner=owner

@@ -140,7 +140,7 @@ def _create(
         owns_pod=owns_pod,
         annotations=dict(bundle.spec.get("annotations") or {}),
         hooks=dict(bundle.spec.get("hooks") or {}),
-        creator=hostproc.current(),
+        creator=hostproc.current().to_record(),
     )
     # Saved first: a create killed from here on leaves a record that state,
     # delete --force and a retried create can see.

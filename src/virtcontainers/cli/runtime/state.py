@@ -18,8 +18,8 @@ from typing import TypedDict
 from virtcontainers import api
 from virtcontainers.errors import ConfigError, NotFoundError
 from virtcontainers.host import proc as hostproc
-from virtcontainers.host.proc import ProcessRecord
 from virtcontainers.ids import validate_id
+from virtcontainers.records import ProcessRecord, ProcessRef
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.store import write_json_atomic
 
@@ -60,7 +60,11 @@ class Record:
 
     def abandoned(self) -> bool:
         """Whether the create that made this record was killed before it finished."""
-        return self.creator is not None and not hostproc.alive(self.creator)
+        if self.creator is None:
+            return False
+        creator = ProcessRef.from_record(self.creator)
+        # A creator that cannot be read is no create under way either.
+        return creator is None or not hostproc.alive(creator)
 
     def run_hooks(self, stage: str, status: str) -> None:
         """Run the hooks of ``stage`` on the host (poststart/poststop only warn)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from virtcontainers.cli.virtc.resources import limit_options, limits_from
 from virtcontainers.cli.virtc.timings import Timings
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import VcError
-from virtcontainers.host.proc import ProcessRef
+from virtcontainers.host import proc as hostproc
 
 RUN_CONTAINER_ID = "main"
 
@@ -96,7 +95,7 @@ def run(
         resources = Resources(vcpus=vcpus, memory_mib=memory_mib, hotplug_slots=len(disks))
         config = PodConfig(id=pod_id, resources=resources, netns=netns, boot=boot)
         ensure_image()
-        owner = ProcessRef.of(os.getpid()) if remove else None
+        owner = hostproc.current() if remove else None
         with booting(pod_id):
             api.run_pod(config, owner=owner)
     except VcError as exc:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from virtcontainers.events import Event
-from virtcontainers.host.proc import CLOCK_TICKS, ProcessRef
+from virtcontainers.host import proc as hostproc
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,10 @@ class Step:
 
 def process_started(pid: int | None = None) -> float:
     """The wall-clock time a process started (this one by default), to 1/CLK_TCK s."""
-    process = ProcessRef.of(pid or os.getpid())
+    process = hostproc.of(pid or os.getpid())
     if process is None:
         raise ProcessLookupError(f"no process {pid}")
-    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - process.start_time / CLOCK_TICKS
+    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - process.start_time / hostproc.CLOCK_TICKS
     return time.time() - since_boot
 
 
