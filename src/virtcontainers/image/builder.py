@@ -35,7 +35,13 @@ from virtcontainers.image.kernel import (
     resolve_kernel_package_cached,
     write_vmlinux,
 )
-from virtcontainers.image.rootfs import AgentSources, make_squashfs, smoke_test, stage_root
+from virtcontainers.image.rootfs import (
+    AgentSources,
+    install_kernel_modules,
+    make_squashfs,
+    smoke_test,
+    stage_root,
+)
 from virtcontainers.image.tools import find_tool
 
 BUILDER_VERSION = 1
@@ -240,10 +246,12 @@ def _build_into(
 ) -> None:
     busybox = busybox_binary()
     modules: tuple[Path, ...] = ()
+    on_demand: Path | None = None
     if package is not None:
         prepared = prepare_kernel(package, cache, say)
         _link_or_copy(prepared.vmlinux, out / KERNEL_FILE)
         modules = prepared.modules
+        on_demand = prepared.on_demand
     elif sources.kernel is not None:
         say(f"extracting the ELF vmlinux from {sources.kernel}")
         write_vmlinux(sources.kernel, out / KERNEL_FILE, say)
@@ -257,6 +265,8 @@ def _build_into(
     root = out / "root"
     root.mkdir()
     stage_root(root, busybox, sources.agent, say)
+    if on_demand is not None:
+        install_kernel_modules(root, on_demand)
     smoke_test(root)
     say("packing the root filesystem (mksquashfs)")
     make_squashfs(root, out / ROOTFS_FILE)

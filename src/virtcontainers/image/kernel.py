@@ -1,7 +1,8 @@
 """The guest kernel: Debian's linux-image package, unpacked once per version.
 
-The unpacked package is 400 MB; only the ELF vmlinux and the few modules the
-guest loads are kept, under cache_dir/kernels/<package>_<version>-<key>/.
+The unpacked package is 400 MB; only the ELF vmlinux, the few modules the
+initrd loads and the tree of the modules loaded on demand are kept, under
+cache_dir/kernels/<package>_<version>-<key>/.
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ from pathlib import Path
 from virtcontainers.errors import ImageError
 from virtcontainers.image.modules import (
     GUEST_MODULES,
+    ON_DEMAND_MODULES,
+    expand_patterns,
     order_modules,
     parse_modules_builtin,
     parse_modules_dep,
+    plain_module_path,
     read_module,
 )
 from virtcontainers.image.tools import run
 from virtcontainers.image.vmlinux import extract_vmlinux, has_pvh_note
 
 META_PACKAGE = "linux-image-amd64"
+ON_DEMAND_DIR = "lib/modules"
 APT_LISTS = Path("/var/lib/apt/lists")
 Progress = Callable[[str], None]
 
@@ -46,6 +51,7 @@ class KernelPackage:
 class PreparedKernel:
     vmlinux: Path
     modules: tuple[Path, ...]  # plain .ko files, in load order
+    on_demand: Path  # a lib/modules directory: <release>/ with modules.dep and modules.alias
 
 
 def resolve_kernel_package(meta: str = META_PACKAGE) -> KernelPackage:
@@ -128,7 +134,7 @@ def _find_deb(package: KernelPackage, debs_dir: Path) -> Path | None:
 def _kernel_fingerprint() -> str:
     # Only the code that shapes the unpacked kernel: other builder changes
     # must not re-unpack 400 MB.
-    digest = hashlib.sha256(repr(GUEST_MODULES).encode())
+    digest = hashlib.sha256(repr((GUEST_MODULES, ON_DEMAND_MODULES)).encode())
     here = Path(__file__).parent
     for name in ("kernel.py", "modules.py", "vmlinux.py"):
         digest.update((here / name).read_bytes())
@@ -150,7 +156,7 @@ def prepare_kernel(package: KernelPackage, cache_dir: Path, progress: Progress) 
             _unpack_kernel(deb, Path(tmp) / "tree", staged, progress)
             os.rename(staged, final)
     modules = tuple(sorted((final / "modules").glob("*.ko")))
-    return PreparedKernel(final / "vmlinux", modules)
+    return PreparedKernel(final / "vmlinux", modules, final / ON_DEMAND_DIR)
 
 
 def _unpack_kernel(deb: Path, tree: Path, out: Path, progress: Progress) -> None:
@@ -163,17 +169,34 @@ def _unpack_kernel(deb: Path, tree: Path, out: Path, progress: Progress) -> None
     moddir = _single(tree.glob("lib/modules/*"), f"{deb.name} has no lib/modules/<version>")
     progress(f"running depmod for {moddir.name}")
     run(["depmod", "-b", str(tree), moddir.name], "generating modules.dep")
-    ordered = order_modules(
-        GUEST_MODULES,
-        parse_modules_dep((moddir / "modules.dep").read_text()),
-        parse_modules_builtin((moddir / "modules.builtin").read_text()),
-    )
+    deps = parse_modules_dep((moddir / "modules.dep").read_text())
+    builtin = parse_modules_builtin((moddir / "modules.builtin").read_text())
+    ordered = order_modules(GUEST_MODULES, deps, builtin)
     (out / "modules").mkdir()
     for index, rel in enumerate(ordered):
         name = Path(rel).name.split(".ko")[0]
         # The index prefix keeps the load order when init.sh globs *.ko.
         (out / "modules" / f"{index:02d}-{name}.ko").write_bytes(read_module(moddir / rel))
+    progress("indexing the modules loaded on demand")
+    on_demand = order_modules(expand_patterns(ON_DEMAND_MODULES, deps, builtin), deps, builtin)
+    _write_module_tree(moddir, on_demand, out)
     shutil.rmtree(tree)
+
+
+def _write_module_tree(moddir: Path, paths: list[str], root: Path) -> None:
+    """Write `paths` of `moddir`, unpacked, to root/lib/modules/<release>/, and index them.
+
+    busybox modprobe reads the text modules.dep and modules.alias that depmod
+    writes there; the .bin indexes beside them are what kmod's modprobe reads.
+    """
+    release = moddir.name
+    dest = root / ON_DEMAND_DIR / release
+    for rel in paths:
+        target = dest / plain_module_path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_module(moddir / rel))
+    shutil.copyfile(moddir / "modules.builtin", dest / "modules.builtin")
+    run(["depmod", "-b", str(root), release], "indexing the modules loaded on demand")
 
 
 def write_vmlinux(source: Path, dest: Path, progress: Progress) -> None:

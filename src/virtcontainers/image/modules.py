@@ -1,11 +1,14 @@
-"""Pick the kernel modules the guest needs and order them for insmod.
+"""Pick the kernel modules the guest gets: those init.sh loads, and those loaded on demand.
 
 busybox insmod does not resolve dependencies, so the initrd carries the
 modules already sorted: every module after all the modules it depends on.
+The modules loaded on demand sit in the root image with their modules.dep
+and modules.alias, where the kernel's modprobe helper finds them.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import lzma
 import re
@@ -45,6 +48,44 @@ virtio-fs, the networking ones for a virtio-net NIC or for PCIe hot-plug
 slots (a NIC may be hot-plugged later, when the initrd is gone), and ext4's
 for hot-plug slots (a block volume arrives later too)."""
 
+ON_DEMAND_MODULES: tuple[str, ...] = (
+    "bridge",
+    "br_netfilter",
+    "veth",
+    "overlay",
+    "nfnetlink",
+    "nfnetlink_log",
+    "nfnetlink_queue",
+    "nf_tables",
+    "nft_*",
+    "nf_conntrack",
+    "nf_conntrack_netlink",
+    "nf_nat",
+    "nf_log_syslog",
+    "x_tables",
+    "xt_*",
+    "ip_tables",
+    "iptable_*",
+    "ipt_*",
+    "ip6_tables",
+    "ip6table_*",
+    "ip6t_*",
+    "crc32c_generic",
+)
+"""What privileged workloads load (names or fnmatch patterns), as a Linux host
+has it: bridges and veth pairs (CNI plugins, a container engine in the
+container), overlayfs, and the netfilter families that nftables and iptables
+(legacy and nft) ask for: nf_tables with every nft_* expression, conntrack,
+NAT, x_tables with every xt_* match and target, the iptable_*/ip6table_*
+tables, and the loggers and queues LOG, NFLOG and NFQUEUE hand packets to.
+Their dependencies come with them. crc32c_generic: libcrc32c (nf_tables,
+nf_conntrack) asks the crypto API for crc32c by name, which modules.dep does
+not list.
+
+None of them is loaded at boot: they cost only image bytes, which a squashfs
+reads lazily; the kernel loads one through /sbin/modprobe when something asks
+for its family (request_module)."""
+
 _KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 
 
@@ -52,6 +93,11 @@ def module_name(path: str) -> str:
     """Canonical module name of a modules.dep path ("kernel/fs/9p/9p.ko.xz" -> "9p")."""
     base = path.rsplit("/", 1)[-1]
     return _KO_SUFFIX.sub("", base).replace("-", "_")
+
+
+def plain_module_path(path: str) -> str:
+    """Where a modules.dep path lands once unpacked ("kernel/fs/9p.ko.xz" -> "kernel/fs/9p.ko")."""
+    return _KO_SUFFIX.sub(".ko", path)
 
 
 def parse_modules_dep(text: str) -> dict[str, list[str]]:
@@ -68,6 +114,26 @@ def parse_modules_dep(text: str) -> dict[str, list[str]]:
 def parse_modules_builtin(text: str) -> set[str]:
     """Parse modules.builtin into the set of module names compiled into the kernel."""
     return {module_name(line.strip()) for line in text.splitlines() if line.strip()}
+
+
+def expand_patterns(
+    patterns: tuple[str, ...] | list[str], deps: dict[str, list[str]], builtin: set[str]
+) -> list[str]:
+    """The names of the modules in modules.dep that match `patterns`, sorted.
+
+    A pattern is a module name or an fnmatch pattern over module names.
+    Built-in modules match no module (they need no loading). Raises:
+        ImageError: a pattern matches neither a module nor a built-in.
+    """
+    names = sorted({module_name(path) for path in deps})
+    matched: set[str] = set()
+    for pattern in patterns:
+        canonical = pattern.replace("-", "_")
+        found = fnmatch.filter(names, canonical)
+        if not found and not fnmatch.filter(builtin, canonical):
+            raise ImageError(f"kernel module {pattern} is neither built in nor in modules.dep")
+        matched.update(found)
+    return sorted(matched)
 
 
 def order_modules(

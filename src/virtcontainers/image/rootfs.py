@@ -1,4 +1,5 @@
-"""The guest's read-only root: Python, the agent, crun and busybox, in a squashfs.
+"""The guest's read-only root: Python, the agent, crun, busybox and the kernel
+modules loaded on demand, in a squashfs.
 
 Only what the agent uses goes in: the stdlib modules `modulefinder` finds from
 the agent's start stub, through the whole agent package (run under the guest's
@@ -145,6 +146,14 @@ def stage_root(root: Path, busybox: Path, agent: AgentSources, progress: Progres
     progress("precompiling Python bytecode")
     _compile(root, python)
     pack_agent(root / AGENT_DIR)
+
+
+def install_kernel_modules(root: Path, tree: Path) -> None:
+    """Put the modules loaded on demand (a lib/modules directory) in the guest root,
+    and busybox's modprobe where the kernel runs it: its usermode helper is
+    /sbin/modprobe (/proc/sys/kernel/modprobe), and the applets are in /usr/bin."""
+    shutil.copytree(tree, root / "usr/lib/modules", symlinks=True)
+    (root / "usr/sbin/modprobe").symlink_to("../bin/busybox")
 
 
 def _make_skeleton(root: Path) -> None:
