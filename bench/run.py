@@ -22,10 +22,13 @@
   them (KSM turned on for the measurement only, its settings restored);
 - network (bench/network.py): TCP throughput and round trips from a client
   namespace to a container of a pod on a veth, against the same server in a
-  plain namespace.
+  plain namespace;
+- cri (bench/cri.py): containerd's CRI plugin starting a pod through
+  containerd-shim-vc-v2 to its container's first output, cold and templated,
+  and an idle CRI pod's host PSS beside an idle bare VM's.
 
-Writes bench/results.json (``--only timings``, ``--only network`` or
-``--only density`` updates those figures and keeps the rest).  This machine
+Writes bench/results.json (``--only timings``, ``--only network``,
+``--only density`` or ``--only cri`` updates those figures and keeps the rest).  This machine
 is noisy: read the ratios.
 """
 
@@ -44,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cri
 import density
 import ksm
 import network
@@ -241,10 +245,23 @@ def run_density(args: argparse.Namespace, rootfs: Path, facts: dict[str, Any]) -
     return figures
 
 
+def run_cri(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
+    """Kubernetes' path: CRI pod starts through the shim, and an idle CRI pod's memory."""
+    kernel = find_image().kernel
+    with tempfile.TemporaryDirectory(prefix="vc-bench-") as tmp:
+        initrd = Path(tmp) / "idle.img"
+        bare_initrd(initrd, idle=True)
+        figures = cri.measure(rootfs, kernel, initrd, args.runs)
+    cri.report(figures)
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--only", choices=["timings", "network", "density", "ksm"], help="run only this part"
+        "--only",
+        choices=["timings", "network", "density", "ksm", "cri"],
+        help="run only this part",
     )
     parser.add_argument("--ksm-pods", type=int, default=5, help="idle cold pods for KSM")
     parser.add_argument("--runs", type=int, default=5, help="runs of each figure")
@@ -294,6 +311,13 @@ def main() -> int:
         ratios["ksm_pss_with_over_without"] = results["ksm"]["ratio_with_over_without"]
         for line in ksm.report(results["ksm"]):
             print(line)
+    if args.only in (None, "cri"):
+        results["cri"] = run_cri(args, rootfs)
+        ratios["cri_templated_over_cold"] = results["cri"]["templated_over_cold"]
+        for kind in ("cold", "templated"):
+            ratios[f"cri_idle_{kind}_pss_over_bare_vm"] = results["cri"][f"idle_pss_{kind}"][
+                "over_bare"
+            ]
     results["machine"] = facts
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
