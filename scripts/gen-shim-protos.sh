@@ -55,7 +55,13 @@ unpacked() {
     if [ ! -d "$dir" ]; then
         local work
         work=$(mktemp -d)
-        (cd "$work" && apt-get download -qq "$pkg=$version" 2>/dev/null)
+        # Stale lists can name a version the mirror no longer serves: refresh once.
+        if ! (cd "$work" && apt-get download -qq "$pkg=$version" 2>/dev/null); then
+            apt-get update -qq
+            version=$(version_of "$pkg")
+            dir="$cache/${pkg}_${version}"
+            (cd "$work" && apt-get download -qq "$pkg=$version")
+        fi
         mkdir -p "$cache"
         dpkg-deb -x "$work"/*.deb "$work/tree"
         mv "$work/tree" "$dir"

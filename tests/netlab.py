@@ -25,7 +25,9 @@ T = TypeVar("T")
 
 
 def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    done = subprocess.run(["ip", *args], check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
 
 
 @dataclass
