@@ -191,3 +191,26 @@ def _check_exec_timeout(cri: Cri, container_id: str) -> None:
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     left = _exec_sync(cri, container_id, "ps -o args | grep -c '^sleep 4321' || true")
     assert left.stdout == b"0\n", left
+
+
+@pytest.mark.parametrize(
+    ("option", "setting"), [("network", "hostNetwork"), ("ipc", "hostIPC")], ids=str
+)
+def test_a_sandbox_sharing_the_nodes_namespace_is_refused_naming_it(
+    shim_cri_env: CriEnv, option: str, setting: str
+) -> None:
+    """The shim's Create refuses it before any VM boots; nothing is left of it."""
+    cri, pb = shim_cri_env.cri, shim_cri_env.cri.pb
+    config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
+    namespaces = config.linux.security_context.namespace_options
+    setattr(namespaces, option, pb.NODE)
+    request = pb.RunPodSandboxRequest(config=config, runtime_handler=HANDLER)
+    with pytest.raises(grpc.RpcError) as refused:
+        cri.call("RunPodSandbox", request)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value
+    assert f"its pod shares the node's ({setting}: true)" in str(refused.value.details())
+    assert api.list_pods() == []
+    deadline = time.monotonic() + 30
+    while shim_pids(shim_cri_env.containerd.address) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert shim_pids(shim_cri_env.containerd.address) == []
