@@ -50,6 +50,7 @@ from tests.engines.test_cri import (
 )
 from tests.netlab import Lab, ip
 from virtcontainers import api
+from virtcontainers.host.proc import process_usage
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -166,6 +167,7 @@ def test_cri_pod_of_two_containers_in_one_vm_through_the_shim(shim_cri_env: CriE
     assert stats.memory.working_set_bytes.value > 40_000_000, stats
     assert abs(stats.memory.working_set_bytes.value - guest.memory_bytes) < guest.memory_bytes / 10
 
+    _check_pod_stats(shim_cri_env, sandbox_id, pod)
     _check_exec_timeout(cri, ids[1])
 
     for container_id in ids:
@@ -178,6 +180,27 @@ def test_cri_pod_of_two_containers_in_one_vm_through_the_shim(shim_cri_env: CriE
     _assert_nothing_left(shim_cri_env, pod.vm_pid)
     assert _cgroup_dirs(f"{shim_cri_env.cgroup_parent}/{sandbox_id}") == []
     assert shim_pids(shim_cri_env.containerd.address) == []
+
+
+def _check_pod_stats(env: CriEnv, sandbox_id: str, pod: api.PodStatus) -> None:
+    """The pod's figures are its VM's: PodSandboxStats reads the pod's host cgroup,
+    which holds QEMU and the pod daemon, and the sandbox task's Stats (containerd's
+    metrics, `ctr task metrics`) is their PSS, not the pause process's usage."""
+    cri, pb = env.cri, env.cri.pb
+    vm_cgroup = Path(f"/proc/{pod.vm_pid}/cgroup").read_text()
+    assert f":{env.cgroup_parent}/{sandbox_id}\n" in vm_cgroup, vm_cgroup
+    pod_stats = cri.call("PodSandboxStats", pb.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id))
+    assert pod_stats.stats.linux.memory.working_set_bytes.value > 0, pod_stats
+
+    metrics = env.containerd.ctr("tasks", "metrics", sandbox_id)
+    assert metrics.returncode == 0, metrics.stderr
+    line = next(line for line in metrics.stdout.splitlines() if "memory.usage_in_bytes" in line)
+    reported = int(line.split()[-1])
+    processes = [process_usage(pid) for pid in (pod.vm_pid, pod.daemon_pid)]
+    host = sum(usage.pss_bytes for usage in processes if usage is not None)
+    assert abs(reported - host) < host / 5, (reported, host)
+    pause = api.container_stats(sandbox_id, sandbox_id).memory_bytes
+    assert reported > 10 * pause, (reported, pause)
 
 
 def _check_exec_timeout(cri: Cri, container_id: str) -> None:
