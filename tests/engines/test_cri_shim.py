@@ -29,6 +29,7 @@ from tests.engines.containerd import (
     with_vc_shim,
 )
 from tests.engines.images import oci_layout_tar
+from tests.engines.streaming import STDERR, STDIN, STDOUT, ChannelStream, exit_code
 from tests.engines.test_cri import (
     BUSYBOX_IMAGE,
     CNI_PLUGINS,
@@ -37,6 +38,7 @@ from tests.engines.test_cri import (
     CriEnv,
     _assert_nothing_left,
     _cgroup_dirs,
+    _check_memory_update,
     _container_config,
     _exec_sync,
     _missing,
@@ -237,3 +239,62 @@ def test_a_sandbox_sharing_the_nodes_namespace_is_refused_naming_it(
     while shim_pids(shim_cri_env.containerd.address) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert shim_pids(shim_cri_env.containerd.address) == []
+
+
+def test_cri_exec_attach_and_update_through_the_streaming_server(shim_cri_env: CriEnv) -> None:
+    """Exec and Attach as `kubectl exec -i` and `kubectl attach -i` reach them:
+    URLs on containerd's streaming server, spoken to over a websocket."""
+    cri, pb = shim_cri_env.cri, shim_cri_env.cri.pb
+    sandbox_config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
+    sandbox_id, _pod_ip = _run_sandbox(shim_cri_env, sandbox_config)
+    config = _container_config(pb, "echoer", 'while read line; do echo "echo:$line"; done')
+    config.stdin = True
+    create = pb.CreateContainerRequest(
+        pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config
+    )
+    container_id = cri.call("CreateContainer", create).container_id
+    cri.call("StartContainer", pb.StartContainerRequest(container_id=container_id))
+    [pod] = api.list_pods()
+
+    script = 'read line; echo "got $line"; echo err >&2; exit 3'
+    exec_request = pb.ExecRequest(
+        container_id=container_id, cmd=["sh", "-c", script], stdin=True, stdout=True, stderr=True
+    )
+    stream = _stream(shim_cri_env, cri.call("Exec", exec_request).url)
+    stream.send(STDIN, b"hello\n")
+    assert exit_code(stream.finish()) == 3
+    assert (stream.received[STDOUT], stream.received[STDERR]) == (b"got hello\n", b"err\n")
+
+    terminal = pb.ExecRequest(
+        container_id=container_id,
+        cmd=["sh", "-c", 'tty; read line; echo "got $line"'],
+        tty=True,
+        stdin=True,
+        stdout=True,
+    )
+    stream = _stream(shim_cri_env, cri.call("Exec", terminal).url)
+    stream.send(STDIN, b"there\n")
+    assert exit_code(stream.finish()) == 0
+    assert b"/dev/pts/" in stream.received[STDOUT], stream.received
+    assert b"got there\r\n" in stream.received[STDOUT], stream.received
+
+    attach = pb.AttachRequest(container_id=container_id, stdin=True, stdout=True, stderr=True)
+    stream = _stream(shim_cri_env, cri.call("Attach", attach).url)
+    stream.send(STDIN, b"ping\n")
+    assert stream.read_until(STDOUT, b"echo:ping\n") == b"echo:ping\n"
+    stream.close()
+    status = cri.call("ContainerStatus", pb.ContainerStatusRequest(container_id=container_id))
+    assert status.status.state == pb.CONTAINER_RUNNING  # detaching leaves it running
+
+    _check_memory_update(cri, container_id)
+
+    cri.call("StopContainer", pb.StopContainerRequest(container_id=container_id, timeout=5))
+    cri.call("RemoveContainer", pb.RemoveContainerRequest(container_id=container_id))
+    cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    _assert_nothing_left(shim_cri_env, pod.vm_pid)
+
+
+def _stream(env: CriEnv, url: str) -> ChannelStream:
+    """A session with the streaming server, which listens in containerd's namespace."""
+    return ChannelStream.open(url, env.netns)
