@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import grpc
 import pytest
@@ -298,3 +300,85 @@ def test_cri_exec_attach_and_update_through_the_streaming_server(shim_cri_env: C
 def _stream(env: CriEnv, url: str) -> ChannelStream:
     """A session with the streaming server, which listens in containerd's namespace."""
     return ChannelStream.open(url, env.netns)
+
+
+def test_pods_outlive_a_containerd_restart_and_a_killed_shim_is_cleaned_up(
+    shim_cri_env: CriEnv,
+) -> None:
+    """containerd stopped (SIGTERM) and started again on its root and state finds
+    the pod through each bundle's shim address: the same shim, the same VM, its
+    containers running and answering, exit codes kept from before and seen after.
+    Then the shim is killed: containerd's `delete` leaves no pod behind, and
+    removing the sandbox leaves no QEMU, tap, namespace or mount."""
+    cri, pb = shim_cri_env.cri, shim_cri_env.cri.pb
+    containerd = shim_cri_env.containerd
+    sandbox_config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
+    sandbox_id, _pod_ip = _run_sandbox(shim_cri_env, sandbox_config)
+    quitter, worker = (
+        cri.call(
+            "CreateContainer",
+            pb.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id,
+                config=_container_config(pb, name, script),
+                sandbox_config=sandbox_config,
+            ),
+        ).container_id
+        for name, script in (
+            ("quitter", "exit 7"),
+            ("worker", "trap 'exit 5' TERM; while true; do sleep 0.2; done"),
+        )
+    )
+    for container_id in (quitter, worker):
+        cri.call("StartContainer", pb.StartContainerRequest(container_id=container_id))
+    assert _exited(cri, quitter).exit_code == 7
+    [pod] = api.list_pods()
+    [shim] = shim_pids(containerd.address)
+
+    containerd.restart()
+    _wait_for_cri(cri)
+
+    assert shim_pids(containerd.address) == [shim]
+    assert api.pod_status(sandbox_id).vm_pid == pod.vm_pid
+    sandbox = cri.call("PodSandboxStatus", pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id))
+    assert sandbox.status.state == pb.SANDBOX_READY
+    assert _status(cri, worker).status.state == pb.CONTAINER_RUNNING
+    assert _exited(cri, quitter).exit_code == 7
+    executed = _exec_sync(cri, worker, "echo still here")
+    assert (executed.exit_code, executed.stdout) == (0, b"still here\n")
+    cri.call("StopContainer", pb.StopContainerRequest(container_id=worker, timeout=30))
+    assert _exited(cri, worker).exit_code == 5  # its TaskExit reached the new containerd
+
+    os.kill(shim, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while api.list_pods() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert api.list_pods() == [], containerd.log_tail()
+    cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    _assert_nothing_left(shim_cri_env, pod.vm_pid)
+    assert shim_pids(containerd.address) == []
+
+
+def _wait_for_cri(cri: Cri, timeout: float = 60) -> None:
+    """Until the CRI plugin of a restarted containerd has recovered its pods."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cri.call("Status", cri.pb.StatusRequest(), timeout=10)
+            return
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, "the CRI plugin did not come back"
+            time.sleep(0.5)
+
+
+def _status(cri: Cri, container_id: str) -> Any:
+    return cri.call("ContainerStatus", cri.pb.ContainerStatusRequest(container_id=container_id))
+
+
+def _exited(cri: Cri, container_id: str, timeout: float = 60) -> Any:
+    """The container's status once it has exited."""
+    deadline = time.monotonic() + timeout
+    while (status := _status(cri, container_id).status).state != cri.pb.CONTAINER_EXITED:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    return status
