@@ -54,6 +54,7 @@ from tests.engines.test_cri import (
 )
 from tests.netlab import Lab, ip
 from virtcontainers import api
+from virtcontainers.factory.templates import Factory, init_template
 from virtcontainers.host.proc import process_usage
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -382,3 +383,33 @@ def _exited(cri: Cri, container_id: str, timeout: float = 60) -> Any:
         assert time.monotonic() < deadline, status
         time.sleep(0.5)
     return status
+
+
+def test_a_sandbox_clones_a_template_that_fits(shim_cri_env: CriEnv) -> None:
+    """The shim's pods start as `virtc run` ones do (boot "auto"): a CRI pod of the
+    default size is a clone once `virtc factory init` has made its template."""
+    cri, pb = shim_cri_env.cri, shim_cri_env.cri.pb
+    factory = Factory()  # under the run root, where the shim's pods look
+    template, _removed = init_template(1, 512, factory=factory)
+    try:
+        sandbox_config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
+        sandbox_id, pod_ip = _run_sandbox(shim_cri_env, sandbox_config)
+        pod = api.pod_status(sandbox_id)
+        assert pod.template == template.key
+        create = pb.CreateContainerRequest(
+            pod_sandbox_id=sandbox_id,
+            config=_container_config(pb, "worker", "exec sleep 1000000"),
+            sandbox_config=sandbox_config,
+        )
+        container_id = cri.call("CreateContainer", create).container_id
+        cri.call("StartContainer", pb.StartContainerRequest(container_id=container_id))
+        executed = _exec_sync(cri, container_id, "hostname; ip -o -4 addr show eth0")
+        assert executed.exit_code == 0, executed
+        assert executed.stdout.startswith(b"vc-pod\n"), executed  # the clone's own identity
+        assert f"inet {pod_ip}/".encode() in executed.stdout, executed  # its CNI address
+
+        cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        _assert_nothing_left(shim_cri_env, pod.vm_pid)
+    finally:
+        factory.destroy()
