@@ -43,6 +43,8 @@ class Containerd:
     env: dict[str, str]
     namespace: str = "vctest"
     """The containerd namespace `ctr` works in (the CRI plugin's is k8s.io)."""
+    netns: str | None = None
+    daemon: subprocess.Popen[bytes] | None = None
 
     def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         argv = ["ctr", "--address", self.address, "--namespace", self.namespace, *args]
@@ -51,6 +53,39 @@ class Containerd:
     def log_tail(self, size: int = 4000) -> str:
         path = self.base / "containerd.log"
         return path.read_text(errors="replace")[-size:] if path.exists() else ""
+
+    def start(self) -> None:
+        """Start containerd on :attr:`base` (its config, root and state); wait until it answers."""
+        prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
+        with (self.base / "containerd.log").open("a") as log:
+            self.daemon = subprocess.Popen(
+                [*prefix, "containerd", "--config", str(self.base / "config.toml")],
+                stdout=log,
+                stderr=log,
+                env=self.env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while self.ctr("version").returncode != 0:
+            assert self.daemon.poll() is None, self.log_tail()
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM to containerd alone, as a service manager stops it: its shims
+        (sessions of their own) and their tasks keep running."""
+        assert self.daemon is not None
+        self.daemon.terminate()
+        try:
+            self.daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            self.daemon.wait()
+
+    def restart(self) -> None:
+        """Stop containerd and start it again on the same root and state."""
+        self.stop()
+        self.start()
 
 
 def config_toml(base: Path, address: str, plugins: str = "", cgroups: bool = False) -> str:
@@ -86,36 +121,24 @@ def running_containerd(
     base = short_temp_dir("vcctd-")  # its ttrpc socket path must fit in 104 bytes
     address = str(base / "containerd.sock")
     (base / "config.toml").write_text(config_toml(base, address, plugins, cgroups))
-    prefix = ["nsenter", f"--net={netns}"] if netns else []
-    log = (base / "containerd.log").open("w")
-    daemon = subprocess.Popen(
-        [*prefix, "containerd", "--config", str(base / "config.toml")],
-        stdout=log,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-    )
-    engine = Containerd(base, address, env, namespace)
+    engine = Containerd(base, address, env, namespace, netns)
     try:
-        deadline = time.monotonic() + 30
-        while engine.ctr("version").returncode != 0:
-            assert daemon.poll() is None, engine.log_tail()
-            assert time.monotonic() < deadline, "containerd did not start"
-            time.sleep(0.2)
+        engine.start()
         yield engine
     finally:
+        daemon = engine.daemon
         try:
-            if before_stop is not None and daemon.poll() is None:
+            if before_stop is not None and daemon is not None and daemon.poll() is None:
                 before_stop(engine)
         finally:
             _remove_tasks(engine)
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
-            log.close()
+            if daemon is not None:
+                os.killpg(daemon.pid, signal.SIGTERM)
+                try:
+                    daemon.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(daemon.pid, signal.SIGKILL)
+                    daemon.wait()
             _end_shims(address)
             unmount_under(base)
             shutil.rmtree(base, ignore_errors=True)

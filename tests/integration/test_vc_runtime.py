@@ -40,6 +40,8 @@ def bundle(
     spec["process"]["args"] = args
     spec["root"] = {"path": str(rootfs), "readonly": False}
     spec["annotations"] = annotations or {}
+    if spec["annotations"].get(CRI_TYPE) == "sandbox":
+        spec["linux"]["namespaces"].append({"type": "network"})  # not the node's (hostNetwork)
     if sandbox_pid is not None:
         for namespace in spec["linux"]["namespaces"]:
             if namespace["type"] in ("ipc", "uts"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,13 +19,8 @@ from prometheus_client.registry import Collector
 from virtcontainers import api
 from virtcontainers.agent.results import ContainerStats
 from virtcontainers.errors import VcError
-from virtcontainers.host.proc import CLOCK_TICKS, pss_kib, stat_fields
+from virtcontainers.host.proc import ProcessUsage, process_usage
 from virtcontainers.states import ContainerState, PodState
-
-
-class ProcessUsage(NamedTuple):
-    pss_bytes: int
-    cpu_seconds: float
 
 
 @dataclass(frozen=True)
@@ -43,20 +37,6 @@ class PodUsage:
     @property
     def cpu_seconds(self) -> float:
         return sum(p.cpu_seconds for p in (self.vm, self.daemon) if p is not None)
-
-
-def process_usage(pid: int | None) -> ProcessUsage | None:
-    """PSS and CPU time of a process, or None if it is gone (or not ours to read)."""
-    if pid is None:
-        return None
-    pss = pss_kib(pid)
-    try:
-        fields = stat_fields(pid)
-        if pss is None or fields is None:
-            return None
-        return ProcessUsage(pss * 1024, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def pod_usage(pod: api.PodStatus) -> PodUsage:

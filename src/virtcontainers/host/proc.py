@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import NamedTuple
 
 from virtcontainers.records import ProcessRef
 
@@ -38,6 +39,34 @@ def pss_kib(pid: int) -> int | None:
         with open(f"/proc/{pid}/smaps_rollup") as rollup:
             return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
     except (OSError, StopIteration, IndexError, ValueError):
+        return None
+
+
+class ProcessUsage(NamedTuple):
+    """What a host process costs: its PSS (pages shared with other processes,
+    a template's clones among them, split between them) and its CPU time."""
+
+    pss_bytes: int
+    user_seconds: float
+    system_seconds: float
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.user_seconds + self.system_seconds
+
+
+def process_usage(pid: int | None) -> ProcessUsage | None:
+    """PSS and CPU time of a process, or None if it is gone (or not ours to read)."""
+    if pid is None:
+        return None
+    pss = pss_kib(pid)
+    try:
+        fields = stat_fields(pid)
+        if pss is None or fields is None:
+            return None
+        user, system = (int(fields[i]) / CLOCK_TICKS for i in (11, 12))
+        return ProcessUsage(pss * 1024, user, system)
+    except (OSError, IndexError, ValueError):
         return None
 
 

@@ -15,9 +15,14 @@ from virtcontainers.cgroupconfig import CgroupConfig
 from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources
 from virtcontainers.errors import ConfigError, RuntimeSpecError
 from virtcontainers.ids import validate_id
-from virtcontainers.oci._json import Loc, obj
+from virtcontainers.oci._json import Loc, obj, opt_obj
 from virtcontainers.oci.annotations import DEFAULT_CPU_PERIOD, PodRole, pod_role, vm_size
-from virtcontainers.oci.namespaces import NamespacePath, Peer, resolve
+from virtcontainers.oci.namespaces import (
+    NamespacePath,
+    Peer,
+    refuse_node_namespaces,
+    resolve,
+)
 from virtcontainers.oci.translate import translate_process, translate_spec
 
 CONFIG_FILE = "config.json"
@@ -188,6 +193,8 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     loc = Loc(CONFIG_FILE)
     translation = translate_spec(spec, loc, bundle)
     role, sandbox_id = pod_role(translation.annotations, loc)
+    if role is PodRole.SANDBOX:
+        refuse_node_namespaces(translation.namespace_kinds, loc.key("linux").key("namespaces"))
     warnings = translation.warnings
     vcpus, memory = vm_size(
         spec, translation.annotations, role, loc, warnings, translation.cpus_needed
@@ -210,6 +217,18 @@ def load_bundle(bundle_dir: Path) -> Bundle:
         netns=translation.netns,
         namespace_paths=tuple(translation.namespace_paths),
     )
+
+
+def read_role(bundle_dir: Path) -> tuple[PodRole, str | None]:
+    """The bundle's CRI role and sandbox id, from its annotations alone.
+
+    What a containerd shim's ``start`` and ``delete`` need: they must not
+    refuse a spec, so that Create refuses it as the task's own error.
+    Raises RuntimeSpecError if config.json or its annotations cannot be read.
+    """
+    loc = Loc(CONFIG_FILE)
+    spec = _read_spec(Path(bundle_dir).absolute() / CONFIG_FILE)
+    return pod_role(opt_obj(spec, "annotations", loc), loc)
 
 
 def process_from_json(process: Mapping[str, Any], where: str) -> Cmd:

@@ -16,12 +16,16 @@ Network paths are the exception: a path that names no container of the
 runtime is the pod's network namespace (the VM is put on it, see
 translate.py), so only ``/proc/<pid>/ns/net`` paths are looked up, and a
 container found there only decides which pod the container joins.
+
+A namespace left out is the runtime's own, the node's.  A CRI sandbox
+leaves out those its pod shares with the node (:func:`refuse_node_namespaces`),
+which a VM cannot share.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,6 +44,17 @@ PROC_NAMES = {
     "time": "time",
 }
 _PROC_NS = re.compile(r"/proc/([1-9][0-9]{0,9})/ns/([a-z_]+)")
+#: Namespace type -> (the pod setting that leaves it out of a CRI sandbox, why a VM cannot).
+NODE_SETTINGS = {
+    "network": (
+        "hostNetwork",
+        "the pod's network is its VM's, which has its own interfaces and cannot use the node's",
+    ),
+    "ipc": (
+        "hostIPC",
+        "the pod's System V IPC and POSIX message queues are its guest kernel's, not the node's",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,23 @@ def parse_path(kind: str, path: str, loc: Loc) -> NamespacePath:
     if name != PROC_NAMES[kind]:
         raise loc.error(f"{path} is a namespace of type {name!r}, but this entry is {kind!r}")
     return NamespacePath(kind=kind, pid=pid, path=path, where=str(loc))
+
+
+def refuse_node_namespaces(kinds: Collection[str], loc: Loc) -> None:
+    """Refuse a CRI sandbox that shares the node's network or IPC namespace.
+
+    containerd and CRI-O give a pod's sandbox a namespace of every type the pod
+    does not share with the node, and leave out the ones it does.  ``kinds``
+    are the sandbox's namespace types, ``loc`` is ``linux.namespaces``.
+    Raises RuntimeSpecError naming the pod's setting.
+    """
+    for kind, (setting, reason) in NODE_SETTINGS.items():
+        if kind not in kinds:
+            raise loc.error(
+                f"this CRI sandbox has no {kind} namespace: its pod shares the node's "
+                f"({setting}: true), which a pod in a VM cannot do: {reason}. Run the pod "
+                f"without {setting}, or with a runtime handler that does not make a VM (runc)"
+            )
 
 
 def resolve(

@@ -72,6 +72,8 @@ class Translation:
     """The network namespace the spec names by path: the pod's network."""
     namespace_paths: list[NamespacePath] = field(default_factory=list)
     """Namespace paths, to be resolved to containers of the runtime (namespaces.py)."""
+    namespace_kinds: frozenset[str] = frozenset()
+    """The types of ``linux.namespaces``: one left out is the runtime's own, the node's."""
     cpus_needed: int = 0
     """vCPUs that ``linux.resources.cpu.cpus`` needs the VM to have (0: no cpuset)."""
 
@@ -191,7 +193,8 @@ def _bind_options(
                 .index(i)
                 .error(
                     f"{option!r}: mounts made in the container cannot propagate back to the host "
-                    f"across the VM boundary (the bind of {source} on {destination})"
+                    f"across the VM boundary (the bind of {source} on {destination}; "
+                    "Kubernetes' mountPropagation: Bidirectional)"
                 )
             )
         elif option not in MOUNT_OPTIONS:
@@ -378,6 +381,7 @@ class LinuxSection:
 
     guest: dict[str, Any]
     namespace_paths: list[NamespacePath] = field(default_factory=list)
+    namespace_kinds: frozenset[str] = frozenset()
     cpus_needed: int = 0
 
 
@@ -391,6 +395,7 @@ def translate_linux(
         out["namespaces"] = _namespaces(
             out["namespaces"], loc.key("namespaces"), section.namespace_paths
         )
+        section.namespace_kinds = frozenset(ns["type"] for ns in out["namespaces"])
     listed = out.get("devices")
     devices = _devices(listed, loc.key("devices")) if listed is not None else []
     paths = {device["path"] for device in devices}
@@ -532,6 +537,7 @@ def translate_spec(spec: Mapping[str, Any], loc: Loc, bundle_dir: Path) -> Trans
         warnings=warnings,
         netns=_network_path(spec, loc),
         namespace_paths=linux.namespace_paths,
+        namespace_kinds=linux.namespace_kinds,
         cpus_needed=linux.cpus_needed,
     )
 

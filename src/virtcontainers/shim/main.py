@@ -122,9 +122,9 @@ def _write_address(bundle: Path, address: str) -> None:
 
 def start(flags: Flags) -> str:
     """The address of the shim for this task, spawning one if the task owns its pod."""
-    bundle = oci.load_bundle(flags.bundle)
-    owns_pod = bundle.role is not oci.PodRole.CONTAINER
-    pod_id = flags.id if bundle.sandbox_id is None else bundle.sandbox_id
+    role, sandbox_id = oci.read_role(flags.bundle)
+    owns_pod = role is not oci.PodRole.CONTAINER
+    pod_id = flags.id if sandbox_id is None else sandbox_id
     path = socket_path(flags.address, flags.namespace, pod_id)
     if not owns_pod:
         if not _listening(path):
@@ -177,12 +177,12 @@ def _spawn_server(flags: Flags, path: Path) -> None:
 def delete(flags: Flags) -> bytes:
     """Clean up what the task's dead shim left; the DeleteResponse containerd reads."""
     try:
-        bundle = oci.load_bundle(flags.bundle)
+        role, sandbox_id = oci.read_role(flags.bundle)
     except VcError as exc:
         log.warning("%s: cannot read the bundle to clean up after it: %s", flags.id, exc)
     else:
-        _remove_from_pod(flags.id, bundle)
-        if bundle.role is not oci.PodRole.CONTAINER:
+        _remove_from_pod(flags.id, role, sandbox_id)
+        if role is not oci.PodRole.CONTAINER:
             _remove_dead_socket(socket_path(flags.address, flags.namespace, flags.id))
     unmount_rootfs(flags.bundle)
     response = task.DeleteResponse(exit_status=KILLED_EXIT, exited_at=timestamp(time.time_ns()))
@@ -195,12 +195,11 @@ def _remove_dead_socket(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _remove_from_pod(container_id: str, bundle: oci.Bundle) -> None:
-    if bundle.role is not oci.PodRole.CONTAINER:
+def _remove_from_pod(container_id: str, role: oci.PodRole, pod_id: str | None) -> None:
+    if role is not oci.PodRole.CONTAINER:
         with contextlib.suppress(NotFoundError):
-            api.delete_pod(bundle.sandbox_id or container_id, force=True)
+            api.delete_pod(pod_id or container_id, force=True)
         return
-    pod_id = bundle.sandbox_id
     assert pod_id is not None
     with contextlib.suppress(NotFoundError, StateError):
         api.kill_container(pod_id, container_id, signal.SIGKILL, all_processes=True)

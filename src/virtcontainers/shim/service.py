@@ -40,7 +40,7 @@ from virtcontainers.shim import specs
 from virtcontainers.shim.fifos import Fifos, StdinHold, open_fifos
 from virtcontainers.shim.protos import events, task, task_types
 from virtcontainers.shim.rootfs import Mount, mount_rootfs, unmount_rootfs
-from virtcontainers.shim.stats import metrics
+from virtcontainers.shim.stats import metrics, vm_usage
 from virtcontainers.shim.ttrpc import CallContext, Code, Method, TtrpcError, unary
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState
@@ -111,11 +111,15 @@ class Task:
     id: str
     bundle: Path
     pod_id: str
-    owns_pod: bool
-    """The sandbox's (or a standalone container's) task: the pod goes with it."""
+    role: oci.PodRole
     spec: Mapping[str, Any]
     init: Process
     execs: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def owns_pod(self) -> bool:
+        """The sandbox's (or a standalone container's) task: the pod goes with it."""
+        return self.role is not oci.PodRole.CONTAINER
 
     def hooks(self, stage: str, status: str) -> None:
         state = {
@@ -282,11 +286,10 @@ class TaskService:
         for warning in bundle.warnings:
             log.warning("%s: %s", container_id, warning)
         config = bundle.container_config(container_id)
-        owns_pod = bundle.role is not oci.PodRole.CONTAINER
         pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
-        if owns_pod:
+        made = Task(container_id, bundle.path, pod_id, bundle.role, bundle.spec, init)
+        if made.owns_pod:
             api.run_pod(bundle.pod_config(pod_id))
-        made = Task(container_id, bundle.path, pod_id, owns_pod, bundle.spec, init)
         try:
             stdio, init.stdin = open_fifos(init.fifos)
             try:
@@ -497,8 +500,12 @@ class TaskService:
         )
 
     async def stats(self, request: task.StatsRequest, _context: CallContext) -> Message:
+        """A container's usage in the guest; a CRI sandbox's is its pod's VM's."""
         owner = self._task(request.id)
         usage = await self._api(api.container_stats, owner.pod_id, owner.id)
+        if owner.role is oci.PodRole.SANDBOX:
+            pod = await self._api(api.pod_status, owner.pod_id)
+            usage = await asyncio.to_thread(vm_usage, pod, usage)
         return task.StatsResponse(stats=metrics(usage, self.cgroup_v2))
 
     async def update(self, request: task.UpdateTaskRequest, _context: CallContext) -> Message:

@@ -151,6 +151,15 @@ def test_bind_options_that_cannot_be_applied_are_refused(
     assert str(caught.value).startswith("config.json: " + message)
 
 
+def test_a_bidirectional_bind_names_the_kubernetes_setting(tmp_path: Path) -> None:
+    """The CRI's mountPropagation: Bidirectional is an rshared bind (and rootfs)."""
+    (tmp_path / "vol").mkdir()
+    bind = {"destination": "/v", "type": "bind", "source": "vol", "options": ["rbind", "rshared"]}
+    with pytest.raises(RuntimeSpecError) as caught:
+        load(tmp_path, mounts=[bind])
+    assert str(caught.value).endswith("on /v; Kubernetes' mountPropagation: Bidirectional)")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from virtcontainers.errors import RuntimeSpecError
-from virtcontainers.oci import Bundle, PodRole, load_bundle
+from virtcontainers.oci import Bundle, PodRole, load_bundle, read_role
 from virtcontainers.oci.namespaces import Peer
 
 CONTAINERS = {
@@ -118,7 +118,8 @@ def test_a_host_network_namespace_stays_the_pods(tmp_path: Path) -> None:
         ([{"type": "ipc", "path": "/proc/100/ns/ipc"}, {"type": "uts", "path": "/proc/200/ns/uts"}],
          {}, "linux.namespaces[1].path: /proc/200/ns/uts is the uts namespace of container "
          "other, which runs in pod other, not in pod sb"),
-        ([{"type": "ipc", "path": "/proc/101/ns/ipc"}], SANDBOX,
+        ([{"type": "ipc", "path": "/proc/101/ns/ipc"},
+          {"type": "network", "path": "/run/netns/cni-1"}], SANDBOX,
          "linux.namespaces[0].path: /proc/101/ns/ipc is the ipc namespace of container app "
          "(pod sb), but this bundle is a sandbox, which makes a new pod: it cannot join another "
          "pod's namespaces"),
@@ -146,3 +147,61 @@ def test_a_time_namespace_can_be_joined(tmp_path: Path) -> None:
     bundle = load(tmp_path, [{"type": "time", "path": "/proc/101/ns/time"}], MEMBER)
     config = bundle.resolve_namespaces(CONTAINERS.get).container_config("c")
     assert dict(config.join_namespaces) == {"time": "app"}
+
+
+CRIO_SANDBOX = {
+    "io.kubernetes.cri-o.ContainerType": "sandbox",
+    "io.kubernetes.cri-o.SandboxID": "sb",
+}
+POD_NETWORK = {"type": "network", "path": "/run/netns/cni-1"}
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "annotations", "setting"),
+    [
+        ([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}], SANDBOX, "hostNetwork"),
+        ([{"type": "ipc"}], CRIO_SANDBOX, "hostNetwork"),
+        ([{"type": "pid"}, {"type": "uts"}, POD_NETWORK], SANDBOX, "hostIPC"),
+        ([], SANDBOX, "hostNetwork"),
+    ],
+    ids=["containerd-host-network", "crio-host-network", "host-ipc", "none"],
+)
+def test_a_cri_sandbox_sharing_the_nodes_namespaces_is_refused_naming_the_setting(
+    tmp_path: Path, namespaces: list[dict[str, str]], annotations: dict[str, str], setting: str
+) -> None:
+    """The CRI leaves out of a sandbox the namespaces its pod shares with the node."""
+    with pytest.raises(RuntimeSpecError) as caught:
+        load(tmp_path, namespaces, annotations)
+    kind = "network" if setting == "hostNetwork" else "ipc"
+    assert str(caught.value).startswith(
+        f"config.json: linux.namespaces: this CRI sandbox has no {kind} namespace: its pod "
+        f"shares the node's ({setting}: true), which a pod in a VM cannot do: "
+    )
+    assert str(caught.value).endswith(
+        f"Run the pod without {setting}, or with a runtime handler that does not make a VM (runc)"
+    )
+
+
+def test_a_cri_sandbox_with_its_own_network_and_ipc_is_accepted(tmp_path: Path) -> None:
+    bundle = load(tmp_path, [{"type": "ipc"}, {"type": "uts"}, POD_NETWORK], SANDBOX)
+    assert bundle.role is PodRole.SANDBOX
+    assert bundle.pod_config("sb").netns == "/run/netns/cni-1"
+
+
+def test_a_bundle_outside_the_cri_without_a_network_namespace_has_a_pod_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """vc-runtime's own spec leaves the network out (the VM is the boundary), as podman's
+    --network host does: nothing tells them apart, and the VM gets loopback only."""
+    bundle = load(tmp_path, [{"type": "ipc"}, {"type": "mount"}])
+    assert bundle.role is PodRole.STANDALONE
+    assert bundle.pod_config("p").netns is None
+
+
+def test_a_refused_sandboxs_role_can_still_be_read(tmp_path: Path) -> None:
+    """A containerd shim's start and delete need the role alone: Create refuses."""
+    with pytest.raises(RuntimeSpecError, match="hostNetwork"):
+        load(tmp_path, [], SANDBOX)
+    assert read_role(tmp_path) == (PodRole.SANDBOX, "sb")
+    load(tmp_path, [], MEMBER)  # a CRI container's namespaces are its sandbox's
+    assert read_role(tmp_path) == (PodRole.CONTAINER, "sb")

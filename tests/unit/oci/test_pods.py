@@ -13,6 +13,8 @@ from virtcontainers.errors import RuntimeSpecError
 from virtcontainers.oci import PodRole, load_bundle
 
 HEX = "0123456789abcdef" * 4
+#: A pod's own namespaces, as a CRI sandbox has them (none shared with the node).
+POD_NAMESPACES = [{"type": kind} for kind in ("pid", "ipc", "uts", "mount", "network")]
 
 
 def bundle_with(
@@ -24,9 +26,8 @@ def bundle_with(
         "process": {"args": ["/pause"], "cwd": "/"},
         "hostname": "web-0",
         "annotations": annotations,
+        "linux": {"namespaces": POD_NAMESPACES, **(linux or {})},
     }
-    if linux is not None:
-        spec["linux"] = linux
     (tmp_path / "rootfs").mkdir(exist_ok=True)
     (tmp_path / "config.json").write_text(json.dumps(spec))
     return tmp_path

@@ -23,7 +23,7 @@ def bundle_dir(
         "ociVersion": "1.1.0",
         "root": {"path": "rootfs"},
         "process": {"args": ["true"], "cwd": "/"},
-        "linux": {"resources": resources},
+        "linux": {"resources": resources, "namespaces": [{"type": "ipc"}, {"type": "network"}]},
         "annotations": annotations or {},
     }
     (tmp_path / "rootfs").mkdir(exist_ok=True)

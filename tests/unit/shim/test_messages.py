@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from google.protobuf import any_pb2
 
-from virtcontainers.api import ContainerStats
+from virtcontainers.api import ContainerStats, PodStatus
 from virtcontainers.errors import RuntimeSpecError
+from virtcontainers.host.proc import process_usage
 from virtcontainers.limits import Limits
 from virtcontainers.shim import main, specs, stats
 from virtcontainers.shim.protos import cgroups_v1, cgroups_v2
+from virtcontainers.states import PodState
 
 USAGE = ContainerStats(
     cpu_usage_ns=3_000_000,
@@ -94,6 +97,23 @@ def test_stats_as_cgroup_v2_metrics() -> None:
     assert (decoded.memory.usage, decoded.memory.usage_limit) == (50 << 20, 256 << 20)
     assert decoded.cpu.usage_usec == 3000
     assert decoded.io.usage[0].wbytes == 20
+
+
+def test_a_sandbox_reports_what_its_vm_costs_the_host() -> None:
+    """Its QEMU and daemon (this process twice here), not the guest's pause process."""
+    me = os.getpid()
+    pod = PodStatus("p", PodState.RUNNING, (), "qemu", me, me, None, None, 0.0)
+    own = process_usage(me)
+    assert own is not None
+    usage = stats.vm_usage(pod, USAGE)
+    assert usage.pids == 2
+    assert usage.memory_bytes >= own.pss_bytes * 2 > 0
+    assert usage.cpu_usage_ns == usage.cpu_user_ns + usage.cpu_system_ns
+    assert usage.cpu_usage_ns >= round(own.cpu_seconds * 1e9) * 2 > 0
+    assert (usage.network_rx_bytes, usage.network_tx_bytes) == (30, 40)  # the pod's, from the guest
+    assert (usage.memory_limit_bytes, usage.pids_limit, usage.io_read_bytes) == (0, 0, 0)
+    gone = PodStatus("p", PodState.STOPPED, (), "qemu", None, None, None, None, 0.0)
+    assert stats.vm_usage(gone, USAGE).memory_bytes == 0
 
 
 def test_host_cgroup_kind(tmp_path: Path) -> None:

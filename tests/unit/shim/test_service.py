@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from pathlib import Path
@@ -75,6 +76,41 @@ def test_calls_about_unknown_tasks_checkpoint_and_shutdown(tmp_path: Path) -> No
         )
         assert shutdown.is_set()
         assert published == []
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_create_refuses_a_host_network_sandbox_naming_the_setting(tmp_path: Path) -> None:
+    """Before any VM: the CRI gets INVALID_ARGUMENT and the reason."""
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    spec = {
+        "ociVersion": "1.1.0",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["/pause"], "cwd": "/"},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}]},
+        "annotations": {
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": "sb",
+        },
+    }
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+    async def main() -> None:
+        published: list[Message] = []
+        service = TaskService(published.append, asyncio.Event(), cgroup_v2=False)
+        server = ttrpc.Server()
+        server.register(TASK_SERVICE, service.methods())
+        await server.serve(listener(tmp_path / "s.sock"))
+        client = await ttrpc.Client.connect(tmp_path / "s.sock")
+        create = task.CreateTaskRequest(id="sb", bundle=str(bundle))
+        with pytest.raises(TtrpcError) as refused:
+            await client.call(TASK_SERVICE, "Create", create.SerializeToString())
+        assert refused.value.code is Code.INVALID_ARGUMENT
+        assert "(hostNetwork: true), which a pod in a VM cannot do" in refused.value.detail
+        assert (service.tasks, published) == ({}, [])
         await client.close()
         await server.close()
 
