@@ -15,6 +15,8 @@ import ctypes
 import errno
 import fcntl
 import os
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,22 +37,48 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.setns.restype = ctypes.c_int
 
 
+SO_NETNS_COOKIE = 71
+"""Linux 5.14's socket option: the cookie of the socket's network namespace."""
+
+
 @dataclass(frozen=True)
 class NetnsId:
-    """Which namespace a path names: the nsfs file's device and inode.
+    """Which namespace a path names: the nsfs file's device and inode, and the
+    namespace's cookie.
 
     Recorded with what a pod made, so that a later clean-up never acts on a
     different namespace that has since appeared at the same path (a reused PID
-    in ``/proc/PID/ns/net``, a re-created ``/run/netns/NAME``).
+    in ``/proc/PID/ns/net``, a re-created ``/run/netns/NAME``).  Device and
+    inode tell apart namespaces that exist together, but the kernel hands a
+    freed namespace's inode number to the next one it makes; the cookie is
+    never reused while the host runs.  ``cookie`` is None in a record written
+    before cookies were kept, or on a kernel without them.
     """
 
     dev: int
     ino: int
+    cookie: int | None = None
 
     @classmethod
     def of_fd(cls, fd: int) -> NetnsId:
         st = os.fstat(fd)
-        return cls(st.st_dev, st.st_ino)
+        return cls(st.st_dev, st.st_ino, run_in_netns(fd, _cookie_here))
+
+    def same_namespace(self, other: NetnsId) -> bool:
+        """Whether both name one namespace (by cookie where both have one)."""
+        if self.cookie is None or other.cookie is None:
+            return (self.dev, self.ino) == (other.dev, other.ino)
+        return self == other
+
+
+def _cookie_here() -> int | None:
+    """The cookie of the calling thread's network namespace (None: the kernel has none)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            raw = probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+        except OSError:
+            return None
+    return int.from_bytes(raw, sys.byteorder)
 
 
 def open_netns(path: str) -> int:
@@ -146,7 +174,7 @@ def _refuse_host_namespace(path: str, fd: int) -> None:
             st = os.stat(host)
         except OSError:
             continue  # e.g. PID 1 not visible here: then it is not ours to protect
-        if NetnsId(st.st_dev, st.st_ino) == this:
+        if (st.st_dev, st.st_ino) == (this.dev, this.ino):
             raise ConfigError(
                 "netns",
                 f"{path} is the host's network namespace ({host}); a pod would take over "

@@ -199,7 +199,7 @@ class PodNetwork:
         """Run ``work`` in the pod's namespace, if the path still names that one."""
         fd = open_netns(record.netns)
         try:
-            if NetnsId.of_fd(fd) != record.netns_id:
+            if not record.netns_id.same_namespace(NetnsId.of_fd(fd)):
                 raise NetworkError(
                     record.netns,
                     "the path names another namespace than the one the pod was attached to",
@@ -240,7 +240,7 @@ def _release(record: NetworkRecord, log: logging.Logger) -> None:
         log.debug("nothing to release: %s", exc)
         return
     try:
-        if NetnsId.of_fd(fd) != record.netns_id:
+        if not record.netns_id.same_namespace(NetnsId.of_fd(fd)):
             log.warning("nothing released: %s is now another namespace", record.netns)
             return
         failures = run_in_netns(fd, lambda: _remove_here(record, log))

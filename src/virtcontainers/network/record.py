@@ -34,7 +34,11 @@ class NetworkRecord:
         return {
             "version": VERSION,
             "netns": self.netns,
-            "netns_id": [self.netns_id.dev, self.netns_id.ino],
+            "netns_id": [
+                self.netns_id.dev,
+                self.netns_id.ino,
+                *([] if self.netns_id.cookie is None else [self.netns_id.cookie]),
+            ],
             "taps": list(self.taps),
             "ingress": [{"name": i.name, "index": i.index} for i in self.ingress],
         }
@@ -46,11 +50,11 @@ class NetworkRecord:
             if data["version"] != VERSION:
                 raise ValueError(f"version {data['version']!r}, expected {VERSION}")
             netns_id = _list(data["netns_id"])
-            if len(netns_id) != 2:
-                raise ValueError(f"netns_id {netns_id!r} is not [dev, inode]")
+            if len(netns_id) not in (2, 3):
+                raise ValueError(f"netns_id {netns_id!r} is not [dev, inode(, cookie)]")
             return cls(
                 netns=_str(data["netns"]),
-                netns_id=NetnsId(_int(netns_id[0]), _int(netns_id[1])),
+                netns_id=NetnsId(*(_int(part) for part in netns_id)),
                 taps=tuple(_str(name) for name in _list(data["taps"])),
                 ingress=tuple(_ingress(item) for item in _list(data["ingress"])),
             )

@@ -28,8 +28,9 @@ import pytest
 from tests.netlab import Lab, NetPair, ip, link_of, netlink, snapshot, tun_links
 from virtcontainers.errors import ConfigError, ExistsError, NetworkError, NotFoundError
 from virtcontainers.network.discovery import Interface, Route, discover
-from virtcontainers.network.netns import check_netns
+from virtcontainers.network.netns import NetnsId, check_netns, netns_id
 from virtcontainers.network.podnetwork import Endpoint, PodNetwork, release
+from virtcontainers.network.record import NetworkRecord
 from virtcontainers.network.tap import (
     IFF_NO_PI,
     IFF_TAP,
@@ -545,3 +546,15 @@ def test_tap_names_are_short_stable_and_distinct_per_pod() -> None:
 def test_release_refuses_a_description_it_did_not_write(description: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="network description"):
         release(description)
+
+
+def test_a_namespace_id_tells_apart_a_new_namespace_that_reuses_the_inode(lab: Lab) -> None:
+    """The kernel hands a freed namespace's inode number to the next one: the
+    cookie, never reused, is what tells them apart."""
+    pod = lab.pod()
+    first = netns_id(pod.path)
+    assert first is not None and first.cookie is not None
+    reused = NetnsId(first.dev, first.ino, first.cookie + 1)
+    assert not first.same_namespace(reused)
+    assert first.same_namespace(NetnsId(first.dev, first.ino))  # a record without a cookie
+    assert NetworkRecord.from_json(NetworkRecord(pod.path, first).to_json()).netns_id == first
