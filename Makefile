@@ -15,7 +15,7 @@ PROTO_STAMP := src/virtcontainers/shim/_gen/.stamp
 SHIM_LINK := /usr/local/bin/containerd-shim-vc-v2
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint unit bench bench-density deps image clean shim-link
+.PHONY: demo test lint unit bench bench-density deps image clean shim-link conformance
 
 deps: $(APT_STAMP) $(VENV_STAMP) $(PROTO_STAMP) shim-link
 
@@ -66,6 +66,17 @@ bench: image
 
 bench-density: image
 	$(BIN)/python bench/run.py --only density
+
+# critest, the CRI's conformance suite, against one private containerd with the
+# runc and vc handlers in the same run (docs/conformance.md). CRITEST is a built
+# critest or a cri-tools checkout (tag v1.26.1, built there offline); nothing
+# of cri-tools is fetched or kept here. Logs and JUnit reports go to CONFORMANCE_RESULTS.
+CONFORMANCE_RESULTS ?= /tmp/vc-conformance-results
+conformance: image
+	@test -n "$(CRITEST)" || { echo "make conformance CRITEST=PATH: a critest binary or a cri-tools v1.26.1 checkout (see docs/conformance.md)" >&2; exit 2; }
+	@test -e "$(CRITEST)" || { echo "CRITEST=$(CRITEST) does not exist" >&2; exit 2; }
+	@scripts/install-apt.sh golang-go skopeo docker-registry
+	$(BIN)/python -m scripts.conformance --critest "$(abspath $(CRITEST))" --results "$(CONFORMANCE_RESULTS)"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache src/virtcontainers/shim/_gen
