@@ -51,6 +51,9 @@ REQUEST_TIMEOUT = 120.0
 under TCG takes well under a second; waits for process exit are unbounded)."""
 MAX_PROCESSES = 65536
 MAX_ERROR_TEXT = 4096
+MAX_DRAINING_STREAMS = 1024
+"""Released streams whose late frames are still taken (and dropped); the oldest
+is forgotten past this, and a frame for it then fails the connection."""
 T = TypeVar("T")
 A = TypeVar("A", bound=Mapping[str, object])
 
@@ -78,6 +81,8 @@ class AgentStream:
         self._send_credit = protocol.STREAM_WINDOW
         self._credit_changed = asyncio.Event()
         self._closed = False
+        self.draining = False
+        """Released by the host: what the guest still sends is dropped, within the window."""
 
     def _deliver(self, frame: Frame) -> None:
         if self._eof:
@@ -85,11 +90,18 @@ class AgentStream:
         self._inbound_unacked += len(frame.payload)
         if self._inbound_unacked > protocol.STREAM_WINDOW:
             raise AgentProtocolError(f"guest overran the window on stream {self.stream_id}")
-        if frame.payload:
+        if frame.payload and not self.draining:
             self._chunks.put_nowait(frame.payload)
         if frame.eof:
             self._eof = True
             self._chunks.put_nowait(b"")
+
+    def _drain(self) -> None:
+        """The host is done with this stream; output the guest had in flight may
+        still arrive (no more than the credit it holds, as no more is granted)."""
+        self.draining = True
+        while not self._chunks.empty():
+            self._chunks.get_nowait()
 
     def _grant(self, count: int) -> None:
         self._send_credit += count
@@ -141,6 +153,7 @@ class AgentClient:
         self._stream_ids = itertools.count(1)
         self._pending: dict[int, tuple[str, asyncio.Future[dict[str, object]]]] = {}
         self._streams: dict[int, AgentStream] = {}
+        self._draining: list[int] = []
         self._handlers: list[EventHandler] = []
         self._read_task: asyncio.Task[None] | None = None
         self.failure: AgentProtocolError | None = None
@@ -262,7 +275,10 @@ class AgentClient:
         elif frame.type is FrameType.EVENT:
             self._on_event(frame.json())
         elif frame.type is FrameType.DATA:
-            self._stream_for(frame)._deliver(frame)
+            stream = self._stream_for(frame)
+            stream._deliver(frame)
+            if stream.draining and stream._eof:
+                self._forget(stream.stream_id)
         elif frame.type is FrameType.CREDIT:
             self._stream_for(frame)._grant(frame.credit())
         else:
@@ -343,7 +359,23 @@ class AgentClient:
         return stream
 
     def release_stream(self, stream_id: int) -> None:
+        """The host is done with this stream.  It is kept, draining, until the
+        guest ends it: the process's last output may still be on its way."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.draining:
+            return
+        if stream._eof:
+            self._forget(stream_id)
+            return
+        stream._drain()
+        self._draining.append(stream_id)
+        if len(self._draining) > MAX_DRAINING_STREAMS:
+            self._forget(self._draining[0])
+
+    def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
+        with contextlib.suppress(ValueError):
+            self._draining.remove(stream_id)
 
     # --- operations -----------------------------------------------------------------
 

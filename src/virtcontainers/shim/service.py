@@ -411,14 +411,22 @@ class TaskService:
             raise TtrpcError(Code.NOT_FOUND, "process already finished")
         if request.exec_id and not process.started:
             raise TtrpcError(Code.FAILED_PRECONDITION, f"exec {request.exec_id!r} not started")
-        await self._api(
-            api.signal_process,
-            owner.pod_id,
-            owner.id,
-            request.exec_id or None,
-            request.signal,
-            request.all,
-        )
+        try:
+            await asyncio.to_thread(
+                api.signal_process,
+                owner.pod_id,
+                owner.id,
+                request.exec_id or None,
+                request.signal,
+                request.all,
+            )
+        except StateError as exc:
+            # The guest saw the exit before this shim's waiter did.  containerd
+            # (its CRI's StopPodSandbox among others) takes only NOT_FOUND as
+            # "already finished", as runc's shim answers it.
+            raise TtrpcError(Code.NOT_FOUND, f"process already finished: {exc}") from exc
+        except VcError as exc:
+            raise ttrpc_error(exc) from exc
         return EMPTY
 
     async def wait(self, request: task.WaitRequest, _context: CallContext) -> Message:

@@ -269,3 +269,51 @@ def test_configure_network_refused_is_an_agent_error(tmp_path: Path) -> None:
         assert (info.value.op, info.value.kind) == ("configure_network", "not_found")
 
     run(with_guest(tmp_path, guest, body))
+
+
+def test_output_in_flight_to_a_released_stream_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """A process's last output can cross the host's release of its stream: it is
+    taken and dropped, within the window, until the guest ends the stream;
+    after that end, the stream is unknown again."""
+
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        ping = await next_frame(reader, dec)  # sent after the host released stream 1
+        writer.write(protocol.data(1, b"late output"))
+        writer.write(protocol.data(1, b"", eof=True))
+        writer.write(protocol.response_ok(ping.stream, {}))
+        second = await next_frame(reader, dec)
+        writer.write(protocol.data(1, b"after its end"))
+        writer.write(protocol.response_ok(second.stream, {}))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        stream = client.open_stream()
+        client.release_stream(stream.stream_id)
+        await client.ping()
+        assert client.failure is None
+        with pytest.raises(AgentProtocolError, match="unknown stream 1"):
+            await client.ping()
+
+    run(with_guest(tmp_path, guest, body))
+
+
+def test_a_released_stream_still_holds_the_guest_to_its_window(tmp_path: Path) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        await next_frame(reader, dec)
+        chunk = b"x" * protocol.DATA_CHUNK
+        for _ in range(protocol.STREAM_WINDOW // protocol.DATA_CHUNK + 1):
+            writer.write(protocol.data(1, chunk))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        client.release_stream(client.open_stream().stream_id)
+        with pytest.raises(AgentProtocolError, match="window"):
+            await client.ping()
+
+    run(with_guest(tmp_path, guest, body))

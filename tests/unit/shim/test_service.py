@@ -12,6 +12,9 @@ import pytest
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from tests.unit.conftest import mock_pod
+from virtcontainers import api, oci
+from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
 from virtcontainers.errors import ExistsError, NotFoundError, StateError, VcError
 from virtcontainers.shim import ttrpc
 from virtcontainers.shim.events import Publisher
@@ -23,7 +26,7 @@ from virtcontainers.shim.protos import (
     events,
     task,
 )
-from virtcontainers.shim.service import TaskService, ttrpc_error
+from virtcontainers.shim.service import Task, TaskService, ttrpc_error
 from virtcontainers.shim.ttrpc import Code, TtrpcError
 
 
@@ -183,3 +186,32 @@ def test_a_terminal_has_no_stderr(tmp_path: Path) -> None:
     assert (stdio.stdin, stdio.stderr, hold.fd) == (None, None, None)
     stdio.close()
     os.close(reader)
+
+
+def test_kill_of_a_process_that_just_exited_answers_not_found(
+    run_root: Path, image: ImagePaths, rootfs: Path, tmp_path: Path
+) -> None:
+    """The guest can see an exit before the shim's waiter does: containerd's CRI
+    takes only NOT_FOUND as "already finished" (StopPodSandbox failed on the
+    FAILED_PRECONDITION this used to answer)."""
+    api.run_pod(mock_pod("kp", image))
+    api.create_container("kp", ContainerConfig("c1", rootfs, Cmd(("true",))), api.Stdio())
+    api.start_container("kp", "c1")
+    assert api.wait_container("kp", "c1").exit_code == 0
+
+    async def main() -> None:
+        service = TaskService(lambda _event: None, asyncio.Event(), cgroup_v2=False)
+        fifos = Fifos("", "", "", terminal=False)
+        init = service._new_process("c1", "", fifos)  # its waiter has not seen the exit yet
+        init.started = True
+        service.tasks["c1"] = Task("c1", tmp_path, "kp", oci.PodRole.CONTAINER, {}, init)
+        with pytest.raises(TtrpcError) as raised:
+            await service.kill(task.KillRequest(id="c1", signal=15), None)  # type: ignore[arg-type]
+        assert raised.value.code is Code.NOT_FOUND
+        assert "already finished" in raised.value.detail
+
+    try:
+        asyncio.run(main())
+    finally:
+        api.stop_pod("kp")
+        api.delete_pod("kp")
