@@ -24,7 +24,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from virtcontainers.errors import RuntimeSpecError
+from virtcontainers.errors import ConfigError, RuntimeSpecError
+from virtcontainers.limits import CPU_PERIOD_US, Limits
 from virtcontainers.oci._json import Loc, obj, string
 
 MAX_CPU = 4095
@@ -132,3 +133,31 @@ def _check_mems(value: object, loc: Loc) -> None:
         raise loc.error(
             f"{value!r} names memory node {others[0]}, but the VM has a single memory node, 0"
         )
+
+
+def update_limits(resources: Mapping[str, Any], where: str) -> Limits:
+    """The memory, CPU and pids limits of an update's ``LinuxResources`` (runc's
+    ``update --resources``, containerd's Update): the settings a running
+    container's guest cgroup can take.  -1 or 0 means no limit, as engines
+    write it.  RuntimeSpecError names ``where`` and what is wrong."""
+    sections = []
+    for key in ("memory", "cpu", "pids"):
+        section = resources.get(key) or {}
+        if not isinstance(section, Mapping):
+            raise RuntimeSpecError(f"{where}: {key}: not a JSON object")
+        sections.append(section)
+    memory, cpu, pids = sections
+    quota, period = _positive(cpu.get("quota")), _positive(cpu.get("period")) or CPU_PERIOD_US
+    try:
+        return Limits(
+            memory_bytes=_positive(memory.get("limit")),
+            pids=_positive(pids.get("limit")),
+            cpus=quota / period if quota is not None else None,
+        )
+    except ConfigError as exc:
+        raise RuntimeSpecError(f"{where}: {exc}") from None
+
+
+def _positive(value: object) -> int | None:
+    """A limit, or None for none."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

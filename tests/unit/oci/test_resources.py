@@ -10,7 +10,9 @@ import pytest
 
 import virtcontainers.oci.annotations as ann
 from virtcontainers.errors import RuntimeSpecError
+from virtcontainers.limits import Limits
 from virtcontainers.oci import load_bundle
+from virtcontainers.oci.resources import update_limits
 
 SANDBOX = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "p"}
 MEMBER = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "p"}
@@ -142,3 +144,13 @@ def test_cpusets_the_vm_cannot_have_are_refused(
     with pytest.raises(RuntimeSpecError) as caught:
         load_bundle(bundle_dir(tmp_path, {"cpu": cpu}))
     assert str(caught.value).startswith("config.json: linux.resources." + message)
+
+
+def test_an_update_s_resources_become_limits_the_same_for_every_front_end() -> None:
+    limits = update_limits(
+        {"memory": {"limit": 64 << 20}, "cpu": {"quota": 50_000}, "pids": {"limit": -1}}, "x"
+    )
+    assert (limits.memory_bytes, limits.cpus, limits.pids) == (64 << 20, 0.5, None)
+    assert update_limits({}, "x") == Limits()
+    with pytest.raises(RuntimeSpecError, match="update.json: cpu: not a JSON object"):
+        update_limits({"cpu": 5}, "update.json")

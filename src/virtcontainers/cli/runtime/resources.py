@@ -14,8 +14,9 @@ import click
 from virtcontainers import api
 from virtcontainers.agent.results import ContainerStats
 from virtcontainers.cli.runtime.state import Options, Record, RuntimeCommandError, log_event
-from virtcontainers.errors import ConfigError, VcError
+from virtcontainers.errors import ConfigError, RuntimeSpecError, VcError
 from virtcontainers.limits import Limits, parse_size
+from virtcontainers.oci.resources import update_limits
 
 # linux.resources settings an update carries that the VM's containers cannot
 # change after creation here: logged, not applied (the CRI sends them every time).
@@ -56,9 +57,13 @@ def limits_from_flags(flags: Mapping[str, Any], options: Options, container_id: 
         return limits_from_resources(
             _read_resources(flags["resources_file"]), options, container_id
         )
-    memory = _bytes("--memory", flags.get("memory"))
-    cpus = _cpus(flags.get("cpu_quota"), flags.get("cpu_period"))
-    return Limits(memory_bytes=memory, pids=_positive(flags.get("pids_limit")), cpus=cpus)
+    # The flags say what a --resources document says, and are read the same way.
+    document = {
+        "memory": {"limit": _bytes("--memory", flags.get("memory"))},
+        "cpu": {"quota": flags.get("cpu_quota"), "period": flags.get("cpu_period")},
+        "pids": {"limit": flags.get("pids_limit")},
+    }
+    return limits_from_resources(document, options, container_id)
 
 
 def limits_from_resources(
@@ -69,17 +74,10 @@ def limits_from_resources(
         for name in names:
             if values.get(name) not in (None, 0, "", False):
                 log_event(options, "warning", f"{container_id}: {group}.{name} is not updated")
-    memory = resources.get("memory") or {}
-    cpu = resources.get("cpu") or {}
-    pids = resources.get("pids") or {}
     try:
-        return Limits(
-            memory_bytes=_positive(memory.get("limit")),
-            pids=_positive(pids.get("limit")),
-            cpus=_cpus(cpu.get("quota"), cpu.get("period")),
-        )
-    except ConfigError as exc:
-        raise RuntimeCommandError(f"update: {exc}") from None
+        return update_limits(resources, "update")
+    except RuntimeSpecError as exc:
+        raise RuntimeCommandError(str(exc)) from None
 
 
 def _read_resources(source: str) -> Mapping[str, Any]:
@@ -100,16 +98,6 @@ def _bytes(flag: str, text: str | None) -> int | None:
         return parse_size(flag, text)
     except ConfigError as exc:
         raise RuntimeCommandError(str(exc)) from None
-
-
-def _positive(value: object) -> int | None:
-    """A limit, or None for none: runc writes -1 or 0 for "no limit"."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _cpus(quota: object, period: object) -> float | None:
-    quota, period = _positive(quota), _positive(period) or 100_000
-    return quota / period if quota is not None else None
 
 
 def update(options: Options, container_id: str, flags: Mapping[str, Any]) -> None:
