@@ -152,5 +152,5 @@ def test_an_update_s_resources_become_limits_the_same_for_every_front_end() -> N
     )
     assert (limits.memory_bytes, limits.cpus, limits.pids) == (64 << 20, 0.5, None)
     assert update_limits({}, "x") == Limits()
-    with pytest.raises(RuntimeSpecError, match="update.json: cpu: not a JSON object"):
+    with pytest.raises(RuntimeSpecError, match=r"update\.json: cpu: not a JSON object"):
         update_limits({"cpu": 5}, "update.json")
