@@ -463,11 +463,19 @@ def _root(spec: Mapping[str, Any], loc: Loc, bundle_dir: Path) -> tuple[Path, bo
     if not raw:
         raise where.error("must not be empty")
     read_only = boolean(root.get("readonly", False), loc.key("root").key("readonly"))
-    rootfs = Path(os.path.normpath(bundle_dir / raw))  # an absolute raw path replaces bundle_dir
+    # As runc: a relative path starts from the bundle's real directory (runc's
+    # working directory), and the result must be its own real path.
+    rootfs = Path(os.path.normpath(bundle_dir.resolve() / raw))  # an absolute raw replaces it
     if not rootfs.exists():
         raise where.error(f"{rootfs} does not exist")
     if not rootfs.is_dir():
         raise where.error(f"{rootfs} is not a directory")
+    real = Path(os.path.realpath(rootfs))
+    if real != rootfs:
+        raise where.error(
+            f"{rootfs} in bundle {bundle_dir} is a symlink or passes through one (to "
+            f"{real}); as runc, the rootfs is refused unless named by its real path"
+        )
     return rootfs, read_only
 
 
