@@ -288,7 +288,9 @@ def translate_mounts(
     devices: list[dict[str, Any]] = []
     for i, mount in enumerate(obj_list(mounts, loc)):
         where = loc.index(i)
-        string(mount.get("destination"), where.key("destination"))
+        _warn_if_relative(
+            string(mount.get("destination"), where.key("destination")), where, warnings
+        )
         options = str_list(mount.get("options") or [], where.key("options"))
         if _is_bind(mount, options):
             kept, shared = _bind_mount(mount, options, where, bundle_dir, warnings)
@@ -309,6 +311,18 @@ def translate_mounts(
             )
         guest.append(copy.deepcopy(dict(mount)))
     return guest, host, devices
+
+
+def _warn_if_relative(destination: str, loc: Loc, warnings: list[str]) -> None:
+    """runc takes a relative destination as relative to the container's / and warns
+    that support will go; so does this runtime, with the same warning."""
+    if not destination.startswith("/"):
+        warnings.append(
+            loc.key("destination").note(
+                f"{destination!r} is not absolute: taken as /{destination}; support for "
+                "relative mount destinations will be removed (runc warns the same)"
+            )
+        )
 
 
 # --- linux -------------------------------------------------------------------
