@@ -4,7 +4,8 @@ The guest is untrusted: every frame is size-bounded by the decoder, every
 response is checked against what its request expects, and a guest that
 breaks the protocol (bad frame, unknown request id, data beyond its credit)
 makes the connection fail with :class:`AgentProtocolError` for every caller,
-without crashing or hanging the daemon.
+without crashing or hanging the daemon; so does anything else that goes
+wrong in the reader, with its traceback logged.
 """
 
 from __future__ import annotations
@@ -257,11 +258,17 @@ class AgentClient:
             self._fail_all(exc)
         except OSError as exc:
             self._fail_all(AgentProtocolError(f"agent channel error: {exc}"))
+        except Exception as exc:
+            # Input no check foresaw, or a bug of ours: either way the stream can no
+            # longer be trusted, and a reader that died quietly would leave every
+            # waiter hanging.
+            error = AgentProtocolError(f"agent reader failed: {type(exc).__name__}: {exc}")
+            self._fail_all(error, cause=exc)
 
-    def _fail_all(self, error: AgentProtocolError) -> None:
+    def _fail_all(self, error: AgentProtocolError, cause: Exception | None = None) -> None:
         if self.failure is None:
             self.failure = error
-            self.log.warning("agent connection failed: %s", error)
+            self.log.warning("agent connection failed: %s", error, exc_info=cause)
         for _op, future in self._pending.values():
             if not future.done():
                 future.set_exception(error)

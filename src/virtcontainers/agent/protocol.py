@@ -157,10 +157,14 @@ def encode_credit(stream: int, count: int) -> bytes:
 
 
 def decode_json(payload: bytes) -> dict[str, object]:
+    """The JSON object in ``payload``; ProtocolError for anything else, nesting too
+    deep for the parser (a RecursionError) included."""
     try:
         message = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame payload is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError("frame payload nests JSON too deep to decode") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"frame payload is a JSON {type(message).__name__}, not an object")
     return message

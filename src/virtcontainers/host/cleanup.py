@@ -18,6 +18,7 @@ from virtcontainers.cgroupconfig import CgroupConfig
 from virtcontainers.errors import VcError
 from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.storage import mounts
+from virtcontainers.storage.removal import remove_tree
 from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import PodPaths
 
@@ -94,4 +95,4 @@ def remove_pod_files(paths: PodPaths) -> None:
             f"pod {paths.root.name!r}: not deleted, {', '.join(map(str, left))} still "
             "mounted under its directory; unmount them and delete again"
         )
-    shutil.rmtree(paths.root)
+    remove_tree(paths.root, f"pod {paths.root.name!r}")

@@ -18,7 +18,6 @@ the pod's record names.  What it removes:
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from virtcontainers.ids import ID_PATTERN
 from virtcontainers.records import PodRecord
 from virtcontainers.states import PodState
 from virtcontainers.storage import mounts
+from virtcontainers.storage.removal import remove_tree
 from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import Store
 
@@ -151,7 +151,7 @@ def _remove_half_created(pod_dir: Path, report: GarbageReport) -> None:
     if mounts.mounts_under(pod_dir):
         report.left.append(f"pod {pod_dir.name}: no record, but mounts under {pod_dir}")
         return
-    shutil.rmtree(pod_dir)
+    remove_tree(pod_dir, f"pod {pod_dir.name!r}")
     report.removed.append(f"pod {pod_dir.name}: a directory without a record, {pod_dir}")
 
 

@@ -288,7 +288,9 @@ def translate_mounts(
     devices: list[dict[str, Any]] = []
     for i, mount in enumerate(obj_list(mounts, loc)):
         where = loc.index(i)
-        string(mount.get("destination"), where.key("destination"))
+        _warn_if_relative(
+            string(mount.get("destination"), where.key("destination")), where, warnings
+        )
         options = str_list(mount.get("options") or [], where.key("options"))
         if _is_bind(mount, options):
             kept, shared = _bind_mount(mount, options, where, bundle_dir, warnings)
@@ -309,6 +311,18 @@ def translate_mounts(
             )
         guest.append(copy.deepcopy(dict(mount)))
     return guest, host, devices
+
+
+def _warn_if_relative(destination: str, loc: Loc, warnings: list[str]) -> None:
+    """runc takes a relative destination as relative to the container's / and warns
+    that support will go; so does this runtime, with the same warning."""
+    if not destination.startswith("/"):
+        warnings.append(
+            loc.key("destination").note(
+                f"{destination!r} is not absolute: taken as /{destination}; support for "
+                "relative mount destinations will be removed (runc warns the same)"
+            )
+        )
 
 
 # --- linux -------------------------------------------------------------------
@@ -463,11 +477,19 @@ def _root(spec: Mapping[str, Any], loc: Loc, bundle_dir: Path) -> tuple[Path, bo
     if not raw:
         raise where.error("must not be empty")
     read_only = boolean(root.get("readonly", False), loc.key("root").key("readonly"))
-    rootfs = Path(os.path.normpath(bundle_dir / raw))  # an absolute raw path replaces bundle_dir
+    # As runc: a relative path starts from the bundle's real directory (runc's
+    # working directory), and the result must be its own real path.
+    rootfs = Path(os.path.normpath(bundle_dir.resolve() / raw))  # an absolute raw replaces it
     if not rootfs.exists():
         raise where.error(f"{rootfs} does not exist")
     if not rootfs.is_dir():
         raise where.error(f"{rootfs} is not a directory")
+    real = Path(os.path.realpath(rootfs))
+    if real != rootfs:
+        raise where.error(
+            f"{rootfs} in bundle {bundle_dir} is a symlink or passes through one (to "
+            f"{real}); as runc, the rootfs is refused unless named by its real path"
+        )
     return rootfs, read_only
 
 

@@ -29,9 +29,10 @@ import shutil
 from pathlib import Path
 
 from virtcontainers.config import ContainerConfig
-from virtcontainers.errors import ConfigError, VcError
+from virtcontainers.errors import ConfigError
 from virtcontainers.ids import validate_id
 from virtcontainers.storage import mounts
+from virtcontainers.storage.removal import remove_tree
 from virtcontainers.store import PodPaths
 
 SKELETON_OPTIONS = "mode=0755,size=1m,nr_inodes=16384"
@@ -76,7 +77,7 @@ class SharedDir:
     def remove(self) -> None:
         """Detach everything and delete the writable layers too."""
         self.detach()
-        _remove_tree(self.paths.layers, self.paths.root)
+        self._remove_written(self.paths.layers)
 
     # --- containers ---------------------------------------------------------------------
 
@@ -146,7 +147,12 @@ class SharedDir:
 
     def remove_layer(self, container_id: str) -> None:
         """Delete a container's writable layer (after it is unshared)."""
-        _remove_tree(self.paths.layer(validate_id("container", container_id)), self.paths.root)
+        self._remove_written(self.paths.layer(validate_id("container", container_id)))
+
+    def _remove_written(self, tree: Path) -> None:
+        """Delete a tree the guest wrote, if there is one."""
+        if tree.exists():
+            remove_tree(tree, f"pod {self.paths.root.name!r}")
 
 
 def _traversable(directory: Path) -> None:
@@ -157,21 +163,6 @@ def _traversable(directory: Path) -> None:
     whittled down by the caller's umask (0700 under a umask of 077).
     """
     os.chmod(directory, 0o711)
-
-
-def _remove_tree(path: Path, pod_root: Path) -> None:
-    """Delete a tree that the guest wrote, refusing if anything is mounted in it.
-
-    shutil.rmtree works through directory fds and never follows a symlink; the
-    mount check makes sure it cannot reach through a mount into a host directory.
-    """
-    if not path.exists():
-        return
-    if mounts.mounts_under(path):
-        raise VcError(
-            f"pod {pod_root.name!r}: {path} still has mounts on it; not deleting through them"
-        )
-    shutil.rmtree(path)
 
 
 def _overlayable(config: ContainerConfig) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,53 @@ def test_hostile_frames_fail_the_connection_not_the_host(tmp_path: Path, hostile
             await client.ping()
 
     run(with_guest(tmp_path, guest, body))
+
+
+def test_a_frame_nested_too_deep_ends_the_connection_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        await next_frame(reader, dec)
+        writer.write(protocol.encode_frame(FrameType.EVENT, 0, b"[" * 500_000))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(AgentProtocolError, match="too deep"):
+            await asyncio.wait_for(client.ping(), 5)
+        with pytest.raises(AgentProtocolError, match="too deep"):
+            await client.ping()
+
+    with caplog.at_level(logging.WARNING, logger="virtcontainers.agent.client"):
+        run(with_guest(tmp_path, guest, body))
+    assert any("agent connection failed" in r.getMessage() for r in caplog.records)
+
+
+def test_anything_that_breaks_the_reader_fails_the_connection_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        await next_frame(reader, dec)
+        writer.write(protocol.event("exit", {"container_id": "c"}))
+        await writer.drain()
+        await reader.read()
+
+    def broken_handler(name: str, fields: Mapping[str, object]) -> None:
+        raise KeyError("a bug in a handler")
+
+    async def body(client: AgentClient) -> None:
+        client.on_event(broken_handler)
+        with pytest.raises(AgentProtocolError, match="KeyError"):
+            await asyncio.wait_for(client.ping(), 5)
+
+    with caplog.at_level(logging.WARNING, logger="virtcontainers.agent.client"):
+        run(with_guest(tmp_path, guest, body))
+    failed = [r for r in caplog.records if "agent connection failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None
 
 
 def test_wrong_shaped_answer_is_a_protocol_error(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from tests.unit.guest.harness import NEEDS_RUNC, AgentCallError, AgentClient, Ag
 from virtcontainers.agent import protocol
 
 pytestmark = NEEDS_RUNC
+DEEP = b"[" * 500_000
+"""A JSON payload that nests deeper than Python's parser can go."""
 
 
 def test_hello_resyncs_past_garbage(agent_harness: AgentHarness) -> None:
@@ -37,6 +39,16 @@ def test_malformed_request_is_invalid(agent: AgentClient) -> None:
         with pytest.raises(AgentCallError) as info:
             agent.result(request_id)
         assert info.value.kind == "invalid"
+    assert agent.call("ping") == {}
+
+
+def test_a_request_nested_too_deep_is_invalid(agent: AgentClient) -> None:
+    agent.send(protocol.encode_frame(protocol.FrameType.REQUEST, 42, DEEP))
+    with pytest.raises(AgentCallError) as info:
+        agent.result(42)
+    assert info.value.kind == "invalid"
+    assert "too deep" in info.value.message
+    agent.send(protocol.encode_frame(protocol.FrameType.HELLO, 0, DEEP))
     assert agent.call("ping") == {}
 
 

@@ -171,3 +171,22 @@ def test_a_bidirectional_bind_names_the_kubernetes_setting(tmp_path: Path) -> No
 def test_mount_options_are_validated(options: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Mount("/src", "/dst", options=options)  # type: ignore[arg-type]
+
+
+def test_a_relative_mount_destination_is_taken_from_root_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "vol").mkdir()
+    bundle = load(
+        tmp_path,
+        mounts=[
+            {"destination": "v", "type": "bind", "source": "vol"},
+            {"destination": "/abs", "type": "bind", "source": "vol"},
+            {"destination": "run/x", "type": "tmpfs", "source": "tmpfs"},
+        ],
+    )
+    assert [m.destination for m in bundle.mounts] == ["/v", "/abs"]
+    assert bundle.warnings == (
+        "config.json: mounts[0].destination: 'v' is not absolute: taken as /v; support "
+        "for relative mount destinations will be removed (runc warns the same)",
+        "config.json: mounts[2].destination: 'run/x' is not absolute: taken as /run/x; "
+        "support for relative mount destinations will be removed (runc warns the same)",
+    )

@@ -161,6 +161,38 @@ def test_root_not_a_directory(tmp_path: Path) -> None:
     )
 
 
+def test_a_rootfs_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "rootfs").symlink_to("/")
+    (bundle / "config.json").write_text(json.dumps(good()))
+    with pytest.raises(RuntimeSpecError) as info:
+        load_bundle(bundle)
+    assert str(info.value) == (
+        f"config.json: root.path: {bundle}/rootfs in bundle {bundle} is a symlink or passes "
+        "through one (to /); as runc, the rootfs is refused unless named by its real path"
+    )
+
+
+def test_a_rootfs_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real" / "rootfs").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    spec = good()
+    spec["root"]["path"] = str(tmp_path / "link" / "rootfs")
+    assert f"to {tmp_path}/real/rootfs" in load_error(tmp_path, json.dumps(spec))
+    spec["root"]["path"] = "link/rootfs"
+    assert f"{tmp_path}/link/rootfs in bundle {tmp_path} is a symlink" in load_error(
+        tmp_path, json.dumps(spec)
+    )
+
+
+def test_a_bundle_reached_through_a_symlink_keeps_its_relative_rootfs(tmp_path: Path) -> None:
+    (tmp_path / "real" / "rootfs").mkdir(parents=True)
+    (tmp_path / "real" / "config.json").write_text(json.dumps(good()))
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert load_bundle(tmp_path / "link").rootfs == tmp_path / "real" / "rootfs"
+
+
 def test_bad_container_id(tmp_path: Path) -> None:
     (tmp_path / "rootfs").mkdir()
     (tmp_path / "config.json").write_text(json.dumps(good()))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import short_temp_dir
+from tests.unit.storage.test_removal import DEPTH, nest
 from virtcontainers.config import Cmd, ContainerConfig, Mount
 from virtcontainers.errors import VcError
 from virtcontainers.storage import mounts
@@ -262,3 +263,11 @@ def test_a_plain_bind_leaves_the_sources_submounts_out(shared: SharedDir, base: 
         shared.unshare("c0")
         shared.unshare("c1")
         mounts.detach(volume / "sub")
+
+
+def test_a_layer_nested_deeper_than_recursion_goes(shared: SharedDir, base: Path) -> None:
+    shared.share(container("c", rootfs(base), writable_layer=True))
+    nest(shared.export / "c" / "rootfs", DEPTH)  # as the container would, in its layer
+    shared.unshare("c")
+    shared.remove_layer("c")
+    assert not shared.paths.layer("c").exists()

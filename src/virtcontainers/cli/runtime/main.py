@@ -55,13 +55,46 @@ def _fail(options: Options, message: str) -> NoReturn:
     sys.exit(1)
 
 
+class RuncUsageError(click.UsageError):
+    """A usage error as runc gives it: exit status 1, not click's 2."""
+
+    exit_code = 1
+
+
+def _runc_usage_error(exc: click.UsageError, options: Options) -> RuncUsageError:
+    """``exc`` as runc's, logged like any other error (an engine reads the log)."""
+    log_event(options, "error", exc.format_message())
+    return RuncUsageError(exc.message, exc.ctx)
+
+
 class RuntimeGroup(click.Group):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _runc_usage_error(exc, Options()) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's: an id that reads as an option ("-x")
+            raise _runc_usage_error(exc, _options_so_far(ctx)) from None
         except (RuntimeCommandError, VcError) as exc:
-            options = ctx.obj if isinstance(ctx.obj, Options) else Options()
-            _fail(options, str(exc))
+            _fail(_options_so_far(ctx), str(exc))
+
+
+def _options_so_far(ctx: click.Context) -> Options:
+    """The global options; before the group's callback made them (an unknown
+    command), what it parsed of the log's."""
+    if isinstance(ctx.obj, Options):
+        return ctx.obj
+    return Options(log=ctx.params.get("log"), log_format=ctx.params.get("log_format", "text"))
 
 
 @click.group(cls=RuntimeGroup, context_settings={"help_option_names": ["-h", "--help"]})
