@@ -155,10 +155,12 @@ def starts(bench: CriBench, runs: int, label: str) -> tuple[list[float], list[st
 
 
 def pod_pss_mib(pod: api.PodStatus) -> dict[str, float]:
-    """The host PSS of a pod's QEMU, daemon and shim processes (MiB)."""
+    """The host PSS of a pod's QEMU, daemon and shim processes (MiB); the daemon
+    apart only if it is a process of its own, not hosted by the shim."""
     parts: dict[str, float] = {}
     shim = shim_of(pod)
-    for role, pid in (("qemu", pod.vm_pid), ("daemon", pod.daemon_pid), ("shim", shim)):
+    daemon = None if pod.daemon_pid == shim else pod.daemon_pid
+    for role, pid in (("qemu", pod.vm_pid), ("daemon", daemon), ("shim", shim)):
         kib = hostproc.pss_kib(pid) if pid is not None else None
         parts[role] = round((kib or 0) / 1024, 1)
     parts["total"] = round(sum(parts.values()), 1)

@@ -13,7 +13,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
@@ -39,6 +39,9 @@ from virtcontainers.status import ContainerStatus, InterfaceStatus, PodStatus, P
 from virtcontainers.stdio import Stdio
 from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import Store
+
+if TYPE_CHECKING:
+    from virtcontainers.daemon.hosted import DaemonHost
 
 __all__ = [
     "ContainerStats",
@@ -200,21 +203,30 @@ def _default_image(config: PodConfig) -> ImagePaths | None:
 
 
 def start_pod(
-    pod_id: str, timeout: float = START_TIMEOUT, owner: ProcessRef | None = None
+    pod_id: str,
+    timeout: float = START_TIMEOUT,
+    owner: ProcessRef | None = None,
+    host: DaemonHost | None = None,
 ) -> PodStatus:
     """Boot the pod's VM and start its containers; returns when they run.
 
     The pod is held while it boots: a second start, a stop or a delete waits
     for the boot to end, even if this caller dies meanwhile (then the pod is
     stopped, since nobody heard it start).  With ``owner``, the pod is
-    stopped and deleted when that process exits (``virtc run --rm``).
+    stopped and deleted when that process exits (``virtc run --rm``).  The
+    pod's daemon is a process of its own, or with ``host`` a task on that
+    event loop of this process (call from another thread), which then is the
+    pod's daemon.
     """
     store = _store()
     with store.locked(pod_id, "start") as lock:
         record = reconcile(store, pod_id, held=True)
         record.state = record.state.moved_to(pod_id, PodState.STARTING)
         store.save(record)
-        launcher.spawn(store, lock, timeout, owner)
+        if host is None:
+            launcher.spawn(store, lock, timeout, owner)
+        else:
+            host.start(store, lock, timeout, owner)
     return pod_status(pod_id)
 
 
@@ -237,7 +249,7 @@ def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT, force: bool = False) ->
         else:
             record.state.require(pod_id, "stop", *LIVE)
             _call_daemon(store, record, calls.StopPod(), timeout=timeout)
-            _wait_daemon_gone(record, timeout)
+            _wait_daemon_gone(store, record, timeout)
     return pod_status(pod_id)
 
 
@@ -250,13 +262,16 @@ def _force_stop(store: Store, pod_id: str) -> None:
             pass  # hung or gone: killed below
         else:
             with contextlib.suppress(DaemonError):
-                _wait_daemon_gone(record, FORCE_GRACE)
-    if record.daemon is not None:
-        hostproc.kill(record.daemon)  # SIGKILL reaches a stopped process too; QEMU dies with it
+                _wait_daemon_gone(store, record, FORCE_GRACE)
+    daemon = record.daemon
+    if daemon is not None and daemon != hostproc.current() and _daemon_running(store, record):
+        # SIGKILL reaches a stopped process too; QEMU dies with it.  A daemon
+        # this process hosts sees its VM killed below, and ends.
+        hostproc.kill(daemon)
     if record.vm is not None:
         hostproc.kill(record.vm)
     with contextlib.suppress(DaemonError):
-        _wait_daemon_gone(record, FORCE_GRACE)
+        _wait_daemon_gone(store, record, FORCE_GRACE)
     with store.locked(pod_id, "stop", FORCE_GRACE):
         record = reconcile(store, pod_id, held=True)
         if record.state is PodState.CREATED:
@@ -264,15 +279,29 @@ def _force_stop(store: Store, pod_id: str) -> None:
             store.save(record)
 
 
-def _wait_daemon_gone(record: PodRecord, timeout: float) -> None:
-    """Wait until the pod's daemon has exited (DaemonError after ``timeout`` s)."""
+def _wait_daemon_gone(store: Store, record: PodRecord, timeout: float) -> None:
+    """Wait until the pod's daemon has ended (DaemonError after ``timeout`` s)."""
     deadline = time.monotonic() + timeout
-    while record.daemon is not None and hostproc.alive(record.daemon):
+    while record.daemon is not None and _daemon_running(store, record):
         if time.monotonic() > deadline:
             raise DaemonError(
                 f"pod {record.id!r}: daemon {record.daemon.pid} did not exit in {timeout:.0f}s"
             )
         time.sleep(0.02)
+
+
+def _daemon_running(store: Store, record: PodRecord) -> bool:
+    """Whether the daemon ``record`` names still runs: its process is alive and the
+    pod's record still names it.  A daemon hosted by a process that lives on
+    (containerd's shim) ends by recording its exit, not by exiting."""
+    if record.daemon is None or not hostproc.alive(record.daemon):
+        return False
+    try:
+        return store.load(record.id).daemon == record.daemon
+    except NotFoundError:
+        return False
+    except CorruptRecordError:
+        return True
 
 
 def delete_pod(pod_id: str, force: bool = False) -> None:
@@ -294,17 +323,21 @@ def delete_pod(pod_id: str, force: bool = False) -> None:
         else:
             record.state.require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
             # A daemon whose VM died may still be writing its last record.
-            _wait_daemon_gone(record, DAEMON_EXIT_WAIT)
+            _wait_daemon_gone(store, record, DAEMON_EXIT_WAIT)
         remove_pod_files(lock.paths)
 
 
 def run_pod(
-    config: PodConfig, timeout: float = START_TIMEOUT, owner: ProcessRef | None = None
+    config: PodConfig,
+    timeout: float = START_TIMEOUT,
+    owner: ProcessRef | None = None,
+    host: DaemonHost | None = None,
 ) -> PodStatus:
-    """Create and start a pod; if starting fails the pod is deleted again."""
+    """Create and start a pod (see :func:`start_pod`); if starting fails the pod is
+    deleted again."""
     create_pod(config)
     try:
-        return start_pod(config.id, timeout, owner)
+        return start_pod(config.id, timeout, owner, host)
     except BaseException:
         with contextlib.suppress(VcError):
             delete_pod(config.id, force=True)
@@ -548,7 +581,8 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
             # A daemon being killed may answer for a moment: wait it out, so the
             # record is reconciled before it is read.
             with contextlib.suppress(DaemonError):
-                _wait_daemon_gone(_store().load(pod_id), DAEMON_EXIT_WAIT)
+                store = _store()
+                _wait_daemon_gone(store, store.load(pod_id), DAEMON_EXIT_WAIT)
             status = pod_status(pod_id)
             yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
             return

@@ -6,8 +6,11 @@ the runtime ``io.containerd.vc.v2``, and talks to it over ttrpc.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from tests.engines.images import oci_layout_tar
 from tests.integration.conftest import qemu_pids
 from virtcontainers import api
 from virtcontainers.shim import main
+from virtcontainers.states import PodState
 from virtcontainers.storage import mounts
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -101,6 +105,46 @@ def test_ctr_exec_metrics_and_kill(shim_containerd: Containerd) -> None:
     assert "STOPPED" in listed
     assert ctr("tasks", "delete", "s2").returncode == 0
     assert ctr("containers", "delete", "s2").returncode == 0
+
+
+def test_the_shim_is_its_pods_daemon(shim_containerd: Containerd, run_root: Path) -> None:
+    """Per pod, one host process besides QEMU: the shim, QEMU's parent, which
+    `virtc pod list` names as the pod's daemon."""
+    ctr = shim_containerd.ctr
+    started = ctr("run", "-d", "--runtime", VC_SHIM_RUNTIME, CTR_IMAGE, "s4", "sleep", "1000")
+    assert started.returncode == 0, started.stderr + shim_containerd.log_tail()
+    [shim] = shim_pids(shim_containerd.address)
+    virtc = Path(sys.executable).parent / "virtc"
+    listed = subprocess.run([virtc, "pod", "list", "--json"], capture_output=True, check=True)
+    [pod] = json.loads(listed.stdout)
+    assert (pod["id"], pod["state"], pod["daemon_pid"]) == ("s4", PodState.RUNNING.value, shim)
+    assert qemu_pids(run_root) == {pod["vm_pid"]}
+    assert _parent(pod["vm_pid"]) == shim
+    assert _pod_daemon_processes(run_root) == []
+
+    assert ctr("tasks", "kill", "-s", "SIGKILL", "s4").returncode == 0
+    for _ in range(100):
+        if "STOPPED" in ctr("tasks", "ls").stdout:
+            break
+        time.sleep(0.2)
+    assert ctr("tasks", "delete", "s4").returncode == 0
+    assert ctr("containers", "delete", "s4").returncode == 0
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _pod_daemon_processes(run_root: Path) -> list[int]:
+    """Pod daemons of processes of their own (``python -m virtcontainers.daemon``) here."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"virtcontainers.daemon --root {run_root}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [int(pid) for pid in found.stdout.split()]
 
 
 def test_a_killed_shim_is_cleaned_up_by_containerds_delete(shim_containerd: Containerd) -> None:

@@ -121,11 +121,16 @@ def spawn(store: Store, lock: PodLock, timeout: float, owner: ProcessRef | None)
     os.close(write_end)
     try:
         launcher.wait()
-        answer = _read_ready(read_end, timeout)
+        answer = read_ready(read_end, timeout)
     finally:
         os.close(read_end)
+    check_ready(pod_id, answer, paths.log)
+
+
+def check_ready(pod_id: str, answer: dict[str, object] | None, log: Path) -> None:
+    """Raise the error a daemon reported (``answer``), or DaemonError if it said nothing."""
     if answer is None:
-        raise DaemonError(f"pod {pod_id!r}: the daemon died while starting\n{tail(paths.log)}")
+        raise DaemonError(f"pod {pod_id!r}: the daemon died while starting\n{tail(log)}")
     if answer.get("ok") is not True:
         raise error_from_dict(answer.get("error"))
 
@@ -146,7 +151,7 @@ def report_ready(ready_fd: int | None, message: rpc.Succeeded | rpc.Failed) -> b
     return True
 
 
-def _read_ready(fd: int, timeout: float) -> dict[str, object] | None:
+def read_ready(fd: int, timeout: float) -> dict[str, object] | None:
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:

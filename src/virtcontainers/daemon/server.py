@@ -2,9 +2,11 @@
 
 Started by :func:`virtcontainers.daemon.launcher.spawn` (the command line and the
 readiness report are that module's), in a new session so it outlives its
-caller.  It boots the pod, reports ready or the error, then serves the
-requests of :mod:`virtcontainers.daemon.calls` on the pod's socket until the pod
-stops, and exits.
+caller; or hosted as a task on the event loop of a longer-lived process
+(:mod:`virtcontainers.daemon.hosted`: containerd's shim).  It boots the pod,
+reports ready or the error, then serves the requests of
+:mod:`virtcontainers.daemon.calls` on the pod's socket until the pod stops,
+and exits (or, hosted, ends its task).
 """
 
 from __future__ import annotations
@@ -232,9 +234,14 @@ def _listen(path: Path) -> socket.socket:
     return listener
 
 
-async def run(store: Store, args: launcher.DaemonArgs) -> int:
+async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | None = None) -> int:
     """Boot the pod and serve it; a failure is reported only after cleaning up,
-    so the caller may delete the pod's directory as soon as it hears of it."""
+    so the caller may delete the pod's directory as soon as it hears of it.
+
+    ``stop``: set by the process that hosts this daemon when the pod must stop
+    (its own shutdown); SIGTERM and SIGINT are then that process's to handle.
+    Without it, they stop the pod.
+    """
     paths = store.paths(args.pod_id)
     listener: socket.socket | None = None
     pod: Pod | None = None
@@ -254,7 +261,7 @@ async def run(store: Store, args: launcher.DaemonArgs) -> int:
     try:
         if failure is None and pod is not None and listener is not None:
             heard = launcher.report_ready(args.ready_fd, {"ok": True})
-            await _serve_until_stopped(store, pod, listener, heard, args.owner)
+            await _serve_until_stopped(store, pod, listener, heard, args.owner, stop)
     finally:
         if listener is not None:
             listener.close()
@@ -304,20 +311,24 @@ def _record_exit(store: Store, pod_id: str) -> None:
 
 
 async def _serve_until_stopped(
-    store: Store, pod: Pod, listener: socket.socket, heard: bool, owner: ProcessRef | None
+    store: Store,
+    pod: Pod,
+    listener: socket.socket,
+    heard: bool,
+    owner: ProcessRef | None,
+    stop: asyncio.Event | None,
 ) -> None:
-    """Serve RPC until the pod stops: by request, VM death, SIGTERM/SIGINT, the
-    starter gone before it heard the pod run, or the owner's exit."""
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop_requested.set)
+    """Serve RPC until the pod stops: by request, VM death, SIGTERM/SIGINT (or the
+    host's ``stop``), the starter gone before it heard the pod run, or the owner's exit."""
+    stop_requested = _signalled() if stop is None else stop
+    starter_gone = asyncio.Event()
     owner_gone = _watch_owner(owner)
     if not heard and owner is None:
         pod.record.error = "the caller that started the pod went away before it was running"
-        stop_requested.set()
+        starter_gone.set()
     serving = asyncio.ensure_future(Daemon(store, pod).serve(listener))
-    waits = {asyncio.ensure_future(stop_requested.wait()), asyncio.ensure_future(owner_gone.wait())}
+    waits = {asyncio.ensure_future(event.wait()) for event in (stop_requested, starter_gone)}
+    waits.add(asyncio.ensure_future(owner_gone.wait()))
     await asyncio.wait({serving, *waits}, return_when=asyncio.FIRST_COMPLETED)
     if not serving.done():
         log.info("stopping the pod: %s", "its owner exited" if owner_gone.is_set() else "asked to")
@@ -328,6 +339,15 @@ async def _serve_until_stopped(
         wait.cancel()
     if owner_gone.is_set():
         _remove_for_owner(store, pod.id)
+
+
+def _signalled() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, for a daemon that is a process of its own."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, signalled.set)
+    return signalled
 
 
 def _watch_owner(owner: ProcessRef | None) -> asyncio.Event:

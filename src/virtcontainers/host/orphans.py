@@ -13,6 +13,11 @@ the pod's record names.  What it removes:
   (once they are older than :data:`HALF_CREATED_AGE`);
 - processes (daemons, QEMU, virtiofsd) started for a pod of this run root
   that is not running, or that its record does not name.
+
+A process that hosts a pod's daemon on its own event loop (containerd's shim,
+:mod:`virtcontainers.daemon.hosted`) is known by the record's ProcessRef
+alone: its command line names no pod, so it is never taken for a stray (it
+serves containerd after its pod has stopped).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ directory, and TTRPC_ADDRESS in its environment:
   its pod) through the api; it prints a DeleteResponse.
 - with no action, the shim serves the task service over ttrpc on the
   listening socket ``start`` handed it (``-listen-fd``), until containerd's
-  Shutdown once it has no task left.
+  Shutdown once it has no task left.  It is its pod's daemon too: the pod
+  boots and is served on the same event loop.
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ async def serve(flags: Flags) -> None:
     await shutdown.wait()
     # Shutdown's own answer goes out before the connections close.
     await asyncio.sleep(0.1)
+    await service.daemons.wait()
     await server.close()
     with contextlib.suppress(OSError):
         os.unlink(path)

@@ -1,10 +1,13 @@
 """containerd's task service, each call mapped onto the api in a few lines.
 
-One shim serves one pod: the sandbox's (or a standalone container's) Create
-makes and boots the pod, the Creates of the containers that name it as their
-sandbox add containers to it.  The api is synchronous: calls run in threads,
-and each started process has a thread of its own that waits for its exit, so
-that Wait answers and TaskExit is published the moment it ends.
+One shim serves one pod, and is its daemon: the sandbox's (or a standalone
+container's) Create makes the pod and boots it on the shim's own event loop
+(:class:`~virtcontainers.daemon.hosted.DaemonHost`), the Creates of the
+containers that name it as their sandbox add containers to it.  The api is
+synchronous: calls run in threads, and reach the pod over its daemon's
+socket, which the same loop serves; each started process has a thread of its
+own that waits for its exit, so that Wait answers and TaskExit is published
+the moment it ends.  The shim's shutdown stops the pod.
 
 Pids are the guest's: the processes live in the VM, not on the host.
 """
@@ -27,6 +30,7 @@ from google.protobuf.message import Message
 
 from virtcontainers import api, oci
 from virtcontainers.config import Cmd
+from virtcontainers.daemon.hosted import DaemonHost
 from virtcontainers.errors import (
     BusyError,
     ConfigError,
@@ -143,6 +147,7 @@ class TaskService:
         self.shutdown = shutdown
         self.cgroup_v2 = cgroup_v2
         self.tasks: dict[str, Task] = {}
+        self.daemons = DaemonHost(asyncio.get_running_loop(), shutdown)
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -289,7 +294,7 @@ class TaskService:
         pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
         made = Task(container_id, bundle.path, pod_id, bundle.role, bundle.spec, init)
         if made.owns_pod:
-            api.run_pod(bundle.pod_config(pod_id))
+            api.run_pod(bundle.pod_config(pod_id), host=self.daemons)
         try:
             stdio, init.stdin = open_fifos(init.fifos)
             try:
