@@ -107,7 +107,9 @@ def test_a_sandbox_reports_what_its_vm_costs_the_host() -> None:
     assert own is not None
     usage = stats.vm_usage(pod, USAGE)
     assert usage.pids == 2
-    assert usage.memory_bytes >= own.pss_bytes * 2 > 0
+    # Twice this process's PSS, read a moment later: PSS shrinks when another
+    # process (a test worker's fork) comes to share pages, so no exact sum.
+    assert usage.memory_bytes > own.pss_bytes > 0
     assert usage.cpu_usage_ns == usage.cpu_user_ns + usage.cpu_system_ns
     assert usage.cpu_usage_ns >= round(own.cpu_seconds * 1e9) * 2 > 0
     assert (usage.network_rx_bytes, usage.network_tx_bytes) == (30, 40)  # the pod's, from the guest
