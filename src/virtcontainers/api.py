@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
-from virtcontainers.daemon import calls, launcher, rpc
+from virtcontainers.daemon import calls, launcher
+from virtcontainers.daemon.client import LIVE, call_daemon, daemon_running, wait_daemon_gone
 from virtcontainers.errors import (
     CorruptRecordError,
     DaemonError,
@@ -97,7 +98,6 @@ DAEMON_EXIT_WAIT = 30.0
 # A hot-plug waits for the guest twice at worst (the NIC to appear, then to let
 # go of it again when the guest's configuration fails): a minute each.
 INTERFACE_TIMEOUT = 180.0
-LIVE = (PodState.RUNNING, PodState.PAUSED)
 R = TypeVar("R")
 
 
@@ -116,42 +116,7 @@ def _live_call(
 ) -> R:
     """Call the daemon of a running pod."""
     store = _store()
-    return _call_daemon(store, reconcile(store, pod_id), request, stdio, timeout)
-
-
-def _call_daemon(
-    store: Store,
-    record: PodRecord,
-    request: calls.Request[R],
-    stdio: Stdio | None = None,
-    timeout: float | None = 60.0,
-) -> R:
-    """Call the daemon of the pod whose (reconciled) record this is: the only way in."""
-    if record.state not in LIVE:
-        raise StateError(
-            f"pod {record.id!r}", request.ACTION, record.state.value, [s.value for s in LIVE]
-        )
-    given = stdio.named() if stdio is not None else []
-    params = {**request.to_params(), "stdio": [name for name, _fd in given]}
-    socket = store.paths(record.id).socket
-    try:
-        data = rpc.call(
-            socket, request.METHOD, params, [fd for _name, fd in given], timeout=timeout
-        )
-    except DaemonError:
-        _raise_if_stopped_meanwhile(store, record.id, request)
-        raise
-    return request.decode_result(data)
-
-
-def _raise_if_stopped_meanwhile(store: Store, pod_id: str, request: calls.Request[R]) -> None:
-    """A call that raced the pod's stop lost its daemon mid-way: say that plainly."""
-    try:
-        state = reconcile(store, pod_id).state
-    except VcError:
-        return
-    if state not in LIVE:
-        raise StateError(f"pod {pod_id!r}", request.ACTION, state.value, [s.value for s in LIVE])
+    return call_daemon(store, reconcile(store, pod_id), request, stdio, timeout)
 
 
 # --- pods ----------------------------------------------------------------------------------
@@ -248,8 +213,8 @@ def stop_pod(pod_id: str, timeout: float = STOP_TIMEOUT, force: bool = False) ->
             store.save(record)
         else:
             record.state.require(pod_id, "stop", *LIVE)
-            _call_daemon(store, record, calls.StopPod(), timeout=timeout)
-            _wait_daemon_gone(store, record, timeout)
+            call_daemon(store, record, calls.StopPod(), timeout=timeout)
+            wait_daemon_gone(store, record, timeout)
     return pod_status(pod_id)
 
 
@@ -257,51 +222,26 @@ def _force_stop(store: Store, pod_id: str) -> None:
     record = reconcile(store, pod_id)
     if record.state in LIVE:
         try:
-            _call_daemon(store, record, calls.StopPod(), timeout=FORCE_GRACE)
+            call_daemon(store, record, calls.StopPod(), timeout=FORCE_GRACE)
         except VcError:
             pass  # hung or gone: killed below
         else:
             with contextlib.suppress(DaemonError):
-                _wait_daemon_gone(store, record, FORCE_GRACE)
+                wait_daemon_gone(store, record, FORCE_GRACE)
     daemon = record.daemon
-    if daemon is not None and daemon != hostproc.current() and _daemon_running(store, record):
+    if daemon is not None and daemon != hostproc.current() and daemon_running(store, record):
         # SIGKILL reaches a stopped process too; QEMU dies with it.  A daemon
         # this process hosts sees its VM killed below, and ends.
         hostproc.kill(daemon)
     if record.vm is not None:
         hostproc.kill(record.vm)
     with contextlib.suppress(DaemonError):
-        _wait_daemon_gone(store, record, FORCE_GRACE)
+        wait_daemon_gone(store, record, FORCE_GRACE)
     with store.locked(pod_id, "stop", FORCE_GRACE):
         record = reconcile(store, pod_id, held=True)
         if record.state is PodState.CREATED:
             record.state = record.state.moved_to(pod_id, PodState.STOPPED)
             store.save(record)
-
-
-def _wait_daemon_gone(store: Store, record: PodRecord, timeout: float) -> None:
-    """Wait until the pod's daemon has ended (DaemonError after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while record.daemon is not None and _daemon_running(store, record):
-        if time.monotonic() > deadline:
-            raise DaemonError(
-                f"pod {record.id!r}: daemon {record.daemon.pid} did not exit in {timeout:.0f}s"
-            )
-        time.sleep(0.02)
-
-
-def _daemon_running(store: Store, record: PodRecord) -> bool:
-    """Whether the daemon ``record`` names still runs: its process is alive and the
-    pod's record still names it.  A daemon hosted by a process that lives on
-    (containerd's shim) ends by recording its exit, not by exiting."""
-    if record.daemon is None or not hostproc.alive(record.daemon):
-        return False
-    try:
-        return store.load(record.id).daemon == record.daemon
-    except NotFoundError:
-        return False
-    except CorruptRecordError:
-        return True
 
 
 def delete_pod(pod_id: str, force: bool = False) -> None:
@@ -323,7 +263,7 @@ def delete_pod(pod_id: str, force: bool = False) -> None:
         else:
             record.state.require(pod_id, "delete", PodState.CREATED, PodState.STOPPED)
             # A daemon whose VM died may still be writing its last record.
-            _wait_daemon_gone(store, record, DAEMON_EXIT_WAIT)
+            wait_daemon_gone(store, record, DAEMON_EXIT_WAIT)
         remove_pod_files(lock.paths)
 
 
@@ -418,7 +358,7 @@ def create_container(
             store.save(record)
             return ContainerStatus.from_record(entry)
     request = calls.CreateContainer(config)
-    return ContainerStatus.from_record(_call_daemon(store, record, request, stdio, START_TIMEOUT))
+    return ContainerStatus.from_record(call_daemon(store, record, request, stdio, START_TIMEOUT))
 
 
 def delete_container(pod_id: str, container_id: str) -> None:
@@ -438,7 +378,7 @@ def delete_container(pod_id: str, container_id: str) -> None:
             store.save(record)
             SharedDir(lock.paths).remove_layer(container_id)
             return
-    _call_daemon(store, record, calls.DeleteContainer(container_id))
+    call_daemon(store, record, calls.DeleteContainer(container_id))
 
 
 def start_container(pod_id: str, container_id: str) -> None:
@@ -517,7 +457,7 @@ def wait_process(
             raise NotFoundError("container", container_id, f"in pod {pod_id!r}")
         if entry.exit is not None:
             return entry.exit
-    return _call_daemon(store, record, calls.WaitProcess(container_id, exec_id), timeout=timeout)
+    return call_daemon(store, record, calls.WaitProcess(container_id, exec_id), timeout=timeout)
 
 
 def wait_container(pod_id: str, container_id: str, timeout: float | None = None) -> ExitStatus:
@@ -582,7 +522,7 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
             # record is reconciled before it is read.
             with contextlib.suppress(DaemonError):
                 store = _store()
-                _wait_daemon_gone(store, store.load(pod_id), DAEMON_EXIT_WAIT)
+                wait_daemon_gone(store, store.load(pod_id), DAEMON_EXIT_WAIT)
             status = pod_status(pod_id)
             yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
             return

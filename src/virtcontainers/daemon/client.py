@@ -1,0 +1,90 @@
+"""How a caller reaches a pod's daemon: one call over the pod's socket, and
+waiting for the daemon to end.
+
+:mod:`virtcontainers.api` is the one caller; the daemon's side of the same
+calls is :mod:`virtcontainers.daemon.server`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+from virtcontainers.daemon import calls, rpc
+from virtcontainers.errors import (
+    CorruptRecordError,
+    DaemonError,
+    NotFoundError,
+    StateError,
+    VcError,
+)
+from virtcontainers.host import proc as hostproc
+from virtcontainers.host.orphans import reconcile
+from virtcontainers.records import PodRecord
+from virtcontainers.states import PodState
+from virtcontainers.stdio import Stdio
+from virtcontainers.store import Store
+
+LIVE = (PodState.RUNNING, PodState.PAUSED)
+"""The states in which a pod has a daemon to call."""
+R = TypeVar("R")
+
+
+def call_daemon(
+    store: Store,
+    record: PodRecord,
+    request: calls.Request[R],
+    stdio: Stdio | None = None,
+    timeout: float | None = 60.0,
+) -> R:
+    """Call the daemon of the pod whose (reconciled) record this is: the only way in."""
+    if record.state not in LIVE:
+        raise StateError(
+            f"pod {record.id!r}", request.ACTION, record.state.value, [s.value for s in LIVE]
+        )
+    given = stdio.named() if stdio is not None else []
+    params = {**request.to_params(), "stdio": [name for name, _fd in given]}
+    socket = store.paths(record.id).socket
+    try:
+        data = rpc.call(
+            socket, request.METHOD, params, [fd for _name, fd in given], timeout=timeout
+        )
+    except DaemonError:
+        _raise_if_stopped_meanwhile(store, record.id, request)
+        raise
+    return request.decode_result(data)
+
+
+def _raise_if_stopped_meanwhile(store: Store, pod_id: str, request: calls.Request[R]) -> None:
+    """A call that raced the pod's stop lost its daemon mid-way: say that plainly."""
+    try:
+        state = reconcile(store, pod_id).state
+    except VcError:
+        return
+    if state not in LIVE:
+        raise StateError(f"pod {pod_id!r}", request.ACTION, state.value, [s.value for s in LIVE])
+
+
+def wait_daemon_gone(store: Store, record: PodRecord, timeout: float) -> None:
+    """Wait until the pod's daemon has ended (DaemonError after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while record.daemon is not None and daemon_running(store, record):
+        if time.monotonic() > deadline:
+            raise DaemonError(
+                f"pod {record.id!r}: daemon {record.daemon.pid} did not exit in {timeout:.0f}s"
+            )
+        time.sleep(0.02)
+
+
+def daemon_running(store: Store, record: PodRecord) -> bool:
+    """Whether the daemon ``record`` names still runs: its process is alive and the
+    pod's record still names it.  A daemon hosted by a process that lives on
+    (containerd's shim) ends by recording its exit, not by exiting."""
+    if record.daemon is None or not hostproc.alive(record.daemon):
+        return False
+    try:
+        return store.load(record.id).daemon == record.daemon
+    except NotFoundError:
+        return False
+    except CorruptRecordError:
+        return True
