@@ -17,12 +17,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
 from virtcontainers import api
 from virtcontainers.cli.runtime import resources as runtime_resources
+from virtcontainers.cli.runtime.failures import RuntimeGroup
 from virtcontainers.cli.runtime.pidshim import ShimRequest
 from virtcontainers.cli.runtime.process import check_console, start_shim, write_pid_file
 from virtcontainers.cli.runtime.state import (
@@ -36,7 +37,7 @@ from virtcontainers.cli.runtime.state import (
 )
 from virtcontainers.cli.signals import signal_number
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, User
-from virtcontainers.errors import NotFoundError, StateError, VcError
+from virtcontainers.errors import NotFoundError, StateError
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.ids import validate_id
@@ -45,56 +46,6 @@ from virtcontainers.states import ContainerState, PodState
 
 if TYPE_CHECKING:
     from virtcontainers.oci.namespaces import Peer
-
-# --- errors, the runc way -----------------------------------------------------------------
-
-
-def _fail(options: Options, message: str) -> NoReturn:
-    log_event(options, "error", message)
-    click.echo(message, err=True)
-    sys.exit(1)
-
-
-class RuncUsageError(click.UsageError):
-    """A usage error as runc gives it: exit status 1, not click's 2."""
-
-    exit_code = 1
-
-
-def _runc_usage_error(exc: click.UsageError, options: Options) -> RuncUsageError:
-    """``exc`` as runc's, logged like any other error (an engine reads the log)."""
-    log_event(options, "error", exc.format_message())
-    return RuncUsageError(exc.message, exc.ctx)
-
-
-class RuntimeGroup(click.Group):
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as exc:
-            raise _runc_usage_error(exc, Options()) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:  # a subcommand's: an id that reads as an option ("-x")
-            raise _runc_usage_error(exc, _options_so_far(ctx)) from None
-        except (RuntimeCommandError, VcError) as exc:
-            _fail(_options_so_far(ctx), str(exc))
-
-
-def _options_so_far(ctx: click.Context) -> Options:
-    """The global options; before the group's callback made them (an unknown
-    command), what it parsed of the log's."""
-    if isinstance(ctx.obj, Options):
-        return ctx.obj
-    return Options(log=ctx.params.get("log"), log_format=ctx.params.get("log_format", "text"))
 
 
 @click.group(cls=RuntimeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,9 +84,6 @@ def _options(ctx: click.Context) -> Options:
     options = ctx.obj
     assert isinstance(options, Options)
     return options
-
-
-# --- helpers ---------------------------------------------------------------------------------
 
 
 # --- create / start / run ----------------------------------------------------------------------
