@@ -23,8 +23,8 @@ from virtcontainers.cgroupconfig import CgroupConfig, CgroupDict
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import validate_hostname, validate_id
 from virtcontainers.limits import Limits, LimitsDict
-from virtcontainers.plainconfig import Plain, reject_unknown
-from virtcontainers.volumes import MAX_VOLUMES, BlockVolume, BlockVolumeDict
+from virtcontainers.plainconfig import Plain, check_str_tuple, check_type, reject_unknown
+from virtcontainers.volumes import MAX_VOLUMES, BlockVolume, BlockVolumeDict, Mount, MountDict
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user", "time"})
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -40,45 +40,12 @@ MAX_HOTPLUG_SLOTS = 16  # empty PCIe root ports of one VM
 NET_HOTPLUG_SLOTS = 4
 
 
-_ACCESS_FLAGS = (
-    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "nodiratime",
-    "diratime", "relatime", "norelatime", "strictatime", "nostrictatime",
-)  # fmt: skip
-RECURSIVE_MOUNT_FLAGS = frozenset("r" + flag for flag in _ACCESS_FLAGS)
-"""``rnosuid`` and the like: the flag on every submount of a bind too."""
-PROPAGATION_OPTIONS = frozenset(
-    {"private", "rprivate", "slave", "rslave", "unbindable", "runbindable"}
-)
-MOUNT_OPTIONS = frozenset(
-    {*_ACCESS_FLAGS, *RECURSIVE_MOUNT_FLAGS, *PROPAGATION_OPTIONS, "bind", "rbind", "defaults"}
-    | {"sync", "async", "dirsync", "mand", "nomand", "lazytime", "nolazytime"}
-)
-"""What :attr:`Mount.options` may hold (the OCI names).  ``shared`` and
-``rshared`` are not among them: mounts made in a container cannot reach the
-host across the VM boundary."""
-
-
 def host_memory_mib() -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) // 1024
     raise OSError("MemTotal missing from /proc/meminfo")
-
-
-def _check_type(where: str, value: object, expected: type | tuple[type, ...]) -> None:
-    if isinstance(value, bool) and expected in (int, float):
-        raise ConfigError(where, f"expected {expected}, got a boolean")
-    if not isinstance(value, expected):
-        raise ConfigError(where, f"expected {expected}, got {type(value).__name__} {value!r}")
-
-
-def _check_str_tuple(where: str, values: object) -> tuple[str, ...]:
-    if not isinstance(values, list | tuple):
-        raise ConfigError(where, f"expected a list of strings, got {type(values).__name__}")
-    for item in values:
-        _check_type(where, item, str)
-    return tuple(values)
 
 
 # --- JSON forms --------------------------------------------------------------------
@@ -90,13 +57,6 @@ class ResourcesDict(TypedDict):
     vcpus: int
     memory_mib: int
     hotplug_slots: NotRequired[int]
-
-
-class MountDict(TypedDict):
-    source: str
-    destination: str
-    read_only: bool
-    options: list[str]
 
 
 class UserDict(TypedDict):
@@ -165,9 +125,9 @@ class Resources(Plain):
     :meth:`PodConfig.hotplug_slots`)."""
 
     def __post_init__(self) -> None:
-        _check_type("resources.vcpus", self.vcpus, int)
-        _check_type("resources.memory_mib", self.memory_mib, int)
-        _check_type("resources.hotplug_slots", self.hotplug_slots, int)
+        check_type("resources.vcpus", self.vcpus, int)
+        check_type("resources.memory_mib", self.memory_mib, int)
+        check_type("resources.hotplug_slots", self.hotplug_slots, int)
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError("resources.vcpus", f"{self.vcpus} is outside 1..{MAX_VCPUS}")
         if not 0 <= self.hotplug_slots <= MAX_HOTPLUG_SLOTS:
@@ -193,76 +153,6 @@ class Resources(Plain):
             raise ConfigError(
                 "resources.memory_mib", f"{self.memory_mib} MiB is more than the host's {host} MiB"
             )
-
-
-@dataclass(frozen=True)
-class Mount(Plain):
-    """A host directory or file made visible inside a container.
-
-    ``options`` are the bind's options besides ro/rw, by their OCI names (see
-    :data:`MOUNT_OPTIONS`): the container's mount gets them in the guest;
-    ``bind`` shares the source without its submounts (the default is
-    ``rbind``), and ``slave``/``rslave`` let mounts made later under the source
-    on the host reach the container.
-    """
-
-    KIND = "mount"
-
-    source: str
-    destination: str
-    read_only: bool = False
-    options: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check_type("mount.source", self.source, str)
-        _check_type("mount.destination", self.destination, str)
-        _check_type("mount.read_only", self.read_only, bool)
-        object.__setattr__(self, "options", _check_str_tuple("mount.options", self.options))
-        for option in self.options:
-            if option in ("shared", "rshared"):
-                raise ConfigError(
-                    "mount.options",
-                    f"{option!r}: mounts made in a container cannot propagate to the host "
-                    "across the VM boundary",
-                )
-            if option not in MOUNT_OPTIONS:
-                raise ConfigError(
-                    "mount.options",
-                    f"{option!r} is not a bind mount option "
-                    f"(known: {', '.join(sorted(MOUNT_OPTIONS))})",
-                )
-        if not os.path.isabs(self.destination):
-            raise ConfigError("mount.destination", f"{self.destination!r} is not absolute")
-        if not os.path.isabs(self.source):
-            raise ConfigError("mount.source", f"{self.source!r} is not absolute")
-
-    def to_dict(self) -> MountDict:
-        return {
-            "source": self.source,
-            "destination": self.destination,
-            "read_only": self.read_only,
-            "options": list(self.options),
-        }
-
-    @property
-    def recursive(self) -> bool:
-        """Whether the source's submounts come along (``rbind``, the default)."""
-        return "bind" not in self.options or "rbind" in self.options
-
-    @property
-    def propagation(self) -> str:
-        """How mounts made later under the source on the host reach the container:
-        ``private`` (they do not), ``slave`` or ``rslave`` (they do; on the host
-        ``slave`` acts as ``rslave``, the share's mounts being set all at once)."""
-        chosen = "private"
-        for option in self.options:
-            if option in ("private", "rprivate", "slave", "rslave"):
-                chosen = "private" if option.endswith("private") else option
-        return chosen
-
-    def check_host(self) -> None:
-        if not os.path.exists(self.source):
-            raise ConfigError("mount.source", f"{self.source} does not exist")
 
 
 def _check_id(where: str, value: object) -> int:
@@ -331,22 +221,22 @@ class Cmd:
     container's, and a process in the VM outside containers with none."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "args", _check_str_tuple("cmd.args", self.args))
-        object.__setattr__(self, "env", _check_str_tuple("cmd.env", self.env))
+        object.__setattr__(self, "args", check_str_tuple("cmd.args", self.args))
+        object.__setattr__(self, "env", check_str_tuple("cmd.env", self.env))
         if not self.args:
             raise ConfigError("cmd.args", "a command needs at least the program name")
         for entry in self.env:
             if "=" not in entry:
                 raise ConfigError("cmd.env", f"{entry!r} is not NAME=VALUE")
-        _check_type("cmd.cwd", self.cwd, str)
+        check_type("cmd.cwd", self.cwd, str)
         if not os.path.isabs(self.cwd):
             raise ConfigError("cmd.cwd", f"{self.cwd!r} is not absolute")
-        _check_type("cmd.user", self.user, User)
-        _check_type("cmd.terminal", self.terminal, bool)
+        check_type("cmd.user", self.user, User)
+        check_type("cmd.terminal", self.terminal, bool)
         if self.runtime_settings is not None:
-            _check_type("cmd.runtime_settings", self.runtime_settings, Mapping)
+            check_type("cmd.runtime_settings", self.runtime_settings, Mapping)
             for key in self.runtime_settings:
-                _check_type("cmd.runtime_settings", key, str)
+                check_type("cmd.runtime_settings", key, str)
                 if key in PROCESS_FIELDS:
                     raise ConfigError(
                         "cmd.runtime_settings", f"{key!r} is a field of the Cmd, not a setting"
@@ -422,13 +312,13 @@ class ContainerConfig:
         object.__setattr__(self, "rootfs", Path(self.rootfs))
         if not self.rootfs.is_absolute():
             raise ConfigError("container.rootfs", f"{str(self.rootfs)!r} is not absolute")
-        _check_type("container.cmd", self.cmd, Cmd)
+        check_type("container.cmd", self.cmd, Cmd)
         object.__setattr__(self, "mounts", tuple(self.mounts))
         for mount in self.mounts:
-            _check_type("container.mounts", mount, Mount)
+            check_type("container.mounts", mount, Mount)
         validate_hostname("container.hostname", self.hostname)
-        _check_type("container.read_only_rootfs", self.read_only_rootfs, bool)
-        _check_type("container.writable_layer", self.writable_layer, bool)
+        check_type("container.read_only_rootfs", self.read_only_rootfs, bool)
+        check_type("container.writable_layer", self.writable_layer, bool)
         if self.writable_layer and any(c in str(self.rootfs) for c in ",:\\"):
             raise ConfigError(
                 "container.rootfs",
@@ -436,18 +326,18 @@ class ContainerConfig:
                 "(overlayfs separators)",
             )
         for key, value in dict(self.annotations).items():
-            _check_type("container.annotations", key, str)
-            _check_type("container.annotations", value, str)
+            check_type("container.annotations", key, str)
+            check_type("container.annotations", value, str)
         if self.oci is not None:
-            _check_type("container.oci", self.oci, Mapping)
+            check_type("container.oci", self.oci, Mapping)
             if "process" in self.oci:
                 raise ConfigError(
                     "container.oci", "holds a 'process': the container's process is its cmd"
                 )
-        _check_type("container.limits", self.limits, Limits)
+        check_type("container.limits", self.limits, Limits)
         object.__setattr__(self, "block_volumes", tuple(self.block_volumes))
         for volume in self.block_volumes:
-            _check_type("container.block_volumes", volume, BlockVolume)
+            check_type("container.block_volumes", volume, BlockVolume)
         if len(self.block_volumes) > MAX_VOLUMES:
             raise ConfigError("container.block_volumes", f"at most {MAX_VOLUMES} per container")
 
@@ -572,11 +462,11 @@ class PodConfig:
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
-        _check_type("pod.resources", self.resources, Resources)
+        check_type("pod.resources", self.resources, Resources)
         object.__setattr__(self, "containers", tuple(self.containers))
         seen: set[str] = set()
         for container in self.containers:
-            _check_type("pod.containers", container, ContainerConfig)
+            check_type("pod.containers", container, ContainerConfig)
             if container.id in seen:
                 raise ConfigError("pod.containers", f"container id {container.id!r} appears twice")
             seen.add(container.id)
@@ -590,18 +480,18 @@ class PodConfig:
         if self.agent not in AGENTS:
             raise ConfigError("pod.agent", f"{self.agent!r} is not 'vc' or 'mock'")
         if self.cgroup is not None:
-            _check_type("pod.cgroup", self.cgroup, CgroupConfig)
+            check_type("pod.cgroup", self.cgroup, CgroupConfig)
         if self.netns is not None and not os.path.isabs(self.netns):
             raise ConfigError("pod.netns", f"{self.netns!r} is not an absolute path")
         if self.boot not in BOOT_MODES:
             raise ConfigError("pod.boot", f"{self.boot!r} is not one of {', '.join(BOOT_MODES)}")
         object.__setattr__(
-            self, "kernel_params", _check_str_tuple("pod.kernel_params", self.kernel_params)
+            self, "kernel_params", check_str_tuple("pod.kernel_params", self.kernel_params)
         )
         validate_hostname("pod.hostname", self.hostname)
         for key, value in dict(self.annotations).items():
-            _check_type("pod.annotations", key, str)
-            _check_type("pod.annotations", value, str)
+            check_type("pod.annotations", key, str)
+            check_type("pod.annotations", value, str)
 
     def to_dict(self) -> PodConfigDict:
         return {

@@ -35,3 +35,20 @@ class Plain:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         return cls(**reject_unknown(cls.KIND, cls, data))
+
+
+def check_type(where: str, value: object, expected: type | tuple[type, ...]) -> None:
+    """ConfigError naming ``where`` unless ``value`` is an ``expected`` (a bool is no number)."""
+    if isinstance(value, bool) and expected in (int, float):
+        raise ConfigError(where, f"expected {expected}, got a boolean")
+    if not isinstance(value, expected):
+        raise ConfigError(where, f"expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def check_str_tuple(where: str, values: object) -> tuple[str, ...]:
+    """``values``, a list or tuple of strings, as a tuple (ConfigError naming ``where``)."""
+    if not isinstance(values, list | tuple):
+        raise ConfigError(where, f"expected a list of strings, got {type(values).__name__}")
+    for item in values:
+        check_type(where, item, str)
+    return tuple(values)

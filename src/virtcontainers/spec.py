@@ -8,7 +8,8 @@ from typing import Any, NotRequired, TypedDict
 
 from virtcontainers import volumes
 from virtcontainers.agent.messages import OciProcess, OciUser
-from virtcontainers.config import RECURSIVE_MOUNT_FLAGS, Cmd, ContainerConfig, Mount, User
+from virtcontainers.config import Cmd, ContainerConfig, User
+from virtcontainers.volumes import RECURSIVE_MOUNT_FLAGS, Mount
 
 GUEST_SHARED_DIR = "/run/vc/shared"
 OCI_VERSION = "1.1.0"

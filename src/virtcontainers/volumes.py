@@ -1,4 +1,7 @@
-"""Block volumes: a disk image (raw or qcow2) hot-plugged into the pod's VM for a container.
+"""What a container mounts beside its rootfs: disk images hot-plugged into the
+pod's VM (:class:`BlockVolume`), and host paths bound in (:class:`Mount`, at the end).
+
+Block volumes: a disk image (raw or qcow2) hot-plugged into the pod's VM for a container.
 
 The image reaches the guest as a virtio-blk disk, never through the shared
 directory: the guest's kernel reads the filesystem, and the host only serves
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from virtcontainers.errors import ConfigError
-from virtcontainers.plainconfig import reject_unknown
+from virtcontainers.plainconfig import Plain, check_str_tuple, check_type, reject_unknown
 
 FORMATS = ("raw", "qcow2")
 FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "squashfs")
@@ -97,3 +100,100 @@ def volume_id(container_id: str, index: int) -> str:
 
 def guest_path(container_id: str, index: int) -> str:
     return f"{GUEST_VOLUMES}/{volume_id(container_id, index)}"
+
+
+# --- bind mounts: host paths made visible in a container ---------------------------
+
+_ACCESS_FLAGS = (
+    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "nodiratime",
+    "diratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+)  # fmt: skip
+RECURSIVE_MOUNT_FLAGS = frozenset("r" + flag for flag in _ACCESS_FLAGS)
+"""``rnosuid`` and the like: the flag on every submount of a bind too."""
+PROPAGATION_OPTIONS = frozenset(
+    {"private", "rprivate", "slave", "rslave", "unbindable", "runbindable"}
+)
+MOUNT_OPTIONS = frozenset(
+    {*_ACCESS_FLAGS, *RECURSIVE_MOUNT_FLAGS, *PROPAGATION_OPTIONS, "bind", "rbind", "defaults"}
+    | {"sync", "async", "dirsync", "mand", "nomand", "lazytime", "nolazytime"}
+)
+"""What :attr:`Mount.options` may hold (the OCI names).  ``shared`` and
+``rshared`` are not among them: mounts made in a container cannot reach the
+host across the VM boundary."""
+
+
+class MountDict(TypedDict):
+    source: str
+    destination: str
+    read_only: bool
+    options: list[str]
+
+
+@dataclass(frozen=True)
+class Mount(Plain):
+    """A host directory or file made visible inside a container.
+
+    ``options`` are the bind's options besides ro/rw, by their OCI names (see
+    :data:`MOUNT_OPTIONS`): the container's mount gets them in the guest;
+    ``bind`` shares the source without its submounts (the default is
+    ``rbind``), and ``slave``/``rslave`` let mounts made later under the source
+    on the host reach the container.
+    """
+
+    KIND = "mount"
+
+    source: str
+    destination: str
+    read_only: bool = False
+    options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_type("mount.source", self.source, str)
+        check_type("mount.destination", self.destination, str)
+        check_type("mount.read_only", self.read_only, bool)
+        object.__setattr__(self, "options", check_str_tuple("mount.options", self.options))
+        for option in self.options:
+            if option in ("shared", "rshared"):
+                raise ConfigError(
+                    "mount.options",
+                    f"{option!r}: mounts made in a container cannot propagate to the host "
+                    "across the VM boundary",
+                )
+            if option not in MOUNT_OPTIONS:
+                raise ConfigError(
+                    "mount.options",
+                    f"{option!r} is not a bind mount option "
+                    f"(known: {', '.join(sorted(MOUNT_OPTIONS))})",
+                )
+        if not os.path.isabs(self.destination):
+            raise ConfigError("mount.destination", f"{self.destination!r} is not absolute")
+        if not os.path.isabs(self.source):
+            raise ConfigError("mount.source", f"{self.source!r} is not absolute")
+
+    def to_dict(self) -> MountDict:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "read_only": self.read_only,
+            "options": list(self.options),
+        }
+
+    @property
+    def recursive(self) -> bool:
+        """Whether the source's submounts come along (``rbind``, the default)."""
+        return "bind" not in self.options or "rbind" in self.options
+
+    @property
+    def propagation(self) -> str:
+        """How mounts made later under the source on the host reach the container:
+        ``private`` (they do not), ``slave`` or ``rslave`` (they do; on the host
+        ``slave`` acts as ``rslave``, the share's mounts being set all at once)."""
+        chosen = "private"
+        for option in self.options:
+            if option in ("private", "rprivate", "slave", "rslave"):
+                chosen = "private" if option.endswith("private") else option
+        return chosen
+
+    def check_host(self) -> None:
+        if not os.path.exists(self.source):
+            raise ConfigError("mount.source", f"{self.source} does not exist")

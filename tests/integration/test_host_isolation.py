@@ -12,9 +12,10 @@ import pytest
 from tests.integration.conftest import read_all, shell
 from tests.integration.test_sharedfs import KINDS, virtiofsd_pids
 from virtcontainers import api
-from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.hypervisor.qemu.confine import QEMU_CAPABILITIES
 from virtcontainers.storage import mounts
+from virtcontainers.volumes import Mount
 
 CAP_MKNOD = 27
 CAP_SETFCAP = 31

@@ -18,8 +18,9 @@ import pytest
 from tests.integration.conftest import run_exec, shell, wait_stopped
 from tests.netlab import Lab, NetPair, snapshot, tun_links
 from virtcontainers import api
-from virtcontainers.config import ContainerConfig, Mount, PodConfig
+from virtcontainers.config import ContainerConfig, PodConfig
 from virtcontainers.errors import ConfigError
+from virtcontainers.volumes import Mount
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

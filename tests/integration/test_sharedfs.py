@@ -11,9 +11,10 @@ import pytest
 
 from tests.integration.conftest import pod_with, qemu_pids, read_all, shell, wait_stopped
 from virtcontainers import api
-from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.hypervisor.qemu.virtiofsd import find_virtiofsd
 from virtcontainers.storage import mounts
+from virtcontainers.volumes import Mount
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 

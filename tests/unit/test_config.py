@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from virtcontainers import api
-from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources, User
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources, User
 from virtcontainers.errors import ConfigError
+from virtcontainers.volumes import Mount
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from virtcontainers.cgroupconfig import CgroupConfig
-from virtcontainers.config import Cmd, ContainerConfig, Mount, PodConfig, Resources
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import ConfigError, RuntimeSpecError
 from virtcontainers.ids import validate_id
 from virtcontainers.oci._json import Loc, obj, opt_obj
@@ -24,6 +24,7 @@ from virtcontainers.oci.namespaces import (
     resolve,
 )
 from virtcontainers.oci.translate import translate_process, translate_spec
+from virtcontainers.volumes import Mount
 
 CONFIG_FILE = "config.json"
 log = logging.getLogger("virtcontainers.oci")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtcontainers.config import MAX_ID, MOUNT_OPTIONS, PROCESS_FIELDS, Cmd, Mount, User
+from virtcontainers.config import MAX_ID, PROCESS_FIELDS, Cmd, User
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import HOSTNAME_PATTERN
 from virtcontainers.oci._json import (
@@ -38,6 +38,7 @@ from virtcontainers.oci._json import (
 )
 from virtcontainers.oci.namespaces import NamespacePath, parse_path
 from virtcontainers.oci.resources import translate_resources
+from virtcontainers.volumes import MOUNT_OPTIONS, Mount
 
 #: Filesystems the guest kernel makes itself: they pass through unchanged.
 KERNEL_FILESYSTEMS = frozenset(

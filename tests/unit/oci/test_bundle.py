@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from virtcontainers import spec as guest_spec
-from virtcontainers.config import Cmd, Mount, User
+from virtcontainers.config import Cmd, User
 from virtcontainers.oci import Bundle, PodRole, load_bundle
 from virtcontainers.oci.namespaces import Peer
+from virtcontainers.volumes import Mount
 
 SECCOMP = {
     "defaultAction": "SCMP_ACT_ERRNO",

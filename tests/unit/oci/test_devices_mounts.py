@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from virtcontainers import spec as guest_spec
-from virtcontainers.config import Cmd, ContainerConfig, Mount
+from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import ConfigError, RuntimeSpecError
 from virtcontainers.oci import Bundle, load_bundle
+from virtcontainers.volumes import Mount
 
 DEVICES = [
     {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666},

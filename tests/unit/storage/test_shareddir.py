@@ -12,11 +12,12 @@ import pytest
 
 from tests.conftest import short_temp_dir
 from tests.unit.storage.test_removal import DEPTH, nest
-from virtcontainers.config import Cmd, ContainerConfig, Mount
+from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import VcError
 from virtcontainers.storage import mounts
 from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import PodPaths
+from virtcontainers.volumes import Mount
 
 
 @pytest.fixture

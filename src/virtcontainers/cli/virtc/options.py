@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from virtcontainers.cli.virtc.common import progress
-from virtcontainers.config import BOOT_MODES, Cmd, ContainerConfig, Mount
+from virtcontainers.config import BOOT_MODES, Cmd, ContainerConfig
 from virtcontainers.limits import Limits
+from virtcontainers.volumes import Mount
 
 
 def container_config(
