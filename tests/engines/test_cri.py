@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -124,23 +124,27 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture
-def cri_env(
-    run_root: Path,
+@contextlib.contextmanager
+def cri_environment(
+    prefix: str,
+    env: dict[str, str],
+    plugins: Callable[[Path], str],
     busybox_rootfs: Path,
     lab: Lab,
     cri_stubs: tuple[ModuleType, ModuleType],
 ) -> Iterator[CriEnv]:
+    """A private containerd with the CRI plugin (``plugins`` of the work dir),
+    CNI in a namespace of the lab, the pause and busybox images imported;
+    whatever the test did, its pods, cgroup, namespaces and mounts go after."""
     missing = _missing()
     if missing:
         pytest.skip(missing)
-    work = short_temp_dir("vccri-")
+    work = short_temp_dir(prefix)
     cgroup_parent = f"/{work.name}"
     netns_name, netns = lab.netns()
     ip("-n", netns_name, "link", "set", "lo", "up")  # the CRI's streaming server listens there
     (work / "cni").mkdir()
     (work / "cni" / "10-vc-cri-test.conflist").write_text(cni_conflist(work / "ipam"))
-    env = {**os.environ, "VC_RUN_DIR": str(run_root)}
     holder: list[CriEnv] = []
 
     def remove_sandboxes(_: Containerd) -> None:
@@ -150,7 +154,7 @@ def cri_env(
     try:
         with running_containerd(
             env,
-            cri_plugin_toml(work / "cni", work / "vc-runtime"),
+            plugins(work),
             netns=netns,
             namespace="k8s.io",
             before_stop=remove_sandboxes,
@@ -175,6 +179,25 @@ def cri_env(
             _remove_netns(path)
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def cri_env(
+    run_root: Path,
+    busybox_rootfs: Path,
+    lab: Lab,
+    cri_stubs: tuple[ModuleType, ModuleType],
+) -> Iterator[CriEnv]:
+    env = {**os.environ, "VC_RUN_DIR": str(run_root)}
+    with cri_environment(
+        "vccri-",
+        env,
+        lambda work: cri_plugin_toml(work / "cni", work / "vc-runtime"),
+        busybox_rootfs,
+        lab,
+        cri_stubs,
+    ) as cri_env:
+        yield cri_env
 
 
 def _remove_sandboxes(env: CriEnv) -> None:
@@ -273,7 +296,7 @@ def test_cri_pod_with_two_containers_in_one_vm(cri_env: CriEnv) -> None:
 
     sandbox_config = _sandbox_config(pb, cri_env.logs, cri_env.cgroup_parent)
     sandbox_id, pod_ip = _run_sandbox(cri_env, sandbox_config)
-    ids = _start_containers(cri, sandbox_id, sandbox_config)
+    ids = _start_server_and_worker(cri, sandbox_id, sandbox_config)
     [pod] = api.list_pods()
     assert sorted(c.id for c in pod.containers) == sorted([sandbox_id, *ids])
     assert pod.vm_pid is not None
@@ -341,12 +364,11 @@ def _run_sandbox(cri_env: CriEnv, config: Any) -> tuple[str, str]:
     return sandbox_id, pod_ip
 
 
-def _start_containers(cri: Cri, sandbox_id: str, sandbox_config: Any) -> list[str]:
-    """An HTTP server and a worker in the sandbox, created and started."""
+def start_containers(
+    cri: Cri, sandbox_id: str, sandbox_config: Any, scripts: tuple[tuple[str, str], ...]
+) -> list[str]:
+    """A container per (name, script) in the sandbox, created, then started."""
     pb = cri.pb
-    server = (
-        f"mkdir -p /www && echo '{PAGE}' > /www/index.html && exec httpd -f -p {HTTP_PORT} -h /www"
-    )
     ids: list[str] = [
         cri.call(
             "CreateContainer",
@@ -356,11 +378,20 @@ def _start_containers(cri: Cri, sandbox_id: str, sandbox_config: Any) -> list[st
                 sandbox_config=sandbox_config,
             ),
         ).container_id
-        for name, script in (("server", server), ("worker", "echo worker up; exec sleep 1000000"))
+        for name, script in scripts
     ]
     for container_id in ids:
         cri.call("StartContainer", pb.StartContainerRequest(container_id=container_id))
     return ids
+
+
+def _start_server_and_worker(cri: Cri, sandbox_id: str, sandbox_config: Any) -> list[str]:
+    """An HTTP server and a worker in the sandbox, created and started."""
+    server = (
+        f"mkdir -p /www && echo '{PAGE}' > /www/index.html && exec httpd -f -p {HTTP_PORT} -h /www"
+    )
+    scripts = (("server", server), ("worker", "echo worker up; exec sleep 1000000"))
+    return start_containers(cri, sandbox_id, sandbox_config, scripts)
 
 
 def _exec_sync(cri: Cri, container_id: str, script: str) -> Any:

@@ -9,7 +9,6 @@ clean-up are test_cri.py's.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -20,20 +19,14 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import remove_all_pods, short_temp_dir
 from tests.cri.client import Cri, generate_stubs
 from tests.engines.containerd import (
     VC_SHIM_RUNTIME,
-    Containerd,
-    running_containerd,
     shim_pids,
-    unmount_under,
     with_vc_shim,
 )
-from tests.engines.images import oci_layout_tar
 from tests.engines.streaming import STDERR, STDIN, STDOUT, ChannelStream, exit_code
 from tests.engines.test_cri import (
-    BUSYBOX_IMAGE,
     CNI_PLUGINS,
     HANDLER,
     PAUSE_IMAGE,
@@ -43,16 +36,13 @@ from tests.engines.test_cri import (
     _check_memory_update,
     _container_config,
     _exec_sync,
-    _missing,
-    _remove_cgroup,
-    _remove_netns,
-    _remove_sandboxes,
     _run_sandbox,
     _sandbox_config,
     _wait_for_log,
-    cni_conflist,
+    cri_environment,
+    start_containers,
 )
-from tests.netlab import Lab, ip
+from tests.netlab import Lab
 from virtcontainers import api
 from virtcontainers.factory.templates import Factory, init_template
 from virtcontainers.host.proc import process_usage
@@ -90,71 +80,26 @@ def shim_cri_env(
     lab: Lab,
     cri_stubs: tuple[ModuleType, ModuleType],
 ) -> Iterator[CriEnv]:
-    missing = _missing()
-    if missing:
-        pytest.skip(missing)
-    work = short_temp_dir("vcshc-")
-    cgroup_parent = f"/{work.name}"
-    netns_name, netns = lab.netns()
-    ip("-n", netns_name, "link", "set", "lo", "up")
-    (work / "cni").mkdir()
-    (work / "cni" / "10-vc-cri-test.conflist").write_text(cni_conflist(work / "ipam"))
     env = with_vc_shim({**os.environ, "VC_RUN_DIR": str(run_root)})
-    holder: list[CriEnv] = []
 
-    def remove_sandboxes(_: Containerd) -> None:
-        if holder:
-            _remove_sandboxes(holder[0])
+    def plugins(work: Path) -> str:
+        return shim_plugin_toml(work / "cni")
 
-    try:
-        with running_containerd(
-            env,
-            shim_plugin_toml(work / "cni"),
-            netns=netns,
-            namespace="k8s.io",
-            before_stop=remove_sandboxes,
-            cgroups=True,
-        ) as containerd:
-            for ref, cmd in ((PAUSE_IMAGE, ("sleep", "1000000000")), (BUSYBOX_IMAGE, ("sh",))):
-                tar = oci_layout_tar(busybox_rootfs, work / "image.tar", ref, cmd)
-                imported = containerd.ctr("images", "import", "--digests=false", str(tar))
-                assert imported.returncode == 0, imported.stderr
-            cri = Cri(containerd.address, cri_stubs)
-            holder.append(CriEnv(cri, containerd, netns, work / "logs", cgroup_parent))
-            yield holder[0]
-    finally:
-        remove_all_pods()
-        _remove_cgroup(cgroup_parent)
-        if holder:
-            holder[0].cri.close()
-        for path in holder[0].pod_netns if holder else []:
-            _remove_netns(path)
-        unmount_under(work)
-        shutil.rmtree(work, ignore_errors=True)
+    with cri_environment("vcshc-", env, plugins, busybox_rootfs, lab, cri_stubs) as cri_env:
+        yield cri_env
 
 
 def test_cri_pod_of_two_containers_in_one_vm_through_the_shim(shim_cri_env: CriEnv) -> None:
     cri, pb = shim_cri_env.cri, shim_cri_env.cri.pb
     sandbox_config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
     sandbox_id, _pod_ip = _run_sandbox(shim_cri_env, sandbox_config)
-    ids = [
-        cri.call(
-            "CreateContainer",
-            pb.CreateContainerRequest(
-                pod_sandbox_id=sandbox_id,
-                config=_container_config(pb, name, script),
-                sandbox_config=sandbox_config,
-            ),
-        ).container_id
-        for name, script in (
-            # /dev is a tmpfs of the guest's, charged to the container's cgroup
-            # (the CRI's /dev/shm is a host directory shared into the VM).
-            ("holder", "head -c 40000000 /dev/zero > /dev/ballast; exec sleep 1000000"),
-            ("worker", "echo worker up; exec sleep 1000000"),
-        )
-    ]
-    for container_id in ids:
-        cri.call("StartContainer", pb.StartContainerRequest(container_id=container_id))
+    scripts = (
+        # /dev is a tmpfs of the guest's, charged to the container's cgroup
+        # (the CRI's /dev/shm is a host directory shared into the VM).
+        ("holder", "head -c 40000000 /dev/zero > /dev/ballast; exec sleep 1000000"),
+        ("worker", "echo worker up; exec sleep 1000000"),
+    )
+    ids = start_containers(cri, sandbox_id, sandbox_config, scripts)
     [pod] = api.list_pods()
     assert sorted(c.id for c in pod.containers) == sorted([sandbox_id, *ids])
     assert len(shim_pids(shim_cri_env.containerd.address)) == 1  # one shim for the pod
@@ -315,22 +260,12 @@ def test_pods_outlive_a_containerd_restart_and_a_killed_shim_is_cleaned_up(
     containerd = shim_cri_env.containerd
     sandbox_config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
     sandbox_id, _pod_ip = _run_sandbox(shim_cri_env, sandbox_config)
-    quitter, worker = (
-        cri.call(
-            "CreateContainer",
-            pb.CreateContainerRequest(
-                pod_sandbox_id=sandbox_id,
-                config=_container_config(pb, name, script),
-                sandbox_config=sandbox_config,
-            ),
-        ).container_id
-        for name, script in (
-            ("quitter", "exit 7"),
-            ("worker", "trap 'exit 5' TERM; while true; do sleep 0.2; done"),
-        )
+    quitter, worker = start_containers(
+        cri,
+        sandbox_id,
+        sandbox_config,
+        (("quitter", "exit 7"), ("worker", "trap 'exit 5' TERM; while true; do sleep 0.2; done")),
     )
-    for container_id in (quitter, worker):
-        cri.call("StartContainer", pb.StartContainerRequest(container_id=container_id))
     assert _exited(cri, quitter).exit_code == 7
     [pod] = api.list_pods()
     [shim] = shim_pids(containerd.address)
