@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,14 @@ from virtcontainers.errors import ConfigError
 from virtcontainers.ids import validate_hostname, validate_id
 from virtcontainers.limits import Limits, LimitsDict
 from virtcontainers.plainconfig import Plain, check_str_tuple, check_type, reject_unknown
-from virtcontainers.volumes import MAX_VOLUMES, BlockVolume, BlockVolumeDict, Mount, MountDict
+from virtcontainers.volumes import (
+    MAX_VOLUMES,
+    ROOTFS_FILESYSTEMS,
+    BlockVolume,
+    BlockVolumeDict,
+    Mount,
+    MountDict,
+)
 
 JOINABLE_NAMESPACES = frozenset({"ipc", "uts", "pid", "mount", "cgroup", "user", "time"})
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -87,6 +95,7 @@ class ContainerConfigDict(TypedDict):
     writable_layer: bool
     limits: LimitsDict
     block_volumes: list[BlockVolumeDict]
+    rootfs_fstype: NotRequired[str | None]
 
 
 class ImagePathsDict(TypedDict):
@@ -282,6 +291,13 @@ class ContainerConfig:
     (overlayfs on the host), which lives until the container is deleted.
     Without it the container writes to the rootfs directory itself, as runc's
     bundle rootfs is written.
+
+    ``rootfs_fstype``: the rootfs is not a directory but a block device (a
+    loop device, a device-mapper volume) holding a filesystem of this type
+    (one of :data:`~virtcontainers.volumes.ROOTFS_FILESYSTEMS`).  The pod
+    hot-plugs it and the guest mounts it as the container's root; nothing of
+    it is shared over 9p.  While the container exists the pod holds the device
+    open exclusively, so the host cannot mount it (see docs/block-rootfs.md).
     """
 
     id: str
@@ -300,6 +316,7 @@ class ContainerConfig:
     """Memory, pids and CPU limits, applied in the guest (see limits.py)."""
     block_volumes: tuple[BlockVolume, ...] = ()
     """Disk images hot-plugged into the VM and mounted in the container (volumes.py)."""
+    rootfs_fstype: str | None = None
 
     def __post_init__(self) -> None:
         validate_id("container", self.id)
@@ -340,9 +357,38 @@ class ContainerConfig:
             check_type("container.block_volumes", volume, BlockVolume)
         if len(self.block_volumes) > MAX_VOLUMES:
             raise ConfigError("container.block_volumes", f"at most {MAX_VOLUMES} per container")
+        self._check_rootfs_fstype()
+
+    def _check_rootfs_fstype(self) -> None:
+        if self.rootfs_fstype is None:
+            return
+        if self.rootfs_fstype not in ROOTFS_FILESYSTEMS:
+            raise ConfigError(
+                "container.rootfs_fstype",
+                f"{self.rootfs_fstype!r} is not one of {', '.join(ROOTFS_FILESYSTEMS)} "
+                f"(container {self.id!r})",
+            )
+        if self.writable_layer:
+            raise ConfigError(
+                "container.writable_layer",
+                f"container {self.id!r}: a block-device rootfs has no writable layer "
+                "(it is the container's own disk)",
+            )
+
+    @property
+    def block_rootfs(self) -> bool:
+        """Whether the rootfs is a block device hot-plugged into the VM."""
+        return self.rootfs_fstype is not None
 
     def check_host(self) -> None:
-        if not self.rootfs.is_dir():
+        if self.block_rootfs:
+            if not stat.S_ISBLK(_mode(self.rootfs)):
+                raise ConfigError(
+                    "container.rootfs",
+                    f"{self.rootfs} is not a block device (container {self.id!r}, "
+                    f"rootfs_fstype {self.rootfs_fstype!r})",
+                )
+        elif not self.rootfs.is_dir():
             raise ConfigError(
                 "container.rootfs", f"{self.rootfs} is not a directory (container {self.id!r})"
             )
@@ -365,6 +411,7 @@ class ContainerConfig:
             "writable_layer": self.writable_layer,
             "limits": self.limits.to_dict(),
             "block_volumes": [v.to_dict() for v in self.block_volumes],
+            "rootfs_fstype": self.rootfs_fstype,
         }
 
     @classmethod
@@ -383,6 +430,13 @@ class ContainerConfig:
             BlockVolume.from_dict(v) for v in values.get("block_volumes") or ()
         )
         return cls(**values)
+
+
+def _mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode
+    except OSError:
+        return 0
 
 
 def _cmd_and_oci(cmd: object, oci: object) -> tuple[Cmd, object]:
@@ -513,7 +567,7 @@ class PodConfig:
         """The empty PCIe slots the pod's VM is booted with: those asked for,
         or as many as its first containers' block volumes and its network
         namespace need, whichever is more."""
-        volumes = sum(len(c.block_volumes) for c in self.containers)
+        volumes = sum(len(c.block_volumes) + c.block_rootfs for c in self.containers)
         network = NET_HOTPLUG_SLOTS if self.netns is not None else 0
         return max(self.resources.hotplug_slots, volumes, network)
 

@@ -136,7 +136,8 @@ def container_spec(
     """
     spec = copy.deepcopy(dict(config.oci)) if config.oci is not None else default_spec(pod_hostname)
     spec["process"] = container_process(config.cmd)
-    spec["root"] = {"path": guest_rootfs(config.id), "readonly": config.read_only_rootfs}
+    root = volumes.guest_rootfs_disk(config.id) if config.block_rootfs else guest_rootfs(config.id)
+    spec["root"] = {"path": root, "readonly": config.read_only_rootfs}
     if config.hostname is not None:
         spec["hostname"] = config.hostname
     mounts = list(spec.get("mounts") or [])

@@ -29,6 +29,9 @@ from virtcontainers.plainconfig import Plain, check_str_tuple, check_type, rejec
 
 FORMATS = ("raw", "qcow2")
 FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "squashfs")
+ROOTFS_FILESYSTEMS = ("ext4", "ext3", "ext2")
+"""What a block-device rootfs may hold: the guest image's kernel carries the
+ext4 driver (which serves ext2 and ext3 too), not xfs or btrfs."""
 GUEST_VOLUMES = "/run/vc/volumes"
 MAX_VOLUMES = 8
 
@@ -100,6 +103,18 @@ def volume_id(container_id: str, index: int) -> str:
 
 def guest_path(container_id: str, index: int) -> str:
     return f"{GUEST_VOLUMES}/{volume_id(container_id, index)}"
+
+
+def rootfs_disk_id(container_id: str) -> str:
+    """The id of a container's block-device rootfs: its device id, disk serial
+    and guest directory name, as :func:`volume_id` gives a volume's."""
+    digest = hashlib.sha256(container_id.encode()).hexdigest()[:12]
+    return f"root{digest}"
+
+
+def guest_rootfs_disk(container_id: str) -> str:
+    """Where the guest mounts a container's block-device rootfs (its crun root)."""
+    return f"{GUEST_VOLUMES}/{rootfs_disk_id(container_id)}"
 
 
 # --- bind mounts: host paths made visible in a container ---------------------------

@@ -212,6 +212,7 @@ class Pod:
             await self.hypervisor.stop()
         except VcError as exc:
             self.log.warning("stopping the VM: %s", exc)
+        self.volumes.release_claims()
         try:
             await self.agent.close()
         except (VcError, OSError) as exc:

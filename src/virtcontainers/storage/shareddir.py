@@ -7,7 +7,8 @@ guest sees read-only; only what containers need is writable, and those are
 mount points, which cannot be renamed::
 
     <pod>/skel/                 tmpfs, written by the host alone (the pod dir is 0700)
-        <container>/rootfs      empty mount points, one per container root ...
+        <container>/rootfs      empty mount points, one per container root (none for
+                                a block-device root, which the VM gets as a disk) ...
         <container>/mounts/<n>  ... and per volume
     <pod>/shared/               a read-only bind of skel/, exported to the guest;
                                 the container roots and volumes are mounted on it
@@ -82,21 +83,18 @@ class SharedDir:
     # --- containers ---------------------------------------------------------------------
 
     def share(self, config: ContainerConfig) -> None:
-        """Mount a container's root filesystem and volumes where the guest finds them."""
+        """Mount a container's root filesystem (unless it is a block device) and
+        volumes where the guest finds them."""
         skeleton = self.paths.skel / validate_id("container", config.id)
         if skeleton.exists():
             self.unshare(config.id)
         try:
-            (skeleton / "rootfs").mkdir(parents=True)
+            skeleton.mkdir()
             _traversable(skeleton)
             view = self.paths.shared / config.id
-            if config.writable_layer != config.read_only_rootfs and _overlayable(config):
-                # A layer of its own: a shared base never sees its writes, and a
-                # read-only source never sees the mount points crun creates in the
-                # guest before it makes the root read-only (as runc does).
-                self._mount_layered(config, view / "rootfs")
-            else:
-                mounts.bind(config.rootfs, view / "rootfs", read_only=config.read_only_rootfs)
+            if not config.block_rootfs:
+                (skeleton / "rootfs").mkdir()
+                self._share_root(config, view / "rootfs")
             for index, volume in enumerate(config.mounts):
                 point = skeleton / "mounts" / str(index)
                 source = Path(volume.source)
@@ -117,6 +115,15 @@ class SharedDir:
         except BaseException:
             self.unshare(config.id)
             raise
+
+    def _share_root(self, config: ContainerConfig, target: Path) -> None:
+        if config.writable_layer != config.read_only_rootfs and _overlayable(config):
+            # A layer of its own: a shared base never sees its writes, and a
+            # read-only source never sees the mount points crun creates in the
+            # guest before it makes the root read-only (as runc does).
+            self._mount_layered(config, target)
+        else:
+            mounts.bind(config.rootfs, target, read_only=config.read_only_rootfs)
 
     def _mount_layered(self, config: ContainerConfig, target: Path) -> None:
         layer = self.paths.layer(config.id)
