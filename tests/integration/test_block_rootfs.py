@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import run_exec, shell
+from tests.integration.test_vc_runtime import Runtime, bundle
 from tests.loopdev import image_file, loop_device, make_ext4_image
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources
@@ -67,3 +69,54 @@ def test_a_loop_device_is_the_root_and_the_host_cannot_mount_it_meanwhile(
         api.start_container("broot", "r")
         assert api.wait_container("broot", "r").exit_code == 0
         api.delete_pod("broot", force=True)
+
+
+def test_vc_runtime_runs_a_bundle_whose_rootfs_is_a_mounted_loop_device(
+    run_root: Path, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    runtime = Runtime(tmp_path / "vc-runtime")
+    image = make_ext4_image(tmp_path / "root.img", busybox_rootfs, 32)
+    rootfs = tmp_path / "rootfs"
+    with loop_device(image) as device:
+        assert host_mount(device, rootfs).returncode == 0
+        script = "echo from vc-runtime > /written; sync; exec sleep 1000"
+        runtime("create", "--bundle", str(bundle(tmp_path, "b", rootfs, ["sh", "-c", script])), "v")
+        # Moved aside: the host no longer has it mounted, and cannot while the VM has it.
+        assert not os.path.ismount(rootfs)
+        assert host_mount(device, tmp_path / "other").returncode != 0
+        assert not (Store().paths("v").shared / "v" / "rootfs").exists()
+        runtime("start", "v")
+        done = runtime(
+            "exec",
+            "v",
+            "sh",
+            "-c",
+            "until [ -s /written ]; do sleep 0.1; done; cat /written; mount",
+        )
+        assert done.stdout.startswith("from vc-runtime\n") and " / type ext4" in done.stdout
+        runtime("kill", "v", "KILL")
+        runtime.wait_for("v", "stopped")
+        runtime("delete", "v")
+        # Put back where the caller had it, with what the container wrote.
+        assert os.path.ismount(rootfs)
+        assert (rootfs / "written").read_text() == "from vc-runtime\n"
+        assert (rootfs / "bin" / "busybox").exists()
+    assert api.list_pods() == []
+
+
+def test_vc_runtime_refuses_a_rootfs_the_host_still_uses(
+    run_root: Path, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    runtime = Runtime(tmp_path / "vc-runtime")
+    image = make_ext4_image(tmp_path / "root.img", busybox_rootfs, 32)
+    rootfs = tmp_path / "rootfs"
+    with loop_device(image) as device:
+        assert host_mount(device, rootfs).returncode == 0
+        with open(rootfs / "bin" / "busybox", "rb"):  # a host process uses the filesystem
+            refused = runtime(
+                "create", "--bundle", str(bundle(tmp_path, "b", rootfs, ["true"])), "v", check=False
+            )
+        assert refused.returncode == 1 and "cannot move the mount" in refused.stderr, refused.stderr
+        assert os.path.ismount(rootfs) and (rootfs / "bin" / "busybox").exists()
+        assert runtime("state", "v", check=False).returncode == 1
+    assert api.list_pods() == []

@@ -1,4 +1,4 @@
 """vc-runtime: the runc-compatible CLI, its state files and its pid-file shim.
 
-May import api, oci/ and the vocabulary.
+May import api, oci/, storage/blockdev (a rootfs on a block device) and the vocabulary.
 """

@@ -23,6 +23,7 @@ import click
 
 from virtcontainers import api
 from virtcontainers.cli.runtime import resources as runtime_resources
+from virtcontainers.cli.runtime import rootdisk
 from virtcontainers.cli.runtime.failures import RuntimeGroup
 from virtcontainers.cli.runtime.pidshim import ShimRequest
 from virtcontainers.cli.runtime.process import check_console, start_shim, write_pid_file
@@ -43,6 +44,7 @@ from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.ids import validate_id
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState, PodState
+from virtcontainers.storage.blockdev import BlockMount
 
 if TYPE_CHECKING:
     from virtcontainers.oci.namespaces import Peer
@@ -109,6 +111,9 @@ def _create(
     config = bundle.container_config(container_id)
     check_console(config.cmd.terminal, console_socket)
     owns_pod = bundle.role is not oci.PodRole.CONTAINER
+    root_disk = rootdisk.block_rootfs_at(bundle.rootfs) if owns_pod else None
+    if root_disk is not None:
+        config = rootdisk.on_the_device(config, root_disk)
     pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
     if not owns_pod and api.pod_status(pod_id).state is not PodState.RUNNING:
         raise RuntimeCommandError(f"sandbox {pod_id} of container {container_id} is not running")
@@ -122,12 +127,16 @@ def _create(
         annotations=dict(bundle.spec.get("annotations") or {}),
         hooks=dict(bundle.spec.get("hooks") or {}),
         creator=hostproc.current().to_record(),
+        moved_mount=root_disk.to_dict() if root_disk is not None else None,
     )
     # Saved first: a create killed from here on leaves a record that state,
     # delete --force and a retried create can see.
     record.save(options.root)
     try:
         pod_config = bundle.pod_config(pod_id) if owns_pod else None
+        if root_disk is not None and pod_config is not None:
+            rootdisk.move_aside(root_disk)
+            pod_config = rootdisk.with_a_disk_slot(pod_config)
         if pod_config is not None:
             api.run_pod(pod_config)
         request: ShimRequest = {"pod_id": pod_id, "container": config.to_dict()}
@@ -177,10 +186,13 @@ def _reclaim_or_refuse(options: Options, container_id: str) -> None:
 
 
 def _destroy(record: Record, force: bool) -> None:
-    """Remove the container from its pod, and the pod if it is the container's own."""
+    """Remove the container from its pod, and the pod if it is the container's own
+    (then put back the caller's mount of its rootfs, if it was moved aside)."""
     if record.owns_pod:
         with contextlib.suppress(NotFoundError):
             api.delete_pod(record.pod_id, force=True)
+        if record.moved_mount is not None:
+            rootdisk.put_back(BlockMount.from_dict(record.moved_mount))
         return
     with contextlib.suppress(NotFoundError, StateError):
         status = api.container_status(record.pod_id, record.id)

@@ -21,6 +21,7 @@ from virtcontainers.host import proc as hostproc
 from virtcontainers.ids import validate_id
 from virtcontainers.records import ProcessRecord, ProcessRef
 from virtcontainers.spec import OCI_VERSION
+from virtcontainers.storage.blockdev import BlockMountDict
 from virtcontainers.store import write_json_atomic
 
 DEFAULT_ROOT = Path("/run/vc-runtime")
@@ -57,6 +58,9 @@ class Record:
     """The ``vc-runtime create`` still creating the container (pid and start
     time), None once it is created: a record whose creator died is a create
     that was killed, which ``delete --force`` or a new create cleans up."""
+    moved_mount: BlockMountDict | None = None
+    """The caller's mount of a block device at the bundle's rootfs, moved aside
+    while the container has the device (see rootdisk.py), put back at delete."""
 
     def abandoned(self) -> bool:
         """Whether the create that made this record was killed before it finished."""
