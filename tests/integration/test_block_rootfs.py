@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from tests.integration.conftest import run_exec, shell
 from tests.integration.test_vc_runtime import Runtime, bundle
 from tests.loopdev import image_file, loop_device, make_ext4_image
-from virtcontainers import api
+from virtcontainers import api, oci
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources
 from virtcontainers.errors import ConfigError
+from virtcontainers.shim import ttrpc
+from virtcontainers.shim.protos import EVENTS_SERVICE, TASK_SERVICE, event_service, task
 from virtcontainers.store import Store
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -120,3 +128,95 @@ def test_vc_runtime_refuses_a_rootfs_the_host_still_uses(
         assert os.path.ismount(rootfs) and (rootfs / "bin" / "busybox").exists()
         assert runtime("state", "v", check=False).returncode == 1
     assert api.list_pods() == []
+
+
+def shim_bundle(tmp_path: Path, script: str) -> Path:
+    directory = tmp_path / "shim-bundle"
+    directory.mkdir()
+    spec = oci.default_spec()
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["sh", "-c", script]
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    (directory / "config.json").write_text(json.dumps(spec))
+    return directory
+
+
+async def forward_events(path: Path, topics: list[str]) -> ttrpc.Server:
+    """containerd's event service, as far as the shim needs it."""
+
+    async def forward(request: event_service.ForwardRequest, _ctx: ttrpc.CallContext) -> Message:
+        topics.append(request.envelope.topic)
+        return empty_pb2.Empty()
+
+    server = ttrpc.Server()
+    server.register(EVENTS_SERVICE, {"Forward": ttrpc.unary(event_service.ForwardRequest, forward)})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen()
+    await server.serve(sock)
+    return server
+
+
+def test_the_shim_plugs_a_block_rootfs_mount_as_containerd_sends_it(
+    no_leaks: Path, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """containerd's devmapper snapshotter needs device-mapper, which this host's
+    kernel lacks: the test sends the shim's Create the one mount that snapshotter
+    answers (an ext4 filesystem on a block device), from a loop device, over ttrpc
+    from a separate shim process, as containerd does."""
+    image = make_ext4_image(tmp_path / "root.img", busybox_rootfs, 32)
+    script = "ls /bin/busybox; mount | grep ' / '; echo from the shim > /written; sync"
+    bundle_dir = shim_bundle(tmp_path, script)
+    stdout = tmp_path / "stdout"
+    os.mkfifo(stdout)
+    reader = os.open(stdout, os.O_RDONLY | os.O_NONBLOCK)
+    topics: list[str] = []
+
+    async def scenario(device: Path) -> bytes:
+        events = await forward_events(tmp_path / "events.sock", topics)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / "shim.sock"))
+        listener.listen()
+        argv = [sys.executable, "-m", "virtcontainers.shim", "-namespace", "vc-test"]
+        argv += ["-id", "s", "-bundle", str(bundle_dir), "-listen-fd", str(listener.fileno())]
+        env = {**os.environ, "TTRPC_ADDRESS": str(tmp_path / "events.sock")}
+        shim = subprocess.Popen(argv, pass_fds=[listener.fileno()], env=env, cwd=bundle_dir)
+        listener.close()
+        client = await ttrpc.Client.connect(tmp_path / "shim.sock")
+        try:
+            create = task.CreateTaskRequest(id="s", bundle=str(bundle_dir), stdout=str(stdout))
+            create.rootfs.add(type="ext4", source=str(device), options=["rw"])
+            await client.call(TASK_SERVICE, "Create", create.SerializeToString(), timeout=300)
+            # Not mounted on the host, not shared: the VM has it, and the host cannot mount it.
+            assert not os.path.ismount(bundle_dir / "rootfs")
+            assert not (Store().paths("s").shared / "s" / "rootfs").exists()
+            assert host_mount(device, tmp_path / "host").returncode != 0
+            await client.call(TASK_SERVICE, "Start", task.StartRequest(id="s").SerializeToString())
+            waited = await client.call_message(
+                TASK_SERVICE, "Wait", task.WaitRequest(id="s"), task.WaitResponse, timeout=120
+            )
+            assert waited.exit_status == 0
+            output = os.read(reader, 4096)
+            await client.call(
+                TASK_SERVICE, "Delete", task.DeleteRequest(id="s").SerializeToString()
+            )
+            await client.call(
+                TASK_SERVICE, "Shutdown", task.ShutdownRequest(id="s").SerializeToString()
+            )
+            assert await asyncio.to_thread(shim.wait, 60) == 0
+            return output
+        finally:
+            await client.close()
+            if shim.poll() is None:
+                shim.kill()  # its pod's daemon runs in it: QEMU goes with it
+                shim.wait()
+            await events.close()
+
+    try:
+        with loop_device(image) as device:
+            output = asyncio.run(scenario(device))
+            assert output.startswith(b"/bin/busybox\n") and b" on / type ext4" in output, output
+            assert "/tasks/create" in topics and "/tasks/delete" in topics
+            assert image_file(image, "written") == "from the shim\n"
+    finally:
+        os.close(reader)

@@ -3,6 +3,11 @@
 containerd's snapshotter answers a task's rootfs as mounts (an overlay, a
 bind), which a shim mounts on ``<bundle>/rootfs`` before the runtime reads
 the bundle, and unmounts when the task is deleted.
+
+One filesystem on a block device (the devmapper snapshotter's ext4 on
+``/dev/mapper/...``, or a loop device) is not mounted on the host at all: it
+is a :class:`BlockRoot`, which the pod hot-plugs and the guest mounts
+(docs/block-rootfs.md).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtcontainers.errors import RuntimeSpecError
+from virtcontainers.storage.blockdev import is_block_device
+from virtcontainers.volumes import ROOTFS_FILESYSTEMS
 
 ROOTFS = "rootfs"
 MAX_STACKED = 16
@@ -24,6 +31,27 @@ class Mount:
     type: str
     source: str
     options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BlockRoot:
+    """A rootfs that is one filesystem on a block device, for the VM to mount."""
+
+    device: Path
+    fstype: str
+    read_only: bool
+
+
+def block_root(mounts: Sequence[Mount]) -> BlockRoot | None:
+    """The block device the rootfs is, when containerd hands one mount of a
+    filesystem the guest can mount from a block device; else None (mounted on
+    the host and shared, as any other rootfs)."""
+    if len(mounts) != 1:
+        return None
+    [mount] = mounts
+    if mount.type not in ROOTFS_FILESYSTEMS or not is_block_device(Path(mount.source)):
+        return None
+    return BlockRoot(Path(mount.source), mount.type, "ro" in mount.options)
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -43,11 +43,19 @@ from virtcontainers.errors import (
 from virtcontainers.shim import specs
 from virtcontainers.shim.fifos import Fifos, StdinHold, open_fifos
 from virtcontainers.shim.protos import events, task, task_types
-from virtcontainers.shim.rootfs import Mount, mount_rootfs, unmount_rootfs
+from virtcontainers.shim.rootfs import (
+    ROOTFS,
+    BlockRoot,
+    Mount,
+    block_root,
+    mount_rootfs,
+    unmount_rootfs,
+)
 from virtcontainers.shim.stats import metrics, vm_usage
 from virtcontainers.shim.ttrpc import CallContext, Code, Method, TtrpcError, unary
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState
+from virtcontainers.storage import blockdev
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -259,9 +267,13 @@ class TaskService:
         mounts = [Mount(m.type, m.source, tuple(m.options)) for m in request.rootfs]
         fifos = Fifos(request.stdin, request.stdout, request.stderr, request.terminal)
         init = self._new_process(request.id, "", fifos)
-        await self._api(mount_rootfs, bundle, mounts)
+        disk = block_root(mounts)
+        if disk is None:
+            await self._api(mount_rootfs, bundle, mounts)
+        else:
+            (bundle / ROOTFS).mkdir(exist_ok=True)  # the bundle names it; it stays empty
         try:
-            made = await self._api(self._create_container, request.id, bundle, init)
+            made = await self._api(self._create_container, request.id, bundle, init, disk)
         except BaseException:
             await asyncio.to_thread(unmount_rootfs, bundle)
             raise
@@ -284,17 +296,24 @@ class TaskService:
         )
         return task.CreateTaskResponse(pid=init.pid)
 
-    def _create_container(self, container_id: str, bundle_dir: Path, init: Process) -> Task:
+    def _create_container(
+        self, container_id: str, bundle_dir: Path, init: Process, disk: BlockRoot | None
+    ) -> Task:
         """Load the bundle; make and boot the pod if the container owns it; create
-        the container in it with containerd's fifos as its stdio (in a thread)."""
+        the container in it with containerd's fifos as its stdio (in a thread).
+        With ``disk``, the rootfs is that block device, plugged into the VM."""
         bundle = oci.load_bundle(bundle_dir).resolve_namespaces(self._find_peer)
         for warning in bundle.warnings:
             log.warning("%s: %s", container_id, warning)
         config = bundle.container_config(container_id)
         pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
         made = Task(container_id, bundle.path, pod_id, bundle.role, bundle.spec, init)
-        if made.owns_pod:
-            api.run_pod(bundle.pod_config(pod_id), host=self.daemons)
+        pod_config = bundle.pod_config(pod_id) if made.owns_pod else None
+        if disk is not None:
+            config = blockdev.on_the_device(config, disk.device, disk.fstype, disk.read_only)
+            pod_config = blockdev.with_a_disk_slot(pod_config) if pod_config else None
+        if pod_config is not None:
+            api.run_pod(pod_config, host=self.daemons)
         try:
             stdio, init.stdin = open_fifos(init.fifos)
             try:

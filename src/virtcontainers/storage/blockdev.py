@@ -17,6 +17,7 @@ container's lifetime and back.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 import stat
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
+from virtcontainers.config import ContainerConfig, PodConfig
 from virtcontainers.errors import ConfigError, VcError
 
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -61,6 +63,28 @@ def is_block_device(path: Path) -> bool:
         return stat.S_ISBLK(path.stat().st_mode)
     except OSError:
         return False
+
+
+def on_the_device(
+    config: ContainerConfig, device: Path, fstype: str, read_only: bool = False
+) -> ContainerConfig:
+    """``config`` with ``device`` (holding ``fstype``) as its rootfs, read-only
+    if it was already or ``read_only`` says so."""
+    return dataclasses.replace(
+        config,
+        rootfs=device,
+        rootfs_fstype=fstype,
+        read_only_rootfs=config.read_only_rootfs or read_only,
+    )
+
+
+def with_a_disk_slot(pod: PodConfig) -> PodConfig:
+    """``pod`` with a hot-plug slot at least, for a container's root disk
+    (a pod made before its containers gets none of its own)."""
+    slots = max(pod.resources.hotplug_slots, 1)
+    return dataclasses.replace(
+        pod, resources=dataclasses.replace(pod.resources, hotplug_slots=slots)
+    )
 
 
 def claim(device: Path, what: str) -> int:

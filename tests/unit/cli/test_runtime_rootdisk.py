@@ -15,6 +15,7 @@ from tests.unit.storage.test_blockdev import mountinfo
 from virtcontainers.cli.runtime import rootdisk
 from virtcontainers.cli.runtime.state import Record
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources
+from virtcontainers.storage import blockdev
 from virtcontainers.storage.blockdev import BlockMount
 
 
@@ -40,16 +41,16 @@ def test_the_container_runs_from_the_device_in_a_pod_with_a_slot(
 ) -> None:
     mount = BlockMount(device, tmp_path, "ext4", 0, "")
     config = ContainerConfig("c", tmp_path, Cmd(("true",)), read_only_rootfs=True)
-    on_disk = rootdisk.on_the_device(config, mount)
+    on_disk = blockdev.on_the_device(config, mount.device, mount.fstype)
     assert (on_disk.rootfs, on_disk.rootfs_fstype, on_disk.read_only_rootfs) == (
         device,
         "ext4",
         True,
     )
     on_disk.check_host()
-    assert rootdisk.with_a_disk_slot(PodConfig(id="p")).resources.hotplug_slots == 1
+    assert blockdev.with_a_disk_slot(PodConfig(id="p")).resources.hotplug_slots == 1
     roomy = PodConfig(id="p", resources=Resources(hotplug_slots=3))
-    assert rootdisk.with_a_disk_slot(roomy).resources.hotplug_slots == 3
+    assert blockdev.with_a_disk_slot(roomy).resources.hotplug_slots == 3
 
 
 def test_the_moved_mount_is_kept_in_the_record(device: Path, tmp_path: Path) -> None:

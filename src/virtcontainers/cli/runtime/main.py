@@ -44,6 +44,7 @@ from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.ids import validate_id
 from virtcontainers.spec import OCI_VERSION
 from virtcontainers.states import ContainerState, PodState
+from virtcontainers.storage import blockdev
 from virtcontainers.storage.blockdev import BlockMount
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def _create(
     owns_pod = bundle.role is not oci.PodRole.CONTAINER
     root_disk = rootdisk.block_rootfs_at(bundle.rootfs) if owns_pod else None
     if root_disk is not None:
-        config = rootdisk.on_the_device(config, root_disk)
+        config = blockdev.on_the_device(config, root_disk.device, root_disk.fstype)
     pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
     if not owns_pod and api.pod_status(pod_id).state is not PodState.RUNNING:
         raise RuntimeCommandError(f"sandbox {pod_id} of container {container_id} is not running")
@@ -136,7 +137,7 @@ def _create(
         pod_config = bundle.pod_config(pod_id) if owns_pod else None
         if root_disk is not None and pod_config is not None:
             rootdisk.move_aside(root_disk)
-            pod_config = rootdisk.with_a_disk_slot(pod_config)
+            pod_config = blockdev.with_a_disk_slot(pod_config)
         if pod_config is not None:
             api.run_pod(pod_config)
         request: ShimRequest = {"pod_id": pod_id, "container": config.to_dict()}

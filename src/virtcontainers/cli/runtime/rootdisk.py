@@ -17,12 +17,10 @@ for the disk); in a sandbox's pod the rootfs is shared over 9p as before.
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 from pathlib import Path
 
 from virtcontainers.cli.runtime.state import RuntimeCommandError
-from virtcontainers.config import ContainerConfig, PodConfig
 from virtcontainers.errors import ConfigError, VcError
 from virtcontainers.storage import blockdev
 from virtcontainers.storage.blockdev import BlockMount
@@ -36,17 +34,6 @@ def block_rootfs_at(rootfs: Path, mountinfo: str | None = None) -> BlockMount | 
     if mount is None or mount.fstype not in ROOTFS_FILESYSTEMS:
         return None
     return mount
-
-
-def on_the_device(config: ContainerConfig, mount: BlockMount) -> ContainerConfig:
-    return dataclasses.replace(config, rootfs=mount.device, rootfs_fstype=mount.fstype)
-
-
-def with_a_disk_slot(pod: PodConfig) -> PodConfig:
-    slots = max(pod.resources.hotplug_slots, 1)
-    return dataclasses.replace(
-        pod, resources=dataclasses.replace(pod.resources, hotplug_slots=slots)
-    )
 
 
 def move_aside(mount: BlockMount) -> None:
