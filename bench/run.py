@@ -26,10 +26,13 @@
 - cri (bench/cri.py): containerd's CRI plugin starting a pod through
   containerd-shim-vc-v2 to its container's first output, cold and templated,
   and an idle CRI pod's host PSS beside an idle bare VM's.
+- blockio (bench/blockio.py): sequential write and read, and many small
+  files created and read, in a container whose rootfs is shared over 9p and
+  in one whose rootfs is a block device, side by side in one pod.
 
 Writes bench/results.json (``--only timings``, ``--only network``,
-``--only density`` or ``--only cri`` updates those figures and keeps the rest).  This machine
-is noisy: read the ratios.
+``--only density``, ``--only cri`` or ``--only blockio`` updates those
+figures and keeps the rest).  This machine is noisy: read the ratios.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import blockio
 import cri
 import density
 import ksm
@@ -256,11 +260,19 @@ def run_cri(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
     return figures
 
 
+def run_blockio(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
+    """File I/O in a container on a 9p rootfs and in one on a block-device rootfs."""
+    figures = blockio.measure(blockio.BlockIoConfig(runs=args.runs), rootfs, progress)
+    for line in blockio.report(figures):
+        print(line)
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--only",
-        choices=["timings", "network", "density", "ksm", "cri"],
+        choices=["timings", "network", "density", "ksm", "cri", "blockio"],
         help="run only this part",
     )
     parser.add_argument("--ksm-pods", type=int, default=5, help="idle cold pods for KSM")
@@ -318,6 +330,9 @@ def main() -> int:
             ratios[f"cri_idle_{kind}_pss_over_bare_vm"] = results["cri"][f"idle_pss_{kind}"][
                 "over_bare"
             ]
+    if args.only in (None, "blockio"):
+        results["blockio"] = run_blockio(args, rootfs)
+        ratios.update({f"blockio_{k}": v for k, v in results["blockio"]["ratios"].items()})
     results["machine"] = facts
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
