@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -29,7 +29,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from virtcontainers import api, oci
-from virtcontainers.config import Cmd
+from virtcontainers.config import Cmd, PodConfig
 from virtcontainers.daemon.hosted import DaemonHost
 from virtcontainers.errors import (
     BusyError,
@@ -294,7 +294,7 @@ class TaskService:
         pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
         made = Task(container_id, bundle.path, pod_id, bundle.role, bundle.spec, init)
         if made.owns_pod:
-            api.run_pod(bundle.pod_config(pod_id), host=self.daemons)
+            api.run_pod(_sandbox_pod(bundle.pod_config(pod_id)), host=self.daemons)
         try:
             stdio, init.stdin = open_fifos(init.fifos)
             try:
@@ -544,3 +544,9 @@ class TaskService:
         if request.now or not self.tasks:
             self.shutdown.set()
         return EMPTY
+
+
+def _sandbox_pod(config: PodConfig) -> PodConfig:
+    """The CRI's port-forward dials loopback in the sandbox's network namespace:
+    the pod forwards it to its VM (docs/shim.md)."""
+    return replace(config, forward_loopback=config.netns is not None)
