@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import pytest
 
 from tests.unit.guest.harness import AgentCallError, AgentClient, spawn_agent
 from virtcontainers.agent import protocol
+from virtcontainers.guest.agent.ops.ports import MAX_CONNECTIONS
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
@@ -137,3 +139,54 @@ def test_bad_arguments_are_refused(agent_in: AgentClient, args: dict[str, object
     with pytest.raises(AgentCallError) as info:
         agent_in.result(agent_in.request("connect_port", stream=next(_streams), **args))
     assert info.value.kind == "invalid"
+
+
+def test_close_output_stops_reading_and_ends_the_stream(netns: str, agent_in: AgentClient) -> None:
+    with echo_server(netns, 4) as port:
+        stream = next(_streams)
+        agent_in.call("connect_port", stream=stream, port=port, family=4)
+        agent_in.call("close_output", stream=stream)
+        agent_in.wait_until(partial(agent_in.eof.__contains__, stream))
+        agent_in.send(protocol.data(stream, b"still taken"))  # the other way still works
+        agent_in.wait_until(partial(_credited, agent_in, stream, len(b"still taken")))
+
+
+def test_a_new_host_connection_closes_forwarded_connections(
+    netns: str, agent_in: AgentClient
+) -> None:
+    with echo_server(netns, 4) as port:
+        for _ in range(3):
+            agent_in.call("connect_port", stream=next(_streams), port=port, family=4)
+        assert len(_established(netns, port)) == 6  # both ends of each, in one namespace
+        agent_in.hello()
+        deadline = time.monotonic() + 20
+        while _established(netns, port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _established(netns, port) == []
+
+
+def test_connections_are_capped_per_pod(netns: str, agent_in: AgentClient) -> None:
+    with echo_server(netns, 4) as port:
+        streams = [next(_streams) for _ in range(MAX_CONNECTIONS)]
+        requests = [
+            agent_in.request("connect_port", stream=s, port=port, family=4) for s in streams
+        ]
+        for request in requests:
+            assert agent_in.result(request) == {}
+        with pytest.raises(AgentCallError) as info:
+            agent_in.call("connect_port", stream=next(_streams), port=port, family=4)
+        assert info.value.kind == "busy"
+        agent_in.send(protocol.data(streams[0], b"", eof=True))  # the server closes after it
+        agent_in.wait_until(partial(agent_in.eof.__contains__, streams[0]))
+        assert agent_in.call("connect_port", stream=next(_streams), port=port, family=4) == {}
+
+
+def _established(netns: str, port: int) -> list[str]:
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ends = [line.split()[-2:] for line in done.stdout.splitlines()]
+    return [" ".join(pair) for pair in ends if any(e.endswith(f":{port}") for e in pair)]
