@@ -103,11 +103,26 @@ class LoopbackForwarder:
         try:
             await self._agent.connect_port(stream.stream_id, port, family)
             self._log.debug("port %d: stream %d", port, stream.stream_id)
-            await asyncio.gather(_to_guest(reader, stream), self._to_client(stream, writer))
+            await self._relay(reader, writer, stream)
         finally:
             release = getattr(self._agent, "release_stream", None)
             if release is not None:
                 release(stream.stream_id)
+
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: Stream
+    ) -> None:
+        """Both directions until both have ended; when one fails, the other stops too."""
+        directions = [
+            asyncio.create_task(_to_guest(reader, stream)),
+            asyncio.create_task(self._to_client(stream, writer)),
+        ]
+        try:
+            await asyncio.gather(*directions)
+        finally:
+            for task in directions:
+                task.cancel()
+            await asyncio.gather(*directions, return_exceptions=True)
 
     async def _to_client(self, stream: Stream, writer: asyncio.StreamWriter) -> None:
         try:

@@ -102,3 +102,25 @@ async def _forward_and_close(name: str, path: str) -> None:
     assert forwarder.connections == 0
     with pytest.raises(ConnectionRefusedError):
         await asyncio.to_thread(_dial, path, "127.0.0.1", 8080)
+
+
+def test_closing_the_forwarder_ends_open_connections(lab: Lab) -> None:
+    name, path = lab.netns()
+    ip("-n", name, "link", "set", "lo", "up")
+    asyncio.run(_close_while_open(name, path))
+
+
+async def _close_while_open(name: str, path: str) -> None:
+    agent = MockAgent()
+    agent.listening = {8080}
+    forwarder = await LoopbackForwarder.start(agent, path, "pf", LOG)
+    try:
+        sock = await asyncio.to_thread(_dial, path, "127.0.0.1", 8080)
+        await asyncio.to_thread(sock.sendall, b"ping")
+        assert await asyncio.to_thread(sock.recv, 4) == b"ping"
+        assert forwarder.connections == 1
+    finally:
+        await forwarder.close()
+    assert forwarder.connections == 0
+    assert await asyncio.to_thread(_closed_by_peer, sock)
+    assert TABLE not in _tables(name)
