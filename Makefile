@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 busybox-static squashfs-tools crun runc kmod cpio \
 	python3.11-minimal python3-venv podman containerd containernetworking-plugins util-linux \
-	e2fsprogs
+	e2fsprogs nftables
 APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 VENV_STAMP := $(VENV)/.installed
 IMAGE_STAMP := $(VENV)/.image

@@ -5,7 +5,10 @@ far namespace (client 192.0.2.1/24, far end 192.0.2.2/24, MTU 1500):
 
 - floor: the server runs in the far namespace itself (``ip netns exec``), no VM;
 - pod: the far namespace is a pod's ``netns``, so its VM takes the veth over
-  (tap + tc redirect, virtio-net) and the same server runs in a container.
+  (tap + tc redirect, virtio-net) and the same server runs in a container;
+- forwarded: the same pod's server, from a client in the pod's own namespace
+  dialling 127.0.0.1, which the pod forwards into the VM over its agent
+  channel (``forward_loopback``: CRI port-forward's path, docs/network.md).
 
 The server is the same busybox shell line in both: ``nc -ll`` on one port
 runs ``dd`` of /dev/zero onto each connection (throughput), on another
@@ -102,6 +105,14 @@ class NetBenchConfig:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where a client runs (a namespace) and the address it dials."""
+
+    netns: str
+    host: str
+
+
+@dataclass(frozen=True)
 class Pair:
     """A client namespace joined by a veth to a far namespace."""
 
@@ -111,6 +122,14 @@ class Pair:
     @property
     def far_path(self) -> str:
         return f"/run/netns/{self.far}"
+
+    @property
+    def across(self) -> Target:
+        return Target(self.client, SERVER)
+
+    @property
+    def far_loopback(self) -> Target:
+        return Target(self.far, "127.0.0.1")
 
 
 def ip(*args: str) -> None:
@@ -140,6 +159,7 @@ class Namespaces:
             ip("-n", name, "link", "set", "eth0", "addrgenmode", "none")
             ip("-n", name, "addr", "add", cidr, "dev", "eth0", "nodad")
             ip("-n", name, "link", "set", "eth0", "up")
+            ip("-n", name, "link", "set", "lo", "up")
         return pair
 
     def close(self) -> None:
@@ -181,7 +201,13 @@ def pod_server(pair: Pair, mib: int, rootfs: Path, resources: Resources) -> Iter
     container = ContainerConfig(
         "server", rootfs, Cmd(("/bin/busybox", "sh", "-c", server_script(mib))), writable_layer=True
     )
-    config = PodConfig(id=pod_id, netns=pair.far_path, containers=(container,), resources=resources)
+    config = PodConfig(
+        id=pod_id,
+        netns=pair.far_path,
+        containers=(container,),
+        resources=resources,
+        forward_loopback=True,
+    )
     try:
         api.run_pod(config)
         yield pod_id
@@ -196,31 +222,31 @@ def pod_server(pair: Pair, mib: int, rootfs: Path, resources: Resources) -> Iter
                 api.delete_pod(pod_id, force=True)
 
 
-def client(pair: Pair, mode: str, port: int, count: int, warmup: int = 0) -> dict[str, Any]:
-    argv = [sys.executable, "-I", "-c", CLIENT, mode, SERVER, str(port), str(count), str(warmup)]
+def client(target: Target, mode: str, port: int, count: int, warmup: int = 0) -> dict[str, Any]:
+    argv = [sys.executable, "-I", "-c", CLIENT, mode, target.host, str(port), str(count)]
     done = subprocess.run(
-        ["ip", "netns", "exec", pair.client, *argv, str(CONNECT_TIMEOUT)],
+        ["ip", "netns", "exec", target.netns, *argv, str(warmup), str(CONNECT_TIMEOUT)],
         capture_output=True,
         text=True,
         timeout=CLIENT_TIMEOUT,
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{mode} client in {pair.client} failed: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{mode} client in {target.netns} failed: {done.stderr.strip()[-2000:]}")
     answer: dict[str, Any] = json.loads(done.stdout)
     return answer
 
 
-def throughput(pair: Pair, mib: int) -> float:
+def throughput(target: Target, mib: int) -> float:
     """MiB/s of one transfer of ``mib`` MiB from the server to the client."""
-    answer = client(pair, "stream", STREAM_PORT, 0)
+    answer = client(target, "stream", STREAM_PORT, 0)
     if answer["bytes"] != mib << 20:
         raise RuntimeError(f"received {answer['bytes']} bytes, expected {mib << 20}")
     return float(answer["timed_bytes"]) / (1 << 20) / float(answer["seconds"])
 
 
-def round_trips(pair: Pair, config: NetBenchConfig) -> list[float]:
-    answer = client(pair, "echo", ECHO_PORT, config.round_trips, config.warmup)
+def round_trips(target: Target, config: NetBenchConfig) -> list[float]:
+    answer = client(target, "echo", ECHO_PORT, config.round_trips, config.warmup)
     return [float(rtt) for rtt in answer["rtts_s"]]
 
 
@@ -235,15 +261,15 @@ def spread(samples: list[float], digits: int) -> dict[str, float]:
 
 @dataclass
 class Side:
-    """What one server (floor or pod) measured: MiB/s per run, round trips per run."""
+    """What one path (floor, pod or forwarded) measured: MiB/s per run, round trips per run."""
 
     name: str
     mib_s: list[float]
     rtts: list[list[float]]
 
-    def run_once(self, pair: Pair, config: NetBenchConfig, progress: Progress) -> None:
-        self.mib_s.append(throughput(pair, config.mib))
-        self.rtts.append(round_trips(pair, config))
+    def run_once(self, target: Target, config: NetBenchConfig, progress: Progress) -> None:
+        self.mib_s.append(throughput(target, config.mib))
+        self.rtts.append(round_trips(target, config))
         median_us = statistics.median(self.rtts[-1]) * 1e6
         progress(
             f"network {self.name} run {len(self.mib_s)}/{config.runs}: "
@@ -267,6 +293,7 @@ def measure(
     """Set up, measure floor and pod alternately, tear down; the figures for results.json."""
     resources = resources or Resources()
     floor, pod = Side("floor", [], []), Side("pod", [], [])
+    forwarded = Side("forwarded", [], [])
     namespaces = Namespaces()
     try:
         floor_pair, pod_pair = namespaces.pair(), namespaces.pair()
@@ -276,13 +303,13 @@ def measure(
             pod_server(pod_pair, config.mib, rootfs, resources),
         ):
             for _ in range(config.runs):
-                floor.run_once(floor_pair, config, progress)
-                pod.run_once(pod_pair, config, progress)
+                floor.run_once(floor_pair.across, config, progress)
+                pod.run_once(pod_pair.across, config, progress)
+                forwarded.run_once(pod_pair.far_loopback, config, progress)
     finally:
         namespaces.close()
     floor_figures, pod_figures = floor.summary(), pod.summary()
-    tput = pod_figures["throughput_mib_s"]["median"] / floor_figures["throughput_mib_s"]["median"]
-    rtt = pod_figures["round_trip_us"]["median"] / floor_figures["round_trip_us"]["median"]
+    forwarded_figures = forwarded.summary()
     return {
         "setup": {
             "transfer_mib": config.mib,
@@ -294,16 +321,28 @@ def measure(
         },
         "floor_plain_netns": floor_figures,
         "pod_container_via_vm": pod_figures,
+        "pod_container_port_forwarded": forwarded_figures,
         "ratios": {
-            "throughput_pod_over_floor": round(tput, 4),
-            "round_trip_pod_over_floor": round(rtt, 2),
+            "throughput_pod_over_floor": _ratio(pod_figures, floor_figures, "throughput_mib_s", 4),
+            "round_trip_pod_over_floor": _ratio(pod_figures, floor_figures, "round_trip_us", 2),
+            "throughput_forwarded_over_pod": _ratio(
+                forwarded_figures, pod_figures, "throughput_mib_s", 4
+            ),
+            "round_trip_forwarded_over_pod": _ratio(
+                forwarded_figures, pod_figures, "round_trip_us", 2
+            ),
         },
     }
+
+
+def _ratio(side: dict[str, Any], base: dict[str, Any], figure: str, digits: int) -> float:
+    return round(float(side[figure]["median"]) / float(base[figure]["median"]), digits)
 
 
 def report(figures: dict[str, Any]) -> list[str]:
     """Lines for the terminal."""
     floor, pod = figures["floor_plain_netns"], figures["pod_container_via_vm"]
+    forwarded = figures["pod_container_port_forwarded"]
     ratios = figures["ratios"]
     return [
         f"TCP throughput, plain netns (floor) median {floor['throughput_mib_s']['median']} MiB/s",
@@ -312,4 +351,8 @@ def report(figures: dict[str, Any]) -> list[str]:
         f"TCP round trip, plain netns (floor) median {floor['round_trip_us']['median']} µs",
         f"TCP round trip, pod container       median {pod['round_trip_us']['median']} µs"
         f" ({ratios['round_trip_pod_over_floor']}x floor)",
+        f"TCP throughput, port-forwarded      median {forwarded['throughput_mib_s']['median']}"
+        f" MiB/s ({ratios['throughput_forwarded_over_pod']}x pod)",
+        f"TCP round trip, port-forwarded      median {forwarded['round_trip_us']['median']} µs"
+        f" ({ratios['round_trip_forwarded_over_pod']}x pod)",
     ]

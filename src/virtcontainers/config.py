@@ -117,6 +117,7 @@ class PodConfigDict(TypedDict):
     netns: str | None
     cgroup: CgroupDict | None
     boot: str
+    forward_loopback: bool
 
 
 @dataclass(frozen=True)
@@ -513,6 +514,10 @@ class PodConfig:
     """How the VM starts: ``cold`` boots it; ``template`` clones the VM
     template that matches the pod (factory.py) and fails without one;
     ``auto`` clones one when it exists and boots cold otherwise."""
+    forward_loopback: bool = False
+    """TCP connections made to loopback in ``netns`` on the host go to the same
+    port on the VM's loopback (containerd's CRI port-forward dials there;
+    docs/network.md)."""
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -537,6 +542,9 @@ class PodConfig:
             check_type("pod.cgroup", self.cgroup, CgroupConfig)
         if self.netns is not None and not os.path.isabs(self.netns):
             raise ConfigError("pod.netns", f"{self.netns!r} is not an absolute path")
+        check_type("pod.forward_loopback", self.forward_loopback, bool)
+        if self.forward_loopback and self.netns is None:
+            raise ConfigError("pod.forward_loopback", "needs the pod's network namespace (netns)")
         if self.boot not in BOOT_MODES:
             raise ConfigError("pod.boot", f"{self.boot!r} is not one of {', '.join(BOOT_MODES)}")
         object.__setattr__(
@@ -561,6 +569,7 @@ class PodConfig:
             "netns": self.netns,
             "cgroup": self.cgroup.to_dict() if self.cgroup is not None else None,
             "boot": self.boot,
+            "forward_loopback": self.forward_loopback,
         }
 
     def hotplug_slots(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ from tests.netlab import Lab
 from virtcontainers import api
 from virtcontainers.factory.templates import Factory, init_template
 from virtcontainers.host.proc import process_usage
+from virtcontainers.network.netns import run_in_netns
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -241,6 +243,76 @@ def test_cri_exec_attach_and_update_through_the_streaming_server(shim_cri_env: C
     cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
     cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
     _assert_nothing_left(shim_cri_env, pod.vm_pid)
+
+
+PORT_DATA, PORT_ERROR = 0, 1
+"""The channels of one forwarded port over the streaming server's websocket."""
+
+
+def test_cri_port_forward_reaches_a_server_in_the_vm(shim_cri_env: CriEnv) -> None:
+    """`kubectl port-forward`'s path: PortForward URLs on containerd's streaming
+    server, each session one connection that containerd dials to localhost in
+    the pod's namespace, which the pod forwards to its VM.  Several at once,
+    bytes both ways; none of the forwarding is left in the namespace after."""
+    cri, pb = shim_cri_env.cri, shim_cri_env.cri.pb
+    sandbox_config = _sandbox_config(pb, shim_cri_env.logs, shim_cri_env.cgroup_parent)
+    sandbox_id, _pod_ip = _run_sandbox(shim_cri_env, sandbox_config)
+    [server] = start_containers(
+        cri, sandbox_id, sandbox_config, (("echo", "exec nc -ll -p 8080 -e cat"),)
+    )
+    [pod] = api.list_pods()
+    # Held open: the namespace outlives containerd's removal of its path, for the checks.
+    pod_netns = os.open(shim_cri_env.pod_netns[-1], os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        listening = "until netstat -ltn | grep -q ':8080 '; do sleep 0.2; done"
+        assert _exec_sync(cri, server, listening).exit_code == 0
+        assert "vc_port_forward" in _in_netns(pod_netns, "nft", "list", "tables")
+        assert _in_netns(pod_netns, "ss", "-Hltn") != ""  # the pod daemon's listeners
+
+        port = (8080).to_bytes(2, "little")  # each channel's first bytes name the port
+        sessions = [_port_forward(shim_cri_env, sandbox_id, 8080) for _ in range(3)]
+        for index, session in enumerate(sessions):
+            session.send(PORT_DATA, f"hello {index}\n".encode())
+        for index, session in enumerate(sessions):
+            expected = port + f"hello {index}\n".encode()
+            assert session.read_until(PORT_DATA, expected) == expected
+        bulk = os.urandom(60_000) * 8  # beyond the agent stream's window
+        for offset in range(0, len(bulk), 60_000):
+            sessions[1].send(PORT_DATA, bulk[offset : offset + 60_000])
+        expected = port + b"hello 1\n" + bulk
+        assert sessions[1].read_until(PORT_DATA, expected) == expected
+        for session in sessions:
+            session.close()
+
+        # Nothing listens on 8081 in the guest: the session ends without data.
+        refused = _port_forward(shim_cri_env, sandbox_id, 8081)
+        refused.send(PORT_DATA, b"anyone?")
+        refused.finish()
+        assert refused.received.get(PORT_DATA) == (8081).to_bytes(2, "little")
+
+        assert _exec_sync(cri, server, "echo still serving").exit_code == 0
+        cri.call("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        cri.call("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert "vc_port_forward" not in _in_netns(pod_netns, "nft", "list", "tables")
+        assert _in_netns(pod_netns, "ss", "-Hltn") == ""
+    finally:
+        os.close(pod_netns)
+    _assert_nothing_left(shim_cri_env, pod.vm_pid)
+
+
+def _port_forward(env: CriEnv, sandbox_id: str, port: int) -> ChannelStream:
+    request = env.cri.pb.PortForwardRequest(pod_sandbox_id=sandbox_id, port=[port])
+    return _stream(env, env.cri.call("PortForward", request).url)
+
+
+def _in_netns(netns_fd: int, *argv: str) -> str:
+    """A command's output, run in the namespace (it inherits the thread's)."""
+
+    def run() -> str:
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30)
+        return done.stdout
+
+    return run_in_netns(netns_fd, run)
 
 
 def _stream(env: CriEnv, url: str) -> ChannelStream:

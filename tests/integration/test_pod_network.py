@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import run_exec, shell, wait_stopped
-from tests.netlab import Lab, NetPair, snapshot, tun_links
+from tests.netlab import Lab, NetPair, ip, snapshot, tun_links
 from virtcontainers import api
 from virtcontainers.config import ContainerConfig, PodConfig
 from virtcontainers.errors import ConfigError
+from virtcontainers.network.loopnat import TABLE
+from virtcontainers.network.netns import run_in_netns
 from virtcontainers.volumes import Mount
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -143,6 +148,69 @@ def test_a_namespace_with_loopback_only_gives_the_guest_loopback_only(
     api.delete_pod("lo")
     assert tun_links(path) == []
     assert name in os.listdir("/run/netns")  # the caller's namespace stays
+
+
+def test_loopback_connections_in_the_namespace_reach_the_vm(
+    lab: Lab, no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    """forward_loopback on a namespace with loopback only (the guest's own loopback
+    is brought up for it): several connections at once, echoed by a server in a
+    container; a daemon killed leaves no table once the pod is cleaned up."""
+    name, path = lab.netns()
+    ip("-n", name, "link", "set", "lo", "up")
+    container = ContainerConfig(
+        "c", busybox_rootfs, shell("exec nc -ll -p 8080 -e cat"), writable_layer=True
+    )
+    config = PodConfig(id="fwd", netns=path, containers=(container,), forward_loopback=True)
+    status = api.run_pod(config)
+    container_run("fwd", "until netstat -ltn | grep -q ':8080 '; do sleep 0.2; done")
+    assert f"table inet {TABLE}" in nft_tables(name)
+
+    payloads = [os.urandom(200_000 + n) for n in range(4)]
+    targets = ["127.0.0.1", "::1"] * 2
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        echoed = list(pool.map(partial(echo_through, path), targets, payloads))
+    assert echoed == payloads
+
+    assert status.daemon_pid is not None and status.vm_pid is not None
+    os.kill(status.daemon_pid, signal.SIGKILL)
+    os.kill(status.vm_pid, signal.SIGKILL)
+    wait_stopped("fwd")
+    assert TABLE not in nft_tables(name)
+    assert (
+        subprocess.run(
+            ["ip", "netns", "exec", name, "ss", "-Hltn"], capture_output=True, text=True, check=True
+        ).stdout
+        == ""
+    )
+    api.delete_pod("fwd")
+
+
+def echo_through(netns: str, address: str, payload: bytes) -> bytes:
+    """Connect to port 8080 on loopback inside the namespace, send, half-close,
+    and read to the end."""
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sock = run_in_netns(fd, lambda: socket.create_connection((address, 8080), timeout=60))
+    finally:
+        os.close(fd)
+    with sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    return bytes(received)
+
+
+def nft_tables(netns: str) -> str:
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "list", "tables"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
 
 
 def test_the_network_of_a_pod_whose_daemon_died_is_released(

@@ -133,3 +133,13 @@ def test_a_stored_config_loads_when_the_host_changed(run_root: Path, tmp_path: P
     volume.rmdir()
     assert api.pod_status("p").containers[0].rootfs == rootfs
     api.delete_pod("p")
+
+
+def test_forward_loopback_needs_a_netns_and_is_a_bool() -> None:
+    config = PodConfig(id="p", netns="/run/netns/x", forward_loopback=True)
+    assert PodConfig.from_dict(config.to_dict()) == config
+    assert PodConfig.from_dict({"id": "p"}).forward_loopback is False
+    with pytest.raises(ConfigError, match=r"forward_loopback.*netns"):
+        PodConfig(id="p", forward_loopback=True)
+    with pytest.raises(ConfigError, match="forward_loopback"):
+        PodConfig(id="p", netns="/run/netns/x", forward_loopback="yes")  # type: ignore[arg-type]

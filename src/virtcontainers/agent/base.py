@@ -140,4 +140,11 @@ class Agent(Protocol):
         True when the random state was reseeded (False: the seed was only mixed
         in).  Raises AgentError: "invalid", "state", "clone" (a step failed)."""
 
+    async def connect_port(self, stream_id: int, port: int, family: int) -> None:
+        """Connect, in the guest, to ``port`` on loopback (``family`` 4: 127.0.0.1
+        first, 6: ::1 first, then the other) and carry the connection on the
+        stream ``stream_id`` (from :meth:`open_stream`), both ways; its EOF is
+        the connection's half-close.  Raises AgentError: "invalid", "busy"
+        (too many connections), "refused", "timeout", "network"."""
+
     async def shutdown(self) -> None: ...

@@ -25,6 +25,7 @@ from virtcontainers.agent.contract import AgentOp
 from virtcontainers.agent.messages import (
     CloseOutputArgs,
     ConfigureNetworkArgs,
+    ConnectPortArgs,
     ContainerArgs,
     CreateContainerArgs,
     Empty,
@@ -50,6 +51,8 @@ READ_SIZE = 256 * 1024
 REQUEST_TIMEOUT = 120.0
 """A guest that does not answer within this long has failed the request (crun
 under TCG takes well under a second; waits for process exit are unbounded)."""
+CONNECT_PORT_TIMEOUT = 30.0
+"""Beyond the guest's own connect timeout (10 s), for a loaded guest under TCG."""
 MAX_PROCESSES = 65536
 MAX_ERROR_TEXT = 4096
 MAX_DRAINING_STREAMS = 1024
@@ -513,6 +516,10 @@ class AgentClient:
         )
         result = await self.call(contract.INIT_CLONE, args)
         return _field(result, "reseeded", bool, contract.INIT_CLONE.name)
+
+    async def connect_port(self, stream_id: int, port: int, family: int) -> None:
+        args = ConnectPortArgs(stream=stream_id, port=port, family=family)
+        await self.call(contract.CONNECT_PORT, args, timeout=CONNECT_PORT_TIMEOUT)
 
     async def shutdown(self) -> None:
         await self.call(contract.SHUTDOWN, Empty())

@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from virtcontainers.agent.messages import (
     CloseOutputArgs,
     ConfigureNetworkArgs,
+    ConnectPortArgs,
     ContainerArgs,
     ContainerStateResult,
     ContainerStatsResult,
@@ -76,6 +77,7 @@ CONTAINER_STATS = AgentOp(Op.CONTAINER_STATS, ContainerArgs, ContainerStatsResul
 MOUNT_BLOCK = AgentOp(Op.MOUNT_BLOCK, MountBlockArgs, Empty)
 UNMOUNT_BLOCK = AgentOp(Op.UNMOUNT_BLOCK, VolumeArgs, Empty)
 INIT_CLONE = AgentOp(Op.INIT_CLONE, InitCloneArgs, InitCloneResult)
+CONNECT_PORT = AgentOp(Op.CONNECT_PORT, ConnectPortArgs, Empty)
 SHUTDOWN = AgentOp(Op.SHUTDOWN, Empty, Empty)
 
 CONTRACT: dict[str, AgentOp[Any, Any]] = {
@@ -102,6 +104,7 @@ CONTRACT: dict[str, AgentOp[Any, Any]] = {
         MOUNT_BLOCK,
         UNMOUNT_BLOCK,
         INIT_CLONE,
+        CONNECT_PORT,
         SHUTDOWN,
     )
 }

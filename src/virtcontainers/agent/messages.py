@@ -170,6 +170,14 @@ class InitCloneArgs(TypedDict):
     shared_fs: str | None  # "virtio-9p" or "virtio-fs": mount the pod's shared directory
 
 
+class ConnectPortArgs(TypedDict):
+    """A TCP connection the guest opens to its own loopback, carried on a stream."""
+
+    stream: int  # the I/O stream that carries it, both ways, from now on
+    port: int  # 1..65535
+    family: int  # 4 (127.0.0.1) or 6 (::1): tried first, the other if refused
+
+
 # --- results, as the guest sends them ------------------------------------------------
 
 

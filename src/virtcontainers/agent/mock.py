@@ -81,6 +81,9 @@ class MockAgent:
         self._pids = itertools.count(100)
         self._handlers: list[EventHandler] = []
         self.connected = False
+        self.listening: set[int] = set()
+        """Guest ports connect_port reaches: each connection echoes what it gets."""
+        self._echoes: set[asyncio.Task[None]] = set()
 
     def _record(self, op: str, **args: object) -> None:
         self.calls.append((op, args))
@@ -91,6 +94,8 @@ class MockAgent:
 
     async def close(self) -> None:
         self.connected = False
+        for task in self._echoes:
+            task.cancel()
         for process in self.processes.values():
             if process.task is not None:
                 process.task.cancel()
@@ -256,6 +261,21 @@ class MockAgent:
             "init_clone", hostname=hostname, seed=seed, time_ns=time_ns, shared_fs=shared_fs
         )
         return True
+
+    async def connect_port(self, stream_id: int, port: int, family: int) -> None:
+        self._record("connect_port", stream=stream_id, port=port, family=family)
+        if port not in self.listening:
+            raise AgentError("connect_port", "refused", f"nothing listens on port {port}")
+        stream = self.streams[stream_id]
+        task = asyncio.create_task(self._echo(stream))
+        self._echoes.add(task)
+        task.add_done_callback(self._echoes.discard)
+
+    @staticmethod
+    async def _echo(stream: MockStream) -> None:
+        while chunk := await stream.to_guest.get():
+            await stream.to_host.put(chunk)
+        await stream.to_host.put(b"")
 
     async def shutdown(self) -> None:
         self._record("shutdown")

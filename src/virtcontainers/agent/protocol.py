@@ -90,6 +90,7 @@ class Op:
     MOUNT_BLOCK = "mount_block"
     UNMOUNT_BLOCK = "unmount_block"
     INIT_CLONE = "init_clone"
+    CONNECT_PORT = "connect_port"
     SHUTDOWN = "shutdown"
 
 

@@ -40,6 +40,7 @@ from virtcontainers.network.discovery import (
     interface_of,
     why_not_taken,
 )
+from virtcontainers.network.loopnat import remove_table_here
 from virtcontainers.network.netns import NetnsId, open_netns, run_in_netns
 from virtcontainers.network.record import IngressRecord, NetworkRecord
 from virtcontainers.network.rtnl import NetlinkError, Rtnl, is_missing
@@ -364,9 +365,11 @@ def _add_ingress(rtnl: Rtnl, index: int, interface: Interface) -> None:
 
 
 def _remove_here(record: NetworkRecord, log: logging.Logger) -> list[str]:
+    # A daemon that died left its loopback redirect (loopnat.py) too.
+    failures = remove_table_here(record.netns)
     try:
         with Rtnl() as rtnl:
-            return _remove(rtnl, record.taps, record.ingress, log)
+            return failures + _remove(rtnl, record.taps, record.ingress, log)
     except NetlinkError as exc:
         raise NetworkError(record.netns, f"cannot remove what a pod made: {exc}") from exc
 

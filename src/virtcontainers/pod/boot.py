@@ -162,8 +162,9 @@ class PodBoot:
                 self._step("clone given its identity and NICs")
         finally:
             self.nics.close_fds()  # QEMU has its own copies, or failed
-        if nics:
-            wait = NIC_APPEAR_TIMEOUT if template is not None else 0.0
+        # Without NICs the guest's loopback is down, and forwarded connections need it.
+        if nics or self.config.forward_loopback:
+            wait = NIC_APPEAR_TIMEOUT if template is not None and nics else 0.0
             await self.vm.agent.configure_network(*self.nics.guest_settings(), wait)
             self._step("network configured in the guest")
 

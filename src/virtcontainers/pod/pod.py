@@ -42,6 +42,7 @@ from virtcontainers.pod.container import Container
 from virtcontainers.pod.eventlog import EventLog
 from virtcontainers.pod.interfaces import PodInterfaces
 from virtcontainers.pod.nics import PodNics
+from virtcontainers.pod.portforward import LoopbackForwarder
 from virtcontainers.pod.process import GuestProcess, ProcessIO
 from virtcontainers.pod.vm import PodVM
 from virtcontainers.pod.volumes import PodVolumes
@@ -84,6 +85,7 @@ class Pod:
         self.stopped = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
         self.guest_execs: dict[str, GuestProcess] = {}
+        self.forwarder: LoopbackForwarder | None = None
         self._container_locks: dict[str, asyncio.Lock] = {}
         self._guest_exec_numbers = itertools.count(1)
         self.agent.on_event(self._on_agent_event)
@@ -131,6 +133,10 @@ class Pod:
         self.log.info("starting pod")
         try:
             await self._boot().boot()
+            if self.config.forward_loopback and self.config.netns is not None:
+                self.forwarder = await LoopbackForwarder.start(
+                    self.agent, self.config.netns, self.id, self.log
+                )
             self._spawn(self._watch_vm())
             # Nothing waits for the details (the agent runs `crun --version` for them,
             # ≈0.2 s under TCG): they are recorded when they arrive.
@@ -208,6 +214,12 @@ class Pod:
 
     async def _teardown(self) -> None:
         self.stopping = True
+        if self.forwarder is not None:
+            try:
+                await self.forwarder.close()
+            except VcError as exc:
+                self.log.warning("ending port forwarding: %s", exc)
+            self.forwarder = None
         try:
             await self.hypervisor.stop()
         except VcError as exc:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -29,7 +29,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from virtcontainers import api, oci
-from virtcontainers.config import Cmd
+from virtcontainers.config import Cmd, PodConfig
 from virtcontainers.daemon.hosted import DaemonHost
 from virtcontainers.errors import (
     BusyError,
@@ -308,7 +308,7 @@ class TaskService:
         config = bundle.container_config(container_id)
         pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
         made = Task(container_id, bundle.path, pod_id, bundle.role, bundle.spec, init)
-        pod_config = bundle.pod_config(pod_id) if made.owns_pod else None
+        pod_config = _sandbox_pod(bundle.pod_config(pod_id)) if made.owns_pod else None
         if disk is not None:
             config = blockdev.on_the_device(config, disk.device, disk.fstype, disk.read_only)
             pod_config = blockdev.with_a_disk_slot(pod_config) if pod_config else None
@@ -563,3 +563,9 @@ class TaskService:
         if request.now or not self.tasks:
             self.shutdown.set()
         return EMPTY
+
+
+def _sandbox_pod(config: PodConfig) -> PodConfig:
+    """The CRI's port-forward dials loopback in the sandbox's network namespace:
+    the pod forwards it to its VM (docs/shim.md)."""
+    return replace(config, forward_loopback=config.netns is not None)

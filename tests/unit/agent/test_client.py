@@ -365,3 +365,59 @@ def test_a_released_stream_still_holds_the_guest_to_its_window(tmp_path: Path) -
             await client.ping()
 
     run(with_guest(tmp_path, guest, body))
+
+
+def test_connect_port_carries_the_connection_on_its_stream(tmp_path: Path) -> None:
+    """The request names the stream; then bytes go both ways on it, and an EOF each way."""
+    seen: dict[str, object] = {}
+    from_host = bytearray()
+
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        seen.update(request.json())
+        stream = request.json()["args"]["stream"]  # type: ignore[index]
+        writer.write(protocol.response_ok(request.stream, {}))
+        writer.write(protocol.data(stream, b"from the guest", eof=True))
+        await writer.drain()
+        while True:
+            frame = await next_frame(reader, dec)
+            if frame.type is FrameType.DATA:
+                from_host.extend(frame.payload)
+                if frame.eof:
+                    break
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        stream = client.open_stream()
+        await client.connect_port(stream.stream_id, 8080, 6)
+        await stream.write(b"from the host")
+        await stream.close()
+        assert await stream.read() == b"from the guest"
+        assert await stream.read() == b""
+        while not from_host.endswith(b"host"):
+            await asyncio.sleep(0.01)
+
+    run(with_guest(tmp_path, guest, body))
+    assert seen["op"] == "connect_port"
+    assert seen["args"] == {"stream": 1, "port": 8080, "family": 6}
+    assert bytes(from_host) == b"from the host"
+
+
+def test_connect_port_refused_is_an_agent_error(tmp_path: Path) -> None:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        message = "nothing listens on port 8080 in the guest"
+        writer.write(protocol.response_error(request.stream, "refused", message))
+        await writer.drain()
+        await reader.read()
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(AgentError, match="nothing listens") as info:
+            await client.connect_port(client.open_stream().stream_id, 8080, 4)
+        assert (info.value.op, info.value.kind) == ("connect_port", "refused")
+
+    run(with_guest(tmp_path, guest, body))

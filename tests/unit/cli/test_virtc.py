@@ -123,3 +123,10 @@ def test_virtc_prints_data_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
     assert "eth1 02:ab:cd:00:11:22 [not a style]" in out
     assert "» copying /srv/[x]/:cd:" in err
     assert "virtc: error: no file /a/[bold]b[/] :ab:" in err
+
+
+def test_virtc_forward_loopback_needs_a_netns(run_root: Path) -> None:
+    result = CliRunner().invoke(virtc_cli, ["pod", "create", "p", "--forward-loopback"])
+    assert result.exit_code == 1
+    assert "pod.forward_loopback" in result.output and "netns" in result.output
+    assert not (run_root / "pods" / "p").exists()

@@ -24,7 +24,12 @@ from virtcontainers.cli.virtc.blockvolumes import (
 )
 from virtcontainers.cli.virtc.common import VcGroup, ensure_image, progress, query, stderr, stdout
 from virtcontainers.cli.virtc.factory import factory
-from virtcontainers.cli.virtc.options import boot_option, container_config, parse_mount
+from virtcontainers.cli.virtc.options import (
+    boot_option,
+    container_config,
+    forward_loopback_option,
+    parse_mount,
+)
 from virtcontainers.cli.virtc.pod_net import pod_net
 from virtcontainers.cli.virtc.resources import (
     container_stats,
@@ -89,6 +94,7 @@ def pod() -> None:
     "--netns",
     help="Network namespace (path) whose interfaces the pod's VM takes over.",
 )
+@forward_loopback_option
 @boot_option
 @hotplug_slots_option
 def pod_create(
@@ -98,6 +104,7 @@ def pod_create(
     hostname: str | None,
     kernel_params: tuple[str, ...],
     netns: str | None,
+    forward_loopback: bool,
     boot: str,
     hotplug_slots: int,
 ) -> None:
@@ -108,6 +115,7 @@ def pod_create(
         hostname=hostname,
         kernel_params=kernel_params,
         netns=netns,
+        forward_loopback=forward_loopback,
         boot=boot,
     )
     ensure_image()  # the pod records the image it will boot

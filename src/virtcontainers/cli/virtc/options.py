@@ -47,6 +47,16 @@ def boot_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def forward_loopback_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--forward-loopback (PodConfig.forward_loopback)."""
+    return click.option(
+        "--forward-loopback",
+        is_flag=True,
+        help="TCP to localhost inside --netns reaches the same port in the VM "
+        "(as containerd's port-forward needs).",
+    )(command)
+
+
 def parse_mount(text: str) -> Mount:
     parts = text.split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):

@@ -19,7 +19,12 @@ from virtcontainers.cli.virtc.attach import (
 )
 from virtcontainers.cli.virtc.blockvolumes import block_volume_option, parse_block_volume
 from virtcontainers.cli.virtc.common import ensure_image, error, fail, stderr
-from virtcontainers.cli.virtc.options import boot_option, container_config, parse_mount
+from virtcontainers.cli.virtc.options import (
+    boot_option,
+    container_config,
+    forward_loopback_option,
+    parse_mount,
+)
 from virtcontainers.cli.virtc.resources import limit_options, limits_from
 from virtcontainers.cli.virtc.timings import Timings
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, ContainerConfig, PodConfig, Resources
@@ -52,6 +57,7 @@ def booting(pod_id: str) -> contextlib.AbstractContextManager[object]:
     "--netns",
     help="Network namespace (path) whose interfaces the pod's VM takes over.",
 )
+@forward_loopback_option
 @boot_option
 @limit_options
 @click.option("--timings", is_flag=True, help="Print on stderr where the time went, step by step.")
@@ -68,6 +74,7 @@ def run(
     volumes: tuple[str, ...],
     block_volumes: tuple[str, ...],
     netns: str | None,
+    forward_loopback: bool,
     boot: str,
     memory_limit: str | None,
     pids_limit: int | None,
@@ -93,7 +100,13 @@ def run(
         )
         # The container joins after boot: keep it a slot per disk.
         resources = Resources(vcpus=vcpus, memory_mib=memory_mib, hotplug_slots=len(disks))
-        config = PodConfig(id=pod_id, resources=resources, netns=netns, boot=boot)
+        config = PodConfig(
+            id=pod_id,
+            resources=resources,
+            netns=netns,
+            forward_loopback=forward_loopback,
+            boot=boot,
+        )
         ensure_image()
         owner = hostproc.current() if remove else None
         with booting(pod_id):

@@ -51,6 +51,8 @@ class Agent:
         self.outs: dict[int, OutStream] = {}
         self.ins: dict[int, InStream] = {}
         self.busy_streams: set[int] = set()
+        self.forwards: set[object] = set()
+        """Forwarded connections (ops/ports.py), counted against their cap."""
         self.runtime_version: str | None = None
         self.console_seq = 0
         self.keepalive: object = None

@@ -10,7 +10,7 @@ table of ops (``virtcontainers.agent.contract``).
 from __future__ import annotations
 
 from ..wire import protocol
-from . import blocks, clone, containers, guest, network, processes, resources
+from . import blocks, clone, containers, guest, network, ports, processes, resources
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
@@ -40,5 +40,6 @@ HANDLERS: dict[str, OpHandler] = {
     Op.MOUNT_BLOCK: blocks.mount_block,
     Op.UNMOUNT_BLOCK: blocks.unmount_block,
     Op.INIT_CLONE: clone.init_clone,
+    Op.CONNECT_PORT: ports.connect_port,
     Op.SHUTDOWN: guest.shutdown,
 }
