@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -20,10 +23,11 @@ from tests.integration.test_pod_network import container_run, in_peer, networked
 from tests.integration.test_vc_runtime import Runtime, bundle
 from tests.netlab import Lab, snapshot, tun_links
 from virtcontainers import api
-from virtcontainers.config import ContainerConfig, PodConfig, Resources
+from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig, Resources
 from virtcontainers.errors import TemplateError
 from virtcontainers.factory.template import Template
-from virtcontainers.factory.templates import Factory, init_template
+from virtcontainers.factory.templates import AUTO_LOCK, AUTO_LOG, Factory, init_template
+from virtcontainers.image import GuestImage
 from virtcontainers.volumes import BlockVolume
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -227,3 +231,89 @@ def test_a_networked_pod_is_a_clone_whose_nic_is_plugged_after_restore(
     api.stop_pod("netclone")
     assert tun_links(pair.path) == []
     api.delete_pod("netclone")
+
+
+# --- templates made without asking ----------------------------------------------------
+
+BUILDER_TIMEOUT = 600.0
+
+
+def wait_for_builder(root: Path, timeout: float = BUILDER_TIMEOUT) -> None:
+    """Until the background builder (if any) has exited; killed if it takes too long."""
+    lock = root / AUTO_LOCK
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pid = int(os.pread(fd, 32, 0) or b"0")
+                    with contextlib.suppress(ProcessLookupError):
+                        pidfd = os.pidfd_open(pid)
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        os.close(pidfd)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    raise AssertionError(f"the background builder took over {timeout}s") from None
+                time.sleep(0.2)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def auto_factory(
+    no_leaks: Path, monkeypatch: pytest.MonkeyPatch, guest_image: GuestImage
+) -> Iterator[tuple[Factory, ImagePaths]]:
+    """Automatic templates on, in a factory of this test's own, for pods of a
+    copy of the guest image (its own key; its files the test may touch)."""
+    base = short_temp_dir("vcf-")
+    try:
+        image_dir = base / "image"
+        image_dir.mkdir()
+        copies = []
+        for source in (guest_image.kernel, guest_image.initrd, guest_image.rootfs):
+            shutil.copy(source, image_dir / source.name)
+            copies.append(image_dir / source.name)
+        factory = Factory(base / "factory")
+        monkeypatch.setenv("VC_FACTORY_DIR", str(factory.root))
+        monkeypatch.setenv("VC_AUTO_TEMPLATES", "1")
+        try:
+            yield factory, ImagePaths(*copies)
+        finally:
+            wait_for_builder(factory.root)
+            factory.destroy()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def started_from(pod_id: str, image: ImagePaths, rootfs: Path) -> str | None:
+    """Start a pod of *image*, check that it runs a container; the template it cloned."""
+    assert started(pod_id, rootfs, "echo up", image=image) == b"up\n"
+    template = api.pod_status(pod_id).template
+    api.stop_pod(pod_id)
+    api.delete_pod(pod_id)
+    return template
+
+
+def test_a_pod_without_a_template_has_one_made_for_the_next_and_again_after_a_rebuild(
+    auto_factory: tuple[Factory, ImagePaths], busybox_rootfs: Path
+) -> None:
+    factory, image = auto_factory
+    assert started_from("first", image, busybox_rootfs) is None
+    wait_for_builder(factory.root)
+    [made] = factory.templates()
+    assert made.automatic and made.current(), (factory.root / AUTO_LOG).read_text()
+    assert started_from("second", image, busybox_rootfs) == made.key
+    # A rebuilt kernel: the template is stale, the next pod boots cold and
+    # its build replaces the stale template.
+    os.utime(image.kernel, ns=(time.time_ns(), time.time_ns()))
+    assert not made.current()
+    assert started_from("third", image, busybox_rootfs) is None
+    wait_for_builder(factory.root)
+    [remade] = factory.templates()
+    assert remade.key != made.key and remade.current(), (factory.root / AUTO_LOG).read_text()
+    assert started_from("fourth", image, busybox_rootfs) == remade.key

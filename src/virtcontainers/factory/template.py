@@ -152,6 +152,33 @@ class TemplateShape:
             f"image {self.image.rootfs.parent}, {self.accelerator.value}, {self.shared_fs.value}"
         )
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "image": self.image.to_dict(),
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "kernel_params": list(self.kernel_params),
+            "accelerator": self.accelerator.value,
+            "shared_fs": self.shared_fs.value,
+            "machine": self.machine,
+            "hotplug_ports": self.hotplug_ports,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TemplateShape:
+        """The shape :meth:`to_json` wrote.  Raises ValueError, KeyError,
+        TypeError or ConfigError for anything else."""
+        return cls(
+            image=ImagePaths.from_dict(data["image"]),
+            vcpus=_typed(data, "vcpus", int),
+            memory_mib=_typed(data, "memory_mib", int),
+            kernel_params=_strings(data, "kernel_params"),
+            accelerator=Accelerator(data["accelerator"]),
+            shared_fs=SharedFsKind(data["shared_fs"]),
+            machine=_typed(data, "machine", str),
+            hotplug_ports=_typed(data, "hotplug_ports", int),
+        )
+
     def vm_config(
         self,
         vm_id: str,
@@ -191,6 +218,8 @@ class Template:
     boot_seconds: float
     """From the template VM's launch until its agent answered."""
     identity: Mapping[str, object] = field(default_factory=dict)
+    automatic: bool = False
+    """Made in the background for a pod that found none (not by ``virtc factory init``)."""
 
     @property
     def memory(self) -> Path:
@@ -226,21 +255,14 @@ class Template:
         )
 
     def to_json(self) -> dict[str, object]:
-        shape = self.shape
         return {
             "format": FORMAT,
             "key": self.key,
-            "image": shape.image.to_dict(),
-            "vcpus": shape.vcpus,
-            "memory_mib": shape.memory_mib,
-            "kernel_params": list(shape.kernel_params),
-            "accelerator": shape.accelerator.value,
-            "shared_fs": shape.shared_fs.value,
-            "machine": shape.machine,
-            "hotplug_ports": shape.hotplug_ports,
+            **self.shape.to_json(),
             "created_at": self.created_at,
             "boot_seconds": self.boot_seconds,
             "identity": dict(self.identity),
+            "automatic": self.automatic,
         }
 
     @classmethod
@@ -250,23 +272,17 @@ class Template:
             data = json.loads((path / RECORD_FILE).read_text())
             if data.get("format") != FORMAT or data.get("key") != path.name:
                 raise ValueError(f"format {data.get('format')!r}, key {data.get('key')!r}")
-            shape = TemplateShape(
-                image=ImagePaths.from_dict(data["image"]),
-                vcpus=_typed(data, "vcpus", int),
-                memory_mib=_typed(data, "memory_mib", int),
-                kernel_params=_strings(data, "kernel_params"),
-                accelerator=Accelerator(data["accelerator"]),
-                shared_fs=SharedFsKind(data["shared_fs"]),
-                machine=_typed(data, "machine", str),
-                hotplug_ports=_typed(data, "hotplug_ports", int),
-            )
+            automatic = data.get("automatic", False)
+            if not isinstance(automatic, bool):
+                raise ValueError(f"automatic is {automatic!r}")
             return cls(
                 path=path,
                 key=path.name,
-                shape=shape,
+                shape=TemplateShape.from_json(data),
                 created_at=float(data["created_at"]),
                 boot_seconds=float(data["boot_seconds"]),
                 identity=_typed(data, "identity", dict),
+                automatic=automatic,
             )
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
             raise TemplateError(f"template {path} is unusable ({exc}); remove it") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -27,7 +28,13 @@ from virtcontainers.cli.virtc.main import cli as virtc_cli
 from virtcontainers.config import ImagePaths, PodConfig, Resources
 from virtcontainers.errors import AgentProtocolError, ConfigError, NotFoundError, TemplateError
 from virtcontainers.factory.template import TEMPLATE_PARAM, Template, TemplateShape
-from virtcontainers.factory.templates import Factory, factory_dir
+from virtcontainers.factory.templates import (
+    AUTO_LOCK,
+    AUTO_LOG,
+    Factory,
+    auto_templates_enabled,
+    factory_dir,
+)
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator, MemoryFile, VMConfig
 from virtcontainers.hypervisor.devices import SharedFsKind
@@ -417,3 +424,93 @@ def test_virtc_factory_status_and_destroy_when_empty(run_root: Path) -> None:
     assert result.exit_code == 0 and "no templates" in result.output
     result = runner.invoke(virtc_cli, ["run", "--boot", "warm", "true"])
     assert result.exit_code == 2 and "'warm' is not one of" in result.output
+
+
+# --- templates made in the background -------------------------------------------------
+
+
+def wait_for_builder(root: Path, timeout: float = 60) -> None:
+    """Until the background builder lets go of its lock (it has exited)."""
+    fd = os.open(root / AUTO_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the background builder did not end"
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+def test_automatic_templates_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for off in ("0", "no", "False", " off"):
+        monkeypatch.setenv("VC_AUTO_TEMPLATES", off)
+        assert not auto_templates_enabled()
+    monkeypatch.setenv("VC_AUTO_TEMPLATES", "1")
+    assert auto_templates_enabled()
+    monkeypatch.delenv("VC_AUTO_TEMPLATES")
+    assert auto_templates_enabled()
+
+
+def test_one_background_builder_at_a_time(tmp_path: Path, image: ImagePaths) -> None:
+    """A real builder process, given an image whose files are gone: it fails
+    fast, says why in its log, and lets go of the lock."""
+    root = tmp_path / "factory"
+    factory = Factory(root)
+    shape = shape_of(dataclasses.replace(image, kernel=tmp_path / "no-kernel"))
+    root.mkdir(mode=0o700)
+    held = os.open(root / AUTO_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert not factory.start_auto_build(shape)  # one runs already
+    finally:
+        os.close(held)
+    assert factory.start_auto_build(shape)
+    wait_for_builder(root)
+    log = (root / AUTO_LOG).read_text()
+    assert "no template made" in log and "no-kernel" in log, log
+    assert factory.templates() == []
+
+
+def test_a_pod_that_misses_starts_the_build_unless_turned_off(
+    tmp_path: Path, image: ImagePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "factory"
+    assert chosen(image, tmp_path, pod(image, "auto")) is None
+    assert not root.exists()  # VC_AUTO_TEMPLATES=0 in the tests' environment
+    monkeypatch.setenv("VC_AUTO_TEMPLATES", "1")
+    assert chosen(image, tmp_path, pod(image, "cold")) is None
+    assert not root.exists()
+    mock = pod(image, "auto", hypervisor="mock")
+    assert chosen(image, tmp_path, mock) is None
+    assert not root.exists()  # templates are QEMU's
+    assert chosen(image, tmp_path, pod(image, "auto")) is None
+    wait_for_builder(root)
+    assert "no template made" in (root / AUTO_LOG).read_text()  # the placeholder image
+
+
+def test_automatic_templates_are_bounded_and_hand_made_ones_kept(
+    tmp_path: Path, image: ImagePaths
+) -> None:
+    root = tmp_path / "factory"
+    hand = fake_template(root, shape_of(image, memory_mib=128))
+    automatic = []
+    for n, memory in enumerate((256, 384, 640, 768)):
+        made = fake_template(root, shape_of(image, memory_mib=memory))
+        marked = dataclasses.replace(made, automatic=True, created_at=1000.0 + n)
+        (made.path / "template.json").write_text(json.dumps(marked.to_json()))
+        automatic.append(made.key)
+    factory = Factory(root)
+    assert factory.prune_automatic(kept=3) == [automatic[0]]
+    assert {t.key for t in factory.templates()} == {hand.key, *automatic[1:]}
+    assert all(t.automatic for t in factory.templates() if t.key != hand.key)
+
+
+def test_a_shape_survives_its_json(image: ImagePaths) -> None:
+    shape = shape_of(image, kernel_params=("a=1",), hotplug_ports=3)
+    assert TemplateShape.from_json(json.loads(json.dumps(shape.to_json()))) == shape
+    with pytest.raises(ValueError, match="vcpus"):
+        TemplateShape.from_json({**shape.to_json(), "vcpus": "1"})
