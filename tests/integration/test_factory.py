@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import short_temp_dir
-from tests.integration.conftest import run_exec, shell
+from tests.integration.conftest import run_exec, shell, virtc
 from tests.integration.test_pod_network import container_run, in_peer, networked_pod
 from tests.integration.test_vc_runtime import Runtime, bundle
 from tests.netlab import Lab, snapshot, tun_links
@@ -317,3 +317,10 @@ def test_a_pod_without_a_template_has_one_made_for_the_next_and_again_after_a_re
     [remade] = factory.templates()
     assert remade.key != made.key and remade.current(), (factory.root / AUTO_LOG).read_text()
     assert started_from("fourth", image, busybox_rootfs) == remade.key
+
+
+def test_virtc_run_starts_its_pod_from_the_template(templated: Template, run_root: Path) -> None:
+    result = virtc(run_root, "run", "--name", "vr", "--", "echo", "hi")
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+    assert api.pod_status("vr").template == templated.key
+    api.delete_pod("vr", force=True)
