@@ -324,3 +324,37 @@ def test_virtc_run_starts_its_pod_from_the_template(templated: Template, run_roo
     assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
     assert api.pod_status("vr").template == templated.key
     api.delete_pod("vr", force=True)
+
+
+def in_vm(pod_id: str, script: str) -> str:
+    """What *script* prints, run in the pod's VM (not in a container)."""
+    read, write = os.pipe()
+    handle = api.enter_pod(pod_id, shell(script), api.Stdio(stdout=write))
+    os.close(write)
+    with os.fdopen(read, "rb") as output:
+        text = output.read().decode()
+    assert api.wait_process(pod_id, None, handle.exec_id).exit_code == 0
+    return text
+
+
+def test_sibling_clones_resume_with_random_state_boot_id_and_machine_id_of_their_own(
+    templated: Template, busybox_rootfs: Path
+) -> None:
+    """The first bytes a clone's /dev/urandom gives as it resumes, read by its
+    agent before the host's seed, differ from its sibling's only because its
+    kernel reseeded on its new VM generation id (without the vmgenid device
+    they are the same)."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for pod_id in ("sib1", "sib2"):
+        boot_id = started(pod_id, busybox_rootfs, "cat /proc/sys/kernel/random/boot_id")
+        assert api.pod_status(pod_id).template == templated.key
+        [resumed] = [e for e in api.pod_events(pod_id) if e.kind == "clone"]
+        machine_id = in_vm(pod_id, "cat /etc/machine-id")
+        assert len(machine_id.strip()) == 32, machine_id
+        seen[pod_id] = (str(resumed.fields["resumed_random"]), boot_id.decode(), machine_id)
+        api.stop_pod(pod_id)
+        api.delete_pod(pod_id)
+    first, second = seen.values()
+    assert first[0] != second[0], "two clones resumed with the same random state"
+    assert first[1] != second[1], "two clones have one boot id"
+    assert first[2] != second[2], "two clones have one machine id"

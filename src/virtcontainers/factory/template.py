@@ -16,17 +16,18 @@ from typing import Any
 
 from virtcontainers.config import ImagePaths, PodConfig
 from virtcontainers.errors import ConfigError, TemplateError
-from virtcontainers.hypervisor import default_machine, guest_kernel_cmdline, hypervisor_binary
+from virtcontainers.hypervisor import guest_kernel_cmdline, hypervisor_binary
 from virtcontainers.hypervisor.base import Accelerator, HypervisorKind, MemoryFile, VMConfig
 from virtcontainers.hypervisor.devices import (
     BlockDevice,
     Device,
+    GenerationIdDevice,
     SerialPortDevice,
     SharedFsDevice,
     SharedFsKind,
 )
 
-FORMAT = 2
+FORMAT = 3
 """Bumped when what a template holds, or how a clone starts from it, changes."""
 HYPERVISOR = HypervisorKind.QEMU
 """Templates are QEMU's: a template is a QEMU migration stream and memory file."""
@@ -39,6 +40,13 @@ TEMPLATE_PARAM = "vc.template"
 """On the template VM's kernel command line: init.sh leaves the shared directory
 unmounted (a guest that has mounted a 9p share cannot be saved)."""
 AGENT_PORT_NAME = "agent"
+TEMPLATE_MACHINE = "q35"
+"""Template VMs (and so clones) are q35 even though cold pods are microvm:
+QEMU builds the ACPI table of the VM generation id device (and sends its
+change notification) on q35 only, not in microvm's ACPI tables."""
+GENERATION_ID_DEVICE = "vc-genid"
+"""Every template VM and clone has a VM generation id, new at each launch:
+a clone's kernel reseeds its random pool as it resumes."""
 SHARED_FS_TAG = "vcshared"
 KEY_LENGTH = 16
 LOCK_FILE = "lock"
@@ -95,7 +103,7 @@ class TemplateShape:
     kernel_params: tuple[str, ...]
     accelerator: Accelerator
     shared_fs: SharedFsKind = SharedFsKind.VIRTIO_9P
-    machine: str = default_machine(HYPERVISOR)
+    machine: str = TEMPLATE_MACHINE
     hotplug_ports: int = TEMPLATE_HOTPLUG_PORTS
 
     @classmethod
@@ -131,7 +139,10 @@ class TemplateShape:
             "memory_mib": self.memory_mib,
             "cmdline": guest_kernel_cmdline(HYPERVISOR, self.accelerator, self.vm_kernel_params),
             "shared_fs": self.shared_fs.value,
-            "devices": [d.id for d in pod_devices(Path(), Path(), Path(), self.shared_fs)],
+            "devices": [
+                *(d.id for d in pod_devices(Path(), Path(), Path(), self.shared_fs)),
+                GENERATION_ID_DEVICE,
+            ],
             "files": {
                 "kernel": _file_identity("kernel", self.image.kernel),
                 "initrd": _file_identity("initrd", self.image.initrd),
@@ -201,7 +212,10 @@ class TemplateShape:
             machine=self.machine,
             accelerator=self.accelerator,
             hotplug_ports=self.hotplug_ports,
-            devices=pod_devices(self.image.rootfs, agent_socket, shared_dir, self.shared_fs),
+            devices=(
+                *pod_devices(self.image.rootfs, agent_socket, shared_dir, self.shared_fs),
+                GenerationIdDevice(GENERATION_ID_DEVICE),
+            ),
             memory_file=memory_file,
             incoming=incoming,
         )

@@ -288,14 +288,17 @@ class PodBoot:
     async def _init_clone(self, shared_fs: SharedFsKind) -> None:
         """The clone woke as its template: give it this pod's name, clock, random
         state and shared directory."""
-        reseeded = await self.vm.agent.init_clone(
+        clone = await self.vm.agent.init_clone(
             self.config.hostname or self.vm.pod_id,
             secrets.token_bytes(CLONE_SEED_BYTES),
             time.time_ns(),
             shared_fs.value,
         )
-        if not reseeded:
+        if not clone.reseeded:
             self.vm.log.warning("the clone's random state was mixed with a seed, not reseeded")
+        # What the guest kernel made of its new VM generation id alone, before
+        # our seed: for a check that sibling clones did not resume alike.
+        self.events.emit("clone", resumed_random=clone.resumed_random.hex())
 
     def _join_host_cgroup(self, config: CgroupConfig) -> None:
         """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""

@@ -24,6 +24,7 @@ from virtcontainers import api
 from virtcontainers.agent import protocol
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.agent.protocol import FrameDecoder
+from virtcontainers.agent.results import CloneInit
 from virtcontainers.cli.virtc.main import cli as virtc_cli
 from virtcontainers.config import ImagePaths, PodConfig, Resources
 from virtcontainers.errors import AgentProtocolError, ConfigError, NotFoundError, TemplateError
@@ -85,7 +86,7 @@ def clone_command(tmp_path: Path, image: ImagePaths, incoming_fd: int | None) ->
     config = shape.vm_config(
         "vm1", tmp_path / "run", tmp_path / "a.sock", tmp_path, memory, incoming
     )
-    return QemuCommand(config, TCG, "microvm", config.devices, incoming_fd=incoming_fd)
+    return QemuCommand(config, TCG, shape.machine, config.devices, incoming_fd=incoming_fd)
 
 
 # --- the command line ------------------------------------------------------------------
@@ -97,7 +98,9 @@ def test_template_vm_writes_its_ram_through_to_the_file(tmp_path: Path, image: I
     assert backend == (
         f"memory-backend-file,id=vc-mem,size=512M,mem-path={tmp_path}/memory,share=on"
     )
-    assert argv[argv.index("-M") + 1] == "microvm,pcie=on,rtc=on,memory-backend=vc-mem"
+    # q35: QEMU gives the VM generation id an ACPI table there, not on microvm.
+    assert argv[argv.index("-M") + 1] == "q35,memory-backend=vc-mem"
+    assert "vmgenid,id=vc-genid,guid=auto" in argv
     assert "-incoming" not in argv
     assert argv[argv.index("-append") + 1].endswith(f" {TEMPLATE_PARAM}")
 
@@ -113,9 +116,10 @@ def test_clone_maps_the_file_privately_and_waits_for_its_state(
     assert 7 in command.passed_fds()
     # Same devices, same ids, in the same order as the template it loads.
     template = clone_command(tmp_path, image, None).argv()
-    assert [a for a in argv if a.startswith("virtio-")] == [
-        a for a in template if a.startswith("virtio-")
+    assert [a for a in argv if a.startswith(("virtio-", "vmgenid"))] == [
+        a for a in template if a.startswith(("virtio-", "vmgenid"))
     ]
+    assert "vmgenid,id=vc-genid,guid=auto" in argv  # a new generation id at each launch
 
 
 def test_a_clone_may_not_write_through_to_its_template(tmp_path: Path, image: ImagePaths) -> None:
@@ -160,7 +164,7 @@ def test_the_key_follows_everything_that_shapes_the_vm(image: ImagePaths) -> Non
         shape_of(image, kernel_params=("quiet",)),
         shape_of(image, accelerator=Accelerator.KVM),
         shape_of(image, shared_fs=SharedFsKind.VIRTIO_FS),
-        shape_of(image, machine="q35"),
+        shape_of(image, machine="microvm"),
     ]
     keys = {s.key for s in others}
     assert base.key not in keys and len(keys) == len(others)
@@ -400,7 +404,8 @@ def test_the_client_sends_init_clone_and_checks_its_answer(tmp_path: Path) -> No
             "time_ns": 1,
             "shared_fs": None,
         }
-        writer.write(protocol.response_ok(request.stream, {"reseeded": "yes"}))
+        answer = {"reseeded": "yes", "resumed_random": "ab" * 32}
+        writer.write(protocol.response_ok(request.stream, answer))
         await writer.drain()
         await reader.read()
 
@@ -409,6 +414,27 @@ def test_the_client_sends_init_clone_and_checks_its_answer(tmp_path: Path) -> No
             await client.init_clone("h", b"s" * 32, 1, None)
 
     asyncio.run(with_guest(tmp_path, guest, body))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"reseeded": True},
+        {"reseeded": True, "resumed_random": "AB" * 32},
+        {"reseeded": True, "resumed_random": "ab" * 33},
+        {"reseeded": True, "resumed_random": "ab" * 31 + "xy"},
+        {"reseeded": True, "resumed_random": 12},
+        {"reseeded": 1, "resumed_random": "ab" * 32},
+    ],
+)
+def test_a_clones_answer_is_checked(answer: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        CloneInit.parse(answer)
+
+
+def test_a_clones_answer_is_read() -> None:
+    parsed = CloneInit.parse({"reseeded": False, "resumed_random": "0f" * 32})
+    assert parsed == CloneInit(False, b"\x0f" * 32)
 
 
 # --- the CLI -------------------------------------------------------------------------------
