@@ -41,6 +41,8 @@ def containers_conf(**vc_env: str) -> str:
     with conmon_env_vars only (podman passes its own environment to neither).
     Automatic templates are off unless a test turns them on."""
     env = {"VC_AUTO_TEMPLATES": "0", **vc_env}
+    if "PYTHONPATH" in os.environ:  # the sources under test, not only the installed ones
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     entries = [CONMON_PATH, *(f"{name}={value}" for name, value in env.items())]
     return CONTAINERS_CONF.format(conmon_env=json.dumps(entries))
 
