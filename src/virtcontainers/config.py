@@ -108,6 +108,7 @@ class PodConfigDict(TypedDict):
     netns: str | None
     cgroup: CgroupDict | None
     boot: str
+    auto_template: bool
 
 
 @dataclass(frozen=True)
@@ -459,6 +460,10 @@ class PodConfig:
     """How the VM starts: ``cold`` boots it; ``template`` clones the VM
     template that matches the pod (factory.py) and fails without one;
     ``auto`` clones one when it exists and boots cold otherwise."""
+    auto_template: bool = True
+    """With ``boot="auto"`` and no template for the pod's shape: have one made
+    in the background for the next pods (docs/factory.md), unless
+    ``$VC_AUTO_TEMPLATES`` turns that off for every pod."""
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -485,6 +490,7 @@ class PodConfig:
             raise ConfigError("pod.netns", f"{self.netns!r} is not an absolute path")
         if self.boot not in BOOT_MODES:
             raise ConfigError("pod.boot", f"{self.boot!r} is not one of {', '.join(BOOT_MODES)}")
+        check_type("pod.auto_template", self.auto_template, bool)
         object.__setattr__(
             self, "kernel_params", check_str_tuple("pod.kernel_params", self.kernel_params)
         )
@@ -507,6 +513,7 @@ class PodConfig:
             "netns": self.netns,
             "cgroup": self.cgroup.to_dict() if self.cgroup is not None else None,
             "boot": self.boot,
+            "auto_template": self.auto_template,
         }
 
     def hotplug_slots(self) -> int:

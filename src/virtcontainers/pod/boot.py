@@ -103,17 +103,19 @@ def template_for_pod(
                 config.id,
                 key,
                 factory.root,
-                _build_in_background(factory, shape, config.hypervisor),
+                _build_in_background(factory, shape, config),
             )
         yield template
 
 
-def _build_in_background(factory: Factory, shape: TemplateShape, hypervisor: str) -> str:
+def _build_in_background(factory: Factory, shape: TemplateShape, config: PodConfig) -> str:
     """Start making the missing template for the next pods; says what happened."""
     if not auto_templates_enabled():
         return f"automatic templates are off (${ENV_AUTO_TEMPLATES})"
-    if hypervisor != HYPERVISOR.value:
-        return f"templates are made of QEMU VMs only, not {hypervisor}"
+    if not config.auto_template:
+        return "the pod asks for no automatic template (auto_template=False)"
+    if config.hypervisor != HYPERVISOR.value:
+        return f"templates are made of QEMU VMs only, not {config.hypervisor}"
     try:
         started = factory.start_auto_build(shape)
     except (OSError, subprocess.SubprocessError, TemplateError) as exc:

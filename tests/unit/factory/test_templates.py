@@ -315,6 +315,16 @@ def test_template_mode_says_what_is_missing_and_how_to_make_it(
         chosen(image, tmp_path, pod(image, "template"), SharedFsKind.VIRTIO_FS)
 
 
+def test_the_pods_automatic_template_switch_is_checked_and_kept() -> None:
+    with pytest.raises(ConfigError, match="auto_template"):
+        PodConfig(id="p", auto_template="no")  # type: ignore[arg-type]
+    config = PodConfig(id="p", auto_template=False)
+    assert PodConfig.from_dict(config.to_dict()).auto_template is False
+    stored = dict(config.to_dict())
+    del stored["auto_template"]  # a record from before automatic templates
+    assert PodConfig.from_dict(stored).auto_template is True
+
+
 def test_pod_boot_mode_is_checked_and_kept() -> None:
     with pytest.raises(ConfigError, match="'warm' is not one of auto, template, cold"):
         PodConfig(id="p", boot="warm")
@@ -513,6 +523,8 @@ def test_a_pod_that_misses_starts_the_build_unless_turned_off(
     mock = pod(image, "auto", hypervisor="mock")
     assert chosen(image, tmp_path, mock) is None
     assert not root.exists()  # templates are QEMU's
+    assert chosen(image, tmp_path, pod(image, "auto", auto_template=False)) is None
+    assert not root.exists()
     assert chosen(image, tmp_path, pod(image, "auto")) is None
     wait_for_builder(root)
     assert "no template made" in (root / AUTO_LOG).read_text()  # the placeholder image
