@@ -552,3 +552,21 @@ def test_a_shape_survives_its_json(image: ImagePaths) -> None:
     assert TemplateShape.from_json(json.loads(json.dumps(shape.to_json()))) == shape
     with pytest.raises(ValueError, match="vcpus"):
         TemplateShape.from_json({**shape.to_json(), "vcpus": "1"})
+
+
+def test_virtc_factory_status_says_how_each_template_was_made(
+    run_root: Path, image: ImagePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = run_root / "factory"
+    fake_template(root, shape_of(image, memory_mib=256))
+    made = fake_template(root, shape_of(image))
+    automatic = dataclasses.replace(made, automatic=True)
+    (made.path / "template.json").write_text(json.dumps(automatic.to_json()))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(virtc_cli, ["factory", "status"])
+    assert result.exit_code == 0, result.output
+    assert "automatically" in result.output and "by hand" in result.output
+    result = CliRunner().invoke(virtc_cli, ["factory", "status", "--json"])
+    entries = {t["key"]: t["automatic"] for t in json.loads(result.output)["templates"]}
+    assert entries[made.key] is True and len(entries) == 2
+    Factory(root).destroy()
