@@ -16,7 +16,11 @@ from typing import Any
 
 from virtcontainers.config import ImagePaths, PodConfig
 from virtcontainers.errors import ConfigError, TemplateError
-from virtcontainers.hypervisor import guest_kernel_cmdline, hypervisor_binary
+from virtcontainers.hypervisor import (
+    generation_id_machine,
+    guest_kernel_cmdline,
+    hypervisor_binary,
+)
 from virtcontainers.hypervisor.base import Accelerator, HypervisorKind, MemoryFile, VMConfig
 from virtcontainers.hypervisor.devices import (
     BlockDevice,
@@ -40,10 +44,10 @@ TEMPLATE_PARAM = "vc.template"
 """On the template VM's kernel command line: init.sh leaves the shared directory
 unmounted (a guest that has mounted a 9p share cannot be saved)."""
 AGENT_PORT_NAME = "agent"
-TEMPLATE_MACHINE = "q35"
-"""Template VMs (and so clones) are q35 even though cold pods are microvm:
-QEMU builds the ACPI table of the VM generation id device (and sends its
-change notification) on q35 only, not in microvm's ACPI tables."""
+TEMPLATE_MACHINE = generation_id_machine(HYPERVISOR)
+"""Template VMs (and so clones) are of a machine type whose guests learn of
+each restore through their VM generation id (QEMU: q35, while cold pods are
+microvm)."""
 GENERATION_ID_DEVICE = "vc-genid"
 """Every template VM and clone has a VM generation id, new at each launch:
 a clone's kernel reseeds its random pool as it resumes."""
