@@ -286,10 +286,27 @@ class Factory:
                 self._remove(entry)
             if key is None:
                 (self.root / ".lock").unlink(missing_ok=True)
+                self._remove_idle_auto_files()
         if key is None:
             with contextlib.suppress(OSError):
                 self.root.rmdir()
         return sorted(e.name for e in entries)
+
+    def _remove_idle_auto_files(self) -> None:
+        """The background builder's lock and log, unless a builder runs (it keeps
+        both, and the directory with them)."""
+        try:
+            fd = os.open(self.root / AUTO_LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for name in (AUTO_LOCK, AUTO_LOG):  # still held: no builder starts meanwhile
+                (self.root / name).unlink(missing_ok=True)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
 
     def prune(self) -> list[str]:
         """Remove the templates that no pod would start from any more."""

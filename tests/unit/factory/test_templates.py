@@ -509,6 +509,8 @@ def test_one_background_builder_at_a_time(tmp_path: Path, image: ImagePaths) -> 
     log = (root / AUTO_LOG).read_text()
     assert "no template made" in log and "no-kernel" in log, log
     assert factory.templates() == []
+    assert factory.destroy() == []
+    assert not root.exists()  # the builder's lock and log go with the rest
 
 
 def test_a_pod_that_misses_starts_the_build_unless_turned_off(
