@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,10 +42,23 @@ def containers_conf(**vc_env: str) -> str:
     with conmon_env_vars only (podman passes its own environment to neither).
     Automatic templates are off unless a test turns them on."""
     env = {"VC_AUTO_TEMPLATES": "0", **vc_env}
-    if "PYTHONPATH" in os.environ:  # the sources under test, not only the installed ones
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     entries = [CONMON_PATH, *(f"{name}={value}" for name, value in env.items())]
     return CONTAINERS_CONF.format(conmon_env=json.dumps(entries))
+
+
+def runtime_for_podman(directory: Path) -> str:
+    """vc-runtime as podman must run it.  podman runs the runtime with an
+    environment of its own making (conmon's for create), so with PYTHONPATH
+    set (sources under test) it gets a wrapper that sets it for every command."""
+    pythonpath = os.environ.get("PYTHONPATH")
+    if pythonpath is None:
+        return VC_RUNTIME
+    wrapper = directory / "vc-runtime"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH={shlex.quote(pythonpath)} exec {shlex.quote(VC_RUNTIME)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def need(binary: str) -> None:
@@ -94,7 +108,7 @@ def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path, lab: Lab) -> It
         "--runroot",
         str(runroot),
         "--runtime",
-        VC_RUNTIME,
+        runtime_for_podman(tmp_path),
         "--tmpdir",
         str(tmp_path / "tmp"),
     ]
