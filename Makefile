@@ -16,7 +16,7 @@ PROTO_STAMP := src/virtcontainers/shim/_gen/.stamp
 SHIM_LINK := /usr/local/bin/containerd-shim-vc-v2
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint unit bench bench-density deps image clean shim-link conformance
+.PHONY: demo template test lint unit bench bench-density deps image clean shim-link conformance
 
 deps: $(APT_STAMP) $(VENV_STAMP) $(PROTO_STAMP) shim-link
 
@@ -45,7 +45,11 @@ shim-link: | $(VENV_STAMP)
 image: deps
 	$(BIN)/virtc image build || { apt-get update -qq && $(BIN)/virtc image build; }
 
-demo: image
+# The default pod's VM template (a no-op when it exists): the demo's pod is its clone.
+template: image
+	$(BIN)/virtc factory init
+
+demo: template
 	$(BIN)/python examples/demo.py
 
 lint: deps

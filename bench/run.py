@@ -25,14 +25,18 @@
   plain namespace;
 - cri (bench/cri.py): containerd's CRI plugin starting a pod through
   containerd-shim-vc-v2 to its container's first output, cold and templated,
-  and an idle CRI pod's host PSS beside an idle bare VM's.
+  and an idle CRI pod's host PSS beside an idle bare VM's;
 - blockio (bench/blockio.py): sequential write and read, and many small
   files created and read, in a container whose rootfs is shared over 9p and
-  in one whose rootfs is a block device, side by side in one pod.
+  in one whose rootfs is a block device, side by side in one pod;
+- front-ends (bench/frontends.py): start to first output through the API,
+  ``virtc run`` and vc-runtime (create + start), templated and cold, beside
+  the bare restore floor.  ``--only starts`` runs it with the CRI's figures:
+  every front-end's templated and cold start, and the floor, in one run.
 
 Writes bench/results.json (``--only timings``, ``--only network``,
-``--only density``, ``--only cri`` or ``--only blockio`` updates those
-figures and keeps the rest).  This machine is noisy: read the ratios.
+``--only density``, ``--only cri``, ``--only blockio`` or ``--only starts``
+updates those figures and keeps the rest).  This machine is noisy: read the ratios.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from typing import Any
 import blockio
 import cri
 import density
+import frontends
 import ksm
 import network
 import plots
@@ -268,11 +273,26 @@ def run_blockio(args: argparse.Namespace, rootfs: Path) -> dict[str, Any]:
     return figures
 
 
-def main() -> int:
+def run_frontends(args: argparse.Namespace, rootfs: Path, ratios: dict[str, Any]) -> dict[str, Any]:
+    """Each front-end's templated and cold start, beside a bare boot and a bare restore."""
+    boots = summary(bare_boot(find_image().kernel, args.runs))
+    figures = {"bare_boot_to_init": boots, **frontends.measure(rootfs, args.runs)}
+    for name in frontends.FRONT_ENDS:
+        entry = figures[name]
+        ratios[f"{name}_templated_over_cold"] = entry["templated_over_cold"]
+        ratios[f"{name}_templated_over_bare_boot"] = round(
+            entry["templated"]["median_s"] / boots["median_s"], 2
+        )
+    print(f"bare boot to init (a cold start's floor) median {boots['median_s']:.2f} s")
+    frontends.report(figures)
+    return figures
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--only",
-        choices=["timings", "network", "density", "ksm", "cri", "blockio"],
+        choices=["timings", "network", "density", "ksm", "cri", "blockio", "starts"],
         help="run only this part",
     )
     parser.add_argument("--ksm-pods", type=int, default=5, help="idle cold pods for KSM")
@@ -290,7 +310,11 @@ def main() -> int:
     parser.add_argument(
         "--cpu-window", type=float, default=30.0, help="seconds of CPU read at a fleet's largest N"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     config = network.NetBenchConfig(
         runs=args.runs, mib=args.net_mib, round_trips=args.net_round_trips
     )
@@ -323,7 +347,9 @@ def main() -> int:
         ratios["ksm_pss_with_over_without"] = results["ksm"]["ratio_with_over_without"]
         for line in ksm.report(results["ksm"]):
             print(line)
-    if args.only in (None, "cri"):
+    if args.only in (None, "starts"):
+        results["frontends"] = run_frontends(args, rootfs, ratios)
+    if args.only in (None, "cri", "starts"):
         results["cri"] = run_cri(args, rootfs)
         ratios["cri_templated_over_cold"] = results["cri"]["templated_over_cold"]
         for kind in ("cold", "templated"):

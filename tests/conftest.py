@@ -19,6 +19,11 @@ import pytest
 from virtcontainers import api
 from virtcontainers.storage import mounts
 
+# A pod that finds no template would start a template VM in the background:
+# on a shared 2-core runner, dozens of them at once.  Only the tests of that
+# feature turn it on, each with a factory directory of its own.
+os.environ["VC_AUTO_TEMPLATES"] = "0"
+
 
 def remove_all_pods() -> None:
     """Stop and delete every pod of the current run root; report, don't stop, on errors."""

@@ -118,6 +118,7 @@ class PodConfigDict(TypedDict):
     cgroup: CgroupDict | None
     boot: str
     forward_loopback: bool
+    auto_template: bool
 
 
 @dataclass(frozen=True)
@@ -518,6 +519,10 @@ class PodConfig:
     """TCP connections made to loopback in ``netns`` on the host go to the same
     port on the VM's loopback (containerd's CRI port-forward dials there;
     docs/network.md)."""
+    auto_template: bool = True
+    """With ``boot="auto"`` and no template for the pod's shape: have one made
+    in the background for the next pods (docs/factory.md), unless
+    ``$VC_AUTO_TEMPLATES`` turns that off for every pod."""
 
     def __post_init__(self) -> None:
         validate_id("pod", self.id)
@@ -547,6 +552,7 @@ class PodConfig:
             raise ConfigError("pod.forward_loopback", "needs the pod's network namespace (netns)")
         if self.boot not in BOOT_MODES:
             raise ConfigError("pod.boot", f"{self.boot!r} is not one of {', '.join(BOOT_MODES)}")
+        check_type("pod.auto_template", self.auto_template, bool)
         object.__setattr__(
             self, "kernel_params", check_str_tuple("pod.kernel_params", self.kernel_params)
         )
@@ -570,6 +576,7 @@ class PodConfig:
             "cgroup": self.cgroup.to_dict() if self.cgroup is not None else None,
             "boot": self.boot,
             "forward_loopback": self.forward_loopback,
+            "auto_template": self.auto_template,
         }
 
     def hotplug_slots(self) -> int:

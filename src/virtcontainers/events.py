@@ -12,7 +12,10 @@ Kinds:
 - ``stopped``: the pod stopped (``error`` says why when it was not asked to:
   the VM died, say).  It is the last event of a pod's run;
 - ``boot``: a step of the pod's start (``step``: "VM launched", "agent
-  answered", ...), for timing it (:mod:`virtcontainers.cli.virtc.timings`).
+  answered", ...), for timing it (:mod:`virtcontainers.cli.virtc.timings`);
+- ``clone``: the pod's VM resumed as a clone of a template (``resumed_random``:
+  the first 32 bytes, in hex, its /dev/urandom gave before the host's seed;
+  see docs/factory.md).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped", "boot")
+KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped", "boot", "clone")
 
 
 class EventDict(TypedDict):

@@ -6,7 +6,9 @@ the fixture and stopped afterwards, whatever the test did.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,33 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+conmon_env_vars = {conmon_env}
 """
+CONMON_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def containers_conf(**vc_env: str) -> str:
+    """podman's settings; *vc_env* reaches vc-runtime create, which conmon runs
+    with conmon_env_vars only (podman passes its own environment to neither).
+    Automatic templates are off unless a test turns them on."""
+    env = {"VC_AUTO_TEMPLATES": "0", **vc_env}
+    entries = [CONMON_PATH, *(f"{name}={value}" for name, value in env.items())]
+    return CONTAINERS_CONF.format(conmon_env=json.dumps(entries))
+
+
+def runtime_for_podman(directory: Path) -> str:
+    """vc-runtime as podman must run it.  podman runs the runtime with an
+    environment of its own making (conmon's for create), so with PYTHONPATH
+    set (sources under test) it gets a wrapper that sets it for every command."""
+    pythonpath = os.environ.get("PYTHONPATH")
+    if pythonpath is None:
+        return VC_RUNTIME
+    wrapper = directory / "vc-runtime"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH={shlex.quote(pythonpath)} exec {shlex.quote(VC_RUNTIME)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def need(binary: str) -> None:
@@ -51,6 +79,10 @@ class Podman:
         """A command prefix that runs a program in :attr:`netns`."""
         return ["nsenter", f"--net=/run/netns/{self.netns}"]
 
+    def set_vc_env(self, **vc_env: str) -> None:
+        """The environment of vc-runtime create for the next podman commands."""
+        Path(self.env["CONTAINERS_CONF"]).write_text(containers_conf(**vc_env))
+
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return run_engine([*self.base, *args], self.env, timeout)
 
@@ -59,7 +91,7 @@ class Podman:
 def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path, lab: Lab) -> Iterator[Podman]:
     need("podman")
     conf = tmp_path / "containers.conf"
-    conf.write_text(CONTAINERS_CONF)
+    conf.write_text(containers_conf())
     env = {**os.environ, "CONTAINERS_CONF": str(conf), "VC_RUN_DIR": str(run_root)}
     runroot = short_temp_dir("vcpm-")  # podman wants <= 50 chars
     netns, _ = lab.netns()
@@ -76,7 +108,7 @@ def podman(run_root: Path, tmp_path: Path, busybox_rootfs: Path, lab: Lab) -> It
         "--runroot",
         str(runroot),
         "--runtime",
-        VC_RUNTIME,
+        runtime_for_podman(tmp_path),
         "--tmpdir",
         str(tmp_path / "tmp"),
     ]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import shell_session_in_pty
+from tests.conftest import shell_session_in_pty, short_temp_dir
 from tests.engines.conftest import IMAGE, Podman
 from virtcontainers import api
+from virtcontainers.factory.templates import Factory, init_template
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 
@@ -146,3 +148,26 @@ def test_the_pods_qemu_runs_in_the_engines_cgroup_and_stats_show_it(
     assert entry["mem_usage"].split()[0] not in ("0B", "--"), entry
     assert podman.run("rm", "--force", "--time", "0", "busy").returncode == 0
     assert not quota.parent.exists()  # removed with the pod
+
+
+def test_a_container_is_a_clone_of_its_factorys_template(
+    podman: Podman, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vc-runtime gives a pod the default shape, which `make demo` and the
+    background builder make a template of."""
+    base = short_temp_dir("vcf-")
+    factory = Factory(base / "factory")
+    try:
+        template, _removed = init_template(factory=factory)
+        podman.set_vc_env(VC_FACTORY_DIR=str(factory.root))
+        started = podman.run("run", "-d", "--name", "clone", IMAGE, "sleep", "1000")
+        assert started.returncode == 0, started.stderr
+        executed = podman.run("exec", "clone", "echo", "in a clone")
+        assert executed.stdout == "in a clone\n", executed.stderr
+        with monkeypatch.context() as default_run_dir:  # podman passes VC_RUN_DIR on to no one
+            default_run_dir.delenv("VC_RUN_DIR")
+            assert api.pod_status(started.stdout.strip()).template == template.key
+        assert podman.run("rm", "--force", "--time", "0", "clone").returncode == 0
+    finally:
+        factory.destroy()
+        shutil.rmtree(base, ignore_errors=True)

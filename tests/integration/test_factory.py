@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -15,15 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import short_temp_dir
-from tests.integration.conftest import run_exec, shell
+from tests.integration.conftest import run_exec, shell, virtc
 from tests.integration.test_pod_network import container_run, in_peer, networked_pod
 from tests.integration.test_vc_runtime import Runtime, bundle
 from tests.netlab import Lab, snapshot, tun_links
 from virtcontainers import api
-from virtcontainers.config import ContainerConfig, PodConfig, Resources
+from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig, Resources
 from virtcontainers.errors import TemplateError
 from virtcontainers.factory.template import Template
-from virtcontainers.factory.templates import Factory, init_template
+from virtcontainers.factory.templates import AUTO_LOCK, AUTO_LOG, Factory, init_template
+from virtcontainers.image import GuestImage
 from virtcontainers.volumes import BlockVolume
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -227,3 +231,130 @@ def test_a_networked_pod_is_a_clone_whose_nic_is_plugged_after_restore(
     api.stop_pod("netclone")
     assert tun_links(pair.path) == []
     api.delete_pod("netclone")
+
+
+# --- templates made without asking ----------------------------------------------------
+
+BUILDER_TIMEOUT = 600.0
+
+
+def wait_for_builder(root: Path, timeout: float = BUILDER_TIMEOUT) -> None:
+    """Until the background builder (if any) has exited; killed if it takes too long."""
+    lock = root / AUTO_LOCK
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pid = int(os.pread(fd, 32, 0) or b"0")
+                    with contextlib.suppress(ProcessLookupError):
+                        pidfd = os.pidfd_open(pid)
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        os.close(pidfd)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    raise AssertionError(f"the background builder took over {timeout}s") from None
+                time.sleep(0.2)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def auto_factory(
+    no_leaks: Path, monkeypatch: pytest.MonkeyPatch, guest_image: GuestImage
+) -> Iterator[tuple[Factory, ImagePaths]]:
+    """Automatic templates on, in a factory of this test's own, for pods of a
+    copy of the guest image (its own key; its files the test may touch)."""
+    base = short_temp_dir("vcf-")
+    try:
+        image_dir = base / "image"
+        image_dir.mkdir()
+        copies = []
+        for source in (guest_image.kernel, guest_image.initrd, guest_image.rootfs):
+            shutil.copy(source, image_dir / source.name)
+            copies.append(image_dir / source.name)
+        factory = Factory(base / "factory")
+        monkeypatch.setenv("VC_FACTORY_DIR", str(factory.root))
+        monkeypatch.setenv("VC_AUTO_TEMPLATES", "1")
+        try:
+            yield factory, ImagePaths(*copies)
+        finally:
+            wait_for_builder(factory.root)
+            factory.destroy()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def started_from(pod_id: str, image: ImagePaths, rootfs: Path) -> str | None:
+    """Start a pod of *image*, check that it runs a container; the template it cloned."""
+    assert started(pod_id, rootfs, "echo up", image=image) == b"up\n"
+    template = api.pod_status(pod_id).template
+    api.stop_pod(pod_id)
+    api.delete_pod(pod_id)
+    return template
+
+
+def test_a_pod_without_a_template_has_one_made_for_the_next_and_again_after_a_rebuild(
+    auto_factory: tuple[Factory, ImagePaths], busybox_rootfs: Path
+) -> None:
+    factory, image = auto_factory
+    assert started_from("first", image, busybox_rootfs) is None
+    wait_for_builder(factory.root)
+    [made] = factory.templates()
+    assert made.automatic and made.current(), (factory.root / AUTO_LOG).read_text()
+    assert started_from("second", image, busybox_rootfs) == made.key
+    # A rebuilt kernel: the template is stale, the next pod boots cold and
+    # its build replaces the stale template.
+    os.utime(image.kernel, ns=(time.time_ns(), time.time_ns()))
+    assert not made.current()
+    assert started_from("third", image, busybox_rootfs) is None
+    wait_for_builder(factory.root)
+    [remade] = factory.templates()
+    assert remade.key != made.key and remade.current(), (factory.root / AUTO_LOG).read_text()
+    assert started_from("fourth", image, busybox_rootfs) == remade.key
+
+
+def test_virtc_run_starts_its_pod_from_the_template(templated: Template, run_root: Path) -> None:
+    result = virtc(run_root, "run", "--name", "vr", "--", "echo", "hi")
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+    assert api.pod_status("vr").template == templated.key
+    api.delete_pod("vr", force=True)
+
+
+def in_vm(pod_id: str, script: str) -> str:
+    """What *script* prints, run in the pod's VM (not in a container)."""
+    read, write = os.pipe()
+    handle = api.enter_pod(pod_id, shell(script), api.Stdio(stdout=write))
+    os.close(write)
+    with os.fdopen(read, "rb") as output:
+        text = output.read().decode()
+    assert api.wait_process(pod_id, None, handle.exec_id).exit_code == 0
+    return text
+
+
+def test_sibling_clones_resume_with_random_state_boot_id_and_machine_id_of_their_own(
+    templated: Template, busybox_rootfs: Path
+) -> None:
+    """The first bytes a clone's /dev/urandom gives as it resumes, read by its
+    agent before the host's seed, differ from its sibling's only because its
+    kernel reseeded on its new VM generation id (without the vmgenid device
+    they are the same)."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for pod_id in ("sib1", "sib2"):
+        boot_id = started(pod_id, busybox_rootfs, "cat /proc/sys/kernel/random/boot_id")
+        assert api.pod_status(pod_id).template == templated.key
+        [resumed] = [e for e in api.pod_events(pod_id) if e.kind == "clone"]
+        machine_id = in_vm(pod_id, "cat /etc/machine-id")
+        assert len(machine_id.strip()) == 32, machine_id
+        seen[pod_id] = (str(resumed.fields["resumed_random"]), boot_id.decode(), machine_id)
+        api.stop_pod(pod_id)
+        api.delete_pod(pod_id)
+    first, second = seen.values()
+    assert first[0] != second[0], "two clones resumed with the same random state"
+    assert first[1] != second[1], "two clones have one boot id"
+    assert first[2] != second[2], "two clones have one machine id"

@@ -19,7 +19,13 @@ from virtcontainers.agent.messages import (
     OciResources,
     StdioArgs,
 )
-from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.agent.results import (
+    CloneInit,
+    ContainerStats,
+    ExitStatus,
+    GuestDetails,
+    ProcessInfo,
+)
 
 
 @dataclass(frozen=True)
@@ -133,12 +139,14 @@ class Agent(Protocol):
 
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
-    ) -> bool:
+    ) -> CloneInit:
         """Make a VM cloned from a template this pod's: its hostname, the clock
-        (CLOCK_REALTIME from *time_ns*), a random state reseeded from *seed*, and
-        the shared directory mounted over *shared_fs* (a ``SharedFsKind`` value).
-        True when the random state was reseeded (False: the seed was only mixed
-        in).  Raises AgentError: "invalid", "state", "clone" (a step failed)."""
+        (CLOCK_REALTIME from *time_ns*), a random state reseeded from *seed*, a
+        machine id of its own, and the shared directory mounted over
+        *shared_fs* (a ``SharedFsKind`` value).  Says whether the random state
+        was reseeded (else the seed was only mixed in) and what the clone read
+        from /dev/urandom before the seed.  Raises AgentError: "invalid",
+        "state", "clone" (a step failed); AgentProtocolError for a malformed answer."""
 
     async def connect_port(self, stream_id: int, port: int, family: int) -> None:
         """Connect, in the guest, to ``port`` on loopback (``family`` 4: 127.0.0.1

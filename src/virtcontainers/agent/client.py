@@ -44,7 +44,13 @@ from virtcontainers.agent.messages import (
     VolumeArgs,
 )
 from virtcontainers.agent.protocol import Frame, FrameType
-from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.agent.results import (
+    CloneInit,
+    ContainerStats,
+    ExitStatus,
+    GuestDetails,
+    ProcessInfo,
+)
 from virtcontainers.errors import AgentError, AgentProtocolError
 
 READ_SIZE = 256 * 1024
@@ -510,12 +516,15 @@ class AgentClient:
 
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
-    ) -> bool:
+    ) -> CloneInit:
         args = InitCloneArgs(
             hostname=hostname, seed=seed.hex(), time_ns=time_ns, shared_fs=shared_fs
         )
         result = await self.call(contract.INIT_CLONE, args)
-        return _field(result, "reseeded", bool, contract.INIT_CLONE.name)
+        try:
+            return CloneInit.parse(result)
+        except ValueError as exc:
+            raise AgentProtocolError(f"{contract.INIT_CLONE.name} answer has {exc}") from None
 
     async def connect_port(self, stream_id: int, port: int, family: int) -> None:
         args = ConnectPortArgs(stream=stream_id, port=port, family=family)

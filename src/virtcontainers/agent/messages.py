@@ -225,6 +225,7 @@ class ContainerStateResult(TypedDict):
 
 class InitCloneResult(TypedDict):
     reseeded: bool  # False: the seed was mixed into the pool, the CRNG not reseeded
+    resumed_random: str  # 32 bytes of /dev/urandom read before the seed, lowercase hex
 
 
 Result = (

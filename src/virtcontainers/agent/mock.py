@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
 import signal as signals
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,13 @@ from pathlib import Path
 
 from virtcontainers.agent.base import EventHandler, StdioStreams
 from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, OciResources
-from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.agent.results import (
+    CloneInit,
+    ContainerStats,
+    ExitStatus,
+    GuestDetails,
+    ProcessInfo,
+)
 from virtcontainers.errors import AgentError, error_from_dict
 
 
@@ -256,11 +263,11 @@ class MockAgent:
 
     async def init_clone(
         self, hostname: str, seed: bytes, time_ns: int, shared_fs: str | None
-    ) -> bool:
+    ) -> CloneInit:
         self._record(
             "init_clone", hostname=hostname, seed=seed, time_ns=time_ns, shared_fs=shared_fs
         )
-        return True
+        return CloneInit(True, secrets.token_bytes(CloneInit.RANDOM_BYTES))
 
     async def connect_port(self, stream_id: int, port: int, family: int) -> None:
         self._record("connect_port", stream=stream_id, port=port, family=family)

@@ -56,6 +56,39 @@ class GuestDetails:
 
 
 @dataclass(frozen=True)
+class CloneInit:
+    """What a clone's agent says once it is a pod of its own.
+
+    ``resumed_random``: the first bytes the clone read from /dev/urandom as it
+    resumed, before the host's seed: they differ between clones of one
+    template only if the guest kernel reseeded itself on resume (its VM
+    generation id changed).
+    """
+
+    RANDOM_BYTES: ClassVar[int] = 32
+
+    reseeded: bool
+    resumed_random: bytes
+
+    @classmethod
+    def parse(cls, data: Mapping[str, object]) -> Self:
+        """The answer's fields; ValueError unless ``reseeded`` is a bool and
+        ``resumed_random`` exactly RANDOM_BYTES in lowercase hex."""
+        reseeded, sample = data.get("reseeded"), data.get("resumed_random")
+        if not isinstance(reseeded, bool):
+            raise ValueError(f"reseeded={reseeded!r}, expected a bool")
+        if (
+            not isinstance(sample, str)
+            or len(sample) != 2 * cls.RANDOM_BYTES
+            or sample.strip("0123456789abcdef")
+        ):
+            raise ValueError(
+                f"resumed_random={str(sample)[:80]!r}, expected 64 lowercase hex digits"
+            )
+        return cls(reseeded, bytes.fromhex(sample))
+
+
+@dataclass(frozen=True)
 class ProcessInfo:
     pid: int
     args: tuple[str, ...]

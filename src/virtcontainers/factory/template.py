@@ -16,17 +16,22 @@ from typing import Any
 
 from virtcontainers.config import ImagePaths, PodConfig
 from virtcontainers.errors import ConfigError, TemplateError
-from virtcontainers.hypervisor import default_machine, guest_kernel_cmdline, hypervisor_binary
+from virtcontainers.hypervisor import (
+    generation_id_machine,
+    guest_kernel_cmdline,
+    hypervisor_binary,
+)
 from virtcontainers.hypervisor.base import Accelerator, HypervisorKind, MemoryFile, VMConfig
 from virtcontainers.hypervisor.devices import (
     BlockDevice,
     Device,
+    GenerationIdDevice,
     SerialPortDevice,
     SharedFsDevice,
     SharedFsKind,
 )
 
-FORMAT = 2
+FORMAT = 3
 """Bumped when what a template holds, or how a clone starts from it, changes."""
 HYPERVISOR = HypervisorKind.QEMU
 """Templates are QEMU's: a template is a QEMU migration stream and memory file."""
@@ -39,6 +44,13 @@ TEMPLATE_PARAM = "vc.template"
 """On the template VM's kernel command line: init.sh leaves the shared directory
 unmounted (a guest that has mounted a 9p share cannot be saved)."""
 AGENT_PORT_NAME = "agent"
+TEMPLATE_MACHINE = generation_id_machine(HYPERVISOR)
+"""Template VMs (and so clones) are of a machine type whose guests learn of
+each restore through their VM generation id (QEMU: q35, while cold pods are
+microvm)."""
+GENERATION_ID_DEVICE = "vc-genid"
+"""Every template VM and clone has a VM generation id, new at each launch:
+a clone's kernel reseeds its random pool as it resumes."""
 SHARED_FS_TAG = "vcshared"
 KEY_LENGTH = 16
 LOCK_FILE = "lock"
@@ -95,7 +107,7 @@ class TemplateShape:
     kernel_params: tuple[str, ...]
     accelerator: Accelerator
     shared_fs: SharedFsKind = SharedFsKind.VIRTIO_9P
-    machine: str = default_machine(HYPERVISOR)
+    machine: str = TEMPLATE_MACHINE
     hotplug_ports: int = TEMPLATE_HOTPLUG_PORTS
 
     @classmethod
@@ -131,7 +143,10 @@ class TemplateShape:
             "memory_mib": self.memory_mib,
             "cmdline": guest_kernel_cmdline(HYPERVISOR, self.accelerator, self.vm_kernel_params),
             "shared_fs": self.shared_fs.value,
-            "devices": [d.id for d in pod_devices(Path(), Path(), Path(), self.shared_fs)],
+            "devices": [
+                *(d.id for d in pod_devices(Path(), Path(), Path(), self.shared_fs)),
+                GENERATION_ID_DEVICE,
+            ],
             "files": {
                 "kernel": _file_identity("kernel", self.image.kernel),
                 "initrd": _file_identity("initrd", self.image.initrd),
@@ -150,6 +165,33 @@ class TemplateShape:
         return (
             f"{self.vcpus} vCPU, {self.memory_mib} MiB, kernel params: {params}, "
             f"image {self.image.rootfs.parent}, {self.accelerator.value}, {self.shared_fs.value}"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "image": self.image.to_dict(),
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "kernel_params": list(self.kernel_params),
+            "accelerator": self.accelerator.value,
+            "shared_fs": self.shared_fs.value,
+            "machine": self.machine,
+            "hotplug_ports": self.hotplug_ports,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TemplateShape:
+        """The shape :meth:`to_json` wrote.  Raises ValueError, KeyError,
+        TypeError or ConfigError for anything else."""
+        return cls(
+            image=ImagePaths.from_dict(data["image"]),
+            vcpus=_typed(data, "vcpus", int),
+            memory_mib=_typed(data, "memory_mib", int),
+            kernel_params=_strings(data, "kernel_params"),
+            accelerator=Accelerator(data["accelerator"]),
+            shared_fs=SharedFsKind(data["shared_fs"]),
+            machine=_typed(data, "machine", str),
+            hotplug_ports=_typed(data, "hotplug_ports", int),
         )
 
     def vm_config(
@@ -174,7 +216,10 @@ class TemplateShape:
             machine=self.machine,
             accelerator=self.accelerator,
             hotplug_ports=self.hotplug_ports,
-            devices=pod_devices(self.image.rootfs, agent_socket, shared_dir, self.shared_fs),
+            devices=(
+                *pod_devices(self.image.rootfs, agent_socket, shared_dir, self.shared_fs),
+                GenerationIdDevice(GENERATION_ID_DEVICE),
+            ),
             memory_file=memory_file,
             incoming=incoming,
         )
@@ -191,6 +236,8 @@ class Template:
     boot_seconds: float
     """From the template VM's launch until its agent answered."""
     identity: Mapping[str, object] = field(default_factory=dict)
+    automatic: bool = False
+    """Made in the background for a pod that found none (not by ``virtc factory init``)."""
 
     @property
     def memory(self) -> Path:
@@ -226,21 +273,14 @@ class Template:
         )
 
     def to_json(self) -> dict[str, object]:
-        shape = self.shape
         return {
             "format": FORMAT,
             "key": self.key,
-            "image": shape.image.to_dict(),
-            "vcpus": shape.vcpus,
-            "memory_mib": shape.memory_mib,
-            "kernel_params": list(shape.kernel_params),
-            "accelerator": shape.accelerator.value,
-            "shared_fs": shape.shared_fs.value,
-            "machine": shape.machine,
-            "hotplug_ports": shape.hotplug_ports,
+            **self.shape.to_json(),
             "created_at": self.created_at,
             "boot_seconds": self.boot_seconds,
             "identity": dict(self.identity),
+            "automatic": self.automatic,
         }
 
     @classmethod
@@ -250,23 +290,17 @@ class Template:
             data = json.loads((path / RECORD_FILE).read_text())
             if data.get("format") != FORMAT or data.get("key") != path.name:
                 raise ValueError(f"format {data.get('format')!r}, key {data.get('key')!r}")
-            shape = TemplateShape(
-                image=ImagePaths.from_dict(data["image"]),
-                vcpus=_typed(data, "vcpus", int),
-                memory_mib=_typed(data, "memory_mib", int),
-                kernel_params=_strings(data, "kernel_params"),
-                accelerator=Accelerator(data["accelerator"]),
-                shared_fs=SharedFsKind(data["shared_fs"]),
-                machine=_typed(data, "machine", str),
-                hotplug_ports=_typed(data, "hotplug_ports", int),
-            )
+            automatic = data.get("automatic", False)
+            if not isinstance(automatic, bool):
+                raise ValueError(f"automatic is {automatic!r}")
             return cls(
                 path=path,
                 key=path.name,
-                shape=shape,
+                shape=TemplateShape.from_json(data),
                 created_at=float(data["created_at"]),
                 boot_seconds=float(data["boot_seconds"]),
                 identity=_typed(data, "identity", dict),
+                automatic=automatic,
             )
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
             raise TemplateError(f"template {path} is unusable ({exc}); remove it") from None

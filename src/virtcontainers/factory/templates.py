@@ -30,6 +30,16 @@ Layout of the factory directory (``$VC_FACTORY_DIR``, else ``<run root>/factory`
         lock               flock: shared while a clone loads the template, exclusive to remove it
     .build-<key>-<pid>/    a template being made, renamed to <key> when it is complete
     .dead-<key>-<pid>/     a template being removed
+    .auto.lock             flock: held by the background builder while it runs
+    .auto.log              what the last background build said
+
+Automatic templates: a pod with ``boot="auto"`` that finds no template
+boots cold and calls :meth:`Factory.start_auto_build`, which starts
+``python -m virtcontainers.factory`` in a session of its own (not the pod's
+child, nor in its cgroup) unless one already runs.  It builds the shape
+under the builder lock, then removes stale templates and all but the
+:data:`AUTO_TEMPLATES_KEPT` newest automatic ones.  ``VC_AUTO_TEMPLATES=0``
+turns this off.
 """
 
 from __future__ import annotations
@@ -41,7 +51,10 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from virtcontainers.config import ImagePaths, PodConfig, Resources
@@ -59,7 +72,19 @@ from virtcontainers.hypervisor.devices import SharedFsKind
 from virtcontainers.store import run_root
 
 ENV_FACTORY_DIR = "VC_FACTORY_DIR"
+ENV_AUTO_TEMPLATES = "VC_AUTO_TEMPLATES"
 BUILD_TIMEOUT = 300.0
+AUTO_TEMPLATES_KEPT = 3
+"""Automatic templates kept (the newest); templates made by hand are never
+removed for room, only when stale."""
+AUTO_LOCK = ".auto.lock"
+AUTO_LOG = ".auto.log"
+_OFF = frozenset({"0", "no", "false", "off"})
+
+
+def auto_templates_enabled() -> bool:
+    """False when ``$VC_AUTO_TEMPLATES`` says no (0, no, false, off)."""
+    return os.environ.get(ENV_AUTO_TEMPLATES, "1").strip().lower() not in _OFF
 
 
 def factory_dir(root: Path | None = None) -> Path:
@@ -204,14 +229,15 @@ class Factory:
         shape: TemplateShape,
         *,
         force: bool = False,
+        automatic: bool = False,
         progress: Progress | None = None,
         timeout: float = BUILD_TIMEOUT,
     ) -> Template:
         """The template of *shape*: found, or made (boot, wait for the agent, save).
 
-        ``force`` makes it again.  Raises TemplateError (virtio-fs pods cannot
-        be templated; the VM failed), HypervisorError, and leaves nothing
-        behind on failure.
+        ``force`` makes it again; ``automatic`` marks it made in the background.
+        Raises TemplateError (virtio-fs pods cannot be templated; the VM
+        failed), HypervisorError, and leaves nothing behind on failure.
         """
         if shape.shared_fs is not SharedFsKind.VIRTIO_9P:
             raise TemplateError(
@@ -228,7 +254,8 @@ class Factory:
             staging = self.root / f".build-{key}-{os.getpid()}"
             staging.mkdir(mode=0o700)
             try:
-                template = await make_template(shape, key, staging, progress, timeout)
+                made = await make_template(shape, key, staging, progress, timeout)
+                template = replace(made, automatic=automatic)
                 (staging / RECORD_FILE).write_text(json.dumps(template.to_json(), indent=1))
                 if existing is not None:
                     self._remove(existing.path)
@@ -259,10 +286,27 @@ class Factory:
                 self._remove(entry)
             if key is None:
                 (self.root / ".lock").unlink(missing_ok=True)
+                self._remove_idle_auto_files()
         if key is None:
             with contextlib.suppress(OSError):
                 self.root.rmdir()
         return sorted(e.name for e in entries)
+
+    def _remove_idle_auto_files(self) -> None:
+        """The background builder's lock and log, unless a builder runs (it keeps
+        both, and the directory with them)."""
+        try:
+            fd = os.open(self.root / AUTO_LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for name in (AUTO_LOCK, AUTO_LOG):  # still held: no builder starts meanwhile
+                (self.root / name).unlink(missing_ok=True)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
 
     def prune(self) -> list[str]:
         """Remove the templates that no pod would start from any more."""
@@ -276,6 +320,62 @@ class Factory:
                 self._remove(entry)
                 removed.append(entry.name)
         return removed
+
+    def prune_automatic(self, kept: int = AUTO_TEMPLATES_KEPT) -> list[str]:
+        """Remove stale templates, then the automatic ones beyond the *kept* newest."""
+        removed = self.prune()
+        with self._builder_lock():
+            automatic = [t for t in self.templates() if t.automatic]
+            automatic.sort(key=lambda t: t.created_at, reverse=True)
+            for template in automatic[kept:]:
+                self._remove(template.path)
+                removed.append(template.key)
+        return removed
+
+    def start_auto_build(self, shape: TemplateShape) -> bool:
+        """Start making *shape*'s template in the background, unless a background
+        build already runs (False).  The builder holds :data:`AUTO_LOCK`, taken
+        here and inherited, so two pods that miss at once start one builder.
+        Raises OSError, subprocess.CalledProcessError, TemplateError."""
+        self._prepare_root()
+        fd = os.open(self.root / AUTO_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            log_fd = os.open(
+                self.root / AUTO_LOG,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+            try:
+                # setsid -f: the builder is nobody's child and leads its own
+                # session, so neither the pod nor its caller waits for it.
+                subprocess.run(
+                    [
+                        "setsid",
+                        "-f",
+                        sys.executable,
+                        "-m",
+                        "virtcontainers.factory",
+                        "--lock-fd",
+                        str(fd),
+                        str(self.root),
+                        json.dumps(shape.to_json()),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    pass_fds=(fd,),
+                    check=True,
+                    timeout=10,
+                )
+            finally:
+                os.close(log_fd)
+            return True
+        finally:
+            os.close(fd)
 
     def _remove(self, path: Path) -> None:
         """Wait for clones loading it, take it out of sight, delete it."""

@@ -52,6 +52,17 @@ def default_machine(kind: HypervisorKind) -> str:
     raise ConfigError("hypervisor kind", f"{kind!r} is not supported")
 
 
+def generation_id_machine(kind: HypervisorKind) -> str:
+    """The machine type of a VM of *kind* that is told when it is restored as a
+    copy: QEMU 7.2 gives the VM generation id device its ACPI table and its
+    change notification on q35, not in microvm's ACPI tables."""
+    if kind is HypervisorKind.QEMU:
+        from virtcontainers.hypervisor.qemu.command import Q35
+
+        return Q35
+    return default_machine(kind)
+
+
 def guest_kernel_cmdline(
     kind: HypervisorKind, accelerator: Accelerator, kernel_params: tuple[str, ...]
 ) -> str:

@@ -138,3 +138,11 @@ class NetDevice(Device):
             raise ConfigError("tap_name", f"{self.tap_name!r}: 1 to 15 characters, no comma")
         if not _MAC_RE.match(self.mac):
             raise ConfigError("mac", f"{self.mac!r} is not a MAC address like 52:54:00:12:34:56")
+
+
+@dataclass(frozen=True)
+class GenerationIdDevice(Device):
+    """A VM generation id (QEMU's ``vmgenid``, ACPI ``QEMUVGID``): a new 128-bit
+    id at every launch, so a VM restored from a saved state is told (an ACPI
+    notification) that it is a new copy, and the guest kernel reseeds its
+    random pool at once (Linux's vmgenid driver)."""

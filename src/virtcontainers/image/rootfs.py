@@ -167,6 +167,8 @@ def _make_skeleton(root: Path) -> None:
     os.chmod(root / "tmp", 0o1777)
     os.chmod(root / "root", 0o700)
     write_etc(root / "etc", "vc")
+    # /etc is read-only: the agent writes the VM's own id (a clone's too) under /run.
+    (root / "etc/machine-id").symlink_to("../run/machine-id")
 
 
 # Python never caches the bytecode of the script it runs, and compiling the

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass
@@ -30,8 +31,13 @@ from virtcontainers.errors import (
     HypervisorError,
     TemplateError,
 )
-from virtcontainers.factory.template import Template, TemplateShape, pod_devices
-from virtcontainers.factory.templates import Factory, factory_dir
+from virtcontainers.factory.template import HYPERVISOR, Template, TemplateShape, pod_devices
+from virtcontainers.factory.templates import (
+    ENV_AUTO_TEMPLATES,
+    Factory,
+    auto_templates_enabled,
+    factory_dir,
+)
 from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.host.logtail import tail
 from virtcontainers.hypervisor.accel import detect_accelerator
@@ -65,9 +71,10 @@ def template_for_pod(
     *root* is the factory directory (default: :func:`factory_dir`); *nics*
     how many NICs the clone will be given (hot-plugged into its spare slots).
 
-    ``boot="auto"`` takes a matching template if there is one; ``"template"``
-    raises TemplateError when none can be used (with what there is and how to
-    make one); ``"cold"`` never looks.
+    ``boot="auto"`` takes a matching template if there is one, else starts
+    making it in the background (unless ``$VC_AUTO_TEMPLATES`` is off);
+    ``"template"`` raises TemplateError when none can be used (with what there
+    is and how to make one); ``"cold"`` never looks.
     """
     if config.boot == "cold":
         yield None
@@ -91,8 +98,30 @@ def template_for_pod(
         if template is None:
             if config.boot == "template":
                 raise factory.missing(config.id, shape)
-            log.debug("pod %s boots cold: no template %s in %s", config.id, key, factory.root)
+            log.debug(
+                "pod %s boots cold: no template %s in %s; %s",
+                config.id,
+                key,
+                factory.root,
+                _build_in_background(factory, shape, config),
+            )
         yield template
+
+
+def _build_in_background(factory: Factory, shape: TemplateShape, config: PodConfig) -> str:
+    """Start making the missing template for the next pods; says what happened."""
+    if not auto_templates_enabled():
+        return f"automatic templates are off (${ENV_AUTO_TEMPLATES})"
+    if not config.auto_template:
+        return "the pod asks for no automatic template (auto_template=False)"
+    if config.hypervisor != HYPERVISOR.value:
+        return f"templates are made of QEMU VMs only, not {config.hypervisor}"
+    try:
+        started = factory.start_auto_build(shape)
+    except (OSError, subprocess.SubprocessError, TemplateError) as exc:
+        log.warning("cannot start making a template in the background: %s", exc)
+        return "its background build failed to start"
+    return "making it in the background" if started else "a background build already runs"
 
 
 def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
@@ -262,14 +291,17 @@ class PodBoot:
     async def _init_clone(self, shared_fs: SharedFsKind) -> None:
         """The clone woke as its template: give it this pod's name, clock, random
         state and shared directory."""
-        reseeded = await self.vm.agent.init_clone(
+        clone = await self.vm.agent.init_clone(
             self.config.hostname or self.vm.pod_id,
             secrets.token_bytes(CLONE_SEED_BYTES),
             time.time_ns(),
             shared_fs.value,
         )
-        if not reseeded:
+        if not clone.reseeded:
             self.vm.log.warning("the clone's random state was mixed with a seed, not reseeded")
+        # What the guest kernel made of its new VM generation id alone, before
+        # our seed: for a check that sibling clones did not resume alike.
+        self.events.emit("clone", resumed_random=clone.resumed_random.hex())
 
     def _join_host_cgroup(self, config: CgroupConfig) -> None:
         """The daemon joins the engine's cgroup, so QEMU and its helpers start in it."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -23,11 +24,18 @@ from virtcontainers import api
 from virtcontainers.agent import protocol
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.agent.protocol import FrameDecoder
+from virtcontainers.agent.results import CloneInit
 from virtcontainers.cli.virtc.main import cli as virtc_cli
 from virtcontainers.config import ImagePaths, PodConfig, Resources
 from virtcontainers.errors import AgentProtocolError, ConfigError, NotFoundError, TemplateError
 from virtcontainers.factory.template import TEMPLATE_PARAM, Template, TemplateShape
-from virtcontainers.factory.templates import Factory, factory_dir
+from virtcontainers.factory.templates import (
+    AUTO_LOCK,
+    AUTO_LOG,
+    Factory,
+    auto_templates_enabled,
+    factory_dir,
+)
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.base import Accelerator, MemoryFile, VMConfig
 from virtcontainers.hypervisor.devices import SharedFsKind
@@ -78,7 +86,7 @@ def clone_command(tmp_path: Path, image: ImagePaths, incoming_fd: int | None) ->
     config = shape.vm_config(
         "vm1", tmp_path / "run", tmp_path / "a.sock", tmp_path, memory, incoming
     )
-    return QemuCommand(config, TCG, "microvm", config.devices, incoming_fd=incoming_fd)
+    return QemuCommand(config, TCG, shape.machine, config.devices, incoming_fd=incoming_fd)
 
 
 # --- the command line ------------------------------------------------------------------
@@ -90,7 +98,9 @@ def test_template_vm_writes_its_ram_through_to_the_file(tmp_path: Path, image: I
     assert backend == (
         f"memory-backend-file,id=vc-mem,size=512M,mem-path={tmp_path}/memory,share=on"
     )
-    assert argv[argv.index("-M") + 1] == "microvm,pcie=on,rtc=on,memory-backend=vc-mem"
+    # q35: QEMU gives the VM generation id an ACPI table there, not on microvm.
+    assert argv[argv.index("-M") + 1] == "q35,memory-backend=vc-mem"
+    assert "vmgenid,id=vc-genid,guid=auto" in argv
     assert "-incoming" not in argv
     assert argv[argv.index("-append") + 1].endswith(f" {TEMPLATE_PARAM}")
 
@@ -106,9 +116,10 @@ def test_clone_maps_the_file_privately_and_waits_for_its_state(
     assert 7 in command.passed_fds()
     # Same devices, same ids, in the same order as the template it loads.
     template = clone_command(tmp_path, image, None).argv()
-    assert [a for a in argv if a.startswith("virtio-")] == [
-        a for a in template if a.startswith("virtio-")
+    assert [a for a in argv if a.startswith(("virtio-", "vmgenid"))] == [
+        a for a in template if a.startswith(("virtio-", "vmgenid"))
     ]
+    assert "vmgenid,id=vc-genid,guid=auto" in argv  # a new generation id at each launch
 
 
 def test_a_clone_may_not_write_through_to_its_template(tmp_path: Path, image: ImagePaths) -> None:
@@ -153,7 +164,7 @@ def test_the_key_follows_everything_that_shapes_the_vm(image: ImagePaths) -> Non
         shape_of(image, kernel_params=("quiet",)),
         shape_of(image, accelerator=Accelerator.KVM),
         shape_of(image, shared_fs=SharedFsKind.VIRTIO_FS),
-        shape_of(image, machine="q35"),
+        shape_of(image, machine="microvm"),
     ]
     keys = {s.key for s in others}
     assert base.key not in keys and len(keys) == len(others)
@@ -304,6 +315,16 @@ def test_template_mode_says_what_is_missing_and_how_to_make_it(
         chosen(image, tmp_path, pod(image, "template"), SharedFsKind.VIRTIO_FS)
 
 
+def test_the_pods_automatic_template_switch_is_checked_and_kept() -> None:
+    with pytest.raises(ConfigError, match="auto_template"):
+        PodConfig(id="p", auto_template="no")  # type: ignore[arg-type]
+    config = PodConfig(id="p", auto_template=False)
+    assert PodConfig.from_dict(config.to_dict()).auto_template is False
+    stored = dict(config.to_dict())
+    del stored["auto_template"]  # a record from before automatic templates
+    assert PodConfig.from_dict(stored).auto_template is True
+
+
 def test_pod_boot_mode_is_checked_and_kept() -> None:
     with pytest.raises(ConfigError, match="'warm' is not one of auto, template, cold"):
         PodConfig(id="p", boot="warm")
@@ -393,7 +414,8 @@ def test_the_client_sends_init_clone_and_checks_its_answer(tmp_path: Path) -> No
             "time_ns": 1,
             "shared_fs": None,
         }
-        writer.write(protocol.response_ok(request.stream, {"reseeded": "yes"}))
+        answer = {"reseeded": "yes", "resumed_random": "ab" * 32}
+        writer.write(protocol.response_ok(request.stream, answer))
         await writer.drain()
         await reader.read()
 
@@ -402,6 +424,27 @@ def test_the_client_sends_init_clone_and_checks_its_answer(tmp_path: Path) -> No
             await client.init_clone("h", b"s" * 32, 1, None)
 
     asyncio.run(with_guest(tmp_path, guest, body))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"reseeded": True},
+        {"reseeded": True, "resumed_random": "AB" * 32},
+        {"reseeded": True, "resumed_random": "ab" * 33},
+        {"reseeded": True, "resumed_random": "ab" * 31 + "xy"},
+        {"reseeded": True, "resumed_random": 12},
+        {"reseeded": 1, "resumed_random": "ab" * 32},
+    ],
+)
+def test_a_clones_answer_is_checked(answer: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        CloneInit.parse(answer)
+
+
+def test_a_clones_answer_is_read() -> None:
+    parsed = CloneInit.parse({"reseeded": False, "resumed_random": "0f" * 32})
+    assert parsed == CloneInit(False, b"\x0f" * 32)
 
 
 # --- the CLI -------------------------------------------------------------------------------
@@ -417,3 +460,115 @@ def test_virtc_factory_status_and_destroy_when_empty(run_root: Path) -> None:
     assert result.exit_code == 0 and "no templates" in result.output
     result = runner.invoke(virtc_cli, ["run", "--boot", "warm", "true"])
     assert result.exit_code == 2 and "'warm' is not one of" in result.output
+
+
+# --- templates made in the background -------------------------------------------------
+
+
+def wait_for_builder(root: Path, timeout: float = 60) -> None:
+    """Until the background builder lets go of its lock (it has exited)."""
+    fd = os.open(root / AUTO_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the background builder did not end"
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+def test_automatic_templates_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for off in ("0", "no", "False", " off"):
+        monkeypatch.setenv("VC_AUTO_TEMPLATES", off)
+        assert not auto_templates_enabled()
+    monkeypatch.setenv("VC_AUTO_TEMPLATES", "1")
+    assert auto_templates_enabled()
+    monkeypatch.delenv("VC_AUTO_TEMPLATES")
+    assert auto_templates_enabled()
+
+
+def test_one_background_builder_at_a_time(tmp_path: Path, image: ImagePaths) -> None:
+    """A real builder process, given an image whose files are gone: it fails
+    fast, says why in its log, and lets go of the lock."""
+    root = tmp_path / "factory"
+    factory = Factory(root)
+    shape = shape_of(dataclasses.replace(image, kernel=tmp_path / "no-kernel"))
+    root.mkdir(mode=0o700)
+    held = os.open(root / AUTO_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert not factory.start_auto_build(shape)  # one runs already
+    finally:
+        os.close(held)
+    assert factory.start_auto_build(shape)
+    wait_for_builder(root)
+    log = (root / AUTO_LOG).read_text()
+    assert "no template made" in log and "no-kernel" in log, log
+    assert factory.templates() == []
+    assert factory.destroy() == []
+    assert not root.exists()  # the builder's lock and log go with the rest
+
+
+def test_a_pod_that_misses_starts_the_build_unless_turned_off(
+    tmp_path: Path, image: ImagePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "factory"
+    assert chosen(image, tmp_path, pod(image, "auto")) is None
+    assert not root.exists()  # VC_AUTO_TEMPLATES=0 in the tests' environment
+    monkeypatch.setenv("VC_AUTO_TEMPLATES", "1")
+    assert chosen(image, tmp_path, pod(image, "cold")) is None
+    assert not root.exists()
+    mock = pod(image, "auto", hypervisor="mock")
+    assert chosen(image, tmp_path, mock) is None
+    assert not root.exists()  # templates are QEMU's
+    assert chosen(image, tmp_path, pod(image, "auto", auto_template=False)) is None
+    assert not root.exists()
+    assert chosen(image, tmp_path, pod(image, "auto")) is None
+    wait_for_builder(root)
+    assert "no template made" in (root / AUTO_LOG).read_text()  # the placeholder image
+
+
+def test_automatic_templates_are_bounded_and_hand_made_ones_kept(
+    tmp_path: Path, image: ImagePaths
+) -> None:
+    root = tmp_path / "factory"
+    hand = fake_template(root, shape_of(image, memory_mib=128))
+    automatic = []
+    for n, memory in enumerate((256, 384, 640, 768)):
+        made = fake_template(root, shape_of(image, memory_mib=memory))
+        marked = dataclasses.replace(made, automatic=True, created_at=1000.0 + n)
+        (made.path / "template.json").write_text(json.dumps(marked.to_json()))
+        automatic.append(made.key)
+    factory = Factory(root)
+    assert factory.prune_automatic(kept=3) == [automatic[0]]
+    assert {t.key for t in factory.templates()} == {hand.key, *automatic[1:]}
+    assert all(t.automatic for t in factory.templates() if t.key != hand.key)
+
+
+def test_a_shape_survives_its_json(image: ImagePaths) -> None:
+    shape = shape_of(image, kernel_params=("a=1",), hotplug_ports=3)
+    assert TemplateShape.from_json(json.loads(json.dumps(shape.to_json()))) == shape
+    with pytest.raises(ValueError, match="vcpus"):
+        TemplateShape.from_json({**shape.to_json(), "vcpus": "1"})
+
+
+def test_virtc_factory_status_says_how_each_template_was_made(
+    run_root: Path, image: ImagePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = run_root / "factory"
+    fake_template(root, shape_of(image, memory_mib=256))
+    made = fake_template(root, shape_of(image))
+    automatic = dataclasses.replace(made, automatic=True)
+    (made.path / "template.json").write_text(json.dumps(automatic.to_json()))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(virtc_cli, ["factory", "status"])
+    assert result.exit_code == 0, result.output
+    assert "automatically" in result.output and "by hand" in result.output
+    result = CliRunner().invoke(virtc_cli, ["factory", "status", "--json"])
+    entries = {t["key"]: t["automatic"] for t in json.loads(result.output)["templates"]}
+    assert entries[made.key] is True and len(entries) == 2
+    Factory(root).destroy()

@@ -55,7 +55,9 @@ def factory_status(as_json: bool) -> None:
         click.echo(json.dumps({"root": str(made.root), "templates": entries}, indent=1))
         return
     stdout.print(f"factory {made.root}", highlight=False)
-    table = Table("TEMPLATE", "VCPUS", "MEMORY", "KERNEL PARAMS", "STATE", "ON DISK", box=None)
+    table = Table(
+        "TEMPLATE", "VCPUS", "MEMORY", "KERNEL PARAMS", "STATE", "MADE", "ON DISK", box=None
+    )
     for t in templates:
         table.add_row(
             t.key,
@@ -63,6 +65,7 @@ def factory_status(as_json: bool) -> None:
             f"{t.shape.memory_mib} MiB",
             " ".join(t.shape.kernel_params) or "-",
             "current" if t.current() else "stale",
+            "automatically" if t.automatic else "by hand",
             f"{t.disk_bytes() / (1 << 20):.0f} MiB",
         )
     if templates:

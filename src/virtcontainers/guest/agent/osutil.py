@@ -87,6 +87,16 @@ def write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+MACHINE_ID = "/run/machine-id"
+"""The root image's /etc/machine-id links here (its /etc is read-only)."""
+
+
+def write_machine_id() -> None:
+    """A machine id of this VM's own (systemd's format: 32 lowercase hex digits)."""
+    write_file(MACHINE_ID, os.urandom(16).hex().encode() + b"\n")
+    os.chmod(MACHINE_ID, 0o444)
+
+
 def spawn(argv: list[str], stdio: tuple[int, int, int]) -> int:
     """posix_spawn with stdio on 0-2; Python's ignored signals reset to default."""
     actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)]

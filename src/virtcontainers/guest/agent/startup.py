@@ -12,7 +12,7 @@ from .channel import Channel
 from .core import Agent
 from .log import describe_exception, log, log_to
 from .ops import HANDLERS
-from .osutil import DEFAULT_PATH, find_sysfs_entry
+from .osutil import DEFAULT_PATH, find_sysfs_entry, write_machine_id
 
 USAGE = """usage: agent.py [--fd N | --connect PATH] [--runtime PATH] [--state-dir DIR]
 
@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     ensure_stdio()
     if pid1:
         log_to(open_console())
+        try:
+            write_machine_id()
+        except OSError as exc:
+            log(f"no machine id: {exc}")
     else:
         become_subreaper()
     if "PATH" not in os.environ:

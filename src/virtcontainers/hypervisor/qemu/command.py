@@ -18,6 +18,7 @@ from virtcontainers.hypervisor.base import Accelerator, VMConfig
 from virtcontainers.hypervisor.devices import (
     BlockDevice,
     Device,
+    GenerationIdDevice,
     NetDevice,
     SerialPortDevice,
     SharedFsDevice,
@@ -317,6 +318,10 @@ def render_device(device: Device, run_dir: Path | None = None, bus: str | None =
                 "-fsdev", f"local,id={ident},path={_opt(path)},security_model=none",
                 "-device", f"virtio-9p-pci,fsdev={ident},mount_tag={tag},id={ident}",
             ]  # fmt: skip
+        case GenerationIdDevice(id=ident):
+            # guid=auto: a new id per launch; the saved state holds only where
+            # the guest keeps it, so a restore writes this launch's id there.
+            return ["-device", f"vmgenid,id={ident},guid=auto"]
         case SerialPortDevice(id=ident, socket_path=path, name=name):
             return [
                 "-chardev", f"socket,id={ident},path={_opt(path)},server=on,wait=off",

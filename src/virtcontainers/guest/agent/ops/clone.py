@@ -13,8 +13,17 @@ have, and the agent sets it, in this order:
   (``RNDRESEEDCRNG``), so two clones never hand out the same random bytes;
   where the ioctls are refused, the seed is written to /dev/urandom (mixed
   in, not credited) and the answer says so;
+* a machine id of its own (/run/machine-id, where /etc/machine-id links);
 * the shared directory, mounted at /run/vc/shared (unless it already is),
   by busybox's ``mount`` with the options that init.sh uses at boot.
+
+Before any of that it reads 32 bytes of /dev/urandom and answers them
+(``resumed_random``): what the clone's kernel hands out on its own as it
+resumes.  Only the VM generation id (a new one per clone, which makes the
+kernel reseed at resume) makes these differ between sibling clones; the host
+checks that they do in its tests.  The boot id
+(/proc/sys/kernel/random/boot_id) is made by the kernel at its first read,
+which nothing does before a template is saved: each clone makes its own.
 """
 
 from __future__ import annotations
@@ -25,12 +34,14 @@ import struct
 import time
 
 from ..args import AgentError, check_keys, invalid
-from ..osutil import read_text
+from ..osutil import read_text, write_machine_id
 from ..runtime import RuntimeCall
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from virtcontainers.agent.messages import InitCloneResult
 
     from ..core import Agent
     from ..model import Reply
@@ -40,6 +51,7 @@ SHARED_TAG = "vcshared"
 MOUNT_9P = ["-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=262144,cache=none"]
 MOUNT_VIRTIOFS = ["-t", "virtiofs"]
 SHARED_FS = {"virtio-9p": MOUNT_9P, "virtio-fs": MOUNT_VIRTIOFS}
+RESUMED_RANDOM_BYTES = 32
 SEED_MIN = 32
 SEED_MAX = 512
 """Bytes of seed the host may send."""
@@ -54,9 +66,10 @@ _HEX = frozenset("0123456789abcdef")
 def init_clone(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     """Check every argument, then set hostname, clock and seed, then mount.
 
-    Answers ``{"reseeded": bool}`` (False: the seed was mixed in without a
-    reseed).  Raises AgentError: "invalid", "state" (not PID 1: this would
-    change the host that runs the agent), "clone" (a step failed).
+    Answers ``{"reseeded": bool, "resumed_random": hex}`` (reseeded False:
+    the seed was mixed in without a reseed).  Raises AgentError: "invalid",
+    "state" (not PID 1: this would change the host that runs the agent),
+    "clone" (a step failed).
     """
     allowed = {"hostname", "seed", "time_ns", "shared_fs"}
     check_keys(args, allowed, allowed)
@@ -71,6 +84,8 @@ def init_clone(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
     if not agent.pid1:
         raise AgentError("state", "init_clone changes the whole machine: only as PID 1 in a VM")
     try:
+        with open("/dev/urandom", "rb", buffering=0) as urandom:
+            resumed_random = urandom.read(RESUMED_RANDOM_BYTES).hex()
         socket.sethostname(hostname)
         time.clock_settime_ns(time.CLOCK_REALTIME, time_ns)
     except OSError as exc:
@@ -79,13 +94,18 @@ def init_clone(agent: Agent, reply: Reply, args: Mapping[str, object]) -> None:
         reseeded = _reseed(seed)
     except OSError as exc:
         raise AgentError("clone", f"cannot seed the random number generator: {exc}") from None
+    try:
+        write_machine_id()  # after the reseed: drawn from this clone's own pool
+    except OSError as exc:
+        raise AgentError("clone", f"cannot write the machine id: {exc}") from None
+    answer: InitCloneResult = {"reseeded": reseeded, "resumed_random": resumed_random}
     if shared_fs is None or _mounted(SHARED_DIR):
-        reply.ok({"reseeded": reseeded})
+        reply.ok(answer)
         return
 
     def mounted(call: RuntimeCall) -> None:
         if call.ok:
-            reply.ok({"reseeded": reseeded})
+            reply.ok(answer)
         else:
             reply.error("clone", f"cannot mount the shared directory: {call.error_text()}")
 
