@@ -39,7 +39,7 @@ from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.pod.boot import VM_EXIT_GRACE, PodBoot
 from virtcontainers.pod.container import Container
-from virtcontainers.pod.eventlog import EventLog
+from virtcontainers.pod.eventlog import EventLog, RateLimitedLog
 from virtcontainers.pod.interfaces import PodInterfaces
 from virtcontainers.pod.nics import PodNics
 from virtcontainers.pod.process import GuestProcess, ProcessIO
@@ -73,6 +73,7 @@ class Pod:
         self.shared = SharedDir(self.paths)
         self.network = PodNics(self.paths)
         self.events = EventLog()
+        self.guest_log = RateLimitedLog(self.log)
         self.vm = PodVM(self.id, hypervisor, agent, self.log)
         self.interfaces = PodInterfaces(self.vm, self.config.netns, self.network, self._require)
         self.volumes = PodVolumes(self.vm)
@@ -582,4 +583,4 @@ class Pod:
             if container is not None:
                 container.oom_killed = True
                 self.events.emit("oom", container.id)
-                self.log.warning("container %s: OOM kill", container.id)
+                self.guest_log.warning("oom", "container %s: OOM kill", container.id)
