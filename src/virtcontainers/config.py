@@ -35,6 +35,8 @@ MAX_VCPUS = 64
 MAX_ID = 2**32 - 2
 """The largest uid or gid (2^32-1 is the kernel's "no id")."""
 MAX_HOTPLUG_SLOTS = 16  # empty PCIe root ports of one VM
+DEFAULT_LOG_MIB = 4
+DEFAULT_LAYERS_MIB = 1024
 # Empty PCIe slots of a pod with a network namespace: interfaces it can take
 # over while it runs, beyond those it found at boot.
 NET_HOTPLUG_SLOTS = 4
@@ -57,6 +59,8 @@ class ResourcesDict(TypedDict):
     vcpus: int
     memory_mib: int
     hotplug_slots: NotRequired[int]
+    log_mib: NotRequired[int]
+    layers_mib: NotRequired[int]
 
 
 class UserDict(TypedDict):
@@ -123,11 +127,23 @@ class Resources(Plain):
     (block volumes, interfaces).  Slots cost boot time, so there are none
     unless asked for here or needed by the pod's config (see
     :meth:`PodConfig.hotplug_slots`)."""
+    log_mib: int = DEFAULT_LOG_MIB
+    """The size at which a container's log (``<pod>/logs/<id>.log``, written when
+    it has no fds attached) is rotated: one rotated file is kept, so a container's
+    logs take at most about twice this."""
+    layers_mib: int = DEFAULT_LAYERS_MIB
+    """The size of the tmpfs at ``<pod>/layers`` that holds all the pod's
+    containers' writable layers: a container that fills it gets ENOSPC."""
 
     def __post_init__(self) -> None:
         check_type("resources.vcpus", self.vcpus, int)
         check_type("resources.memory_mib", self.memory_mib, int)
         check_type("resources.hotplug_slots", self.hotplug_slots, int)
+        check_type("resources.log_mib", self.log_mib, int)
+        check_type("resources.layers_mib", self.layers_mib, int)
+        for name in ("log_mib", "layers_mib"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"resources.{name}", f"{getattr(self, name)} MiB is below 1 MiB")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError("resources.vcpus", f"{self.vcpus} is outside 1..{MAX_VCPUS}")
         if not 0 <= self.hotplug_slots <= MAX_HOTPLUG_SLOTS:
@@ -145,6 +161,8 @@ class Resources(Plain):
             "vcpus": self.vcpus,
             "memory_mib": self.memory_mib,
             "hotplug_slots": self.hotplug_slots,
+            "log_mib": self.log_mib,
+            "layers_mib": self.layers_mib,
         }
 
     def check_host(self) -> None:

@@ -43,6 +43,7 @@ from virtcontainers.pod.eventlog import EventLog, RateLimitedLog
 from virtcontainers.pod.interfaces import PodInterfaces
 from virtcontainers.pod.nics import PodNics
 from virtcontainers.pod.process import GuestProcess, ProcessIO
+from virtcontainers.pod.sinks import ContainerLog
 from virtcontainers.pod.vm import PodVM
 from virtcontainers.pod.volumes import PodVolumes
 from virtcontainers.records import KILLED, PodRecord, end_with_vm
@@ -70,7 +71,7 @@ class Pod:
         self.log = logging.getLogger(__name__).getChild(self.id)
         self.hypervisor = hypervisor
         self.agent = agent
-        self.shared = SharedDir(self.paths)
+        self.shared = SharedDir(self.paths, self.config.resources.layers_mib)
         self.network = PodNics(self.paths)
         self.events = EventLog()
         self.guest_log = RateLimitedLog(self.log)
@@ -140,7 +141,7 @@ class Pod:
                 if container.state is not ContainerState.CREATED:
                     container.move_to(ContainerState.CREATED)
                 container.exit = None
-                await self._create_in_guest(container, self._log_stdio(container.id))
+                await self._create_in_guest(container, None)
                 await self._start_in_guest(container)
         except BaseException:
             self.log.exception("pod start failed; cleaning up")
@@ -280,12 +281,9 @@ class Pod:
 
     # --- containers ---------------------------------------------------------------------
 
-    def _log_stdio(self, container_id: str) -> Stdio:
-        logs = self.paths.root / "logs"
-        logs.mkdir(mode=0o700, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out = os.open(logs / f"{container_id}.log", flags, 0o600)
-        return Stdio(stdin=None, stdout=out, stderr=os.dup(out))
+    def _log(self, container_id: str) -> ContainerLog:
+        cap = self.config.resources.log_mib << 20
+        return ContainerLog(self.paths.root / "logs", container_id, cap, self.executor)
 
     async def create_container(self, config: ContainerConfig, stdio: Stdio | None) -> Container:
         async with self._exclusive(config.id):
@@ -297,15 +295,20 @@ class Pod:
             container = Container(config)
             self.containers[config.id] = container
             try:
-                await self._create_in_guest(container, stdio or self._log_stdio(config.id))
+                await self._create_in_guest(container, stdio)
             except BaseException:
                 self.containers.pop(config.id, None)
                 raise
             self.persist()
             return container
 
-    async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
-        io = ProcessIO(self.agent, stdio, self.executor)
+    async def _create_in_guest(self, container: Container, stdio: Stdio | None) -> None:
+        """Without ``stdio`` the container's output goes to its log."""
+        log = None
+        if stdio is None:
+            log = self._log(container.id)
+            stdio = log.stdio()
+        io = ProcessIO(self.agent, stdio, self.executor, log=log)
         attached = False
         try:
             self.shared.share(container.config)
