@@ -27,6 +27,7 @@ from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import (
     AgentError,
+    DaemonError,
     ExistsError,
     NotFoundError,
     StateError,
@@ -105,6 +106,16 @@ class Pod:
         elif self.record.vm is None or self.record.vm.pid != pid:
             self.record.vm = hostproc.of(pid)
         self.store.save(self.record)
+
+    def _save(self, undone: str) -> None:
+        """Persist, or say that the record could not be saved and what was undone."""
+        try:
+            self.persist()
+        except OSError as exc:
+            raise DaemonError(
+                f"pod {self.id!r}: cannot save its record in {self.paths.state} "
+                f"({exc.strerror}): {undone}; free space under the run root and try again"
+            ) from exc
 
     def _move_to(self, target: PodState) -> None:
         self.record.state = self.state.moved_to(self.id, target)
@@ -299,7 +310,13 @@ class Pod:
             except BaseException:
                 self.containers.pop(config.id, None)
                 raise
-            self.persist()
+            try:
+                self._save(f"container {config.id!r} was not created")
+            except DaemonError:
+                # Undone, or the next record saved would show a container whose
+                # create was answered with an error.
+                await self._discard(container)
+                raise
             return container
 
     async def _create_in_guest(self, container: Container, stdio: Stdio | None) -> None:
@@ -344,8 +361,19 @@ class Pod:
             self._require_running("start a container in")
             container = self.container(container_id)
             container.state.require(container_id, "start", ContainerState.CREATED)
-            await self._start_in_guest(container)
-            self.persist()
+            # Recorded before it is done: a record that cannot be saved leaves the
+            # container unstarted, as its status says.
+            container.move_to(ContainerState.RUNNING)
+            try:
+                self._save(f"container {container_id!r} was not started")
+                await self.agent.start_container(container_id)
+            except BaseException:
+                if container.state is ContainerState.RUNNING:
+                    container.state = ContainerState.CREATED
+                with contextlib.suppress(OSError):
+                    self.persist()
+                raise
+            self.events.emit("start", container_id)
 
     async def _start_in_guest(self, container: Container) -> None:
         await self.agent.start_container(container.id)
@@ -416,15 +444,19 @@ class Pod:
             container.state.require(
                 container_id, "delete", ContainerState.CREATED, ContainerState.STOPPED
             )
-            if container.in_guest:
-                await self.agent.remove_container(container_id)
-                container.in_guest = False
-            await self._end_processes(container)
-            await self.volumes.detach(container.config)
-            self.shared.unshare(container_id)
-            self.shared.remove_layer(container_id)
-            del self.containers[container_id]
+            await self._discard(container)
             self.persist()
+
+    async def _discard(self, container: Container) -> None:
+        """Remove a container from the guest and the host, not from the record."""
+        if container.in_guest:
+            await self.agent.remove_container(container.id)
+            container.in_guest = False
+        await self._end_processes(container)
+        await self.volumes.detach(container.config)
+        self.shared.unshare(container.id)
+        self.shared.remove_layer(container.id)
+        del self.containers[container.id]
 
     async def pause_container(self, container_id: str) -> None:
         await self._set_paused(container_id, True)
