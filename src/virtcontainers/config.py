@@ -13,12 +13,14 @@ created: a stored config stays loadable when the host changes later.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
+from virtcontainers.agent.protocol import MAX_PAYLOAD
 from virtcontainers.cgroupconfig import CgroupConfig, CgroupDict
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import validate_hostname, validate_id
@@ -36,6 +38,9 @@ MAX_ID = 2**32 - 2
 """The largest uid or gid (2^32-1 is the kernel's "no id")."""
 MAX_HOTPLUG_SLOTS = 16  # empty PCIe root ports of one VM
 DEFAULT_LOG_MIB = 4
+MAX_CMD_BYTES = MAX_PAYLOAD // 2
+"""The most a command's args and env may take as JSON: the request that carries
+them to the guest (with the rest of a container's spec) must fit one frame."""
 DEFAULT_LAYERS_MIB = 1024
 # Empty PCIe slots of a pod with a network namespace: interfaces it can take
 # over while it runs, beyond those it found at boot.
@@ -245,7 +250,8 @@ class Cmd:
             raise ConfigError("cmd.args", "a command needs at least the program name")
         for entry in self.env:
             if "=" not in entry:
-                raise ConfigError("cmd.env", f"{entry!r} is not NAME=VALUE")
+                raise ConfigError("cmd.env", f"{entry[:64]!r} is not NAME=VALUE")
+        self._check_size()
         check_type("cmd.cwd", self.cwd, str)
         if not os.path.isabs(self.cwd):
             raise ConfigError("cmd.cwd", f"{self.cwd!r} is not absolute")
@@ -259,6 +265,15 @@ class Cmd:
                     raise ConfigError(
                         "cmd.runtime_settings", f"{key!r} is a field of the Cmd, not a setting"
                     )
+
+    def _check_size(self) -> None:
+        size = len(json.dumps([self.args, self.env], separators=(",", ":")))
+        if size > MAX_CMD_BYTES:
+            raise ConfigError(
+                "cmd",
+                f"args and env take {size} bytes as JSON, more than the {MAX_CMD_BYTES} a "
+                "request to the guest can carry; pass large data in a file or a volume",
+            )
 
     def to_dict(self) -> CmdDict:
         """The JSON form (lists for tuples), as ``from_dict`` takes it back."""
