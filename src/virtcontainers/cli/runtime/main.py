@@ -181,15 +181,14 @@ def _claim(options: Options, record: Record) -> None:
 
 def _create_own_pod(record: Record, pod_config: PodConfig) -> None:
     """Create and start the container's pod; a pod of that id that someone else
-    made is left alone."""
+    made is left alone (run_pod's create refuses it before anything starts)."""
     try:
-        api.create_pod(pod_config)
+        api.run_pod(pod_config)
     except ExistsError:
         raise ForeignPodError(
             f"container {record.id}: a pod {record.pod_id} exists already, not made by "
             "this create; delete it first (virtc pod delete)"
         ) from None
-    api.start_pod(pod_config.id)
 
 
 def _reclaim_or_refuse(options: Options, container_id: str) -> None:
