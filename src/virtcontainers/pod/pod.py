@@ -341,9 +341,16 @@ class Pod:
             except DaemonError:
                 # Undone, or the next record saved would show a container whose
                 # create was answered with an error.
-                await self._discard(container)
+                await self._undo_create(container)
                 raise
             return container
+
+    async def _undo_create(self, container: Container) -> None:
+        try:
+            await self._discard(container)
+        except (VcError, OSError) as exc:
+            self.log.warning("undoing the create of container %s: %s", container.id, exc)
+            self.containers.pop(container.id, None)
 
     async def _create_in_guest(self, container: Container, stdio: Stdio | None) -> None:
         """Without ``stdio`` the container's output goes to its log."""
