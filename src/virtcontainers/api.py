@@ -337,7 +337,8 @@ def create_container(
 
     ``stdio`` fds become the container process's stdin/stdout/stderr (the
     daemon keeps duplicates; the caller may close its own).  Without them,
-    output goes to the pod's ``logs/<container>.log``.
+    output goes to the pod's ``logs/<container>.log``, rotated at
+    ``Resources.log_mib``.
     """
     config.check_host()
     store = _store()

@@ -13,6 +13,7 @@ created: a stored config stays loadable when the host changes later.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from collections.abc import Mapping
@@ -43,6 +44,13 @@ MAX_VCPUS = 64
 MAX_ID = 2**32 - 2
 """The largest uid or gid (2^32-1 is the kernel's "no id")."""
 MAX_HOTPLUG_SLOTS = 16  # empty PCIe root ports of one VM
+DEFAULT_LOG_MIB = 4
+MAX_CMD_BYTES = 512 * 1024
+"""The most a command's args and env may take as JSON: the request that carries
+them to the guest (with the rest of a container's spec) must fit one frame:
+half the agent protocol's MAX_PAYLOAD, which a unit test holds it to (a
+constant here, so that the vocabulary imports no backend)."""
+DEFAULT_LAYERS_MIB = 1024
 # Empty PCIe slots of a pod with a network namespace: interfaces it can take
 # over while it runs, beyond those it found at boot.
 NET_HOTPLUG_SLOTS = 4
@@ -65,6 +73,8 @@ class ResourcesDict(TypedDict):
     vcpus: int
     memory_mib: int
     hotplug_slots: NotRequired[int]
+    log_mib: NotRequired[int]
+    layers_mib: NotRequired[int]
 
 
 class UserDict(TypedDict):
@@ -134,11 +144,23 @@ class Resources(Plain):
     (block volumes, interfaces).  Slots cost boot time, so there are none
     unless asked for here or needed by the pod's config (see
     :meth:`PodConfig.hotplug_slots`)."""
+    log_mib: int = DEFAULT_LOG_MIB
+    """The size at which a container's log (``<pod>/logs/<id>.log``, written when
+    it has no fds attached) is rotated: one rotated file is kept, so a container's
+    logs take at most about twice this."""
+    layers_mib: int = DEFAULT_LAYERS_MIB
+    """The size of the tmpfs at ``<pod>/layers`` that holds all the pod's
+    containers' writable layers: a container that fills it gets ENOSPC."""
 
     def __post_init__(self) -> None:
         check_type("resources.vcpus", self.vcpus, int)
         check_type("resources.memory_mib", self.memory_mib, int)
         check_type("resources.hotplug_slots", self.hotplug_slots, int)
+        check_type("resources.log_mib", self.log_mib, int)
+        check_type("resources.layers_mib", self.layers_mib, int)
+        for name in ("log_mib", "layers_mib"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"resources.{name}", f"{getattr(self, name)} MiB is below 1 MiB")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise ConfigError("resources.vcpus", f"{self.vcpus} is outside 1..{MAX_VCPUS}")
         if not 0 <= self.hotplug_slots <= MAX_HOTPLUG_SLOTS:
@@ -156,6 +178,8 @@ class Resources(Plain):
             "vcpus": self.vcpus,
             "memory_mib": self.memory_mib,
             "hotplug_slots": self.hotplug_slots,
+            "log_mib": self.log_mib,
+            "layers_mib": self.layers_mib,
         }
 
     def check_host(self) -> None:
@@ -238,7 +262,8 @@ class Cmd:
             raise ConfigError("cmd.args", "a command needs at least the program name")
         for entry in self.env:
             if "=" not in entry:
-                raise ConfigError("cmd.env", f"{entry!r} is not NAME=VALUE")
+                raise ConfigError("cmd.env", f"{entry[:64]!r} is not NAME=VALUE")
+        self._check_size()
         check_type("cmd.cwd", self.cwd, str)
         if not os.path.isabs(self.cwd):
             raise ConfigError("cmd.cwd", f"{self.cwd!r} is not absolute")
@@ -252,6 +277,15 @@ class Cmd:
                     raise ConfigError(
                         "cmd.runtime_settings", f"{key!r} is a field of the Cmd, not a setting"
                     )
+
+    def _check_size(self) -> None:
+        size = len(json.dumps([self.args, self.env], separators=(",", ":")))
+        if size > MAX_CMD_BYTES:
+            raise ConfigError(
+                "cmd",
+                f"args and env take {size} bytes as JSON, more than the {MAX_CMD_BYTES} a "
+                "request to the guest can carry; pass large data in a file or a volume",
+            )
 
     def to_dict(self) -> CmdDict:
         """The JSON form (lists for tuples), as ``from_dict`` takes it back."""

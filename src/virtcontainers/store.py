@@ -15,7 +15,9 @@ Every pod has a directory under the run root (``$VC_RUN_DIR``, default
                                  (virtio-9p or virtio-fs), with mounted on it:
             <container_id>/rootfs      the container's rootfs
             <container_id>/mounts/<n>  its volumes
-        layers/<container_id>/   a container's own writable layer, if it has one
+        layers/                  tmpfs of Resources.layers_mib, until the pod is deleted:
+            <container_id>/      a container's own writable layer, if it has one
+        logs/<container_id>.log  its output when it has no fds, rotated to .log.1
         network.json             what the pod made in its network namespace, from
                                  before its VM starts until that is released
         cgroup.json              the host cgroup its VM runs in, the same way

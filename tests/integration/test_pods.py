@@ -143,9 +143,11 @@ def test_stop_then_delete_leaves_nothing(run_root: Path, busybox_rootfs: Path) -
     assert stopped.state is PodState.STOPPED
     assert stopped.containers[0].exit_code == 137
     assert not qemu_pids(run_root)
-    assert not mounts.mounts_under(pod_dir)
+    # Only the layers' tmpfs stays, with the layers, until the pod is deleted.
+    assert mounts.mounts_under(pod_dir) == [Path(os.path.realpath(pod_dir / "layers"))]
     api.delete_pod("tidy")
     assert not pod_dir.exists()
+    assert not mounts.mounts_under(pod_dir)
 
 
 def test_virtc_run_exit_status_and_streams(run_root: Path) -> None:

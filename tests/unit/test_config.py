@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from virtcontainers import api
-from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources, User
+from virtcontainers.agent import protocol
+from virtcontainers.agent.protocol import MAX_PAYLOAD
+from virtcontainers.config import MAX_CMD_BYTES, Cmd, ContainerConfig, PodConfig, Resources, User
 from virtcontainers.errors import ConfigError
+from virtcontainers.spec import container_spec
 from virtcontainers.volumes import Mount
 
 
@@ -143,3 +146,23 @@ def test_forward_loopback_needs_a_netns_and_is_a_bool() -> None:
         PodConfig(id="p", forward_loopback=True)
     with pytest.raises(ConfigError, match="forward_loopback"):
         PodConfig(id="p", netns="/run/netns/x", forward_loopback="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("sh", "x" * 1_200_000), ()), (("sh",), ("BIG=" + "y" * 6_000_000,))],
+    ids=["argv of 1.2 MB", "env of 6 MB"],
+)
+def test_a_command_too_big_for_one_request_to_the_guest_is_refused(
+    args: tuple[str, ...], env: tuple[str, ...]
+) -> None:
+    with pytest.raises(ConfigError, match=f"more than the {MAX_CMD_BYTES} a request"):
+        Cmd(args, env)
+    assert MAX_CMD_BYTES <= MAX_PAYLOAD // 2
+
+
+def test_a_command_that_fits_is_taken_and_its_spec_fits_a_frame(tmp_path: Path) -> None:
+    cmd = Cmd(("sh", "x" * (MAX_CMD_BYTES - 100)))
+    config = ContainerConfig("c", tmp_path, cmd)
+    frame = protocol.request(1, "create_container", {"bundle": container_spec(config, "h")})
+    assert len(frame) < MAX_PAYLOAD

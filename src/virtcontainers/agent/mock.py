@@ -110,6 +110,11 @@ class MockAgent:
     def on_event(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
 
+    def send_event(self, name: str, fields: dict[str, object]) -> None:
+        """An event from the guest, as the agent would send it (or forge it)."""
+        for handler in self._handlers:
+            handler(name, fields)
+
     def open_stream(self) -> MockStream:
         stream = MockStream(next(self._ids))
         self.streams[stream.stream_id] = stream

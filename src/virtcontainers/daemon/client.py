@@ -45,14 +45,28 @@ def call_daemon(
     given = stdio.named() if stdio is not None else []
     params = {**request.to_params(), "stdio": [name for name, _fd in given]}
     socket = store.paths(record.id).socket
+
+    def check() -> None:
+        _raise_if_daemon_stopped(record, request)
+
+    check()
     try:
-        data = rpc.call(
-            socket, request.METHOD, params, [fd for _name, fd in given], timeout=timeout
-        )
+        data = rpc.call(socket, request.METHOD, params, [fd for _name, fd in given], timeout, check)
     except DaemonError:
         _raise_if_stopped_meanwhile(store, record.id, request)
         raise
     return request.decode_result(data)
+
+
+def _raise_if_daemon_stopped(record: PodRecord, request: calls.Request[R]) -> None:
+    """A daemon stopped by a signal would leave the caller waiting out its timeout."""
+    daemon = record.daemon
+    if daemon is not None and daemon != hostproc.current() and hostproc.stopped(daemon):
+        raise DaemonError(
+            f"cannot {request.ACTION} pod {record.id!r}: its daemon (pid {daemon.pid}) "
+            f"is stopped (by SIGSTOP or a debugger); continue it (kill -CONT {daemon.pid}), "
+            "or stop the pod with force"
+        )
 
 
 def _raise_if_stopped_meanwhile(store: Store, pod_id: str, request: calls.Request[R]) -> None:

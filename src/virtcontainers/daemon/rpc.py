@@ -17,7 +17,8 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -26,6 +27,8 @@ from virtcontainers.errors import DaemonError, ErrorDict, error_from_dict
 LENGTH = struct.Struct("!I")
 MAX_MESSAGE = 4 << 20
 MAX_FDS = 4
+CHECK_INTERVAL = 1.0
+"""How often a caller waiting for an answer checks that the daemon can still give one."""
 
 
 class Succeeded(TypedDict):
@@ -91,13 +94,17 @@ def call(
     params: Mapping[str, object],
     fds: Sequence[int] = (),
     timeout: float | None = 60.0,
+    check: Callable[[], None] | None = None,
 ) -> object:
     """Call ``method`` on the daemon listening at ``socket_path`` (synchronous).
 
     Raises the daemon's error as its own class, or DaemonError when the daemon
-    cannot be reached or does not answer within ``timeout`` seconds.
+    cannot be reached or does not answer within ``timeout`` seconds.  While it
+    waits, ``check`` runs every CHECK_INTERVAL seconds: it raises to give up
+    early, on a daemon that can no longer answer.
     """
     data = encode({"method": method, "params": params})
+    deadline = None if timeout is None else time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -111,7 +118,7 @@ def call(
             sent = socket.send_fds(sock, [data], list(fds)) if fds else 0
             if sent < len(data):
                 sock.sendall(data[sent:])
-            reply = _read_reply(sock)
+            reply = _read_reply(sock, deadline, check)
         except TimeoutError:
             raise DaemonError(f"pod daemon did not answer {method} within {timeout}s") from None
         except OSError as exc:
@@ -121,10 +128,25 @@ def call(
     raise error_from_dict(reply.get("error"))
 
 
-def _read_reply(sock: socket.socket) -> dict[str, object]:
+def _read_reply(
+    sock: socket.socket, deadline: float | None, check: Callable[[], None] | None
+) -> dict[str, object]:
     reader = FrameReader("answer")
     while True:
-        chunk = sock.recv(65536)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError
+        wait = left
+        if check is not None:
+            wait = CHECK_INTERVAL if left is None else min(left, CHECK_INTERVAL)
+        sock.settimeout(wait)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            if check is None:
+                raise
+            check()
+            continue
         if not chunk:
             raise DaemonError("pod daemon closed the connection without answering")
         message = reader.feed(chunk)

@@ -36,7 +36,7 @@ from virtcontainers.states import PodState
 from virtcontainers.storage import mounts
 from virtcontainers.storage.removal import remove_tree
 from virtcontainers.storage.shareddir import SharedDir
-from virtcontainers.store import Store
+from virtcontainers.store import PodPaths, Store
 
 ACTIVE = (PodState.STARTING, PodState.RUNNING, PodState.PAUSED)
 HALF_CREATED_AGE = 60.0
@@ -128,7 +128,8 @@ def _live(record: PodRecord) -> bool:
 def _release(store: Store, pod_id: str, report: GarbageReport) -> None:
     """Mounts, sockets, VM files and network devices of a pod that is not running."""
     paths = store.paths(pod_id)
-    leftovers = mounts.mounts_under(paths.root) or [
+    layers = Path(os.path.realpath(paths.layers))  # mounted until the pod is deleted
+    leftovers = [m for m in mounts.mounts_under(paths.root) if m != layers] or [
         path
         for path in (paths.socket, paths.vm, paths.shared, paths.skel, paths.network, paths.cgroup)
         if path.exists()
@@ -153,6 +154,7 @@ def _remove_half_created(pod_dir: Path, report: GarbageReport) -> None:
     if age < HALF_CREATED_AGE:
         report.left.append(f"pod {pod_dir.name}: no record yet (a create may be under way)")
         return
+    SharedDir(PodPaths(pod_dir)).remove()  # mounts at the pod's own paths only
     if mounts.mounts_under(pod_dir):
         report.left.append(f"pod {pod_dir.name}: no record, but mounts under {pod_dir}")
         return

@@ -88,6 +88,12 @@ def _is_running(process: ProcessRef) -> bool:
     return fields is not None and fields[0] not in "ZX" and int(fields[19]) == process.start_time
 
 
+def stopped(process: ProcessRef) -> bool:
+    """Whether ``process`` is stopped (by SIGSTOP, or traced): it answers nothing."""
+    fields = stat_fields(process.pid)
+    return fields is not None and fields[0] in "Tt" and int(fields[19]) == process.start_time
+
+
 def pidfd(process: ProcessRef) -> int | None:
     """A pidfd for ``process``, or None if it has exited (or is a zombie)."""
     try:

@@ -199,6 +199,10 @@ class Hypervisor(Protocol):
     async def resume(self) -> None:
         """Continue a paused VM."""
 
+    async def query_status(self) -> str:
+        """The VM's run status as its monitor reports it (QMP's ``running``,
+        ``paused``, ...): it is paused too when frozen behind the pod's back."""
+
     async def hotplug_device(self, device: Device) -> None:
         """Attach *device* to the running VM; HypervisorError where unsupported.
 

@@ -36,6 +36,8 @@ class MockHypervisor:
         self.unplugged: list[str] = []
         self.tap_fds: dict[str, int] = {}
         self.fail_start: str | None = None
+        self.frozen = False
+        """Paused by another monitor client, as QMP ``stop`` would, behind the pod's back."""
         self._hotplug = hotplug
         self._life = Lifecycle()
         self._config: VMConfig | None = None
@@ -112,6 +114,9 @@ class MockHypervisor:
         self._life.require("resume", VMState.PAUSED)
         self.calls.append(("resume", None))
         self._life.move(VMState.RUNNING)
+
+    async def query_status(self) -> str:
+        return "paused" if self.frozen or self._life.state is VMState.PAUSED else "running"
 
     async def hotplug_device(self, device: Device) -> None:
         self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)

@@ -27,7 +27,9 @@ from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import (
     AgentError,
+    DaemonError,
     ExistsError,
+    HypervisorError,
     NotFoundError,
     StateError,
     VcError,
@@ -39,11 +41,12 @@ from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.pod.boot import VM_EXIT_GRACE, PodBoot
 from virtcontainers.pod.container import Container
-from virtcontainers.pod.eventlog import EventLog
+from virtcontainers.pod.eventlog import EventLog, RateLimitedLog
 from virtcontainers.pod.interfaces import PodInterfaces
 from virtcontainers.pod.nics import PodNics
 from virtcontainers.pod.portforward import LoopbackForwarder
 from virtcontainers.pod.process import GuestProcess, ProcessIO
+from virtcontainers.pod.sinks import ContainerLog
 from virtcontainers.pod.vm import PodVM
 from virtcontainers.pod.volumes import PodVolumes
 from virtcontainers.records import KILLED, PodRecord, end_with_vm
@@ -54,6 +57,8 @@ from virtcontainers.storage.shareddir import SharedDir
 from virtcontainers.store import PodPaths, Store
 
 SHUTDOWN_TIMEOUT = 5.0
+MONITOR_TIMEOUT = 5.0
+"""How long the VM's monitor may take to say whether the VM runs."""
 LIVE_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
 
 
@@ -71,9 +76,10 @@ class Pod:
         self.log = logging.getLogger(__name__).getChild(self.id)
         self.hypervisor = hypervisor
         self.agent = agent
-        self.shared = SharedDir(self.paths)
+        self.shared = SharedDir(self.paths, self.config.resources.layers_mib)
         self.network = PodNics(self.paths)
         self.events = EventLog()
+        self.guest_log = RateLimitedLog(self.log)
         self.vm = PodVM(self.id, hypervisor, agent, self.log)
         self.interfaces = PodInterfaces(self.vm, self.config.netns, self.network, self._require)
         self.volumes = PodVolumes(self.vm)
@@ -105,6 +111,16 @@ class Pod:
         elif self.record.vm is None or self.record.vm.pid != pid:
             self.record.vm = hostproc.of(pid)
         self.store.save(self.record)
+
+    def _save(self, undone: str) -> None:
+        """Persist, or say that the record could not be saved and what was undone."""
+        try:
+            self.persist()
+        except OSError as exc:
+            raise DaemonError(
+                f"pod {self.id!r}: cannot save its record in {self.paths.state} "
+                f"({exc.strerror}): {undone}; free space under the run root and try again"
+            ) from exc
 
     def _move_to(self, target: PodState) -> None:
         self.record.state = self.state.moved_to(self.id, target)
@@ -145,7 +161,7 @@ class Pod:
                 if container.state is not ContainerState.CREATED:
                     container.move_to(ContainerState.CREATED)
                 container.exit = None
-                await self._create_in_guest(container, self._log_stdio(container.id))
+                await self._create_in_guest(container, None)
                 await self._start_in_guest(container)
         except BaseException:
             self.log.exception("pod start failed; cleaning up")
@@ -272,6 +288,29 @@ class Pod:
     def _require_running(self, operation: str) -> None:
         self._require(operation, PodState.RUNNING)
 
+    async def _require_awake(self, operation: str) -> None:
+        """The VM runs: one frozen behind the pod's back (QEMU stopped by a
+        signal, or paused by another monitor client) is named as the frozen
+        part, where a call into its guest would only time out."""
+        pid = self.hypervisor.pid
+        vm = self.record.vm
+        if pid is not None and vm is not None and vm.pid == pid and hostproc.stopped(vm):
+            raise HypervisorError(
+                f"cannot {operation} pod {self.id!r}: its VM's process (pid {pid}) is "
+                f"stopped (by SIGSTOP or a debugger); continue it (kill -CONT {pid})"
+            )
+        try:
+            status = await asyncio.wait_for(self.hypervisor.query_status(), MONITOR_TIMEOUT)
+        except TimeoutError:
+            raise HypervisorError(
+                f"cannot {operation} pod {self.id!r}: its VM's monitor does not answer"
+            ) from None
+        if status != "running":
+            raise HypervisorError(
+                f"cannot {operation} pod {self.id!r}: its VM is {status}, frozen outside "
+                "virtcontainers (by QMP stop, say); resume it the same way (QMP cont)"
+            )
+
     def _require(self, operation: str, *allowed: PodState) -> None:
         """The pod is in one of ``allowed``, and not on its way down."""
         if self.stopping:
@@ -292,12 +331,9 @@ class Pod:
 
     # --- containers ---------------------------------------------------------------------
 
-    def _log_stdio(self, container_id: str) -> Stdio:
-        logs = self.paths.root / "logs"
-        logs.mkdir(mode=0o700, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out = os.open(logs / f"{container_id}.log", flags, 0o600)
-        return Stdio(stdin=None, stdout=out, stderr=os.dup(out))
+    def _log(self, container_id: str) -> ContainerLog:
+        cap = self.config.resources.log_mib << 20
+        return ContainerLog(self.paths.root / "logs", container_id, cap, self.executor)
 
     async def create_container(self, config: ContainerConfig, stdio: Stdio | None) -> Container:
         async with self._exclusive(config.id):
@@ -309,15 +345,33 @@ class Pod:
             container = Container(config)
             self.containers[config.id] = container
             try:
-                await self._create_in_guest(container, stdio or self._log_stdio(config.id))
+                await self._create_in_guest(container, stdio)
             except BaseException:
                 self.containers.pop(config.id, None)
                 raise
-            self.persist()
+            try:
+                self._save(f"container {config.id!r} was not created")
+            except DaemonError:
+                # Undone, or the next record saved would show a container whose
+                # create was answered with an error.
+                await self._undo_create(container)
+                raise
             return container
 
-    async def _create_in_guest(self, container: Container, stdio: Stdio) -> None:
-        io = ProcessIO(self.agent, stdio, self.executor)
+    async def _undo_create(self, container: Container) -> None:
+        try:
+            await self._discard(container)
+        except (VcError, OSError) as exc:
+            self.log.warning("undoing the create of container %s: %s", container.id, exc)
+            self.containers.pop(container.id, None)
+
+    async def _create_in_guest(self, container: Container, stdio: Stdio | None) -> None:
+        """Without ``stdio`` the container's output goes to its log."""
+        log = None
+        if stdio is None:
+            log = self._log(container.id)
+            stdio = log.stdio()
+        io = ProcessIO(self.agent, stdio, self.executor, log=log)
         attached = False
         try:
             self.shared.share(container.config)
@@ -353,8 +407,19 @@ class Pod:
             self._require_running("start a container in")
             container = self.container(container_id)
             container.state.require(container_id, "start", ContainerState.CREATED)
-            await self._start_in_guest(container)
-            self.persist()
+            # Recorded before it is done: a record that cannot be saved leaves the
+            # container unstarted, as its status says.
+            container.move_to(ContainerState.RUNNING)
+            try:
+                self._save(f"container {container_id!r} was not started")
+                await self.agent.start_container(container_id)
+            except BaseException:
+                if container.state is ContainerState.RUNNING:
+                    container.state = ContainerState.CREATED
+                with contextlib.suppress(OSError):
+                    self.persist()
+                raise
+            self.events.emit("start", container_id)
 
     async def _start_in_guest(self, container: Container) -> None:
         await self.agent.start_container(container.id)
@@ -425,15 +490,19 @@ class Pod:
             container.state.require(
                 container_id, "delete", ContainerState.CREATED, ContainerState.STOPPED
             )
-            if container.in_guest:
-                await self.agent.remove_container(container_id)
-                container.in_guest = False
-            await self._end_processes(container)
-            await self.volumes.detach(container.config)
-            self.shared.unshare(container_id)
-            self.shared.remove_layer(container_id)
-            del self.containers[container_id]
+            await self._discard(container)
             self.persist()
+
+    async def _discard(self, container: Container) -> None:
+        """Remove a container from the guest and the host, not from the record."""
+        if container.in_guest:
+            await self.agent.remove_container(container.id)
+            container.in_guest = False
+        await self._end_processes(container)
+        await self.volumes.detach(container.config)
+        self.shared.unshare(container.id)
+        self.shared.remove_layer(container.id)
+        del self.containers[container.id]
 
     async def pause_container(self, container_id: str) -> None:
         await self._set_paused(container_id, True)
@@ -464,6 +533,7 @@ class Pod:
         self._require_running("exec in")
         container = self.container(container_id)
         container.state.require(container_id, "exec in", ContainerState.RUNNING)
+        await self._require_awake("exec in")
         exec_id = validate_id("exec", exec_id) if exec_id else container.new_exec_id()
         if exec_id in container.execs:
             raise ExistsError("exec", f"{container_id}/{exec_id}")
@@ -480,6 +550,7 @@ class Pod:
     async def exec_guest(self, cmd: Cmd, stdio: Stdio) -> GuestProcess:
         """Run ``cmd`` in the VM itself, outside every container."""
         self._require_running("enter")
+        await self._require_awake("enter")
         exec_id = f"guest-{next(self._guest_exec_numbers)}"
         io, pid = await self._launch(
             ProcessIO(self.agent, stdio, self.executor),
@@ -595,4 +666,4 @@ class Pod:
             if container is not None:
                 container.oom_killed = True
                 self.events.emit("oom", container.id)
-                self.log.warning("container %s: OOM kill", container.id)
+                self.guest_log.warning("oom", "container %s: OOM kill", container.id)

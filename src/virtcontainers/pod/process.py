@@ -23,7 +23,7 @@ from virtcontainers.agent.base import Agent, StdioStreams, Stream
 from virtcontainers.agent.results import ExitStatus
 from virtcontainers.errors import VcError
 from virtcontainers.host.fdwait import wait_readable
-from virtcontainers.pod.sinks import Sink
+from virtcontainers.pod.sinks import ContainerLog, Sink
 from virtcontainers.stdio import Stdio
 
 READ_CHUNK = 64 * 1024
@@ -56,6 +56,8 @@ class ProcessIO:
     _attached: dict[str, list[Sink]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
     _writing: int = 0
     """Output writes waiting on a slow reader: the output is not idle then."""
+    log: ContainerLog | None = None
+    """Where the output goes when the caller gave no fds (``stdio`` is its fd)."""
 
     def open(self) -> StdioStreams:
         """Allocate agent streams for the fds given; None fds stay /dev/null."""
@@ -110,7 +112,7 @@ class ProcessIO:
                 log.warning("closing stdin stream %d: %s", stream.stream_id, close_error)
 
     async def _pump_out(self, stream: Stream, fd: int, attached: list[Sink]) -> None:
-        sink = Sink(fd, self.executor)
+        sink: Sink | ContainerLog = Sink(fd, self.executor) if self.log is None else self.log
         broken = False
         try:
             while chunk := await stream.read():
@@ -133,9 +135,10 @@ class ProcessIO:
                         # As SIGPIPE ends a local writer: the guest closes its pipe.
                         await self._close_output(stream)
         finally:
-            sink.close()
+            if isinstance(sink, Sink):
+                sink.close()
 
-    async def _write(self, sink: Sink, chunk: bytes) -> None:
+    async def _write(self, sink: Sink | ContainerLog, chunk: bytes) -> None:
         self._writing += 1
         try:
             await sink.write(chunk)

@@ -12,6 +12,10 @@ making them non-blocking would change them under the caller too.  So a
 
 A slow reader then holds up only its own process's output: no thread waits
 on it, so however many readers stall, every other relay keeps moving.
+
+A container created without fds writes to a :class:`ContainerLog`, a file
+of the daemon's own that is rotated at a set size: the guest decides how
+much it writes, the host how much of it is kept.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import contextlib
 import os
 import socket
 import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from virtcontainers.host.fdwait import wait_writable
+from virtcontainers.stdio import Stdio
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -92,3 +99,51 @@ class Sink:
             with contextlib.suppress(OSError):
                 os.close(self._own)
             self._own = None
+
+
+class ContainerLog:
+    """``<logs>/<container>.log``, rotated to ``<container>.log.1`` when the next
+    write would take it past ``cap`` bytes (one rotated file is kept).
+
+    Its stdout and stderr share one fd, which :meth:`stdio` hands to the
+    relay (and the relay closes); a rotation puts the new file on that fd.
+    """
+
+    def __init__(
+        self, directory: Path, container_id: str, cap: int, executor: ThreadPoolExecutor
+    ) -> None:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self.path = directory / f"{container_id}.log"
+        self.rotated = directory / f"{container_id}.log.1"
+        self.cap = cap
+        self.executor = executor
+        self.fd = self._open(os.O_APPEND)
+        self.size = os.fstat(self.fd).st_size
+        self._lock = threading.Lock()
+
+    def _open(self, mode: int) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | mode
+        return os.open(self.path, flags, 0o600)
+
+    def stdio(self) -> Stdio:
+        return Stdio(stdin=None, stdout=self.fd, stderr=self.fd)
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data``, rotating first if it would not fit; raises OSError."""
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._append, data)
+
+    def _append(self, data: bytes) -> None:
+        with self._lock:
+            if self.size and self.size + len(data) > self.cap:
+                self._rotate()
+            _write_all(self.fd, data)
+            self.size += len(data)
+
+    def _rotate(self) -> None:
+        os.replace(self.path, self.rotated)
+        fresh = self._open(os.O_APPEND | os.O_TRUNC)
+        try:
+            os.dup2(fresh, self.fd, inheritable=False)
+        finally:
+            os.close(fresh)
+        self.size = 0

@@ -12,6 +12,9 @@ mount points, which cannot be renamed::
         <container>/mounts/<n>  ... and per volume
     <pod>/shared/               a read-only bind of skel/, exported to the guest;
                                 the container roots and volumes are mounted on it
+    <pod>/layers/               a tmpfs of its own, of a set size (the guest fills
+                                it, not the run root: a full one is ENOSPC in the
+                                container), mounted until the pod is deleted
     <pod>/layers/<container>/   a container's own writable layer (upper, work),
                                 when its rootfs is a base shared with others, or
                                 is read-only (the guest adds mount points there)
@@ -29,7 +32,7 @@ import os
 import shutil
 from pathlib import Path
 
-from virtcontainers.config import ContainerConfig
+from virtcontainers.config import DEFAULT_LAYERS_MIB, ContainerConfig
 from virtcontainers.errors import ConfigError
 from virtcontainers.ids import validate_id
 from virtcontainers.storage import mounts
@@ -37,6 +40,9 @@ from virtcontainers.storage.removal import remove_tree
 from virtcontainers.store import PodPaths
 
 SKELETON_OPTIONS = "mode=0755,size=1m,nr_inodes=16384"
+LAYER_INODES_PER_MIB = 128
+"""Inodes of the layers' tmpfs per MiB of its size: empty files cost host memory
+that ``size`` does not count, so their number is capped too."""
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
@@ -46,8 +52,9 @@ OVERLAY_SPECIAL = (",", ":", "\\")
 class SharedDir:
     """The shared directory of one pod (see the module docstring)."""
 
-    def __init__(self, paths: PodPaths) -> None:
+    def __init__(self, paths: PodPaths, layers_mib: int = DEFAULT_LAYERS_MIB) -> None:
         self.paths = paths
+        self.layers_mib = layers_mib
         self.log = logging.getLogger(__name__).getChild(paths.root.name)
 
     @property
@@ -78,6 +85,7 @@ class SharedDir:
     def remove(self) -> None:
         """Detach everything and delete the writable layers too."""
         self.detach()
+        mounts.detach(self.paths.layers)
         self._remove_written(self.paths.layers)
 
     # --- containers ---------------------------------------------------------------------
@@ -134,12 +142,21 @@ class SharedDir:
                 f"{layer} holds one of {' '.join(OVERLAY_SPECIAL)}, which overlayfs cannot "
                 f"take as a layer path (container {config.id!r})",
             )
-        self.paths.layers.mkdir(mode=0o700, exist_ok=True)
+        self._mount_layers()
         layer.mkdir(mode=0o700, exist_ok=True)
         upper.mkdir(mode=0o755, exist_ok=True)
         work.mkdir(mode=0o700, exist_ok=True)
         options = f"lowerdir={config.rootfs},upperdir={upper},workdir={work}"
         mounts.mount("overlay", target, options, MS_NOSUID | MS_NODEV)
+
+    def _mount_layers(self) -> None:
+        """The layers' own size-limited tmpfs, mounted once for the pod's life."""
+        self.paths.layers.mkdir(mode=0o700, exist_ok=True)
+        if os.path.ismount(self.paths.layers):
+            return
+        inodes = self.layers_mib * LAYER_INODES_PER_MIB
+        options = f"mode=0700,size={self.layers_mib}m,nr_inodes={inodes}"
+        mounts.mount("tmpfs", self.paths.layers, options, MS_NOSUID | MS_NODEV)
 
     def unshare(self, container_id: str) -> None:
         """Unmount a container's files (its writable layer stays until it is deleted)."""

@@ -69,3 +69,15 @@ def test_gc_removes_leftovers_and_spares_a_live_pod(
     second = api.collect_garbage()
     assert second.removed == [], second
     api.stop_pod("live")
+
+
+def test_gc_unmounts_the_layers_of_a_pod_whose_delete_was_cut_short(run_root: Path) -> None:
+    half = run_root / "pods" / "cut"
+    (half / "layers" / "c").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(half / "layers")], check=True)
+    (half / "layers" / "c" / "upper").mkdir(parents=True)
+    os.utime(half, (time.time() - 3600, time.time() - 3600))
+    report = api.collect_garbage()
+    assert [line for line in report.removed if "cut" in line], report
+    assert not mounts.mounts_under(half)
+    assert not half.exists()

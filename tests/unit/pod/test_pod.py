@@ -482,7 +482,8 @@ def test_pod_stop_ends_everything_and_persists(
         quitter.id: (ContainerState.STOPPED, ExitStatus(7)),
         sleeper.id: (ContainerState.STOPPED, KILLED),
     }
-    assert not mounts.mounts_under(paths.root)
+    # Only the layers' tmpfs stays, with the layers, until the pod is deleted.
+    assert mounts.mounts_under(paths.root) == [Path(os.path.realpath(paths.layers))]
     assert not paths.vm.exists()
     # The Pod closed the agent's channel: the agent saw the host go and exited.
     assert host_agent.proc.wait(timeout=10) == 0

@@ -272,3 +272,29 @@ def test_a_layer_nested_deeper_than_recursion_goes(shared: SharedDir, base: Path
     shared.unshare("c")
     shared.remove_layer("c")
     assert not shared.paths.layer("c").exists()
+
+
+def test_the_layers_are_on_a_tmpfs_of_their_own_that_fills_up_alone(base: Path) -> None:
+    root = base / "small"
+    root.mkdir(mode=0o700)
+    shared = SharedDir(PodPaths(root), layers_mib=2)
+    shared.prepare()
+    try:
+        shared.share(container("c", rootfs(base), writable_layer=True))
+        written = shared.export / "c" / "rootfs" / "big"
+        with pytest.raises(OSError) as caught, open(written, "wb") as out:
+            for _ in range(3 * 1024):
+                out.write(b"x" * 1024)
+                out.flush()
+        assert caught.value.errno == errno.ENOSPC
+        size = os.statvfs(shared.paths.layers)
+        assert size.f_blocks * size.f_frsize == 2 << 20
+        # Stopping the pod keeps the layers (and their tmpfs) for its next start.
+        shared.unshare("c")
+        shared.detach()
+        assert mounts.mounts_under(root) == [Path(os.path.realpath(shared.paths.layers))]
+        assert (shared.paths.layer("c") / "upper" / "big").exists()
+    finally:
+        shared.remove()
+    assert not mounts.mounts_under(root)
+    assert not shared.paths.layers.exists()

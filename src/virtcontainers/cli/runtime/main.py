@@ -32,13 +32,14 @@ from virtcontainers.cli.runtime.state import (
     Options,
     Record,
     RuntimeCommandError,
+    creates_serialised,
     log_event,
     oci_status,
     state_document,
 )
 from virtcontainers.cli.signals import signal_number
-from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, User
-from virtcontainers.errors import NotFoundError, StateError
+from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, PodConfig, User
+from virtcontainers.errors import ExistsError, NotFoundError, StateError
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cgroup import HostCgroup
 from virtcontainers.ids import validate_id
@@ -103,7 +104,6 @@ def _create(
     from virtcontainers import oci
 
     validate_id("container", container_id)
-    _reclaim_or_refuse(options, container_id)
     bundle = oci.load_bundle(bundle_dir.resolve()).resolve_namespaces(_peer_finder(options))
     for warning in bundle.warnings:
         log_event(options, "warning", f"{container_id}: {warning}")
@@ -130,16 +130,16 @@ def _create(
         creator=hostproc.current().to_record(),
         moved_mount=root_disk.to_dict() if root_disk is not None else None,
     )
-    # Saved first: a create killed from here on leaves a record that state,
+    # Claimed first: a create killed from here on leaves a record that state,
     # delete --force and a retried create can see.
-    record.save(options.root)
+    _claim(options, record)
     try:
         pod_config = bundle.pod_config(pod_id) if owns_pod else None
         if root_disk is not None and pod_config is not None:
             rootdisk.move_aside(root_disk)
             pod_config = blockdev.with_a_disk_slot(pod_config)
         if pod_config is not None:
-            api.run_pod(pod_config)
+            _create_own_pod(record, pod_config)
         request: ShimRequest = {"pod_id": pod_id, "container": config.to_dict()}
         shim = start_shim(request, console_socket)
         if pod_config is not None and pod_config.cgroup is not None:
@@ -152,6 +152,9 @@ def _create(
             record.run_hooks(stage, "created")
         if pid_file is not None:
             write_pid_file(pid_file, shim.pid)
+    except ForeignPodError:
+        record.remove(options.root)
+        raise
     except BaseException:
         _destroy(record, force=True)
         record.remove(options.root)
@@ -171,6 +174,31 @@ def _peer_finder(options: Options) -> Callable[[int], Peer | None]:
         return None
 
     return find
+
+
+class ForeignPodError(RuntimeCommandError):
+    """The container's own pod exists already: another's, which a failed create
+    must leave alone."""
+
+
+def _claim(options: Options, record: Record) -> None:
+    """Make the id ours, atomically; refuse an id in use."""
+    with creates_serialised(options.root):
+        _reclaim_or_refuse(options, record.id)
+        if not record.claim(options.root):
+            raise RuntimeCommandError(f"container with id exists: {record.id}")
+
+
+def _create_own_pod(record: Record, pod_config: PodConfig) -> None:
+    """Create and start the container's pod; a pod of that id that someone else
+    made is left alone (run_pod's create refuses it before anything starts)."""
+    try:
+        api.run_pod(pod_config)
+    except ExistsError:
+        raise ForeignPodError(
+            f"container {record.id}: a pod {record.pod_id} exists already, not made by "
+            "this create; delete it first (virtc pod delete)"
+        ) from None
 
 
 def _reclaim_or_refuse(options: Options, container_id: str) -> None:

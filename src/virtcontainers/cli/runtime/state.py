@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -85,6 +89,27 @@ class Record:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_json_atomic(path, asdict(self))
 
+    def claim(self, root: Path) -> bool:
+        """Save the record only if its id has none yet; False if it has.
+
+        The whole record is linked into place, so a reader never sees half of
+        it, and of two creators only one link can succeed.
+        """
+        path = self.path(root, self.id)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(asdict(self), out, indent=1, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
     @classmethod
     def load(cls, root: Path, container_id: str) -> Record:
         try:
@@ -103,6 +128,18 @@ class Record:
             path.unlink()
         with contextlib.suppress(OSError):
             path.parent.rmdir()
+
+
+@contextlib.contextmanager
+def creates_serialised(root: Path) -> Iterator[None]:
+    """Hold ``root``'s lock: one create at a time checks and claims an id (and
+    cleans up after a killed create of it), so two never act on one id."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def log_event(options: Options, level: str, message: str) -> None:
