@@ -230,8 +230,8 @@ def _force_stop(store: Store, pod_id: str) -> None:
                 wait_daemon_gone(store, record, FORCE_GRACE)
     daemon = record.daemon
     if daemon is not None and daemon != hostproc.current() and daemon_running(store, record):
-        # SIGKILL reaches a stopped process too; QEMU dies with it.  A daemon
-        # this process hosts sees its VM killed below, and ends.
+        # SIGKILL reaches a stopped process too.  QEMU outlives it and is killed
+        # next; a daemon this process hosts sees its VM killed below, and ends.
         hostproc.kill(daemon)
     if record.vm is not None:
         hostproc.kill(record.vm)

@@ -7,8 +7,9 @@ guest console (ttyS0) is QEMU's stdout, a pipe that this process copies into
 (:mod:`virtcontainers.hypervisor.console`).  QEMU's own messages go to
 ``qemu.log``.
 
-QEMU gets ``PR_SET_PDEATHSIG=SIGKILL``: it dies with the thread that launched
-it (the event loop's thread), so a crashed pod daemon never leaks a VM.  It
+QEMU outlives the process that launched it: a pod daemon that dies leaves its
+VM running, for the clean-up to kill through a pidfd
+(:mod:`virtcontainers.host.orphans`).  It
 runs confined (:mod:`virtcontainers.hypervisor.qemu.confine`): few capabilities,
 a seccomp filter against set-id files, and its own ``-sandbox``.
 
