@@ -19,7 +19,13 @@ from virtcontainers.agent.messages import (
     OciResources,
     StdioArgs,
 )
-from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.agent.results import (
+    ContainerStats,
+    ExitStatus,
+    GuestDetails,
+    GuestTable,
+    ProcessInfo,
+)
 
 
 @dataclass(frozen=True)
@@ -141,3 +147,12 @@ class Agent(Protocol):
         in).  Raises AgentError: "invalid", "state", "clone" (a step failed)."""
 
     async def shutdown(self) -> None: ...
+
+    async def process_table(self) -> GuestTable:
+        """The containers and processes the guest kept while no host was attached;
+        the ids of their detached output streams are not reused from then on."""
+        ...
+
+    async def resume_output(self, stream_ids: Sequence[int]) -> Mapping[int, Stream]:
+        """Take detached output streams again (see :meth:`process_table`)."""
+        ...

@@ -34,7 +34,9 @@ from virtcontainers.agent.messages import (
     PidResult,
     ProcessArgs,
     ProcessListResult,
+    ProcessTableResult,
     ResizeTerminalArgs,
+    ResumeOutputArgs,
     SignalProcessArgs,
     UpdateContainerArgs,
     VolumeArgs,
@@ -77,6 +79,8 @@ MOUNT_BLOCK = AgentOp(Op.MOUNT_BLOCK, MountBlockArgs, Empty)
 UNMOUNT_BLOCK = AgentOp(Op.UNMOUNT_BLOCK, VolumeArgs, Empty)
 INIT_CLONE = AgentOp(Op.INIT_CLONE, InitCloneArgs, InitCloneResult)
 SHUTDOWN = AgentOp(Op.SHUTDOWN, Empty, Empty)
+PROCESS_TABLE = AgentOp(Op.PROCESS_TABLE, Empty, ProcessTableResult)
+RESUME_OUTPUT = AgentOp(Op.RESUME_OUTPUT, ResumeOutputArgs, Empty)
 
 CONTRACT: dict[str, AgentOp[Any, Any]] = {
     op.name: op
@@ -103,6 +107,8 @@ CONTRACT: dict[str, AgentOp[Any, Any]] = {
         UNMOUNT_BLOCK,
         INIT_CLONE,
         SHUTDOWN,
+        PROCESS_TABLE,
+        RESUME_OUTPUT,
     )
 }
 """Every operation, by name."""

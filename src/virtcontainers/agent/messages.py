@@ -219,6 +219,37 @@ class InitCloneResult(TypedDict):
     reseeded: bool  # False: the seed was mixed into the pool, the CRNG not reseeded
 
 
+class TableContainer(TypedDict):
+    id: str
+    status: str  # creating, created, running, paused or stopped
+
+
+class TableProcess(TypedDict):
+    """A process the guest keeps, for a host that reattaches."""
+
+    container_id: str | None  # None: a process of exec_guest
+    exec_id: str | None  # None: the container's init
+    pid: int | None
+    exit_code: int | None  # None: still running
+    signal: int | None
+    stdout: int | None  # the id of a detached output stream, to resume
+    stderr: int | None
+
+
+class ProcessTableResult(TypedDict):
+    """What process_table answers: the guest's containers and processes, and the
+    output streams a previous host left (detached: not read until resumed)."""
+
+    containers: list[TableContainer]
+    processes: list[TableProcess]
+
+
+class ResumeOutputArgs(TypedDict):
+    """Detached output streams the reattached host takes again."""
+
+    streams: list[int]
+
+
 Result = (
     Empty
     | GuestDetailsResult
@@ -228,6 +259,7 @@ Result = (
     | ContainerStateResult
     | ContainerStatsResult
     | InitCloneResult
+    | ProcessTableResult
 )
 """The result of any operation."""
 

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from virtcontainers.agent.base import EventHandler, StdioStreams
 from virtcontainers.agent.messages import NetInterface, NetRoute, OciProcess, OciResources
-from virtcontainers.agent.results import ContainerStats, ExitStatus, GuestDetails, ProcessInfo
+from virtcontainers.agent.results import (
+    ContainerStats,
+    ExitStatus,
+    GuestDetails,
+    GuestTable,
+    ProcessInfo,
+)
 from virtcontainers.errors import AgentError, error_from_dict
 
 
@@ -259,3 +265,12 @@ class MockAgent:
 
     async def shutdown(self) -> None:
         self._record("shutdown")
+
+    async def process_table(self) -> GuestTable:
+        """The mock's processes live in its daemon: none outlives it."""
+        self._record("process_table")
+        return GuestTable({}, ())
+
+    async def resume_output(self, stream_ids: Sequence[int]) -> dict[int, MockStream]:
+        self._record("resume_output", streams=list(stream_ids))
+        return {}

@@ -91,6 +91,8 @@ class Op:
     UNMOUNT_BLOCK = "unmount_block"
     INIT_CLONE = "init_clone"
     SHUTDOWN = "shutdown"
+    PROCESS_TABLE = "process_table"
+    RESUME_OUTPUT = "resume_output"
 
 
 class ProtocolError(Exception):

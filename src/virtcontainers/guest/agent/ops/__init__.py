@@ -10,7 +10,7 @@ table of ops (``virtcontainers.agent.contract``).
 from __future__ import annotations
 
 from ..wire import protocol
-from . import blocks, clone, containers, guest, network, processes, resources
+from . import blocks, clone, containers, guest, network, processes, reattach, resources
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
@@ -41,4 +41,6 @@ HANDLERS: dict[str, OpHandler] = {
     Op.UNMOUNT_BLOCK: blocks.unmount_block,
     Op.INIT_CLONE: clone.init_clone,
     Op.SHUTDOWN: guest.shutdown,
+    Op.PROCESS_TABLE: reattach.process_table,
+    Op.RESUME_OUTPUT: reattach.resume_output,
 }
