@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, TypeVar
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.daemon import calls, launcher
-from virtcontainers.daemon.client import LIVE, call_daemon, daemon_running, wait_daemon_gone
+from virtcontainers.daemon.client import (
+    LIVE,
+    call_daemon,
+    daemon_running,
+    reconcile,
+    wait_daemon_gone,
+)
 from virtcontainers.errors import (
     CorruptRecordError,
     DaemonError,
@@ -31,7 +37,7 @@ from virtcontainers.events import Event
 from virtcontainers.host import orphans
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import remove_pod_files
-from virtcontainers.host.orphans import GarbageReport, reconcile
+from virtcontainers.host.orphans import GarbageReport
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.records import ContainerRecord, PodRecord, ProcessRef
@@ -472,6 +478,8 @@ def attach_process(
     Returns at once; the fds see end-of-file when the process's output ends.
     Earlier output is not replayed (a container without stdio keeps it in its
     log), and stdin cannot be attached: it is given at create or exec time.
+    After a reattach, output the guest held for a process whose caller's fds
+    died with the old daemon goes to the first caller that attaches.
     """
     outputs = Stdio(stdout=stdio.stdout, stderr=stdio.stderr)
     _live_call(pod_id, calls.AttachProcess(container_id, exec_id), outputs)
