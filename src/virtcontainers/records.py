@@ -164,6 +164,7 @@ class PodRecordJson(TypedDict):
     started_at: float | None
     daemon: ProcessRecord | None
     daemon_hosted: NotRequired[bool]
+    owner: NotRequired[ProcessRecord | None]
     vm: ProcessRecord | None
     error: str | None
     guest: dict[str, object] | None  # the fields of GuestDetails
@@ -184,6 +185,9 @@ class PodRecord:
     daemon_hosted: bool = False
     """The daemon runs on a longer-lived process's loop (containerd's shim): when
     that process dies, its owner's semantics apply, and no new daemon reattaches."""
+    owner: ProcessRef | None = None
+    """The process whose exit stops and deletes the running pod (``virtc run
+    --rm``), kept for a daemon that reattaches."""
     vm: ProcessRef | None = None
     error: str | None = None
     guest: GuestDetails | None = None
@@ -213,6 +217,7 @@ class PodRecord:
             "started_at": self.started_at,
             "daemon": self.daemon.to_record() if self.daemon else None,
             "daemon_hosted": self.daemon_hosted,
+            "owner": self.owner.to_record() if self.owner else None,
             "vm": self.vm.to_record() if self.vm else None,
             "error": self.error,
             "guest": self.guest.__dict__ if self.guest else None,
@@ -241,6 +246,7 @@ class PodRecord:
             started_at=_number(data, "started_at"),
             daemon=ProcessRef.from_record(data.get("daemon")),
             daemon_hosted=data.get("daemon_hosted") is True,
+            owner=ProcessRef.from_record(data.get("owner")),
             vm=ProcessRef.from_record(data.get("vm")),
             error=_text(data, "error"),
             guest=_guest_details(data.get("guest")),

@@ -6,6 +6,7 @@ work again.  A pod whose VM died too is cleaned up and says so."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -153,3 +154,38 @@ def test_gc_kills_the_vm_of_a_dead_daemon_instead(no_leaks: Path, busybox_rootfs
     assert not qemu_pids(no_leaks)
     assert api.pod_status(POD).state is PodState.STOPPED
     api.delete_pod(POD)
+
+
+def test_a_paused_pod_is_reattached_paused(no_leaks: Path, busybox_rootfs: Path) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell(counter(20, 4)), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    log = no_leaks / "pods" / POD / "logs" / "c.log"
+    wait_for_text(log, "2\n")
+    api.pause_pod(POD)
+    kill_daemon()
+
+    status = api.pod_status(POD)  # reattaches: the guest answers, then is frozen again
+    assert status.state is PodState.PAUSED, status
+    api.resume_pod(POD)
+    assert api.wait_container(POD, "c").exit_code == 4
+    assert numbers(log.read_bytes()) == list(range(20))
+    api.stop_pod(POD)
+    api.delete_pod(POD)
+
+
+def test_a_reattached_pod_still_goes_with_its_owner(no_leaks: Path, busybox_rootfs: Path) -> None:
+    owner = subprocess.Popen(["sleep", "600"])
+    try:
+        ref = hostproc.of(owner.pid)
+        container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
+        api.run_pod(PodConfig(id=POD, containers=(container,)), owner=ref)
+        kill_daemon()
+        assert api.pod_status(POD).state is PodState.RUNNING  # reattached
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 120
+    while api.list_pods():
+        assert time.monotonic() < deadline, "the pod outlived its owner"
+        time.sleep(0.5)
+    assert not qemu_pids(no_leaks)

@@ -247,7 +247,7 @@ async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | Non
     pod: Pod | None = None
     failure: ErrorDict | None = None
     try:
-        record = _claim(store, args.pod_id, args.reattach, hosted=stop is not None)
+        record = _claim(store, args, hosted=stop is not None)
         pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
         listener = _listen(paths.socket)
         await (pod.reattach() if args.reattach else pod.start())
@@ -265,7 +265,7 @@ async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | Non
         if failure is None and pod is not None and listener is not None:
             # A reattached pod runs on whether or not its caller heard of it.
             heard = launcher.report_ready(args.ready_fd, {"ok": True}) or args.reattach
-            await _serve_until_stopped(store, pod, listener, heard, args.owner, stop)
+            await _serve_until_stopped(store, pod, listener, heard, pod.record.owner, stop)
     finally:
         if listener is not None:
             listener.close()
@@ -278,14 +278,17 @@ async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | Non
     return 0 if failure is None else 1
 
 
-def _claim(store: Store, pod_id: str, reattach: bool, hosted: bool) -> PodRecord:
-    """The record of the pod this daemon boots (or reattaches to), now naming this process."""
+def _claim(store: Store, args: launcher.DaemonArgs, hosted: bool) -> PodRecord:
+    """The record of the pod this daemon boots (or reattaches to, keeping its
+    owner), now naming this process."""
+    pod_id = args.pod_id
     record = store.load(pod_id)
-    if reattach:
+    if args.reattach:
         record.state.require(pod_id, "reattach to", PodState.RUNNING, PodState.PAUSED)
     else:
         record.state.require(pod_id, "boot", PodState.STARTING)
         record.error = None
+        record.owner = args.owner
     record.daemon = hostproc.current()
     record.daemon_hosted = hosted
     store.save(record)

@@ -206,6 +206,8 @@ class Pod:
             table = await reattach.reattach()
             self._spawn(self._watch_vm())
             await self._take_over(table)
+            if self.state is PodState.PAUSED:
+                await self.hypervisor.pause()
         except BaseException:
             self.log.exception("reattach failed; cleaning up")
             await self._teardown()

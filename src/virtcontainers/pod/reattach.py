@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from virtcontainers.agent.results import GuestTable, KeptProcess
 from virtcontainers.config import ImagePaths
 from virtcontainers.errors import AgentError, ConfigError
-from virtcontainers.hypervisor.base import VMConfig
+from virtcontainers.hypervisor.base import VMConfig, VMState
 from virtcontainers.pod.eventlog import EventLog
 from virtcontainers.pod.vm import PodVM
 from virtcontainers.records import ProcessRef
@@ -48,7 +48,9 @@ class PodReattach:
     events: EventLog
 
     async def reattach(self) -> GuestTable:
-        """Adopt the VM, reconnect its agent and read what the guest kept.
+        """Adopt the VM, reconnect its agent and read what the guest kept.  A
+        paused VM is resumed for that (the pod pauses it again when it has
+        taken its processes over).
 
         Raises HypervisorError (the VM is gone or silent), AgentError (the
         agent does not answer).  What was taken over when this raises is the
@@ -62,6 +64,10 @@ class PodReattach:
         )
         await self.vm.hypervisor.adopt(config, self.process, ADOPT_TIMEOUT)
         self.events.emit("reattach", step="VM adopted")
+        if self.vm.hypervisor.state is VMState.PAUSED:
+            await (
+                self.vm.hypervisor.resume()
+            )  # a frozen guest cannot answer: the pod pauses it again
         socket = self.vm.hypervisor.agent_socket_path()
         try:
             await self.vm.agent.connect(socket, AGENT_RECONNECT_TIMEOUT)
