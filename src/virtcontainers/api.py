@@ -519,9 +519,12 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
     """Every event of the pod's run from now on, ending with its ``stopped`` event.
 
     When the pod's daemon is gone before it said so (it was killed, or the pod
-    stopped between two waits), the last event is made from the pod's record.
+    stopped between two waits), the last event is made from the pod's record;
+    if a new daemon reattached to the pod instead, its events follow (numbered
+    from 1 again, starting with ``reattach``).
     """
     after = 0
+    daemon = pod_status(pod_id).daemon_pid
     while True:
         try:
             events = pod_events(pod_id, after, poll)
@@ -530,8 +533,13 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
             # record is reconciled before it is read.
             with contextlib.suppress(DaemonError):
                 store = _store()
-                wait_daemon_gone(store, store.load(pod_id), DAEMON_EXIT_WAIT)
+                record = store.load(pod_id)
+                if record.daemon is not None and record.daemon.pid == daemon:
+                    wait_daemon_gone(store, record, DAEMON_EXIT_WAIT)
             status = pod_status(pod_id)
+            if status.state in LIVE and status.daemon_pid not in (None, daemon):
+                daemon, after = status.daemon_pid, 0
+                continue
             yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
             return
         for event in events:

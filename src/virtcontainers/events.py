@@ -12,7 +12,10 @@ Kinds:
 - ``stopped``: the pod stopped (``error`` says why when it was not asked to:
   the VM died, say).  It is the last event of a pod's run;
 - ``boot``: a step of the pod's start (``step``: "VM launched", "agent
-  answered", ...), for timing it (:mod:`virtcontainers.cli.virtc.timings`).
+  answered", ...), for timing it (:mod:`virtcontainers.cli.virtc.timings`);
+- ``reattach``: a step of a new daemon taking over the pod after its daemon
+  died (``step``: "VM adopted", "agent answered", "serving"); the events of
+  the dead daemon are not kept, so a new run of numbers starts with it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped", "boot")
+KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped", "boot", "reattach")
 
 
 class EventDict(TypedDict):

@@ -189,3 +189,28 @@ def test_a_reattached_pod_still_goes_with_its_owner(no_leaks: Path, busybox_root
         assert time.monotonic() < deadline, "the pod outlived its owner"
         time.sleep(0.5)
     assert not qemu_pids(no_leaks)
+
+
+def test_a_follower_of_events_follows_the_new_daemon(no_leaks: Path, busybox_rootfs: Path) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    kinds: list[str] = []
+
+    def follow() -> None:
+        for event in api.follow_events(POD, poll=5):
+            kinds.append(event.kind)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(1)
+    kill_daemon()
+    assert api.pod_status(POD).state is PodState.RUNNING  # reattached
+    deadline = time.monotonic() + 60
+    while "reattach" not in kinds:
+        assert time.monotonic() < deadline, kinds
+        time.sleep(0.2)
+    api.stop_pod(POD)
+    follower.join(timeout=60)
+    assert not follower.is_alive()
+    assert kinds[-1] == "stopped"
+    api.delete_pod(POD)

@@ -213,7 +213,7 @@ class Pod:
             await self._teardown()
             raise
         self.persist()
-        self.events.emit("reattached")
+        self.events.emit("reattach", step="serving")
 
     async def _take_over(self, table: GuestTable) -> None:
         kept = kept_processes(table, set(self.containers))

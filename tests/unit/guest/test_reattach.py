@@ -89,3 +89,20 @@ def test_resume_refuses_a_stream_that_is_not_detached(agent: AgentClient) -> Non
     with pytest.raises(AgentCallError) as info:
         agent.call("resume_output", streams=[12345])
     assert info.value.kind == "invalid"
+
+
+def test_a_host_that_dies_before_resuming_leaves_the_streams_to_the_next(
+    agent: AgentClient, agent_rootfs: str
+) -> None:
+    cid, (_, stdout, _) = create(agent, agent_rootfs, ["sh", "-c", "sleep 0.5; echo kept"])
+    assert stdout is not None
+    agent.hello("first reattach")  # lists the table, then dies before resuming
+    assert detached_stdout(agent, cid) == stdout
+    agent.hello("second reattach")
+    with pytest.raises(AgentCallError) as info:  # the id is still taken
+        create(agent, agent_rootfs, ["true"], streams=(None, stdout, None))
+    assert info.value.kind == "exists"
+    assert detached_stdout(agent, cid) == stdout
+    agent.call("resume_output", streams=[stdout])
+    assert agent.output(stdout) == b"kept\n"
+    agent.call("remove_container", container_id=cid)

@@ -210,7 +210,7 @@ class Agent:
                 proc.waiters.clear()
         for stdin in list(self.ins.values()):
             stdin.orphan()
-        self.busy_streams.clear()
+        self.busy_streams = set(self.detached)  # still kept for a host that reattaches
         for out in list(self.outs.values()):
             out.detach()  # the processes run on; their output waits for a host
         answer: AgentHello = {
