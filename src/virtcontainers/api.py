@@ -542,11 +542,24 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
                 continue
             yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
             return
+        answered_by = _daemon_pid(pod_id)
+        if answered_by not in (None, daemon):  # reattached on the way: numbers start again
+            daemon, after = answered_by, 0
+            continue
         for event in events:
             yield event
             if event.kind == "stopped":
                 return
         after = events[-1].seq if events else after
+
+
+def _daemon_pid(pod_id: str) -> int | None:
+    """The pid of the daemon the pod's record names now (None: none, or no pod)."""
+    try:
+        daemon = _store().load(pod_id).daemon
+    except NotFoundError:
+        return None
+    return daemon.pid if daemon is not None else None
 
 
 def container_stats(pod_id: str, container_id: str) -> ContainerStats:

@@ -194,23 +194,24 @@ def test_a_reattached_pod_still_goes_with_its_owner(no_leaks: Path, busybox_root
 def test_a_follower_of_events_follows_the_new_daemon(no_leaks: Path, busybox_rootfs: Path) -> None:
     container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
     api.run_pod(PodConfig(id=POD, containers=(container,)))
-    kinds: list[str] = []
+    follower = api.follow_events(POD, poll=5)
+    kinds = [next(follower).kind]  # from the first daemon
+    kill_daemon()
+    assert api.pod_status(POD).state is PodState.RUNNING  # reattached, before the
+    # follower asks again: its next question reaches the new daemon, which numbers anew
 
     def follow() -> None:
-        for event in api.follow_events(POD, poll=5):
+        for event in follower:
             kinds.append(event.kind)
 
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
-    time.sleep(1)
-    kill_daemon()
-    assert api.pod_status(POD).state is PodState.RUNNING  # reattached
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
     deadline = time.monotonic() + 60
     while "reattach" not in kinds:
         assert time.monotonic() < deadline, kinds
         time.sleep(0.2)
     api.stop_pod(POD)
-    follower.join(timeout=60)
-    assert not follower.is_alive()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
     assert kinds[-1] == "stopped"
     api.delete_pod(POD)
