@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, TypeVar
 from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.daemon import calls, launcher
-from virtcontainers.daemon.client import LIVE, call_daemon, daemon_running, wait_daemon_gone
+from virtcontainers.daemon.client import (
+    LIVE,
+    call_daemon,
+    daemon_running,
+    reconcile,
+    wait_daemon_gone,
+)
 from virtcontainers.errors import (
     CorruptRecordError,
     DaemonError,
@@ -31,7 +37,7 @@ from virtcontainers.events import Event
 from virtcontainers.host import orphans
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import remove_pod_files
-from virtcontainers.host.orphans import GarbageReport, reconcile
+from virtcontainers.host.orphans import GarbageReport
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.records import ContainerRecord, PodRecord, ProcessRef
@@ -230,8 +236,8 @@ def _force_stop(store: Store, pod_id: str) -> None:
                 wait_daemon_gone(store, record, FORCE_GRACE)
     daemon = record.daemon
     if daemon is not None and daemon != hostproc.current() and daemon_running(store, record):
-        # SIGKILL reaches a stopped process too; QEMU dies with it.  A daemon
-        # this process hosts sees its VM killed below, and ends.
+        # SIGKILL reaches a stopped process too.  QEMU outlives it and is killed
+        # next; a daemon this process hosts sees its VM killed below, and ends.
         hostproc.kill(daemon)
     if record.vm is not None:
         hostproc.kill(record.vm)
@@ -473,6 +479,8 @@ def attach_process(
     Returns at once; the fds see end-of-file when the process's output ends.
     Earlier output is not replayed (a container without stdio keeps it in its
     log), and stdin cannot be attached: it is given at create or exec time.
+    After a reattach, output the guest held for a process whose caller's fds
+    died with the old daemon goes to the first caller that attaches.
     """
     outputs = Stdio(stdout=stdio.stdout, stderr=stdio.stderr)
     _live_call(pod_id, calls.AttachProcess(container_id, exec_id), outputs)
@@ -512,9 +520,12 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
     """Every event of the pod's run from now on, ending with its ``stopped`` event.
 
     When the pod's daemon is gone before it said so (it was killed, or the pod
-    stopped between two waits), the last event is made from the pod's record.
+    stopped between two waits), the last event is made from the pod's record;
+    if a new daemon reattached to the pod instead, its events follow (numbered
+    from 1 again, starting with ``reattach``).
     """
     after = 0
+    daemon = pod_status(pod_id).daemon_pid
     while True:
         try:
             events = pod_events(pod_id, after, poll)
@@ -523,15 +534,33 @@ def follow_events(pod_id: str, poll: int = 30) -> Iterator[Event]:
             # record is reconciled before it is read.
             with contextlib.suppress(DaemonError):
                 store = _store()
-                wait_daemon_gone(store, store.load(pod_id), DAEMON_EXIT_WAIT)
+                record = store.load(pod_id)
+                if record.daemon is not None and record.daemon.pid == daemon:
+                    wait_daemon_gone(store, record, DAEMON_EXIT_WAIT)
             status = pod_status(pod_id)
+            if status.state in LIVE and status.daemon_pid not in (None, daemon):
+                daemon, after = status.daemon_pid, 0
+                continue
             yield Event(after + 1, time.time(), "stopped", None, {"error": status.error})
             return
+        answered_by = _daemon_pid(pod_id)
+        if answered_by not in (None, daemon):  # reattached on the way: numbers start again
+            daemon, after = answered_by, 0
+            continue
         for event in events:
             yield event
             if event.kind == "stopped":
                 return
         after = events[-1].seq if events else after
+
+
+def _daemon_pid(pod_id: str) -> int | None:
+    """The pid of the daemon the pod's record names now (None: none, or no pod)."""
+    try:
+        daemon = _store().load(pod_id).daemon
+    except NotFoundError:
+        return None
+    return daemon.pid if daemon is not None else None
 
 
 def container_stats(pod_id: str, container_id: str) -> ContainerStats:

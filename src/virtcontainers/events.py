@@ -16,6 +16,9 @@ Kinds:
 - ``clone``: the pod's VM resumed as a clone of a template (``resumed_random``:
   the first 32 bytes, in hex, its /dev/urandom gave before the host's seed;
   see docs/factory.md).
+- ``reattach``: a step of a new daemon taking over the pod after its daemon
+  died (``step``: "VM adopted", "agent answered", "serving"); the events of
+  the dead daemon are not kept, so a new run of numbers starts with it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped", "boot", "clone")
+KINDS = ("start", "exit", "oom", "paused", "resumed", "stopped", "boot", "clone", "reattach")
 
 
 class EventDict(TypedDict):

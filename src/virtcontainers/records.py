@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from virtcontainers.agent.results import ExitStatus, GuestDetails
 from virtcontainers.config import (
@@ -93,6 +93,7 @@ class ContainerRecordJson(TypedDict):
     exit_code: int | None
     signal: int | None
     oom_killed: bool
+    logged: NotRequired[bool]
 
 
 @dataclass
@@ -104,6 +105,9 @@ class ContainerRecord:
     pid: int | None = None
     exit: ExitStatus | None = None
     oom_killed: bool = False
+    logged: bool = False
+    """Its output goes to the pod's ``logs/<id>.log`` (it was given no fds), which
+    a daemon that reattaches to the pod writes on."""
 
     @property
     def id(self) -> str:
@@ -117,6 +121,7 @@ class ContainerRecord:
             "exit_code": self.exit.exit_code if self.exit else None,
             "signal": self.exit.signal if self.exit else None,
             "oom_killed": self.oom_killed,
+            "logged": self.logged,
         }
 
     @classmethod
@@ -135,6 +140,7 @@ class ContainerRecord:
             pid=_integer(data, "pid"),
             exit=ExitStatus(exit_code, _integer(data, "signal")) if exit_code is not None else None,
             oom_killed=bool(data.get("oom_killed")),
+            logged=data.get("logged") is True,
         )
 
 
@@ -157,6 +163,8 @@ class PodRecordJson(TypedDict):
     created_at: float
     started_at: float | None
     daemon: ProcessRecord | None
+    daemon_hosted: NotRequired[bool]
+    owner: NotRequired[ProcessRecord | None]
     vm: ProcessRecord | None
     error: str | None
     guest: dict[str, object] | None  # the fields of GuestDetails
@@ -174,6 +182,12 @@ class PodRecord:
     created_at: float = 0.0
     started_at: float | None = None
     daemon: ProcessRef | None = None
+    daemon_hosted: bool = False
+    """The daemon runs on a longer-lived process's loop (containerd's shim): when
+    that process dies, its owner's semantics apply, and no new daemon reattaches."""
+    owner: ProcessRef | None = None
+    """The process whose exit stops and deletes the running pod (``virtc run
+    --rm``), kept for a daemon that reattaches."""
     vm: ProcessRef | None = None
     error: str | None = None
     guest: GuestDetails | None = None
@@ -202,6 +216,8 @@ class PodRecord:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "daemon": self.daemon.to_record() if self.daemon else None,
+            "daemon_hosted": self.daemon_hosted,
+            "owner": self.owner.to_record() if self.owner else None,
             "vm": self.vm.to_record() if self.vm else None,
             "error": self.error,
             "guest": self.guest.__dict__ if self.guest else None,
@@ -229,6 +245,8 @@ class PodRecord:
             created_at=_number(data, "created_at") or 0.0,
             started_at=_number(data, "started_at"),
             daemon=ProcessRef.from_record(data.get("daemon")),
+            daemon_hosted=data.get("daemon_hosted") is True,
+            owner=ProcessRef.from_record(data.get("owner")),
             vm=ProcessRef.from_record(data.get("vm")),
             error=_text(data, "error"),
             guest=_guest_details(data.get("guest")),

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from virtcontainers.errors import ConfigError, HypervisorError, VMLaunchError
+from virtcontainers.host import proc as hostproc
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import HypervisorKind, VMConfig, VMState
 from virtcontainers.hypervisor.devices import BlockDevice, SerialPortDevice
@@ -204,8 +205,11 @@ def test_garbage_kernel_is_launch_error(idle_initrd: Path, run_dir: Path) -> Non
     assert leaked == b""
 
 
-def test_qemu_dies_with_its_parent(kernel: Path, idle_initrd: Path, run_dir: Path) -> None:
-    """PR_SET_PDEATHSIG: a parent that dies without stop() leaks no QEMU."""
+def test_qemu_outlives_its_parent_and_is_killed_by_its_ref(
+    kernel: Path, idle_initrd: Path, run_dir: Path
+) -> None:
+    """A parent that dies without stop() leaves QEMU running (a new daemon can
+    reattach); the ProcessRef it recorded kills exactly that QEMU."""
     program = f"""
 import asyncio, os, sys
 from pathlib import Path
@@ -224,6 +228,14 @@ asyncio.run(main())
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
     )
     pid = int(out.stdout.split()[0])
+    ref = hostproc.of(pid)
+    try:
+        time.sleep(1)  # long enough for a parent-death signal to have landed
+        assert _qemu_alive(pid)
+        assert ref is not None and hostproc.alive(ref)
+    finally:
+        if ref is not None:
+            hostproc.kill(ref)
     for _ in range(100):
         if not _qemu_alive(pid):
             break

@@ -162,17 +162,28 @@ class QmpError(Exception):
 
 
 def main() -> None:
+    """Serve one client at a time; when it goes away, wait for the next (as QEMU's
+    ``server=on`` monitor does, so that a new pod daemon can adopt the VM)."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(qmp_path(sys.argv))
     listener.listen(1)
     conn, _ = listener.accept()
     monitor = Monitor(conn, os.environ["FAKE_QEMU_LOG"])
+    while True:
+        serve(monitor)
+        monitor.conn.close()
+        monitor.conn, _ = listener.accept()
+        monitor.buffer = ""
+
+
+def serve(monitor: Monitor) -> None:
     version = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "fake"}
     monitor.send({"QMP": {"version": version, "capabilities": []}})
     selector = selectors.DefaultSelector()
-    selector.register(conn, selectors.EVENT_READ)
+    selector.register(monitor.conn, selectors.EVENT_READ)
     while True:
         if selector.select(monitor.timeout()) and not monitor.receive():
+            selector.close()
             return
         monitor.send_due_events()
 

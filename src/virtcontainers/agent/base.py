@@ -24,6 +24,7 @@ from virtcontainers.agent.results import (
     ContainerStats,
     ExitStatus,
     GuestDetails,
+    GuestTable,
     ProcessInfo,
 )
 
@@ -156,3 +157,12 @@ class Agent(Protocol):
         (too many connections), "refused", "timeout", "network"."""
 
     async def shutdown(self) -> None: ...
+
+    async def process_table(self) -> GuestTable:
+        """The containers and processes the guest kept while no host was attached;
+        the ids of their detached output streams are not reused from then on."""
+        ...
+
+    async def resume_output(self, stream_ids: Sequence[int]) -> Mapping[int, Stream]:
+        """Take detached output streams again (see :meth:`process_table`)."""
+        ...

@@ -39,6 +39,7 @@ from virtcontainers.agent.messages import (
     OciResources,
     ProcessArgs,
     ResizeTerminalArgs,
+    ResumeOutputArgs,
     SignalProcessArgs,
     UpdateContainerArgs,
     VolumeArgs,
@@ -49,9 +50,12 @@ from virtcontainers.agent.results import (
     ContainerStats,
     ExitStatus,
     GuestDetails,
+    GuestTable,
+    KeptProcess,
     ProcessInfo,
 )
 from virtcontainers.errors import AgentError, AgentProtocolError
+from virtcontainers.ids import ID_PATTERN
 
 READ_SIZE = 256 * 1024
 REQUEST_TIMEOUT = 120.0
@@ -61,6 +65,8 @@ CONNECT_PORT_TIMEOUT = 30.0
 """Beyond the guest's own connect timeout (10 s), for a loaded guest under TCG."""
 MAX_PROCESSES = 65536
 MAX_ERROR_TEXT = 4096
+MAX_CONTAINERS = 4096
+MAX_STREAM_ID = 0xFFFFFFFF
 MAX_DRAINING_STREAMS = 1024
 """Released streams whose late frames are still taken (and dropped); the oldest
 is forgotten past this, and a frame for it then fails the connection."""
@@ -80,13 +86,21 @@ def _bounded(text: object) -> str:
 
 
 class AgentStream:
-    """One I/O stream id, both directions, with credit-based flow control."""
+    """One I/O stream id, both directions, with credit-based flow control.
+
+    A chunk read is credited back to the guest when the next one is asked
+    for, that is once the reader has written it on: the guest keeps what it
+    sent until then, and sends it again to a host that reattaches after this
+    one died (at least once; nothing lost).
+    """
 
     def __init__(self, client: AgentClient, stream_id: int) -> None:
         self.stream_id = stream_id
         self._client = client
         self._chunks: asyncio.Queue[bytes] = asyncio.Queue()
         self._inbound_unacked = 0
+        self._held = 0
+        """The size of the last chunk read, credited at the next read."""
         self._eof = False
         self._send_credit = protocol.STREAM_WINDOW
         self._credit_changed = asyncio.Event()
@@ -124,10 +138,13 @@ class AgentStream:
         self._credit_changed.set()
 
     async def read(self) -> bytes:
+        if self._held:
+            held, self._held = self._held, 0
+            self._inbound_unacked -= held
+            await self._client.send_raw(protocol.encode_credit(self.stream_id, held))
         chunk = await self._chunks.get()
         if chunk:
-            self._inbound_unacked -= len(chunk)
-            await self._client.send_raw(protocol.encode_credit(self.stream_id, len(chunk)))
+            self._held = len(chunk)
         elif self._client.failure is not None:
             raise self._client.failure
         return chunk
@@ -532,3 +549,86 @@ class AgentClient:
 
     async def shutdown(self) -> None:
         await self.call(contract.SHUTDOWN, Empty())
+
+    # --- reattaching ----------------------------------------------------------------
+
+    async def process_table(self) -> GuestTable:
+        """What the guest kept while no host was attached.  The ids of its detached
+        streams are reserved: streams opened from now on are numbered above them."""
+        result = await self.call(contract.PROCESS_TABLE, Empty())
+        op = contract.PROCESS_TABLE.name
+        containers = _field(result, "containers", list, op)
+        entries = _field(result, "processes", list, op)
+        if len(containers) > MAX_CONTAINERS or len(entries) > MAX_PROCESSES:
+            raise AgentProtocolError(f"{op} answer lists too many containers or processes")
+        table = GuestTable(
+            {_table_id(c, "id", op): _bounded(_field(c, "status", str, op)) for c in containers},
+            tuple(_kept_process(entry, op) for entry in entries),
+        )
+        ids = [s for process in table.processes for s in process.streams]
+        if len(ids) != len(set(ids)):
+            raise AgentProtocolError(f"{op} answer gives one stream to two processes")
+        self._stream_ids = itertools.count(max([*ids, next(self._stream_ids) - 1]) + 1)
+        return table
+
+    async def resume_output(self, stream_ids: Sequence[int]) -> dict[int, AgentStream]:
+        """Take the guest's detached output streams again; their output follows."""
+        streams = {stream_id: AgentStream(self, stream_id) for stream_id in stream_ids}
+        taken = [stream_id for stream_id in streams if stream_id in self._streams]
+        if taken:
+            raise AgentError(contract.RESUME_OUTPUT.name, "exists", f"streams {taken} are in use")
+        self._streams.update(streams)  # before the answer: the output comes right after it
+        try:
+            await self.call(contract.RESUME_OUTPUT, ResumeOutputArgs(streams=list(streams)))
+        except BaseException:
+            for stream_id in streams:
+                self._forget(stream_id)
+            raise
+        return streams
+
+
+def _table_id(entry: object, name: str, op: str) -> str:
+    if not isinstance(entry, dict):
+        raise AgentProtocolError(f"{op} entry is not an object")
+    value = _field(entry, name, str, op)
+    if not ID_PATTERN.match(value):
+        raise AgentProtocolError(f"{op} answer has a malformed {name}")
+    return value
+
+
+def _optional_id(entry: Mapping[str, object], name: str, op: str) -> str | None:
+    return None if entry.get(name) is None else _table_id(entry, name, op)
+
+
+def _optional(entry: Mapping[str, object], name: str, kind: type[T], op: str) -> T | None:
+    return None if entry.get(name) is None else _field(entry, name, kind, op)
+
+
+def _stream_id(entry: Mapping[str, object], name: str, op: str) -> int | None:
+    value = _optional(entry, name, int, op)
+    if value is not None and not 0 < value <= MAX_STREAM_ID:
+        raise AgentProtocolError(f"{op} answer has {name}={value}")
+    return value
+
+
+def _kept_process(entry: object, op: str) -> KeptProcess:
+    if not isinstance(entry, dict):
+        raise AgentProtocolError(f"{op} entry is not an object")
+    container_id = (
+        None if entry.get("container_id") is None else _table_id(entry, "container_id", op)
+    )
+    exec_id = None if entry.get("exec_id") is None else _table_id(entry, "exec_id", op)
+    if container_id is None and exec_id is None:
+        raise AgentProtocolError(f"{op} answer has a process with neither container nor exec")
+    code = _optional(entry, "exit_code", int, op)
+    signal = _optional(entry, "signal", int, op)
+    if (code is not None and not 0 <= code <= 255) or (signal is not None and not 0 < signal < 128):
+        raise AgentProtocolError(f"{op} answer has an exit status out of range")
+    return KeptProcess(
+        container_id,
+        exec_id,
+        _optional(entry, "pid", int, op) or 0,
+        None if code is None else ExitStatus(code, signal),
+        _stream_id(entry, "stdout", op),
+        _stream_id(entry, "stderr", op),
+    )

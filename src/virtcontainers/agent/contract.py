@@ -35,7 +35,9 @@ from virtcontainers.agent.messages import (
     PidResult,
     ProcessArgs,
     ProcessListResult,
+    ProcessTableResult,
     ResizeTerminalArgs,
+    ResumeOutputArgs,
     SignalProcessArgs,
     UpdateContainerArgs,
     VolumeArgs,
@@ -79,6 +81,8 @@ UNMOUNT_BLOCK = AgentOp(Op.UNMOUNT_BLOCK, VolumeArgs, Empty)
 INIT_CLONE = AgentOp(Op.INIT_CLONE, InitCloneArgs, InitCloneResult)
 CONNECT_PORT = AgentOp(Op.CONNECT_PORT, ConnectPortArgs, Empty)
 SHUTDOWN = AgentOp(Op.SHUTDOWN, Empty, Empty)
+PROCESS_TABLE = AgentOp(Op.PROCESS_TABLE, Empty, ProcessTableResult)
+RESUME_OUTPUT = AgentOp(Op.RESUME_OUTPUT, ResumeOutputArgs, Empty)
 
 CONTRACT: dict[str, AgentOp[Any, Any]] = {
     op.name: op
@@ -106,6 +110,8 @@ CONTRACT: dict[str, AgentOp[Any, Any]] = {
         INIT_CLONE,
         CONNECT_PORT,
         SHUTDOWN,
+        PROCESS_TABLE,
+        RESUME_OUTPUT,
     )
 }
 """Every operation, by name."""

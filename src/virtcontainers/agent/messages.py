@@ -228,6 +228,37 @@ class InitCloneResult(TypedDict):
     resumed_random: str  # 32 bytes of /dev/urandom read before the seed, lowercase hex
 
 
+class TableContainer(TypedDict):
+    id: str
+    status: str  # creating, created, running, paused or stopped
+
+
+class TableProcess(TypedDict):
+    """A process the guest keeps, for a host that reattaches."""
+
+    container_id: str | None  # None: a process of exec_guest
+    exec_id: str | None  # None: the container's init
+    pid: int | None
+    exit_code: int | None  # None: still running
+    signal: int | None
+    stdout: int | None  # the id of a detached output stream, to resume
+    stderr: int | None
+
+
+class ProcessTableResult(TypedDict):
+    """What process_table answers: the guest's containers and processes, and the
+    output streams a previous host left (detached: not read until resumed)."""
+
+    containers: list[TableContainer]
+    processes: list[TableProcess]
+
+
+class ResumeOutputArgs(TypedDict):
+    """Detached output streams the reattached host takes again."""
+
+    streams: list[int]
+
+
 Result = (
     Empty
     | GuestDetailsResult
@@ -237,6 +268,7 @@ Result = (
     | ContainerStateResult
     | ContainerStatsResult
     | InitCloneResult
+    | ProcessTableResult
 )
 """The result of any operation."""
 

@@ -27,6 +27,7 @@ from virtcontainers.agent.results import (
     ContainerStats,
     ExitStatus,
     GuestDetails,
+    GuestTable,
     ProcessInfo,
 )
 from virtcontainers.errors import AgentError, error_from_dict
@@ -291,3 +292,12 @@ class MockAgent:
 
     async def shutdown(self) -> None:
         self._record("shutdown")
+
+    async def process_table(self) -> GuestTable:
+        """The mock's processes live in its daemon: none outlives it."""
+        self._record("process_table")
+        return GuestTable({}, ())
+
+    async def resume_output(self, stream_ids: Sequence[int]) -> dict[int, MockStream]:
+        self._record("resume_output", streams=list(stream_ids))
+        return {}

@@ -92,6 +92,8 @@ class Op:
     INIT_CLONE = "init_clone"
     CONNECT_PORT = "connect_port"
     SHUTDOWN = "shutdown"
+    PROCESS_TABLE = "process_table"
+    RESUME_OUTPUT = "resume_output"
 
 
 class ProtocolError(Exception):

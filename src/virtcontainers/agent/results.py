@@ -125,3 +125,37 @@ class ContainerStats:
                 raise ValueError(f"{name}={value!r} is not a usage figure")
             values[name] = value
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class KeptProcess:
+    """A process the guest kept while no host was attached (``process_table``).
+
+    ``exit`` is None while it runs; ``stdout``/``stderr`` name its detached
+    output streams, which a reattached host resumes.
+    """
+
+    container_id: str | None
+    exec_id: str | None
+    pid: int
+    exit: ExitStatus | None
+    stdout: int | None
+    stderr: int | None
+
+    @property
+    def streams(self) -> tuple[int, ...]:
+        return tuple(s for s in (self.stdout, self.stderr) if s is not None)
+
+
+@dataclass(frozen=True)
+class GuestTable:
+    """The guest's containers (id to status) and processes, for a reattaching host."""
+
+    containers: dict[str, str]
+    processes: tuple[KeptProcess, ...]
+
+    def process(self, container_id: str | None, exec_id: str | None) -> KeptProcess | None:
+        for process in self.processes:
+            if (process.container_id, process.exec_id) == (container_id, exec_id):
+                return process
+        return None

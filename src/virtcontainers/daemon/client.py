@@ -10,16 +10,17 @@ from __future__ import annotations
 import time
 from typing import TypeVar
 
-from virtcontainers.daemon import calls, rpc
+from virtcontainers.daemon import calls, launcher, rpc
 from virtcontainers.errors import (
+    BusyError,
     CorruptRecordError,
     DaemonError,
     NotFoundError,
     StateError,
     VcError,
 )
+from virtcontainers.host import orphans
 from virtcontainers.host import proc as hostproc
-from virtcontainers.host.orphans import reconcile
 from virtcontainers.records import PodRecord
 from virtcontainers.states import PodState
 from virtcontainers.stdio import Stdio
@@ -27,6 +28,9 @@ from virtcontainers.store import Store
 
 LIVE = (PodState.RUNNING, PodState.PAUSED)
 """The states in which a pod has a daemon to call."""
+REATTACH_TIMEOUT = 120.0
+"""How long a new daemon may take to take over a VM (a call waits that long for
+the pod's lock, too, while another call reattaches)."""
 R = TypeVar("R")
 
 
@@ -67,6 +71,44 @@ def _raise_if_daemon_stopped(record: PodRecord, request: calls.Request[R]) -> No
             f"is stopped (by SIGSTOP or a debugger); continue it (kill -CONT {daemon.pid}), "
             "or stop the pod with force"
         )
+
+
+def reconcile(store: Store, pod_id: str, held: bool = False) -> PodRecord:
+    """Load a pod's record; if its daemon died, give it a new one that reattaches
+    to its VM, or, when that cannot be (the VM is gone too, see
+    :func:`~virtcontainers.host.orphans.cannot_reattach`), clean up and mark
+    it stopped, saying why (:func:`~virtcontainers.host.orphans.reconcile`).
+
+    ``held``: the caller holds the pod's lock.  Otherwise the lock is taken
+    for the reattach; a pod that another call holds beyond
+    :data:`REATTACH_TIMEOUT` is left to it.
+    """
+    record = store.load(pod_id)
+    if not orphans.orphaned(record) or orphans.cannot_reattach(record) is not None:
+        return orphans.reconcile(store, pod_id, held)
+    if held:
+        return _reattach(store, pod_id, None)
+    try:
+        with store.locked(pod_id, "reattach to", REATTACH_TIMEOUT) as lock:
+            record = store.load(pod_id)
+            if orphans.orphaned(record) and orphans.cannot_reattach(record) is None:
+                return _reattach(store, pod_id, lock.fd)
+            return orphans.reconcile(store, pod_id, held=True)
+    except BusyError:
+        return record
+
+
+def _reattach(store: Store, pod_id: str, lock_fd: int | None) -> PodRecord:
+    """A new daemon takes the pod over; if it cannot, it has cleaned up and said why."""
+    try:
+        launcher.spawn_reattach(store, pod_id, REATTACH_TIMEOUT, lock_fd)
+    except VcError as exc:
+        record = store.load(pod_id)
+        if orphans.orphaned(record):  # the new daemon died too: as any orphan
+            return orphans.reconcile(store, pod_id, held=True)
+        record.error = record.error or f"reattaching failed: {exc}"
+        return record
+    return store.load(pod_id)
 
 
 def _raise_if_stopped_meanwhile(store: Store, pod_id: str, request: calls.Request[R]) -> None:

@@ -38,6 +38,8 @@ class DaemonArgs:
     """The starter's hold on the pod's lock, kept by the daemon until the boot ends."""
     owner: ProcessRef | None = None
     """A process whose exit stops and deletes the pod (``virtc run --rm``)."""
+    reattach: bool = False
+    """Take over the running VM of a pod whose daemon died, instead of booting one."""
 
 
 def daemon_argv(args: DaemonArgs) -> list[str]:
@@ -49,6 +51,8 @@ def daemon_argv(args: DaemonArgs) -> list[str]:
         argv += ["--lock-fd", str(args.lock_fd)]
     if args.owner is not None:
         argv += ["--owner", f"{args.owner.pid}:{args.owner.start_time}"]
+    if args.reattach:
+        argv.append("--reattach")
     if args.debug:
         argv.append("--debug")
     if args.detach:
@@ -65,6 +69,7 @@ def parse_daemon_argv(argv: list[str] | None) -> DaemonArgs:
     parser.add_argument("--detach", action="store_true", help="fork into a new session first")
     parser.add_argument("--lock-fd", type=int)
     parser.add_argument("--owner", type=_process_ref)
+    parser.add_argument("--reattach", action="store_true", help="take over the running VM")
     parsed = parser.parse_args(argv)
     return DaemonArgs(
         parsed.root,
@@ -74,6 +79,7 @@ def parse_daemon_argv(argv: list[str] | None) -> DaemonArgs:
         parsed.detach,
         parsed.lock_fd,
         parsed.owner,
+        parsed.reattach,
     )
 
 
@@ -103,15 +109,38 @@ def spawn(store: Store, lock: PodLock, timeout: float, owner: ProcessRef | None)
 
     Raises the daemon's error, or DaemonError if it dies or stays silent.
     """
-    paths = lock.paths
-    pod_id = paths.root.name
+    _launch(store, lock.paths.root.name, timeout, lock.fd, owner, reattach=False)
+
+
+def spawn_reattach(store: Store, pod_id: str, timeout: float, lock_fd: int | None) -> None:
+    """Start a daemon that takes over the running VM of a pod whose daemon died;
+    return once it serves the pod.  ``lock_fd``: the caller's hold on the pod,
+    kept by the daemon until it has taken over (None: the caller holds it, and
+    keeps holding it until this returns).
+
+    Raises the daemon's error (it has then cleaned the pod up and recorded
+    why), or DaemonError if it dies or stays silent.
+    """
+    _launch(store, pod_id, timeout, lock_fd, None, reattach=True)
+
+
+def _launch(
+    store: Store,
+    pod_id: str,
+    timeout: float,
+    lock_fd: int | None,
+    owner: ProcessRef | None,
+    reattach: bool,
+) -> None:
+    paths = store.paths(pod_id)
     read_end, write_end = os.pipe()
     debug = bool(os.environ.get("VC_DEBUG"))
-    args = DaemonArgs(store.root, pod_id, write_end, debug, True, lock.fd, owner)
+    args = DaemonArgs(store.root, pod_id, write_end, debug, True, lock_fd, owner, reattach)
+    passed = [write_end] if lock_fd is None else [write_end, lock_fd]
     with open(paths.log, "ab") as log:
         launcher = subprocess.Popen(
             daemon_argv(args),
-            pass_fds=[write_end, lock.fd],
+            pass_fds=passed,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -34,7 +34,7 @@ from virtcontainers.errors import (
     error_to_dict,
 )
 from virtcontainers.host import proc as hostproc
-from virtcontainers.host.cleanup import remove_pod_files
+from virtcontainers.host.cleanup import release_run_files, remove_pod_files
 from virtcontainers.host.fdwait import wait_readable
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.base import Hypervisor, HypervisorKind
@@ -247,21 +247,25 @@ async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | Non
     pod: Pod | None = None
     failure: ErrorDict | None = None
     try:
-        record = _claim(store, args.pod_id)
+        record = _claim(store, args, hosted=stop is not None)
         pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
         listener = _listen(paths.socket)
-        await pod.start()
+        await (pod.reattach() if args.reattach else pod.start())
     except BaseException as exc:
         failure = error_to_dict(exc)
-        _record_failed_start(store, args.pod_id, str(exc))
+        if args.reattach:
+            _record_failed_reattach(store, args.pod_id, str(exc))
+        else:
+            _record_failed_start(store, args.pod_id, str(exc))
     finally:
         # The boot is over and its outcome recorded: calls may hold the pod again.
         if args.lock_fd is not None:
             os.close(args.lock_fd)
     try:
         if failure is None and pod is not None and listener is not None:
-            heard = launcher.report_ready(args.ready_fd, {"ok": True})
-            await _serve_until_stopped(store, pod, listener, heard, args.owner, stop)
+            # A reattached pod runs on whether or not its caller heard of it.
+            heard = launcher.report_ready(args.ready_fd, {"ok": True}) or args.reattach
+            await _serve_until_stopped(store, pod, listener, heard, pod.record.owner, stop)
     finally:
         if listener is not None:
             listener.close()
@@ -274,12 +278,19 @@ async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | Non
     return 0 if failure is None else 1
 
 
-def _claim(store: Store, pod_id: str) -> PodRecord:
-    """The record of the pod this daemon boots, now naming this process."""
+def _claim(store: Store, args: launcher.DaemonArgs, hosted: bool) -> PodRecord:
+    """The record of the pod this daemon boots (or reattaches to, keeping its
+    owner), now naming this process."""
+    pod_id = args.pod_id
     record = store.load(pod_id)
-    record.state.require(pod_id, "boot", PodState.STARTING)
+    if args.reattach:
+        record.state.require(pod_id, "reattach to", PodState.RUNNING, PodState.PAUSED)
+    else:
+        record.state.require(pod_id, "boot", PodState.STARTING)
+        record.error = None
+        record.owner = args.owner
     record.daemon = hostproc.current()
-    record.error = None
+    record.daemon_hosted = hosted
     store.save(record)
     return record
 
@@ -298,6 +309,18 @@ def _record_failed_start(store: Store, pod_id: str, error: str) -> None:
         if record.state is PodState.STARTING:
             record.mark_stopped(f"the pod failed to start: {error}")
             store.save(record)
+
+
+def _record_failed_reattach(store: Store, pod_id: str, error: str) -> None:
+    """The VM could not be taken over: it is killed, and the pod stopped as a
+    pod whose daemon died always was, saying why."""
+    with contextlib.suppress(VcError):
+        record = store.load(pod_id)
+        if record.vm is not None:
+            hostproc.kill(record.vm)
+        release_run_files(store.paths(pod_id))
+        record.mark_stopped(f"the pod daemon died, and a new one could not reattach: {error}")
+        store.save(record)
 
 
 def _record_exit(store: Store, pod_id: str) -> None:

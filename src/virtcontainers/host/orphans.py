@@ -106,16 +106,34 @@ def reconcile(store: Store, pod_id: str, held: bool = False) -> PodRecord:
         return record
 
 
+def cannot_reattach(record: PodRecord) -> str | None:
+    """Why a new daemon cannot take over this orphaned pod's VM (None: it can).
+
+    What a reattached daemon cannot rebuild rules a pod out: which hot-plug
+    slots its NICs and block volumes took was the dead daemon's to know.
+    """
+    if record.daemon_hosted:
+        return "its daemon was hosted by another process (containerd's shim), whose owner cleans up"
+    if record.vm is None or not hostproc.alive(record.vm):
+        return "its VM is gone too"
+    if record.config.netns is not None:
+        return "it has a network namespace, whose NICs a new daemon cannot take over"
+    if any(c.config.block_volumes for c in record.containers.values()):
+        return "it has block volumes, which a new daemon cannot take over"
+    return None
+
+
 def orphaned(record: PodRecord) -> bool:
     """A pod that should have a daemon, whose daemon is gone."""
     return record.state in ACTIVE and not _live(record)
 
 
 def release_orphan(store: Store, record: PodRecord) -> PodRecord:
+    why = cannot_reattach(record) or "the call did not ask for it"
     if record.vm is not None:
         hostproc.kill(record.vm)
     release_run_files(store.paths(record.id))
-    record.mark_stopped("the pod daemon exited unexpectedly")
+    record.mark_stopped(f"the pod daemon exited unexpectedly; not reattached: {why}")
     store.save(record)
     return record
 

@@ -22,6 +22,7 @@ from virtcontainers import states
 from virtcontainers.config import MAX_HOTPLUG_SLOTS
 from virtcontainers.errors import ConfigError
 from virtcontainers.hypervisor.devices import Device, check_id
+from virtcontainers.records import ProcessRef
 
 # How much of a VM's logs a launch error quotes, in bytes.
 OUTPUT_TAIL = 4096
@@ -188,6 +189,13 @@ class Hypervisor(Protocol):
 
         Raises VMLaunchError (with the VM output tail) if it exits or does not
         answer within *timeout*; nothing is left running in that case.
+        """
+
+    async def adopt(self, config: VMConfig, process: ProcessRef, timeout: float = 60) -> None:
+        """Take over a running VM that another process launched (*process*, with
+        *config* as it was launched), as :meth:`start` would have left it.
+
+        Raises HypervisorError when the VM is gone or does not answer.
         """
 
     async def stop(self, timeout: float = 10) -> None:

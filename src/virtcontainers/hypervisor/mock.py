@@ -22,6 +22,7 @@ from virtcontainers.hypervisor.base import (
     VMState,
 )
 from virtcontainers.hypervisor.devices import BlockDevice, Device, NetDevice, SerialPortDevice
+from virtcontainers.records import ProcessRef
 
 MOCK_MACHINE = "mock"
 
@@ -97,6 +98,11 @@ class MockHypervisor:
         self._life.move(VMState.STOPPED)
         assert self._exited is not None
         self._exited.set()
+
+    async def adopt(self, config: VMConfig, process: ProcessRef, timeout: float = 60) -> None:
+        """A mock VM lives in the daemon that made it: none is left to adopt."""
+        self._life.require("adopt", VMState.NEW)
+        raise HypervisorError(f"{self._life.what}: a mock VM does not outlive its daemon")
 
     async def stop(self, timeout: float = 10) -> None:
         if self._life.state is VMState.STOPPED:

@@ -49,8 +49,12 @@ class Container(ContainerRecord):
             del self.execs[exec_id]
 
     def to_record(self) -> ContainerRecord:
-        return ContainerRecord(self.config, self.state, self.pid, self.exit, self.oom_killed)
+        return ContainerRecord(
+            self.config, self.state, self.pid, self.exit, self.oom_killed, self.logged
+        )
 
     @classmethod
     def from_record(cls, record: ContainerRecord) -> Container:
-        return cls(record.config, record.state, record.pid, record.exit, record.oom_killed)
+        return cls(
+            record.config, record.state, record.pid, record.exit, record.oom_killed, record.logged
+        )

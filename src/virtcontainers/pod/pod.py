@@ -21,9 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from virtcontainers import spec
-from virtcontainers.agent.base import Agent, StdioStreams
+from virtcontainers.agent.base import Agent, StdioStreams, Stream
 from virtcontainers.agent.messages import OciResources
-from virtcontainers.agent.results import ContainerStats, ExitStatus, ProcessInfo
+from virtcontainers.agent.results import (
+    ContainerStats,
+    ExitStatus,
+    GuestTable,
+    KeptProcess,
+    ProcessInfo,
+)
 from virtcontainers.config import Cmd, ContainerConfig
 from virtcontainers.errors import (
     AgentError,
@@ -46,6 +52,7 @@ from virtcontainers.pod.interfaces import PodInterfaces
 from virtcontainers.pod.nics import PodNics
 from virtcontainers.pod.portforward import LoopbackForwarder
 from virtcontainers.pod.process import GuestProcess, ProcessIO
+from virtcontainers.pod.reattach import GUEST_STATES, PodReattach, kept_processes
 from virtcontainers.pod.sinks import ContainerLog
 from virtcontainers.pod.vm import PodVM
 from virtcontainers.pod.volumes import PodVolumes
@@ -161,6 +168,7 @@ class Pod:
                 if container.state is not ContainerState.CREATED:
                     container.move_to(ContainerState.CREATED)
                 container.exit = None
+                container.logged = True
                 await self._create_in_guest(container, None)
                 await self._start_in_guest(container)
         except BaseException:
@@ -200,6 +208,79 @@ class Pod:
         self.log.info("guest: %s", self.record.guest)
         if not self.stopping:
             self.persist()
+
+    async def reattach(self) -> None:
+        """Serve the pod again after its daemon died, its VM still running: adopt
+        the VM, reconnect the agent, and rebuild the containers and processes
+        from the record and what the guest kept (:mod:`virtcontainers.pod.reattach`).
+
+        Exit statuses the guest kept are reported, and output it held is
+        delivered: to a container's log, or to the first caller that attaches.
+        """
+        self.state.require(self.id, "reattach to", PodState.RUNNING, PodState.PAUSED)
+        if self.record.vm is None:
+            raise StateError(f"pod {self.id!r}", "reattach to", "without a VM", ["with a VM"])
+        self.log.info("reattaching to VM %d", self.record.vm.pid)
+        try:
+            reattach = PodReattach(
+                self.vm, self.record.image, self.paths, self.record.vm, self.events
+            )
+            table = await reattach.reattach()
+            self._spawn(self._watch_vm())
+            await self._take_over(table)
+            if self.state is PodState.PAUSED:
+                await self.hypervisor.pause()
+        except BaseException:
+            self.log.exception("reattach failed; cleaning up")
+            await self._teardown()
+            raise
+        self.persist()
+        self.events.emit("reattach", step="serving")
+
+    async def _take_over(self, table: GuestTable) -> None:
+        kept = kept_processes(table, set(self.containers))
+        resumed = await self.agent.resume_output([s for p in kept for s in p.streams])
+        for container in self.containers.values():
+            status = GUEST_STATES.get(table.containers.get(container.id, ""))
+            if status is None:
+                self.log.warning("container %s is gone from the guest", container.id)
+                end_with_vm([container])
+                continue
+            container.in_guest = True
+            container.state = status
+        for process in kept:
+            logged = process.exec_id is None and self.containers[str(process.container_id)].logged
+            io = self._resumed_io(process, resumed, logged)
+            guest_process = GuestProcess(process.container_id, process.exec_id, io, pid=process.pid)
+            if process.container_id is None:
+                self.guest_execs[str(process.exec_id)] = guest_process
+                self._spawn(self._reap(guest_process))
+                continue
+            container = self.containers[process.container_id]
+            if process.exec_id is None:
+                container.init = guest_process
+            else:
+                container.execs[process.exec_id] = guest_process
+            self._spawn(self._watch_process(container, guest_process))
+
+    def _resumed_io(
+        self, process: KeptProcess, resumed: Mapping[int, Stream], logged: bool
+    ) -> ProcessIO:
+        """The relay of a process taken over: a logged container's output goes
+        to its log again; any other output waits in the guest for an attach."""
+        outputs = {
+            name: resumed[stream_id]
+            for name, stream_id in (("stdout", process.stdout), ("stderr", process.stderr))
+            if stream_id is not None and stream_id in resumed
+        }
+        log = None
+        sinks = Stdio()
+        if logged and outputs and process.container_id is not None:
+            log = self._log(process.container_id)
+            sinks = log.stdio()
+        io = ProcessIO.resumed(self.agent, self.executor, outputs, sinks, log)
+        io.start()
+        return io
 
     async def _watch_vm(self) -> None:
         code = await self.hypervisor.wait()
@@ -342,7 +423,7 @@ class Pod:
                 raise ExistsError("container", config.id)
             resources = self.config.resources
             config.limits.check_fits(config.id, resources.vcpus, resources.memory_mib)
-            container = Container(config)
+            container = Container(config, logged=stdio is None)
             self.containers[config.id] = container
             try:
                 await self._create_in_guest(container, stdio)

@@ -58,6 +58,29 @@ class ProcessIO:
     """Output writes waiting on a slow reader: the output is not idle then."""
     log: ContainerLog | None = None
     """Where the output goes when the caller gave no fds (``stdio`` is its fd)."""
+    _reader_came: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def resumed(
+        cls,
+        agent: Agent,
+        executor: ThreadPoolExecutor,
+        streams: dict[str, Stream],
+        stdio: Stdio,
+        log: ContainerLog | None = None,
+    ) -> ProcessIO:
+        """The relay of a process a previous daemon started, over its resumed
+        output ``streams`` (by name).  An output without an fd in ``stdio`` is
+        held in the guest (its writer blocks once the pipe is full) until a
+        caller attaches to it; with ``log``, output goes there."""
+        io = cls(agent, stdio, executor, log=log)
+        io._agent_streams = list(streams.values())
+        io.streams = StdioStreams(
+            None,
+            streams["stdout"].stream_id if "stdout" in streams else None,
+            streams["stderr"].stream_id if "stderr" in streams else None,
+        )
+        return io
 
     def open(self) -> StdioStreams:
         """Allocate agent streams for the fds given; None fds stay /dev/null."""
@@ -81,7 +104,7 @@ class ProcessIO:
             ("stdout", self.stdio.stdout, self.streams.stdout),
             ("stderr", self.stdio.stderr, self.streams.stderr),
         ):
-            if fd is not None and sid is not None:
+            if sid is not None:  # without an fd: held until a caller attaches
                 task = asyncio.create_task(self._pump_out(by_id[sid], fd, self._attached[name]))
                 self._outputs.append(task)
                 self._tasks.append(task)
@@ -98,6 +121,7 @@ class ProcessIO:
                 os.close(fd)
                 continue
             self._attached[name].append(Sink(fd, self.executor))
+            self._reader_came.set()
 
     async def _pump_in(self, fd: int, stream: Stream) -> None:
         try:
@@ -111,10 +135,15 @@ class ProcessIO:
             except (VcError, OSError) as close_error:
                 log.warning("closing stdin stream %d: %s", stream.stream_id, close_error)
 
-    async def _pump_out(self, stream: Stream, fd: int, attached: list[Sink]) -> None:
-        sink: Sink | ContainerLog = Sink(fd, self.executor) if self.log is None else self.log
+    async def _pump_out(self, stream: Stream, fd: int | None, attached: list[Sink]) -> None:
+        sink: Sink | ContainerLog | None = self.log
+        if sink is None and fd is not None:
+            sink = Sink(fd, self.executor)
         broken = False
         try:
+            while sink is None and not attached:
+                self._reader_came.clear()
+                await self._reader_came.wait()
             while chunk := await stream.read():
                 self.moved += len(chunk)
                 for extra in list(attached):
@@ -124,7 +153,7 @@ class ProcessIO:
                         attached.remove(extra)  # that attached caller went away
                         extra.close()
                         os.close(extra.fd)
-                if broken:
+                if broken or sink is None:
                     continue  # keep draining so the guest process is never stuck on a full pipe
                 try:
                     await self._write(sink, chunk)

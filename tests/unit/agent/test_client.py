@@ -421,3 +421,113 @@ def test_connect_port_refused_is_an_agent_error(tmp_path: Path) -> None:
         assert (info.value.op, info.value.kind) == ("connect_port", "refused")
 
     run(with_guest(tmp_path, guest, body))
+
+
+def test_a_chunk_is_credited_only_when_the_next_is_asked_for(tmp_path: Path) -> None:
+    """So the guest keeps what a relay has not written yet, for a host that reattaches."""
+    credited: list[int] = []
+
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        writer.write(protocol.response_ok(request.stream, {}))
+        writer.write(protocol.data(1, b"one"))
+        writer.write(protocol.data(1, b"two", eof=True))
+        await writer.drain()
+        while True:
+            frame = await next_frame(reader, dec)
+            if frame.type is FrameType.CREDIT:
+                credited.append(frame.credit())
+
+    async def body(client: AgentClient) -> None:
+        await client.resume_output([1])
+        stream = client._streams[1]
+        assert await stream.read() == b"one"
+        await asyncio.sleep(0.2)
+        assert credited == []  # "one" is not written on yet
+        assert await stream.read() == b"two"
+        await asyncio.sleep(0.2)
+        assert credited == [3]
+        assert await stream.read() == b""
+        await asyncio.sleep(0.2)
+        assert credited == [3, 3]
+
+    run(with_guest(tmp_path, guest, body))
+
+
+def kept(**fields: object) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "container_id": "c",
+        "exec_id": None,
+        "pid": 7,
+        "exit_code": None,
+        "signal": None,
+        "stdout": 4,
+        "stderr": None,
+    }
+    entry.update(fields)
+    return entry
+
+
+def answering(result: dict[str, object]) -> Guest:
+    async def guest(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dec: FrameDecoder
+    ) -> None:
+        request = await next_frame(reader, dec)
+        writer.write(protocol.response_ok(request.stream, result))
+        await writer.drain()
+        await reader.read()
+
+    return guest
+
+
+def test_the_process_table_is_read_and_its_stream_ids_reserved(tmp_path: Path) -> None:
+    table = {
+        "containers": [{"id": "c", "status": "running"}],
+        "processes": [kept(), kept(exec_id="e", exit_code=5, stdout=9, stderr=10)],
+    }
+
+    async def body(client: AgentClient) -> None:
+        got = await client.process_table()
+        assert got.containers == {"c": "running"}
+        init = got.process("c", None)
+        done = got.process("c", "e")
+        assert init is not None and init.exit is None and init.streams == (4,)
+        assert done is not None and done.exit is not None and done.exit.exit_code == 5
+        assert client.open_stream().stream_id == 11  # above every detached id
+
+    run(with_guest(tmp_path, answering(table), body))
+
+
+@pytest.mark.parametrize(
+    "process",
+    [
+        kept(container_id="../x"),
+        kept(container_id=None, exec_id=None),
+        kept(exit_code=256),
+        kept(signal=0, exit_code=1),
+        kept(stdout=0),
+        kept(stdout=-1),
+        kept(pid="7"),
+        "not an object",
+    ],
+)
+def test_a_malformed_process_table_fails_the_call(tmp_path: Path, process: object) -> None:
+    table = {"containers": [{"id": "c", "status": "running"}], "processes": [process]}
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(AgentProtocolError):
+            await client.process_table()
+
+    run(with_guest(tmp_path, answering(table), body))
+
+
+def test_one_stream_given_to_two_processes_fails_the_call(tmp_path: Path) -> None:
+    table: dict[str, object] = {"containers": [], "processes": [kept(), kept(exec_id="e")]}
+
+    async def body(client: AgentClient) -> None:
+        with pytest.raises(AgentProtocolError, match="one stream to two"):
+            await client.process_table()
+
+    run(with_guest(tmp_path, answering(table), body))

@@ -68,7 +68,7 @@ def test_unknown_container_is_not_found(agent: AgentClient, op: str, args: dict[
     assert info.value.kind == "not_found"
 
 
-def test_new_hello_keeps_containers_and_orphans_streams(
+def test_new_hello_keeps_containers_and_detaches_streams(
     agent: AgentClient, agent_rootfs: str
 ) -> None:
     script = "echo early; read x; echo late; sleep 100"
@@ -86,8 +86,12 @@ def test_new_hello_keeps_containers_and_orphans_streams(
     # Nothing more on the previous connection's stream ids (not even EOF).
     assert stdout not in agent.data and stdout not in agent.eof
     assert stdin not in agent.credits
-    # Those ids are free for the new connection.
-    cid2, _ = create(agent, agent_rootfs, ["echo", "reuse"], streams=(None, stdout, None))
-    assert agent.output(stdout) == b"reuse\n"
+    # The output stream is detached, kept for a host that reattaches: its id
+    # stays taken; the stdin id is free for the new connection.
+    with pytest.raises(AgentCallError) as info:
+        create(agent, agent_rootfs, ["echo", "reuse"], streams=(None, stdout, None))
+    assert info.value.kind == "exists"
+    cid2, _ = create(agent, agent_rootfs, ["echo", "reuse"], streams=(None, stdin, None))
+    assert agent.output(stdin) == b"reuse\n"
     agent.call("remove_container", container_id=cid)
     agent.call("remove_container", container_id=cid2)

@@ -49,6 +49,8 @@ class Agent:
         self.calls: dict[int, RuntimeCall] = {}
         self.unclaimed: dict[int, int] = {}
         self.outs: dict[int, OutStream] = {}
+        self.detached: dict[int, OutStream] = {}
+        """Output streams of a host that went away, kept for one that reattaches."""
         self.ins: dict[int, InStream] = {}
         self.busy_streams: set[int] = set()
         self.forwards: set[object] = set()
@@ -210,9 +212,9 @@ class Agent:
                 proc.waiters.clear()
         for stdin in list(self.ins.values()):
             stdin.orphan()
+        self.busy_streams = set(self.detached)  # still kept for a host that reattaches
         for out in list(self.outs.values()):
-            out.orphan()
-        self.busy_streams.clear()
+            out.detach()  # the processes run on; their output waits for a host
         answer: AgentHello = {
             "version": protocol.PROTOCOL_VERSION,
             "nonce": nonce,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
         loop: Loop
         outs: dict[int, OutStream]
+        detached: dict[int, OutStream]
         ins: dict[int, InStream]
         busy_streams: set[int]
 
@@ -37,6 +38,13 @@ class OutStream:
 
     stream_id 0 means "nobody listens": output is read and discarded (a
     terminal whose host passed stdout=null must still be drained).
+
+    Bytes sent are kept until the host's CREDIT for them comes back (at most
+    the window): the host credits a chunk once its relay has written it, so
+    when the host goes away, what it had not written is sent again to the
+    host that reattaches.  While no host is attached (:meth:`detach`) the fd
+    is not read: the process's writes block once the pipe is full, and no
+    byte is lost.
     """
 
     def __init__(self, agent: StreamOwner, stream_id: int, fd: int, proc: StreamUser) -> None:
@@ -46,6 +54,8 @@ class OutStream:
         self.proc = proc
         self.credit = WINDOW
         self.paused = False
+        self.detached = False
+        self.unacked = bytearray()
         os.set_blocking(fd, False)
         if stream_id:
             agent.outs[stream_id] = self
@@ -59,7 +69,7 @@ class OutStream:
         self.pump(drain=False)
 
     def pump(self, drain: bool) -> None:
-        while self.fd >= 0:
+        while self.fd >= 0 and not self.detached:
             size = min(CHUNK, self.credit) if self.stream_id else CHUNK
             if size <= 0:
                 self.pause()
@@ -76,10 +86,14 @@ class OutStream:
                 self.finish()
                 return
             if self.stream_id:
-                self.credit -= len(data)
-                self.agent.send(protocol.data(self.stream_id, data))
+                self._send(data)
             if not drain:
                 return
+
+    def _send(self, data: bytes) -> None:
+        self.credit -= len(data)
+        self.unacked += data
+        self.agent.send(protocol.data(self.stream_id, data))
 
     def pause(self) -> None:
         if not self.paused and self.fd >= 0:
@@ -91,32 +105,68 @@ class OutStream:
         if self.credit > WINDOW:
             log(f"host granted too much credit on stream {self.stream_id}; clamped")
             self.credit = WINDOW
-        if self.paused and self.fd >= 0 and self.credit > 0:
+        del self.unacked[:count]
+        if self.fd < 0:
+            if not self.unacked:
+                self._unbind()
+            return
+        if self.paused and self.credit > 0:
             self.paused = False
             self.agent.loop.set_reader(self.fd, self.on_readable)
 
-    def orphan(self) -> None:
-        """New host connection: the id is unknown to it; read and discard."""
+    def detach(self) -> None:
+        """The host went away: stop reading, and keep the stream (its id, and the
+        bytes it had not credited) for a host that reattaches (:meth:`resume`)."""
+        if self.detached or not self.stream_id:
+            return
+        self.detached = True
+        if self.fd >= 0:
+            self.agent.loop.set_reader(self.fd, None)
+        self.paused = False
+        if self.agent.outs.get(self.stream_id) is self:
+            del self.agent.outs[self.stream_id]
+        self.agent.detached[self.stream_id] = self
+        self.agent.busy_streams.add(self.stream_id)
+
+    def resume(self) -> None:
+        """A host reattached and took this stream again: send what the previous
+        host had not credited, then the rest (and the EOF, if the fd ended)."""
+        if not self.detached:
+            return
+        self.detached = False
+        del self.agent.detached[self.stream_id]
+        self.agent.outs[self.stream_id] = self
+        self.credit = WINDOW
+        pending, self.unacked = bytes(self.unacked), bytearray()
+        for start in range(0, len(pending), CHUNK):
+            self._send(pending[start : start + CHUNK])
+        if self.fd < 0:
+            self.agent.send(protocol.data(self.stream_id, b"", eof=True))
+            if not self.unacked:
+                self._unbind()
+        elif self.credit > 0:
+            self.agent.loop.set_reader(self.fd, self.on_readable)
+        else:
+            self.paused = True
+
+    def _unbind(self) -> None:
         if self.agent.outs.get(self.stream_id) is self:
             del self.agent.outs[self.stream_id]
             self.agent.busy_streams.discard(self.stream_id)
-        self.stream_id = 0
-        if self.paused and self.fd >= 0:
-            self.paused = False
-            self.agent.loop.set_reader(self.fd, self.on_readable)
 
     def finish(self) -> None:
-        """EOF (or the container is removed): close and tell the host."""
+        """EOF (or the container is removed): close and tell the host (a detached
+        stream tells the host that reattaches).  The id stays bound until the
+        host has credited every byte."""
         if self.fd < 0:
             return
         self.agent.loop.forget(self.fd)
         close_fd(self.fd)
         self.fd = -1
-        if self.stream_id:
+        if self.stream_id and not self.detached:
             self.agent.send(protocol.data(self.stream_id, b"", eof=True))
-            if self.agent.outs.get(self.stream_id) is self:
-                del self.agent.outs[self.stream_id]
-            self.agent.busy_streams.discard(self.stream_id)
+            if not self.unacked:
+                self._unbind()
         self.proc.on_stream_done()
 
 

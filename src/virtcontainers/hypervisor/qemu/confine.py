@@ -5,8 +5,11 @@ that drives them badly (or breaks QEMU) must find as little as possible
 behind them.  :func:`child_setup` makes the function that runs in the child
 between fork and exec; for QEMU it applies:
 
-- ``PR_SET_PDEATHSIG=SIGKILL``: the child dies with the thread that launched
-  it, so a crashed pod daemon never leaks it;
+- no parent-death signal: QEMU (and virtiofsd) outlive a pod daemon that
+  dies, so that the guest's containers are not lost with it; whoever finds
+  the daemon dead kills QEMU through the pidfd of the record's
+  ``ProcessRef`` (``host/orphans.py``), and ``virtc gc`` kills one that no
+  record names (a daemon that died before it recorded its VM);
 - a capability bounding set of only :data:`QEMU_CAPABILITIES`, which is what
   root keeps across exec: enough for the 9p server to act on container files
   of any owner, and nothing to make device nodes (no ``CAP_MKNOD``), file
@@ -25,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 import tempfile
 from collections.abc import Callable
 from functools import cache
@@ -41,7 +43,6 @@ QEMU_CAPABILITIES = frozenset({CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
 # virtiofsd manages its capabilities itself (libcap-ng fails on a reduced
 # bounding set): it is told to drop these, by name, on its command line.
 VIRTIOFSD_DROPPED_CAPABILITIES = ("mknod", "setfcap")
-PR_SET_PDEATHSIG = 1
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -106,14 +107,13 @@ def no_set_id_filter() -> bytes:
 def child_setup(
     keep_capabilities: frozenset[int] | None = None, seccomp_program: bytes | None = None
 ) -> Callable[[], None]:
-    """A ``preexec_fn``: die with the parent thread; optionally confine (see above).
+    """A ``preexec_fn`` that confines the child (see above).
 
     With ``keep_capabilities``, every other capability leaves the bounding
     set.  With either argument ``no_new_privs`` is set, and ``seccomp_program``
     is loaded.  A child that cannot be confined exits with 126 before exec.
     """
     libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
     drop: tuple[int, ...] = ()
     if keep_capabilities is not None:
         drop = tuple(c for c in range(_last_capability() + 1) if c not in keep_capabilities)
@@ -124,9 +124,6 @@ def child_setup(
         fprog = _SockFprog(count, ctypes.cast(instructions, ctypes.POINTER(_SockFilter)))
 
     def setup() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
         if keep_capabilities is None and fprog is None:
             return
         for capability in drop:

@@ -7,8 +7,9 @@ guest console (ttyS0) is QEMU's stdout, a pipe that this process copies into
 (:mod:`virtcontainers.hypervisor.console`).  QEMU's own messages go to
 ``qemu.log``.
 
-QEMU gets ``PR_SET_PDEATHSIG=SIGKILL``: it dies with the thread that launched
-it (the event loop's thread), so a crashed pod daemon never leaks a VM.  It
+QEMU outlives the process that launched it: a pod daemon that dies leaves its
+VM running, for the clean-up to kill through a pidfd
+(:mod:`virtcontainers.host.orphans`).  It
 runs confined (:mod:`virtcontainers.hypervisor.qemu.confine`): few capabilities,
 a seccomp filter against set-id files, and its own ``-sandbox``.
 
@@ -26,8 +27,10 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import time
 from pathlib import Path
+from typing import Protocol
 
 from virtcontainers.errors import (
     ConfigError,
@@ -35,6 +38,7 @@ from virtcontainers.errors import (
     StateError,
     VMLaunchError,
 )
+from virtcontainers.host import proc as hostproc
 from virtcontainers.host.logtail import tail
 from virtcontainers.hypervisor import console
 from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
@@ -75,19 +79,81 @@ from virtcontainers.hypervisor.qemu.virtiofsd import (
     virtiofsd_output_tail,
     watch_virtiofsd,
 )
+from virtcontainers.records import ProcessRef
 
 CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
 AGENT_DEVICE_ID = "vc-agent"
 
 
+ADOPTED_EXIT_CODE = -1
+"""What an adopted QEMU's exit code reads as: it is not our child, so its
+status is its reaper's (init) to collect, not ours."""
+
+
+class _Process(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+class _AdoptedQemu:
+    """A QEMU that a previous pod daemon launched and left running, known by a
+    pidfd (never by a pid that could be reused)."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self._pid = pid
+        self._pidfd = pidfd
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def watch(self) -> asyncio.Future[int]:
+        """A future done when the process exits; the pidfd is closed then."""
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[int] = loop.create_future()
+
+        def gone() -> None:
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+            exited.set_result(ADOPTED_EXIT_CODE)
+
+        loop.add_reader(self._pidfd, gone)
+        return exited
+
+    def forget(self) -> None:
+        """Stop watching (the adoption failed); the process is left as it was."""
+        if self._pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        if self._pidfd < 0:
+            raise ProcessLookupError(self._pid)
+        signal.pidfd_send_signal(self._pidfd, signum)
+
+
 @dataclasses.dataclass
 class _Running:
     """What exists only while a QEMU process does."""
 
-    proc: asyncio.subprocess.Process
+    proc: _Process
     exited: asyncio.Future[int]
-    console: asyncio.Task[None]
+    console: asyncio.Task[None] | None
+    """Copies the console to console.log; None for an adopted QEMU, whose console
+    pipe died with the daemon that launched it."""
     reaper: asyncio.Task[None] | None = None
     session: QmpSession | None = None
     plugged: PluggedDevices = dataclasses.field(default_factory=PluggedDevices)
@@ -117,6 +183,7 @@ class QemuHypervisor:
         self._devices: list[Device] = []
         self._run: _Running | None = None
         self._exit_code: int | None = None
+        self._adopted = False
 
     # -- configuration ------------------------------------------------------
 
@@ -345,6 +412,60 @@ class QemuHypervisor:
         run.reaper = asyncio.create_task(self._reap(run))
         self._life.move(VMState.RUNNING)
 
+    async def adopt(self, config: VMConfig, process: ProcessRef, timeout: float = 60) -> None:
+        """Take over a QEMU that a previous pod daemon launched and left running:
+        watch it through a pidfd and connect to its QMP socket again.
+
+        Its console is no longer copied (the pipe died with that daemon), and
+        devices cannot be hot-plugged or unplugged (which slots are taken was
+        that daemon's to know).  Raises HypervisorError when the process is
+        gone or its monitor does not answer within *timeout* seconds.
+        """
+        self._life.vm_id = config.vm_id
+        self._life.require("adopt", VMState.NEW)
+        self._log = logging.getLogger(__name__).getChild(config.vm_id)
+        pidfd = hostproc.pidfd(process)
+        if pidfd is None:
+            raise HypervisorError(f"{self._life.what}: QEMU (pid {process.pid}) is gone")
+        self._config = config
+        self._devices = list(config.devices)
+        self._command = QemuCommand(
+            config=config,
+            accelerator=config.accelerator or detect_accelerator()[0],
+            machine=config.machine or DEFAULT_MACHINE,
+            devices=(),
+            tsc_khz=cached_host_tsc_khz(),
+            binary=self._binary,
+            tcg_thread=self._tcg_thread,
+        )
+        self._adopted = True
+        adopted = _AdoptedQemu(process.pid, pidfd)
+        run = _Running(proc=adopted, exited=adopted.watch(), console=None)
+        try:
+            session = await open_session(
+                self._command.qmp_socket,
+                config.vm_id,
+                self._life.what,
+                run.exited,
+                timeout,
+                self._log,
+            )
+            if session is None:
+                raise HypervisorError(
+                    f"{self._life.what}: QEMU's monitor did not answer in {timeout:.0f}s"
+                )
+        except BaseException:
+            adopted.forget()
+            raise
+        self._run = run
+        run.session = session
+        run.reaper = asyncio.create_task(self._reap(run))
+        self._life.move(VMState.CREATED)
+        self._life.move(VMState.RUNNING)
+        if await self.query_status() == "paused":
+            self._life.move(VMState.PAUSED)
+        self._log.info("adopted QEMU pid %d", process.pid)
+
     async def _launch(
         self, argv: list[str], fds: tuple[int, ...], virtiofsds: list[Virtiofsd]
     ) -> _Running:
@@ -436,7 +557,7 @@ class QemuHypervisor:
     async def _launch_error(self, run: _Running, argv: list[str], message: str) -> VMLaunchError:
         """The error of a launch that failed, with the end of the VM's output
         (all of it once QEMU has exited, when its console pipe drains)."""
-        if run.exited.done():
+        if run.exited.done() and run.console is not None:
             await asyncio.wait({run.console}, timeout=1)
         return VMLaunchError(message, argv, self._output_tail())
 
@@ -453,9 +574,10 @@ class QemuHypervisor:
             for watcher in run.watchers:
                 watcher.cancel()
             await stop_virtiofsds(run.virtiofsds)
-            await asyncio.wait({run.console}, timeout=5)
-            if not run.console.done():
-                run.console.cancel()
+            if run.console is not None:
+                await asyncio.wait({run.console}, timeout=5)
+                if not run.console.done():
+                    run.console.cancel()
             if run.session is not None:
                 await run.session.close()
         finally:
@@ -547,6 +669,7 @@ class QemuHypervisor:
         Raises StateError unless running or paused.
         """
         self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
+        self._refuse_if_adopted("hot-plug a device into")
         await self._hotplug().plug(device)
 
     async def unplug_device(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
@@ -555,7 +678,15 @@ class QemuHypervisor:
         Raises StateError unless running.
         """
         self._life.require("unplug a device from", VMState.RUNNING)
+        self._refuse_if_adopted("unplug a device from")
         await self._hotplug().unplug(device_id, timeout)
+
+    def _refuse_if_adopted(self, action: str) -> None:
+        if self._adopted:
+            raise HypervisorError(
+                f"cannot {action} {self._life.what}: its daemon reattached to it, and which "
+                "slots are taken was the previous daemon's to know; stop and start the pod"
+            )
 
     async def save_state(self, path: Path, timeout: float = 60) -> None:
         """Pause the VM and save its device state to *path* (see :meth:`QemuState.save`).

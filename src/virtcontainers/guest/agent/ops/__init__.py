@@ -10,7 +10,7 @@ table of ops (``virtcontainers.agent.contract``).
 from __future__ import annotations
 
 from ..wire import protocol
-from . import blocks, clone, containers, guest, network, ports, processes, resources
+from . import blocks, clone, containers, guest, network, ports, processes, reattach, resources
 
 TYPE_CHECKING = False  # typing costs ~50 ms at every guest boot under TCG: annotations only
 if TYPE_CHECKING:
@@ -42,4 +42,6 @@ HANDLERS: dict[str, OpHandler] = {
     Op.INIT_CLONE: clone.init_clone,
     Op.CONNECT_PORT: ports.connect_port,
     Op.SHUTDOWN: guest.shutdown,
+    Op.PROCESS_TABLE: reattach.process_table,
+    Op.RESUME_OUTPUT: reattach.resume_output,
 }

@@ -1,0 +1,217 @@
+"""A pod daemon killed with SIGKILL: the VM and its containers live on, and the
+next call starts a daemon that reattaches.  Output produced meanwhile is
+delivered (the guest holds it), exit codes are reported, and attach and wait
+work again.  A pod whose VM died too is cleaned up and says so."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import qemu_pids, read_all, shell, virtc
+from virtcontainers import api
+from virtcontainers.config import ContainerConfig, PodConfig
+from virtcontainers.host import proc as hostproc
+from virtcontainers.states import ContainerState, PodState
+from virtcontainers.store import Store
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
+POD = "reattach"
+COUNT = 40
+
+
+def counter(count: int, code: int) -> str:
+    return f"i=0; while [ $i -lt {count} ]; do echo $i; i=$((i+1)); sleep 0.2; done; exit {code}"
+
+
+def numbers(output: bytes) -> list[int]:
+    """The counter's lines, a line the dead daemon had written but not yet
+    credited (sent again: at least once) counted once."""
+    found: list[int] = []
+    for line in output.decode().split():
+        if not found or int(line) != found[-1]:
+            found.append(int(line))
+    return found
+
+
+def kill_daemon() -> None:
+    """SIGKILL the pod's daemon through the pidfd of the record's ProcessRef."""
+    record = Store().load(POD)
+    assert record.daemon is not None and record.vm is not None
+    assert hostproc.kill(record.daemon)
+    deadline = time.monotonic() + 10
+    while hostproc.alive(record.daemon):
+        assert time.monotonic() < deadline, "the daemon did not die"
+        time.sleep(0.05)
+    assert hostproc.alive(record.vm), "QEMU died with its daemon"
+    time.sleep(1)  # the container runs on with nobody attached
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never reached {path}"
+        time.sleep(0.1)
+
+
+def test_a_killed_daemon_is_reattached_and_nothing_is_lost(
+    no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell(counter(COUNT, 3)), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    log = no_leaks / "pods" / POD / "logs" / "c.log"
+    wait_for_text(log, "3\n")
+    old_daemon = api.pod_status(POD).daemon_pid
+    kill_daemon()
+
+    listed = virtc(no_leaks, "pod", "list")  # the next call, from another process
+    assert listed.returncode == 0, listed.stderr
+    status = api.pod_status(POD)
+    assert status.state is PodState.RUNNING, status
+    assert status.daemon_pid not in (None, old_daemon)
+    assert status.error is None
+
+    out_r, out_w = os.pipe()
+    api.attach_container(POD, "c", api.Stdio(stdout=out_w))
+    os.close(out_w)
+    attached: list[bytes] = []
+    reader = threading.Thread(target=lambda: attached.append(read_all(out_r)))
+    reader.start()
+    exit_status = api.wait_container(POD, "c")
+    reader.join(timeout=60)
+
+    assert exit_status.exit_code == 3
+    assert api.container_status(POD, "c").state is ContainerState.STOPPED
+    assert numbers(log.read_bytes()) == list(range(COUNT))
+    tail = numbers(attached[0])
+    assert tail, "attach after the reattach saw no output"
+    assert tail == list(range(tail[0], COUNT))
+    api.stop_pod(POD)
+    api.delete_pod(POD)
+
+
+def test_an_exec_under_way_when_the_daemon_dies_is_delivered(
+    no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    first_r, first_w = os.pipe()
+    handle = api.enter_container(POD, "c", shell(counter(30, 5)), api.Stdio(stdout=first_w))
+    os.close(first_w)
+    early = b""
+    while b"3\n" not in early:
+        chunk = os.read(first_r, 4096)
+        assert chunk, "the exec's output ended early"
+        early += chunk
+    kill_daemon()
+    early += read_all(first_r)  # ends: the dead daemon held the other end
+
+    second_r, second_w = os.pipe()
+    api.attach_process(POD, "c", handle.exec_id, api.Stdio(stdout=second_w))  # reattaches
+    os.close(second_w)
+    late = read_all(second_r)
+
+    assert api.wait_process(POD, "c", handle.exec_id).exit_code == 5
+    assert numbers(early + late) == list(range(30))
+    assert api.pod_status(POD).state is PodState.RUNNING
+    api.stop_pod(POD)
+    api.delete_pod(POD)
+
+
+def test_a_pod_whose_vm_died_too_is_cleaned_up_and_says_why(
+    no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    record = Store().load(POD)
+    assert record.daemon is not None and record.vm is not None
+    hostproc.kill(record.daemon)
+    hostproc.kill(record.vm)
+    deadline = time.monotonic() + 10
+    while hostproc.alive(record.vm) or hostproc.alive(record.daemon):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    status = api.pod_status(POD)
+    assert status.state is PodState.STOPPED
+    assert status.error is not None and "VM is gone too" in status.error
+    assert api.container_status(POD, "c").exit_code == 137
+    assert not qemu_pids(no_leaks)
+    api.delete_pod(POD)
+
+
+def test_gc_kills_the_vm_of_a_dead_daemon_instead(no_leaks: Path, busybox_rootfs: Path) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    kill_daemon()
+    report = api.collect_garbage()
+    assert any("dead daemon" in line for line in report.removed), report
+    assert not qemu_pids(no_leaks)
+    assert api.pod_status(POD).state is PodState.STOPPED
+    api.delete_pod(POD)
+
+
+def test_a_paused_pod_is_reattached_paused(no_leaks: Path, busybox_rootfs: Path) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell(counter(20, 4)), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    log = no_leaks / "pods" / POD / "logs" / "c.log"
+    wait_for_text(log, "2\n")
+    api.pause_pod(POD)
+    kill_daemon()
+
+    status = api.pod_status(POD)  # reattaches: the guest answers, then is frozen again
+    assert status.state is PodState.PAUSED, status
+    api.resume_pod(POD)
+    assert api.wait_container(POD, "c").exit_code == 4
+    assert numbers(log.read_bytes()) == list(range(20))
+    api.stop_pod(POD)
+    api.delete_pod(POD)
+
+
+def test_a_reattached_pod_still_goes_with_its_owner(no_leaks: Path, busybox_rootfs: Path) -> None:
+    owner = subprocess.Popen(["sleep", "600"])
+    try:
+        ref = hostproc.of(owner.pid)
+        container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
+        api.run_pod(PodConfig(id=POD, containers=(container,)), owner=ref)
+        kill_daemon()
+        assert api.pod_status(POD).state is PodState.RUNNING  # reattached
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 120
+    while api.list_pods():
+        assert time.monotonic() < deadline, "the pod outlived its owner"
+        time.sleep(0.5)
+    assert not qemu_pids(no_leaks)
+
+
+def test_a_follower_of_events_follows_the_new_daemon(no_leaks: Path, busybox_rootfs: Path) -> None:
+    container = ContainerConfig("c", busybox_rootfs, shell("sleep 300"), writable_layer=True)
+    api.run_pod(PodConfig(id=POD, containers=(container,)))
+    follower = api.follow_events(POD, poll=5)
+    kinds = [next(follower).kind]  # from the first daemon
+    kill_daemon()
+    assert api.pod_status(POD).state is PodState.RUNNING  # reattached, before the
+    # follower asks again: its next question reaches the new daemon, which numbers anew
+
+    def follow() -> None:
+        for event in follower:
+            kinds.append(event.kind)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while "reattach" not in kinds:
+        assert time.monotonic() < deadline, kinds
+        time.sleep(0.2)
+    api.stop_pod(POD)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert kinds[-1] == "stopped"
+    api.delete_pod(POD)
