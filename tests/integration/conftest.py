@@ -16,6 +16,7 @@ from tests.conftest import remove_all_pods
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.states import PodState
+from virtcontainers.storage import mounts
 
 
 def qemu_pids(run_root: Path) -> set[int]:
@@ -92,6 +93,13 @@ def virtc(run_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 __all__ = ["api", "pod_with", "read_all", "run_exec", "shell", "virtc"]
+
+
+def mounts_of_a_stopped_pod(under: Path, pod_dir: Path) -> None:
+    """A stopped pod keeps one mount until it is deleted: its writable layers'
+    tmpfs (the layers survive a restart).  Nothing else is left under ``under``."""
+    layers = Path(os.path.realpath(pod_dir / "layers"))
+    assert mounts.mounts_under(under) == [layers]
 
 
 def wait_stopped(pod: str) -> api.PodStatus:

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shell_session_in_pty
-from tests.integration.conftest import pod_with, qemu_pids, run_exec, shell, virtc, wait_stopped
+from tests.integration.conftest import (
+    mounts_of_a_stopped_pod,
+    pod_with,
+    qemu_pids,
+    run_exec,
+    shell,
+    virtc,
+    wait_stopped,
+)
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths, PodConfig
 from virtcontainers.errors import HypervisorError, StateError
@@ -144,7 +152,7 @@ def test_stop_then_delete_leaves_nothing(run_root: Path, busybox_rootfs: Path) -
     assert stopped.containers[0].exit_code == 137
     assert not qemu_pids(run_root)
     # Only the layers' tmpfs stays, with the layers, until the pod is deleted.
-    assert mounts.mounts_under(pod_dir) == [Path(os.path.realpath(pod_dir / "layers"))]
+    mounts_of_a_stopped_pod(pod_dir, pod_dir)
     api.delete_pod("tidy")
     assert not pod_dir.exists()
     assert not mounts.mounts_under(pod_dir)
@@ -174,8 +182,9 @@ def test_a_vm_that_dies_stops_its_pod_cleanly(run_root: Path, busybox_rootfs: Pa
     assert status.state is PodState.STOPPED
     assert status.error is not None and "VM exited unexpectedly" in status.error
     assert status.containers[0].state is ContainerState.STOPPED
-    assert not mounts.mounts_under(run_root / "pods" / "crash")
+    mounts_of_a_stopped_pod(run_root / "pods" / "crash", run_root / "pods" / "crash")
     api.delete_pod("crash")
+    assert not mounts.mounts_under(run_root)
 
 
 def test_a_guest_that_cannot_boot_fails_clearly_and_leaves_nothing(

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import pod_with, qemu_pids, read_all, shell, wait_stopped
+from tests.integration.conftest import (
+    mounts_of_a_stopped_pod,
+    pod_with,
+    qemu_pids,
+    read_all,
+    shell,
+    wait_stopped,
+)
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.hypervisor.qemu.virtiofsd import find_virtiofsd
@@ -106,8 +113,9 @@ def test_bind_mounted_host_files_are_visible_and_writable(
         api.stop_pod("fs")
     assert not qemu_pids(run_root)
     assert not virtiofsd_pids(run_root)
-    assert not mounts.mounts_under(run_root)
+    mounts_of_a_stopped_pod(run_root, run_root / "pods" / "fs")
     api.delete_pod("fs")
+    assert not mounts.mounts_under(run_root)
 
 
 @pytest.mark.skipif(find_virtiofsd() is None, reason="virtiofsd is not installed")
@@ -121,8 +129,9 @@ def test_virtiofsd_goes_when_qemu_dies(
     status = wait_stopped("crash")
     assert status.error is not None and "VM exited unexpectedly" in status.error
     assert not virtiofsd_pids(run_root)
-    assert not mounts.mounts_under(run_root)
+    mounts_of_a_stopped_pod(run_root, run_root / "pods" / "crash")
     api.delete_pod("crash")
+    assert not mounts.mounts_under(run_root)
 
 
 @pytest.mark.skipif(find_virtiofsd() is None, reason="virtiofsd is not installed")
@@ -137,5 +146,6 @@ def test_qemu_goes_when_virtiofsd_dies(
     assert status.error is not None and "VM exited unexpectedly" in status.error
     assert not qemu_pids(run_root)
     assert not virtiofsd_pids(run_root)
-    assert not mounts.mounts_under(run_root)
+    mounts_of_a_stopped_pod(run_root, run_root / "pods" / "lost")
     api.delete_pod("lost")
+    assert not mounts.mounts_under(run_root)
