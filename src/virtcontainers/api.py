@@ -243,6 +243,8 @@ def _force_stop(store: Store, pod_id: str) -> None:
         hostproc.kill(record.vm)
     with contextlib.suppress(DaemonError):
         wait_daemon_gone(store, record, FORCE_GRACE)
+    if not daemon_running(store, record):
+        orphans.kill_processes_of(store, pod_id)
     with store.locked(pod_id, "stop", FORCE_GRACE):
         record = reconcile(store, pod_id, held=True)
         if record.state is PodState.CREATED:

@@ -125,3 +125,53 @@ def test_with_the_run_root_full_start_and_create_fail_and_status_agrees(
     assert [c.id for c in api.pod_status("full").containers] == ["c"]
     api.create_container("full", sleeper("d"))
     api.delete_pod("full", force=True)
+
+
+DEPTH = 3000
+"""Deeper than Python's recursion limit (shutil.rmtree recursed once per level)."""
+
+CHUNK = 5
+NEST_HALF = (
+    f"p=d; i=1; while [ $i -lt {CHUNK} ]; do p=$p/d; i=$((i+1)); done; "
+    f"for _ in $(seq {DEPTH // 2 // CHUNK}); do mkdir -p $p && cd $p || exit 1; done"
+)
+"""Half the tree: the guest's 9p server refuses a path past PATH_MAX on the
+host (about 2,000 levels of ``d/``), so the guest nests two halves and moves one
+to the bottom of the other, as a hostile container can.  ``mkdir -p`` of a few
+levels at a time: one process per level costs a fork each under TCG, and many
+levels at a time cost a 9p walk of every prefix."""
+
+
+def depth_below(top: Path) -> int:
+    """How many directories named ``d`` nest below ``top``, walked through fds
+    (a path to the bottom would be longer than PATH_MAX)."""
+    levels = 0
+    current = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            try:
+                below = os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=current)
+            except FileNotFoundError:
+                return levels
+            os.close(current)
+            current = below
+            levels += 1
+    finally:
+        os.close(current)
+
+
+def test_a_container_that_nests_3000_directories_in_its_layer_is_deleted_cleanly(
+    no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    nester = ContainerConfig("c", busybox_rootfs, shell("exec sleep 1000"), writable_layer=True)
+    api.run_pod(PodConfig(id="deep", containers=(nester,)))
+    nest = (
+        f"mkdir /tmp/a /tmp/b && cd /tmp/a && {NEST_HALF} && cd /tmp/b && {NEST_HALF} "
+        "&& mv /tmp/a/d d && echo nested"
+    )
+    out, err, code = run_exec("deep", "c", shell(nest))
+    assert (out, code) == (b"nested\n", 0), err
+    paths = Store().paths("deep")
+    assert depth_below(paths.layer("c") / "upper" / "tmp" / "b") == DEPTH
+    api.delete_pod("deep", force=True)
+    assert not paths.root.exists()

@@ -196,6 +196,21 @@ def _kill_stray_processes(store: Store, report: GarbageReport) -> None:
             report.removed.append(f"pod {pod_id}: stray process {pid} ({name})")
 
 
+def kill_processes_of(store: Store, pod_id: str) -> list[int]:
+    """Kill every process whose argv names this pod's files (QEMU, virtiofsd):
+    for a forced stop, once its daemon is dead.  QEMU outlives its daemon, and
+    a daemon killed between launching QEMU and recording it leaves a VM that
+    no record names."""
+    killed = []
+    for pid, argv in _processes():
+        if pid == os.getpid() or _pod_of(argv, store) != pod_id:
+            continue
+        process = hostproc.of(pid)
+        if process is not None and hostproc.kill(process):
+            killed.append(pid)
+    return killed
+
+
 def _stray(store: Store, pod_id: str) -> bool:
     """Whether the processes of this pod are garbage: it is gone, or not running."""
     if not store.paths(pod_id).root.is_dir():
