@@ -11,6 +11,10 @@ what the driver sends is understood.  Set by the test, in the environment:
   device_del, as a guest that lets go) or ``never`` (a guest that does not);
 - ``FAKE_QEMU_FAIL``: the name of a command that fails (GenericError).
 
+``query-pci`` answers with the root ports of the argv (``-device
+pcie-root-port``) and the devices in them: cold-plugged (``bus=PORT``) or
+added since with ``device_add``.
+
 Standard library only: it is run by the test's Python, as a script.
 """
 
@@ -50,6 +54,7 @@ class Monitor:
         self.named: dict[str, int] = {}
         self.netdevs: set[str] = set()
         self.devices: set[str] = set()
+        self.ports, self.in_ports = root_ports(sys.argv)
         self.unplugging: set[str] = set()
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.fail = os.environ.get("FAKE_QEMU_FAIL", "")
@@ -121,9 +126,20 @@ class Monitor:
             self.netdevs.remove(args["id"])
         elif command == "device_add":
             self.devices.add(args["id"])
+            if args.get("bus") in self.ports:
+                self.in_ports[args["id"]] = args["bus"]
+        elif command == "query-pci":
+            return self.query_pci()
         elif command == "device_del":
             self.device_del(args["id"])
         return {"status": "running", "running": True} if command == "query-status" else {}
+
+    def query_pci(self) -> list[dict[str, Any]]:
+        def in_port(port: str) -> list[dict[str, Any]]:
+            return [{"qdev_id": ident} for ident, p in self.in_ports.items() if p == port]
+
+        ports = [{"qdev_id": p, "pci_bridge": {"devices": in_port(p)}} for p in self.ports]
+        return [{"bus": 0, "devices": [{"qdev_id": ""}, *ports]}]
 
     def device_del(self, ident: str) -> None:
         if ident not in self.devices:
@@ -143,6 +159,7 @@ class Monitor:
             self.events.remove((due, data))
             if "device" in data:
                 self.devices.discard(data["device"])
+                self.in_ports.pop(data["device"], None)
                 self.unplugging.discard(data["device"])
             seconds, micro = divmod(int(time.time() * 1e6), 1_000_000)
             stamp = {"seconds": seconds, "microseconds": micro}
@@ -152,6 +169,16 @@ class Monitor:
         if not self.events:
             return None
         return max(0.0, min(due for due, _ in self.events) - time.monotonic())
+
+
+def root_ports(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The root ports of ``-device pcie-root-port,id=...``, and the devices
+    cold-plugged into them (device id -> port)."""
+    specs = [argv[i + 1].split(",") for i, arg in enumerate(argv[:-1]) if arg == "-device"]
+    options = [(spec[0], dict(o.split("=", 1) for o in spec[1:] if "=" in o)) for spec in specs]
+    ports = [o["id"] for driver, o in options if driver == "pcie-root-port"]
+    plugged = {o["id"]: o["bus"] for _, o in options if o.get("bus") in ports and "id" in o}
+    return ports, plugged
 
 
 class QmpError(Exception):

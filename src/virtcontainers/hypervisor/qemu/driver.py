@@ -51,7 +51,9 @@ from virtcontainers.hypervisor.base import (
     VMState,
 )
 from virtcontainers.hypervisor.devices import (
+    BlockDevice,
     Device,
+    NetDevice,
     SerialPortDevice,
     SharedFsDevice,
     SharedFsKind,
@@ -65,7 +67,7 @@ from virtcontainers.hypervisor.qemu.command import (
     render_device,
 )
 from virtcontainers.hypervisor.qemu.confine import qemu_child_setup
-from virtcontainers.hypervisor.qemu.hotplug import PluggedDevices, QemuHotplug
+from virtcontainers.hypervisor.qemu.hotplug import PluggedDevices, QemuHotplug, query_root_ports
 from virtcontainers.hypervisor.qemu.session import QmpSession, open_session
 from virtcontainers.hypervisor.qemu.state import QemuState
 from virtcontainers.hypervisor.qemu.virtiofsd import (
@@ -183,7 +185,6 @@ class QemuHypervisor:
         self._devices: list[Device] = []
         self._run: _Running | None = None
         self._exit_code: int | None = None
-        self._adopted = False
 
     # -- configuration ------------------------------------------------------
 
@@ -416,10 +417,12 @@ class QemuHypervisor:
         """Take over a QEMU that a previous pod daemon launched and left running:
         watch it through a pidfd and connect to its QMP socket again.
 
-        Its console is no longer copied (the pipe died with that daemon), and
-        devices cannot be hot-plugged or unplugged (which slots are taken was
-        that daemon's to know).  Raises HypervisorError when the process is
-        gone or its monitor does not answer within *timeout* seconds.
+        Its console is no longer copied (the pipe died with that daemon).
+        Which root ports it has and which are taken is asked of QEMU
+        (``query-pci``); *config*'s NICs and disks are those the caller knows
+        the VM holds, so that they can be unplugged again.  Raises
+        HypervisorError when the process is gone, its monitor does not answer
+        within *timeout* seconds, or its root ports are not ours.
         """
         self._life.vm_id = config.vm_id
         self._life.require("adopt", VMState.NEW)
@@ -428,7 +431,9 @@ class QemuHypervisor:
         if pidfd is None:
             raise HypervisorError(f"{self._life.what}: QEMU (pid {process.pid}) is gone")
         self._config = config
-        self._devices = list(config.devices)
+        # NICs and disks sit in root ports, as hot-plugged ones do: none is
+        # rendered as cold-plugged, which would count a root port of its own.
+        self._devices = [d for d in config.devices if not isinstance(d, NetDevice | BlockDevice)]
         self._command = QemuCommand(
             config=config,
             accelerator=config.accelerator or detect_accelerator()[0],
@@ -438,7 +443,6 @@ class QemuHypervisor:
             binary=self._binary,
             tcg_thread=self._tcg_thread,
         )
-        self._adopted = True
         adopted = _AdoptedQemu(process.pid, pidfd)
         run = _Running(proc=adopted, exited=adopted.watch(), console=None)
         try:
@@ -454,9 +458,19 @@ class QemuHypervisor:
                 raise HypervisorError(
                     f"{self._life.what}: QEMU's monitor did not answer in {timeout:.0f}s"
                 )
+            ports = await query_root_ports(session)
         except BaseException:
             adopted.forget()
             raise
+        self._command = dataclasses.replace(
+            self._command, config=dataclasses.replace(config, hotplug_ports=ports.count)
+        )
+        run.plugged.ports = ports.occupied
+        run.plugged.hotplugged = {
+            d.id: d
+            for d in config.devices
+            if isinstance(d, NetDevice | BlockDevice) and d.id in ports.occupied
+        }
         self._run = run
         run.session = session
         run.reaper = asyncio.create_task(self._reap(run))
@@ -669,7 +683,6 @@ class QemuHypervisor:
         Raises StateError unless running or paused.
         """
         self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
-        self._refuse_if_adopted("hot-plug a device into")
         await self._hotplug().plug(device)
 
     async def unplug_device(self, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
@@ -678,15 +691,7 @@ class QemuHypervisor:
         Raises StateError unless running.
         """
         self._life.require("unplug a device from", VMState.RUNNING)
-        self._refuse_if_adopted("unplug a device from")
         await self._hotplug().unplug(device_id, timeout)
-
-    def _refuse_if_adopted(self, action: str) -> None:
-        if self._adopted:
-            raise HypervisorError(
-                f"cannot {action} {self._life.what}: its daemon reattached to it, and which "
-                "slots are taken was the previous daemon's to know; stop and start the pod"
-            )
 
     async def save_state(self, path: Path, timeout: float = 60) -> None:
         """Pause the VM and save its device state to *path* (see :meth:`QemuState.save`).

@@ -27,7 +27,13 @@ from virtcontainers.hypervisor.devices import (
     SerialPortDevice,
     check_socket_path,
 )
-from virtcontainers.hypervisor.qemu.command import VIRTIO_SERIAL_ID, QemuCommand, blockdev_node
+from virtcontainers.hypervisor.qemu.command import (
+    HOTPLUG_PORT_PREFIX,
+    VIRTIO_SERIAL_ID,
+    QemuCommand,
+    blockdev_node,
+    hotplug_port_id,
+)
 from virtcontainers.hypervisor.qemu.session import QmpSession
 
 
@@ -39,6 +45,56 @@ class PluggedDevices:
     hotplugged: dict[str, Device] = dataclasses.field(default_factory=dict)
     unplugged: set[str] = dataclasses.field(default_factory=set)  # cold-plugged, since removed
     ports: dict[str, str] = dataclasses.field(default_factory=dict)  # device id -> its root port
+
+
+@dataclasses.dataclass(frozen=True)
+class RootPorts:
+    """A running VM's PCIe root ports as QEMU reports them: how many, and the
+    device each occupied one holds (device id -> port id)."""
+
+    count: int
+    occupied: dict[str, str]
+
+
+MAX_ROOT_PORTS = 256
+"""More than any VM of ours renders: a larger answer is refused, not trusted."""
+
+
+async def query_root_ports(session: QmpSession) -> RootPorts:
+    """Ask QEMU (``query-pci``) which root ports the VM has and what is in them,
+    for a daemon that adopts a VM another daemon launched.
+
+    Our ports are numbered from 0 without gaps (:func:`hotplug_port_id`);
+    anything else in the answer raises HypervisorError.
+    """
+    reply = await session.execute("query-pci")
+    occupied: dict[str, str] = {}
+    ports: set[str] = set()
+    for bus in _objects(reply, "query-pci"):
+        for device in _objects(bus.get("devices"), "query-pci devices"):
+            port = device.get("qdev_id")
+            if not isinstance(port, str) or not port.startswith(HOTPLUG_PORT_PREFIX):
+                continue
+            ports.add(port)
+            bridge = device.get("pci_bridge")
+            children = bridge.get("devices", []) if isinstance(bridge, dict) else []
+            for child in _objects(children, f"root port {port}"):
+                ident = child.get("qdev_id")
+                if isinstance(ident, str) and ident:
+                    occupied[ident] = port
+    expected = {hotplug_port_id(n) for n in range(len(ports))}
+    if ports != expected or len(ports) > MAX_ROOT_PORTS:
+        raise HypervisorError(
+            f"{session.what}: QEMU reports root ports {sorted(ports)}, not ours "
+            f"({HOTPLUG_PORT_PREFIX}0 to {HOTPLUG_PORT_PREFIX}N without gaps)"
+        )
+    return RootPorts(len(ports), occupied)
+
+
+def _objects(value: object, what: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise HypervisorError(f"malformed {what} answer from QEMU: {value!r:.200}")
+    return value
 
 
 class QemuHotplug:
