@@ -10,6 +10,7 @@ the host: a record stays loadable when the host changes
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -152,6 +153,58 @@ def end_with_vm(containers: Iterable[ContainerRecord]) -> None:
             container.exit = container.exit or KILLED
 
 
+MAX_NICS = 64
+"""More NICs than a VM has root ports for: a longer list is not one we wrote."""
+_DEVICE_ID = re.compile(r"net[0-9]{1,9}")
+_IFNAMSIZ = 15
+
+
+class NicRecordJson(TypedDict):
+    interface: str
+    device: str
+    hotplugged: bool
+
+
+@dataclass(frozen=True)
+class NicRecord:
+    """A NIC of the pod's VM: the interface of the pod's namespace it carries,
+    and its device id in the VM, kept for a daemon that reattaches."""
+
+    interface: str
+    device_id: str
+    hotplugged: bool
+
+    def to_json(self) -> NicRecordJson:
+        return {
+            "interface": self.interface,
+            "device": self.device_id,
+            "hotplugged": self.hotplugged,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> NicRecord:
+        """Parse one NIC (ConfigError("nics", ...) when it is malformed)."""
+        if not isinstance(data, dict):
+            raise ConfigError("nics", f"expected an object, got {data!r:.100}")
+        interface, device = data.get("interface"), data.get("device")
+        if not isinstance(interface, str) or not 0 < len(interface) <= _IFNAMSIZ:
+            raise ConfigError("nics", f"{interface!r:.100} is not an interface name")
+        if not isinstance(device, str) or not _DEVICE_ID.fullmatch(device):
+            raise ConfigError("nics", f"{device!r:.100} is not a NIC's device id (netN)")
+        return cls(interface, device, data.get("hotplugged") is True)
+
+
+def _nics(data: object) -> list[NicRecord]:
+    if data is None:
+        return []
+    if not isinstance(data, list) or len(data) > MAX_NICS:
+        raise ConfigError("nics", f"expected a list of at most {MAX_NICS} NICs, got {data!r:.100}")
+    nics = [NicRecord.from_json(item) for item in data]
+    if len({n.interface for n in nics}) < len(nics) or len({n.device_id for n in nics}) < len(nics):
+        raise ConfigError("nics", "an interface or a device id is named twice")
+    return nics
+
+
 class PodRecordJson(TypedDict):
     """``state.json``."""
 
@@ -169,6 +222,8 @@ class PodRecordJson(TypedDict):
     error: str | None
     guest: dict[str, object] | None  # the fields of GuestDetails
     template: str | None
+    nics: NotRequired[list[NicRecordJson]]
+    next_nic: NotRequired[int]
 
 
 @dataclass
@@ -193,6 +248,10 @@ class PodRecord:
     guest: GuestDetails | None = None
     template: str | None = None
     """The key of the VM template that the pod's last VM was cloned from (None: booted cold)."""
+    nics: list[NicRecord] = field(default_factory=list)
+    """The VM's NICs, which a daemon that reattaches serves and unplugs again."""
+    next_nic: int = 0
+    """The number of the next NIC's device id: ids are not reused in one VM's life."""
 
     @property
     def id(self) -> str:
@@ -204,6 +263,7 @@ class PodRecord:
             self.state = self.state.moved_to(self.id, PodState.STOPPED)
         end_with_vm(self.containers.values())
         self.daemon = self.vm = None
+        self.nics, self.next_nic = [], 0
         self.error = self.error or error
 
     def to_json(self) -> PodRecordJson:
@@ -222,6 +282,8 @@ class PodRecord:
             "error": self.error,
             "guest": self.guest.__dict__ if self.guest else None,
             "template": self.template,
+            "nics": [nic.to_json() for nic in self.nics],
+            "next_nic": self.next_nic,
         }
 
     @classmethod
@@ -251,6 +313,8 @@ class PodRecord:
             error=_text(data, "error"),
             guest=_guest_details(data.get("guest")),
             template=_text(data, "template"),
+            nics=_nics(data.get("nics")),
+            next_nic=max(_integer(data, "next_nic") or 0, 0),
         )
 
 

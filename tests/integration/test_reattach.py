@@ -1,7 +1,13 @@
 """A pod daemon killed with SIGKILL: the VM and its containers live on, and the
 next call starts a daemon that reattaches.  Output produced meanwhile is
 delivered (the guest holds it), exit codes are reported, and attach and wait
-work again.  A pod whose VM died too is cleaned up and says so."""
+work again.  A pod with a network namespace keeps its network: traffic, port
+forwarding, hot-plug, and a clean namespace after it.  A pod whose VM died too
+is cleaned up and says so.
+
+Safety: the namespaces, veths and addresses of the network test are the
+test's own (tests/netlab.py); traffic flows only between them and the VM.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import qemu_pids, read_all, shell, virtc
+from tests.integration.test_pod_network import container_run, echo_through, in_peer, nft_tables
+from tests.netlab import Lab, NetPair, ip, snapshot, tun_links
 from virtcontainers import api
 from virtcontainers.config import ContainerConfig, PodConfig
 from virtcontainers.host import proc as hostproc
+from virtcontainers.network.loopnat import TABLE
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import Store
 
@@ -92,6 +101,65 @@ def test_a_killed_daemon_is_reattached_and_nothing_is_lost(
     assert tail, "attach after the reattach saw no output"
     assert tail == list(range(tail[0], COUNT))
     api.stop_pod(POD)
+    api.delete_pod(POD)
+
+
+PEER_ECHO_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 8080), timeout=60) as s:
+    s.sendall(b"through the reattached daemon")
+    s.shutdown(socket.SHUT_WR)
+    print(s.makefile("rb").read().decode())
+"""
+
+
+def peer_echo(pair: NetPair, address: str) -> str:
+    done = in_peer(pair, "python3", "-c", PEER_ECHO_CLIENT, address)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_pod_with_a_network_namespace_keeps_its_network_across_a_reattach(
+    lab: Lab, no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    pair = lab.pod()
+    ip("-n", pair.name, "link", "set", "lo", "up")
+    eth0_before = snapshot(pair.path, "eth0")
+    server = ContainerConfig(
+        "c", busybox_rootfs, shell("exec nc -ll -p 8080 -e cat"), writable_layer=True
+    )
+    config = PodConfig(id=POD, netns=pair.path, containers=(server,), forward_loopback=True)
+    api.run_pod(config)
+    container_run(POD, "until netstat -ltn | grep -q ':8080 '; do sleep 0.2; done")
+    [eth0_tap] = tun_links(pair.path)
+    kill_daemon()
+
+    assert virtc(no_leaks, "pod", "list").returncode == 0  # reattaches
+    status = api.pod_status(POD)
+    assert status.state is PodState.RUNNING and status.error is None, status
+    assert peer_echo(pair, "192.0.2.2") == "through the reattached daemon"
+    assert echo_through(pair.path, "127.0.0.1", b"forwarded again") == b"forwarded again"
+    assert [(i.name, i.hotplugged) for i in api.list_interfaces(POD)] == [("eth0", False)]
+
+    lab.veth(pair, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    eth1_before = snapshot(pair.path, "eth1")
+    assert api.add_interface(POD, "eth1").hotplugged
+    assert peer_echo(pair, "203.0.113.2") == "through the reattached daemon"
+    api.remove_interface(POD, "eth1")
+    assert tun_links(pair.path) == [eth0_tap]
+    assert snapshot(pair.path, "eth1") == eth1_before
+    # The NIC of boot, which the new daemon knows from the record, comes out too.
+    api.remove_interface(POD, "eth0")
+    assert "192.0.2.2" not in container_run(POD, "ip -o addr show")
+    assert tun_links(pair.path) == []
+    api.add_interface(POD, "eth0")
+    assert peer_echo(pair, "192.0.2.2") == "through the reattached daemon"
+
+    api.stop_pod(POD)
+    assert tun_links(pair.path) == []
+    assert TABLE not in nft_tables(pair.name)
+    assert snapshot(pair.path, "eth0") == eth0_before
+    assert snapshot(pair.path, "eth1") == eth1_before
     api.delete_pod(POD)
 
 

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
-from virtcontainers.errors import StateError
-from virtcontainers.records import KILLED, ContainerRecord, PodRecord, ProcessRef
+from virtcontainers.errors import ConfigError, StateError
+from virtcontainers.records import (
+    KILLED,
+    MAX_NICS,
+    ContainerRecord,
+    NicRecord,
+    PodRecord,
+    ProcessRef,
+)
 from virtcontainers.states import ContainerState, PodState
 
 
@@ -30,15 +37,44 @@ def test_what_a_reattaching_daemon_needs_round_trips(tmp_path: Path) -> None:
         containers={"c": ContainerRecord(container, ContainerState.RUNNING, 7, logged=True)},
         daemon_hosted=True,
         owner=ProcessRef(42, 4242),
+        nics=[NicRecord("eth0", "net0", False), NicRecord("eth1", "net2", True)],
+        next_nic=3,
     )
     assert PodRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
     older = record.to_json()
-    for key in ("daemon_hosted", "owner"):
+    for key in ("daemon_hosted", "owner", "nics", "next_nic"):
         del older[key]  # type: ignore[misc]
     del older["containers"]["c"]["logged"]
     loaded = PodRecord.from_json(json.loads(json.dumps(older)))
     assert not loaded.daemon_hosted and loaded.owner is None
     assert not loaded.containers["c"].logged
+    assert (loaded.nics, loaded.next_nic) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    "nics",
+    [
+        "eth0",
+        [["eth0", "net0"]],
+        [{"interface": "eth0", "device": "blk0"}],
+        [{"interface": "", "device": "net0"}],
+        [{"interface": "a-name-too-long-for-linux", "device": "net0"}],
+        [{"interface": "eth0", "device": "net0"}, {"interface": "eth0", "device": "net1"}],
+        [{"interface": f"eth{n}", "device": f"net{n}"} for n in range(MAX_NICS + 1)],
+    ],
+)
+def test_a_malformed_list_of_nics_is_refused(nics: object) -> None:
+    data = dict(PodRecord(PodConfig(id="p")).to_json())
+    data["nics"] = nics
+    with pytest.raises(ConfigError, match="nics"):
+        PodRecord.from_json(data)
+
+
+def test_a_stopped_pod_has_no_nics() -> None:
+    record = PodRecord(PodConfig(id="p"), PodState.RUNNING, nics=[NicRecord("eth0", "net0", False)])
+    record.next_nic = 1
+    record.mark_stopped(None)
+    assert (record.nics, record.next_nic) == ([], 0)
 
 
 def test_marking_a_pod_stopped_goes_through_the_transitions(tmp_path: Path) -> None:

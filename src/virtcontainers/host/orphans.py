@@ -109,15 +109,15 @@ def reconcile(store: Store, pod_id: str, held: bool = False) -> PodRecord:
 def cannot_reattach(record: PodRecord) -> str | None:
     """Why a new daemon cannot take over this orphaned pod's VM (None: it can).
 
-    What a reattached daemon cannot rebuild rules a pod out: which hot-plug
-    slots its NICs and block volumes took was the dead daemon's to know.
+    What a reattached daemon cannot rebuild rules a pod out: which block
+    volume of which container is on which disk was the dead daemon's to know.
+    Its NICs it serves again (the record and ``network.json`` say which NIC
+    carries which interface; QEMU, which root ports are taken).
     """
     if record.daemon_hosted:
         return "its daemon was hosted by another process (containerd's shim), whose owner cleans up"
     if record.vm is None or not hostproc.alive(record.vm):
         return "its VM is gone too"
-    if record.config.netns is not None:
-        return "it has a network namespace, whose NICs a new daemon cannot take over"
     if any(c.config.block_volumes for c in record.containers.values()):
         return "it has block volumes, which a new daemon cannot take over"
     return None

@@ -104,6 +104,11 @@ class PodNetwork:
         """The interfaces taken over, as they were when attached: at boot, then hot-plugged."""
         return [attached.interface for attached in self._attached.values()]
 
+    @property
+    def taps(self) -> dict[str, str]:
+        """The tap that carries each interface taken over, by the interface's name."""
+        return {name: attached.tap_name for name, attached in self._attached.items()}
+
     def attach(self, netns_path: str, pod_id: str) -> list[Endpoint]:
         """Make a tap for each interface in the namespace and redirect it both ways.
 
@@ -131,6 +136,29 @@ class PodNetwork:
         }
         self._log.debug("attached in %s: %s", netns_path, self._record)
         return made.endpoints
+
+    @classmethod
+    def restore(cls, description: Mapping[str, object], pod_id: str) -> PodNetwork:
+        """The network an attach made in another process (a pod daemon that died),
+        from its :attr:`description`: the interfaces it took over are read again
+        in the namespace (nothing of theirs changed since: the guest carries
+        their addresses).  Raises ConfigError for a description we did not write,
+        NetworkError if the namespace or one of its interfaces is not the one
+        attached.
+        """
+        record = NetworkRecord.from_json(description)
+        network = cls()
+        network._log = _log.getChild(pod_id)
+        network._pod_id = pod_id
+        interfaces = network._in_namespace(record, lambda: _interfaces_here(record))
+        network._record = record
+        network._attached = {
+            ingress.name: _Attached(interface, tap_name, ingress)
+            for interface, tap_name, ingress in zip(
+                interfaces, record.taps, record.ingress, strict=True
+            )
+        }
+        return network
 
     def attach_interface(self, name: str) -> Endpoint:
         """Take one more interface of the namespace over: a tap, and the redirects.
@@ -299,6 +327,26 @@ def _attach_one_here(
         interface = interface_of(rtnl, link)
         _connect(rtnl, made, link.index, interface, tap.tap_name(pod_id, number))
     return made
+
+
+def _interfaces_here(record: NetworkRecord) -> list[Interface]:
+    """The interfaces ``record`` took over, each as :func:`discover` reads it now."""
+    if len(record.taps) != len(record.ingress):
+        raise ConfigError("network description", f"{record}: not one tap per interface")
+    try:
+        with Rtnl() as rtnl:
+            links = [rtnl.link(ingress.index) for ingress in record.ingress]
+            found = [
+                interface_of(rtnl, link)
+                for link, ingress in zip(links, record.ingress, strict=True)
+                if link is not None and link.name == ingress.name
+            ]
+    except NetlinkError as exc:
+        raise NetworkError(record.netns, f"cannot read its interfaces: {exc}") from exc
+    if len(found) != len(record.ingress):
+        names = ", ".join(i.name for i in record.ingress)
+        raise NetworkError(record.netns, f"the interfaces attached ({names}) are not all there")
+    return found
 
 
 def _reason(exc: Exception) -> str:

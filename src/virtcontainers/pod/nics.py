@@ -9,11 +9,15 @@ the guest what each NIC is; later, take one more interface over
 What is attached is written to the pod's ``network.json`` after every change,
 so whoever cleans the pod up (its daemon, or a caller that finds the daemon
 dead) releases exactly that, through :func:`~virtcontainers.host.cleanup.release_network`.
+Which NIC carries which interface is kept in the pod's record
+(:meth:`PodNics.records`), so that a daemon that reattaches to the VM serves
+the same network again (:meth:`PodNics.restore`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING
 from virtcontainers.agent.messages import NetInterface, NetRoute
 from virtcontainers.errors import ConfigError, NetworkError, NotFoundError
 from virtcontainers.hypervisor.devices import NetDevice
+from virtcontainers.records import NicRecord
 from virtcontainers.store import PodPaths, write_json_atomic
 
 if TYPE_CHECKING:
@@ -80,6 +85,44 @@ class PodNics:
             nic = self._new_nic(endpoint.interface, hotplugged=False)
             devices.append(_device(nic, endpoint))
         return devices
+
+    async def restore(self, pod_id: str, nics: list[NicRecord], next_nic: int) -> list[NetDevice]:
+        """Take over the network that a dead daemon attached: ``network.json``
+        says what it made, ``nics`` (the pod's record) which NIC carries which
+        interface.  Returns the VM's NICs (without tap fds: QEMU holds the
+        taps).  Raises ConfigError or NetworkError when they disagree with each
+        other or with the namespace.
+        """
+        from virtcontainers.network.podnetwork import PodNetwork
+
+        try:
+            description = json.loads(self._paths.network.read_text())
+        except (OSError, ValueError) as exc:
+            raise NetworkError(str(self._paths.network), f"cannot read it: {exc}", pod_id) from exc
+        if not isinstance(description, dict):
+            raise ConfigError("network description", f"{self._paths.network} is not an object")
+        network = await asyncio.to_thread(PodNetwork.restore, description, pod_id)
+        interfaces = {interface.name: interface for interface in network.interfaces}
+        if sorted(interfaces) != sorted(nic.interface for nic in nics):
+            raise ConfigError(
+                "nics",
+                f"pod {pod_id!r}: its record names NICs for {sorted(n.interface for n in nics)}, "
+                f"its network description {sorted(interfaces)}",
+            )
+        self._network = network
+        self._next_device = next_nic
+        taps = network.taps
+        devices = []
+        for record in nics:
+            nic = Nic(interfaces[record.interface], record.device_id, record.hotplugged)
+            self._nics[record.interface] = nic
+            devices.append(NetDevice(nic.device_id, taps[record.interface], nic.interface.mac))
+        return devices
+
+    def records(self) -> tuple[list[NicRecord], int]:
+        """What the pod's record keeps of the NICs, and the next device number."""
+        nics = [NicRecord(n.interface.name, n.device_id, n.hotplugged) for n in self._nics.values()]
+        return nics, self._next_device
 
     def close_fds(self) -> None:
         """Close the daemon's copies of the tap fds: QEMU holds its own once started."""

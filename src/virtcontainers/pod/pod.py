@@ -117,6 +117,9 @@ class Pod:
             self.record.vm = None
         elif self.record.vm is None or self.record.vm.pid != pid:
             self.record.vm = hostproc.of(pid)
+        self.record.nics, self.record.next_nic = (
+            self.network.records() if pid is not None else ([], 0)
+        )
         self.store.save(self.record)
 
     def _save(self, undone: str) -> None:
@@ -156,10 +159,7 @@ class Pod:
         self.log.info("starting pod")
         try:
             await self._boot().boot()
-            if self.config.forward_loopback and self.config.netns is not None:
-                self.forwarder = await LoopbackForwarder.start(
-                    self.agent, self.config.netns, self.id, self.log
-                )
+            await self._forward_loopback()
             self._spawn(self._watch_vm())
             # Nothing waits for the details (the agent runs `crun --version` for them,
             # ≈0.2 s under TCG): they are recorded when they arrive.
@@ -178,6 +178,14 @@ class Pod:
             raise
         self._move_to(PodState.RUNNING)
         self.events.emit("boot", step="pod running")
+
+    async def _forward_loopback(self) -> None:
+        """Listen for the namespace's loopback connections; the table that
+        redirects them is made anew (a dead daemon's pointed at its listener)."""
+        if self.config.forward_loopback and self.config.netns is not None:
+            self.forwarder = await LoopbackForwarder.start(
+                self.agent, self.config.netns, self.id, self.log
+            )
 
     def _boot(self) -> PodBoot:
         return PodBoot(
@@ -222,12 +230,16 @@ class Pod:
             raise StateError(f"pod {self.id!r}", "reattach to", "without a VM", ["with a VM"])
         self.log.info("reattaching to VM %d", self.record.vm.pid)
         try:
+            nics = []
+            if self.config.netns is not None:
+                nics = await self.network.restore(self.id, self.record.nics, self.record.next_nic)
             reattach = PodReattach(
-                self.vm, self.record.image, self.paths, self.record.vm, self.events
+                self.vm, self.record.image, self.paths, self.record.vm, self.events, nics
             )
             table = await reattach.reattach()
             self._spawn(self._watch_vm())
             await self._take_over(table)
+            await self._forward_loopback()
             if self.state is PodState.PAUSED:
                 await self.hypervisor.pause()
         except BaseException:
@@ -402,10 +414,16 @@ class Pod:
     # --- network (interfaces.py) ------------------------------------------------------
 
     async def add_interface(self, name: str) -> InterfaceStatus:
-        return await self.interfaces.add(name)
+        try:
+            return await self.interfaces.add(name)
+        finally:
+            self.persist()  # which NIC carries what, for a daemon that reattaches
 
     async def remove_interface(self, name: str) -> None:
-        await self.interfaces.remove(name)
+        try:
+            await self.interfaces.remove(name)
+        finally:
+            self.persist()
 
     def list_interfaces(self) -> list[InterfaceStatus]:
         return self.interfaces.list()

@@ -13,12 +13,13 @@ reattach mode (:mod:`virtcontainers.daemon.server`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from virtcontainers.agent.results import GuestTable, KeptProcess
 from virtcontainers.config import ImagePaths
 from virtcontainers.errors import AgentError, ConfigError
 from virtcontainers.hypervisor.base import VMConfig, VMState
+from virtcontainers.hypervisor.devices import NetDevice
 from virtcontainers.pod.eventlog import EventLog
 from virtcontainers.pod.vm import PodVM
 from virtcontainers.records import ProcessRef
@@ -39,13 +40,15 @@ under way when the daemon died) means the host cannot take it over."""
 
 @dataclass
 class PodReattach:
-    """One reattach to a running VM: the VM as recorded, its agent, the guest's table."""
+    """One reattach to a running VM: the VM as recorded, its agent, the guest's table.
+    ``nics`` are the NICs the pod's record says the VM holds."""
 
     vm: PodVM
     image: ImagePaths | None
     paths: PodPaths
     process: ProcessRef
     events: EventLog
+    nics: list[NetDevice] = field(default_factory=list)
 
     async def reattach(self) -> GuestTable:
         """Adopt the VM, reconnect its agent and read what the guest kept.  A
@@ -60,7 +63,11 @@ class PodReattach:
         if image is None:
             raise ConfigError("pod.image", f"pod {self.vm.pod_id!r} has no guest image recorded")
         config = VMConfig(
-            vm_id=self.vm.pod_id, kernel=image.kernel, initrd=image.initrd, run_dir=self.paths.vm
+            vm_id=self.vm.pod_id,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            run_dir=self.paths.vm,
+            devices=tuple(self.nics),
         )
         await self.vm.hypervisor.adopt(config, self.process, ADOPT_TIMEOUT)
         self.events.emit("reattach", step="VM adopted")

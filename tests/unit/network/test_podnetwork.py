@@ -346,6 +346,45 @@ def test_the_description_after_a_hot_plug_releases_it_too(lab: Lab) -> None:
     assert tun_links(pod.path) == []
 
 
+def test_another_process_restores_the_network_from_its_description(lab: Lab) -> None:
+    """A daemon that reattaches: the interfaces read again, the taps as they
+    were; it adds, removes and detaches as the first one would."""
+    pod = lab.pod()
+    before = snapshot(pod.path, "eth0")
+    [eth0] = lab.attach(pod, "pod-1")
+    lab.veth(pod, "eth1", "203.0.113.2/24", "203.0.113.1/24")
+    eth1_before = snapshot(pod.path, "eth1")
+    first = lab.networks[0]
+    lab.fds.append(first.attach_interface("eth1").tap_fd)
+    description = json.loads(json.dumps(first.description))
+
+    network = PodNetwork.restore(description, "pod-1")
+    lab.networks.append(network)
+
+    assert network.interfaces == first.interfaces
+    assert network.taps == first.taps == {"eth0": eth0.tap_name, "eth1": tap_name("pod-1", 1)}
+    assert network.description == description
+    network.detach_interface("eth1")
+    assert snapshot(pod.path, "eth1") == eth1_before
+    lab.veth(pod, "eth2", "198.51.100.2/24", "198.51.100.1/24")
+    eth2 = network.attach_interface("eth2")
+    lab.fds.append(eth2.tap_fd)
+    assert eth2.tap_name == tap_name("pod-1", 1)  # the name eth1 freed
+    network.detach()
+    assert snapshot(pod.path, "eth0") == before
+    assert tun_links(pod.path) == []
+
+
+def test_a_description_whose_interface_is_gone_is_not_restored(lab: Lab) -> None:
+    pod = lab.pod()
+    lab.attach(pod, "pod-1")
+    description = json.loads(json.dumps(lab.networks[0].description))
+    ip("-n", pod.name, "link", "set", "eth0", "down")
+    ip("-n", pod.name, "link", "set", "eth0", "name", "eth7")
+    with pytest.raises(NetworkError, match="eth0"):
+        PodNetwork.restore(description, "pod-1")
+
+
 def test_a_namespace_with_only_loopback_takes_its_first_interface_later(lab: Lab) -> None:
     name, path = lab.netns()
     peer, peer_path = lab.netns()
