@@ -19,15 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import qemu_pids, read_all, shell, virtc
+from tests.integration.conftest import qemu_pids, read_all, run_exec, shell, virtc
+from tests.integration.test_block_rootfs import host_mount
+from tests.integration.test_block_volumes import ext4_image, guest_disks, image_file
 from tests.integration.test_pod_network import container_run, echo_through, in_peer, nft_tables
+from tests.loopdev import loop_device, make_ext4_image
 from tests.netlab import Lab, NetPair, ip, snapshot, tun_links
 from virtcontainers import api
-from virtcontainers.config import ContainerConfig, PodConfig
+from virtcontainers.config import Cmd, ContainerConfig, PodConfig, Resources
 from virtcontainers.host import proc as hostproc
 from virtcontainers.network.loopnat import TABLE
 from virtcontainers.states import ContainerState, PodState
 from virtcontainers.store import Store
+from virtcontainers.volumes import BlockVolume
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
 POD = "reattach"
@@ -161,6 +165,73 @@ def test_a_pod_with_a_network_namespace_keeps_its_network_across_a_reattach(
     assert snapshot(pair.path, "eth0") == eth0_before
     assert snapshot(pair.path, "eth1") == eth1_before
     api.delete_pod(POD)
+
+
+def test_a_pod_with_a_block_volume_is_reattached_and_unplugs_it_later(
+    no_leaks: Path, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    raw = ext4_image(tmp_path / "data.raw", "from the raw image\n")
+    volume = BlockVolume(raw, "/data")
+    worker = ContainerConfig(
+        "c", busybox_rootfs, shell("exec sleep 1000"), writable_layer=True, block_volumes=(volume,)
+    )
+    api.run_pod(PodConfig(id=POD, containers=(worker,), resources=Resources(hotplug_slots=2)))
+    assert sorted(guest_disks(POD)) == ["vda", "vdb"]
+    kill_daemon()
+
+    assert virtc(no_leaks, "pod", "list").returncode == 0  # reattaches
+    status = api.pod_status(POD)
+    assert status.state is PodState.RUNNING and status.error is None, status
+    out, _, code = run_exec(
+        POD, "c", shell("cat /data/hello.txt; echo after > /data/new.txt; sync")
+    )
+    assert (out, code) == (b"from the raw image\n", 0)
+    api.stop_container(POD, "c", timeout=1)
+    api.delete_container(POD, "c")
+    assert guest_disks(POD) == ["vda"]  # the new daemon unplugged the disk of boot
+    assert image_file(raw, "new.txt") == "after\n"
+
+    # Both slots are free: a new container plugs the image and another disk.
+    other = ext4_image(tmp_path / "other.raw", "another\n")
+    again = ContainerConfig(
+        "d",
+        busybox_rootfs,
+        Cmd(("cat", "/data/new.txt", "/other/hello.txt")),
+        block_volumes=(volume, BlockVolume(other, "/other")),
+    )
+    api.create_container(POD, again)
+    api.start_container(POD, "d")
+    assert api.wait_container(POD, "d").exit_code == 0
+    api.stop_pod(POD)
+    api.delete_pod(POD)
+
+
+def test_a_block_rootfs_is_claimed_again_by_the_daemon_that_reattaches(
+    no_leaks: Path, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    image = make_ext4_image(tmp_path / "root.img", busybox_rootfs, 32)
+    with loop_device(image) as device:
+        config = ContainerConfig("c", device, shell("exec sleep 1000"), rootfs_fstype="ext4")
+        api.run_pod(PodConfig(id=POD, containers=(config,), resources=Resources(hotplug_slots=1)))
+        kill_daemon()
+
+        assert virtc(no_leaks, "pod", "list").returncode == 0  # reattaches
+        assert api.pod_status(POD).error is None
+        refused = host_mount(device, tmp_path / "host")
+        assert refused.returncode != 0 and "busy" in refused.stderr.lower(), refused.stderr
+        _, _, code = run_exec(POD, "c", shell("echo after the reattach > /written; sync"))
+        assert code == 0
+        api.stop_container(POD, "c", timeout=1)
+        api.delete_container(POD, "c")
+        assert guest_disks(POD) == ["vda"]
+        mounted = host_mount(device, tmp_path / "host")
+        assert mounted.returncode == 0, mounted.stderr
+        try:
+            assert (tmp_path / "host" / "written").read_text() == "after the reattach\n"
+        finally:
+            subprocess.run(["umount", str(tmp_path / "host")], check=True)
+        api.stop_pod(POD)
+        api.delete_pod(POD)
 
 
 def test_an_exec_under_way_when_the_daemon_dies_is_delivered(

@@ -109,17 +109,15 @@ def reconcile(store: Store, pod_id: str, held: bool = False) -> PodRecord:
 def cannot_reattach(record: PodRecord) -> str | None:
     """Why a new daemon cannot take over this orphaned pod's VM (None: it can).
 
-    What a reattached daemon cannot rebuild rules a pod out: which block
-    volume of which container is on which disk was the dead daemon's to know.
-    Its NICs it serves again (the record and ``network.json`` say which NIC
-    carries which interface; QEMU, which root ports are taken).
+    Only a VM that is gone, or a daemon that another process hosted, rules a
+    pod out: its NICs and disks a new daemon serves again (the record and
+    ``network.json`` say which NIC carries which interface, each disk's id
+    follows from its container's config, QEMU says which root ports are taken).
     """
     if record.daemon_hosted:
         return "its daemon was hosted by another process (containerd's shim), whose owner cleans up"
     if record.vm is None or not hostproc.alive(record.vm):
         return "its VM is gone too"
-    if any(c.config.block_volumes for c in record.containers.values()):
-        return "it has block volumes, which a new daemon cannot take over"
     return None
 
 

@@ -43,6 +43,7 @@ from virtcontainers.errors import (
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import release_run_files
 from virtcontainers.hypervisor.base import Hypervisor
+from virtcontainers.hypervisor.devices import Device
 from virtcontainers.ids import validate_id
 from virtcontainers.limits import Limits
 from virtcontainers.pod.boot import VM_EXIT_GRACE, PodBoot
@@ -230,11 +231,14 @@ class Pod:
             raise StateError(f"pod {self.id!r}", "reattach to", "without a VM", ["with a VM"])
         self.log.info("reattaching to VM %d", self.record.vm.pid)
         try:
-            nics = []
+            devices: list[Device] = []
             if self.config.netns is not None:
-                nics = await self.network.restore(self.id, self.record.nics, self.record.next_nic)
+                devices += await self.network.restore(
+                    self.id, self.record.nics, self.record.next_nic
+                )
+            devices += self.volumes.restore(c.config for c in self.containers.values())
             reattach = PodReattach(
-                self.vm, self.record.image, self.paths, self.record.vm, self.events, nics
+                self.vm, self.record.image, self.paths, self.record.vm, self.events, devices
             )
             table = await reattach.reattach()
             self._spawn(self._watch_vm())

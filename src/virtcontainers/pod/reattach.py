@@ -19,7 +19,7 @@ from virtcontainers.agent.results import GuestTable, KeptProcess
 from virtcontainers.config import ImagePaths
 from virtcontainers.errors import AgentError, ConfigError
 from virtcontainers.hypervisor.base import VMConfig, VMState
-from virtcontainers.hypervisor.devices import NetDevice
+from virtcontainers.hypervisor.devices import Device
 from virtcontainers.pod.eventlog import EventLog
 from virtcontainers.pod.vm import PodVM
 from virtcontainers.records import ProcessRef
@@ -41,14 +41,14 @@ under way when the daemon died) means the host cannot take it over."""
 @dataclass
 class PodReattach:
     """One reattach to a running VM: the VM as recorded, its agent, the guest's table.
-    ``nics`` are the NICs the pod's record says the VM holds."""
+    ``devices`` are the NICs and disks the pod's record says the VM may hold."""
 
     vm: PodVM
     image: ImagePaths | None
     paths: PodPaths
     process: ProcessRef
     events: EventLog
-    nics: list[NetDevice] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
 
     async def reattach(self) -> GuestTable:
         """Adopt the VM, reconnect its agent and read what the guest kept.  A
@@ -67,7 +67,7 @@ class PodReattach:
             kernel=image.kernel,
             initrd=image.initrd,
             run_dir=self.paths.vm,
-            devices=tuple(self.nics),
+            devices=tuple(self.devices),
         )
         await self.vm.hypervisor.adopt(config, self.process, ADOPT_TIMEOUT)
         self.events.emit("reattach", step="VM adopted")

@@ -12,12 +12,17 @@ mounted the same way, at ``/run/vc/volumes/<rootfs disk id>``, which becomes
 crun's root.  From before it is plugged until after it is unplugged the pod
 holds the device open with ``O_EXCL`` (:func:`~virtcontainers.storage.blockdev.claim`):
 the host cannot mount the filesystem while the guest may have it mounted.
+
+Every disk's id and serial follow from its container's config, so a daemon
+that reattaches to the VM knows them again from the pod's record
+(:meth:`PodVolumes.restore`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable
 
 from virtcontainers.config import ContainerConfig
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError, VcError
@@ -75,6 +80,24 @@ class PodVolumes:
             await self._detach(config.id, list(range(len(config.block_volumes))))
         await self._detach_rootfs(config.id)
 
+    def restore(self, configs: Iterable[ContainerConfig]) -> list[BlockDevice]:
+        """The disks that the containers' volumes and block roots were plugged
+        as, for a daemon that reattaches; each block rootfs is claimed again
+        (the claim died with the previous daemon).  Raises ConfigError if a
+        rootfs device is mounted on the host meanwhile.
+        """
+        devices: list[BlockDevice] = []
+        for config in configs:
+            if config.block_rootfs:
+                what = f"container {config.id!r} of pod {self.vm.pod_id!r}"
+                self.claims[config.id] = blockdev.claim(config.rootfs, what)
+                devices.append(_rootfs_device(config))
+            devices += [
+                _volume_device(config.id, index, volume)
+                for index, volume in enumerate(config.block_volumes)
+            ]
+        return devices
+
     def release_claims(self) -> None:
         """Let the host have the rootfs devices again: the VM is gone."""
         for container_id in list(self.claims):
@@ -87,7 +110,7 @@ class PodVolumes:
         ident = rootfs_disk_id(config.id)
         what = f"container {config.id!r} of pod {self.vm.pod_id!r}"
         self.claims[config.id] = blockdev.claim(config.rootfs, what)
-        device = BlockDevice(ident, config.rootfs, config.read_only_rootfs, serial=ident)
+        device = _rootfs_device(config)
         try:
             await self.vm.hypervisor.hotplug_device(device)
         except BaseException as exc:
@@ -121,10 +144,8 @@ class PodVolumes:
         os.close(self.claims.pop(container_id))
 
     async def _attach_one(self, container_id: str, index: int, volume: BlockVolume) -> None:
-        ident = volume_id(container_id, index)
-        device = BlockDevice(
-            ident, volume.source, volume.read_only, format=volume.format, serial=ident
-        )
+        device = _volume_device(container_id, index, volume)
+        ident = device.id
         try:
             await self.vm.hypervisor.hotplug_device(device)
         except HypervisorError as exc:
@@ -164,3 +185,13 @@ class PodVolumes:
             self.vm.log.warning("disk %s: unplug failed: %s", ident, exc)
             return False
         return True
+
+
+def _rootfs_device(config: ContainerConfig) -> BlockDevice:
+    ident = rootfs_disk_id(config.id)
+    return BlockDevice(ident, config.rootfs, config.read_only_rootfs, serial=ident)
+
+
+def _volume_device(container_id: str, index: int, volume: BlockVolume) -> BlockDevice:
+    ident = volume_id(container_id, index)
+    return BlockDevice(ident, volume.source, volume.read_only, format=volume.format, serial=ident)

@@ -19,6 +19,7 @@ from virtcontainers.errors import AgentError, ConfigError
 from virtcontainers.hypervisor.devices import BlockDevice
 from virtcontainers.hypervisor.mock import MockHypervisor
 from virtcontainers.hypervisor.qemu.command import render_device
+from virtcontainers.pod.volumes import PodVolumes
 from virtcontainers.spec import container_spec
 from virtcontainers.volumes import BlockVolume, guest_path, volume_id
 
@@ -178,6 +179,35 @@ def test_a_volume_the_guest_cannot_mount_is_unplugged_and_no_container_is_made(
             with pytest.raises(AgentError, match="wrong fs type"):
                 await pod.create_container(container, None)
             assert hypervisor.hotplugged == [] and pod.containers == {}
+        finally:
+            await pod.stop()
+            pod.executor.shutdown(wait=True, cancel_futures=True)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    api.delete_pod("vols")
+
+
+def test_a_reattaching_daemon_knows_each_disk_as_it_was_plugged(
+    run_root: Path, image: ImagePaths, rootfs: Path, disk: Path
+) -> None:
+    """A new daemon's PodVolumes names every disk as the dead one plugged it,
+    from the containers' configs alone, and claims each block rootfs again."""
+    agent, hypervisor = MockAgent(), MockHypervisor(hotplug=True)
+    volumes = (BlockVolume(disk, "/a"), BlockVolume(disk, "/b", read_only=True))
+    container = ContainerConfig("c", rootfs, Cmd(("true",)), block_volumes=volumes)
+    root = ContainerConfig("r", disk, Cmd(("true",)), rootfs_fstype="ext4", read_only_rootfs=True)
+
+    async def scenario() -> None:
+        pod = await started_here(mock_pod("vols", image), hypervisor, agent)
+        try:
+            await pod.create_container(container, None)
+            await pod.create_container(root, None)
+            plugged = {d.id: d for d in hypervisor.hotplugged}
+            fresh = PodVolumes(pod.vm)
+            restored = fresh.restore([container, root])
+            assert {d.id: d for d in restored} == plugged and len(restored) == 3
+            assert set(fresh.claims) == {"r"}
+            fresh.release_claims()
         finally:
             await pod.stop()
             pod.executor.shutdown(wait=True, cancel_futures=True)
