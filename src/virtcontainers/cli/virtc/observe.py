@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
+import select
 import signal
-import threading
 import time
+from collections.abc import Iterable
 
 import click
 from rich.live import Live
@@ -31,10 +32,8 @@ def metrics(listen: str | None) -> None:
         raise click.BadParameter(f"{listen!r} is not ADDRESS:PORT", param_hint="--listen")
     collected.serve(address, int(port))
     click.echo(f"serving metrics on http://{listen}/metrics", err=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+    ended = _signalled((signal.SIGINT, signal.SIGTERM))
+    select.select([ended], [], [])
 
 
 @click.command("top")
@@ -48,12 +47,25 @@ def top(interval: float, once: bool) -> None:
         console.print(sampler.table())
         return
     # Ctrl-C (or SIGTERM) ends the view between two samples, never inside one.
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    ended = _signalled((signal.SIGINT, signal.SIGTERM))
     with Live(sampler.table(), console=console, auto_refresh=False) as live:
-        while not stop.wait(interval):
+        while not select.select([ended], [], [], interval)[0]:
             live.update(sampler.table(), refresh=True)
+
+
+def _signalled(signums: Iterable[signal.Signals]) -> int:
+    """A fd that turns readable once one of ``signums`` has arrived.
+
+    Not a handler that sets a threading.Event: a handler runs in the main
+    thread between two bytecodes, possibly while that thread holds the
+    Event's lock inside wait(), and set() then waits for it forever.  The
+    wakeup fd is written by the interpreter's C-level handler instead.
+    """
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write_end)
+    for signum in signums:
+        signal.signal(signum, lambda *_: None)
+    return read_end
 
 
 class _Sampler:
