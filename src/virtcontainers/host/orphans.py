@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,10 +185,7 @@ def _kill_stray_processes(store: Store, report: GarbageReport) -> None:
     A pod that another call holds (a boot under way) is left alone, and so
     are the processes of a pod whose daemon runs.
     """
-    for pid, argv in _processes():
-        pod_id = _pod_of(argv, store)
-        if pod_id is None or pid == os.getpid():
-            continue
+    for pid, argv, pod_id in _pod_processes(store):
         process = hostproc.of(pid)
         if process is not None and _stray(store, pod_id) and hostproc.kill(process):
             name = os.path.basename(argv[0].decode(errors="replace"))
@@ -200,8 +198,8 @@ def kill_processes_of(store: Store, pod_id: str) -> list[int]:
     a daemon killed between launching QEMU and recording it leaves a VM that
     no record names."""
     killed = []
-    for pid, argv in _processes():
-        if pid == os.getpid() or _pod_of(argv, store) != pod_id:
+    for pid, _argv, of_pod in _pod_processes(store):
+        if of_pod != pod_id:
             continue
         process = hostproc.of(pid)
         if process is not None and hostproc.kill(process):
@@ -225,6 +223,14 @@ def _pod_is_live(store: Store, pod_id: str) -> bool:
         return _live(store.load(pod_id))
     except (NotFoundError, CorruptRecordError):
         return False
+
+
+def _pod_processes(store: Store) -> Iterator[tuple[int, list[bytes], str]]:
+    """Other processes whose argv names a pod of this run root: pid, argv, pod."""
+    for pid, argv in _processes():
+        pod_id = _pod_of(argv, store)
+        if pod_id is not None and pid != os.getpid():
+            yield pid, argv, pod_id
 
 
 def _processes() -> list[tuple[int, list[bytes]]]:

@@ -39,8 +39,8 @@ import struct
 import subprocess
 from dataclasses import dataclass, field
 
-from virtcontainers.errors import ConfigError, NetworkError
-from virtcontainers.network.netns import NetnsId, open_netns, run_in_netns
+from virtcontainers.errors import NetworkError
+from virtcontainers.network.netns import NetnsId, open_netns, run_in_netns, run_in_the_same_netns
 
 TABLE = "vc_port_forward"
 NFT_TIMEOUT = 10.0
@@ -154,18 +154,13 @@ def remove_redirect(listeners: LoopbackListeners) -> None:
     namespace.  Quiet when the namespace is gone; NetworkError if the table
     could not be deleted."""
     listeners.close()
-    try:
-        fd = open_netns(listeners.netns)
-    except ConfigError as exc:
-        _log.debug("no table to delete: %s", exc)
-        return
-    try:
-        if not listeners.netns_id.same_namespace(NetnsId.of_fd(fd)):
-            _log.warning("no table deleted: %s is now another namespace", listeners.netns)
-            return
-        run_in_netns(fd, lambda: _nft(_replace_table(), listeners.netns, ""))
-    finally:
-        os.close(fd)
+    run_in_the_same_netns(
+        listeners.netns,
+        listeners.netns_id,
+        lambda: _nft(_replace_table(), listeners.netns, ""),
+        _log,
+        "no table deleted",
+    )
 
 
 def remove_table_here(netns: str) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import socket
 import sys
@@ -145,6 +146,26 @@ def run_in_netns(netns_fd: int, work: Callable[[], T]) -> T:
     if failure:
         raise failure[0]
     return result[0]
+
+
+def run_in_the_same_netns(
+    path: str, expected: NetnsId, work: Callable[[], T], log: logging.Logger, nothing: str
+) -> T | None:
+    """Run ``work`` inside the namespace at ``path`` if it is still ``expected``;
+    None when it is gone or is now another namespace (said at debug or warning
+    level, after ``nothing``: what is then left undone)."""
+    try:
+        fd = open_netns(path)
+    except ConfigError as exc:
+        log.debug("%s: %s", nothing, exc)
+        return None
+    try:
+        if not expected.same_namespace(NetnsId.of_fd(fd)):
+            log.warning("%s: %s is now another namespace", nothing, path)
+            return None
+        return run_in_netns(fd, work)
+    finally:
+        os.close(fd)
 
 
 def _setns(fd: int) -> None:

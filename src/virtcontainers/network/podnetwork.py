@@ -41,7 +41,7 @@ from virtcontainers.network.discovery import (
     why_not_taken,
 )
 from virtcontainers.network.loopnat import remove_table_here
-from virtcontainers.network.netns import NetnsId, open_netns, run_in_netns
+from virtcontainers.network.netns import NetnsId, open_netns, run_in_netns, run_in_the_same_netns
 from virtcontainers.network.record import IngressRecord, NetworkRecord
 from virtcontainers.network.rtnl import NetlinkError, Rtnl, is_missing
 
@@ -263,18 +263,9 @@ def release(description: Mapping[str, object]) -> None:
 
 
 def _release(record: NetworkRecord, log: logging.Logger) -> None:
-    try:
-        fd = open_netns(record.netns)
-    except ConfigError as exc:
-        log.debug("nothing to release: %s", exc)
-        return
-    try:
-        if not record.netns_id.same_namespace(NetnsId.of_fd(fd)):
-            log.warning("nothing released: %s is now another namespace", record.netns)
-            return
-        failures = run_in_netns(fd, lambda: _remove_here(record, log))
-    finally:
-        os.close(fd)
+    failures = run_in_the_same_netns(
+        record.netns, record.netns_id, lambda: _remove_here(record, log), log, "nothing released"
+    )
     if failures:
         raise NetworkError(record.netns, "cannot remove " + "; ".join(failures))
 
