@@ -112,9 +112,16 @@ def _reattach(store: Store, pod_id: str, lock_fd: int | None) -> PodRecord:
 
 
 def _raise_if_stopped_meanwhile(store: Store, pod_id: str, request: calls.Request[R]) -> None:
-    """A call that raced the pod's stop lost its daemon mid-way: say that plainly."""
+    """A call that raced the pod's stop lost its daemon mid-way: say that plainly.
+
+    Never reattaches nor waits for the pod's lock: the caller may hold it (a
+    stop), and a daemon that died under a live VM is taken over by the next call.
+    """
     try:
-        state = reconcile(store, pod_id).state
+        record = store.load(pod_id)
+        if orphans.orphaned(record) and orphans.cannot_reattach(record) is None:
+            return
+        state = orphans.reconcile(store, pod_id).state
     except VcError:
         return
     if state not in LIVE:

@@ -4,12 +4,16 @@ takes over its VM when that can be, and is cleaned up, saying why, when not."""
 from __future__ import annotations
 
 import subprocess
+import threading
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from tests.unit.conftest import mock_pod
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, ImagePaths
+from virtcontainers.daemon import calls, client
 from virtcontainers.host import orphans
 from virtcontainers.host import proc as hostproc
 from virtcontainers.records import PodRecord, ProcessRef
@@ -97,3 +101,31 @@ def test_a_vm_a_new_daemon_cannot_take_over_is_killed_and_the_pod_says_why(
         vm.kill()
         vm.wait()
     api.delete_pod("stuck")
+
+
+def test_a_call_that_lost_its_daemon_under_the_pods_lock_does_not_wait_for_itself(
+    run_root: Path, image: ImagePaths, rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graceful stop holds the pod's lock; when a forced stop kills its daemon
+    while the VM still lives, the stop's error path must not wait for that lock
+    to reattach (it would wait for itself, and the forced stop behind it)."""
+    monkeypatch.setattr(client, "REATTACH_TIMEOUT", 3600.0)
+    vm = subprocess.Popen(["sleep", "600"])
+    try:
+        orphan("held", image, rootfs, hostproc.of(vm.pid))
+        store = Store()
+        with store.locked("held", "stop"):
+            checked = threading.Thread(
+                target=client._raise_if_stopped_meanwhile,
+                args=(store, "held", calls.StopPod()),
+                daemon=True,
+            )
+            checked.start()
+            checked.join(timeout=60)
+            assert not checked.is_alive(), "the call waited for the lock its caller holds"
+        assert vm.poll() is None, "the VM was killed: the next call could not reattach"
+        assert store.load("held").state is PodState.RUNNING
+    finally:
+        vm.kill()
+        vm.wait()
+    api.delete_pod("held", force=True)
