@@ -52,8 +52,9 @@ async def with_guest(
     server = await asyncio.start_unix_server(handle, str(path))
     client = AgentClient("test")
     try:
-        await client.connect(path, timeout=5)
-        await asyncio.wait_for(body(client), 10)
+        # Hang guards only: generous, for a machine busy with VMs.
+        await client.connect(path, timeout=30)
+        await asyncio.wait_for(body(client), 60)
     finally:
         await client.close()
         server.close()

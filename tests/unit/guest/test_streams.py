@@ -43,10 +43,15 @@ def test_large_output_with_flow_control(agent: AgentClient, agent_rootfs: str) -
     assert stdout is not None
     agent.auto_credit = False
     agent.call("start_container", container_id=cid)
-    # Grant credit only once the agent has gone quiet: it must then have sent
-    # exactly one window, never more (the container is blocked meanwhile).
+    # Grant credit only once the agent has sent a whole window and then gone
+    # quiet: never more than one window (the container is blocked meanwhile).
+    # A loaded machine may pause the sender mid-window: wait for the window.
     stalls = 0
     while stdout not in agent.eof:
+        while agent.outstanding.get(stdout, 0) < protocol.STREAM_WINDOW:
+            if stdout in agent.eof:
+                break
+            assert agent.pump(60), "the agent stopped sending before its window was used"
         while agent.pump(0.1):
             assert agent.outstanding.get(stdout, 0) <= protocol.STREAM_WINDOW
         held = agent.outstanding.get(stdout, 0)
