@@ -47,7 +47,8 @@ from tests.engines.test_cri_shim import shim_plugin_toml
 from bare import BareVMs
 from templates import own_factory
 from virtcontainers import api
-from virtcontainers.factory.templates import ENV_FACTORY_DIR, init_template
+from virtcontainers.factory.pool import ENV_FACTORY_DIR
+from virtcontainers.factory.templates import init_template
 from virtcontainers.host import proc as hostproc
 from virtcontainers.oci.annotations import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS
 

@@ -35,7 +35,8 @@ from typing import Any
 from common import progress, summary
 from templates import own_factory, pod_start_once, remove, restores
 from virtcontainers import api, oci
-from virtcontainers.factory.templates import ENV_AUTO_TEMPLATES, ENV_FACTORY_DIR, init_template
+from virtcontainers.factory.pool import ENV_FACTORY_DIR
+from virtcontainers.factory.templates import ENV_AUTO_TEMPLATES, init_template
 
 BIN = Path(sys.executable).parent
 LINE = b"first"

@@ -37,8 +37,9 @@ from virtcontainers import api
 from virtcontainers.agent.client import AgentClient
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
 from virtcontainers.errors import NotFoundError, StateError
+from virtcontainers.factory.pool import ENV_FACTORY_DIR
 from virtcontainers.factory.template import Template
-from virtcontainers.factory.templates import ENV_FACTORY_DIR, Factory, init_template
+from virtcontainers.factory.templates import Factory, init_template
 from virtcontainers.host import proc as hostproc
 from virtcontainers.hypervisor.qemu.driver import QemuHypervisor
 

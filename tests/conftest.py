@@ -17,12 +17,16 @@ from typing import Any
 import pytest
 
 from virtcontainers import api
+from virtcontainers.factory import pool
 from virtcontainers.storage import mounts
 
 # A pod that finds no template would start a template VM in the background:
 # on a shared 2-core runner, dozens of them at once.  Only the tests of that
 # feature turn it on, each with a factory directory of its own.
 os.environ["VC_AUTO_TEMPLATES"] = "0"
+# Nor does a pod claim or refill a pool of waiting clones: that feature's tests
+# turn it on, with a factory directory of their own.
+os.environ["VC_POOL"] = "0"
 
 
 def remove_all_pods() -> None:
@@ -50,6 +54,7 @@ def run_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("VC_RUN_DIR", str(root))
     try:
         yield root
+        pool.stop(root)
         remove_all_pods()
         mounts.detach_all_under(base)
         leftovers = list(root.rglob("*")) if root.exists() else []

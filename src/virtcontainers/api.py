@@ -34,6 +34,7 @@ from virtcontainers.errors import (
     VcError,
 )
 from virtcontainers.events import Event
+from virtcontainers.factory import pool
 from virtcontainers.host import orphans
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import remove_pod_files
@@ -319,8 +320,12 @@ def _all_pods() -> list[PodStatus | CorruptRecordError]:
 def collect_garbage() -> GarbageReport:
     """Remove what pods left behind: dead daemons' VMs, stale mounts and sockets,
     deleted containers' layers, half-created pods, stray processes.  Safe beside
-    live pods (see :mod:`virtcontainers.host.orphans`)."""
-    return orphans.collect(_store())
+    live pods (see :mod:`virtcontainers.host.orphans`), and what dead standbys of
+    the pool left (:mod:`virtcontainers.factory.pool`)."""
+    store = _store()
+    report = orphans.collect(store)
+    report.removed += [f"standby {name}: its daemon died" for name in pool.collect(store.root)]
+    return report
 
 
 def pod_status(pod_id: str) -> PodStatus:

@@ -125,10 +125,13 @@ class PodPaths:
     socket = _InPodDir("daemon.sock")
     log = _InPodDir("daemon.log")
     vm = _InPodDir("vm")
-    shared = _InPodDir("shared")
+    guestfs = _InPodDir("guestfs")
+    """The parent of ``skel`` and ``shared``: one rename moves both mounts (a
+    pool's waiting clone becomes a pod so, :mod:`virtcontainers.daemon.standby`)."""
+    shared = _InPodDir("guestfs/shared")
     console = _InPodDir("console.log")
     """The last console output of the pod's VM, kept after it stops."""
-    skel = _InPodDir("skel")
+    skel = _InPodDir("guestfs/skel")
     layers = _InPodDir("layers")
     network = _InPodDir("network.json")
     """What the pod made in its network namespace (taps, qdiscs), until released."""

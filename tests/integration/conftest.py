@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import remove_all_pods
 from virtcontainers import api
 from virtcontainers.config import Cmd, ContainerConfig, PodConfig
+from virtcontainers.factory import pool
 from virtcontainers.states import PodState
 from virtcontainers.storage import mounts
 
@@ -31,6 +32,7 @@ def qemu_pids(run_root: Path) -> set[int]:
 def no_leaks(run_root: Path) -> Iterator[Path]:
     """After the test, its pods are removed and no VM of theirs may be left running."""
     yield run_root
+    pool.stop(run_root)
     remove_all_pods()
     leaked = qemu_pids(run_root)
     assert not leaked, f"QEMU processes left behind: {leaked}"

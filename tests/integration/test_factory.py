@@ -25,9 +25,12 @@ from tests.netlab import Lab, snapshot, tun_links
 from virtcontainers import api
 from virtcontainers.config import ContainerConfig, ImagePaths, PodConfig, Resources
 from virtcontainers.errors import TemplateError
+from virtcontainers.factory import pool
 from virtcontainers.factory.template import Template
 from virtcontainers.factory.templates import AUTO_LOCK, AUTO_LOG, Factory, init_template
+from virtcontainers.host import proc as hostproc
 from virtcontainers.image import GuestImage
+from virtcontainers.storage import mounts
 from virtcontainers.volumes import BlockVolume
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -358,3 +361,82 @@ def test_sibling_clones_resume_with_random_state_boot_id_and_machine_id_of_their
     assert first[0] != second[0], "two clones resumed with the same random state"
     assert first[1] != second[1], "two clones have one boot id"
     assert first[2] != second[2], "two clones have one machine id"
+
+
+@pytest.fixture
+def pooled(
+    templated: Template, no_leaks: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Template]:
+    """A pool of one waiting clone of the module's template, emptied after the test."""
+    monkeypatch.setenv(pool.ENV_POOL, "1")
+    factory_root = templated.path.parent
+    pool.set_pool_size(factory_root, 1)
+    try:
+        assert pool.fill(no_leaks, factory_root, templated.key) == 1
+        yield templated
+    finally:
+        pool.set_pool_size(factory_root, 0)
+        pool.stop(no_leaks)
+
+
+def ready_standby(run_root: Path, other_than: str | None = None) -> pool.StandbyInfo:
+    """The pool's ready standby (a new one, if *other_than* names the last)."""
+    deadline = time.monotonic() + 180  # a hang guard: a standby boots in seconds
+    while time.monotonic() < deadline:
+        ready = [s for s in pool.standbys(run_root) if s.ready and s.path.name != other_than]
+        if ready:
+            return ready[0]
+        assert any(s.alive for s in pool.standbys(run_root)), "no standby runs"
+        time.sleep(0.2)
+    raise AssertionError(f"no standby became ready: {pool.standbys(run_root)}")
+
+
+def test_a_waiting_clone_becomes_the_next_pod_and_is_replaced(
+    pooled: Template, no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    standby = ready_standby(no_leaks)
+    assert standby.vm is not None
+    # A pod the clone does not fit boots as it would without a pool.
+    api.run_pod(PodConfig(id="cold", boot="cold"))
+    assert api.pod_status("cold").template is None
+    api.delete_pod("cold", force=True)
+    assert ready_standby(no_leaks) == standby
+    script = "hostname; cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An -tx1"
+    first = started("pooled1", busybox_rootfs, script, lines=4)
+    status = api.pod_status("pooled1")
+    assert (status.template, status.vm_pid) == (pooled.key, standby.vm.pid)
+    assert first.startswith(b"pooled1\n")  # the pod's name, given at the claim
+    steps = [e.fields["step"] for e in api.pod_events("pooled1") if e.kind == "boot"]
+    assert steps[:1] == ["VM taken from the pool"]
+    out, _, code = run_exec("pooled1", "c", shell("echo exec works"))
+    assert (out, code) == (b"exec works\n", 0)
+    assert not standby.path.exists()
+    # The pod that took the clone started the next one, a clone of its own.
+    replacement = ready_standby(no_leaks, other_than=standby.path.name)
+    second = started("pooled2", busybox_rootfs, script, lines=4)
+    assert replacement.vm is not None
+    assert api.pod_status("pooled2").vm_pid == replacement.vm.pid
+    assert first.split(b"\n")[1] != second.split(b"\n")[1], "two clones have one boot id"
+    assert first.split(b"\n", 2)[2] != second.split(b"\n", 2)[2], "two clones drew alike"
+    for pod_id in ("pooled1", "pooled2"):
+        api.stop_pod(pod_id)
+        api.delete_pod(pod_id)
+        assert not (no_leaks / "pods" / pod_id).exists()
+    ready_standby(no_leaks)
+    assert len(pool.stop(no_leaks)) == 1
+    assert pool.standbys(no_leaks) == []
+
+
+def test_a_standby_whose_daemon_died_is_collected(pooled: Template, no_leaks: Path) -> None:
+    standby = ready_standby(no_leaks)
+    assert standby.daemon is not None and standby.vm is not None
+    pool.set_pool_size(pooled.path.parent, 0)  # no refill meanwhile
+    os.kill(standby.daemon.pid, signal.SIGKILL)
+    while hostproc.alive(standby.daemon):  # the kill lands a moment later
+        time.sleep(0.02)
+    assert hostproc.alive(standby.vm)  # QEMU outlives its daemon: gc's to kill
+    report = api.collect_garbage()
+    assert f"standby {standby.path.name}: its daemon died" in report.removed
+    assert not hostproc.alive(standby.vm)
+    assert pool.standbys(no_leaks) == []
+    assert not mounts.mounts_under(no_leaks)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from virtcontainers.daemon import rpc
 from virtcontainers.errors import DaemonError, error_from_dict
+from virtcontainers.factory import pool
 from virtcontainers.host.logtail import tail
+from virtcontainers.host.pythonenv import package_env
 from virtcontainers.records import ProcessRef
 from virtcontainers.store import PodLock, Store
 
@@ -68,7 +70,7 @@ def parse_daemon_argv(argv: list[str] | None) -> DaemonArgs:
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--detach", action="store_true", help="fork into a new session first")
     parser.add_argument("--lock-fd", type=int)
-    parser.add_argument("--owner", type=_process_ref)
+    parser.add_argument("--owner", type=parse_process_ref)
     parser.add_argument("--reattach", action="store_true", help="take over the running VM")
     parsed = parser.parse_args(argv)
     return DaemonArgs(
@@ -83,21 +85,12 @@ def parse_daemon_argv(argv: list[str] | None) -> DaemonArgs:
     )
 
 
-def _process_ref(text: str) -> ProcessRef:
+def parse_process_ref(text: str) -> ProcessRef:
     pid, _, start = text.partition(":")
     try:
         return ProcessRef(int(pid), int(start))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not PID:START_TIME") from None
-
-
-def package_env() -> dict[str, str]:
-    """Our environment, with this package importable by a child Python (the pod
-    daemon, vc-runtime's shim) even when that child runs without site-packages."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
 
 
 def spawn(store: Store, lock: PodLock, timeout: float, owner: ProcessRef | None) -> None:
@@ -137,19 +130,32 @@ def _launch(
     debug = bool(os.environ.get("VC_DEBUG"))
     args = DaemonArgs(store.root, pod_id, write_end, debug, True, lock_fd, owner, reattach)
     passed = [write_end] if lock_fd is None else [write_end, lock_fd]
-    with open(paths.log, "ab") as log:
-        launcher = subprocess.Popen(
-            daemon_argv(args),
-            pass_fds=passed,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd="/",
-            env=package_env(),
-        )
-    os.close(write_end)
     try:
-        launcher.wait()
+        with open(paths.log, "ab") as log:
+            if (
+                reattach
+                or lock_fd is None
+                or not pool.claim(
+                    store.root,
+                    pool.factory_root(store.root),
+                    pod_id,
+                    [write_end, lock_fd, log.fileno()],
+                    owner,
+                    debug,
+                )
+            ):
+                subprocess.Popen(
+                    daemon_argv(args),
+                    pass_fds=passed,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd="/",
+                    env=package_env(),
+                ).wait()
+    finally:
+        os.close(write_end)
+    try:
         answer = read_ready(read_end, timeout)
     finally:
         os.close(read_end)

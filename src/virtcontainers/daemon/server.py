@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,13 +235,29 @@ def _listen(path: Path) -> socket.socket:
     return listener
 
 
-async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | None = None) -> int:
+@dataclass(frozen=True)
+class RunningClone:
+    """A pool's clone, running with its agent connected, that a pod takes over."""
+
+    key: str
+    hypervisor: Hypervisor
+    agent: Agent
+    ready: Callable[[], None]
+    """Called once the pod runs and its starter was told: the pool refills."""
+
+
+async def run(
+    store: Store,
+    args: launcher.DaemonArgs,
+    stop: asyncio.Event | None = None,
+    clone: RunningClone | None = None,
+) -> int:
     """Boot the pod and serve it; a failure is reported only after cleaning up,
     so the caller may delete the pod's directory as soon as it hears of it.
 
     ``stop``: set by the process that hosts this daemon when the pod must stop
     (its own shutdown); SIGTERM and SIGINT are then that process's to handle.
-    Without it, they stop the pod.
+    Without it, they stop the pod.  ``clone``: the pod's VM, already running.
     """
     paths = store.paths(args.pod_id)
     listener: socket.socket | None = None
@@ -248,9 +265,15 @@ async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | Non
     failure: ErrorDict | None = None
     try:
         record = _claim(store, args, hosted=stop is not None)
-        pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
+        if clone is not None:
+            pod = Pod(store, record, clone.hypervisor, clone.agent)
+        else:
+            pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
         listener = _listen(paths.socket)
-        await (pod.reattach() if args.reattach else pod.start())
+        if args.reattach:
+            await pod.reattach()
+        else:
+            await pod.start(clone.key if clone is not None else None)
     except BaseException as exc:
         failure = error_to_dict(exc)
         if args.reattach:
@@ -265,6 +288,8 @@ async def run(store: Store, args: launcher.DaemonArgs, stop: asyncio.Event | Non
         if failure is None and pod is not None and listener is not None:
             # A reattached pod runs on whether or not its caller heard of it.
             heard = launcher.report_ready(args.ready_fd, {"ok": True}) or args.reattach
+            if clone is not None:
+                clone.ready()
             await _serve_until_stopped(store, pod, listener, heard, pod.record.owner, stop)
     finally:
         if listener is not None:

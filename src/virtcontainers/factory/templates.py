@@ -60,6 +60,7 @@ from pathlib import Path
 from virtcontainers.config import ImagePaths, PodConfig, Resources
 from virtcontainers.errors import TemplateError
 from virtcontainers.factory.maker import make_template
+from virtcontainers.factory.pool import POOL_FILE, factory_root
 from virtcontainers.factory.template import (
     LOCK_FILE,
     RECORD_FILE,
@@ -71,7 +72,6 @@ from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.devices import SharedFsKind
 from virtcontainers.store import run_root
 
-ENV_FACTORY_DIR = "VC_FACTORY_DIR"
 ENV_AUTO_TEMPLATES = "VC_AUTO_TEMPLATES"
 BUILD_TIMEOUT = 300.0
 AUTO_TEMPLATES_KEPT = 3
@@ -89,10 +89,7 @@ def auto_templates_enabled() -> bool:
 
 def factory_dir(root: Path | None = None) -> Path:
     """``$VC_FACTORY_DIR``, else ``factory`` under the run root (*root*, else the default)."""
-    env = os.environ.get(ENV_FACTORY_DIR)
-    if env:
-        return Path(env)
-    return (root if root is not None else run_root()) / "factory"
+    return factory_root(root if root is not None else run_root())
 
 
 def _check_private(root: Path) -> None:
@@ -286,6 +283,7 @@ class Factory:
                 self._remove(entry)
             if key is None:
                 (self.root / ".lock").unlink(missing_ok=True)
+                (self.root / POOL_FILE).unlink(missing_ok=True)  # nothing left to clone
                 self._remove_idle_auto_files()
         if key is None:
             with contextlib.suppress(OSError):

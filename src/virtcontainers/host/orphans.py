@@ -148,7 +148,7 @@ def _release(store: Store, pod_id: str, report: GarbageReport) -> None:
     layers = Path(os.path.realpath(paths.layers))  # mounted until the pod is deleted
     leftovers = [m for m in mounts.mounts_under(paths.root) if m != layers] or [
         path
-        for path in (paths.socket, paths.vm, paths.shared, paths.skel, paths.network, paths.cgroup)
+        for path in (paths.socket, paths.vm, paths.guestfs, paths.network, paths.cgroup)
         if path.exists()
     ]
     if leftovers:

@@ -14,6 +14,7 @@ One :class:`Hypervisor` instance drives one VM.  Its lifecycle::
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -244,6 +245,11 @@ class Hypervisor(Protocol):
 
     def agent_socket_path(self) -> Path:
         """The host unix socket of the virtserialport named ``agent``."""
+
+    def relocate(self, moves: Mapping[Path, Path], vm_id: str) -> None:
+        """The running VM's directories were renamed (each key to its value,
+        e.g. its run directory) and it now serves *vm_id*: follow them.  The
+        VM keeps its open files and connections; paths are used anew only."""
 
     def capabilities(self) -> Capabilities:
         """What this VM supports."""

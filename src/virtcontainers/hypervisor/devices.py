@@ -6,10 +6,13 @@ safe to put on a QEMU command line or into a QMP command.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from virtcontainers.config import MAX_SOCKET_PATH
 from virtcontainers.errors import ConfigError
@@ -146,3 +149,21 @@ class GenerationIdDevice(Device):
     id at every launch, so a VM restored from a saved state is told (an ACPI
     notification) that it is a new copy, and the guest kernel reseeds its
     random pool at once (Linux's vmgenid driver)."""
+
+
+def moved_path(path: Path, moves: Mapping[Path, Path]) -> Path:
+    """*path* after the directories in *moves* (old to new) were renamed."""
+    for old, new in moves.items():
+        if path.is_relative_to(old):
+            return new / path.relative_to(old)
+    return path
+
+
+def moved_device(device: Device, moves: Mapping[Path, Path]) -> Device:
+    """*device* with every path it names followed through *moves*."""
+    changes: dict[str, Any] = {
+        field.name: moved_path(value, moves)
+        for field in dataclasses.fields(device)
+        if isinstance(value := getattr(device, field.name), Path)
+    }
+    return dataclasses.replace(device, **changes)

@@ -10,7 +10,9 @@ a tap lives exactly as long as it would beside a real VM.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError, VMLaunchError
@@ -21,7 +23,14 @@ from virtcontainers.hypervisor.base import (
     VMConfig,
     VMState,
 )
-from virtcontainers.hypervisor.devices import BlockDevice, Device, NetDevice, SerialPortDevice
+from virtcontainers.hypervisor.devices import (
+    BlockDevice,
+    Device,
+    NetDevice,
+    SerialPortDevice,
+    moved_device,
+    moved_path,
+)
 from virtcontainers.records import ProcessRef
 
 MOCK_MACHINE = "mock"
@@ -65,6 +74,18 @@ class MockHypervisor:
         self.devices = list(config.devices)
         self._exit_code = None
         self._life.move(VMState.CREATED)
+
+    def relocate(self, moves: Mapping[Path, Path], vm_id: str) -> None:
+        self.calls.append(("relocate", vm_id))
+        config = self.config
+        self._config = dataclasses.replace(
+            config,
+            vm_id=vm_id,
+            run_dir=moved_path(config.run_dir, moves),
+            devices=tuple(moved_device(d, moves) for d in config.devices),
+        )
+        self.devices = [moved_device(d, moves) for d in self.devices]
+        self._life.vm_id = vm_id
 
     def add_device(self, device: Device) -> None:
         self._life.require("add a device to", VMState.CREATED)

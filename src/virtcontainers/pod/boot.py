@@ -80,7 +80,7 @@ def template_for_pod(
         yield None
         return
     shape = TemplateShape.for_pod(config, image, accelerator, shared_fs)
-    reason = _unsupported(config, shared_fs, nics, shape.hotplug_ports)
+    reason = unsupported(config, shared_fs, nics, shape.hotplug_ports)
     key = ""
     if reason is None:
         try:
@@ -124,7 +124,7 @@ def _build_in_background(factory: Factory, shape: TemplateShape, config: PodConf
     return "making it in the background" if started else "a background build already runs"
 
 
-def _unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
+def unsupported(config: PodConfig, shared_fs: SharedFsKind, nics: int, ports: int) -> str | None:
     """Why a pod cannot be a clone at all, or None."""
     spare = config.hotplug_slots()
     if nics + spare > ports:
@@ -159,11 +159,18 @@ class PodBoot:
     def _step(self, name: str) -> None:
         self.events.emit("boot", step=name)
 
-    async def boot(self) -> None:
+    async def boot(self, standby: str | None = None) -> None:
         """Start the VM, connect its agent and give the guest its network.
+
+        *standby*: the key of the template whose clone is already running,
+        restored by a pool's standby (:mod:`virtcontainers.factory.pool`) with
+        its agent connected and its shared directory mounted, now this pod's.
 
         What was started when this raises is the caller's to tear down.
         """
+        if standby is not None:
+            await self._take_standby(standby)
+            return
         self._step("the daemon starts the VM")
         self.paths.vm.mkdir(mode=0o700, exist_ok=True)
         self.shared.prepare()
@@ -191,9 +198,33 @@ class PodBoot:
                 self._step("clone given its identity and NICs")
         finally:
             self.nics.close_fds()  # QEMU has its own copies, or failed
+        await self._configure_network(nics, hotplugged=template is not None)
+
+    async def _take_standby(self, key: str) -> None:
+        """The clone runs: it joins the pod's host cgroup and is given the pod's
+        identity (the shared directory is mounted already) and its NICs."""
+        self._step("VM taken from the pool")
+        if self.config.cgroup is not None:
+            self._join_host_cgroup(self.config.cgroup)
+            vm_pid = self.vm.hypervisor.pid
+            if vm_pid is not None:
+                HostCgroup(self.config.cgroup).enter(vm_pid)
+            self._step("host cgroup joined")
+        self.vm_started(key)
+        try:
+            nics = await self._attach_network()
+            await self._init_clone(SharedFsKind.VIRTIO_9P)
+            for nic in nics:
+                await self.vm.hypervisor.hotplug_device(nic)
+            self._step("clone given its identity and NICs")
+        finally:
+            self.nics.close_fds()
+        await self._configure_network(nics, hotplugged=True)
+
+    async def _configure_network(self, nics: list[NetDevice], hotplugged: bool) -> None:
         # Without NICs the guest's loopback is down, and forwarded connections need it.
         if nics or self.config.forward_loopback:
-            wait = NIC_APPEAR_TIMEOUT if template is not None and nics else 0.0
+            wait = NIC_APPEAR_TIMEOUT if hotplugged and nics else 0.0
             await self.vm.agent.configure_network(*self.nics.guest_settings(), wait)
             self._step("network configured in the guest")
 

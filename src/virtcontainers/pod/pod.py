@@ -154,12 +154,15 @@ class Pod:
 
     # --- pod lifecycle --------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Boot the VM, connect the agent, create and start the pod's containers."""
+    async def start(self, standby: str | None = None) -> None:
+        """Boot the VM, connect the agent, create and start the pod's containers.
+
+        *standby*: the VM runs already, a clone of this template taken from
+        the pool (:meth:`~virtcontainers.pod.boot.PodBoot.boot`)."""
         self.state.moved_to(self.id, PodState.RUNNING)
-        self.log.info("starting pod")
+        self.log.info("starting pod" if standby is None else "starting pod from the pool")
         try:
-            await self._boot().boot()
+            await self._boot().boot(standby)
             await self._forward_loopback()
             self._spawn(self._watch_vm())
             # Nothing waits for the details (the agent runs `crun --version` for them,

@@ -6,11 +6,11 @@ changed.  The directories that the host looks up are a skeleton that the
 guest sees read-only; only what containers need is writable, and those are
 mount points, which cannot be renamed::
 
-    <pod>/skel/                 tmpfs, written by the host alone (the pod dir is 0700)
+    <pod>/guestfs/skel/         tmpfs, written by the host alone (the pod dir is 0700)
         <container>/rootfs      empty mount points, one per container root (none for
                                 a block-device root, which the VM gets as a disk) ...
         <container>/mounts/<n>  ... and per volume
-    <pod>/shared/               a read-only bind of skel/, exported to the guest;
+    <pod>/guestfs/shared/       a read-only bind of skel/, exported to the guest;
                                 the container roots and volumes are mounted on it
     <pod>/layers/               a tmpfs of its own, of a set size (the guest fills
                                 it, not the run root: a full one is ENOSPC in the
@@ -65,6 +65,7 @@ class SharedDir:
     def prepare(self) -> None:
         """Mount an empty skeleton and its read-only view (after any leftovers go)."""
         self.detach()
+        self.paths.guestfs.mkdir(mode=0o700, exist_ok=True)
         self.paths.skel.mkdir(mode=0o700, exist_ok=True)
         self.paths.shared.mkdir(mode=0o700, exist_ok=True)
         flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
@@ -81,6 +82,8 @@ class SharedDir:
             mounts.detach(path)
             with contextlib.suppress(FileNotFoundError):
                 path.rmdir()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.guestfs.rmdir()
 
     def remove(self) -> None:
         """Detach everything and delete the writable layers too."""

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from virtcontainers.daemon.launcher import package_env
+from virtcontainers.host.pythonenv import package_env
 
 
 def test_package_env_makes_this_package_importable_without_site() -> None:

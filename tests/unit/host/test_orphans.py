@@ -32,8 +32,10 @@ def test_gc_removes_leftovers_and_spares_a_live_pod(
     os.kill(dead.daemon_pid, 9)
     # A stopped pod with a stale mount, socket and the layer of a deleted container.
     api.create_pod(mock_pod("stale", image))
-    (pods / "stale" / "skel").mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(pods / "stale" / "skel")], check=True)
+    (pods / "stale" / "guestfs" / "skel").mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "tmpfs", str(pods / "stale" / "guestfs" / "skel")], check=True
+    )
     (pods / "stale" / "daemon.sock").touch()
     (pods / "stale" / "layers" / "gone" / "upper").mkdir(parents=True)
     # A create that was killed before it wrote a record, a while ago.

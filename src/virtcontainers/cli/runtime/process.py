@@ -18,8 +18,8 @@ from pathlib import Path
 
 from virtcontainers.cli.runtime.pidshim import ShimRequest
 from virtcontainers.cli.runtime.state import RuntimeCommandError
-from virtcontainers.daemon.launcher import package_env
 from virtcontainers.errors import error_from_dict
+from virtcontainers.host.pythonenv import package_env
 
 
 def write_pid_file(path: Path, pid: int) -> None:

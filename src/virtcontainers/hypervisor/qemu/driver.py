@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +59,8 @@ from virtcontainers.hypervisor.devices import (
     SharedFsDevice,
     SharedFsKind,
     check_socket_path,
+    moved_device,
+    moved_path,
 )
 from virtcontainers.hypervisor.qemu.command import (
     DEFAULT_BINARY,
@@ -290,6 +293,20 @@ class QemuHypervisor:
 
     def console_path(self) -> Path:
         return self.config.run_dir / "console.log"
+
+    def relocate(self, moves: Mapping[Path, Path], vm_id: str) -> None:
+        config = self.config
+        self._config = dataclasses.replace(
+            config,
+            vm_id=vm_id,
+            run_dir=moved_path(config.run_dir, moves),
+            devices=tuple(moved_device(d, moves) for d in config.devices),
+        )
+        self._devices = [moved_device(d, moves) for d in self._devices]
+        if self._command is not None:
+            self._command = dataclasses.replace(self._command, config=self._config)
+        self._life.vm_id = vm_id
+        self._log = logging.getLogger(__name__).getChild(vm_id)
 
     def qemu_log_path(self) -> Path:
         """QEMU's own stderr."""
