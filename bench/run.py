@@ -283,6 +283,9 @@ def run_frontends(args: argparse.Namespace, rootfs: Path, ratios: dict[str, Any]
         ratios[f"{name}_templated_over_bare_boot"] = round(
             entry["templated"]["median_s"] / boots["median_s"], 2
         )
+        ratios[f"{name}_pooled_over_bare_boot"] = round(
+            entry["pooled"]["median_s"] / boots["median_s"], 2
+        )
     print(f"bare boot to init (a cold start's floor) median {boots['median_s']:.2f} s")
     frontends.report(figures)
     return figures

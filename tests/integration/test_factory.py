@@ -440,3 +440,26 @@ def test_a_standby_whose_daemon_died_is_collected(pooled: Template, no_leaks: Pa
     assert not hostproc.alive(standby.vm)
     assert pool.standbys(no_leaks) == []
     assert not mounts.mounts_under(no_leaks)
+
+
+def test_virtc_keeps_a_pool_that_virtc_run_takes_from(
+    templated: Template, no_leaks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(pool.ENV_POOL, "1")
+    try:
+        result = virtc(no_leaks, "factory", "pool", "--size", "1")
+        assert result.returncode == 0, result.stderr
+        standby = ready_standby(no_leaks)
+        result = virtc(no_leaks, "run", "--name", "vp", "--timings", "--", "hostname")
+        assert (result.returncode, result.stdout) == (0, "vp\n"), result.stderr
+        assert "VM taken from the pool" in result.stderr
+        assert not standby.path.exists()
+        assert api.pod_status("vp").template == templated.key
+        api.delete_pod("vp", force=True)
+        ready_standby(no_leaks)  # its replacement
+        result = virtc(no_leaks, "factory", "pool", "--size", "0")
+        assert result.returncode == 0 and "stopped" in result.stdout, result.stderr
+        assert pool.standbys(no_leaks) == []
+    finally:
+        pool.set_pool_size(templated.path.parent, 0)
+        pool.stop(no_leaks)

@@ -242,8 +242,6 @@ class RunningClone:
     key: str
     hypervisor: Hypervisor
     agent: Agent
-    ready: Callable[[], None]
-    """Called once the pod runs and its starter was told: the pool refills."""
 
 
 async def run(
@@ -288,8 +286,6 @@ async def run(
         if failure is None and pod is not None and listener is not None:
             # A reattached pod runs on whether or not its caller heard of it.
             heard = launcher.report_ready(args.ready_fd, {"ok": True}) or args.reattach
-            if clone is not None:
-                clone.ready()
             await _serve_until_stopped(store, pod, listener, heard, pod.record.owner, stop)
     finally:
         if listener is not None:

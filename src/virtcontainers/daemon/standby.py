@@ -48,6 +48,7 @@ from virtcontainers.errors import VcError
 from virtcontainers.factory import pool
 from virtcontainers.factory.pool import ENV_FACTORY_DIR
 from virtcontainers.factory.template import Template, TemplateShape
+from virtcontainers.factory.templates import current_shape
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import release_run_files
 from virtcontainers.hypervisor import new_hypervisor
@@ -228,11 +229,25 @@ async def wait_for_pod(standby: Standby) -> Offer | None:
 
 
 def _still_wanted(standby: Standby) -> bool:
-    return (
-        pool.pool_enabled()
-        and pool.pool_size(standby.factory_root) > 0
-        and (standby.factory_root / standby.key).is_dir()
-    )
+    """Whether to wait on: the pool is on and holds this template's current
+    clone.  A clone of a stale template (its image or QEMU changed) waits
+    until the current one exists, starts a clone of it, and ends."""
+    template_dir = standby.factory_root / standby.key
+    if not (pool.pool_enabled() and pool.pool_size(standby.factory_root) > 0):
+        return False
+    try:
+        if Template.load(template_dir).current():
+            return True
+        shape = standby.shape
+        current = current_shape(shape.vcpus, shape.memory_mib, shape.kernel_params).key
+    except VcError as exc:
+        log.info("standby ends: its template is gone or unusable (%s)", exc)
+        return False
+    if not (standby.factory_root / current).is_dir():
+        return True  # nothing to hand over to yet (a build may be under way)
+    log.info("standby ends: template %s is stale; starting a clone of %s", standby.key, current)
+    _refill(standby, current)
+    return False
 
 
 async def _answer(standby: Standby, conn: socket.socket) -> Offer | None:
@@ -244,7 +259,7 @@ async def _answer(standby: Standby, conn: socket.socket) -> Offer | None:
         except OSError as exc:
             log.warning("a bad offer: %s", exc)
             return None
-        offer = _parse(data, fds)
+        offer = parse_offer(data, fds)
         if offer is None:
             for fd in fds:
                 os.close(fd)
@@ -266,7 +281,7 @@ async def _answer(standby: Standby, conn: socket.socket) -> Offer | None:
         return offer
 
 
-def _parse(data: bytes, fds: list[int]) -> Offer | None:
+def parse_offer(data: bytes, fds: list[int]) -> Offer | None:
     try:
         message = json.loads(data)
     except ValueError:
@@ -328,14 +343,18 @@ async def _serve(standby: Standby, offer: Offer) -> int:
         offer.owner,
     )
 
-    def refill() -> None:
-        try:
-            pool.fill(standby.store.root, standby.factory_root, standby.key)
-        except (OSError, VcError) as exc:
-            log.warning("cannot refill the pool: %s", exc)
-
-    clone = RunningClone(standby.key, standby.hypervisor, standby.agent, refill)
+    # The replacement starts now, in this standby's cgroup: once the pod runs,
+    # this process is in the pod's host cgroup, which the engine removes with it.
+    _refill(standby, standby.key)
+    clone = RunningClone(standby.key, standby.hypervisor, standby.agent)
     return await serve_pod(standby.store, args, clone=clone)
+
+
+def _refill(standby: Standby, key: str) -> None:
+    try:
+        pool.fill(standby.store.root, standby.factory_root, key)
+    except (OSError, VcError) as exc:
+        log.warning("cannot refill the pool: %s", exc)
 
 
 def _set_nice(pid: int, nice: int) -> None:
