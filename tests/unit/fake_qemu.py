@@ -11,6 +11,11 @@ what the driver sends is understood.  Set by the test, in the environment:
   device_del, as a guest that lets go) or ``never`` (a guest that does not);
 - ``FAKE_QEMU_FAIL``: the name of a command that fails (GenericError).
 
+``stop`` and ``cont`` change the run status that ``query-status`` answers and
+send ``STOP`` and ``RESUME`` before their answer, as QEMU does.  SIGUSR1 pauses
+the VM as if behind its monitor client's back (QEMU stopping on an I/O error,
+or another client's ``stop``): the status turns ``paused`` and ``STOP`` is sent.
+
 ``query-pci`` answers with the root ports of the argv (``-device
 pcie-root-port``) and the devices in them: cold-plugged (``bus=PORT``) or
 added since with ``device_add``.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -56,6 +62,7 @@ class Monitor:
         self.devices: set[str] = set()
         self.ports, self.in_ports = root_ports(sys.argv)
         self.unplugging: set[str] = set()
+        self.status = "running"
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.fail = os.environ.get("FAKE_QEMU_FAIL", "")
         self.unplug = os.environ.get("FAKE_QEMU_UNPLUG", "release")
@@ -132,7 +139,19 @@ class Monitor:
             return self.query_pci()
         elif command == "device_del":
             self.device_del(args["id"])
-        return {"status": "running", "running": True} if command == "query-status" else {}
+        elif command == "stop":
+            self.run_state("paused")
+        elif command == "cont":
+            self.run_state("running")
+        elif command == "query-status":
+            return {"status": self.status, "running": self.status == "running"}
+        return {}
+
+    def run_state(self, status: str) -> None:
+        """Enter *status*, telling the client as QEMU does (only on a change)."""
+        if status != self.status:
+            self.status = status
+            self.send_event("RESUME" if status == "running" else "STOP", {})
 
     def query_pci(self) -> list[dict[str, Any]]:
         def in_port(port: str) -> list[dict[str, Any]]:
@@ -161,9 +180,12 @@ class Monitor:
                 self.devices.discard(data["device"])
                 self.in_ports.pop(data["device"], None)
                 self.unplugging.discard(data["device"])
-            seconds, micro = divmod(int(time.time() * 1e6), 1_000_000)
-            stamp = {"seconds": seconds, "microseconds": micro}
-            self.send({"event": "DEVICE_DELETED", "data": data, "timestamp": stamp})
+            self.send_event("DEVICE_DELETED", data)
+
+    def send_event(self, name: str, data: dict[str, Any]) -> None:
+        seconds, micro = divmod(int(time.time() * 1e6), 1_000_000)
+        stamp = {"seconds": seconds, "microseconds": micro}
+        self.send({"event": name, "data": data, "timestamp": stamp})
 
     def timeout(self) -> float | None:
         if not self.events:
@@ -194,24 +216,33 @@ def main() -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(qmp_path(sys.argv))
     listener.listen(1)
+    wakeup, woken = socket.socketpair()
+    wakeup.setblocking(False)
+    signal.signal(signal.SIGUSR1, lambda *_: None)  # handled in serve(), through the wakeup fd
+    signal.set_wakeup_fd(wakeup.fileno())
     conn, _ = listener.accept()
     monitor = Monitor(conn, os.environ["FAKE_QEMU_LOG"])
     while True:
-        serve(monitor)
+        serve(monitor, woken)
         monitor.conn.close()
         monitor.conn, _ = listener.accept()
         monitor.buffer = ""
 
 
-def serve(monitor: Monitor) -> None:
+def serve(monitor: Monitor, woken: socket.socket) -> None:
     version = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "fake"}
     monitor.send({"QMP": {"version": version, "capabilities": []}})
     selector = selectors.DefaultSelector()
     selector.register(monitor.conn, selectors.EVENT_READ)
+    selector.register(woken, selectors.EVENT_READ)
     while True:
-        if selector.select(monitor.timeout()) and not monitor.receive():
-            selector.close()
-            return
+        for key, _ in selector.select(monitor.timeout()):
+            if key.fileobj is woken:
+                if signal.SIGUSR1 in woken.recv(64):
+                    monitor.run_state("paused")
+            elif not monitor.receive():
+                selector.close()
+                return
         monitor.send_due_events()
 
 

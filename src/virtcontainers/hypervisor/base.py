@@ -208,10 +208,6 @@ class Hypervisor(Protocol):
     async def resume(self) -> None:
         """Continue a paused VM."""
 
-    async def query_status(self) -> str:
-        """The VM's run status as its monitor reports it (QMP's ``running``,
-        ``paused``, ...): it is paused too when frozen behind the pod's back."""
-
     async def hotplug_device(self, device: Device) -> None:
         """Attach *device* to the running VM; HypervisorError where unsupported.
 
@@ -261,6 +257,16 @@ class Hypervisor(Protocol):
     @property
     def running(self) -> bool:
         """True while the VM process is alive (running or paused)."""
+
+    @property
+    def vcpus_running(self) -> bool:
+        """True while the VM process is alive and its vCPUs run.
+
+        False once they are paused, whoever paused them: :meth:`pause`, or
+        someone behind the pod's back (another monitor client, or the VM
+        itself, as QEMU does on an I/O error).  The driver keeps it as the VM
+        reports each change, so reading it asks the VM nothing.
+        """
 
     @property
     def state(self) -> VMState:

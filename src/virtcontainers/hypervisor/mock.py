@@ -140,10 +140,8 @@ class MockHypervisor:
     async def resume(self) -> None:
         self._life.require("resume", VMState.PAUSED)
         self.calls.append(("resume", None))
+        self.frozen = False  # as QMP cont continues a VM, whoever stopped it
         self._life.move(VMState.RUNNING)
-
-    async def query_status(self) -> str:
-        return "paused" if self.frozen or self._life.state is VMState.PAUSED else "running"
 
     async def hotplug_device(self, device: Device) -> None:
         self._life.require("hot-plug a device into", VMState.RUNNING, VMState.PAUSED)
@@ -223,3 +221,7 @@ class MockHypervisor:
     @property
     def running(self) -> bool:
         return self._life.state in (VMState.RUNNING, VMState.PAUSED)
+
+    @property
+    def vcpus_running(self) -> bool:
+        return self._life.state is VMState.RUNNING and not self.frozen

@@ -345,6 +345,18 @@ class QemuHypervisor:
     def running(self) -> bool:
         return self.pid is not None
 
+    @property
+    def vcpus_running(self) -> bool:
+        """As QEMU's last STOP or RESUME event said
+        (:class:`~virtcontainers.hypervisor.qemu.session.RunStateListener`)."""
+        run = self._run
+        return (
+            run is not None
+            and run.session is not None
+            and not run.exited.done()
+            and run.session.vcpus_running
+        )
+
     # -- lifecycle ----------------------------------------------------------
 
     def _virtiofs_devices(self) -> list[SharedFsDevice]:
@@ -493,7 +505,8 @@ class QemuHypervisor:
         run.reaper = asyncio.create_task(self._reap(run))
         self._life.move(VMState.CREATED)
         self._life.move(VMState.RUNNING)
-        if await self.query_status() == "paused":
+        session.learn_run_status(await self._query_status())
+        if not session.vcpus_running:
             self._life.move(VMState.PAUSED)
         self._log.info("adopted QEMU pid %d", process.pid)
 
@@ -665,8 +678,8 @@ class QemuHypervisor:
             raise HypervisorError(f"{self._life.what} has no monitor connection")
         return run.session
 
-    async def query_status(self) -> str:
-        """The QMP run status (``running``, ``paused``, ...)."""
+    async def _query_status(self) -> str:
+        """The QMP run status (``running``, ``paused``, ...), asked of QEMU."""
         reply = await self._session().execute("query-status")
         assert isinstance(reply, dict)
         return str(reply["status"])

@@ -1,5 +1,6 @@
 """The QMP session with one running QEMU: what the driver, its hot-plug and its
-saved states say to that QEMU, and how they learn that it exited.
+saved states say to that QEMU, how they learn that it exited, and whether its
+vCPUs run.
 
 The driver opens it once QEMU is launched (:func:`open_session`) and hands it to
 :class:`~virtcontainers.hypervisor.qemu.hotplug.QemuHotplug` and
@@ -22,9 +23,30 @@ from qemu.qmp.message import Message
 from virtcontainers.errors import HypervisorError
 
 
+class RunStateListener(EventListener):
+    """Whether the VM's vCPUs run, as QEMU's last ``STOP`` or ``RESUME`` event
+    said.  QEMU sends one on every change of its run state, whoever made it
+    (this session, another monitor client, QEMU itself on an I/O error), before
+    it answers the command that made it: once ``stop`` has returned, the state
+    already says so.  Nothing is queued: only the last word is kept.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(("STOP", "RESUME"))
+        self.running = True
+        """A QEMU that was just launched, or loaded a saved state and was continued, runs."""
+        self.heard = False
+        """Whether an event has set :attr:`running` yet."""
+
+    async def put(self, event: Message) -> None:
+        if self.accept(event):
+            self.running = event["event"] == "RESUME"
+            self.heard = True
+
+
 class QmpSession:
-    """A connected QMP client, the VM it talks to (*what*, for messages) and
-    the future of that QEMU's exit code."""
+    """A connected QMP client, the VM it talks to (*what*, for messages), the
+    future of that QEMU's exit code and whether its vCPUs run."""
 
     def __init__(
         self, client: QMPClient, what: str, exited: asyncio.Future[int], log: logging.Logger
@@ -33,6 +55,20 @@ class QmpSession:
         self.what = what
         self.exited = exited
         self.log = log
+        self._run_state = RunStateListener()
+        client.register_listener(self._run_state)
+
+    @property
+    def vcpus_running(self) -> bool:
+        """Whether the vCPUs run, as QEMU last said; asks QEMU nothing."""
+        return self._run_state.running
+
+    def learn_run_status(self, status: str) -> None:
+        """What ``query-status`` answered (*status*), for a QEMU that this
+        session did not see start (one adopted): an event heard meanwhile is
+        at least as recent, and wins."""
+        if not self._run_state.heard:
+            self._run_state.running = status == "running"
 
     async def execute(self, cmd: str, args: Mapping[str, object] | None = None) -> object:
         """Run one QMP command; raises HypervisorError (its cause the QMP error)."""
