@@ -44,6 +44,10 @@ class RunStateListener(EventListener):
             self.heard = True
 
 
+def _refuse(_event: Message) -> bool:
+    return False
+
+
 class QmpSession:
     """A connected QMP client, the VM it talks to (*what*, for messages), the
     future of that QEMU's exit code and whether its vCPUs run."""
@@ -57,6 +61,12 @@ class QmpSession:
         self.log = log
         self._run_state = RunStateListener()
         client.register_listener(self._run_state)
+        # qemu.qmp's default listener (which cannot be removed) keeps every
+        # event, queued and in a history, for the client's life; some events
+        # the guest can cause (RTC_CHANGE, BALLOON_CHANGE, ...), one a second
+        # for months.  Nothing here reads it (the waits that need an event
+        # listen for it): it takes none.
+        client.events.event_filter = _refuse
 
     @property
     def vcpus_running(self) -> bool:

@@ -83,6 +83,9 @@ def test_a_pause_behind_the_drivers_back_shows_and_cont_undoes_it(
             await vm.pause()
             await vm.resume()  # QMP cont runs the VM, whoever paused it
             assert vm.vcpus_running
+            # Events are not hoarded: qemu.qmp's keep-everything listener is off.
+            default = vm._session()._client.events
+            assert default.empty() and not default.history
 
     run(scenario())
 
