@@ -1,7 +1,8 @@
-"""Agents: the interface (``base``), our guest agent's client (``client``) and
-the contract it shares with the guest (``protocol``, ``messages``,
-``results``), a mock for unit tests (``mock``), and :func:`new_agent`, which
-picks one by kind.
+"""Agents: the interface (``base``), our guest agent's client (``client``: the
+operations, over ``channel``: the connection, carrying ``stream``s; the
+guest's answers checked by ``answers``) and the contract it shares with the
+guest (``protocol``, ``contract``, ``messages``, ``results``), a mock for unit
+tests (``mock``), and :func:`new_agent`, which picks one by kind.
 
 The room may import the vocabulary at the package root, and the mock the pod
 daemon's error codec (``daemon.rpc``).  Only ``enum`` is imported here at

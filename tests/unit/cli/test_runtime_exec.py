@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from virtcontainers.cli.runtime.main import _exec_cmd
+from virtcontainers.cli.runtime.exec import _exec_cmd
 from virtcontainers.config import DEFAULT_PATH_ENV, Cmd, User
 from virtcontainers.errors import ConfigError
 

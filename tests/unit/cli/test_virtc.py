@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from virtcontainers import api
+from virtcontainers.cli.runtime.control import parse_signal as runtime_signal
 from virtcontainers.cli.runtime.main import cli as runtime_cli
-from virtcontainers.cli.runtime.main import parse_signal as runtime_signal
 from virtcontainers.cli.virtc import common
 from virtcontainers.cli.virtc.main import cli as virtc_cli
 from virtcontainers.config import PodConfig
