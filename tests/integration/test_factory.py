@@ -411,6 +411,17 @@ def test_a_waiting_clone_becomes_the_next_pod_and_is_replaced(
     out, _, code = run_exec("pooled1", "c", shell("echo exec works"))
     assert (out, code) == (b"exec works\n", 0)
     assert not standby.path.exists()
+    # Its daemon was the standby: killed, it is reattached as any pod's.
+    assert status.daemon_pid is not None and standby.daemon is not None
+    assert standby.daemon.pid == status.daemon_pid
+    os.kill(status.daemon_pid, signal.SIGKILL)
+    while hostproc.alive(standby.daemon):
+        time.sleep(0.02)
+    reattached = api.pod_status("pooled1")
+    assert reattached.daemon_pid not in (None, status.daemon_pid), reattached.error
+    assert reattached.vm_pid == standby.vm.pid
+    out, _, code = run_exec("pooled1", "c", shell("hostname"))
+    assert (out, code) == (b"pooled1\n", 0)
     # The pod that took the clone started the next one, a clone of its own.
     replacement = ready_standby(no_leaks, other_than=standby.path.name)
     second = started("pooled2", busybox_rootfs, script, lines=4)
