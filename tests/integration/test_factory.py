@@ -453,8 +453,12 @@ def test_a_standby_whose_daemon_died_is_collected(pooled: Template, no_leaks: Pa
     assert not mounts.mounts_under(no_leaks)
 
 
-def test_virtc_keeps_a_pool_that_virtc_run_takes_from(
-    templated: Template, no_leaks: Path, monkeypatch: pytest.MonkeyPatch
+def test_virtc_keeps_a_pool_that_virtc_run_and_vc_runtime_take_from(
+    templated: Template,
+    no_leaks: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    busybox_rootfs: Path,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv(pool.ENV_POOL, "1")
     try:
@@ -467,7 +471,13 @@ def test_virtc_keeps_a_pool_that_virtc_run_takes_from(
         assert not standby.path.exists()
         assert api.pod_status("vp").template == templated.key
         api.delete_pod("vp", force=True)
-        ready_standby(no_leaks)  # its replacement
+        replacement = ready_standby(no_leaks, other_than=standby.path.name)
+        runtime = Runtime(tmp_path / "vc-runtime")
+        runtime("create", "--bundle", str(bundle(tmp_path, "p", busybox_rootfs, ["true"])), "rt")
+        [pod] = api.list_pods()
+        assert replacement.vm is not None and pod.vm_pid == replacement.vm.pid
+        runtime("delete", "--force", "rt")
+        ready_standby(no_leaks)  # the replacement's replacement
         result = virtc(no_leaks, "factory", "pool", "--size", "0")
         assert result.returncode == 0 and "stopped" in result.stdout, result.stderr
         assert pool.standbys(no_leaks) == []
