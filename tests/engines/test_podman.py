@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests.conftest import shell_session_in_pty, short_temp_dir
 from tests.engines.conftest import IMAGE, Podman
 from virtcontainers import api
+from virtcontainers.factory import pool
 from virtcontainers.factory.templates import Factory, init_template
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.usefixtures("guest_image")]
@@ -169,5 +171,40 @@ def test_a_container_is_a_clone_of_its_factorys_template(
             assert api.pod_status(started.stdout.strip()).template == template.key
         assert podman.run("rm", "--force", "--time", "0", "clone").returncode == 0
     finally:
+        factory.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_container_takes_a_waiting_clone_of_the_pool(
+    podman: Podman, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a pool, podman's pod (its network namespace, its host cgroup) is
+    the waiting clone, taken over."""
+    base = short_temp_dir("vcf-")
+    factory = Factory(base / "factory")
+    default_root = Path("/run/virtcontainers")  # podman passes VC_RUN_DIR on to no one
+    try:
+        template, _removed = init_template(factory=factory)
+        monkeypatch.setenv(pool.ENV_POOL, "1")
+        pool.set_pool_size(factory.root, 1)
+        assert pool.fill(default_root, factory.root, template.key) == 1
+        deadline = time.monotonic() + 180  # a hang guard: a standby boots in seconds
+        while not (ready := [s for s in pool.standbys(default_root) if s.ready]):
+            assert time.monotonic() < deadline, pool.standbys(default_root)
+            time.sleep(0.2)
+        [standby] = [s for s in ready if s.key == template.key]
+        assert standby.vm is not None
+        podman.set_vc_env(VC_FACTORY_DIR=str(factory.root), VC_POOL="1")
+        started = podman.run("run", "-d", "--name", "pooled", IMAGE, "sleep", "1000")
+        assert started.returncode == 0, started.stderr
+        executed = podman.run("exec", "pooled", "hostname")
+        assert executed.returncode == 0, executed.stderr
+        with monkeypatch.context() as default_run_dir:
+            default_run_dir.delenv("VC_RUN_DIR")
+            assert api.pod_status(started.stdout.strip()).vm_pid == standby.vm.pid
+        assert podman.run("rm", "--force", "--time", "0", "pooled").returncode == 0
+    finally:
+        pool.set_pool_size(factory.root, 0)
+        pool.stop(default_root, factory=factory.root)  # this test's only
         factory.destroy()
         shutil.rmtree(base, ignore_errors=True)

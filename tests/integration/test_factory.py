@@ -484,3 +484,20 @@ def test_virtc_keeps_a_pool_that_virtc_run_and_vc_runtime_take_from(
     finally:
         pool.set_pool_size(templated.path.parent, 0)
         pool.stop(no_leaks)
+
+
+def test_a_networked_pod_takes_a_waiting_clone_and_gets_its_nic(
+    pooled: Template, no_leaks: Path, busybox_rootfs: Path, lab: Lab
+) -> None:
+    standby = ready_standby(no_leaks)
+    assert standby.vm is not None
+    pair = lab.pod()
+    api.run_pod(networked_pod("netpool", pair, busybox_rootfs))
+    assert api.pod_status("netpool").vm_pid == standby.vm.pid
+    assert "inet 192.0.2.2/24" in container_run("netpool", "ip -o addr show")
+    container_run("netpool", "ping -c 1 -W 30 192.0.2.1")
+    answer = in_peer(pair, "busybox", "ping", "-c", "1", "-W", "30", "192.0.2.2")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    api.stop_pod("netpool")
+    assert tun_links(pair.path) == []
+    api.delete_pod("netpool")

@@ -258,12 +258,15 @@ def _offer(standby: StandbyInfo, message: bytes, fds: list[int]) -> bool:
     return isinstance(reply, dict) and reply.get("ok") is True
 
 
-def stop(store_root: Path, key: str | None = None) -> list[str]:
-    """Stop the standbys (of one template, or all) and remove what dead ones
-    left; returns the names of those stopped or removed."""
+def stop(store_root: Path, key: str | None = None, factory: Path | None = None) -> list[str]:
+    """Stop the standbys (of one template, or all; of one factory, or any)
+    and remove what dead ones left; returns the names of those stopped or
+    removed."""
     done = []
     for standby in standbys(store_root):
-        if key is not None and standby.key != key:
+        if (key is not None and standby.key != key) or (
+            factory is not None and standby.factory != factory
+        ):
             continue
         if standby.daemon is not None and hostproc.kill(standby.daemon, signal.SIGTERM):
             _wait_gone(standby.daemon)
