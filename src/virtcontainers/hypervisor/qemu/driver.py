@@ -16,35 +16,28 @@ a seccomp filter against set-id files, and its own ``-sandbox``.
 A virtio-fs :class:`SharedFsDevice` is served by a virtiofsd process
 (:mod:`virtcontainers.hypervisor.qemu.virtiofsd`), started before QEMU and
 stopped and reaped whenever QEMU is.
+
+The driver keeps the VM's state and hands the steps to the modules beside it:
+:mod:`~virtcontainers.hypervisor.qemu.prepare` (the config checked, the command
+made), :mod:`~virtcontainers.hypervisor.qemu.launch` (spawning, the monitor,
+a saved state restored), :mod:`~virtcontainers.hypervisor.qemu.adopt` (a QEMU
+another daemon launched), :mod:`~virtcontainers.hypervisor.qemu.running` (the
+process handle, ending it, its sockets), hot-plug and saved states.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import shlex
-import shutil
-import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
 
-from virtcontainers.errors import (
-    ConfigError,
-    HypervisorError,
-    StateError,
-    VMLaunchError,
-)
-from virtcontainers.host import proc as hostproc
-from virtcontainers.host.logtail import tail
-from virtcontainers.hypervisor import console
-from virtcontainers.hypervisor.accel import cached_host_tsc_khz, detect_accelerator
+from virtcontainers.errors import ConfigError, HypervisorError, StateError, VMLaunchError
 from virtcontainers.hypervisor.base import (
-    OUTPUT_TAIL,
     UNPLUG_TIMEOUT,
     Capabilities,
     Lifecycle,
@@ -52,118 +45,46 @@ from virtcontainers.hypervisor.base import (
     VMState,
 )
 from virtcontainers.hypervisor.devices import (
-    BlockDevice,
     Device,
-    NetDevice,
     SerialPortDevice,
     SharedFsDevice,
     SharedFsKind,
-    check_socket_path,
     moved_device,
     moved_path,
 )
-from virtcontainers.hypervisor.qemu.command import (
-    DEFAULT_BINARY,
-    DEFAULT_MACHINE,
-    MACHINES,
-    QemuCommand,
-    render_device,
+from virtcontainers.hypervisor.qemu.adopt import (
+    adopted_command,
+    cold_devices,
+    open_pidfd,
+    reconnect,
 )
-from virtcontainers.hypervisor.qemu.confine import qemu_child_setup
-from virtcontainers.hypervisor.qemu.hotplug import PluggedDevices, QemuHotplug, query_root_ports
-from virtcontainers.hypervisor.qemu.session import QmpSession, open_session
+from virtcontainers.hypervisor.qemu.command import DEFAULT_BINARY, DEFAULT_MACHINE, QemuCommand
+from virtcontainers.hypervisor.qemu.hotplug import QemuHotplug
+from virtcontainers.hypervisor.qemu.launch import QemuLaunch
+from virtcontainers.hypervisor.qemu.prepare import check_device, prepared_command
+from virtcontainers.hypervisor.qemu.running import (
+    ADOPTED_EXIT_CODE,
+    AdoptedQemu,
+    RunningQemu,
+    ask_to_quit,
+    kill,
+    remove_sockets,
+)
+from virtcontainers.hypervisor.qemu.session import QmpSession
 from virtcontainers.hypervisor.qemu.state import QemuState
 from virtcontainers.hypervisor.qemu.virtiofsd import (
-    Virtiofsd,
-    check_virtiofs_device,
     find_virtiofsd,
     start_virtiofsds,
     stop_virtiofsds,
     virtiofs_devices,
-    virtiofs_socket,
-    virtiofsd_output_tail,
-    watch_virtiofsd,
 )
 from virtcontainers.records import ProcessRef
+
+__all__ = ["ADOPTED_EXIT_CODE", "QemuHypervisor"]
 
 CONSOLE_LIMIT = 1 << 20
 AGENT_PORT_NAME = "agent"
 AGENT_DEVICE_ID = "vc-agent"
-
-
-ADOPTED_EXIT_CODE = -1
-"""What an adopted QEMU's exit code reads as: it is not our child, so its
-status is its reaper's (init) to collect, not ours."""
-
-
-class _Process(Protocol):
-    @property
-    def pid(self) -> int: ...
-
-    def kill(self) -> None: ...
-
-    def terminate(self) -> None: ...
-
-
-class _AdoptedQemu:
-    """A QEMU that a previous pod daemon launched and left running, known by a
-    pidfd (never by a pid that could be reused)."""
-
-    def __init__(self, pid: int, pidfd: int) -> None:
-        self._pid = pid
-        self._pidfd = pidfd
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    def watch(self) -> asyncio.Future[int]:
-        """A future done when the process exits; the pidfd is closed then."""
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[int] = loop.create_future()
-
-        def gone() -> None:
-            loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
-            exited.set_result(ADOPTED_EXIT_CODE)
-
-        loop.add_reader(self._pidfd, gone)
-        return exited
-
-    def forget(self) -> None:
-        """Stop watching (the adoption failed); the process is left as it was."""
-        if self._pidfd >= 0:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, signum: int) -> None:
-        if self._pidfd < 0:
-            raise ProcessLookupError(self._pid)
-        signal.pidfd_send_signal(self._pidfd, signum)
-
-
-@dataclasses.dataclass
-class _Running:
-    """What exists only while a QEMU process does."""
-
-    proc: _Process
-    exited: asyncio.Future[int]
-    console: asyncio.Task[None] | None
-    """Copies the console to console.log; None for an adopted QEMU, whose console
-    pipe died with the daemon that launched it."""
-    reaper: asyncio.Task[None] | None = None
-    session: QmpSession | None = None
-    plugged: PluggedDevices = dataclasses.field(default_factory=PluggedDevices)
-    virtiofsds: list[Virtiofsd] = dataclasses.field(default_factory=list)
-    watchers: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
 
 class QemuHypervisor:
@@ -186,7 +107,7 @@ class QemuHypervisor:
         self._config: VMConfig | None = None
         self._command: QemuCommand | None = None
         self._devices: list[Device] = []
-        self._run: _Running | None = None
+        self._run: RunningQemu | None = None
         self._exit_code: int | None = None
 
     # -- configuration ------------------------------------------------------
@@ -210,37 +131,12 @@ class QemuHypervisor:
         self._life.vm_id = config.vm_id
         self._life.require("create", VMState.NEW, VMState.CREATED, VMState.STOPPED)
         self._log = logging.getLogger(__name__).getChild(config.vm_id)
-        if shutil.which(self._binary) is None:
-            raise ConfigError("qemu binary", f"{self._binary} not found; install QEMU")
-        for name, path in (("kernel", config.kernel), ("initrd", config.initrd)):
-            if not path.is_file():
-                raise ConfigError(name, f"{path} does not exist or is not a file")
-        machine = config.machine or DEFAULT_MACHINE
-        if machine not in MACHINES:
-            raise ConfigError("machine", f"{machine!r}: must be one of {', '.join(MACHINES)}")
-        if config.accelerator is None:
-            accel, reason = detect_accelerator()
-            self._log.info("accelerator %s: %s", accel.value, reason)
-        else:
-            accel = config.accelerator
-        for device in config.devices:
-            self._check_device(device, config.run_dir)
-        self._check_saved_state(config)
-        check_socket_path("run_dir", config.run_dir / "qmp.sock")
-        check_socket_path("run_dir", config.run_dir / "agent.sock")
-        config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        config.run_dir.chmod(0o700)
+        command = prepared_command(
+            config, self._binary, self._tcg_thread, self.virtiofsd_binary, self._log
+        )
         self._config = config
         self._devices = list(config.devices)
-        self._command = QemuCommand(
-            config=config,
-            accelerator=accel,
-            machine=machine,
-            devices=(),
-            tsc_khz=cached_host_tsc_khz(),
-            binary=self._binary,
-            tcg_thread=self._tcg_thread,
-        )
+        self._command = command
         self._exit_code = None
         self._life.move(VMState.CREATED)
 
@@ -249,24 +145,7 @@ class QemuHypervisor:
         return self._virtiofsd or find_virtiofsd()
 
     def _check_device(self, device: Device, run_dir: Path) -> None:
-        if isinstance(device, SharedFsDevice) and device.kind is SharedFsKind.VIRTIO_FS:
-            check_virtiofs_device(self.virtiofsd_binary(), device, run_dir)
-        device.check_host()
-        render_device(device, run_dir)  # ConfigError for a device type QEMU does not know
-
-    def _check_saved_state(self, config: VMConfig) -> None:
-        file = config.memory_file
-        if file is not None:
-            if not file.path.parent.is_dir():
-                raise ConfigError("memory_file", f"{file.path.parent} is not a directory")
-            if not file.shared and not file.path.is_file():
-                raise ConfigError("memory_file", f"{file.path} does not exist or is not a file")
-            if not file.shared and virtiofs_devices(config.devices):
-                raise ConfigError(
-                    "memory_file", "virtio-fs needs shared guest RAM, not a copy-on-write file"
-                )
-        if config.incoming is not None and not config.incoming.is_file():
-            raise ConfigError("incoming", f"{config.incoming} does not exist or is not a file")
+        check_device(device, run_dir, self.virtiofsd_binary)
 
     def add_device(self, device: Device) -> None:
         """Cold-plug *device*; raises StateError after start, ConfigError if invalid."""
@@ -362,34 +241,9 @@ class QemuHypervisor:
     def _virtiofs_devices(self) -> list[SharedFsDevice]:
         return virtiofs_devices(self._all_devices())
 
-    def _sockets(self) -> list[Path]:
-        socks = [self.command().qmp_socket]
-        socks += [virtiofs_socket(self.config.run_dir, d) for d in self._virtiofs_devices()]
-        socks += [d.socket_path for d in self._all_devices() if isinstance(d, SerialPortDevice)]
-        if self._run is not None:
-            socks += [
-                d.socket_path
-                for d in self._run.plugged.hotplugged.values()
-                if isinstance(d, SerialPortDevice)
-            ]
-        return socks
-
     def _remove_sockets(self) -> None:
-        for sock in self._sockets():
-            with contextlib.suppress(FileNotFoundError):
-                sock.unlink()
-
-    def _output_tail(self) -> str:
-        devices = self._virtiofs_devices()
-        virtiofsd = virtiofsd_output_tail(self.config.run_dir, devices, OUTPUT_TAIL // 4)
-        qemu = tail(self.qemu_log_path(), OUTPUT_TAIL // 2 - len(virtiofsd) // 2).strip()
-        console = tail(self.console_path(), OUTPUT_TAIL - len(qemu) - len(virtiofsd)).strip()
-        parts = [
-            virtiofsd,
-            f"[qemu] {qemu}" if qemu else "",
-            f"[console] {console}" if console else "",
-        ]
-        return "\n".join(p for p in parts if p)
+        hotplugged = self._run.plugged.hotplugged.values() if self._run is not None else ()
+        remove_sockets(self.command(), self.config.run_dir, hotplugged)
 
     async def start(self, timeout: float = 60) -> None:
         """Launch QEMU and connect QMP within *timeout* seconds.
@@ -413,10 +267,24 @@ class QemuHypervisor:
             if state_fd is not None:
                 os.close(state_fd)  # QEMU has its own copy, or failed
 
+    def _launcher(self, argv: list[str]) -> QemuLaunch:
+        return QemuLaunch(
+            argv,
+            self._life.what,
+            self.config.vm_id,
+            self.config.run_dir,
+            qemu_log=self.qemu_log_path(),
+            console_log=self.console_path(),
+            console_limit=self._console_limit,
+            virtiofs=self._virtiofs_devices(),
+            remove_sockets=self._remove_sockets,
+            log=self._log,
+        )
+
     async def _start(self, timeout: float, state_fd: int | None) -> None:
         command = dataclasses.replace(self.command(), incoming_fd=state_fd)
-        argv = command.argv()
-        self._log.debug("launching: %s", shlex.join(argv))
+        launch = self._launcher(command.argv())
+        self._log.debug("launching: %s", shlex.join(launch.argv))
         self._remove_sockets()
         deadline = time.monotonic() + timeout
         virtiofsds = await start_virtiofsds(
@@ -427,16 +295,16 @@ class QemuHypervisor:
             owner=self._life.what,
             log=self._log,
         )
-        run = await self._launch(argv, command.passed_fds(), virtiofsds)
+        run = await launch.spawn(command.passed_fds(), virtiofsds)
         run.plugged.ports = command.cold_ports()
         self._run = run
         self._log.info("QEMU started, pid %d", run.proc.pid)
         try:
-            run.session = await self._connect_qmp(run, command.qmp_socket, deadline, argv)
+            run.session = await launch.connect_qmp(run, command.qmp_socket, deadline)
             if state_fd is not None:
-                await self._restore(run, run.session, command, deadline, argv)
+                await launch.restore(run, run.session, self.config, command.incoming_uri, deadline)
         except BaseException:
-            await self._kill(run)
+            await kill(run)
             await self._cleanup(run)
             raise
         run.reaper = asyncio.create_task(self._reap(run))
@@ -456,163 +324,25 @@ class QemuHypervisor:
         self._life.vm_id = config.vm_id
         self._life.require("adopt", VMState.NEW)
         self._log = logging.getLogger(__name__).getChild(config.vm_id)
-        pidfd = hostproc.pidfd(process)
-        if pidfd is None:
-            raise HypervisorError(f"{self._life.what}: QEMU (pid {process.pid}) is gone")
+        pidfd = open_pidfd(process, self._life.what)
         self._config = config
-        # NICs and disks sit in root ports, as hot-plugged ones do: none is
-        # rendered as cold-plugged, which would count a root port of its own.
-        self._devices = [d for d in config.devices if not isinstance(d, NetDevice | BlockDevice)]
-        self._command = QemuCommand(
-            config=config,
-            accelerator=config.accelerator or detect_accelerator()[0],
-            machine=config.machine or DEFAULT_MACHINE,
-            devices=(),
-            tsc_khz=cached_host_tsc_khz(),
-            binary=self._binary,
-            tcg_thread=self._tcg_thread,
+        self._devices = cold_devices(config)
+        command = adopted_command(config, self._binary, self._tcg_thread)
+        self._command = command
+        run, self._command = await reconnect(
+            AdoptedQemu(process.pid, pidfd), command, self._life.what, timeout, self._log
         )
-        adopted = _AdoptedQemu(process.pid, pidfd)
-        run = _Running(proc=adopted, exited=adopted.watch(), console=None)
-        try:
-            session = await open_session(
-                self._command.qmp_socket,
-                config.vm_id,
-                self._life.what,
-                run.exited,
-                timeout,
-                self._log,
-            )
-            if session is None:
-                raise HypervisorError(
-                    f"{self._life.what}: QEMU's monitor did not answer in {timeout:.0f}s"
-                )
-            ports = await query_root_ports(session)
-        except BaseException:
-            adopted.forget()
-            raise
-        self._command = dataclasses.replace(
-            self._command, config=dataclasses.replace(config, hotplug_ports=ports.count)
-        )
-        run.plugged.ports = ports.occupied
-        run.plugged.hotplugged = {
-            d.id: d
-            for d in config.devices
-            if isinstance(d, NetDevice | BlockDevice) and d.id in ports.occupied
-        }
         self._run = run
-        run.session = session
         run.reaper = asyncio.create_task(self._reap(run))
         self._life.move(VMState.CREATED)
         self._life.move(VMState.RUNNING)
+        session = self._session()
         session.learn_run_status(await self._query_status())
         if not session.vcpus_running:
             self._life.move(VMState.PAUSED)
         self._log.info("adopted QEMU pid %d", process.pid)
 
-    async def _launch(
-        self, argv: list[str], fds: tuple[int, ...], virtiofsds: list[Virtiofsd]
-    ) -> _Running:
-        """Spawn QEMU, copy its console, and kill it if a virtiofsd dies under it.
-
-        Raises VMLaunchError when QEMU cannot be executed; *virtiofsds* are
-        stopped and the sockets removed on any failure.
-        """
-        try:
-            with self.qemu_log_path().open("wb") as stderr:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=stderr,
-                    preexec_fn=qemu_child_setup(),
-                    pass_fds=fds,
-                )
-        except BaseException as exc:
-            await stop_virtiofsds(virtiofsds)
-            self._remove_sockets()
-            if isinstance(exc, OSError):
-                raise VMLaunchError(
-                    f"cannot execute {argv[0]} for {self._life.what}: {exc}", argv
-                ) from exc
-            raise
-        assert proc.stdout is not None
-        run = _Running(
-            proc=proc,
-            exited=asyncio.ensure_future(proc.wait()),
-            console=asyncio.create_task(
-                console.pump(
-                    proc.stdout,
-                    self.console_path(),
-                    self._console_limit,
-                    console.RateLimit(console.CONSOLE_RATE, console.CONSOLE_BURST),
-                )
-            ),
-            virtiofsds=virtiofsds,
-        )
-        run.watchers = [
-            asyncio.create_task(watch_virtiofsd(d, proc, run.exited, self._log)) for d in virtiofsds
-        ]
-        return run
-
-    async def _connect_qmp(
-        self, run: _Running, sock: Path, deadline: float, argv: list[str]
-    ) -> QmpSession:
-        while True:
-            if run.exited.done():
-                raise await self._launch_error(
-                    run,
-                    argv,
-                    f"QEMU for {self._life.what} exited with code {run.exited.result()} "
-                    "before its monitor answered; see the output below",
-                )
-            if sock.exists():
-                remaining = max(0.1, deadline - time.monotonic())
-                session = await open_session(
-                    sock, self.config.vm_id, self._life.what, run.exited, remaining, self._log
-                )
-                if session is not None:
-                    return session
-            if time.monotonic() >= deadline:
-                raise await self._launch_error(
-                    run,
-                    argv,
-                    f"QEMU for {self._life.what} did not answer on {sock} in time; "
-                    "the host may be overloaded",
-                )
-            await asyncio.wait({run.exited}, timeout=0.02)
-
-    async def _restore(
-        self,
-        run: _Running,
-        session: QmpSession,
-        command: QemuCommand,
-        deadline: float,
-        argv: list[str],
-    ) -> None:
-        """Load the saved state that QEMU was launched to resume, and run it."""
-        state = QemuState(session, self.config)
-        await state.set_ignore_shared()
-        await session.execute("migrate-incoming", {"uri": command.incoming_uri})
-        failure = await state.await_restore(deadline)
-        if failure is not None:
-            raise await self._launch_error(run, argv, failure)
-
-    async def _launch_error(self, run: _Running, argv: list[str], message: str) -> VMLaunchError:
-        """The error of a launch that failed, with the end of the VM's output
-        (all of it once QEMU has exited, when its console pipe drains)."""
-        if run.exited.done() and run.console is not None:
-            await asyncio.wait({run.console}, timeout=1)
-        return VMLaunchError(message, argv, self._output_tail())
-
-    async def _kill(self, run: _Running) -> None:
-        """SIGKILL QEMU (if alive) and reap it."""
-        if not run.exited.done():
-            with contextlib.suppress(ProcessLookupError):
-                run.proc.kill()
-        await asyncio.shield(run.exited)
-
-    async def _cleanup(self, run: _Running) -> None:
+    async def _cleanup(self, run: RunningQemu) -> None:
         """After QEMU exited: stop virtiofsd, finish the console, close QMP, remove sockets."""
         try:
             for watcher in run.watchers:
@@ -629,7 +359,7 @@ class QemuHypervisor:
             self._exit_code = run.exited.result()
             self._run = None
 
-    async def _reap(self, run: _Running) -> None:
+    async def _reap(self, run: RunningQemu) -> None:
         await asyncio.shield(run.exited)
         self._log.info("QEMU exited with code %d", run.exited.result())
         await self._cleanup(run)
@@ -646,19 +376,9 @@ class QemuHypervisor:
         run = self._run
         assert run is not None and run.reaper is not None
         try:
-            if run.session is not None and not run.exited.done():
-                try:
-                    await asyncio.wait_for(run.session.execute("quit"), timeout)
-                except (HypervisorError, TimeoutError) as exc:
-                    self._log.debug("QMP quit: %s", exc)
-            await asyncio.wait({run.exited}, timeout=timeout)
-            if not run.exited.done():
-                self._log.warning("QEMU ignored quit for %.0f s; sending SIGTERM", timeout)
-                with contextlib.suppress(ProcessLookupError):
-                    run.proc.terminate()
-                await asyncio.wait({run.exited}, timeout=2)
+            await ask_to_quit(run, timeout, self._log)
         finally:
-            await self._kill(run)
+            await kill(run)
             await asyncio.shield(run.reaper)
 
     async def wait(self) -> int:
