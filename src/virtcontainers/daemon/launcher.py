@@ -5,6 +5,9 @@ readiness report over a pipe.
 --ready-fd N``; the daemon double-forks into a new session (so it outlives
 its caller and never becomes a caller's zombie), boots the pod, and writes one
 JSON line to the ready fd: ``{"ok": true}`` or ``{"ok": false, "error": ...}``.
+Before that it offers the pod to a pool's waiting clones
+(:func:`virtcontainers.factory.pool.claim`): one that takes it becomes its
+daemon, with the same fds, and reports on the same pipe.
 Importing this module is cheap: callers of the API load no asyncio for it.
 """
 

@@ -236,10 +236,11 @@ def claim(
             "debug": debug,
         }
     ).encode()
-    for standby in standbys(store_root):
-        if standby.ready and standby.factory == factory_root and _offer(standby, message, fds):
-            return True
-    return False
+    try:
+        waiting = [s for s in standbys(store_root) if s.ready and s.factory == factory_root]
+    except OSError:  # an unreadable pool is no pool: the pod's own daemon boots it
+        return False
+    return any(_offer(standby, message, fds) for standby in waiting)
 
 
 def _offer(standby: StandbyInfo, message: bytes, fds: list[int]) -> bool:
