@@ -261,6 +261,7 @@ async def run(
     listener: socket.socket | None = None
     pod: Pod | None = None
     failure: ErrorDict | None = None
+    booting = False
     try:
         record = _claim(store, args, hosted=stop is not None)
         if clone is not None:
@@ -268,12 +269,15 @@ async def run(
         else:
             pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
         listener = _listen(paths.socket)
+        booting = True  # from here on, a failed boot tears down what it made
         if args.reattach:
             await pod.reattach()
         else:
             await pod.start(clone.key if clone is not None else None)
     except BaseException as exc:
         failure = error_to_dict(exc)
+        if clone is not None and not booting:
+            await _discard(clone, store, args.pod_id)
         if args.reattach:
             _record_failed_reattach(store, args.pod_id, str(exc))
         else:
@@ -297,6 +301,13 @@ async def run(
         if failure is not None:
             launcher.report_ready(args.ready_fd, {"ok": False, "error": failure})
     return 0 if failure is None else 1
+
+
+async def _discard(clone: RunningClone, store: Store, pod_id: str) -> None:
+    """A pool's clone that its pod could not take: its VM and mounts go."""
+    with contextlib.suppress(VcError):
+        await clone.hypervisor.stop()
+    release_run_files(store.paths(pod_id))
 
 
 def _claim(store: Store, args: launcher.DaemonArgs, hosted: bool) -> PodRecord:

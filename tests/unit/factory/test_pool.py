@@ -4,6 +4,7 @@ tests/integration/test_factory.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,13 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from virtcontainers.daemon import standby
+from tests.unit.conftest import mock_pod
+from virtcontainers import api
+from virtcontainers.agent.mock import MockAgent
+from virtcontainers.config import ImagePaths
+from virtcontainers.daemon import server, standby
+from virtcontainers.daemon.launcher import DaemonArgs, read_ready
 from virtcontainers.errors import ConfigError
 from virtcontainers.factory import pool
 from virtcontainers.host import proc as hostproc
+from virtcontainers.hypervisor.base import VMConfig, VMState
 from virtcontainers.hypervisor.devices import SerialPortDevice, SharedFsDevice, moved_device
+from virtcontainers.hypervisor.mock import MockHypervisor
 from virtcontainers.records import ProcessRef
-from virtcontainers.store import write_json_atomic
+from virtcontainers.store import Store, write_json_atomic
 
 
 @pytest.fixture
@@ -183,3 +191,30 @@ def test_a_relocated_device_follows_its_directory(tmp_path: Path) -> None:
     )
     elsewhere = SharedFsDevice("shared", tmp_path / "other", "vcshared")
     assert moved_device(elsewhere, moves) == elsewhere
+
+
+def test_a_clone_its_pod_cannot_take_is_stopped(
+    run_root: Path, image: ImagePaths, tmp_path: Path
+) -> None:
+    """A pod that is no longer starting when its claimed clone would boot it:
+    the daemon stops the clone's VM (nothing else would) and reports why."""
+    api.create_pod(mock_pod("late", image))  # created, not starting
+    hypervisor = MockHypervisor()
+    config = VMConfig(vm_id="sb", kernel=image.kernel, initrd=image.initrd, run_dir=tmp_path)
+    read_end, write_end = os.pipe()
+
+    async def scenario() -> int:
+        await hypervisor.create(config)
+        await hypervisor.start()
+        args = DaemonArgs(run_root, "late", write_end, False, False)
+        return await server.run(
+            Store(), args, clone=server.RunningClone("k", hypervisor, MockAgent())
+        )
+
+    try:
+        assert asyncio.run(scenario()) == 1
+        answer = read_ready(read_end, 5)
+    finally:
+        os.close(read_end)
+    assert answer is not None and answer["ok"] is False
+    assert hypervisor.state is VMState.STOPPED
