@@ -501,3 +501,19 @@ def test_a_networked_pod_takes_a_waiting_clone_and_gets_its_nic(
     api.stop_pod("netpool")
     assert tun_links(pair.path) == []
     api.delete_pod("netpool")
+
+
+def test_a_pool_whose_clone_died_is_refilled_by_the_next_templated_pod(
+    pooled: Template, no_leaks: Path, busybox_rootfs: Path
+) -> None:
+    standby = ready_standby(no_leaks)
+    assert standby.vm is not None
+    hostproc.kill(standby.vm)  # the waiting VM dies: its standby ends, the pool is short
+    deadline = time.monotonic() + 60  # a hang guard
+    while pool.standbys(no_leaks):
+        assert time.monotonic() < deadline, pool.standbys(no_leaks)
+        time.sleep(0.1)
+    api.run_pod(PodConfig(id="refill"))
+    assert api.pod_status("refill").template == pooled.key  # a clone, not the pool's
+    ready_standby(no_leaks, other_than=standby.path.name)
+    api.delete_pod("refill", force=True)

@@ -34,6 +34,7 @@ from virtcontainers.errors import (
     VcError,
     error_to_dict,
 )
+from virtcontainers.factory import pool
 from virtcontainers.host import proc as hostproc
 from virtcontainers.host.cleanup import release_run_files, remove_pod_files
 from virtcontainers.host.fdwait import wait_readable
@@ -290,6 +291,8 @@ async def run(
         if failure is None and pod is not None and listener is not None:
             # A reattached pod runs on whether or not its caller heard of it.
             heard = launcher.report_ready(args.ready_fd, {"ok": True}) or args.reattach
+            if not args.reattach and stop is None:  # a shim's pods take no waiting clone
+                _refill_pool(store, pod)
             await _serve_until_stopped(store, pod, listener, heard, pod.record.owner, stop)
     finally:
         if listener is not None:
@@ -301,6 +304,19 @@ async def run(
         if failure is not None:
             launcher.report_ready(args.ready_fd, {"ok": False, "error": failure})
     return 0 if failure is None else 1
+
+
+def _refill_pool(store: Store, pod: Pod) -> None:
+    """A pod that started from a template finds the pool of that template
+    short (a waiting clone's VM died, or the pool was just sized): start the
+    missing ones.  One file read when there is no pool."""
+    key = pod.record.template
+    if key is None:
+        return
+    try:
+        pool.fill(store.root, pool.factory_root(store.root), key)
+    except (OSError, VcError) as exc:
+        log.warning("cannot refill the pool of template %s: %s", key, exc)
 
 
 async def _discard(clone: RunningClone, store: Store, pod_id: str) -> None:

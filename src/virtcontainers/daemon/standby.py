@@ -51,6 +51,7 @@ from virtcontainers.factory.pool import ENV_FACTORY_DIR
 from virtcontainers.factory.template import Template, TemplateShape
 from virtcontainers.factory.templates import current_shape
 from virtcontainers.host import proc as hostproc
+from virtcontainers.host.cgroup import leave_to_root
 from virtcontainers.host.cleanup import release_run_files
 from virtcontainers.hypervisor import new_hypervisor
 from virtcontainers.hypervisor.accel import detect_accelerator
@@ -358,9 +359,7 @@ async def _serve(standby: Standby, offer: Offer) -> int:
         offer.owner,
     )
 
-    # The replacement starts now, in this standby's cgroup: once the pod runs,
-    # this process is in the pod's host cgroup, which the engine removes with it.
-    _refill(standby, standby.key)
+    _refill(standby, standby.key)  # beside the pod's start, at a lower priority
     clone = RunningClone(standby.key, standby.hypervisor, standby.agent)
     return await serve_pod(standby.store, args, clone=clone)
 
@@ -395,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     os.environ[ENV_FACTORY_DIR] = str(args.factory)  # the boot looks there
+    leave_to_root()  # started by a pod's daemon or caller: not in their cgroup
     # A refill boots while the pod that emptied the slot creates its first
     # container: the pod comes first.  A claim restores the pod's priority.
     os.setpriority(os.PRIO_PROCESS, 0, STANDBY_NICE)

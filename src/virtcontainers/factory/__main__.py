@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -22,17 +21,9 @@ from pathlib import Path
 from virtcontainers.errors import VcError
 from virtcontainers.factory.template import TemplateShape
 from virtcontainers.factory.templates import Factory
-from virtcontainers.host.cgroup import hierarchies
+from virtcontainers.host.cgroup import leave_to_root
 
 NICENESS = 10
-
-
-def _leave_pod_cgroup() -> None:
-    """The pod's cgroup would count the template VM against the pod's memory
-    limit, and kill it with the pod: move to each hierarchy's root."""
-    for hierarchy in hierarchies():
-        with contextlib.suppress(OSError):
-            (hierarchy.mount / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     os.ftruncate(args.lock_fd, 0)
     os.pwrite(args.lock_fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for a reader
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    _leave_pod_cgroup()
+    leave_to_root()
     os.nice(NICENESS)
     shape = TemplateShape.from_json(json.loads(args.shape))
     factory = Factory(args.root)

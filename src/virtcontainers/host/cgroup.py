@@ -153,6 +153,16 @@ class HostCgroup:
         return cpu, memory
 
 
+def leave_to_root() -> None:
+    """Move this process to each hierarchy's root cgroup: a background VM
+    (a template being made, a pool's waiting clone) that a pod's start began
+    must neither count against that pod's limits nor keep the engine from
+    removing its cgroup."""
+    for hierarchy in hierarchies():
+        with contextlib.suppress(OSError):
+            (hierarchy.mount / "cgroup.procs").write_text(str(os.getpid()))
+
+
 def _delegate_controllers(mount: Path, relative: Path) -> None:
     """On cgroup v2, a child has the memory and cpu files only if every ancestor
     hands those controllers down.  Ones the host does not offer are skipped."""
