@@ -222,7 +222,8 @@ class Daemon:
         return self.pod.list_interfaces()
 
 
-def _listen(path: Path) -> socket.socket:
+def listen(path: Path) -> socket.socket:
+    """A non-blocking unix socket listening at *path*, for its owner only (0600)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -269,7 +270,7 @@ async def run(
             pod = Pod(store, record, clone.hypervisor, clone.agent)
         else:
             pod = Pod(store, record, _hypervisor_of(record), _agent_of(record))
-        listener = _listen(paths.socket)
+        listener = listen(paths.socket)
         booting = True  # from here on, a failed boot tears down what it made
         if args.reattach:
             await pod.reattach()

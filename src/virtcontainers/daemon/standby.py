@@ -18,7 +18,8 @@ started by :func:`virtcontainers.factory.pool.fill` in a session of its own:
 3. on a fit: moves its VM's directories into the pod's (one rename each;
    mounts move with their parent, QEMU keeps its open files), answers yes,
    and serves the pod as :func:`virtcontainers.daemon.server.run`, giving
-   the clone the pod's identity first.  Then it starts its replacement.
+   the clone the pod's identity first; once the pod runs, the daemon
+   fills the pool again (as after any templated start).
 
 It ends without a pod when its VM dies, on SIGTERM, or when its template is
 gone or the pool is emptied (checked every :data:`CHECK_INTERVAL` s), and
@@ -43,7 +44,7 @@ from virtcontainers.agent import AgentKind, new_agent
 from virtcontainers.agent.base import Agent
 from virtcontainers.config import PodConfig, Resources
 from virtcontainers.daemon import launcher
-from virtcontainers.daemon.server import RunningClone
+from virtcontainers.daemon.server import RunningClone, listen
 from virtcontainers.daemon.server import run as serve_pod
 from virtcontainers.errors import VcError
 from virtcontainers.factory import pool
@@ -196,15 +197,8 @@ async def wait_for_pod(standby: Standby) -> Offer | None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ended.set)
     vm_gone = asyncio.ensure_future(standby.hypervisor.wait())
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock_path = standby.directory / pool.CLAIM_SOCKET
-    old_umask = os.umask(0o177)
-    try:
-        listener.bind(str(sock_path))
-    finally:
-        os.umask(old_umask)
-    listener.listen(8)
-    listener.setblocking(False)
+    listener = listen(sock_path)
     try:
         while True:
             accept = asyncio.ensure_future(loop.sock_accept(listener))
@@ -359,7 +353,6 @@ async def _serve(standby: Standby, offer: Offer) -> int:
         offer.owner,
     )
 
-    _refill(standby, standby.key)  # beside the pod's start, at a lower priority
     clone = RunningClone(standby.key, standby.hypervisor, standby.agent)
     return await serve_pod(standby.store, args, clone=clone)
 

@@ -27,8 +27,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from pathlib import Path
 
 from virtcontainers.errors import ConfigError
 from virtcontainers.host import proc as hostproc
-from virtcontainers.host.pythonenv import package_env
+from virtcontainers.host.pythonenv import spawn_detached
 from virtcontainers.records import ProcessRef
 from virtcontainers.store import write_json_atomic
 
@@ -184,29 +182,9 @@ def _start(store_root: Path, factory_root: Path, key: str) -> None:
     directory = standby_root(store_root) / f"{key}-{secrets.token_hex(3)}"
     directory.mkdir(mode=0o700)
     log = os.open(directory / LOG, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    args = ["--root", str(store_root), "--factory", str(factory_root), "--dir", str(directory)]
     try:
-        # setsid -f: nobody's child, in a session of its own: it outlives its starter.
-        subprocess.run(
-            [
-                "setsid",
-                "-f",
-                sys.executable,
-                "-m",
-                "virtcontainers.daemon.standby",
-                "--root",
-                str(store_root),
-                "--factory",
-                str(factory_root),
-                "--dir",
-                str(directory),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd="/",
-            env=package_env(),
-            check=True,
-        )
+        spawn_detached("virtcontainers.daemon.standby", args, log)
     except BaseException:
         with contextlib.suppress(OSError):
             (directory / LOG).unlink()

@@ -51,8 +51,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -68,6 +66,7 @@ from virtcontainers.factory.template import (
     Template,
     TemplateShape,
 )
+from virtcontainers.host.pythonenv import spawn_detached
 from virtcontainers.hypervisor.accel import detect_accelerator
 from virtcontainers.hypervisor.devices import SharedFsKind
 from virtcontainers.store import run_root
@@ -348,27 +347,8 @@ class Factory:
                 0o600,
             )
             try:
-                # setsid -f: the builder is nobody's child and leads its own
-                # session, so neither the pod nor its caller waits for it.
-                subprocess.run(
-                    [
-                        "setsid",
-                        "-f",
-                        sys.executable,
-                        "-m",
-                        "virtcontainers.factory",
-                        "--lock-fd",
-                        str(fd),
-                        str(self.root),
-                        json.dumps(shape.to_json()),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=log_fd,
-                    pass_fds=(fd,),
-                    check=True,
-                    timeout=10,
-                )
+                args = ["--lock-fd", str(fd), str(self.root), json.dumps(shape.to_json())]
+                spawn_detached("virtcontainers.factory", args, log_fd, pass_fds=(fd,))
             finally:
                 os.close(log_fd)
             return True

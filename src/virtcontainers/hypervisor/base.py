@@ -13,6 +13,7 @@ One :class:`Hypervisor` instance drives one VM.  Its lifecycle::
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Protocol, runtime_checkable
 from virtcontainers import states
 from virtcontainers.config import MAX_HOTPLUG_SLOTS
 from virtcontainers.errors import ConfigError
-from virtcontainers.hypervisor.devices import Device, check_id
+from virtcontainers.hypervisor.devices import Device, check_id, moved_device, moved_path
 from virtcontainers.records import ProcessRef
 
 # How much of a VM's logs a launch error quotes, in bytes.
@@ -110,6 +111,16 @@ class VMConfig:
     memory_file: MemoryFile | None = None
     incoming: Path | None = None
     hotplug_ports: int | None = None
+
+    def relocated(self, moves: Mapping[Path, Path], vm_id: str) -> VMConfig:
+        """This VM serving *vm_id*, its run directory and devices' paths
+        followed through the renamed directories *moves* (old to new)."""
+        return dataclasses.replace(
+            self,
+            vm_id=vm_id,
+            run_dir=moved_path(self.run_dir, moves),
+            devices=tuple(moved_device(d, moves) for d in self.devices),
+        )
 
     def __post_init__(self) -> None:
         check_id("vm_id", self.vm_id)

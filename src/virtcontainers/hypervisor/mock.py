@@ -10,7 +10,6 @@ a tap lives exactly as long as it would beside a real VM.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +28,6 @@ from virtcontainers.hypervisor.devices import (
     NetDevice,
     SerialPortDevice,
     moved_device,
-    moved_path,
 )
 from virtcontainers.records import ProcessRef
 
@@ -77,13 +75,7 @@ class MockHypervisor:
 
     def relocate(self, moves: Mapping[Path, Path], vm_id: str) -> None:
         self.calls.append(("relocate", vm_id))
-        config = self.config
-        self._config = dataclasses.replace(
-            config,
-            vm_id=vm_id,
-            run_dir=moved_path(config.run_dir, moves),
-            devices=tuple(moved_device(d, moves) for d in config.devices),
-        )
+        self._config = self.config.relocated(moves, vm_id)
         self.devices = [moved_device(d, moves) for d in self.devices]
         self._life.vm_id = vm_id
 

@@ -39,6 +39,7 @@ from virtcontainers.storage import blockdev
 from virtcontainers.storage.blockdev import BlockMount
 
 if TYPE_CHECKING:
+    from virtcontainers.oci.bundle import Bundle
     from virtcontainers.oci.namespaces import Peer
 
 
@@ -76,11 +77,7 @@ def create_container(
     from virtcontainers import oci
 
     validate_id("container", container_id)
-    bundle = oci.load_bundle(bundle_dir.resolve()).resolve_namespaces(_peer_finder(options))
-    for warning in bundle.warnings:
-        log_event(options, "warning", f"{container_id}: {warning}")
-    if preserve_fds:
-        log_event(options, "warning", f"{container_id}: --preserve-fds cannot reach a VM; ignored")
+    bundle = _load_bundle(options, container_id, bundle_dir, preserve_fds)
     config = bundle.container_config(container_id)
     check_console(config.cmd.terminal, console_socket)
     owns_pod = bundle.role is not oci.PodRole.CONTAINER
@@ -90,18 +87,7 @@ def create_container(
     pod_id = container_id if bundle.sandbox_id is None else bundle.sandbox_id
     if not owns_pod and api.pod_status(pod_id).state is not PodState.RUNNING:
         raise RuntimeCommandError(f"sandbox {pod_id} of container {container_id} is not running")
-    record = Record(
-        id=container_id,
-        pod_id=pod_id,
-        bundle=str(bundle.path),
-        rootfs=str(bundle.rootfs),
-        created=datetime.datetime.now(datetime.UTC).isoformat(),
-        owns_pod=owns_pod,
-        annotations=dict(bundle.spec.get("annotations") or {}),
-        hooks=dict(bundle.spec.get("hooks") or {}),
-        creator=hostproc.current().to_record(),
-        moved_mount=root_disk.to_dict() if root_disk is not None else None,
-    )
+    record = _new_record(container_id, pod_id, bundle, owns_pod, root_disk)
     # Claimed first: a create killed from here on leaves a record that state,
     # delete --force and a retried create can see.
     _claim(options, record)
@@ -132,6 +118,42 @@ def create_container(
         record.remove(options.root)
         raise
     return record, shim
+
+
+def _load_bundle(
+    options: Options, container_id: str, bundle_dir: Path, preserve_fds: int
+) -> Bundle:
+    """The bundle, its namespace paths resolved; what it cannot give a VM is logged."""
+    from virtcontainers import oci
+
+    bundle = oci.load_bundle(bundle_dir.resolve()).resolve_namespaces(_peer_finder(options))
+    for warning in bundle.warnings:
+        log_event(options, "warning", f"{container_id}: {warning}")
+    if preserve_fds:
+        log_event(options, "warning", f"{container_id}: --preserve-fds cannot reach a VM; ignored")
+    return bundle
+
+
+def _new_record(
+    container_id: str,
+    pod_id: str,
+    bundle: Bundle,
+    owns_pod: bool,
+    root_disk: BlockMount | None,
+) -> Record:
+    """The container's record as create first claims it (its creator still running)."""
+    return Record(
+        id=container_id,
+        pod_id=pod_id,
+        bundle=str(bundle.path),
+        rootfs=str(bundle.rootfs),
+        created=datetime.datetime.now(datetime.UTC).isoformat(),
+        owns_pod=owns_pod,
+        annotations=dict(bundle.spec.get("annotations") or {}),
+        hooks=dict(bundle.spec.get("hooks") or {}),
+        creator=hostproc.current().to_record(),
+        moved_mount=root_disk.to_dict() if root_disk is not None else None,
+    )
 
 
 def _peer_finder(options: Options) -> Callable[[int], Peer | None]:

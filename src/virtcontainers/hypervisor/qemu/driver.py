@@ -50,7 +50,6 @@ from virtcontainers.hypervisor.devices import (
     SharedFsDevice,
     SharedFsKind,
     moved_device,
-    moved_path,
 )
 from virtcontainers.hypervisor.qemu.adopt import (
     adopted_command,
@@ -174,13 +173,7 @@ class QemuHypervisor:
         return self.config.run_dir / "console.log"
 
     def relocate(self, moves: Mapping[Path, Path], vm_id: str) -> None:
-        config = self.config
-        self._config = dataclasses.replace(
-            config,
-            vm_id=vm_id,
-            run_dir=moved_path(config.run_dir, moves),
-            devices=tuple(moved_device(d, moves) for d in config.devices),
-        )
+        self._config = self.config.relocated(moves, vm_id)
         self._devices = [moved_device(d, moves) for d in self._devices]
         if self._command is not None:
             self._command = dataclasses.replace(self._command, config=self._config)

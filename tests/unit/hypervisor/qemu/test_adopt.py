@@ -15,7 +15,6 @@ from typing import cast
 
 import pytest
 
-from tests.unit import fake_qemu
 from tests.unit.hypervisor.qemu.test_hotplug import config
 from virtcontainers.errors import HypervisorError
 from virtcontainers.host import proc as hostproc
@@ -36,15 +35,6 @@ async def main():
     os._exit(0)  # as a pod daemon killed with SIGKILL: no stop
 asyncio.run(main())
 """
-
-
-@pytest.fixture
-def fake_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FAKE_QEMU_LOG", str(tmp_path / "qmp.jsonl"))
-    binary = tmp_path / "qemu-system-x86_64"
-    binary.write_text(f"#!{sys.executable}\n" + Path(fake_qemu.__file__).read_text())
-    binary.chmod(0o755)
-    return binary
 
 
 def launched_by_a_dead_parent(binary: Path, tmp_path: Path, vm: VMConfig | None = None) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from tests.unit import fake_qemu
 from virtcontainers.errors import ConfigError, HypervisorError, NotFoundError
 from virtcontainers.hypervisor.base import Accelerator, VMConfig
 from virtcontainers.hypervisor.devices import BlockDevice, NetDevice, SerialPortDevice
@@ -28,21 +26,6 @@ from virtcontainers.hypervisor.qemu.driver import QemuHypervisor
 
 MAC = "02:00:00:00:00:01"
 OTHER_MAC = "02:00:00:00:00:02"
-
-
-@pytest.fixture
-def fake_binary(tmp_path: Path) -> Path:
-    binary = tmp_path / "qemu-system-x86_64"
-    binary.write_text(f"#!{sys.executable}\n" + Path(fake_qemu.__file__).read_text())
-    binary.chmod(0o755)
-    return binary
-
-
-@pytest.fixture
-def qmp_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    log = tmp_path / "qmp.jsonl"
-    monkeypatch.setenv("FAKE_QEMU_LOG", str(log))
-    return log
 
 
 @pytest.fixture

@@ -13,9 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.unit import fake_qemu
 from tests.unit.hypervisor.qemu.test_hotplug import commands, config, run, running
 from virtcontainers.host import proc as hostproc
 from virtcontainers.hypervisor.base import VMState
@@ -33,21 +30,6 @@ async def main():
     os._exit(0)  # a pod daemon killed while its pod was paused
 asyncio.run(main())
 """
-
-
-@pytest.fixture
-def qmp_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    log = tmp_path / "qmp.jsonl"
-    monkeypatch.setenv("FAKE_QEMU_LOG", str(log))
-    return log
-
-
-@pytest.fixture
-def fake_binary(tmp_path: Path, qmp_log: Path) -> Path:
-    binary = tmp_path / "qemu-system-x86_64"
-    binary.write_text(f"#!{sys.executable}\n" + Path(fake_qemu.__file__).read_text())
-    binary.chmod(0o755)
-    return binary
 
 
 async def until_paused(vm: QemuHypervisor) -> None:
