@@ -123,6 +123,8 @@ class Standby:
             vm_started=lambda _key: self._record(ready=False),
         )
         await boot.boot()
+
+    def record_ready(self) -> None:
         self._record(ready=True)
         log.info("standby ready: a clone of template %s", self.key)
 
@@ -199,6 +201,8 @@ async def wait_for_pod(standby: Standby) -> Offer | None:
     vm_gone = asyncio.ensure_future(standby.hypervisor.wait())
     sock_path = standby.directory / pool.CLAIM_SOCKET
     listener = listen(sock_path)
+    # Ready once it listens: a pod that finds it ready must reach it.
+    standby.record_ready()
     try:
         while True:
             accept = asyncio.ensure_future(loop.sock_accept(listener))
